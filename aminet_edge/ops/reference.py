@@ -1,0 +1,137 @@
+"""The pure-PyTorch truth for AMI-Net's two fused ops; training uses it, every fast path is tested against it.
+
+Shared conventions (every backend follows them exactly):
+- cosine: cos(a, b) = a.b / (max(||a||, EPS) * max(||b||, EPS)), EPS = 1e-8, so a zero vector has cos 0.
+- all arithmetic in float32, whatever the input dtype.
+- no Python loops over data and no data-dependent shapes (one-hot reductions, no scatter), so the same
+  code exports to ONNX and parses in TensorRT.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+EPS = 1e-8
+
+
+def cosine(a: torch.Tensor, b: torch.Tensor, dim: int = -1) -> torch.Tensor:
+    """Cosine similarity along `dim` with each norm clamped at EPS (inputs broadcast)."""
+    dot = (a * b).sum(dim)
+    return dot / (a.norm(dim=dim).clamp_min(EPS) * b.norm(dim=dim).clamp_min(EPS))
+
+
+def cluster_distance(tokens: torch.Tensor, centers: torch.Tensor) -> torch.Tensor:
+    """R(t, c) = ||t - c|| * (1 - cos(t, c)) for every token/centre pair.
+
+    tokens: (B, L, D), centers: (B, P, D) -> (B, L, P) float32. Differentiable (training uses it).
+    """
+    t = tokens.float().unsqueeze(2)  # (B, L, 1, D)
+    c = centers.float().unsqueeze(1)  # (B, 1, P, D)
+    diff = t - c
+    # sqrt of a clamped sum keeps the gradient finite when a token sits on a centre
+    euclid = (diff * diff).sum(-1).clamp_min(EPS * EPS).sqrt()
+    return euclid * (1.0 - cosine(t, c))
+
+
+def adaptive_mask(
+    tokens: torch.Tensor, centers: torch.Tensor, lam: float
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Assign each token to its nearest centre and mask tokens beyond their cluster's boundary.
+
+    tokens: (B, L, D) clustering tokens (with position embedding); centers: (B, P, D); lam: the boundary
+    factor lambda. Per image and cluster p with n_p tokens: boundary r_p = mean + lam * std of the
+    members' distances (std unbiased, n_p - 1); a token is masked when its distance > r_p of its cluster.
+    Clusters with n_p <= 1 mask nothing. Ties between centres go to the lowest index.
+    Returns mask (B, L) bool (True = masked, to be inpainted), min_dist (B, L) float32,
+    assign (B, L) int64.
+    """
+    dist = cluster_distance(tokens, centers)  # (B, L, P)
+    min_dist, assign = dist.min(dim=-1)  # torch.min returns the first minimum: lowest index on ties
+    num_clusters = centers.shape[1]
+    onehot = F.one_hot(assign, num_clusters).float()  # (B, L, P)
+    count = onehot.sum(1)  # (B, P)
+    mean = (onehot * min_dist.unsqueeze(-1)).sum(1) / count.clamp_min(1.0)
+    sq = onehot * (min_dist.unsqueeze(-1) - mean.unsqueeze(1)) ** 2
+    std = (sq.sum(1) / (count - 1.0).clamp_min(1.0)).sqrt()
+    bound = mean + lam * std  # (B, P)
+    token_bound = (onehot * bound.unsqueeze(1)).sum(-1)  # (B, L)
+    token_count = (onehot * count.unsqueeze(1)).sum(-1)
+    mask = (min_dist > token_bound) & (token_count > 1.5)
+    return mask, min_dist, assign
+
+
+def gaussian_taps(sigma: float) -> torch.Tensor:
+    """Normalised 1-D Gaussian taps, radius int(4 * sigma + 0.5) as scipy's default truncate=4."""
+    radius = int(4.0 * sigma + 0.5)
+    x = torch.arange(-radius, radius + 1, dtype=torch.float64)
+    taps = torch.exp(-0.5 * (x / sigma) ** 2)
+    return (taps / taps.sum()).float()
+
+
+def _blur_last(x: torch.Tensor, taps: torch.Tensor) -> torch.Tensor:
+    """1-D blur of (N, n) rows along the last dim, mirror border without edge repeat."""
+    r = taps.numel() // 2
+    y = F.pad(x.unsqueeze(1), (r, r), mode="reflect")
+    return F.conv1d(y, taps.view(1, 1, -1)).squeeze(1)
+
+
+def smooth(maps: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Separable Gaussian blur of (B, H, W) maps; sigma in pixels.
+
+    Border: mirror without repeating the edge pixel (torch/ONNX "reflect", scipy "mirror");
+    needs radius int(4 * sigma + 0.5) < H and < W. sigma <= 0 returns the input.
+    """
+    if sigma <= 0:
+        return maps
+    taps = gaussian_taps(sigma).to(maps.device)
+    b, h, w = maps.shape
+    x = _blur_last(maps.reshape(b * h, w), taps).reshape(b, h, w)
+    x = _blur_last(x.transpose(1, 2).reshape(b * w, h), taps).reshape(b, w, h)
+    return x.transpose(1, 2)
+
+
+def score_map(
+    feat: torch.Tensor,
+    recon: torch.Tensor,
+    out_hw: tuple[int, int],
+    sigma: float = 4.0,
+    image_score: str = "std",
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Anomaly map and image score from input features and their restoration.
+
+    feat, recon: (B, C, h, w). Per cell: mse = mean_c (feat - recon)^2 and cosd = 1 - cos over channels.
+    Each is bilinearly upsampled (align_corners=True) to out_hw = (H, W) and Gaussian-smoothed
+    (sigma in output pixels, see `smooth`), then amap = mse * cosd. Image score: population std of the
+    map ("std", the authors' choice) or its maximum ("max").
+    Returns amap (B, H, W) float32 and score (B,) float32.
+    """
+    if image_score not in ("std", "max"):
+        raise ValueError(f"image_score must be 'std' or 'max', got {image_score!r}")
+    f, r = feat.float(), recon.float()
+    mse = ((f - r) ** 2).mean(1)
+    cosd = 1.0 - cosine(f, r, dim=1)
+    both = torch.stack([mse, cosd], 1)  # (B, 2, h, w)
+    both = F.interpolate(both, size=tuple(out_hw), mode="bilinear", align_corners=True)
+    b, _, h, w = both.shape
+    both = smooth(both.reshape(b * 2, h, w), sigma).reshape(b, 2, h, w)
+    amap = both[:, 0] * both[:, 1]
+    flat = amap.reshape(b, -1)
+    score = flat.std(1, unbiased=False) if image_score == "std" else flat.amax(1)
+    return amap, score
+
+
+def smoothing_matrix(in_size: int, out_size: int, sigma: float) -> torch.Tensor:
+    """(out_size, in_size) float32 matrix A with A @ m = blur(upsample(m)) for a length-in_size vector m.
+
+    Upsampling is bilinear (align_corners=True), the blur as in `smooth`. Both are linear and separable,
+    so smooth(up(M)) = A_h @ M @ A_w.T; the fast backends use this form.
+    """
+    eye = torch.eye(in_size, dtype=torch.float32).view(1, 1, in_size, in_size)
+    rows = F.interpolate(eye, size=(in_size, out_size), mode="bilinear", align_corners=True)
+    rows = rows.view(in_size, out_size)  # row j = upsampled unit impulse e_j
+    if sigma > 0:
+        rows = _blur_last(rows, gaussian_taps(sigma))
+    return rows.t().contiguous()
