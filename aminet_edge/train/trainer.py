@@ -1,0 +1,159 @@
+"""Training: feature cache -> AdamW on the AMI-Net losses -> calibration on held-out normals -> bundle."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from aminet_edge.bundle import BundleConfig, write_config
+from aminet_edge.config import IMAGENET_MEAN, IMAGENET_STD, ModelConfig, ScoreConfig, TrainConfig, to_dict
+from aminet_edge.data.datasets import Sample, load_dataset, select_few_shot
+from aminet_edge.model.aminet import AMINet
+from aminet_edge.model.features import build_feature_extractor
+from aminet_edge.model.pipeline import Pipeline, save_pipeline_weights
+from aminet_edge.train.cache import build_feature_cache
+from aminet_edge.train.calibrate import calibrate
+
+CHECKPOINT_FILE = "checkpoint.pt"
+
+
+def load_training_samples(roots: Sequence[str | Path], few_shot: int | None, seed: int) -> list[Sample]:
+    """Normal training images of every root (k per root when few_shot is set), in a fixed order."""
+    samples: list[Sample] = []
+    for root in roots:
+        train = load_dataset(root).train
+        samples += select_few_shot(train, few_shot, seed) if few_shot else train
+    if not samples:
+        raise ValueError(f"no training images found under {', '.join(str(r) for r in roots)}")
+    return samples
+
+
+def split_holdout(samples: Sequence[Sample], fraction: float, seed: int) -> tuple[list[Sample], list[Sample]]:
+    """Deterministically keep `fraction` of the normal training images out for calibration.
+
+    With fewer than 10 images (few-shot) nothing is held out and calibration reuses the training
+    images; the bundle records that (its thresholds are then optimistic).
+    """
+    samples = list(samples)
+    k = int(round(len(samples) * fraction))
+    if len(samples) < 10 or k == 0:
+        return samples, []
+    order = np.random.default_rng(seed).permutation(len(samples))
+    held = set(order[:k].tolist())
+    return ([s for i, s in enumerate(samples) if i not in held],
+            [s for i, s in enumerate(samples) if i in held])
+
+
+def _save_checkpoint(path: Path, epoch: int, aminet: AMINet, opt: torch.optim.Optimizer,
+                     gen: torch.Generator, history: list[dict[str, float]]) -> None:
+    tmp = path.with_suffix(".tmp")
+    torch.save({"epoch": epoch, "aminet": aminet.state_dict(), "optimizer": opt.state_dict(),
+                "generator": gen.get_state(), "history": history}, tmp)
+    tmp.replace(path)
+
+
+def _load_checkpoint(path: Path, aminet: AMINet, opt: torch.optim.Optimizer,
+                     gen: torch.Generator) -> tuple[int, list[dict[str, float]]]:
+    state = torch.load(path, weights_only=True)  # our own file, but never unpickle objects
+    aminet.load_state_dict(state["aminet"])
+    opt.load_state_dict(state["optimizer"])
+    gen.set_state(state["generator"])
+    return int(state["epoch"]), list(state["history"])
+
+
+def train(
+    data: str | Path | Sequence[str | Path],
+    out: str | Path,
+    model: ModelConfig | None = None,
+    train_cfg: TrainConfig | None = None,
+    score: ScoreConfig | None = None,
+    backbone_weights: str | Path | None = None,
+    pretrained: bool = True,
+    few_shot: int | None = None,
+    cache_dir: str | Path | None = None,
+    resume: bool = False,
+    checkpoint_every: int = 1,
+    progress: bool = True,
+) -> Path:
+    """Train AMI-Net on normal images and write a bundle to `out`; returns the bundle path.
+
+    data: one dataset root (one-for-one) or several (unified: one model for all categories); the normal
+    training images are read from each root's layout (MVTec AD, BTAD or a plain folder). few_shot: train
+    on k images per root. resume: continue from `out/checkpoint.pt` (same settings) to the same result as
+    an uninterrupted run. Fixed seeds give repeatable runs.
+    """
+    model = model or ModelConfig()
+    train_cfg = train_cfg or TrainConfig()
+    score = score or ScoreConfig()
+    model.validate()
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    roots = [data] if isinstance(data, (str, Path)) else list(data)
+    samples = load_training_samples(roots, few_shot=few_shot, seed=train_cfg.seed)
+    fit, held = split_holdout(samples, train_cfg.holdout_fraction, train_cfg.seed)
+
+    torch.manual_seed(train_cfg.seed)
+    config = BundleConfig(model=model, in_channels=0, score=score, mean=IMAGENET_MEAN, std=IMAGENET_STD)
+    extractor = build_feature_extractor(model.backbone, weights=backbone_weights,
+                                        image_size=model.image_size, pretrained=pretrained)
+    config.in_channels = extractor.channels
+    config.backbone_source = extractor.weights_source
+    aminet = AMINet(model, extractor.channels)
+
+    t0 = time.perf_counter()
+    feats = build_feature_cache(extractor, [s.path for s in fit], model.image_size, IMAGENET_MEAN,
+                                IMAGENET_STD, train_cfg.cache_dtype, cache_dir, progress=progress)
+    cache_seconds = time.perf_counter() - t0
+
+    opt = torch.optim.AdamW(aminet.parameters(), lr=train_cfg.lr, betas=train_cfg.betas,
+                            weight_decay=train_cfg.weight_decay)
+    gen = torch.Generator().manual_seed(train_cfg.seed)
+    start, history = 0, []
+    ckpt = out / CHECKPOINT_FILE
+    if resume and ckpt.is_file():
+        start, history = _load_checkpoint(ckpt, aminet, opt, gen)
+
+    aminet.train()
+    n = feats.shape[0]
+    t0 = time.perf_counter()
+    for epoch in range(start, train_cfg.epochs):
+        order = torch.randperm(n, generator=gen)
+        sums: dict[str, float] = {}
+        seen, tick = 0, time.perf_counter()
+        bar = tqdm(total=n, desc=f"epoch {epoch + 1}/{train_cfg.epochs}", unit="img", disable=not progress)
+        for i in range(0, n, train_cfg.batch_size):
+            idx = order[i:i + train_cfg.batch_size]
+            batch = feats[idx].float()
+            losses = aminet.losses(batch, train_cfg.loss, gen)
+            opt.zero_grad(set_to_none=True)  # the authors' code never zeroes: gradients accumulated
+            losses["total"].backward()
+            opt.step()
+            for k, v in losses.items():
+                sums[k] = sums.get(k, 0.0) + float(v.detach()) * len(idx)
+            seen += len(idx)
+            bar.update(len(idx))
+            bar.set_postfix(loss=f"{sums['total'] / seen:.4f}",
+                            img_s=f"{seen / (time.perf_counter() - tick):.1f}")
+        bar.close()
+        history.append({k: v / seen for k, v in sums.items()} | {"epoch": epoch + 1})
+        if (epoch + 1) % checkpoint_every == 0 or epoch + 1 == train_cfg.epochs:
+            _save_checkpoint(ckpt, epoch + 1, aminet, opt, gen, history)
+    train_seconds = time.perf_counter() - t0
+
+    aminet.eval()
+    pipeline = Pipeline(extractor, aminet, score).eval()
+    config.calibration = calibrate(pipeline, held or fit, IMAGENET_MEAN, IMAGENET_STD, held_out=bool(held),
+                                   progress=progress)
+    config.train = {
+        **to_dict(train_cfg), "roots": [str(r) for r in roots], "few_shot": few_shot,
+        "images": len(fit), "held_out": len(held), "cache_seconds": round(cache_seconds, 2),
+        "train_seconds": round(train_seconds, 2), "history": history,
+    }
+    save_pipeline_weights(out, extractor, aminet)
+    write_config(out, config)
+    return out

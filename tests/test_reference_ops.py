@@ -1,0 +1,87 @@
+"""The reference ops against independent NumPy/SciPy computations (loops written from the paper's text)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from scipy.ndimage import gaussian_filter
+
+from aminet_edge.ops import reference
+
+
+def loop_adaptive_mask(tokens: np.ndarray, centers: np.ndarray, lam: float):
+    """Per image, per cluster, as the authors' Python loops do (with '>' at the boundary)."""
+    b, length, _ = tokens.shape
+    mask = np.zeros((b, length), bool)
+    dist = np.zeros((b, length))
+    assign = np.zeros((b, length), int)
+    for i in range(b):
+        for j in range(length):
+            t = tokens[i, j].astype(np.float64)
+            r = []
+            for c in centers[i].astype(np.float64):
+                cos = t @ c / (max(np.linalg.norm(t), 1e-8) * max(np.linalg.norm(c), 1e-8))
+                r.append(np.linalg.norm(t - c) * (1 - cos))
+            assign[i, j] = int(np.argmin(r))
+            dist[i, j] = min(r)
+        for p in range(centers.shape[1]):
+            members = np.where(assign[i] == p)[0]
+            if len(members) > 1:
+                d = dist[i, members]
+                mask[i, members[d > d.mean() + lam * d.std(ddof=1)]] = True
+    return mask, dist, assign
+
+
+def test_adaptive_mask_matches_loops() -> None:
+    rng = np.random.default_rng(0)
+    tokens = rng.normal(size=(3, 40, 16)).astype(np.float32)
+    centers = rng.normal(size=(3, 5, 16)).astype(np.float32)
+    mask, dist, assign = reference.adaptive_mask(torch.from_numpy(tokens), torch.from_numpy(centers), 0.5)
+    want_mask, want_dist, want_assign = loop_adaptive_mask(tokens, centers, 0.5)
+    np.testing.assert_allclose(dist.numpy(), want_dist, rtol=1e-5)  # float32 vs float64 sums
+    np.testing.assert_array_equal(assign.numpy(), want_assign)
+    np.testing.assert_array_equal(mask.numpy(), want_mask)
+    assert 0 < mask.sum() < mask.numel()
+
+
+def test_adaptive_mask_single_member_cluster_and_ties() -> None:
+    centers = torch.tensor([[[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]]])  # centres 0 and 1 identical: ties
+    tokens = torch.tensor([[[2.0, 0.1], [3.0, 0.2], [1.5, -0.1], [0.0, 5.0]]])
+    mask, _, assign = reference.adaptive_mask(tokens, centers, 0.5)
+    assert assign[0].tolist() == [0, 0, 0, 2]  # tie -> lowest index; centre 1 never chosen
+    assert not bool(mask[0, 3])  # the only member of cluster 2 is never masked
+
+
+def test_score_map_matches_scipy() -> None:
+    """Upsample with align_corners=True, then scipy gaussian_filter(mode='mirror', truncate=4)."""
+    rng = np.random.default_rng(1)
+    feat = rng.normal(size=(2, 8, 12, 12)).astype(np.float32)
+    recon = feat + rng.normal(scale=0.5, size=feat.shape).astype(np.float32)
+    amap, score = reference.score_map(torch.from_numpy(feat), torch.from_numpy(recon), (48, 48), sigma=2.0)
+    mse = ((feat - recon) ** 2).mean(1)
+    cos = (feat * recon).sum(1) / (np.linalg.norm(feat, axis=1) * np.linalg.norm(recon, axis=1))
+
+    def up_smooth(m: np.ndarray) -> np.ndarray:
+        up = F.interpolate(torch.from_numpy(m)[:, None], size=(48, 48), mode="bilinear", align_corners=True)
+        return np.stack([gaussian_filter(u, 2.0, mode="mirror", truncate=4.0) for u in up[:, 0].numpy()])
+
+    want = up_smooth(mse) * up_smooth((1 - cos).astype(np.float32))
+    np.testing.assert_allclose(amap.numpy(), want, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(score.numpy(), want.reshape(2, -1).std(1), rtol=1e-4)
+    _, score_max = reference.score_map(torch.from_numpy(feat), torch.from_numpy(recon), (48, 48), 2.0, "max")
+    np.testing.assert_allclose(score_max.numpy(), want.reshape(2, -1).max(1), rtol=1e-4)
+
+
+def test_smoothing_matrix_equals_upsample_then_blur() -> None:
+    m = torch.randn(3, 10, 10)
+    a = reference.smoothing_matrix(10, 40, 3.0)
+    direct = reference.smooth(F.interpolate(m[:, None], size=(40, 40), mode="bilinear",
+                                            align_corners=True)[:, 0], 3.0)
+    torch.testing.assert_close(a @ m @ a.T, direct, rtol=1e-5, atol=1e-6)
+
+
+def test_score_map_rejects_unknown_image_score() -> None:
+    with pytest.raises(ValueError, match="image_score"):
+        reference.score_map(torch.zeros(1, 2, 4, 4), torch.zeros(1, 2, 4, 4), (8, 8), 1.0, "mean")
