@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Set up a fresh machine and run the whole test suite (the README's test command; CI calls it).
+# torch==2.13.0 is installed first so pip never pulls a multi-GB CUDA build on a CPU-only machine.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+python -m pip install -q torch==2.13.0
+python -m pip install -q "setuptools>=64" wheel "pybind11>=2.11"
+# the C++ kernels must build here: a failure stops the run instead of skipping their tests
+AMINET_REQUIRE_EXT=1 python -m pip install -q --no-build-isolation -e ".[dev]"
+# tensorrt-stubs declares a dependency on the tensorrt libs, which are not installable without NVIDIA's
+# index; the stubs alone are enough to type-check the Jetson/datacenter engine path.
+python -m pip install -q --no-deps tensorrt-stubs
+exec python -m pytest -q -rs "$@"
