@@ -11,7 +11,7 @@ import torch
 from tqdm import tqdm
 
 from aminet_edge.bundle import BundleConfig, write_config
-from aminet_edge.config import IMAGENET_MEAN, IMAGENET_STD, ModelConfig, ScoreConfig, TrainConfig, to_dict
+from aminet_edge.config import ModelConfig, ScoreConfig, TrainConfig, to_dict
 from aminet_edge.data.datasets import Sample, load_dataset, select_few_shot
 from aminet_edge.model.aminet import AMINet
 from aminet_edge.model.features import build_feature_extractor
@@ -98,16 +98,15 @@ def train(
     fit, held = split_holdout(samples, train_cfg.holdout_fraction, train_cfg.seed)
 
     torch.manual_seed(train_cfg.seed)
-    config = BundleConfig(model=model, in_channels=0, score=score, mean=IMAGENET_MEAN, std=IMAGENET_STD)
     extractor = build_feature_extractor(model.backbone, weights=backbone_weights,
                                         image_size=model.image_size, pretrained=pretrained)
-    config.in_channels = extractor.channels
-    config.backbone_source = extractor.weights_source
+    config = BundleConfig(model=model, in_channels=extractor.channels, score=score, mean=extractor.mean,
+                          std=extractor.std, backbone_source=extractor.weights_source)
     aminet = AMINet(model, extractor.channels)
 
     t0 = time.perf_counter()
-    feats = build_feature_cache(extractor, [s.path for s in fit], model.image_size, IMAGENET_MEAN,
-                                IMAGENET_STD, train_cfg.cache_dtype, cache_dir, progress=progress)
+    feats = build_feature_cache(extractor, [s.path for s in fit], model.image_size, extractor.mean,
+                                extractor.std, train_cfg.cache_dtype, cache_dir, progress=progress)
     cache_seconds = time.perf_counter() - t0
 
     opt = torch.optim.AdamW(aminet.parameters(), lr=train_cfg.lr, betas=train_cfg.betas,
@@ -147,7 +146,7 @@ def train(
 
     aminet.eval()
     pipeline = Pipeline(extractor, aminet, score).eval()
-    config.calibration = calibrate(pipeline, held or fit, IMAGENET_MEAN, IMAGENET_STD, held_out=bool(held),
+    config.calibration = calibrate(pipeline, held or fit, extractor.mean, extractor.std, held_out=bool(held),
                                    progress=progress)
     config.train = {
         **to_dict(train_cfg), "roots": [str(r) for r in roots], "few_shot": few_shot,

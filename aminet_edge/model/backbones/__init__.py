@@ -1,0 +1,1 @@
+"""ImageNet CNN backbones defined in the project (no torchvision/timm dependency)."""
