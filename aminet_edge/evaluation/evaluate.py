@@ -37,7 +37,8 @@ def evaluate_bundle(bundle: str | Path, data: str | Path, json_path: str | Path 
     masks = np.stack([
         read_mask(s.mask_path, size) if s.mask_path else np.zeros((size, size), bool) for s in test])
     has_mask = np.array([s.label == 0 or s.mask_path is not None for s in test])
-    metrics = evaluate(labels, scores, masks[has_mask], maps[has_mask], [s.defect_type for s in test])
+    metrics = evaluate(labels, scores, masks[has_mask], maps[has_mask], [s.defect_type for s in test],
+                       pixel_rows=has_mask)
     metrics["images"] = int(len(test))
     if len(set(labels.tolist())) == 2:
         f1_img, thr_img = f1_max(labels, scores)

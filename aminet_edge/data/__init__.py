@@ -1,0 +1,1 @@
+"""Images, data-set layouts and the synthetic default data set (numpy + PIL only: the runtime uses them)."""

@@ -1,0 +1,121 @@
+"""Reading and preprocessing images with numpy + PIL (no torch: the edge runtime uses this module)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+MIN_SIDE = 8  # pixels; smaller inputs carry no usable texture
+MAX_PIXELS = 100_000_000  # 100 MP; larger inputs are refused rather than exhausting memory
+
+
+class ImageReadError(ValueError):
+    """An image file or array cannot be used; the message names the input and the problem."""
+
+
+def read_image(path: str | Path) -> np.ndarray:
+    """Read an image file as (H, W, 3) float32 RGB in [0, 1].
+
+    Grayscale is replicated to 3 channels, alpha dropped, 16-bit images scaled by 1/65535.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ImageReadError(f"{path}: file not found")
+    if path.stat().st_size == 0:
+        raise ImageReadError(f"{path}: empty file (0 bytes)")
+    try:
+        with Image.open(path) as im:
+            im.load()
+            return pil_to_rgb_float(im, str(path))
+    except (UnidentifiedImageError, OSError, SyntaxError) as exc:
+        raise ImageReadError(f"{path}: not a readable image ({exc})") from exc
+
+
+def pil_to_rgb_float(im: Image.Image, name: str = "image") -> np.ndarray:
+    """A PIL image as (H, W, 3) float32 RGB in [0, 1] (16-bit modes scaled by 1/65535)."""
+    if im.mode in ("I;16", "I;16B", "I;16L", "I"):
+        arr = np.asarray(im, dtype=np.float64)
+        scale = 65535.0 if im.mode.startswith("I;16") or arr.max(initial=0) > 255 else 255.0
+        return to_rgb_float((arr / scale).astype(np.float32), name=name)
+    if im.mode == "F":
+        return to_rgb_float(np.asarray(im, dtype=np.float32), name=name)
+    return to_rgb_float(np.asarray(im.convert("RGB")), name=name)
+
+
+def to_rgb_float(array: np.ndarray, bgr: bool = False, name: str = "image") -> np.ndarray:
+    """A user array as (H, W, 3) float32 RGB in [0, 1].
+
+    Accepts (H, W), (H, W, 1), (H, W, 3) or (H, W, 4) of uint8, uint16 or float (floats must lie in
+    [0, 1]); `bgr` swaps OpenCV channel order. Raises ImageReadError naming `name` and the problem.
+    """
+    arr = np.asarray(array)
+    if arr.ndim == 2:
+        arr = arr[:, :, None]
+    if arr.ndim != 3 or arr.shape[2] not in (1, 3, 4):
+        raise ImageReadError(f"{name}: expected an (H, W), (H, W, 1), (H, W, 3) or (H, W, 4) array, "
+                             f"got shape {tuple(np.shape(array))}")
+    h, w = arr.shape[:2]
+    if min(h, w) < MIN_SIDE:
+        raise ImageReadError(f"{name}: image of {w}x{h} px is too small (each side must be >= {MIN_SIDE})")
+    if h * w > MAX_PIXELS:
+        raise ImageReadError(f"{name}: image of {w}x{h} px exceeds {MAX_PIXELS:,} pixels")
+    if arr.dtype == np.uint8:
+        out = arr.astype(np.float32) / 255.0
+    elif arr.dtype == np.uint16:
+        out = arr.astype(np.float32) / 65535.0
+    elif np.issubdtype(arr.dtype, np.floating):
+        out = arr.astype(np.float32)
+        if not np.isfinite(out).all():
+            raise ImageReadError(f"{name}: contains NaN or infinite values")
+        if out.min() < 0.0 or out.max() > 1.0:
+            raise ImageReadError(f"{name}: float images must lie in [0, 1], got [{out.min():.3g}, {out.max():.3g}]")
+    else:
+        raise ImageReadError(f"{name}: unsupported dtype {arr.dtype} (use uint8, uint16 or float in [0, 1])")
+    if out.shape[2] == 1:
+        out = np.repeat(out, 3, axis=2)
+    elif out.shape[2] == 4:
+        out = out[:, :, :3]
+    if bgr:
+        out = out[:, :, ::-1]
+    return np.ascontiguousarray(out)
+
+
+def resize_plane(plane: np.ndarray, size: tuple[int, int], resample: int = Image.BILINEAR) -> np.ndarray:
+    """Resize one (H, W) float32 plane to size = (height, width) in PIL mode "F" (no 8-bit rounding).
+
+    PIL antialiases when downscaling, as torchvision's Resize(antialias=True) does.
+    """
+    img = Image.fromarray(np.ascontiguousarray(plane, dtype=np.float32), mode="F")
+    return np.asarray(img.resize((size[1], size[0]), resample), dtype=np.float32)
+
+
+def resize_rgb(image: np.ndarray, size: int | tuple[int, int]) -> np.ndarray:
+    """(H, W, 3) float32 -> (h, w, 3) float32, bilinear; an int size means square."""
+    hw = (size, size) if isinstance(size, int) else size
+    return np.stack([resize_plane(image[:, :, c], hw) for c in range(3)], axis=2)
+
+
+def preprocess(image: np.ndarray, size: int, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
+    """(H, W, 3) float32 RGB in [0, 1] -> (3, size, size) float32 normalised model input.
+
+    Always a square resize (no crop, aspect not kept), then (x - mean) / std per channel.
+    """
+    resized = resize_rgb(image, size)
+    out = (resized - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
+    return np.ascontiguousarray(out.transpose(2, 0, 1), dtype=np.float32)
+
+
+def read_mask(path: str | Path, size: int | None = None) -> np.ndarray:
+    """A ground-truth mask file as (H, W) bool (nonzero = defect), resized (nearest) to size x size."""
+    path = Path(path)
+    try:
+        with Image.open(path) as im:
+            im = im.convert("L")
+            if size is not None:
+                im = im.resize((size, size), Image.NEAREST)
+            return np.asarray(im) > 0
+    except (FileNotFoundError, UnidentifiedImageError, OSError) as exc:
+        raise ImageReadError(f"{path}: not a readable mask ({exc})") from exc

@@ -1,0 +1,1 @@
+"""Metrics, heatmap overlays and bundle evaluation."""

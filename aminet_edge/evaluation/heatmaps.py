@@ -1,0 +1,53 @@
+"""PNG overlays: image | anomaly map over the image | masks (ground truth and prediction). NumPy + PIL only."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+
+def jet(values: np.ndarray) -> np.ndarray:
+    """Map values in [0, 1] to (…, 3) float32 RGB with a jet-like colormap (blue -> red)."""
+    v = np.clip(values, 0.0, 1.0)[..., None]
+    r = np.clip(1.5 - np.abs(4 * v - 3), 0, 1)
+    g = np.clip(1.5 - np.abs(4 * v - 2), 0, 1)
+    b = np.clip(1.5 - np.abs(4 * v - 1), 0, 1)
+    return np.concatenate([r, g, b], axis=-1).astype(np.float32)
+
+
+def _edges(mask: np.ndarray) -> np.ndarray:
+    """Pixels of `mask` with a 4-neighbour outside it (the contour)."""
+    m = np.pad(mask, 1)
+    inner = m[1:-1, 1:-1] & m[:-2, 1:-1] & m[2:, 1:-1] & m[1:-1, :-2] & m[1:-1, 2:]
+    return mask & ~inner
+
+
+def overlay_panels(image: np.ndarray, amap: np.ndarray, vmin: float, vmax: float,
+                   truth: np.ndarray | None = None, pred: np.ndarray | None = None,
+                   alpha: float = 0.5) -> np.ndarray:
+    """(H, 3W, 3) uint8: image | heatmap blended over it | image with truth (green) / prediction (red).
+
+    image: (H, W, 3) float in [0, 1]; amap: (H, W) scores, scaled by [vmin, vmax] for the colours.
+    """
+    if amap.shape != image.shape[:2]:
+        raise ValueError(f"map {amap.shape} and image {image.shape[:2]} sizes differ")
+    scaled = (amap - vmin) / max(vmax - vmin, 1e-12)
+    heat = (1 - alpha) * image + alpha * jet(scaled)
+    masks = image.copy()
+    if pred is not None:
+        masks[pred] = 0.6 * masks[pred] + 0.4 * np.array([1.0, 0.0, 0.0], np.float32)
+    if truth is not None:
+        masks[_edges(truth)] = (0.0, 1.0, 0.0)
+    panels = np.concatenate([image, heat, masks], axis=1)
+    return (np.clip(panels, 0, 1) * 255 + 0.5).astype(np.uint8)
+
+
+def save_overlay(path: str | Path, image: np.ndarray, amap: np.ndarray, truth: np.ndarray | None = None,
+                 vmin: float = 0.0, vmax: float = 1.0, pred_mask: np.ndarray | None = None) -> Path:
+    """Write `overlay_panels(...)` as a PNG at `path` (folders created)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(overlay_panels(image, amap, vmin, vmax, truth, pred_mask)).save(path)
+    return path
