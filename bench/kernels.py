@@ -1,0 +1,131 @@
+"""The fused ops' backends against the PyTorch reference, at the paper's shapes (ratios from one run).
+
+Usage: python bench/kernels.py [--repeats 10] [--threads N] [--device cpu|cuda] [--no-append]
+adaptive_mask: B = 1 and 8, P = 8, L = 256, D = 768; score_map: B = 1 and 8, C = 1792, 64 x 64 -> 256 x 256,
+sigma 4. Every backend runs through the public dispatcher (aminet_edge.ops) on the same float32 tensors;
+time = median of `--repeats` runs after a warm-up. CPU: torch and the C++ kernels use the same thread
+count (`--threads`, default torch's). CUDA (--device cuda): events around each call, plus the bytes each
+op must move (inputs read once, outputs written once) over the time, against the GPU's peak bandwidth
+(`--peak-gbs`, else from the device properties where torch reports them).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import append_result, median_seconds  # noqa: E402
+
+
+def _parse() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--repeats", type=int, default=10)
+    p.add_argument("--threads", type=int, default=0, help="CPU threads for torch and OpenMP (0: torch's default)")
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    p.add_argument("--peak-gbs", type=float, default=0.0, help="GPU peak memory bandwidth in GB/s")
+    p.add_argument("--batches", default="1,8")
+    p.add_argument("--no-append", action="store_true", help="print only; do not append to bench/results")
+    return p.parse_args()
+
+
+def main() -> None:
+    args = _parse()
+    if args.threads:
+        os.environ["OMP_NUM_THREADS"] = str(args.threads)  # read by OpenMP when the extension first loads
+    import torch
+
+    from aminet_edge import ops
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    threads = torch.get_num_threads()
+    dev = torch.device(args.device)
+    gpu = dev.type == "cuda"
+    if gpu and not torch.cuda.is_available():
+        sys.exit("--device cuda: no CUDA GPU visible to torch")
+    avail = ops.available_backends()
+    kind = "cuda" if gpu else "cpu"
+    backends = [b for b in ops.BACKENDS if b == "reference" or ops.unavailable_reason(b, kind) is None]
+    omp = None
+    if "cpp" in backends:
+        from aminet_edge.ops import cpu
+
+        omp = cpu.num_threads()
+    peak = args.peak_gbs or (_peak_gbs(torch, dev) if gpu else 0.0)
+
+    def timed(fn) -> float:
+        if not gpu:
+            return median_seconds(fn, repeats=args.repeats, warmup=2)
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+
+        def once() -> None:
+            start.record()
+            fn()
+            end.record()
+            end.synchronize()
+            times.append(start.elapsed_time(end) / 1e3)
+
+        times: list[float] = []
+        for _ in range(2):
+            once()
+        times.clear()
+        for _ in range(args.repeats):
+            once()
+        return sorted(times)[len(times) // 2]
+
+    g = torch.Generator().manual_seed(0)
+    rows = []
+    for B in (int(b) for b in args.batches.split(",")):
+        tokens = torch.randn(B, 256, 768, generator=g).to(dev)
+        centers = torch.randn(B, 8, 768, generator=g).to(dev)
+        mask_bytes = (tokens.numel() + centers.numel()) * 4 + B * 256 * (1 + 4 + 8)
+        feat = torch.randn(B, 1792, 64, 64, generator=g)
+        recon = (feat + 0.3 * torch.randn(feat.shape, generator=g)).to(dev)
+        feat = feat.to(dev)
+        score_bytes = (feat.numel() + recon.numel()) * 4 + B * (256 * 256 + 1) * 4
+        cases = [
+            ("adaptive_mask", f"B={B}, L=256, P=8, D=768", mask_bytes,
+             lambda b: ops.adaptive_mask(tokens, centers, 0.5, backend=b)),
+            ("score_map", f"B={B}, C=1792, 64x64 -> 256x256", score_bytes,
+             lambda b: ops.score_map(feat, recon, (256, 256), 4.0, backend=b)),
+        ]
+        for op, shape, nbytes, call in cases:
+            ref_s = timed(lambda: call("reference"))
+            for b in backends:
+                s = ref_s if b == "reference" else timed(lambda b=b: call(b))
+                gbs = nbytes / s / 1e9
+                bw = f"{gbs:.1f} GB/s" + (f" ({100 * gbs / peak:.0f}% of peak {peak:.0f})" if peak else "")
+                rows.append(f"| {op} | {shape} | {b} | {s * 1e3:.2f} | {ref_s / s:.1f}x | {bw} |")
+        del tokens, centers, feat, recon
+
+    where = torch.cuda.get_device_name(dev) if gpu else f"CPU, torch threads {threads}, OpenMP threads {omp}"
+    table = "\n".join([
+        f"kernels on {where}; torch {torch.__version__}; median of {args.repeats}",
+        "",
+        "| op | shape | backend | ms | vs reference | effective bandwidth |",
+        "|---|---|---|---|---|---|",
+        *rows,
+        "",
+        "backends: " + "; ".join(f"{k}: {v}" for k, v in avail.items()),
+    ])
+    if not gpu:
+        table += "\n\nGPU rows (triton, cuda; bytes moved / time vs peak bandwidth): not run here (no GPU)."
+    if args.no_append:
+        print(table)
+    else:
+        append_result("kernels", table)
+
+
+def _peak_gbs(torch, dev) -> float:
+    """Peak DRAM bandwidth in GB/s from the device properties, 0 when torch does not report them."""
+    props = torch.cuda.get_device_properties(dev)
+    clock_khz = getattr(props, "memory_clock_rate", 0)
+    bus_bits = getattr(props, "memory_bus_width", 0)
+    return 2 * clock_khz * 1e3 * bus_bits / 8 / 1e9 if clock_khz and bus_bits else 0.0
+
+
+if __name__ == "__main__":
+    main()
