@@ -20,6 +20,7 @@ from aminet_edge.train.cache import build_feature_cache
 from aminet_edge.train.calibrate import calibrate
 
 CHECKPOINT_FILE = "checkpoint.pt"
+MIN_HOLDOUT = 3  # a mean and std from fewer normal scores are not a threshold
 
 
 def load_training_samples(roots: Sequence[str | Path], few_shot: int | None, seed: int) -> list[Sample]:
@@ -34,13 +35,14 @@ def load_training_samples(roots: Sequence[str | Path], few_shot: int | None, see
 
 
 def split_holdout(samples: Sequence[Sample], fraction: float, seed: int) -> tuple[list[Sample], list[Sample]]:
-    """Deterministically keep `fraction` of the normal training images out for calibration.
+    """Deterministically keep `fraction` of the normal training images (at least MIN_HOLDOUT) out for
+    calibration.
 
-    With fewer than 10 images (few-shot) nothing is held out and calibration reuses the training
-    images; the bundle records that (its thresholds are then optimistic).
+    With fewer than 10 images (few-shot) or fraction 0 nothing is held out and calibration reuses the
+    training images; the bundle records that (its thresholds are then optimistic).
     """
     samples = list(samples)
-    k = int(round(len(samples) * fraction))
+    k = max(int(round(len(samples) * fraction)), MIN_HOLDOUT) if fraction > 0 else 0
     if len(samples) < 10 or k == 0:
         return samples, []
     order = np.random.default_rng(seed).permutation(len(samples))
