@@ -86,7 +86,7 @@ def evaluate_cmd(run: str, data: str, json_path: str | None, heatmaps: str | Non
 
 @main.command("demo")
 @click.option("--out", default="runs/demo", show_default=True, type=click.Path(file_okay=False))
-@click.option("--epochs", type=int, default=30, show_default=True)
+@click.option("--epochs", type=int, default=20, show_default=True)
 @click.option("--quiet", is_flag=True)
 def demo_cmd(out: str, epochs: int, quiet: bool) -> None:
     """Generate a synthetic surface-defect data set, train, evaluate and write a report with heatmaps."""

@@ -10,7 +10,7 @@ from aminet_edge.config import PRESETS, TrainConfig
 DEMO_LR = 5e-4  # the tiny preset on 60 images converges in tens of epochs at this rate (1e-4 is slower)
 
 
-def run_demo(out: str | Path, epochs: int = 30, seed: int = 0, progress: bool = True) -> Path:
+def run_demo(out: str | Path, epochs: int = 20, seed: int = 0, progress: bool = True) -> Path:
     """Run the whole job under `out` and return the path of `report.md`.
 
     Writes out/data (MVTec layout), out/bundle, out/metrics.json, out/heatmaps/*.png, out/report.md.

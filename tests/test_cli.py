@@ -1,0 +1,51 @@
+"""The CLI verbs: thin wrappers that do the job and print one clear line on bad input."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from click.testing import CliRunner
+
+from aminet_edge.cli import main
+from aminet_edge.data.synthetic import make_synthetic_dataset
+
+
+def test_train_then_evaluate(tmp_path: Path) -> None:
+    data = make_synthetic_dataset(tmp_path / "d", n_train=10, n_test_good=2, n_test_defect=1, size=64)
+    runner = CliRunner()
+    res = runner.invoke(main, ["train", str(data), "--out", str(tmp_path / "run"), "--preset", "tiny",
+                               "--image-size", "64", "--embed-dim", "32", "--depth", "1", "--epochs", "1",
+                               "--quiet"])
+    assert res.exit_code == 0, res.output
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert config["model"]["embed_dim"] == 32 and config["model"]["backbone"] == "efficientnet_lite0"
+    res = runner.invoke(main, ["evaluate", str(tmp_path / "run"), str(data), "--json", str(tmp_path / "m.json"),
+                               "--quiet"])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.output)["image_auroc"] == json.loads((tmp_path / "m.json").read_text())["image_auroc"]
+
+
+def test_errors_are_one_line(tmp_path: Path) -> None:
+    runner = CliRunner()
+    (tmp_path / "empty").mkdir()
+    res = runner.invoke(main, ["train", str(tmp_path / "empty"), "--out", str(tmp_path / "o"), "--preset", "tiny"])
+    assert res.exit_code == 1 and "no known data layout" in res.output and "Traceback" not in res.output
+    res = runner.invoke(main, ["evaluate", str(tmp_path / "empty"), str(tmp_path / "empty")])
+    assert res.exit_code == 1 and "not an aminet-edge bundle" in res.output
+
+
+def test_wide_resnet_without_weights_says_how(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    import torch
+
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
+    data = make_synthetic_dataset(tmp_path / "d", n_train=2, n_test_good=0, n_test_defect=0, size=32)
+    res = CliRunner().invoke(main, ["train", str(data), "--out", str(tmp_path / "o"), "--epochs", "1"])
+    assert res.exit_code == 1 and "--weights PATH" in res.output
+
+
+def test_module_entry_point_and_info() -> None:
+    out = subprocess.run([sys.executable, "-m", "aminet_edge", "info"], capture_output=True, text=True, check=True)
+    assert "op backends:" in out.stdout and "reference: available" in out.stdout
