@@ -12,6 +12,8 @@ def _version(module: str) -> str:
         mod = importlib.import_module(module)
     except Exception as exc:  # noqa: BLE001 - any import failure means "not usable here"
         return f"not available ({type(exc).__name__}: {exc})".splitlines()[0][:120]
+    if getattr(mod, "__file__", None) is None:  # an empty namespace folder, e.g. left by tensorrt-stubs
+        return "not available (empty namespace package, no library)"
     return str(getattr(mod, "__version__", "installed"))
 
 
