@@ -126,3 +126,22 @@ def test_config_validation() -> None:
         ModelConfig(embed_dim=30, num_heads=4).validate()
     with pytest.raises(ValueError, match="image_size"):
         ModelConfig(image_size=250).validate()
+
+
+def test_feature_jitter_only_perturbs_training() -> None:
+    """With jitter on, training losses change (noise ~ ||token|| / D * 20) and repeat with the seed; the
+    test-time pass is unaffected."""
+    from dataclasses import replace
+
+    plain, jittered = make(), make(cfg=replace(TINY, feature_jitter=True))
+    feat = torch.randn(2, 6, 16, 16)
+    a = plain.losses(feat, LossConfig(), torch.Generator().manual_seed(1))
+    b = jittered.losses(feat, LossConfig(), torch.Generator().manual_seed(1))
+    c = jittered.losses(feat, LossConfig(), torch.Generator().manual_seed(1))
+    assert a["mse"].item() != b["mse"].item() and b["mse"].item() == c["mse"].item()
+    tokens_plain, _ = jittered.cluster(feat, torch.Generator().manual_seed(1), jitter=False)
+    tokens_jit, _ = jittered.cluster(feat, torch.Generator().manual_seed(1), jitter=True)
+    assert torch.equal(tokens_plain, tokens_jit)  # distances use the un-jittered clustering tokens
+    with torch.no_grad():
+        for x, y in zip(plain.eval()(feat), jittered.eval()(feat)):
+            assert torch.equal(x, y)
