@@ -38,13 +38,22 @@ class Bottleneck(nn.Module):
         return self.relu(self.bn3(self.conv3(out)) + identity)
 
 
-class WideResNet50Features(nn.Module):
-    """Stem + layer1..layer3 of wide_resnet50_2; forward returns the three stage outputs.
+def make_layer(inplanes: int, planes: int, blocks: int, stride: int) -> nn.Sequential:
+    """torchvision's _make_layer for wide_resnet50_2 (width_per_group 128: 3x3 width = 2 * planes)."""
+    down = nn.Sequential(nn.Conv2d(inplanes, planes * 4, 1, stride=stride, bias=False), nn.BatchNorm2d(planes * 4))
+    layers = [Bottleneck(inplanes, planes, stride, planes * 2, down)]
+    layers += [Bottleneck(planes * 4, planes, 1, planes * 2, None) for _ in range(blocks - 1)]
+    return nn.Sequential(*layers)
 
-    (B, 3, H, W) -> [(B, 256, H/4, W/4), (B, 512, H/8, W/8), (B, 1024, H/16, W/16)].
+
+class WideResNet50Features(nn.Module):
+    """Stem + layer1..layer3 of torchvision's wide_resnet50_2 (same keys); layer4 and fc are left out.
+
+    features() (and forward()): (B, 3, H, W) float32 ImageNet-normalised ->
+    [(B, 256, H/4, W/4), (B, 512, H/8, W/8), (B, 1024, H/16, W/16)] (sizes rounded up).
     """
 
-    stage_channels = (256, 512, 1024)
+    feature_channels = (256, 512, 1024)
 
     def __init__(self) -> None:
         super().__init__()
@@ -52,28 +61,23 @@ class WideResNet50Features(nn.Module):
         self.bn1 = nn.BatchNorm2d(64)
         self.relu = nn.ReLU(inplace=True)
         self.maxpool = nn.MaxPool2d(3, stride=2, padding=1)
-        inplanes = 64
-        for name, planes, blocks, stride in (("layer1", 64, 3, 1), ("layer2", 128, 4, 2), ("layer3", 256, 6, 2)):
-            layers: list[nn.Module] = []
-            for i in range(blocks):
-                s = stride if i == 0 else 1
-                down = None
-                if i == 0 and (s != 1 or inplanes != planes * 4):
-                    down = nn.Sequential(nn.Conv2d(inplanes, planes * 4, 1, stride=s, bias=False),
-                                         nn.BatchNorm2d(planes * 4))
-                layers.append(Bottleneck(inplanes, planes, s, planes * 2, down))  # width_per_group 128
-                inplanes = planes * 4
-            setattr(self, name, nn.Sequential(*layers))
+        self.layer1 = make_layer(64, 64, 3, 1)
+        self.layer2 = make_layer(256, 128, 4, 2)
+        self.layer3 = make_layer(512, 256, 6, 2)
 
-    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+    def features(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """The layer1, layer2 and layer3 outputs."""
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
         f1 = self.layer1(x)
         f2 = self.layer2(f1)
         return [f1, f2, self.layer3(f2)]
 
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        return self.features(x)
+
 
 def hub_candidates() -> list[Path]:
-    """Where torchvision would have cached the weights."""
+    """Where torchvision caches the weights (torch.hub.get_dir()/checkpoints), V1 first."""
     return [Path(torch.hub.get_dir()) / "checkpoints" / name for name in HUB_FILES]
 
 
@@ -81,10 +85,14 @@ def load_wide_resnet50(weights: str | Path | None, pretrained: bool) -> tuple[Wi
     """The backbone and a description of where its weights came from.
 
     weights: a torchvision state-dict file (.pth/.pt, read with weights_only=True) or .safetensors;
-    None searches torch's hub cache. pretrained False gives random weights (tests, smoke runs).
+    None searches torch's hub cache (IMAGENET1K_V1, the paper's, before V2) and raises
+    WeightsNotFoundError naming the paths searched. layer4/fc keys are ignored; any other missing or
+    unexpected key is a ValueError. pretrained False: random init (tests, smoke runs; weights must be None).
     """
     model = WideResNet50Features()
     if not pretrained:
+        if weights is not None:
+            raise ValueError("weights given with pretrained=False")
         return model, "random init"
     if weights is None:
         found = [p for p in hub_candidates() if p.is_file()]
