@@ -1,0 +1,26 @@
+"""Export: bundle -> ONNX graphs (onnx_export) -> TensorRT / TensorRT-RTX engines (engine).
+
+Importing this package is light (no torch, onnx or tensorrt): the torch-free runtime calls
+`aminet_edge.export.engine.check_engine`. The public functions load their modules on first use.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_LAZY = {"export_onnx": "onnx_export", "build_engine": "engine", "check_engine": "engine",
+         "check_graph": "graph_checks", "GraphCheckError": "graph_checks"}
+
+__all__ = [*_LAZY, "onnx_name"]
+
+
+def onnx_name(part: str, precision: str) -> str:
+    """File name of graph `part` ("model", "model_a", "model_b") at `precision` ("fp32" or "fp16")."""
+    return f"{part}.onnx" if precision == "fp32" else f"{part}_{precision}.onnx"
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(f"aminet_edge.export.{_LAZY[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,0 +1,45 @@
+"""CLI verbs `aminet-edge export` and `aminet-edge build-engine` (thin: parse, call the API, print)."""
+
+from __future__ import annotations
+
+import click
+
+
+@click.command("export")
+@click.argument("run", type=click.Path(exists=True, file_okay=False))
+@click.option("--precision", type=click.Choice(["fp32", "fp16"]), default="fp32", show_default=True)
+@click.option("--no-split", is_flag=True, help="Only the single graph model.onnx, not model_a/model_b.")
+def export_cmd(run: str, precision: str, no_split: bool) -> None:
+    """Export bundle RUN to ONNX (opset 17, dynamic batch) inside the bundle."""
+    from aminet_edge.export.graph_checks import GraphCheckError
+    from aminet_edge.export.onnx_export import export_onnx
+
+    try:
+        paths = export_onnx(run, precision=precision, split=not no_split)
+    except GraphCheckError as exc:
+        raise click.ClickException(str(exc)) from exc
+    for part, path in paths.items():
+        click.echo(f"{part}: {path}")
+
+
+@click.command("build-engine")
+@click.argument("run", type=click.Path(exists=True, file_okay=False))
+@click.option("--target", type=click.Choice(["rtx", "jetson", "auto"]), default="auto", show_default=True)
+@click.option("--precision", type=click.Choice(["fp32", "fp16"]), default="fp16", show_default=True)
+@click.option("--out", type=click.Path(dir_okay=False), default=None,
+              help="Engine file [default: RUN/engines/<backend>-<target>-<precision>.engine].")
+@click.option("--batch", type=int, nargs=3, default=(1, 1, 8), show_default=True, help="MIN OPT MAX batch.")
+@click.option("--workspace-mb", type=int, default=None, help="Builder workspace limit in MB.")
+@click.option("--arch", "arch", type=int, multiple=True,
+              help="TensorRT-RTX compute capability, repeatable (e.g. --arch 86 --arch 89) [default: 80 86 89 120].")
+def build_engine_cmd(run: str, target: str, precision: str, out: str | None, batch: tuple[int, int, int],
+                     workspace_mb: int | None, arch: tuple[int, ...]) -> None:
+    """Build a TensorRT(-RTX) engine for bundle RUN and record it in its config.json."""
+    from aminet_edge.export.engine import build_engine
+
+    try:
+        path = build_engine(run, target=target, precision=precision, batch=batch, workspace=workspace_mb,
+                            compute_capabilities=list(arch) or None, out=out)
+    except (ImportError, ValueError, RuntimeError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(str(path))

@@ -1,0 +1,159 @@
+"""Export a bundle's inference graph to ONNX (opset 17, standard ops, dynamic batch).
+
+Single graph `model.onnx` (`model_fp16.onnx`):
+    images (B, 3, S, S) float32, normalised with the bundle's mean/std
+    -> amap (B, S, S) float32, score (B,) float32, mask (B, L) bool.
+Split pair, for the custom-kernel pipeline (C++ adaptive_mask / score_map run between the halves):
+    model_a.onnx: images -> features (B, C, h, w), cluster_tokens (B, L, D) (with position embedding),
+                  centers (B, P, D), inpaint_tokens (B, L, D) (inpainting patch embedding, before masking)
+    model_b.onnx: inpaint_tokens (B, L, D), mask (B, L) bool -> recon (B, C, h, w)
+fp16: backbone and transformers run in float16; distances, cluster statistics and the score map in
+float32 (explicit Casts in the graph, as TensorRT-RTX networks are strongly typed). Graph I/O stays float32.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import onnx
+import torch
+from torch import nn
+
+from aminet_edge.bundle import read_config, write_config
+from aminet_edge.export import onnx_name
+from aminet_edge.export.graph_checks import GraphCheckError, check_graph
+from aminet_edge.model.aminet import AMINet
+from aminet_edge.model.features import FeatureExtractor
+from aminet_edge.model.pipeline import Pipeline, load_pipeline
+from aminet_edge.ops import reference
+
+OPSET = 17
+PRECISIONS = ("fp32", "fp16")
+SINGLE_IO = (("images",), ("amap", "score", "mask"))
+A_IO = (("images",), ("features", "cluster_tokens", "centers", "inpaint_tokens"))
+B_IO = (("inpaint_tokens", "mask"), ("recon",))
+
+
+class MixedPipeline(nn.Module):
+    """`Pipeline` with backbone and transformers in `dtype`, mask statistics and score map in float32.
+
+    Same I/O as Pipeline: images (B, 3, S, S) float32 -> amap (B, S, S), score (B,) float32, mask (B, L).
+    """
+
+    def __init__(self, pipeline: Pipeline, dtype: torch.dtype = torch.float16) -> None:
+        super().__init__()
+        self.extractor = copy.deepcopy(pipeline.extractor).to(dtype)
+        self.aminet = copy.deepcopy(pipeline.aminet).to(dtype)
+        self.score = pipeline.score
+        self.dtype = dtype
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        net = self.aminet
+        feat = self.extractor(images.to(self.dtype))
+        tokens, centers = net.cluster(feat)
+        # reference.adaptive_mask casts to float32 itself: distances and boundaries never see fp16
+        mask, _, _ = reference.adaptive_mask(tokens.float(), centers.float(), net.cfg.mask_lambda)
+        recon = net.unpatchify(net.inpaint(feat, mask))
+        amap, score = reference.score_map(feat.float(), recon.float(), (images.shape[-2], images.shape[-1]),
+                                          self.score.sigma, self.score.image_score)
+        return amap, score, mask
+
+
+class PartA(nn.Module):
+    """images (B, 3, S, S) float32 -> features (B, C, h, w), cluster_tokens (B, L, D), centers (B, P, D),
+    inpaint_tokens (B, L, D), all float32 (computed in `dtype`)."""
+
+    def __init__(self, extractor: FeatureExtractor, aminet: AMINet, dtype: torch.dtype = torch.float32) -> None:
+        super().__init__()
+        self.extractor, self.aminet, self.dtype = extractor, aminet, dtype
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        feat = self.extractor(images.to(self.dtype))
+        tokens, centers = self.aminet.cluster(feat)
+        inpaint = AMINet._embed(self.aminet.embed_inpaint, feat)
+        return feat.float(), tokens.float(), centers.float(), inpaint.float()
+
+
+class PartB(nn.Module):
+    """inpaint_tokens (B, L, D) float32, mask (B, L) bool -> recon (B, C, h, w) float32.
+
+    The tail of `AMINet.inpaint` (mask-token replacement, position embedding, blocks, norm, head) and
+    `unpatchify`.
+    """
+
+    def __init__(self, aminet: AMINet, dtype: torch.dtype = torch.float32) -> None:
+        super().__init__()
+        self.aminet, self.dtype = aminet, dtype
+
+    def forward(self, inpaint_tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        net = self.aminet
+        x = inpaint_tokens.to(self.dtype)
+        pos: torch.Tensor = net.pos_embed  # type: ignore[assignment]  # a registered buffer
+        x = torch.where(mask.unsqueeze(-1), net.mask_token.to(x.dtype), x) + pos
+        for blk in net.blocks:
+            x = blk(x)
+        return net.unpatchify(net.head(net.norm(x))).float()
+
+
+def _as_tuple(out: torch.Tensor | tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+    return out if isinstance(out, tuple) else (out,)
+
+
+def _export(module: nn.Module, args: tuple[torch.Tensor, ...], io_names: tuple[tuple[str, ...], tuple[str, ...]],
+            path: Path, opset: int) -> Path:
+    """Trace `module` with the legacy exporter, batch axis dynamic; check the graph; write `path`."""
+    inputs, outputs = io_names
+    axes = {n: {0: "batch"} for n in inputs + outputs}
+    with torch.no_grad():
+        torch.onnx.export(module, args, str(path), input_names=list(inputs), output_names=list(outputs),
+                          dynamic_axes=axes, opset_version=opset, do_constant_folding=True, dynamo=False)
+        shapes = [o.shape for o in _as_tuple(module(*args))]
+    model = onnx.load(str(path))
+    # the tracer leaves some non-batch output dims symbolic; they are fixed by the config, so state them
+    for out, shape in zip(model.graph.output, shapes):
+        for dim, size in list(zip(out.type.tensor_type.shape.dim, shape))[1:]:
+            dim.Clear()
+            dim.dim_value = size
+    onnx.checker.check_model(model)
+    try:
+        check_graph(model, where=str(path))
+    except GraphCheckError:
+        path.unlink()
+        raise
+    onnx.save(model, str(path))
+    return path
+
+
+def export_onnx(bundle: str | Path, precision: str = "fp32", opset: int = OPSET, split: bool = True) -> dict[str, Path]:
+    """Export the bundle's pipeline to ONNX next to its weights and record the files in config.json.
+
+    Returns {"model": path} plus {"model_a", "model_b"} when `split`. Deterministic: the same bundle
+    gives byte-identical files. Raises GraphCheckError if the graph holds a node TensorRT rejects.
+    """
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    bundle = Path(bundle)
+    pipeline, config = load_pipeline(bundle, ops_backend="reference")
+    size, dtype = config.model.image_size, torch.float16 if precision == "fp16" else torch.float32
+    images = torch.zeros(2, 3, size, size)
+    single: nn.Module = pipeline if precision == "fp32" else MixedPipeline(pipeline, dtype)
+    paths = {"model": _export(single, (images,), SINGLE_IO, bundle / onnx_name("model", precision), opset)}
+    if split:
+        ext = copy.deepcopy(pipeline.extractor).to(dtype)
+        net = copy.deepcopy(pipeline.aminet).to(dtype)
+        a = PartA(ext, net, dtype).eval()
+        with torch.no_grad():
+            _, _, _, inpaint = a(images)
+        mask = torch.zeros(inpaint.shape[:2], dtype=torch.bool)
+        paths["model_a"] = _export(a, (images,), A_IO, bundle / onnx_name("model_a", precision), opset)
+        paths["model_b"] = _export(PartB(net, dtype).eval(), (inpaint, mask), B_IO,
+                                   bundle / onnx_name("model_b", precision), opset)
+    config = read_config(bundle)  # re-read: another export may have recorded artifacts meanwhile
+    onnx_entries = config.artifacts.setdefault("onnx", {})
+    key = "" if precision == "fp32" else f"_{precision}"
+    for part, path in paths.items():
+        onnx_entries[part + key] = {"path": path.name, "precision": precision, "opset": opset,
+                                    "input_size": size}
+    write_config(bundle, config)
+    return paths

@@ -1,0 +1,137 @@
+"""ONNX export vs PyTorch: single graph, split graphs with the C++ ops between them, fp16, dynamic batch.
+
+Tolerances: fp32 maps agree within atol 1e-5 + rtol 1e-3 of the map scale (onnxruntime fuses and reorders
+float32 sums); masks must be identical. fp16 vs fp32 graphs: see test_fp16_graph_close_to_fp32.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from aminet_edge import ops
+from aminet_edge.bundle import BundleConfig, read_config, write_config
+from aminet_edge.config import IMAGENET_MEAN, IMAGENET_STD, PRESETS, ModelConfig, ScoreConfig
+from aminet_edge.export.onnx_export import export_onnx
+from aminet_edge.model.pipeline import build_modules, load_pipeline, save_pipeline_weights
+
+ort = pytest.importorskip("onnxruntime")
+
+SMALL = ModelConfig(backbone="efficientnet_lite0", image_size=64, embed_dim=32, num_heads=4, inpaint_depth=1,
+                    num_clusters=4)
+BOTTLE = Path("/work/shared/data/mvtec_bottle")
+
+
+def make_bundle(root: Path, model: ModelConfig = SMALL, pretrained: bool = False) -> Path:
+    """A bundle with random AMI-Net weights (seeded) and a random or pretrained backbone."""
+    torch.manual_seed(0)
+    config = BundleConfig(model=model, in_channels=176, score=ScoreConfig(), mean=IMAGENET_MEAN, std=IMAGENET_STD)
+    extractor, aminet = build_modules(config, pretrained=pretrained)
+    config.mean, config.std = extractor.mean, extractor.std  # type: ignore[assignment]
+    write_config(root, config)
+    save_pipeline_weights(root, extractor, aminet)
+    return root
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = make_bundle(tmp_path_factory.mktemp("bundle"))
+    export_onnx(root, "fp32", split=True)
+    export_onnx(root, "fp16", split=False)
+    return root
+
+
+def images(batch: int, size: int = 64, seed: int = 0) -> np.ndarray:
+    return torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(seed)).numpy()
+
+
+def session(path: Path):  # type: ignore[no-untyped-def]
+    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+
+
+def assert_maps_close(got: np.ndarray, want: np.ndarray, rtol: float = 1e-3) -> None:
+    np.testing.assert_allclose(got, want, rtol=rtol, atol=1e-5 + rtol * float(np.abs(want).max()))
+
+
+def test_io_names_shapes_and_record(bundle: Path) -> None:
+    s = session(bundle / "model.onnx")
+    assert [(i.name, i.shape, i.type) for i in s.get_inputs()] == [("images", ["batch", 3, 64, 64], "tensor(float)")]
+    assert [(o.name, o.shape, o.type) for o in s.get_outputs()] == [
+        ("amap", ["batch", 64, 64], "tensor(float)"), ("score", ["batch"], "tensor(float)"),
+        ("mask", ["batch", 16], "tensor(bool)")]
+    a, b = session(bundle / "model_a.onnx"), session(bundle / "model_b.onnx")
+    assert [(o.name, o.shape) for o in a.get_outputs()] == [
+        ("features", ["batch", 176, 16, 16]), ("cluster_tokens", ["batch", 16, 32]), ("centers", ["batch", 4, 32]),
+        ("inpaint_tokens", ["batch", 16, 32])]
+    assert [(i.name, i.type) for i in b.get_inputs()] == [("inpaint_tokens", "tensor(float)"), ("mask", "tensor(bool)")]
+    assert [(o.name, o.shape) for o in b.get_outputs()] == [("recon", ["batch", 176, 16, 16])]
+    onnx = read_config(bundle).artifacts["onnx"]
+    assert onnx["model"]["path"] == "model.onnx" and onnx["model_fp16"]["path"] == "model_fp16.onnx"
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+def test_single_graph_matches_torch(bundle: Path, batch: int) -> None:
+    pipeline, _ = load_pipeline(bundle)
+    x = images(batch, seed=batch)
+    amap, score, mask = session(bundle / "model.onnx").run(["amap", "score", "mask"], {"images": x})
+    with torch.no_grad():
+        t_amap, t_score, t_mask = (t.numpy() for t in pipeline(torch.from_numpy(x)))
+    assert mask.dtype == np.bool_ and np.array_equal(mask, t_mask)
+    assert_maps_close(amap, t_amap)
+    assert_maps_close(score, t_score)
+
+
+def test_split_pipeline_matches_single_graph(bundle: Path) -> None:
+    config = read_config(bundle)
+    x = images(3, seed=7)
+    amap, score, mask = session(bundle / "model.onnx").run(["amap", "score", "mask"], {"images": x})
+    feat, tokens, centers, inpaint = session(bundle / "model_a.onnx").run(
+        ["features", "cluster_tokens", "centers", "inpaint_tokens"], {"images": x})
+    s_mask, _, _ = ops.adaptive_mask(tokens, centers, config.model.mask_lambda, backend="cpp")
+    (recon,) = session(bundle / "model_b.onnx").run(["recon"], {"inpaint_tokens": inpaint, "mask": s_mask})
+    s_amap, s_score = ops.score_map(feat, recon, (64, 64), config.score.sigma, config.score.image_score, backend="cpp")
+    assert np.array_equal(s_mask, mask)
+    assert_maps_close(s_amap, amap)
+    assert_maps_close(s_score, score)
+
+
+def test_fp16_graph_close_to_fp32(bundle: Path) -> None:
+    """fp16 backbone/transformers vs fp32: maps within 5% of the map scale (atol) and 5% relative on the
+    image score; at most 1 token in 16 per image flips its mask (tokens near a cluster boundary)."""
+    x = images(3, seed=11)
+    amap, score, mask = session(bundle / "model.onnx").run(["amap", "score", "mask"], {"images": x})
+    h_amap, h_score, h_mask = session(bundle / "model_fp16.onnx").run(["amap", "score", "mask"], {"images": x})
+    assert h_amap.dtype == np.float32 and np.isfinite(h_amap).all()
+    np.testing.assert_allclose(h_amap, amap, rtol=0.05, atol=0.05 * float(np.abs(amap).max()))
+    np.testing.assert_allclose(h_score, score, rtol=0.05)
+    assert (h_mask != mask).sum(1).max() <= 1
+
+
+def test_export_is_deterministic(bundle: Path, tmp_path: Path) -> None:
+    copy = tmp_path / "copy"
+    shutil.copytree(bundle, copy, ignore=shutil.ignore_patterns("*.onnx", "engines"))
+    export_onnx(copy, "fp32", split=False)
+    assert (copy / "model.onnx").read_bytes() == (bundle / "model.onnx").read_bytes()
+
+
+@pytest.mark.skipif(not (BOTTLE / "test").is_dir(), reason=f"real images not found at {BOTTLE}")
+def test_real_bottle_images_pretrained_backbone(tmp_path: Path) -> None:
+    """Preset "tiny" (128 px), pretrained efficientnet_lite0, random AMI-Net: 3 bottle test images."""
+    from aminet_edge.train.cache import load_batches
+
+    root = make_bundle(tmp_path / "tiny", PRESETS["tiny"], pretrained=True)
+    export_onnx(root, "fp32", split=False)
+    config = read_config(root)
+    paths = sorted(str(p) for p in (BOTTLE / "test").rglob("*.png"))[:: 40][:3]
+    x = next(iter(load_batches(paths, 128, config.mean, config.std, 3))).numpy()
+    pipeline, _ = load_pipeline(root)
+    amap, score, mask = session(root / "model.onnx").run(["amap", "score", "mask"], {"images": x})
+    with torch.no_grad():
+        t_amap, t_score, t_mask = (t.numpy() for t in pipeline(torch.from_numpy(x)))
+    assert np.array_equal(mask, t_mask)
+    assert_maps_close(amap, t_amap)
+    assert_maps_close(score, t_score)
