@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from aminet_edge.data.images import ImageReadError, preprocess, read_image, read_mask, to_rgb_float
+from aminet_edge.data.images import (
+    ImageReadError, pil_to_rgb_float, preprocess, preprocess_batch, read_image, read_mask, to_rgb_float)
 
 
 def test_gray_rgba_and_16bit(tmp_path: Path) -> None:
@@ -49,13 +50,25 @@ def test_bad_arrays_are_named(array: np.ndarray, message: str) -> None:
     assert "frame 3" in str(info.value)
 
 
+def test_16bit_scaling_does_not_depend_on_content() -> None:
+    dark = Image.fromarray(np.full((16, 16), 200, np.int32), mode="I")  # PIL's "I" also holds 16-bit files
+    assert pil_to_rgb_float(dark)[0, 0, 0] == pytest.approx(200 / 65535)
+    with pytest.raises(ImageReadError, match="0..65535"):
+        pil_to_rgb_float(Image.fromarray(np.full((16, 16), 70000, np.int32), mode="I"))
+
+
 def test_bad_files_are_named(tmp_path: Path) -> None:
     (tmp_path / "empty.png").write_bytes(b"")
     (tmp_path / "junk.png").write_bytes(b"not an image at all")
-    for name, message in (("empty.png", "0 bytes"), ("junk.png", "not a readable image"), ("gone.png", "not found")):
-        with pytest.raises(ImageReadError, match=message) as info:
-            read_image(tmp_path / name)
-        assert name in str(info.value)
+    Image.fromarray(np.zeros((64, 64, 3), np.uint8)).save(tmp_path / "whole.png")
+    (tmp_path / "cut.png").write_bytes((tmp_path / "whole.png").read_bytes()[:-40])
+    (tmp_path / "dir.png").mkdir()
+    for name, message in (("empty.png", "0 bytes"), ("junk.png", "not a readable"), ("gone.png", "not found"),
+                          ("cut.png", "not a readable"), ("dir.png", "not a file")):
+        for reader in (read_image, read_mask):
+            with pytest.raises(ImageReadError, match=message) as info:
+                reader(tmp_path / name)
+            assert name in str(info.value)
 
 
 def test_preprocess_normalises_and_resizes_without_rounding() -> None:
@@ -65,6 +78,39 @@ def test_preprocess_normalises_and_resizes_without_rounding() -> None:
     assert x.shape == (3, 32, 32) and x.dtype == np.float32
     np.testing.assert_allclose(x[0], 0.0, atol=1e-6)
     np.testing.assert_allclose(x[2], -0.5, atol=1e-6)
+
+
+def test_preprocess_matches_torch_antialiased_bilinear() -> None:
+    """PIL's float bilinear resize equals torch's antialias=True bilinear (torchvision's Resize kernel)
+    to float32 rounding, so the torch-free runtime preprocesses as training would with torchvision."""
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(0)
+    mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+    for h, w, size in ((120, 97, 64), (40, 50, 64), (64, 64, 64)):  # down, up, same
+        image = rng.random((h, w, 3)).astype(np.float32)
+        t = torch.nn.functional.interpolate(torch.from_numpy(image).permute(2, 0, 1)[None], size=(size, size),
+                                            mode="bilinear", antialias=True, align_corners=False)[0]
+        want = ((t - torch.tensor(mean)[:, None, None]) / torch.tensor(std)[:, None, None]).numpy()
+        np.testing.assert_allclose(preprocess(image, size, mean, std), want, atol=1e-5)
+    batch = preprocess_batch([image, image[::-1]], 32, mean, std)
+    assert batch.shape == (2, 3, 32, 32) and batch.dtype == np.float32
+    np.testing.assert_array_equal(batch[0], preprocess(image, 32, mean, std))
+    with pytest.raises(ValueError, match="at least one"):
+        preprocess_batch([], 32, mean, std)
+
+
+def test_mask_encodings(tmp_path: Path) -> None:
+    m = np.zeros((32, 32), np.uint8)
+    m[8:24, 8:24] = 1
+    Image.fromarray(m).save(tmp_path / "ones.png")  # 0/1 masks count as well as 0/255
+    assert read_mask(tmp_path / "ones.png").sum() == 256
+    colour = np.zeros((32, 32, 3), np.uint8)
+    colour[8:24, 8:24, 2] = 1  # a dim colour vanishes in a luminance conversion, not here
+    Image.fromarray(colour).save(tmp_path / "colour.png")
+    assert read_mask(tmp_path / "colour.png").sum() == 256
+    Image.fromarray(m * 255).save(tmp_path / "lossy.jpg", quality=75)
+    jpeg = read_mask(tmp_path / "lossy.jpg")
+    assert np.array_equal(jpeg, m > 0)  # compression noise around the edge is not defect
 
 
 def test_read_mask_nearest(tmp_path: Path) -> None:

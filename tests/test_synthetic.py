@@ -33,3 +33,13 @@ def test_normal_images_vary() -> None:
     rng = np.random.default_rng(0)
     a, b = normal_surface(rng, 64), normal_surface(rng, 64)
     assert np.abs(a - b).mean() > 0.01 and 0.3 < a.mean() < 0.8
+
+
+def test_rerun_replaces_and_foreign_folders_are_refused(tmp_path: Path) -> None:
+    root = make_synthetic_dataset(tmp_path / "d", n_train=4, n_test_good=1, n_test_defect=1, size=32)
+    make_synthetic_dataset(root, n_train=2, n_test_good=1, n_test_defect=1, size=32)
+    assert len(list((root / "train" / "good").glob("*.png"))) == 2  # no stale files from the first run
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep")
+    with pytest.raises(FileExistsError, match="not empty"):
+        make_synthetic_dataset(tmp_path / "mine", n_train=1, size=32)

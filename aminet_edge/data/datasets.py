@@ -2,9 +2,10 @@
 
 MVTec AD: ROOT/train/good/*, ROOT/test/<type>/*, ROOT/ground_truth/<type>/<stem>_mask.*
 BTAD:     ROOT/train/ok/*, ROOT/test/ok/*, ROOT/test/ko/*, ROOT/ground_truth/ko/<stem>.*
-Folder:   ROOT/good/*, ROOT/defective/* (or bad/, ng/), optional ROOT/masks/<stem>.* ; or a folder of
-          images only (all normal, for training). The folder layout's test split is the defective
-          images plus the good ones, which are also its training images (optimistic for normals).
+Folder:   ROOT/good/*, ROOT/defective/* (or bad/, ng/), optional ROOT/masks/<stem>.* ; every 5th good
+          image (sorted by name) is held out for the test split, the rest train. Without defective
+          images, or for a folder of images only, everything is training data.
+Images: .png .jpg .jpeg .bmp .tif .tiff (any case); hidden files are skipped; order is sorted by name.
 A defective test image without a mask file gets mask_path None: it counts for image metrics, not
 pixel metrics.
 """
@@ -18,8 +19,8 @@ from pathlib import Path
 import numpy as np
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
-GOOD_NAMES = ("good", "ok")
 BAD_FOLDERS = ("defective", "bad", "ng")
+FOLDER_TEST_EVERY = 5  # folder layout: good images 4, 9, 14, ... are test images (20 %)
 
 
 @dataclass(frozen=True)
@@ -42,30 +43,36 @@ class Split:
 
 
 def list_images(folder: Path) -> list[Path]:
-    """Image files directly in `folder`, sorted by name (extensions case-insensitive)."""
+    """Image files directly in `folder`, sorted by name (extensions case-insensitive, hidden files skipped)."""
     if not folder.is_dir():
         return []
-    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+    return sorted(p for p in folder.iterdir()
+                  if p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith(".") and p.is_file())
 
 
-def find_mask(folder: Path, stem: str, suffixes: Sequence[str]) -> str | None:
-    """The first mask file `folder/<stem><suffix>.<image ext>`, or None."""
-    for suffix in suffixes:
-        for p in list_images(folder):
-            if p.stem == stem + suffix:
-                return str(p)
-    return None
+def _mask_index(folder: Path) -> dict[str, str]:
+    """Image files in `folder` by stem (first by sorted name when stems repeat)."""
+    index: dict[str, str] = {}
+    for p in list_images(folder):
+        index.setdefault(p.stem, str(p))
+    return index
+
+
+def _mask_for(index: dict[str, str], stem: str, suffixes: Sequence[str]) -> str | None:
+    """The mask `<stem><suffix>.<any image ext>` for the first suffix that exists, or None."""
+    return next((index[stem + s] for s in suffixes if stem + s in index), None)
 
 
 def _test_samples(test_root: Path, gt_root: Path, good: str, mask_suffixes: Sequence[str]) -> list[Sample]:
     samples = []
-    for folder in sorted(p for p in test_root.iterdir() if p.is_dir()):
+    for folder in sorted(p for p in test_root.iterdir() if p.is_dir() and not p.name.startswith(".")):
         kind = folder.name
-        for img in list_images(folder):
-            if kind == good:
-                samples.append(Sample(str(img), 0, "good"))
-            else:
-                samples.append(Sample(str(img), 1, kind, find_mask(gt_root / kind, img.stem, mask_suffixes)))
+        if kind == good:
+            samples += [Sample(str(img), 0) for img in list_images(folder)]
+            continue
+        masks = _mask_index(gt_root / kind)
+        samples += [Sample(str(img), 1, kind, _mask_for(masks, img.stem, mask_suffixes))
+                    for img in list_images(folder)]
     return samples
 
 
@@ -85,39 +92,53 @@ def detect_layout(root: str | Path) -> str:
     raise ValueError(
         f"{root}: no known data layout. Expected one of: MVTec AD (train/good/, test/<type>/, "
         f"ground_truth/<type>/<name>_mask.png), BTAD (train/ok/, test/ok/, test/ko/, ground_truth/ko/), "
-        f"a folder with good/ and defective/ (masks/ optional), or a folder of normal images")
+        f"a folder with good/ and defective/ (or bad/, ng/; masks/ optional), or a folder of normal images")
 
 
 def load_dataset(root: str | Path) -> Split:
     """The train/test split of the data set at `root`, layout auto-detected, order deterministic."""
     root = Path(root)
     layout = detect_layout(root)
-    if layout == "mvtec":
-        train = [Sample(str(p), 0) for p in list_images(root / "train" / "good")]
-        test = _test_samples(root / "test", root / "ground_truth", "good", ("_mask", "")) \
-            if (root / "test").is_dir() else []
-    elif layout == "btad":
-        train = [Sample(str(p), 0) for p in list_images(root / "train" / "ok")]
-        test = _test_samples(root / "test", root / "ground_truth", "ok", ("", "_mask")) \
-            if (root / "test").is_dir() else []
+    test: list[Sample] = []
+    if layout in ("mvtec", "btad"):
+        good = "good" if layout == "mvtec" else "ok"
+        train = [Sample(str(p), 0) for p in list_images(root / "train" / good)]
+        if (root / "test").is_dir():
+            suffixes = ("_mask", "") if layout == "mvtec" else ("", "_mask")
+            test = _test_samples(root / "test", root / "ground_truth", good, suffixes)
     elif layout == "folder":
-        train = [Sample(str(p), 0) for p in list_images(root / "good")]
-        test = list(train)
-        for name in BAD_FOLDERS:
-            test += [Sample(str(p), 1, name, find_mask(root / "masks", p.stem, ("", "_mask")))
-                     for p in list_images(root / name)]
+        goods = [Sample(str(p), 0) for p in list_images(root / "good")]
+        masks = _mask_index(root / "masks")
+        test = [Sample(str(p), 1, name, _mask_for(masks, p.stem, ("", "_mask")))
+                for name in BAD_FOLDERS for p in list_images(root / name)]
+        held = set(range(FOLDER_TEST_EVERY - 1, len(goods), FOLDER_TEST_EVERY)) if test else set()
+        train = [s for i, s in enumerate(goods) if i not in held]
+        test = [goods[i] for i in sorted(held)] + test
     else:
-        train, test = [Sample(str(p), 0) for p in list_images(root)], []
+        train = [Sample(str(p), 0) for p in list_images(root)]
     if not train:
         raise ValueError(f"{root}: {layout} layout but no training images found")
     return Split(train, test, layout)
 
 
+def load_unified(roots: Sequence[str | Path]) -> tuple[list[Sample], dict[str, list[Sample]]]:
+    """Several categories for one (unified) model: every root's training images in root order, and
+    each category's test images keyed by the category (the root's folder name)."""
+    train: list[Sample] = []
+    tests: dict[str, list[Sample]] = {}
+    for root in roots:
+        name = Path(root).resolve().name
+        if name in tests:
+            raise ValueError(f"two data roots are both named {name!r}; category names must differ")
+        split = load_dataset(root)
+        train += split.train
+        tests[name] = split.test
+    return train, tests
+
+
 def select_few_shot(samples: Sequence[Sample], k: int, seed: int = 0) -> list[Sample]:
-    """k samples chosen deterministically from `seed`, kept in their original order."""
-    if k < 1:
-        raise ValueError(f"few-shot k must be >= 1, got {k}")
-    if k >= len(samples):
-        return list(samples)
+    """k samples chosen deterministically from `seed` (numpy Generator), kept in their original order."""
+    if not 1 <= k <= len(samples):
+        raise ValueError(f"few-shot k must be between 1 and the {len(samples)} training images, got {k}")
     chosen = np.sort(np.random.default_rng(seed).choice(len(samples), size=k, replace=False))
     return [samples[i] for i in chosen]

@@ -1,4 +1,8 @@
-"""Reading and preprocessing images with numpy + PIL (no torch: the edge runtime uses this module)."""
+"""Reading and preprocessing images with numpy + PIL (no torch: the edge runtime uses this module).
+
+One contract everywhere: an image is (H, W, 3) float32 RGB in [0, 1]; a mask is (H, W) bool, True =
+defect; a model input is (3, S, S) float32, resized to a square S x S (no crop) and normalised.
+"""
 
 from __future__ import annotations
 
@@ -16,30 +20,44 @@ class ImageReadError(ValueError):
     """An image file or array cannot be used; the message names the input and the problem."""
 
 
-def read_image(path: str | Path) -> np.ndarray:
-    """Read an image file as (H, W, 3) float32 RGB in [0, 1].
-
-    Grayscale is replicated to 3 channels, alpha dropped, 16-bit images scaled by 1/65535.
-    """
+def _decoded(path: str | Path, what: str) -> Image.Image:
+    """The fully decoded PIL image at `path`; ImageReadError naming the file and the problem."""
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise ImageReadError(f"{path}: file not found")
+    if not path.is_file():
+        raise ImageReadError(f"{path}: not a file")
     if path.stat().st_size == 0:
         raise ImageReadError(f"{path}: empty file (0 bytes)")
     try:
         with Image.open(path) as im:
-            im.load()
-            return pil_to_rgb_float(im, str(path))
-    except (UnidentifiedImageError, OSError, SyntaxError) as exc:
-        raise ImageReadError(f"{path}: not a readable image ({exc})") from exc
+            im.load()  # decode now: a truncated file fails here, not later
+            return im
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        raise ImageReadError(f"{path}: not a readable {what} ({type(exc).__name__}: {exc})") from exc
+
+
+def read_image(path: str | Path) -> np.ndarray:
+    """Read an image file as (H, W, 3) float32 RGB in [0, 1] (conversion: `pil_to_rgb_float`).
+
+    EXIF orientation is not applied (as the authors' loader), so images stay aligned with their masks.
+    Raises ImageReadError for a missing, empty, corrupt or unusable file.
+    """
+    return pil_to_rgb_float(_decoded(path, "image"), str(path))
 
 
 def pil_to_rgb_float(im: Image.Image, name: str = "image") -> np.ndarray:
-    """A PIL image as (H, W, 3) float32 RGB in [0, 1] (16-bit modes scaled by 1/65535)."""
-    if im.mode in ("I;16", "I;16B", "I;16L", "I"):
-        arr = np.asarray(im, dtype=np.float64)
-        scale = 65535.0 if im.mode.startswith("I;16") or arr.max(initial=0) > 255 else 255.0
-        return to_rgb_float((arr / scale).astype(np.float32), name=name)
+    """A PIL image as (H, W, 3) float32 RGB in [0, 1].
+
+    8-bit modes are scaled by 1/255; 16-bit modes ("I;16*", and "I", which PIL also uses for 16-bit
+    files) by 1/65535 whatever the content, so every image of one camera scales alike; "F" is taken as
+    [0, 1]. Grey is replicated, alpha dropped (not composited). PIL decodes 16-bit colour PNGs to 8 bits.
+    """
+    if im.mode.startswith("I"):
+        arr = np.asarray(im)
+        if im.mode == "I" and (arr.min(initial=0) < 0 or arr.max(initial=0) > 65535):
+            raise ImageReadError(f"{name}: 32-bit integer image with values outside 0..65535 is not supported")
+        return to_rgb_float(arr.astype(np.uint16), name=name)
     if im.mode == "F":
         return to_rgb_float(np.asarray(im, dtype=np.float32), name=name)
     return to_rgb_float(np.asarray(im.convert("RGB")), name=name)
@@ -108,14 +126,27 @@ def preprocess(image: np.ndarray, size: int, mean: Sequence[float], std: Sequenc
     return np.ascontiguousarray(out.transpose(2, 0, 1), dtype=np.float32)
 
 
+def preprocess_batch(images: Sequence[np.ndarray], size: int, mean: Sequence[float],
+                     std: Sequence[float]) -> np.ndarray:
+    """`preprocess` each (H_i, W_i, 3) image and stack them: (B, 3, size, size) float32."""
+    if len(images) == 0:
+        raise ValueError("preprocess_batch needs at least one image")
+    return np.stack([preprocess(image, size, mean, std) for image in images])
+
+
 def read_mask(path: str | Path, size: int | None = None) -> np.ndarray:
-    """A ground-truth mask file as (H, W) bool (nonzero = defect), resized (nearest) to size x size."""
-    path = Path(path)
-    try:
-        with Image.open(path) as im:
-            im = im.convert("L")
-            if size is not None:
-                im = im.resize((size, size), Image.NEAREST)
-            return np.asarray(im) > 0
-    except (FileNotFoundError, UnidentifiedImageError, OSError) as exc:
-        raise ImageReadError(f"{path}: not a readable mask ({exc})") from exc
+    """A ground-truth mask file as (H, W) bool, True = defect; with `size`, resized (nearest) to size x size.
+
+    Nonzero in any channel is defect, so 0/1 and 0/255 masks both work; JPEG masks are cut at 128
+    instead, because compression leaves faint nonzero values around every edge.
+    """
+    im = _decoded(path, "mask")
+    if im.mode not in ("1", "L", "F") and not im.mode.startswith("I"):
+        im = im.convert("RGB")  # palette and colour masks: look at the colours, not palette indices
+    arr = np.asarray(im)
+    if arr.ndim == 3:
+        arr = arr.max(axis=2)
+    mask = arr >= 128 if im.format == "JPEG" else arr != 0
+    if size is not None and mask.shape != (size, size):
+        mask = np.asarray(Image.fromarray(mask.astype(np.uint8) * 255).resize((size, size), Image.NEAREST)) > 0
+    return mask
