@@ -25,7 +25,31 @@ def _run(fn, *args, **kwargs):  # type: ignore[no-untyped-def]
         raise CliError(str(exc)) from exc
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+# verbs defined next to the code they drive, imported only when used (keeps `--help` fast, torch-free)
+LAZY_COMMANDS = {
+    "export": "aminet_edge.export.commands:export_cmd",
+    "build-engine": "aminet_edge.export.commands:build_engine_cmd",
+    "predict": "aminet_edge.runtime.commands:predict_cmd",
+    "benchmark": "aminet_edge.runtime.commands:benchmark_cmd",
+}
+
+
+class LazyGroup(click.Group):
+    """A click group that imports the LAZY_COMMANDS modules on first use."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted([*super().list_commands(ctx), *LAZY_COMMANDS])
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name in LAZY_COMMANDS:
+            import importlib
+
+            module, attr = LAZY_COMMANDS[name].split(":")
+            return getattr(importlib.import_module(module), attr)
+        return super().get_command(ctx, name)
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="aminet-edge")
 def main() -> None:
     """AMI-Net anomaly detection: train on good images, evaluate, export, deploy."""

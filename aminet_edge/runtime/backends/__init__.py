@@ -1,0 +1,231 @@
+"""Inference backends of the Detector: one registry of names, availability and the `auto` order.
+
+A backend turns preprocessed images (B, 3, S, S) float32 into the model's three outputs
+(`BackendOutput`). Each lives in its own module and imports its heavy package (torch, onnxruntime,
+tensorrt/tensorrt_rtx, pycuda/cuda-python) only when it is created; `backend_status` answers "can it
+run here, and if not why" without running anything (and, for CPU, without importing torch).
+
+| name              | device    | needs                                                            |
+|-------------------|-----------|------------------------------------------------------------------|
+| onnxruntime-split | cpu       | onnxruntime, model_a.onnx + model_b.onnx, C++ kernels (built ext) |
+| onnxruntime       | cpu, cuda | onnxruntime (CUDAExecutionProvider for cuda), model.onnx         |
+| torch             | cpu, cuda | torch + safetensors (the `train` extra)                          |
+| tensorrt          | cuda      | tensorrt (Jetson/datacenter) or tensorrt_rtx (RTX), pycuda or     |
+|                   |           | cuda-python, an engine for this GPU in bundle/engines            |
+
+`AUTO_ORDER` is fastest first, measured by bench/runtime.py (see BENCHMARKS.md).
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from aminet_edge.bundle import BundleConfig, BundleError
+
+BACKENDS = ("onnxruntime-split", "onnxruntime", "torch", "tensorrt")
+DEVICES = ("cpu", "cuda")
+
+# fastest first. CPU: bench/runtime.py on the "cpu" preset (split graphs + C++ kernels beat the single
+# graph, whose reference ops export as many small ONNX nodes; torch eager is the slowest).
+AUTO_ORDER: dict[str, tuple[str, ...]] = {
+    "cpu": ("onnxruntime-split", "onnxruntime", "torch"),
+    "cuda": ("tensorrt", "torch", "onnxruntime"),
+}
+
+MODULES = {
+    "torch": "aminet_edge.runtime.backends.torch_backend",
+    "onnxruntime": "aminet_edge.runtime.backends.onnxruntime_backend",
+    "onnxruntime-split": "aminet_edge.runtime.backends.onnxruntime_backend",
+    "tensorrt": "aminet_edge.runtime.backends.tensorrt_backend",
+}
+
+SINGLE_ONNX = "model.onnx"
+SPLIT_ONNX = ("model_a.onnx", "model_b.onnx")
+
+
+class BackendUnavailableError(ImportError):
+    """A backend cannot run here: a package is missing (the message names the pip extra) or no GPU."""
+
+
+class EngineError(BundleError):
+    """A TensorRT engine is missing from the bundle, or was built for another GPU / TensorRT version."""
+
+
+@dataclass(frozen=True)
+class BackendOutput:
+    """One batch's model outputs: amap (B, S, S) float32, score (B,) float32, mask (B, L) bool."""
+
+    amap: np.ndarray
+    score: np.ndarray
+    mask: np.ndarray
+
+
+class Backend(ABC):
+    """An inference session over one bundle.
+
+    `run` is not required to be thread-safe: the Detector serialises calls to it. `max_batch` is the
+    largest batch `run` accepts (None = any); with `exact_batch` it accepts only that size (the
+    Detector pads).
+    """
+
+    name: str = ""
+    device: str = "cpu"
+    max_batch: int | None = None
+    exact_batch: bool = False
+
+    @abstractmethod
+    def run(self, images: np.ndarray) -> BackendOutput:
+        """images: (B, 3, S, S) float32, C-contiguous, normalised as the bundle's preprocess says."""
+
+    def close(self) -> None:
+        """Release sessions and device memory (idempotent)."""
+
+    def describe(self) -> str:
+        """One line for logs: name, device and what runs underneath."""
+        return f"{self.name} on {self.device}"
+
+
+def has_module(name: str) -> bool:
+    """Whether `name` is importable, without importing it (a parent package may be imported)."""
+    try:
+        return importlib.util.find_spec(name) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def onnx_path(bundle: str | Path, config: BundleConfig | None, which: str) -> Path:
+    """Path of an exported graph: `which` = "model" (single), "model_a" or "model_b" (split).
+
+    config.json "artifacts" may name the files (written by aminet_edge.export); otherwise the
+    standard file names in the bundle directory are used.
+    """
+    artifacts = (config.artifacts if config is not None else {}) or {}
+    onnx = artifacts.get("onnx")
+    if isinstance(onnx, dict):
+        entry = onnx.get(which) or onnx.get(f"{which}.onnx")
+        if isinstance(entry, dict):
+            entry = entry.get("path") or entry.get("file")
+        if isinstance(entry, str):
+            return Path(bundle) / entry
+    return Path(bundle) / f"{which}.onnx"
+
+
+def _cpp_kernels_available() -> bool:
+    return has_module("aminet_edge._cpu_kernels")
+
+
+def check_backend(name: str, bundle: str | Path | None = None, config: BundleConfig | None = None,
+                  device: str = "cpu") -> Exception | None:
+    """None if backend `name` can run on `device` (for `bundle`, when given); else the error saying why.
+
+    The error is a BackendUnavailableError (package or GPU missing), a BundleError (graph not exported)
+    or an EngineError (no engine for this GPU). Never imports torch for device "cpu"; for "cuda" the
+    torch backend imports torch to ask for a GPU.
+    """
+    if name not in BACKENDS:
+        return ValueError(f"unknown backend {name!r}; choose 'auto' or one of {', '.join(BACKENDS)}")
+    if device not in DEVICES:
+        return ValueError(f"unknown device {device!r}; choose 'cpu' or 'cuda'")
+    missing_pkg = BackendUnavailableError
+    if name in ("onnxruntime", "onnxruntime-split"):
+        if not has_module("onnxruntime"):
+            return missing_pkg("onnxruntime is not installed (pip install 'aminet-edge[onnxruntime]')")
+        if name == "onnxruntime-split":
+            if device != "cpu":
+                return missing_pkg("the split-graph onnxruntime backend runs on the CPU only "
+                                   "(on cuda use tensorrt, torch or onnxruntime)")
+            if not _cpp_kernels_available():
+                return missing_pkg("the C++ kernels (aminet_edge._cpu_kernels) are not built; reinstall "
+                                   "aminet-edge with a C++ compiler and pybind11 present")
+            files = [onnx_path(bundle, config, w) for w in ("model_a", "model_b")] if bundle is not None else []
+        else:
+            if device == "cuda":
+                import onnxruntime as ort
+
+                if "CUDAExecutionProvider" not in ort.get_available_providers():
+                    return missing_pkg("this onnxruntime has no CUDAExecutionProvider (pip install onnxruntime-gpu)")
+            files = [onnx_path(bundle, config, "model")] if bundle is not None else []
+        absent = [str(f) for f in files if not f.is_file()]
+        if absent:
+            return BundleError(f"{', '.join(absent)} not found: export the bundle first (`aminet-edge export`)")
+        return None
+    if name == "torch":
+        if not (has_module("torch") and has_module("safetensors")):
+            return missing_pkg("torch and safetensors are not installed (pip install 'aminet-edge[train]')")
+        if device == "cuda":
+            import torch
+
+            if not torch.cuda.is_available():
+                return missing_pkg("torch sees no CUDA device")
+        return None
+    # tensorrt
+    if device != "cuda":
+        return missing_pkg("TensorRT runs on a CUDA GPU only (device='cuda')")
+    from aminet_edge.runtime.backends.tensorrt_backend import installed_flavours
+
+    if not installed_flavours():
+        return missing_pkg("neither tensorrt nor tensorrt_rtx is installed (Jetson/datacenter: NVIDIA's "
+                           "tensorrt; RTX PCs: pip install 'aminet-edge[rtx]')")
+    if not (has_module("pycuda") or has_module("cuda.bindings") or has_module("cuda.cudart")):
+        return missing_pkg("neither pycuda nor cuda-python is installed (pip install 'aminet-edge[jetson]' "
+                           "for pycuda, or pip install cuda-python)")
+    if bundle is not None:
+        from aminet_edge.runtime.backends.tensorrt_backend import find_engine
+
+        try:
+            find_engine(bundle, config)
+        except (EngineError, BackendUnavailableError) as exc:
+            return exc
+    return None
+
+
+def backend_status(name: str, bundle: str | Path | None = None, config: BundleConfig | None = None,
+                   device: str = "cpu") -> str | None:
+    """None if backend `name` can run on `device` (for `bundle`, when given); else the reason, one line."""
+    error = check_backend(name, bundle, config, device)
+    return None if error is None else str(error)
+
+
+def available_backends(bundle: str | Path | None = None, config: BundleConfig | None = None,
+                       device: str | None = None) -> dict[str, str]:
+    """{"<backend>@<device>": "available" or the reason not} for every backend and device (or one device)."""
+    out = {}
+    for dev in (device,) if device else DEVICES:
+        for name in BACKENDS:
+            try:
+                reason = backend_status(name, bundle, config, dev)
+            except Exception as exc:  # noqa: BLE001 - a broken install is reported, not raised
+                reason = f"{type(exc).__name__}: {exc}"
+            out[f"{name}@{dev}"] = "available" if reason is None else reason
+    return out
+
+
+def select_backend(bundle: str | Path, config: BundleConfig, device: str) -> tuple[str, dict[str, str]]:
+    """The first usable backend of AUTO_ORDER[device] and the reasons the ones before it were skipped."""
+    if device not in AUTO_ORDER:
+        raise ValueError(f"unknown device {device!r}; choose 'cpu' or 'cuda'")
+    skipped: dict[str, str] = {}
+    for name in AUTO_ORDER[device]:
+        reason = backend_status(name, bundle, config, device)
+        if reason is None:
+            return name, skipped
+        skipped[name] = reason
+    lines = "; ".join(f"{k}: {v}" for k, v in skipped.items())
+    raise BackendUnavailableError(f"no backend can run {bundle} on {device}: {lines}")
+
+
+def create_backend(name: str, bundle: str | Path, config: BundleConfig, device: str = "cpu",
+                   **options: Any) -> Backend:
+    """Instantiate backend `name` for the bundle; raises check_backend's error when it cannot run."""
+    error = check_backend(name, bundle, config, device)
+    if error is not None:
+        raise error
+    module = importlib.import_module(MODULES[name])
+    return module.create(name, Path(bundle), config, device, **options)  # type: ignore[no-any-return]

@@ -1,0 +1,152 @@
+"""onnxruntime backends: the single exported graph, or the split graphs with the C++ kernels between them.
+
+Single ("onnxruntime"): model.onnx, images (B, 3, S, S) -> amap (B, S, S), score (B,), mask (B, L); the
+two fused ops run as the reference's ONNX nodes.
+Split ("onnxruntime-split", CPU): model_a.onnx (images -> features, cluster_tokens, centers,
+inpaint_tokens), then the C++ adaptive_mask kernel, model_b.onnx (inpaint_tokens, mask -> recon), then
+the C++ score_map kernel. Same outputs; faster on CPU (bench/runtime.py).
+Imports onnxruntime and numpy only (never torch).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from aminet_edge.bundle import BundleConfig, BundleError
+from aminet_edge.runtime.backends import Backend, BackendOutput, BackendUnavailableError, onnx_path
+
+
+# onnxruntime's idle threads busy-wait by default; between the two halves of the split pipeline that
+# steals the cores the C++ (OpenMP) kernels need next. Measured by bench/runtime.py.
+SPLIT_SPINNING: bool | None = False
+
+
+def _ort() -> Any:
+    try:
+        import onnxruntime
+    except ImportError as exc:
+        raise BackendUnavailableError(
+            "the onnxruntime backend needs onnxruntime (pip install 'aminet-edge[onnxruntime]')") from exc
+    return onnxruntime
+
+
+def make_session(path: Path, device: str = "cpu", threads: int | None = None, spinning: bool | None = None) -> Any:
+    """An InferenceSession on `path` with full graph optimisation; `threads` intra-op threads (None = all cores).
+
+    spinning: whether idle intra-op threads busy-wait for the next op (onnxruntime's default, None = keep
+    it). Sequential execution keeps results bit-identical from call to call for the same batch.
+    """
+    ort = _ort()
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.log_severity_level = 3  # errors only: shape-inference warnings of the exported graph are noise
+    if threads:
+        options.intra_op_num_threads = int(threads)
+    if spinning is not None:
+        options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
+    providers = ["CPUExecutionProvider"]
+    if device == "cuda":
+        providers = ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    try:
+        return ort.InferenceSession(str(path), options, providers=providers)
+    except Exception as exc:  # onnxruntime raises its own exception types for corrupt/incompatible graphs
+        raise BundleError(f"{path}: onnxruntime cannot load this graph ({type(exc).__name__}: {exc})") from exc
+
+
+def _check_io(session: Any, path: Path, inputs: tuple[str, ...], outputs: tuple[str, ...]) -> None:
+    have_in = {i.name for i in session.get_inputs()}
+    have_out = {o.name for o in session.get_outputs()}
+    missing = [n for n in inputs if n not in have_in] + [n for n in outputs if n not in have_out]
+    if missing:
+        raise BundleError(f"{path}: graph lacks tensor(s) {', '.join(missing)} (inputs {sorted(have_in)}, "
+                          f"outputs {sorted(have_out)}); re-export the bundle with this aminet-edge")
+
+
+def _fixed_batch(session: Any, name: str) -> int | None:
+    """The graph's batch size when its input `name` has a fixed leading dimension, else None."""
+    for i in session.get_inputs():
+        if i.name == name and i.shape and isinstance(i.shape[0], int) and i.shape[0] > 0:
+            return int(i.shape[0])
+    return None
+
+
+class OnnxRuntimeBackend(Backend):
+    """model.onnx in one InferenceSession."""
+
+    name = "onnxruntime"
+
+    def __init__(self, bundle: Path, config: BundleConfig, device: str = "cpu", threads: int | None = None,
+                 spinning: bool | None = None) -> None:
+        self.device = device
+        self.path = onnx_path(bundle, config, "model")
+        self.session = make_session(self.path, device, threads, spinning)
+        _check_io(self.session, self.path, ("images",), ("amap", "score", "mask"))
+        self.max_batch = _fixed_batch(self.session, "images")
+        self.exact_batch = self.max_batch is not None
+
+    def run(self, images: np.ndarray) -> BackendOutput:
+        amap, score, mask = self.session.run(["amap", "score", "mask"], {"images": images})
+        return BackendOutput(np.asarray(amap, np.float32), np.asarray(score, np.float32), np.asarray(mask, bool))
+
+    def close(self) -> None:
+        self.session = None
+
+    def describe(self) -> str:
+        return f"onnxruntime {self.device} ({self.path.name}, {self.session.get_providers()[0]})"
+
+
+class OnnxRuntimeSplitBackend(Backend):
+    """model_a.onnx -> C++ adaptive_mask -> model_b.onnx -> C++ score_map, all on the CPU."""
+
+    name = "onnxruntime-split"
+
+    def __init__(self, bundle: Path, config: BundleConfig, device: str = "cpu", threads: int | None = None,
+                 spinning: bool | None = SPLIT_SPINNING) -> None:
+        from aminet_edge import ops  # the dispatcher: numpy arrays go to the C++ kernels, torch-free
+
+        self.ops = ops
+        self.device = device
+        self.path_a = onnx_path(bundle, config, "model_a")
+        self.path_b = onnx_path(bundle, config, "model_b")
+        self.session_a = make_session(self.path_a, device, threads, spinning)
+        self.session_b = make_session(self.path_b, device, threads, spinning)
+        _check_io(self.session_a, self.path_a, ("images",),
+                  ("features", "cluster_tokens", "centers", "inpaint_tokens"))
+        _check_io(self.session_b, self.path_b, ("inpaint_tokens", "mask"), ("recon",))
+        fixed = [_fixed_batch(self.session_a, "images"), _fixed_batch(self.session_b, "inpaint_tokens")]
+        batches = [b for b in fixed if b is not None]
+        self.max_batch = min(batches) if batches else None
+        self.exact_batch = self.max_batch is not None
+        self.lam = float(config.model.mask_lambda)
+        self.out_hw = (config.model.image_size, config.model.image_size)
+        self.sigma = float(config.score.sigma)
+        self.image_score = config.score.image_score
+
+    def run(self, images: np.ndarray) -> BackendOutput:
+        feat, tokens, centers, inpaint = self.session_a.run(
+            ["features", "cluster_tokens", "centers", "inpaint_tokens"], {"images": images})
+        mask = np.ascontiguousarray(self.ops.adaptive_mask(tokens, centers, self.lam, backend="auto")[0], bool)
+        (recon,) = self.session_b.run(["recon"], {"inpaint_tokens": inpaint, "mask": mask})
+        amap, score = self.ops.score_map(feat, recon, self.out_hw, self.sigma, self.image_score, backend="auto")
+        return BackendOutput(np.asarray(amap, np.float32), np.asarray(score, np.float32), mask)
+
+    def close(self) -> None:
+        self.session_a = self.session_b = None
+
+    def describe(self) -> str:
+        return f"onnxruntime-split cpu ({self.path_a.name} + C++ adaptive_mask + {self.path_b.name} + C++ score_map)"
+
+
+def create(name: str, bundle: Path, config: BundleConfig, device: str = "cpu", threads: int | None = None,
+           spinning: bool | None = None, **options: Any) -> Backend:
+    """Registry entry point (see aminet_edge.runtime.backends). Options: threads, spinning."""
+    if options:
+        raise TypeError(f"backend {name!r} got unknown option(s) {', '.join(sorted(options))}")
+    if name == "onnxruntime-split":
+        return OnnxRuntimeSplitBackend(bundle, config, device, threads,
+                                       SPLIT_SPINNING if spinning is None else spinning)
+    return OnnxRuntimeBackend(bundle, config, device, threads, spinning)

@@ -1,0 +1,424 @@
+"""tensorrt backend: run the bundle's serialized engine with TensorRT 10 (Jetson, datacenter) or
+TensorRT-RTX (RTX PCs). Torch-free.
+
+Run path (TensorRT 10 / TensorRT-RTX Python API, both `tensorrt` and `tensorrt_rtx` expose it):
+deserialize (`Runtime.deserialize_cuda_engine`) -> execution context -> one device buffer per I/O tensor
+at the profile's maximum batch, bound once with `set_tensor_address` -> per call: copy the images in,
+`set_input_shape` for the batch, `execute_async_v3(stream)`, copy the outputs out, synchronise.
+Device memory and the stream come from pycuda, or cuda-python where pycuda is absent (cuda_memory.py).
+
+Single engine (from model.onnx): images -> amap, score, mask.
+Split engines (from model_a.onnx / model_b.onnx): engine A -> the CUDA adaptive_mask kernel -> engine B
+-> the CUDA score_map kernel (aminet_edge.ops.cuda, libaminet_cuda.so), all enqueued on the same stream
+and reading each other's device buffers in place (no host round trip).
+
+CUDA graphs (`cuda_graph=True`): with TensorRT-RTX the runtime captures the whole graph itself
+(IRuntimeConfig.cuda_graph_strategy); with TensorRT 10 the enqueue is captured once per batch size
+through cuda-python (stream capture) and replayed. Buffers never move, so the graphs stay valid.
+
+Engines are tied to a GPU and a TensorRT version: a mismatch raises EngineError saying to rebuild.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from aminet_edge.bundle import BundleConfig
+from aminet_edge.runtime.backends import Backend, BackendOutput, BackendUnavailableError, EngineError, has_module
+
+ENGINE_DIR = "engines"
+FLAVOURS = ("tensorrt_rtx", "tensorrt")  # python module names
+
+
+@dataclass
+class EngineInfo:
+    """One engine file and what it was built as. graph: "model" (single) or "model_a"/"model_b" (split)."""
+
+    path: Path
+    flavour: str  # "tensorrt" or "tensorrt_rtx"
+    precision: str = ""
+    target: str = ""
+    graph: str = "model"
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+def _flavour_of(name: str, meta: dict[str, Any]) -> str:
+    text = f"{meta.get('backend', '')} {meta.get('runtime', '')} {name}".lower().replace("-", "_")
+    return "tensorrt_rtx" if "rtx" in text else "tensorrt"
+
+
+def _graph_of(name: str, meta: dict[str, Any]) -> str:
+    graph = str(meta.get("graph") or meta.get("onnx") or "").removesuffix(".onnx")
+    if graph in ("model", "model_a", "model_b"):
+        return graph
+    stem = name.lower()
+    if "model_a" in stem or stem.endswith("-a") or stem.endswith("_a"):
+        return "model_a"
+    if "model_b" in stem or stem.endswith("-b") or stem.endswith("_b"):
+        return "model_b"
+    return "model"
+
+
+def list_engines(bundle: str | Path, config: BundleConfig | None = None) -> list[EngineInfo]:
+    """Engines the bundle records in config.json "artifacts" (else found under bundle/engines/*.engine)."""
+    bundle = Path(bundle)
+    artifacts = (config.artifacts if config is not None else {}) or {}
+    entries = artifacts.get("engines") or []
+    if isinstance(entries, dict):  # {name: {path: ..., ...}} or {name: path}
+        entries = [dict(v, name=k) if isinstance(v, dict) else {"name": k, "path": v} for k, v in entries.items()]
+    found: list[EngineInfo] = []
+    for entry in entries:
+        meta = entry if isinstance(entry, dict) else {"path": entry}
+        rel = meta.get("path") or meta.get("file")
+        if not rel:
+            continue
+        path = bundle / rel
+        found.append(EngineInfo(path, _flavour_of(path.stem, meta), str(meta.get("precision", "")),
+                                str(meta.get("target", "")), _graph_of(path.stem, meta), meta))
+    if not found and (bundle / ENGINE_DIR).is_dir():
+        for path in sorted((bundle / ENGINE_DIR).glob("*.engine")):
+            parts = path.stem.split("-")  # <backend>-<target>-<precision>[...]
+            meta = {"backend": parts[0]}
+            found.append(EngineInfo(path, _flavour_of(path.stem, meta), parts[2] if len(parts) > 2 else "",
+                                    parts[1] if len(parts) > 1 else "", _graph_of(path.stem, meta), meta))
+    return found
+
+
+def installed_flavours() -> list[str]:
+    """The TensorRT flavours importable here (an empty `tensorrt` namespace left by stubs does not count)."""
+    from aminet_edge.export.trt_compat import is_installed
+
+    return [f for f in FLAVOURS if has_module(f) and is_installed(f)]
+
+
+def check_recorded_engine(bundle: Path, path: Path) -> None:
+    """aminet_edge.export.engine.check_engine (checksum, TensorRT version, GPU) as EngineError /
+    BackendUnavailableError."""
+    from aminet_edge.export.engine import check_engine
+
+    try:
+        check_engine(bundle, path)
+    except ImportError as exc:  # BackendNotInstalledError
+        raise BackendUnavailableError(str(exc)) from exc
+    except (ValueError, RuntimeError, KeyError) as exc:  # EngineMismatchError and malformed records
+        raise EngineError(str(exc)) from exc
+
+
+def find_engine(bundle: str | Path, config: BundleConfig | None = None, engine: str | Path | None = None,
+                precision: str | None = None) -> list[EngineInfo]:
+    """The engine(s) to run: [single] or [model_a, model_b], for an installed TensorRT flavour.
+
+    engine: an explicit file (relative to the bundle or absolute); precision: "fp16"/"fp32" filter.
+    EngineError names what is missing or mismatched and how to build it.
+    """
+    bundle = Path(bundle)
+    installed = installed_flavours()
+    if engine is not None:
+        path = Path(engine) if Path(engine).is_absolute() else bundle / engine
+        if not path.is_file():
+            raise EngineError(f"engine {path} not found")
+        meta: dict[str, Any] = {}
+        info = EngineInfo(path, _flavour_of(path.stem, meta), graph=_graph_of(path.stem, meta))
+        if info.graph != "model":
+            raise EngineError(f"{path} is one half of a split engine; pass the single-graph engine or none")
+        candidates = [info]
+    else:
+        candidates = [e for e in list_engines(bundle, config) if not precision or e.precision == precision]
+    if not candidates:
+        raise EngineError(f"{bundle}: no TensorRT engine{f' of precision {precision}' if precision else ''} in "
+                          f"{bundle / ENGINE_DIR}; build one for this GPU (Jetson: export/jetson/build_engine.sh, "
+                          f"RTX: export/rtx/build_engine_aot.sh, or aminet_edge.build_engine)")
+    usable = [e for e in candidates if e.flavour in installed]
+    if not usable:
+        kinds = sorted({e.flavour for e in candidates})
+        raise BackendUnavailableError(f"{bundle}: the engines were built with {', '.join(kinds)}, which is not "
+                                      f"installed here (installed: {', '.join(installed) or 'none'})")
+    for e in usable:
+        if not e.path.is_file():
+            raise EngineError(f"engine {e.path} is recorded in config.json but the file is missing")
+    # prefer fp16 (the default build), then a single engine over a split pair
+    usable.sort(key=lambda e: (e.precision != "fp16", e.graph != "model"))
+    best = usable[0]
+    if best.graph == "model":
+        chosen = [best]
+    else:
+        pair = {e.graph: e for e in usable if e.flavour == best.flavour and e.precision == best.precision}
+        if set(pair) < {"model_a", "model_b"}:
+            raise EngineError(f"{bundle}: split engine {best.path.name} lacks its other half "
+                              f"({'model_b' if best.graph == 'model_a' else 'model_a'})")
+        chosen = [pair["model_a"], pair["model_b"]]
+    for e in chosen:
+        if e.meta.get("sha256"):  # recorded by aminet_edge.export.engine.build_engine
+            check_recorded_engine(bundle, e.path)
+    return chosen
+
+
+def import_tensorrt(flavour: str) -> Any:
+    """The `tensorrt` or `tensorrt_rtx` module; BackendUnavailableError naming what to install."""
+    try:
+        return importlib.import_module(flavour)
+    except ImportError as exc:
+        hint = "pip install 'aminet-edge[rtx]'" if flavour == "tensorrt_rtx" else "NVIDIA's tensorrt (JetPack)"
+        raise BackendUnavailableError(f"the engine needs {flavour} ({hint}): {exc}") from exc
+
+
+class EngineRunner:
+    """One deserialized engine, its execution context and device buffers sized for the max batch.
+
+    buffers: tensor name -> DeviceBuffer; `bind(name, buffer)` replaces an input's buffer (to read
+    another engine's output in place) before the first run.
+    """
+
+    def __init__(self, trt: Any, memory: Any, info: EngineInfo, cuda_graph: bool, logger: Any) -> None:
+        self.trt, self.memory, self.info = trt, memory, info
+        data = info.path.read_bytes()
+        self.runtime = trt.Runtime(logger)
+        if hasattr(self.runtime, "get_engine_validity"):  # TensorRT-RTX: say why before trying
+            validity, diagnostics = self.runtime.get_engine_validity(data)
+            if validity == trt.EngineValidity.INVALID:
+                raise EngineError(f"{info.path}: engine cannot run on this GPU/driver ({diagnostics}); "
+                                  f"rebuild it for this GPU's compute capability")
+        self.engine = self.runtime.deserialize_cuda_engine(data)
+        if self.engine is None:
+            raise EngineError(f"{info.path}: TensorRT {trt.__version__} could not deserialize the engine; it was "
+                              f"built for another GPU or TensorRT version: rebuild it on this device")
+        self.rtx_graphs = False
+        if hasattr(self.engine, "create_runtime_config"):  # TensorRT-RTX
+            runtime_config = self.engine.create_runtime_config()
+            if cuda_graph and hasattr(trt, "CudaGraphStrategy"):
+                runtime_config.cuda_graph_strategy = trt.CudaGraphStrategy.WHOLE_GRAPH_CAPTURE
+                self.rtx_graphs = True
+            self.context = self.engine.create_execution_context(runtime_config)
+        else:
+            self.context = self.engine.create_execution_context()
+        if self.context is None:
+            raise EngineError(f"{info.path}: could not create an execution context (out of GPU memory?)")
+        names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
+        self.inputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
+        self.outputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT]
+        self.dtypes = {n: np.dtype(trt.nptype(self.engine.get_tensor_dtype(n))) for n in names}
+        self.max_batch = self._profile_max_batch()
+        self.item_shapes: dict[str, tuple[int, ...]] = {}
+        for n in self.inputs:  # per-image shapes, from the profile's max (batch dim dropped)
+            self.item_shapes[n] = tuple(int(d) for d in self.engine.get_tensor_profile_shape(n, 0)[2])[1:]
+            self.context.set_input_shape(n, (self.max_batch, *self.item_shapes[n]))
+        for n in self.outputs:
+            shape = tuple(int(d) for d in self.context.get_tensor_shape(n))
+            if min(shape) < 0:
+                raise EngineError(f"{info.path}: output {n} has a data-dependent shape {shape}; not supported")
+            self.item_shapes[n] = shape[1:]
+        self.buffers = {n: memory.alloc(self.nbytes(n, self.max_batch)) for n in names}
+        for n in names:
+            self.context.set_tensor_address(n, self.buffers[n].ptr)
+        self.batch = self.max_batch
+
+    def _profile_max_batch(self) -> int:
+        first = next(n for n in (self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors))
+                     if self.engine.get_tensor_mode(n) == self.trt.TensorIOMode.INPUT)
+        fixed = int(self.engine.get_tensor_shape(first)[0])
+        if fixed > 0:
+            return fixed
+        return int(self.engine.get_tensor_profile_shape(first, 0)[2][0])
+
+    def nbytes(self, name: str, batch: int) -> int:
+        return int(batch * int(np.prod(self.item_shapes[name], dtype=np.int64)) * self.dtypes[name].itemsize)
+
+    def bind(self, name: str, buffer: Any) -> None:
+        self.buffers[name] = buffer
+        self.context.set_tensor_address(name, buffer.ptr)
+
+    def set_batch(self, batch: int) -> None:
+        if batch != self.batch:
+            for n in self.inputs:
+                if not self.context.set_input_shape(n, (batch, *self.item_shapes[n])):
+                    raise EngineError(f"{self.info.path}: batch {batch} is outside the engine's profile "
+                                      f"(max {self.max_batch})")
+            self.batch = batch
+
+    def enqueue(self) -> None:
+        if not self.context.execute_async_v3(self.memory.stream):
+            raise RuntimeError(f"{self.info.path}: execute_async_v3 failed (see the TensorRT log)")
+
+
+class TensorRTBackend(Backend):
+    """Single or split engines on one CUDA stream."""
+
+    name = "tensorrt"
+    device = "cuda"
+
+    def __init__(self, bundle: Path, config: BundleConfig, device: str = "cuda", engine: str | Path | None = None,
+                 precision: str | None = None, cuda_graph: bool = False, device_index: int = 0,
+                 memory: str | None = None) -> None:
+        from aminet_edge.runtime.backends.cuda_memory import CudaMemory
+
+        if device != "cuda":
+            raise BackendUnavailableError("the tensorrt backend runs on device='cuda' only")
+        infos = find_engine(bundle, config, engine, precision)
+        self.infos = infos
+        self.trt = import_tensorrt(infos[0].flavour)
+        self.memory = CudaMemory.create(device_index, prefer=memory)
+        self._closed = False
+        self.logger = self.trt.Logger(self.trt.Logger.WARNING)
+        self.cuda_graph = cuda_graph
+        self._graphs: dict[int, Any] = {}
+        self.size = config.model.image_size
+        self.grid = config.model.grid_size
+        with self.memory.activate():
+            self.runners = [EngineRunner(self.trt, self.memory, i, cuda_graph, self.logger) for i in infos]
+            self.split = len(self.runners) == 2
+            if self.split:
+                self._setup_split(config)
+            self.max_batch = min(r.max_batch for r in self.runners)
+            first = self.runners[0]
+            self.host_in = self.memory.pinned((self.max_batch, 3, self.size, self.size), np.float32)
+            outs = self._output_buffers()
+            self.host_out = {n: self.memory.pinned((self.max_batch, *shape), dtype)
+                             for n, (_, shape, dtype) in outs.items()}
+            self._outs = outs
+            if "images" not in first.buffers:
+                raise EngineError(f"{infos[0].path}: the engine has no input tensor named 'images'")
+            self._in = first.buffers["images"]
+        # manual capture for TensorRT 10; TensorRT-RTX captures inside the runtime (rtx_graphs)
+        self._manual_graphs = cuda_graph and not any(r.rtx_graphs for r in self.runners)
+        if self._manual_graphs and not self.memory.supports_graphs:
+            raise BackendUnavailableError(f"cuda_graph=True with {infos[0].flavour} needs cuda-python for stream "
+                                          f"capture (pip install cuda-python), {self.memory.name} cannot capture")
+
+    # -- split pipeline -------------------------------------------------------------------------
+    def _setup_split(self, config: BundleConfig) -> None:
+        from aminet_edge.ops import cuda as kernels
+
+        reason = kernels.unavailable_reason()
+        if reason is not None:
+            raise BackendUnavailableError(f"split engines need the CUDA kernels: {reason}")
+        self.kernels = kernels
+        a, b = self.runners
+        for n in ("features", "cluster_tokens", "centers", "inpaint_tokens"):
+            if n not in a.outputs:
+                raise EngineError(f"{a.info.path}: engine A lacks output {n!r}")
+        if set(b.inputs) != {"inpaint_tokens", "mask"} or "recon" not in b.outputs:
+            raise EngineError(f"{b.info.path}: engine B must map (inpaint_tokens, mask) -> recon")
+        b.bind("inpaint_tokens", a.buffers["inpaint_tokens"])  # B reads A's output in place
+        batch = min(a.max_batch, b.max_batch)
+        L, D = a.item_shapes["cluster_tokens"]
+        P = a.item_shapes["centers"][0]
+        C, h, w = a.item_shapes["features"]
+        S = self.size
+        self.dims = {"L": L, "D": D, "P": P, "C": C, "h": h, "w": w}
+        for name in ("cluster_tokens", "features"):
+            if a.dtypes[name] not in (np.float32, np.float16):
+                raise EngineError(f"{a.info.path}: {name} must be float32 or float16, got {a.dtypes[name]}")
+        if a.dtypes["features"] != b.dtypes["recon"]:
+            raise EngineError(f"{a.info.path} / {b.info.path}: features and recon dtypes differ")
+        self.min_dist = self.memory.alloc(batch * L * 4)
+        self.assign = self.memory.alloc(batch * L * 8)
+        mask_dtype = b.dtypes["mask"]
+        if mask_dtype != np.bool_:
+            raise EngineError(f"{b.info.path}: input mask must be bool, got {mask_dtype}")
+        self.amap = self.memory.alloc(batch * S * S * 4)
+        self.score = self.memory.alloc(batch * 4)
+        a_h = np.ascontiguousarray(kernels.smoothing_matrix(h, S, config.score.sigma))
+        a_w = np.ascontiguousarray(kernels.smoothing_matrix(w, S, config.score.sigma))
+        self._mats = [self.memory.pinned(m.shape, np.float32) for m in (a_h, a_w)]
+        self.a_h, self.a_w = self.memory.alloc(a_h.nbytes), self.memory.alloc(a_w.nbytes)
+        for host, src, dev in zip(self._mats, (a_h, a_w), (self.a_h, self.a_w)):
+            host[...] = src
+            self.memory.htod(dev, host)
+        self.workspace = self.memory.alloc(kernels.score_map_workspace_bytes(batch, h, w, S))
+        self.lam = float(config.model.mask_lambda)
+        self.image_score_code = kernels.SCORE_MAX if config.score.image_score == "max" else kernels.SCORE_STD
+        self.memory.synchronize()
+
+    def _output_buffers(self) -> dict[str, tuple[Any, tuple[int, ...], np.dtype]]:
+        """name -> (device buffer, per-image shape, dtype) of amap, score, mask."""
+        S = self.size
+        if not self.split:
+            r = self.runners[0]
+            missing = [n for n in ("amap", "score", "mask") if n not in r.outputs]
+            if missing:
+                raise EngineError(f"{r.info.path}: engine lacks output(s) {', '.join(missing)}")
+            return {n: (r.buffers[n], r.item_shapes[n], r.dtypes[n]) for n in ("amap", "score", "mask")}
+        a, b = self.runners
+        return {"amap": (self.amap, (S, S), np.dtype(np.float32)), "score": (self.score, (), np.dtype(np.float32)),
+                "mask": (b.buffers["mask"], (self.dims["L"],), np.dtype(np.bool_))}
+
+    def _enqueue(self, batch: int) -> None:
+        """Everything between the input copy and the output copies, on the one stream."""
+        for r in self.runners:
+            r.set_batch(batch)
+        if not self.split:
+            self.runners[0].enqueue()
+            return
+        a, b = self.runners
+        d, k = self.dims, self.kernels
+        dtype_tokens = k.DTYPE_FLOAT16 if a.dtypes["cluster_tokens"] == np.float16 else k.DTYPE_FLOAT32
+        dtype_feat = k.DTYPE_FLOAT16 if a.dtypes["features"] == np.float16 else k.DTYPE_FLOAT32
+        stream = self.memory.stream
+        a.enqueue()
+        k.adaptive_mask(a.buffers["cluster_tokens"].ptr, a.buffers["centers"].ptr, dtype_tokens, batch, d["L"],
+                        d["P"], d["D"], self.lam, b.buffers["mask"].ptr, self.min_dist.ptr, self.assign.ptr, stream)
+        b.enqueue()
+        k.score_map(a.buffers["features"].ptr, b.buffers["recon"].ptr, dtype_feat, batch, d["C"], d["h"], d["w"],
+                    self.a_h.ptr, self.size, self.a_w.ptr, self.size, self.image_score_code, self.amap.ptr,
+                    self.score.ptr, self.workspace.ptr, stream)
+
+    def run(self, images: np.ndarray) -> BackendOutput:
+        n = images.shape[0]
+        if n > self.max_batch:
+            raise ValueError(f"batch {n} exceeds the engine's maximum {self.max_batch}")
+        memory = self.memory
+        with memory.activate():
+            self.host_in[:n] = images
+            memory.htod(self._in, self.host_in, self.runners[0].nbytes("images", n))
+            if self._manual_graphs:
+                if n not in self._graphs:
+                    self._enqueue(n)  # a first, uncaptured run lets TensorRT finish its lazy set-up
+                    memory.synchronize()
+                    memory.begin_capture()
+                    self._enqueue(n)
+                    self._graphs[n] = memory.end_capture()
+                memory.launch(self._graphs[n])
+            else:
+                self._enqueue(n)
+            for name, (buffer, shape, dtype) in self._outs.items():
+                nbytes = int(n * int(np.prod(shape, dtype=np.int64)) * dtype.itemsize)
+                memory.dtoh(self.host_out[name], buffer, nbytes)
+            memory.synchronize()
+            out = {k: np.array(v[:n]) for k, v in self.host_out.items()}
+        return BackendOutput(out["amap"].astype(np.float32, copy=False), out["score"].astype(np.float32, copy=False),
+                             out["mask"].astype(bool, copy=False))
+
+    def close(self) -> None:
+        if not self._closed:
+            with self.memory.activate():
+                self.runners = []  # contexts and engines go before their memory
+                self._graphs = {}
+                self.memory.close()
+            self._closed = True
+
+    def describe(self) -> str:
+        kind = "split engines + CUDA kernels" if self.split else "single engine"
+        names = ", ".join(i.path.name for i in self.infos)
+        return (f"{self.infos[0].flavour} {self.trt.__version__} cuda ({kind}: {names}; memory via "
+                f"{self.memory.name}; cuda_graph={self.cuda_graph})")
+
+
+def create(name: str, bundle: Path, config: BundleConfig, device: str = "cuda", engine: str | Path | None = None,
+           precision: str | None = None, cuda_graph: bool = False, device_index: int = 0,
+           memory: str | None = None, **options: Any) -> Backend:
+    """Registry entry point (see aminet_edge.runtime.backends)."""
+    if options:
+        raise TypeError(f"backend {name!r} got unknown option(s) {', '.join(sorted(options))}")
+    return TensorRTBackend(bundle, config, device, engine, precision, cuda_graph, device_index, memory)
+
+
+def describe_engines(bundle: str | Path, config: BundleConfig | None = None) -> str:
+    """The bundle's engines as JSON lines (for `aminet-edge info` style listings)."""
+    return "\n".join(json.dumps({"path": str(e.path), "flavour": e.flavour, "precision": e.precision,
+                                 "target": e.target, "graph": e.graph}) for e in list_engines(bundle, config))

@@ -1,0 +1,218 @@
+"""CLI verbs over the Detector: `aminet-edge predict` and `aminet-edge benchmark` (thin: parse, call, print).
+
+Registered lazily by aminet_edge/cli.py; torch-free unless the torch backend is chosen.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+import numpy as np
+
+from aminet_edge.runtime.backends import BACKENDS
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".pgm", ".ppm", ".pnm"}
+OVERLAY_MAX_SIDE = 1024  # overlays of larger inputs are downscaled (three panels side by side)
+
+
+def _threshold(value: str) -> str | float:
+    if value in ("normal", "f1"):
+        return value
+    try:
+        return float(value)
+    except ValueError as exc:
+        raise click.BadParameter(f"{value!r}: use 'normal', 'f1' or a number", param_hint="--threshold") from exc
+
+
+def _load(run: str, backend: str, device: str, threshold: str, sensitivity: float, batch_size: int,
+          **options: Any) -> Any:
+    from aminet_edge.bundle import BundleError
+    from aminet_edge.runtime import Detector
+
+    try:
+        return Detector.load(run, backend=backend, device=device, threshold=_threshold(threshold),
+                             sensitivity=sensitivity, batch_size=batch_size, **options)
+    except (BundleError, ImportError, ValueError, RuntimeError, OSError) as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
+def expand_inputs(inputs: tuple[str, ...], recursive: bool = False) -> list[str]:
+    """Files as given (missing ones kept, so they are reported), folders expanded to their images, sorted."""
+    paths: list[str] = []
+    for item in inputs:
+        p = Path(item)
+        if p.is_dir():
+            files = p.rglob("*") if recursive else p.iterdir()
+            paths += sorted(str(f) for f in files if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
+        else:
+            paths.append(item)
+    return paths
+
+
+def _overlay(path: Path, source: str, result: Any) -> None:
+    from aminet_edge.data.images import read_image, resize_plane, resize_rgb
+    from aminet_edge.evaluation.heatmaps import save_overlay
+
+    image = read_image(source)
+    amap, mask = result.anomaly_map, result.mask
+    h, w = amap.shape
+    scale = OVERLAY_MAX_SIDE / max(h, w)
+    if scale < 1:
+        hw = (max(1, round(h * scale)), max(1, round(w * scale)))
+        image, amap = resize_rgb(image, hw), resize_plane(amap, hw)
+        mask = amap > result.thresholds.pixel
+    # the pixel threshold sits at mid-scale: red above it, blue well below
+    save_overlay(path, image, amap, None, vmin=0.0, vmax=2.0 * result.thresholds.pixel, pred_mask=mask)
+
+
+@click.command("predict")
+@click.argument("run", type=click.Path(exists=True, file_okay=False))
+@click.argument("images", nargs=-1, required=True, type=click.Path())
+@click.option("--out", required=True, type=click.Path(file_okay=False),
+              help="Folder for results.jsonl and overlays/.")
+@click.option("--backend", type=click.Choice(["auto", *BACKENDS]), default="auto", show_default=True)
+@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
+@click.option("--threshold", default="normal", show_default=True, help="normal, f1 or a raw image threshold.")
+@click.option("--sensitivity", type=click.FloatRange(0.0, 1.0), default=0.5, show_default=True,
+              help="0 flags least, 0.5 = calibrated threshold, 1 flags most (thresholds x 4 ** (0.5 - s)).")
+@click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True)
+@click.option("--overlays/--no-overlays", default=True, show_default=True, help="Write PNG overlays.")
+@click.option("--recursive", is_flag=True, help="Search folders recursively.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def predict_cmd(run: str, images: tuple[str, ...], out: str, backend: str, device: str, threshold: str,
+                sensitivity: float, batch_size: int, overlays: bool, recursive: bool, quiet: bool) -> None:
+    """Predict IMAGES (files or folders) with the bundle RUN.
+
+    Writes OUT/results.jsonl (one JSON object per image: score, normalized_score, is_anomaly, thresholds,
+    backend time, or the error) and OUT/overlays/*.png. Exits with status 1 if any image failed, after
+    listing each failure and its reason.
+    """
+    from tqdm import tqdm
+
+    paths = expand_inputs(images, recursive)
+    if not paths:
+        raise click.ClickException(f"no images found in {', '.join(images)}")
+    detector = _load(run, backend, device, threshold, sensitivity, batch_size)
+    out_dir = Path(out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    overlay_dir = out_dir / "overlays"
+    failures: list[tuple[str, str]] = []
+    anomalous = 0
+    used_names: set[str] = set()
+    bar = tqdm(total=len(paths), desc="predict", unit="img", disable=quiet, file=sys.stderr)
+    chunk = batch_size * 4
+    with (out_dir / "results.jsonl").open("w") as jsonl:
+        for start in range(0, len(paths), chunk):
+            part = paths[start:start + chunk]
+            for k, result in enumerate(detector.predict_batch(part)):
+                record = result.to_dict()
+                record["index"] = start + k
+                if result.ok:
+                    anomalous += int(result.is_anomaly)
+                    if overlays:
+                        name = Path(part[k]).stem
+                        if name in used_names:
+                            name = f"{name}_{start + k}"
+                        used_names.add(name)
+                        target = overlay_dir / f"{name}.png"
+                        _overlay(target, part[k], result)
+                        record["overlay"] = str(target)
+                else:
+                    failures.append((part[k], str(result.error)))
+                jsonl.write(json.dumps(record) + "\n")
+            bar.update(len(part))
+    bar.close()
+    ok = len(paths) - len(failures)
+    click.echo(f"{ok} image(s) predicted ({anomalous} anomalous), {len(failures)} failed; backend "
+               f"{detector.backend}; results: {out_dir / 'results.jsonl'}")
+    if failures:
+        click.echo("failed:", err=True)
+        for path, reason in failures:
+            click.echo(f"  {path}: {reason}", err=True)
+        sys.exit(1)
+
+
+def latency_table(rows: list[dict[str, Any]]) -> str:
+    """Markdown table of benchmark rows (see `benchmark`)."""
+    lines = ["| backend | device | batch | p50 ms | p90 ms | p99 ms | ms / image | images / s | backend ms (p50) |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['backend']} | {r['device']} | {r['batch']} | {r['p50_ms']:.1f} | {r['p90_ms']:.1f} | "
+                     f"{r['p99_ms']:.1f} | {r['ms_per_image']:.1f} | {r['images_per_s']:.1f} | "
+                     f"{r['backend_p50_ms']:.1f} |")
+    return "\n".join(lines)
+
+
+def benchmark(detector: Any, batch: int, iterations: int, warmup: int,
+              images: list[Any] | None = None, seed: int = 0) -> dict[str, Any]:
+    """Time `detector.predict` on batches of `batch` images: `warmup` calls, then `iterations` timed calls.
+
+    images: inputs to cycle through (default: random uint8 RGB at the model's resolution). Latency is
+    the wall time of one predict call (decode/convert, preprocess, backend, post-process).
+    """
+    if images is None:
+        rng = np.random.default_rng(seed)
+        size = detector.image_size
+        images = [rng.integers(0, 256, (size, size, 3), dtype=np.uint8) for _ in range(max(batch, 4))]
+    batches = [[images[(i * batch + j) % len(images)] for j in range(batch)] for i in range(max(len(images) // batch, 1))]
+    for i in range(warmup):
+        detector.predict(batches[i % len(batches)])
+    times, backend = [], []
+    for i in range(iterations):
+        t0 = time.perf_counter()
+        results = detector.predict(batches[i % len(batches)])
+        times.append((time.perf_counter() - t0) * 1e3)
+        for r in results:
+            r.raise_for_error()
+        backend.append(results[0].timing.backend_ms)
+    total_s = sum(times) / 1e3
+    p50, p90, p99 = np.percentile(times, [50, 90, 99])
+    return {"backend": detector.backend, "device": detector.device, "batch": batch, "iterations": iterations,
+            "p50_ms": float(p50), "p90_ms": float(p90), "p99_ms": float(p99),
+            "ms_per_image": float(p50) / batch, "images_per_s": batch * iterations / total_s,
+            "backend_p50_ms": float(np.median(backend))}
+
+
+@click.command("benchmark")
+@click.argument("run", type=click.Path(exists=True, file_okay=False))
+@click.option("--backend", "backends", multiple=True, type=click.Choice(["auto", *BACKENDS]),
+              default=("auto",), show_default=True, help="Repeat to compare backends.")
+@click.option("--batch", "batches", multiple=True, type=click.IntRange(min=1), default=(1,), show_default=True,
+              help="Batch size; repeat for several.")
+@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
+@click.option("--iterations", type=click.IntRange(min=1), default=50, show_default=True)
+@click.option("--warmup", type=click.IntRange(min=0), default=5, show_default=True)
+@click.option("--images", "image_dir", type=click.Path(exists=True, file_okay=False),
+              help="Time on these images (decoded once, in memory) instead of random ones.")
+@click.option("--threads", type=click.IntRange(min=1), help="Intra-op threads (onnxruntime, torch).")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Also write the rows as JSON.")
+def benchmark_cmd(run: str, backends: tuple[str, ...], batches: tuple[int, ...], device: str, iterations: int,
+                  warmup: int, image_dir: str | None, threads: int | None, json_path: str | None) -> None:
+    """Latency (p50/p90/p99 per predict call) and throughput of RUN for each backend and batch size."""
+    images = None
+    if image_dir is not None:
+        from aminet_edge.data.images import read_image
+
+        paths = expand_inputs((image_dir,))[:32]
+        if not paths:
+            raise click.ClickException(f"no images in {image_dir}")
+        images = [read_image(p) for p in paths]
+    rows = []
+    for name in backends:
+        gpu = name == "tensorrt" or (name == "auto" and device == "cuda")
+        options: dict[str, Any] = {"threads": threads} if threads and not gpu else {}
+        # fixed thresholds: timing needs no calibration, so uncalibrated bundles can be benchmarked too
+        detector = _load(run, name, device, "1.0", 0.5, max(batches), pixel_threshold=1.0, **options)
+        for b in batches:
+            detector.batch_size = b
+            rows.append(benchmark(detector, b, iterations, warmup, images))
+            click.echo(f"{detector.backend} batch {b}: p50 {rows[-1]['p50_ms']:.1f} ms", err=True)
+        detector.close()
+    click.echo(latency_table(rows))
+    if json_path:
+        Path(json_path).write_text(json.dumps(rows, indent=2) + "\n")

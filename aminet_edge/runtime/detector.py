@@ -1,0 +1,364 @@
+"""`Detector`: load a bundle once, then `predict` images with any available backend. Torch-free.
+
+    from aminet_edge import Detector
+    det = Detector.load("runs/bottle")                 # backend="auto": fastest available, logged
+    r = det.predict("part_0001.png")                   # -> Result
+    r.score, r.normalized_score, r.is_anomaly, r.anomaly_map, r.mask
+    results = det.predict([frame_bgr, "b.png"], bgr=True)  # -> list[Result]; a bad item gets .error
+
+Decision rule (all in raw score units, thresholds from the bundle's calibration):
+    image_threshold = base_image_threshold * sensitivity_factor(sensitivity)
+    pixel_threshold = base_pixel_threshold * sensitivity_factor(sensitivity)
+    sensitivity_factor(s) = 4 ** (0.5 - s),   s in [0, 1]:
+        s = 0.0 -> 2x the calibrated thresholds (flags least)
+        s = 0.5 -> the calibrated thresholds (default)
+        s = 1.0 -> half the calibrated thresholds (flags most)
+    is_anomaly       = score > image_threshold
+    normalized_score = score / image_threshold   (1.0 = on the threshold; > 1.0 = anomalous)
+    mask             = anomaly_map > pixel_threshold
+base thresholds: threshold="normal" (default) uses the thresholds calibrated on held-out normal images;
+"f1" the F1-optimal ones `aminet-edge evaluate` records from labelled data; a float is a raw image
+threshold (the pixel threshold then stays the calibrated normal one unless `pixel_threshold` is given).
+
+Errors: a single image that cannot be used raises `InputError` (a ValueError) naming it and the
+problem. In a list, each unusable image gets a Result with `.error` set (`.ok` False, score NaN, no
+arrays) and the others are predicted as usual; an empty list raises InputError. Bundle problems raise
+BundleError / EngineError at load; a missing package raises BackendUnavailableError naming the extra.
+
+Thread safety: one Detector may be shared by threads. Decoding, preprocessing and post-processing run
+in the calling thread; the backend call is serialised by a lock, so results equal serial use exactly.
+Determinism: the same input through the same Detector and batch size gives bit-identical results.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from aminet_edge.bundle import BundleConfig, BundleError, Calibration, read_config
+from aminet_edge.runtime.backends import Backend, create_backend, select_backend
+from aminet_edge.runtime.inputs import InputError, Limits, describe, split_batch, to_rgb
+from aminet_edge.runtime.result import Result, Thresholds, Timing
+
+log = logging.getLogger("aminet_edge.runtime")
+
+ThresholdSpec = str | float
+
+
+def sensitivity_factor(sensitivity: float) -> float:
+    """The threshold multiplier 4 ** (0.5 - sensitivity); sensitivity must be in [0, 1].
+
+    0 -> 2.0, 0.25 -> 1.414, 0.5 -> 1.0, 0.75 -> 0.707, 1 -> 0.5: each 0.25 step up divides both
+    thresholds by sqrt(2), so higher sensitivity flags more images and more pixels.
+    """
+    s = float(sensitivity)
+    if not 0.0 <= s <= 1.0 or math.isnan(s):
+        raise ValueError(f"sensitivity must be in [0, 1] (0.5 = calibrated threshold), got {sensitivity!r}")
+    return float(4.0 ** (0.5 - s))
+
+
+def resolve_thresholds(calibration: Calibration | None, threshold: ThresholdSpec = "normal",
+                       pixel_threshold: float | None = None, sensitivity: float = 0.5) -> Thresholds:
+    """Thresholds in force for `threshold` ("normal", "f1" or a raw float), `pixel_threshold` and sensitivity."""
+    factor = sensitivity_factor(sensitivity)
+
+    def need_calibration(what: str) -> Calibration:
+        if calibration is None:
+            raise BundleError(f"the bundle has no calibration, so {what} is unknown: pass threshold=<float> "
+                              f"and pixel_threshold=<float> (raw score units)")
+        return calibration
+
+    if isinstance(threshold, str):
+        cal = need_calibration(f"threshold={threshold!r}")
+        if threshold == "normal":
+            image, pixel, source = cal.image_threshold, cal.pixel_threshold, cal.image_source
+        elif threshold == "f1":
+            if cal.f1_image_threshold is None or cal.f1_pixel_threshold is None:
+                raise BundleError("the bundle records no F1-optimal thresholds: run `aminet-edge evaluate RUN DATA` "
+                                  "on labelled images first, or use threshold='normal'")
+            image, pixel, source = cal.f1_image_threshold, cal.f1_pixel_threshold, "f1"
+        else:
+            raise ValueError(f"threshold must be 'normal', 'f1' or a float, got {threshold!r}")
+    elif isinstance(threshold, (int, float)) and not isinstance(threshold, bool):
+        image, source = float(threshold), "user"
+        pixel = (need_calibration("the pixel threshold").pixel_threshold if pixel_threshold is None
+                 else float(pixel_threshold))
+    else:
+        raise ValueError(f"threshold must be 'normal', 'f1' or a float, got {threshold!r}")
+    if pixel_threshold is not None:
+        pixel = float(pixel_threshold)
+    for name, value in (("image threshold", image), ("pixel threshold", pixel)):
+        if not (math.isfinite(value) and value > 0):
+            raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
+    return Thresholds(image=image * factor, pixel=pixel * factor, base_image=float(image), base_pixel=float(pixel),
+                      sensitivity=float(sensitivity), source=source)
+
+
+@lru_cache(maxsize=64)
+def _linear_taps(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Indices and weights of 1-D linear interpolation, pixel centres aligned (align_corners=False)."""
+    x = (np.arange(n_out, dtype=np.float64) + 0.5) * (n_in / n_out) - 0.5
+    x = np.clip(x, 0.0, n_in - 1)
+    i0 = np.floor(x).astype(np.intp)
+    i1 = np.minimum(i0 + 1, n_in - 1)
+    w1 = (x - i0).astype(np.float32)
+    return i0, i1, (1.0 - w1).astype(np.float32), w1
+
+
+def resize_map(amap: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Bilinear resize of an (h, w) float32 map to (height, width), pixel centres aligned, edges clamped.
+
+    Same convention as OpenCV INTER_LINEAR / PIL BILINEAR when enlarging; plain (not area-averaged) when
+    shrinking, which is harmless for the Gaussian-smoothed map. Returns a new C-contiguous array.
+    """
+    h, w = amap.shape
+    if (h, w) == (height, width):
+        return np.array(amap, dtype=np.float32, copy=True)
+    r0, r1, rw0, rw1 = _linear_taps(h, height)
+    c0, c1, cw0, cw1 = _linear_taps(w, width)
+    rows = amap[r0] * rw0[:, None] + amap[r1] * rw1[:, None]  # (height, w)
+    return np.ascontiguousarray(rows[:, c0] * cw0 + rows[:, c1] * cw1, dtype=np.float32)
+
+
+@dataclass
+class _Prepared:
+    index: int
+    source: str
+    tensor: np.ndarray  # (3, S, S) float32
+    height: int
+    width: int
+    preprocess_ms: float
+
+
+class Detector:
+    """A loaded bundle plus one inference backend. Create with `Detector.load`.
+
+    Attributes: backend (name of the backend in use, e.g. "onnxruntime-split"), device, backend_reason
+    (why `auto` chose it), bundle, config (BundleConfig), image_size, thresholds (defaults in force),
+    batch_size, limits.
+    """
+
+    def __init__(self, backend: Backend, config: BundleConfig, bundle: Path, threshold: ThresholdSpec = "normal",
+                 sensitivity: float = 0.5, pixel_threshold: float | None = None, batch_size: int = 8,
+                 limits: Limits | None = None, backend_reason: str = "") -> None:
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self._backend = backend
+        self._lock = threading.Lock()
+        self._closed = False
+        self.config = config
+        self.bundle = bundle
+        self.backend = backend.name
+        self.device = backend.device
+        self.backend_reason = backend_reason
+        self.image_size = config.model.image_size
+        self.grid_size = config.model.grid_size
+        self.batch_size = int(batch_size)
+        self.limits = limits or Limits()
+        self._threshold = threshold
+        self._pixel_threshold = pixel_threshold
+        self._sensitivity = sensitivity
+        self.thresholds = resolve_thresholds(config.calibration, threshold, pixel_threshold, sensitivity)
+
+    # -- construction ---------------------------------------------------------------------------
+    @classmethod
+    def load(cls, bundle: str | Path, backend: str = "auto", device: str = "cpu", threshold: ThresholdSpec = "normal",
+             sensitivity: float = 0.5, *, pixel_threshold: float | None = None, batch_size: int = 8,
+             limits: Limits | None = None, **backend_options: Any) -> "Detector":
+        """Load `bundle` (a directory written by `aminet-edge train` / `export`) for inference.
+
+        backend: "auto" (fastest available on `device`: cpu -> onnxruntime-split, onnxruntime, torch;
+            cuda -> tensorrt, torch, onnxruntime), or "torch", "onnxruntime", "onnxruntime-split",
+            "tensorrt". The choice is in `.backend` and logged on logger "aminet_edge.runtime".
+        device: "cpu" or "cuda".
+        threshold / sensitivity / pixel_threshold: the default decision rule (module docstring); each
+            `predict` call may override them.
+        batch_size: images per backend call in `predict` / `predict_batch` (capped by the backend's max).
+        limits: image size limits (inputs.Limits).
+        backend_options: passed to the backend, e.g. threads=4 (onnxruntime, torch), ops_backend="reference"
+            (torch), cuda_graph=True / engine="path" (tensorrt).
+        """
+        bundle = Path(bundle)
+        config = read_config(bundle)
+        # thresholds first: a bad threshold argument should not cost a model load
+        resolve_thresholds(config.calibration, threshold, pixel_threshold, sensitivity)
+        reason = f"requested backend={backend!r}"
+        if backend == "auto":
+            backend, skipped = select_backend(bundle, config, device)
+            reason = f"auto: fastest available on {device}"
+            if skipped:
+                reason += " (skipped " + "; ".join(f"{k}: {v}" for k, v in skipped.items()) + ")"
+        instance = create_backend(backend, bundle, config, device, **backend_options)
+        detector = cls(instance, config, bundle, threshold, sensitivity, pixel_threshold, batch_size, limits, reason)
+        log.info("aminet-edge Detector: %s [%s] for %s", instance.describe(), reason, bundle)
+        return detector
+
+    def close(self) -> None:
+        """Release the backend's sessions and device memory."""
+        with self._lock:
+            self._backend.close()
+            self._closed = True
+
+    def __enter__(self) -> "Detector":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return (f"Detector({str(self.bundle)!r}, backend={self.backend!r}, device={self.device!r}, "
+                f"image_threshold={self.thresholds.image:.6g}, pixel_threshold={self.thresholds.pixel:.6g})")
+
+    @property
+    def backend_description(self) -> str:
+        """One line: the backend and what runs underneath."""
+        return self._backend.describe()
+
+    # -- prediction -----------------------------------------------------------------------------
+    def predict(self, x: Any, *, bgr: bool = False, threshold: ThresholdSpec | None = None,
+                sensitivity: float | None = None, pixel_threshold: float | None = None) -> Result | list[Result]:
+        """Predict one image (-> Result) or a batch (list/tuple, (N,H,W,C) array, (N,C,H,W) tensor -> list).
+
+        x: path, PIL image, numpy (H, W) / (H, W, C) uint8, uint16 or float in [0, 1], or a torch tensor
+            (C, H, W); see aminet_edge.runtime.inputs. bgr: colour arrays are BGR(A) (OpenCV).
+        threshold / sensitivity / pixel_threshold: override the Detector's defaults for this call.
+        A single bad image raises InputError; in a batch it becomes that item's Result.error.
+        """
+        items, is_batch = split_batch(x)
+        thresholds = self._thresholds_for(threshold, sensitivity, pixel_threshold)
+        if not is_batch:
+            prepared = self._prepare_one(items[0], 0, None, bgr)
+            if isinstance(prepared, Result):
+                prepared.raise_for_error()
+            result = self._run([prepared], thresholds)[0]  # type: ignore[list-item]
+            return result.raise_for_error()
+        return self._predict_list(items, bgr, thresholds, self.batch_size, prefetch=False)
+
+    def predict_batch(self, images: Iterable[Any] | np.ndarray, *, batch_size: int | None = None,
+                      bgr: bool = False, threshold: ThresholdSpec | None = None, sensitivity: float | None = None,
+                      pixel_threshold: float | None = None, prefetch: bool = True) -> list[Result]:
+        """Predict many images for throughput: batches of `batch_size`, always a list of Results in order.
+
+        With prefetch, the next batch is decoded and preprocessed in a helper thread while the backend
+        runs the current one. Results equal `predict(list)` with the same batch size.
+        """
+        if isinstance(images, (list, tuple, np.ndarray)) or hasattr(images, "unbind"):
+            items, _ = split_batch(images if not isinstance(images, tuple) else list(images))
+        else:
+            items = list(images)
+            if not items:
+                raise InputError("input", "empty batch: pass at least one image")
+        thresholds = self._thresholds_for(threshold, sensitivity, pixel_threshold)
+        size = self.batch_size if batch_size is None else int(batch_size)
+        if size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        return self._predict_list(items, bgr, thresholds, size, prefetch)
+
+    def thresholds_for(self, threshold: ThresholdSpec | None = None, sensitivity: float | None = None,
+                       pixel_threshold: float | None = None) -> Thresholds:
+        """The thresholds a predict call with these overrides would use (None = the Detector's default)."""
+        return self._thresholds_for(threshold, sensitivity, pixel_threshold)
+
+    # -- internals ------------------------------------------------------------------------------
+    def _thresholds_for(self, threshold: ThresholdSpec | None, sensitivity: float | None,
+                        pixel_threshold: float | None) -> Thresholds:
+        if threshold is None and sensitivity is None and pixel_threshold is None:
+            return self.thresholds
+        return resolve_thresholds(
+            self.config.calibration, self._threshold if threshold is None else threshold,
+            self._pixel_threshold if pixel_threshold is None and threshold is None else pixel_threshold,
+            self._sensitivity if sensitivity is None else sensitivity)
+
+    def _prepare_one(self, x: Any, position: int, index: int | None, bgr: bool) -> _Prepared | Result:
+        """Decode, validate and preprocess one input; an unusable input becomes an error Result."""
+        from aminet_edge.data.images import preprocess
+
+        t0 = time.perf_counter()
+        source = describe(x, index)
+        try:
+            rgb = to_rgb(x, index, bgr, self.limits)
+            tensor = preprocess(rgb, self.image_size, self.config.mean, self.config.std)
+        except InputError as exc:
+            return Result(source=source, index=position, error=exc, backend=self.backend)
+        tensor = np.ascontiguousarray(tensor, dtype=np.float32)
+        return _Prepared(position, source, tensor, int(rgb.shape[0]), int(rgb.shape[1]),
+                         (time.perf_counter() - t0) * 1e3)
+
+    def _prepare(self, items: Sequence[Any], offset: int, bgr: bool) -> list[_Prepared | Result]:
+        return [self._prepare_one(x, offset + i, offset + i, bgr) for i, x in enumerate(items)]
+
+    def _predict_list(self, items: Sequence[Any], bgr: bool, thresholds: Thresholds, batch_size: int,
+                      prefetch: bool) -> list[Result]:
+        starts = range(0, len(items), batch_size)
+        results: list[Result] = []
+        if not prefetch or len(starts) == 1:
+            for s in starts:
+                results += self._finish(self._prepare(items[s:s + batch_size], s, bgr), thresholds)
+            return results
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="aminet-prefetch") as pool:
+            future = pool.submit(self._prepare, items[0:batch_size], 0, bgr)
+            for k, s in enumerate(starts):
+                prepared = future.result()
+                if k + 1 < len(starts):
+                    nxt = starts[k + 1]
+                    future = pool.submit(self._prepare, items[nxt:nxt + batch_size], nxt, bgr)
+                results += self._finish(prepared, thresholds)
+        return results
+
+    def _finish(self, prepared: list[_Prepared | Result], thresholds: Thresholds) -> list[Result]:
+        """Run the good items through the backend and merge the error Results back in input order."""
+        good = [p for p in prepared if isinstance(p, _Prepared)]
+        done = {r.index: r for r in self._run(good, thresholds)} if good else {}
+        return [p if isinstance(p, Result) else done[p.index] for p in prepared]
+
+    def _infer(self, batch: np.ndarray) -> tuple[Any, float]:
+        """One backend call (serialised by the lock), padding to the backend's fixed batch if it has one."""
+        n = batch.shape[0]
+        fixed = getattr(self._backend, "exact_batch", False) and self._backend.max_batch
+        if fixed and n < self._backend.max_batch:  # type: ignore[operator]
+            pad = np.repeat(batch[-1:], self._backend.max_batch - n, axis=0)  # type: ignore[operator]
+            batch = np.concatenate([batch, pad])
+        with self._lock:
+            if self._closed:
+                raise RuntimeError(f"{self!r} is closed")
+            t0 = time.perf_counter()
+            out = self._backend.run(batch)
+            ms = (time.perf_counter() - t0) * 1e3
+        return out, ms
+
+    def _run(self, prepared: list[_Prepared], thresholds: Thresholds) -> list[Result]:
+        step = min(len(prepared), self._backend.max_batch or len(prepared))
+        results: list[Result] = []
+        for s in range(0, len(prepared), step):
+            chunk = prepared[s:s + step]
+            out, backend_ms = self._infer(np.stack([p.tensor for p in chunk]))
+            for j, p in enumerate(chunk):
+                results.append(self._postprocess(p, out.amap[j], out.score[j], out.mask[j], thresholds,
+                                                 backend_ms, len(chunk)))
+        return results
+
+    def _postprocess(self, p: _Prepared, amap: np.ndarray, score: Any, token_mask: np.ndarray,
+                     thresholds: Thresholds, backend_ms: float, batch: int) -> Result:
+        t0 = time.perf_counter()
+        score = float(score)
+        if not (math.isfinite(score) and np.isfinite(amap).all()):
+            error = InputError(p.source, "the model produced a non-finite score or map for this image",
+                               None if p.source == "input" else p.index)
+            return Result(source=p.source, index=p.index, error=error, backend=self.backend)
+        full = resize_map(np.asarray(amap, np.float32), p.height, p.width)
+        mask = full > np.float32(thresholds.pixel)
+        timing = Timing(p.preprocess_ms, backend_ms, (time.perf_counter() - t0) * 1e3, batch)
+        return Result(source=p.source, index=p.index, score=score, normalized_score=score / thresholds.image,
+                      is_anomaly=bool(score > thresholds.image), anomaly_map=full, mask=mask,
+                      token_mask=np.array(token_mask, dtype=bool).reshape(self.grid_size, self.grid_size),
+                      thresholds=thresholds, timing=timing, backend=self.backend)

@@ -1,0 +1,137 @@
+"""End-to-end CPU latency of `Detector.predict` per image, each CPU backend as a ratio vs PyTorch eager.
+
+Usage: python bench/runtime.py [--preset cpu] [--batches 1 8] [--repeats 3] [--threads N] [--bundle DIR]
+
+One run measures, on the same images (uint8 RGB 512x512 arrays, decoded-frame case) and the same bundle:
+- torch eager (reference): the torch backend with the pure-PyTorch reference ops, as training runs them;
+- torch + C++ ops: the torch backend with the fused ops on the C++ kernels (ops_backend="auto");
+- onnxruntime: model.onnx in one session (the fused ops as the reference's ONNX nodes);
+- onnxruntime-split + C++: model_a.onnx -> C++ adaptive_mask -> model_b.onnx -> C++ score_map.
+Every timing is the whole predict call (preprocess, backend, resize of the map to 512x512, mask) divided
+by the batch size; median of --repeats after one warm-up. Ratios are speed-ups vs torch eager (> 1 = faster).
+The bundle (default runs/bench-runtime-<preset>, built on first use and reused; bench/soak.py shares
+it) has efficientnet_lite0 pretrained when its weights load and random AMI-Net weights: timing does not
+depend on what the weights learned. Its calibration is a placeholder from random frames.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import append_result, median_seconds  # noqa: E402
+
+from aminet_edge.runtime import Detector  # noqa: E402
+
+VARIANTS = (  # (label, backend, options)
+    ("torch eager (reference ops)", "torch", {"ops_backend": "reference"}),
+    ("torch + C++ ops", "torch", {"ops_backend": "auto"}),
+    ("onnxruntime (single graph)", "onnxruntime", {}),
+    ("onnxruntime-split + C++", "onnxruntime-split", {}),
+)
+
+
+DEFAULT_BUNDLE = Path(__file__).resolve().parents[1] / "runs" / "bench-runtime-{preset}"
+
+
+def build_bundle(path: Path, preset: str) -> str:
+    """A bundle of `preset` with random AMI-Net weights, exported to ONNX; returns the backbone's source."""
+    import torch
+
+    from aminet_edge.bundle import BundleConfig, write_config
+    from aminet_edge.config import PRESETS, ScoreConfig
+    from aminet_edge.export.onnx_export import export_onnx
+    from aminet_edge.model.aminet import AMINet
+    from aminet_edge.model.features import build_feature_extractor
+    from aminet_edge.model.pipeline import save_pipeline_weights
+
+    torch.manual_seed(0)
+    model = PRESETS[preset]
+    try:
+        extractor = build_feature_extractor(model.backbone, image_size=model.image_size, pretrained=True)
+        source = f"{model.backbone} pretrained"
+    except Exception as exc:  # noqa: BLE001 - weights absent offline: timing is the same with random ones
+        print(f"pretrained {model.backbone} unavailable ({exc}); using random backbone weights")
+        extractor = build_feature_extractor(model.backbone, image_size=model.image_size, pretrained=False)
+        source = f"{model.backbone} random"
+    aminet = AMINet(model, extractor.channels)
+    config = BundleConfig(model=model, in_channels=extractor.channels, score=ScoreConfig(),
+                          mean=tuple(extractor.mean), std=tuple(extractor.std))
+    path.mkdir(parents=True, exist_ok=True)
+    save_pipeline_weights(path, extractor, aminet)
+    write_config(path, config)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        export_onnx(path)
+    # placeholder calibration (random frames' max score and map value) so the default threshold loads
+    from aminet_edge.bundle import Calibration, read_config
+
+    rng = np.random.default_rng(1)
+    frames = [rng.integers(0, 256, (model.image_size,) * 2 + (3,), dtype=np.uint8) for _ in range(4)]
+    det = Detector.load(path, backend="onnxruntime", threshold=1.0, pixel_threshold=1.0)
+    results = det.predict(frames)
+    det.close()
+    config = read_config(path)
+    config.calibration = Calibration(image_threshold=max(r.score for r in results),
+                                     pixel_threshold=max(float(r.anomaly_map.max()) for r in results))
+    write_config(path, config)
+    (path / "SOURCE").write_text(source + "\n")
+    return source
+
+
+def ensure_bundle(path: Path | str | None, preset: str = "cpu") -> Path:
+    """`path` (default DEFAULT_BUNDLE for `preset`), built by build_bundle unless it already holds a bundle."""
+    path = Path(str(path or DEFAULT_BUNDLE).format(preset=preset))
+    if not (path / "config.json").is_file() or not (path / "model_b.onnx").is_file():
+        print(f"building the {preset} bench bundle in {path} ...", flush=True)
+        build_bundle(path, preset)
+    return path
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--preset", default="cpu")
+    parser.add_argument("--batches", type=int, nargs="+", default=[1, 8])
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=None, help="intra-op threads (default: all cores)")
+    parser.add_argument("--size", type=int, default=512, help="input frame side in pixels")
+    parser.add_argument("--bundle", type=Path, default=None,
+                        help="an exported bundle (default: runs/bench-runtime-<preset>, built if absent)")
+    args = parser.parse_args()
+
+    bundle = ensure_bundle(args.bundle, args.preset)
+    source = (bundle / "SOURCE").read_text().strip() if (bundle / "SOURCE").is_file() else "given bundle"
+    rng = np.random.default_rng(0)
+    frames = [rng.integers(0, 256, (args.size, args.size, 3), dtype=np.uint8) for _ in range(max(args.batches))]
+
+    times: dict[tuple[str, int], float] = {}
+    for label, backend, options in VARIANTS:
+        if args.threads:
+            options = {**options, "threads": args.threads}
+        det = Detector.load(bundle, backend=backend, threshold=1.0, pixel_threshold=1.0, **options)
+        for b in args.batches:
+            batch = frames[:b]
+            times[(label, b)] = median_seconds(lambda: det.predict(batch), repeats=args.repeats) / b
+            print(f"{label:32s} batch {b}: {times[(label, b)] * 1e3:8.1f} ms/image", flush=True)
+        det.close()
+
+    base = VARIANTS[0][0]
+    head = "| backend | " + " | ".join(f"batch {b}: ms/image | vs eager" for b in args.batches) + " |"
+    rule = "|---|" + "---:|---:|" * len(args.batches)
+    rows = []
+    for label, _, _ in VARIANTS:
+        cells = [f"{times[(label, b)] * 1e3:.1f} | {times[(base, b)] / times[(label, b)]:.2f}x" for b in args.batches]
+        rows.append(f"| {label} | " + " | ".join(cells) + " |")
+    note = (f"\npreset {args.preset} ({source}), {args.size}x{args.size} uint8 frames, end-to-end predict, "
+            f"median of {args.repeats}, {args.threads or os.cpu_count()} threads\n")
+    append_result("runtime", "\n".join([head, rule, *rows]) + "\n" + note)
+
+
+if __name__ == "__main__":
+    main()
