@@ -37,12 +37,23 @@ def make_bundle(root: Path, model: ModelConfig = SMALL, pretrained: bool = False
     return root
 
 
-@pytest.fixture(scope="module")
+_EXPORTED: dict[str, Path] = {}
+
+
+def exported_bundle(factory: pytest.TempPathFactory) -> Path:
+    """The SMALL bundle with all six graphs (fp32 and fp16, single and split), exported once per session
+    and shared by test_export_onnx, test_graph_checks and test_engine (they import this module)."""
+    if "small" not in _EXPORTED:
+        root = make_bundle(factory.mktemp("bundle"))
+        export_onnx(root, "fp32", split=True)
+        export_onnx(root, "fp16", split=True)
+        _EXPORTED["small"] = root
+    return _EXPORTED["small"]
+
+
+@pytest.fixture
 def bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = make_bundle(tmp_path_factory.mktemp("bundle"))
-    export_onnx(root, "fp32", split=True)
-    export_onnx(root, "fp16", split=False)
-    return root
+    return exported_bundle(tmp_path_factory)
 
 
 def images(batch: int, size: int = 64, seed: int = 0) -> np.ndarray:
@@ -70,7 +81,34 @@ def test_io_names_shapes_and_record(bundle: Path) -> None:
     assert [(i.name, i.type) for i in b.get_inputs()] == [("inpaint_tokens", "tensor(float)"), ("mask", "tensor(bool)")]
     assert [(o.name, o.shape) for o in b.get_outputs()] == [("recon", ["batch", 176, 16, 16])]
     onnx = read_config(bundle).artifacts["onnx"]
-    assert onnx["model"]["path"] == "model.onnx" and onnx["model_fp16"]["path"] == "model_fp16.onnx"
+    assert {k: v["path"] for k, v in onnx.items()} == {
+        "model": "model.onnx", "model_a": "model_a.onnx", "model_b": "model_b.onnx", "model_fp16": "model_fp16.onnx",
+        "model_a_fp16": "model_a_fp16.onnx", "model_b_fp16": "model_b_fp16.onnx"}
+    assert onnx["model_fp16"]["precision"] == "fp16" and onnx["model"]["opset"] == 17
+
+
+def test_fp16_graph_types(bundle: Path) -> None:
+    """fp16 graph: I/O float32; convolutions, matrix products, LayerNorm and softmax inside the networks
+    (nodes named after a submodule: /extractor/..., /blocks.0/...) in float16; the mask statistics (ArgMin,
+    ReduceMin, ReduceL2) and the score map (Resize, reflect Pad, the blur's Conv), top-level nodes, in float32."""
+    import onnx
+    from onnx import TensorProto
+
+    model = onnx.shape_inference.infer_shapes(onnx.load(str(bundle / "model_fp16.onnx")))
+    types = {v.name: v.type.tensor_type.elem_type for v in [*model.graph.value_info, *model.graph.input]}
+    types.update({i.name: i.data_type for i in model.graph.initializer})
+    assert [o.type.tensor_type.elem_type for o in model.graph.output] == [TensorProto.FLOAT, TensorProto.FLOAT,
+                                                                          TensorProto.BOOL]
+    nets, tail = {}, {}  # op type -> input element types, inside the networks / in the float32 tail
+    for node in model.graph.node:
+        where = nets if node.name.count("/") > 1 else tail
+        where.setdefault(node.op_type, set()).add(types.get(node.input[0]) if node.input else None)
+    for op in ("Conv", "MatMul", "LayerNormalization", "Softmax"):
+        assert nets[op] == {TensorProto.FLOAT16}, op
+    for op in ("ArgMin", "ReduceMin", "Resize", "Conv", "ReduceL2"):
+        assert tail[op] == {TensorProto.FLOAT}, op
+    reflect = [n for n in model.graph.node if n.op_type == "Pad" and any(a.s == b"reflect" for a in n.attribute)]
+    assert reflect and {types.get(n.input[0]) for n in reflect} == {TensorProto.FLOAT}
 
 
 @pytest.mark.parametrize("batch", [1, 3])
@@ -93,6 +131,23 @@ def test_split_pipeline_matches_single_graph(bundle: Path) -> None:
         ["features", "cluster_tokens", "centers", "inpaint_tokens"], {"images": x})
     s_mask, _, _ = ops.adaptive_mask(tokens, centers, config.model.mask_lambda, backend="cpp")
     (recon,) = session(bundle / "model_b.onnx").run(["recon"], {"inpaint_tokens": inpaint, "mask": s_mask})
+    s_amap, s_score = ops.score_map(feat, recon, (64, 64), config.score.sigma, config.score.image_score, backend="cpp")
+    assert np.array_equal(s_mask, mask)
+    assert_maps_close(s_amap, amap)
+    assert_maps_close(s_score, score)
+
+
+def test_fp16_split_pipeline_matches_fp16_single_graph(bundle: Path) -> None:
+    """fp32 tolerance: the halves run the single fp16 graph's fp16 ops; only its float32 tail (mask statistics,
+    score map) moves to the C++ kernels."""
+    config = read_config(bundle)
+    x = images(2, seed=5)
+    amap, score, mask = session(bundle / "model_fp16.onnx").run(["amap", "score", "mask"], {"images": x})
+    feat, tokens, centers, inpaint = session(bundle / "model_a_fp16.onnx").run(
+        ["features", "cluster_tokens", "centers", "inpaint_tokens"], {"images": x})
+    assert feat.dtype == tokens.dtype == np.float32
+    s_mask, _, _ = ops.adaptive_mask(tokens, centers, config.model.mask_lambda, backend="cpp")
+    (recon,) = session(bundle / "model_b_fp16.onnx").run(["recon"], {"inpaint_tokens": inpaint, "mask": s_mask})
     s_amap, s_score = ops.score_map(feat, recon, (64, 64), config.score.sigma, config.score.image_score, backend="cpp")
     assert np.array_equal(s_mask, mask)
     assert_maps_close(s_amap, amap)

@@ -1,8 +1,10 @@
-"""The export-time reject-list: each rejected node type in a tiny graph, and the real exported graph passes."""
+"""The export-time reject-list: each rejected node type in a tiny graph, two caught during a real torch export
+(and the file removed), and every graph aminet-edge exports passes."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import onnx
 import pytest
@@ -60,11 +62,45 @@ def test_message_lists_every_node_and_file() -> None:
         check_graph(helper.make_model(graph), where="x.onnx")
 
 
-def test_real_exported_graph_passes(tmp_path: Path) -> None:
-    pytest.importorskip("torch")
-    from aminet_edge.export.onnx_export import export_onnx
-    from test_export_onnx import make_bundle
+def _torch_export(module: Any, args: tuple[Any, ...], path: Path) -> None:
+    """Export a torch module through onnx_export's exporter (legacy, checks the graph, deletes it on failure)."""
+    from aminet_edge.export.onnx_export import _export
 
-    paths = export_onnx(make_bundle(tmp_path), "fp16", split=True)
-    for path in paths.values():
+    _export(module, args, (tuple(f"in{i}" for i in range(len(args))), ("out",)), path, 17)
+
+
+def test_export_rejects_einsum_and_deletes_file(tmp_path: Path) -> None:
+    torch = pytest.importorskip("torch")
+
+    class Gemm(torch.nn.Module):
+        def forward(self, a: "torch.Tensor", b: "torch.Tensor") -> "torch.Tensor":
+            return torch.einsum("bij,jk->bik", a, b)
+
+    path = tmp_path / "gemm.onnx"
+    with pytest.raises(GraphCheckError, match=r"gemm\.onnx: 1 node(.|\n)*\(Einsum\): GEMM einsums .*Turing"):
+        _torch_export(Gemm(), (torch.ones(2, 3, 4), torch.ones(4, 5)), path)
+    assert not path.exists()
+
+
+def test_export_rejects_dropped_index_put_accumulation(tmp_path: Path) -> None:
+    """The legacy exporter writes index_put_(accumulate=True) as ScatterND into zeros + Add; the duplicate
+    index 1 below is then summed by torch (2.0) but overwritten by the graph (1.0)."""
+    torch = pytest.importorskip("torch")
+
+    class Histogram(torch.nn.Module):
+        def forward(self, values: "torch.Tensor", index: "torch.Tensor") -> "torch.Tensor":
+            return torch.zeros(4).index_put((index,), values, accumulate=True)
+
+    with pytest.raises(GraphCheckError, match=r"\(ScatterND\): .*index_put_\(accumulate=True\).*one-hot"):
+        _torch_export(Histogram(), (torch.ones(3), torch.tensor([0, 1, 1])), tmp_path / "hist.onnx")
+
+
+def test_real_exported_graphs_pass(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """All six exported graphs (fp32/fp16, single and split) of the shared test bundle pass the check."""
+    pytest.importorskip("torch")
+    from test_export_onnx import exported_bundle
+
+    paths = sorted(exported_bundle(tmp_path_factory).glob("*.onnx"))
+    assert len(paths) == 6
+    for path in paths:
         assert graph_problems(onnx.load(str(path))) == [], path

@@ -10,7 +10,7 @@ import importlib
 from typing import Any
 
 _LAZY = {"export_onnx": "onnx_export", "build_engine": "engine", "check_engine": "engine",
-         "check_graph": "graph_checks", "GraphCheckError": "graph_checks"}
+         "serialize_onnx": "engine", "check_graph": "graph_checks", "GraphCheckError": "graph_checks"}
 
 __all__ = [*_LAZY, "onnx_name"]
 

@@ -7,10 +7,11 @@ import click
 
 @click.command("export")
 @click.argument("run", type=click.Path(exists=True, file_okay=False))
-@click.option("--precision", type=click.Choice(["fp32", "fp16"]), default="fp32", show_default=True)
+@click.option("--precision", type=click.Choice(["fp32", "fp16"]), default="fp32", show_default=True,
+              help="fp16: backbone and transformers in float16, mask statistics and score map in float32.")
 @click.option("--no-split", is_flag=True, help="Only the single graph model.onnx, not model_a/model_b.")
 def export_cmd(run: str, precision: str, no_split: bool) -> None:
-    """Export bundle RUN to ONNX (opset 17, dynamic batch) inside the bundle."""
+    """Export bundle RUN to ONNX (opset 17, dynamic batch) inside the bundle; prints one path per graph."""
     from aminet_edge.export.graph_checks import GraphCheckError
     from aminet_edge.export.onnx_export import export_onnx
 
@@ -24,22 +25,35 @@ def export_cmd(run: str, precision: str, no_split: bool) -> None:
 
 @click.command("build-engine")
 @click.argument("run", type=click.Path(exists=True, file_okay=False))
-@click.option("--target", type=click.Choice(["rtx", "jetson", "auto"]), default="auto", show_default=True)
+@click.option("--target", type=click.Choice(["rtx", "jetson", "auto"]), default="auto", show_default=True,
+              help="rtx: TensorRT-RTX ahead of time, no GPU needed; jetson: TensorRT on the Jetson itself; "
+                   "auto: rtx when tensorrt_rtx is installed, else TensorRT for the GPU present.")
 @click.option("--precision", type=click.Choice(["fp32", "fp16"]), default="fp16", show_default=True)
 @click.option("--out", type=click.Path(dir_okay=False), default=None,
               help="Engine file [default: RUN/engines/<backend>-<target>-<precision>.engine].")
 @click.option("--batch", type=int, nargs=3, default=(1, 1, 8), show_default=True, help="MIN OPT MAX batch.")
-@click.option("--workspace-mb", type=int, default=None, help="Builder workspace limit in MB.")
+@click.option("--workspace-mb", type=click.IntRange(min=1), default=None,
+              help="Builder workspace limit in MiB [default: TensorRT's].")
 @click.option("--arch", "arch", type=int, multiple=True,
-              help="TensorRT-RTX compute capability, repeatable (e.g. --arch 86 --arch 89) [default: 80 86 89 120].")
+              help="TensorRT-RTX compute capability, repeatable (e.g. --arch 86 --arch 89) "
+                   "[default: 80 86 89 120; 75 (Turing) is not supported].")
+@click.option("--split", is_flag=True,
+              help="Build the two split-graph engines (model_a, model_b) for the custom-kernel runtime "
+                   "instead of the single graph.")
 def build_engine_cmd(run: str, target: str, precision: str, out: str | None, batch: tuple[int, int, int],
-                     workspace_mb: int | None, arch: tuple[int, ...]) -> None:
-    """Build a TensorRT(-RTX) engine for bundle RUN and record it in its config.json."""
+                     workspace_mb: int | None, arch: tuple[int, ...], split: bool) -> None:
+    """Build a TensorRT(-RTX) engine for bundle RUN (exporting its ONNX graph first if missing) and record
+    it in its config.json. Prints the engine path(s), the last line being the (last) engine."""
     from aminet_edge.export.engine import build_engine
 
-    try:
-        path = build_engine(run, target=target, precision=precision, batch=batch, workspace=workspace_mb,
-                            compute_capabilities=list(arch) or None, out=out)
-    except (ImportError, ValueError, RuntimeError) as exc:
-        raise click.ClickException(str(exc)) from exc
-    click.echo(str(path))
+    if split and out is not None:
+        raise click.UsageError("--out names one file; --split builds two (default names are used)")
+    graphs = ("model_a", "model_b") if split else ("model",)
+    for graph in graphs:
+        try:
+            path = build_engine(run, target=target, precision=precision, batch=batch,
+                                workspace=None if workspace_mb is None else workspace_mb << 20,
+                                compute_capabilities=list(arch) or None, out=out, graph=graph)
+        except (ImportError, ValueError, RuntimeError) as exc:
+            raise click.ClickException(str(exc)) from exc
+        click.echo(str(path))

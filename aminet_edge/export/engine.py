@@ -1,13 +1,19 @@
-"""Build TensorRT / TensorRT-RTX engines from a bundle's exported ONNX graph, and check them before use.
+"""Build TensorRT / TensorRT-RTX engines from a bundle's exported ONNX graphs, and check them before use.
 
 Build: ONNX -> parser -> builder config (strongly typed network, dynamic batch profile, workspace,
-compute capabilities) -> serialized engine at `bundle/engines/<backend>-<target>-<precision>.engine`,
-recorded in config.json "artifacts"["engines"]. Running engines is aminet_edge/runtime's job.
+compute capabilities) -> serialized engine at `bundle/engines/<backend>-<target>-<precision>.engine`
+(split halves: `...-<precision>-model_a.engine` / `-model_b.engine`), recorded in config.json
+"artifacts"["engines"]. Running engines is aminet_edge/runtime's job; it calls `check_engine` first.
 
-Backends:
-- "tensorrt_rtx" (target "rtx"): ahead-of-time for chosen compute capabilities; needs no GPU.
-- "tensorrt" (TRT 10.x; target "jetson" on JetPack 6, built on the Jetson itself, or "gpu" for a
-  datacenter/desktop GPU): builds for the GPU present, so it needs one.
+Backends (API differences in trt_compat.py):
+- "tensorrt_rtx" (target "rtx"): ahead of time for chosen compute capabilities; needs no GPU.
+- "tensorrt" (TRT 10.x; target "jetson" on JetPack 6.1+, built on the Jetson itself, or "gpu" — what
+  "auto" resolves to on a desktop/datacenter GPU): builds for the GPU present, so it needs one.
+
+What has run where: the TensorRT-RTX build (parse, configure, serialize for SM 80-120, fp32 and fp16
+graphs, dynamic batch) runs in CI on a CPU-only machine. No engine has been deserialized or executed
+by this project's tests, and the standard `tensorrt` path has only been type-checked with mypy
+against tensorrt-stubs 10.13 (tests/test_engine.py), never run: it needs the TensorRT libraries and a GPU.
 """
 
 from __future__ import annotations
@@ -26,10 +32,13 @@ if TYPE_CHECKING:  # the standard path is type-checked against tensorrt-stubs (t
 
 ENGINE_DIR = "engines"
 TARGETS = ("rtx", "jetson", "auto")
+GRAPHS = ("model", "model_a", "model_b")
 DEFAULT_RTX_SMS = (80, 86, 89, 120)
+_OOM_WORDS = ("out of memory", "insufficient memory", "cudaerrormemoryallocation", "workspace")
 
 __all__ = ["BackendNotInstalledError", "EngineBuildError", "EngineMismatchError", "GpuRequiredError",
-           "OnnxParseError", "UnsupportedTargetError", "WorkspaceError", "build_engine", "check_engine"]
+           "OnnxParseError", "UnsupportedTargetError", "WorkspaceError", "build_engine", "check_engine",
+           "engine_name", "serialize_onnx"]
 
 
 class EngineBuildError(RuntimeError):
@@ -41,7 +50,7 @@ class GpuRequiredError(EngineBuildError):
 
 
 class UnsupportedTargetError(EngineBuildError, ValueError):
-    """Unknown target, or a compute capability the backend cannot build for."""
+    """Unknown target, a compute capability the backend cannot build for, or the wrong machine for it."""
 
 
 class OnnxParseError(EngineBuildError):
@@ -56,6 +65,11 @@ class EngineMismatchError(RuntimeError):
     """An engine file does not match its record or this machine (checksum, runtime version, GPU)."""
 
 
+def engine_name(backend: str, target: str, precision: str, graph: str = "model") -> str:
+    """Default engine file name: `<backend>-<target>-<precision>[-model_a|-model_b].engine`."""
+    return f"{backend}-{target}-{precision}" + ("" if graph == "model" else f"-{graph}") + ".engine"
+
+
 def _resolve_target(target: str) -> tuple[str, str]:
     """(backend module name, resolved target) for target "rtx", "jetson" or "auto"."""
     if target not in TARGETS:
@@ -67,12 +81,12 @@ def _resolve_target(target: str) -> tuple[str, str]:
     if trt_compat.is_installed("tensorrt_rtx"):
         return "tensorrt_rtx", "rtx"
     if trt_compat.is_installed("tensorrt"):
-        return "tensorrt", "jetson" if Path("/etc/nv_tegra_release").exists() else "gpu"
+        return "tensorrt", "jetson" if trt_compat.is_jetson() else "gpu"
     raise BackendNotInstalledError("no TensorRT flavour installed: " + "; or ".join(
         f"{k}: {v}" for k, v in trt_compat.INSTALL_HINT.items()))
 
 
-def _compute_capabilities(backend: str, requested: list[int] | tuple[int, ...] | None) -> list[int]:
+def _compute_capabilities(backend: str, target: str, requested: list[int] | tuple[int, ...] | None) -> list[int]:
     """Validated SM list (major*10+minor). RTX: default DEFAULT_RTX_SMS. Standard TRT: the GPU present."""
     if backend == "tensorrt_rtx":
         sms = sorted(set(requested or DEFAULT_RTX_SMS))
@@ -89,44 +103,60 @@ def _compute_capabilities(backend: str, requested: list[int] | tuple[int, ...] |
         raise GpuRequiredError("standard TensorRT builds an engine for the GPU it runs on and no CUDA GPU was "
                                "found; build on the target device (a Jetson engine on the Jetson) or use "
                                "--target rtx (TensorRT-RTX builds ahead of time without a GPU)")
+    if target == "jetson" and not trt_compat.is_jetson():
+        raise UnsupportedTargetError(f"target jetson: this is not a Jetson ({trt_compat.TEGRA_RELEASE} not "
+                                     "found); Jetson engines are built on the Jetson itself. For this GPU use "
+                                     "--target auto")
     sms = sorted({sm for _, sm in present})
     if requested and set(requested) != set(sms):
         raise UnsupportedTargetError(f"standard TensorRT builds for the GPU present (SM {sms}), not {list(requested)}")
     return sms
 
 
-def _build_serialized(trtm: Any, onnx_path: Path, precision: str, batch: tuple[int, int, int], size: int,
-                      workspace_mb: int | None, sms: list[int], hardware_compatible: bool) -> bytes:
-    """ONNX file -> serialized engine bytes with module `trtm` (tensorrt or tensorrt_rtx)."""
+def serialize_onnx(onnx_path: str | Path, backend: str = "tensorrt_rtx", precision: str = "fp32",
+                   batch: tuple[int, int, int] = (1, 1, 8), workspace: int | None = None,
+                   compute_capabilities: list[int] | tuple[int, ...] | None = None,
+                   hardware_compatible: bool = False) -> bytes:
+    """ONNX file -> serialized engine bytes with `backend` ("tensorrt_rtx" or "tensorrt").
+
+    Every graph input gets the batch profile (min, opt, max) on axis 0; its other axes must be static.
+    compute_capabilities: TensorRT-RTX targets (validated by the caller; default DEFAULT_RTX_SMS).
+    Raises OnnxParseError (names the rejected nodes), WorkspaceError, EngineBuildError.
+    """
+    trtm = trt_compat.load_backend(backend)
+    onnx_path = Path(onnx_path)
     logger = trt_compat.make_logger(trtm)
+    strongly_typed = trt_compat.supports_strong_typing(trtm)
     builder: trt.Builder = trtm.Builder(logger)
-    network: trt.INetworkDefinition = builder.create_network(trt_compat.network_flags(trtm, strongly_typed=True))
+    network: trt.INetworkDefinition = builder.create_network(trt_compat.network_flags(trtm, strongly_typed))
     parser: trt.OnnxParser = trtm.OnnxParser(network, logger)
     if not parser.parse_from_file(str(onnx_path)):
-        raise OnnxParseError(f"{onnx_path}: TensorRT ({trtm.__name__} {trtm.__version__}) rejected the graph:\n  "
+        raise OnnxParseError(f"{onnx_path}: {trtm.__name__} {trtm.__version__}'s ONNX parser rejected the graph:\n  "
                              + "\n  ".join(trt_compat.parser_errors(parser)))
     config: trt.IBuilderConfig = builder.create_builder_config()
-    trt_compat.set_precision(trtm, config, precision, strongly_typed=True)
-    trt_compat.set_workspace(trtm, config, workspace_mb)
+    trt_compat.set_precision(trtm, config, precision, strongly_typed)
+    trt_compat.set_workspace(trtm, config, workspace)
     if trt_compat.is_rtx(trtm):
-        trt_compat.set_compute_capabilities(trtm, config, sms)
+        trt_compat.set_compute_capabilities(trtm, config, list(compute_capabilities or DEFAULT_RTX_SMS))
     else:
         trt_compat.set_hardware_compatibility(trtm, config, hardware_compatible)
     profile: trt.IOptimizationProfile = builder.create_optimization_profile()
     for i in range(network.num_inputs):
         tensor: trt.ITensor = network.get_input(i)
         rest = [tensor.shape[j] for j in range(1, len(tensor.shape))]
-        if any(d < 0 for d in rest):  # only the batch axis is dynamic in our graphs; images as a fallback
-            rest = [3, size, size]
+        if any(d < 0 for d in rest):
+            raise EngineBuildError(f"{onnx_path}: input {tensor.name!r} has dynamic axes besides the batch "
+                                   f"({[tensor.shape[j] for j in range(len(tensor.shape))]}); re-export the bundle "
+                                   "with aminet-edge export")
         low, opt, high = (trtm.Dims([b, *rest]) for b in batch)
         profile.set_shape(tensor.name, low, opt, high)
     config.add_optimization_profile(profile)
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
         text = "\n  ".join(logger.messages[-10:])
-        if any(k in text.lower() for k in ("out of memory", "insufficient memory", "workspace", "cudaerrormemory")):
-            raise WorkspaceError(f"{onnx_path}: the builder ran out of memory (workspace {workspace_mb} MB); raise "
-                                 f"--workspace-mb or lower the max batch {batch[2]}:\n  {text}")
+        if any(k in text.lower() for k in _OOM_WORDS):
+            raise WorkspaceError(f"{onnx_path}: the builder ran out of memory (workspace limit {workspace} bytes); "
+                                 f"raise --workspace-mb or lower the max batch {batch[2]}:\n  {text}")
         raise EngineBuildError(f"{onnx_path}: {trtm.__name__} failed to build the engine:\n  {text}")
     return bytes(serialized)
 
@@ -143,50 +173,69 @@ def sha256(path: Path) -> str:
 def build_engine(bundle: str | Path, target: str = "auto", precision: str = "fp16",
                  batch: tuple[int, int, int] = (1, 1, 8), workspace: int | None = None,
                  compute_capabilities: list[int] | tuple[int, ...] | None = None, out: str | Path | None = None,
-                 hardware_compatible: bool = False) -> Path:
-    """Build an engine from the bundle's single graph (model.onnx / model_fp16.onnx, exported on demand).
+                 graph: str = "model", hardware_compatible: bool = False) -> Path:
+    """Build an engine from one of the bundle's graphs (exported on demand when missing) and record it.
 
-    target: "rtx" (tensorrt_rtx), "jetson" (tensorrt on the device) or "auto" (RTX when installed).
-    precision: "fp32" or "fp16" (the fp16 graph's own casts; no FP16 builder flag, network strongly typed).
-    batch: (min, opt, max) of the dynamic batch profile. workspace: MB limit, None = TensorRT's default.
-    compute_capabilities: TensorRT-RTX AOT targets as SM numbers (default 80, 86, 89, 120; 75 rejected).
-    out: engine path, default bundle/engines/<backend>-<target>-<precision>.engine.
-    hardware_compatible: standard TRT on a dGPU only, AMPERE_PLUS compatibility level.
-    Returns the engine path; its record (builder version, SMs, precision, input size, batch, sha256) goes
-    into config.json "artifacts"["engines"].
+    target: "rtx" (tensorrt_rtx, no GPU needed), "jetson" (tensorrt, on the Jetson) or "auto" (RTX when
+    installed, else tensorrt for the GPU present: "jetson" on a Jetson, "gpu" elsewhere).
+    precision: "fp32" or "fp16": the graph model.onnx or model_fp16.onnx, whose casts set the precision
+    (strongly typed network, no FP16 builder flag). fp32 builds also disable TF32.
+    batch: (min, opt, max) of the dynamic batch profile. workspace: builder workspace limit in bytes
+    (None: TensorRT's default, the device memory).
+    compute_capabilities: TensorRT-RTX AOT targets as SM numbers (default 80, 86, 89, 120; 75 rejected);
+    standard TensorRT accepts only the GPU present.
+    out: engine path, default bundle/engines/engine_name(backend, target, precision, graph).
+    graph: "model" (single graph) or "model_a" / "model_b" (the split halves; build both).
+    hardware_compatible: standard TensorRT on a dGPU only, AMPERE_PLUS compatibility level.
+    Returns the engine path. Its record (path, backend, builder version, target, precision, graph, compute
+    capabilities, GPU, input size, batch profile, sha256, build seconds) replaces any record of the same
+    path in config.json "artifacts"["engines"].
+    Raises BackendNotInstalledError, GpuRequiredError, UnsupportedTargetError, OnnxParseError,
+    WorkspaceError, EngineBuildError; ValueError for bad arguments.
     """
     if precision not in ("fp32", "fp16"):
         raise ValueError(f"precision must be 'fp32' or 'fp16', got {precision!r}")
-    if not (1 <= batch[0] <= batch[1] <= batch[2]):
-        raise ValueError(f"batch profile must satisfy 1 <= min <= opt <= max, got {batch}")
+    if graph not in GRAPHS:
+        raise ValueError(f"graph must be one of {', '.join(GRAPHS)}, got {graph!r}")
+    if len(batch) != 3 or not (1 <= batch[0] <= batch[1] <= batch[2]):
+        raise ValueError(f"batch profile must be (min, opt, max) with 1 <= min <= opt <= max, got {tuple(batch)}")
+    if workspace is not None and workspace <= 0:
+        raise ValueError(f"workspace must be a positive number of bytes, got {workspace}")
     bundle = Path(bundle)
     backend, resolved = _resolve_target(target)
     trtm = trt_compat.load_backend(backend)
-    sms = _compute_capabilities(backend, compute_capabilities)
+    sms = _compute_capabilities(backend, resolved, compute_capabilities)
+    if hardware_compatible and (backend != "tensorrt" or resolved == "jetson"):
+        raise UnsupportedTargetError("hardware_compatible (AMPERE_PLUS) is for standard TensorRT on a desktop or "
+                                     "datacenter GPU; Jetson engines are device-specific and TensorRT-RTX uses "
+                                     "compute capabilities instead")
     config = read_config(bundle)
-    onnx_path = bundle / onnx_name("model", precision)
+    onnx_path = bundle / onnx_name(graph, precision)
     if not onnx_path.is_file():
         from aminet_edge.export.onnx_export import export_onnx
 
-        export_onnx(bundle, precision, split=False)
-    size = config.model.image_size
-    path = Path(out) if out is not None else bundle / ENGINE_DIR / f"{backend}-{resolved}-{precision}.engine"
+        export_onnx(bundle, precision, split=graph != "model")
+    path = Path(out) if out is not None else bundle / ENGINE_DIR / engine_name(backend, resolved, precision, graph)
     path.parent.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-    path.write_bytes(_build_serialized(trtm, onnx_path, precision, tuple(batch), size, workspace, sms,  # type: ignore[arg-type]
-                                       hardware_compatible))
+    data = serialize_onnx(onnx_path, backend, precision, (batch[0], batch[1], batch[2]), workspace, sms,
+                          hardware_compatible)
     seconds = time.perf_counter() - start
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(data)
+    tmp.replace(path)
     present = trt_compat.gpus()
     try:
         rel = str(path.resolve().relative_to(bundle.resolve()))
     except ValueError:
         rel = str(path.resolve())
     record = {"path": rel, "backend": backend, "builder": trtm.__name__, "builder_version": trtm.__version__,
-              "target": resolved, "precision": precision, "graph": "model", "onnx": onnx_path.name,
+              "target": resolved, "precision": precision, "graph": graph, "onnx": onnx_path.name,
               "compute_capabilities": sms, "gpu": present[0][0] if present and backend == "tensorrt" else None,
-              "input_size": size, "batch": list(batch), "workspace_mb": workspace,
-              "bytes": path.stat().st_size, "sha256": sha256(path), "build_seconds": round(seconds, 2)}
-    config = read_config(bundle)
+              "strongly_typed": trt_compat.supports_strong_typing(trtm), "hardware_compatible": hardware_compatible,
+              "input_size": config.model.image_size, "batch": list(batch), "workspace": workspace,
+              "bytes": len(data), "sha256": sha256(path), "build_seconds": round(seconds, 2)}
+    config = read_config(bundle)  # re-read: export_onnx may have recorded graphs meanwhile
     engines = [e for e in config.artifacts.get("engines", []) if e.get("path") != rel]
     config.artifacts["engines"] = engines + [record]
     write_config(bundle, config)
@@ -196,19 +245,20 @@ def build_engine(bundle: str | Path, target: str = "auto", precision: str = "fp1
 def check_engine(bundle: str | Path, path: str | Path) -> dict[str, Any]:
     """The engine's record, after checking file checksum, installed runtime version and GPU against it.
 
-    EngineMismatchError says what differs and how to rebuild; BackendNotInstalledError when its runtime
-    is absent. The GPU check runs only where a GPU is visible.
+    path: the engine file, absolute or relative to the bundle. EngineMismatchError says what differs and
+    the command that rebuilds it; BackendNotInstalledError when its runtime is absent. The GPU check
+    (compute capability; for standard TensorRT also the GPU name) runs only where a GPU is visible.
     """
     bundle, path = Path(bundle), Path(path)
     full = path if path.is_absolute() else bundle / path
     records = read_config(bundle).artifacts.get("engines", [])
-    record = next((r for r in records if (bundle / r["path"]).resolve() == full.resolve()), None)
-    rebuild = "rebuild it with `aminet-edge build-engine {b} --target {t} --precision {p}`"
+    record = next((r for r in records if r.get("path") and (bundle / r["path"]).resolve() == full.resolve()), None)
+    rebuild = "rebuild it with `aminet-edge build-engine {b} --target {t} --precision {p}{s}`"
     if record is None:
         raise EngineMismatchError(f"{full} is not recorded in {bundle}/config.json; "
-                                  + rebuild.format(b=bundle, t="auto", p="fp16"))
+                                  + rebuild.format(b=bundle, t="auto", p="fp16", s=""))
     how = rebuild.format(b=bundle, t=record["target"] if record["target"] != "gpu" else "auto",
-                         p=record["precision"])
+                         p=record["precision"], s=" --split" if record.get("graph", "model") != "model" else "")
     if not full.is_file():
         raise EngineMismatchError(f"{full} is missing; {how}")
     if sha256(full) != record["sha256"]:
@@ -216,14 +266,15 @@ def check_engine(bundle: str | Path, path: str | Path) -> dict[str, Any]:
                                   f"or corrupt); {how}")
     trtm = trt_compat.load_backend(record["backend"])
     if trtm.__version__ != record["builder_version"]:
-        raise EngineMismatchError(f"{full} was built with {record['builder']} {record['builder_version']}, installed is "
-                                  f"{trtm.__version__}; engines only load in the version that built them; {how}")
+        raise EngineMismatchError(f"{full} was built with {record['builder']} {record['builder_version']}, installed "
+                                  f"is {trtm.__version__}; engines only load in the version that built them; {how}")
     present = trt_compat.gpus()
     if present:
         name, sm = present[0]
-        if sm not in record["compute_capabilities"]:
+        portable = bool(record.get("hardware_compatible")) and sm >= 80  # AMPERE_PLUS runs on any SM >= 80
+        if sm not in record["compute_capabilities"] and not portable:
             raise EngineMismatchError(f"{full} was built for compute capabilities {record['compute_capabilities']}, "
                                       f"this GPU ({name}) is SM {sm}; {how}")
-        if record["backend"] == "tensorrt" and record.get("gpu") and record["gpu"] != name:
+        if record["backend"] == "tensorrt" and record.get("gpu") and record["gpu"] != name and not portable:
             raise EngineMismatchError(f"{full} was built on {record['gpu']}, this GPU is {name}; {how}")
     return dict(record)

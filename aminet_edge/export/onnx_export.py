@@ -71,14 +71,14 @@ class PartA(nn.Module):
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
         feat = self.extractor(images.to(self.dtype))
         tokens, centers = self.aminet.cluster(feat)
-        inpaint = AMINet._embed(self.aminet.embed_inpaint, feat)
+        inpaint = self.aminet.embed_inpaint_tokens(feat)
         return feat.float(), tokens.float(), centers.float(), inpaint.float()
 
 
 class PartB(nn.Module):
     """inpaint_tokens (B, L, D) float32, mask (B, L) bool -> recon (B, C, h, w) float32.
 
-    The tail of `AMINet.inpaint` (mask-token replacement, position embedding, blocks, norm, head) and
+    `AMINet.inpaint_tokens` (mask-token replacement, position embedding, blocks, norm, head) and
     `unpatchify`.
     """
 
@@ -88,12 +88,7 @@ class PartB(nn.Module):
 
     def forward(self, inpaint_tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         net = self.aminet
-        x = inpaint_tokens.to(self.dtype)
-        pos: torch.Tensor = net.pos_embed  # type: ignore[assignment]  # a registered buffer
-        x = torch.where(mask.unsqueeze(-1), net.mask_token.to(x.dtype), x) + pos
-        for blk in net.blocks:
-            x = blk(x)
-        return net.unpatchify(net.head(net.norm(x))).float()
+        return net.unpatchify(net.inpaint_tokens(inpaint_tokens.to(self.dtype), mask)).float()
 
 
 def _as_tuple(out: torch.Tensor | tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:

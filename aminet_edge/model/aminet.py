@@ -17,6 +17,8 @@ class AMINet(nn.Module):
     f1 and f3) gives L = (h / K)^2 tokens of width D; position embedding is the fixed 2-D sin-cos one.
     """
 
+    pos_embed: torch.Tensor  # (1, L, D) registered buffer
+
     def __init__(self, cfg: ModelConfig, in_channels: int) -> None:
         super().__init__()
         cfg.validate()
@@ -84,17 +86,26 @@ class AMINet(nn.Module):
             x = blk(x)
         return tokens, self.cluster_norm(x[:, : self.cfg.num_clusters])
 
-    def inpaint(self, feat: torch.Tensor, mask: torch.Tensor, generator: torch.Generator | None = None,
-                jitter: bool = False) -> torch.Tensor:
-        """Restore masked tokens. mask: (B, L) bool, True = replaced by the mask token. -> (B, L, K*K*C)."""
-        x = self._embed(self.embed_inpaint, feat)
-        x = torch.where(mask.unsqueeze(-1), self.mask_token.to(x.dtype), x)
+    def embed_inpaint_tokens(self, feat: torch.Tensor) -> torch.Tensor:
+        """Inpainting-branch tokens (f1) before masking: (B, C, h, w) -> (B, L, D)."""
+        return self._embed(self.embed_inpaint, feat)
+
+    def inpaint_tokens(self, tokens: torch.Tensor, mask: torch.Tensor, generator: torch.Generator | None = None,
+                       jitter: bool = False) -> torch.Tensor:
+        """Restore masked tokens. tokens: (B, L, D) from `embed_inpaint_tokens`; mask: (B, L) bool,
+        True = replaced by the mask token. -> (B, L, K*K*C)."""
+        x = torch.where(mask.unsqueeze(-1), self.mask_token.to(tokens.dtype), tokens)
         if jitter:
             x = self._jitter(x, generator)
         x = x + self.pos_embed
         for blk in self.blocks:
             x = blk(x)
         return self.head(self.norm(x))
+
+    def inpaint(self, feat: torch.Tensor, mask: torch.Tensor, generator: torch.Generator | None = None,
+                jitter: bool = False) -> torch.Tensor:
+        """`inpaint_tokens` on the features' own tokens: (B, C, h, w), (B, L) -> (B, L, K*K*C)."""
+        return self.inpaint_tokens(self.embed_inpaint_tokens(feat), mask, generator, jitter)
 
     # -- test time ----------------------------------------------------------------------------
     def forward(self, feat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
