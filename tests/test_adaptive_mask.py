@@ -22,11 +22,7 @@ What must agree, and why that much:
 
 from __future__ import annotations
 
-import os
-import subprocess
 import sys
-import traceback
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -35,6 +31,7 @@ torch = pytest.importorskip("torch")
 
 from aminet_edge import ops  # noqa: E402
 from aminet_edge.ops import reference  # noqa: E402
+from triton_interpreter import WORKER, interpreted_outputs, need_gpu, save_case_outputs  # noqa: E402
 
 RTOL_DIST = 1e-5
 ATOL_DIST = 1e-6  # times max |min_dist|
@@ -139,38 +136,16 @@ BACKENDS = [
 ]
 
 
-def _triton_worker(out_path: str) -> None:
-    """Subprocess body (TRITON_INTERPRET=1): every case on the triton backend, saved to an .npz."""
-    results = {}
-    for name, build in CASES.items():
-        c = build()
-        try:
-            out = ops.adaptive_mask(c["tokens"], c["centers"], c["lam"], backend="triton")
-            for key, o in zip(("mask", "min_dist", "assign"), out):
-                results[f"{name}/{key}"] = o.numpy()
-        except Exception:  # noqa: BLE001 - reported by the test of that case
-            results[f"{name}/error"] = np.array(traceback.format_exc())
-    np.savez(out_path, **results)
+def _triton_case(c: dict) -> dict:
+    """One case on the triton backend (runs in the interpreted subprocess)."""
+    out = ops.adaptive_mask(c["tokens"], c["centers"], c["lam"], backend="triton")
+    return {key: o.numpy() for key, o in zip(("mask", "min_dist", "assign"), out)}
 
 
 @pytest.fixture(scope="module")
 def triton_interpreted(tmp_path_factory: pytest.TempPathFactory) -> dict:
     """The triton backend's outputs for every case, from one interpreted subprocess."""
-    pytest.importorskip("triton", reason="triton is not installed (pip install 'aminet-edge[gpu]')")
-    out = tmp_path_factory.mktemp("triton") / "adaptive_mask.npz"
-    root = str(Path(__file__).resolve().parent.parent)
-    env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=os.pathsep.join([root, os.environ.get("PYTHONPATH", "")]))
-    code = f"import runpy, sys; runpy.run_path({str(Path(__file__).resolve())!r}, run_name='__triton_worker__')"
-    proc = subprocess.run([sys.executable, "-c", code, str(out)], env=env, capture_output=True, text=True, timeout=600)
-    if proc.returncode != 0:
-        pytest.fail(f"interpreted Triton subprocess failed:\n{proc.stderr[-4000:]}")
-    with np.load(out) as data:
-        return {k: data[k] for k in data.files}
-
-
-def _need_gpu() -> None:
-    if not torch.cuda.is_available():
-        pytest.skip("no CUDA GPU visible to torch")
+    return interpreted_outputs(__file__, tmp_path_factory)
 
 
 def _run(backend: str, tokens, centers, lam: float, request: pytest.FixtureRequest):
@@ -195,7 +170,7 @@ def _run(backend: str, tokens, centers, lam: float, request: pytest.FixtureReque
         if f"{case}/error" in results:
             pytest.fail(f"triton backend raised:\n{results[f'{case}/error']}")
         return tuple(torch.from_numpy(results[f"{case}/{k}"]) for k in ("mask", "min_dist", "assign"))
-    _need_gpu()
+    need_gpu()
     name = "triton" if backend == "triton-cuda" else "cuda"
     if name == "cuda":
         from aminet_edge.ops import cuda
@@ -263,5 +238,5 @@ def test_adaptive_mask_matches_reference(backend: str, case: str, request: pytes
     assert excluded.mean() <= MAX_EXCLUDED
 
 
-if __name__ == "__triton_worker__":
-    _triton_worker(sys.argv[1])
+if __name__ == WORKER:
+    save_case_outputs(CASES, _triton_case, sys.argv[1])

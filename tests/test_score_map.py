@@ -16,11 +16,7 @@ The matrices themselves (C++ smoothing_matrix vs reference.smoothing_matrix) agr
 
 from __future__ import annotations
 
-import os
-import subprocess
 import sys
-import traceback
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -29,6 +25,7 @@ torch = pytest.importorskip("torch")
 
 from aminet_edge import ops  # noqa: E402
 from aminet_edge.ops import reference  # noqa: E402
+from triton_interpreter import WORKER, interpreted_outputs, need_gpu, save_case_outputs  # noqa: E402
 
 RTOL_MAP = 1e-4
 ATOL_MAP = 1e-5  # times max |amap|
@@ -88,37 +85,16 @@ def _args(c: dict) -> tuple:
     return c["feat"], c["recon"], c["out_hw"], c["sigma"], c["image_score"]
 
 
-def _triton_worker(out_path: str) -> None:
-    """Subprocess body (TRITON_INTERPRET=1): every case on the triton backend, saved to an .npz."""
-    results = {}
-    for name, build in CASES.items():
-        feat, recon, out_hw, sigma, image_score = _args(build())
-        try:
-            amap, score = ops.score_map(feat, recon, out_hw, sigma, image_score, backend="triton")
-            results[f"{name}/amap"], results[f"{name}/score"] = amap.numpy(), score.numpy()
-        except Exception:  # noqa: BLE001 - reported by the test of that case
-            results[f"{name}/error"] = np.array(traceback.format_exc())
-    np.savez(out_path, **results)
+def _triton_case(c: dict) -> dict:
+    """One case on the triton backend (runs in the interpreted subprocess)."""
+    amap, score = ops.score_map(*_args(c), backend="triton")
+    return {"amap": amap.numpy(), "score": score.numpy()}
 
 
 @pytest.fixture(scope="module")
 def triton_interpreted(tmp_path_factory: pytest.TempPathFactory) -> dict:
     """The triton backend's outputs for every case, from one interpreted subprocess."""
-    pytest.importorskip("triton", reason="triton is not installed (pip install 'aminet-edge[gpu]')")
-    out = tmp_path_factory.mktemp("triton") / "score_map.npz"
-    root = str(Path(__file__).resolve().parent.parent)
-    env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=os.pathsep.join([root, os.environ.get("PYTHONPATH", "")]))
-    code = f"import runpy, sys; runpy.run_path({str(Path(__file__).resolve())!r}, run_name='__triton_worker__')"
-    proc = subprocess.run([sys.executable, "-c", code, str(out)], env=env, capture_output=True, text=True, timeout=600)
-    if proc.returncode != 0:
-        pytest.fail(f"interpreted Triton subprocess failed:\n{proc.stderr[-4000:]}")
-    with np.load(out) as data:
-        return {k: data[k] for k in data.files}
-
-
-def _need_gpu() -> None:
-    if not torch.cuda.is_available():
-        pytest.skip("no CUDA GPU visible to torch")
+    return interpreted_outputs(__file__, tmp_path_factory)
 
 
 def _run(backend: str, c: dict, request: pytest.FixtureRequest):
@@ -144,7 +120,7 @@ def _run(backend: str, c: dict, request: pytest.FixtureRequest):
         if f"{case}/error" in results:
             pytest.fail(f"triton backend raised:\n{results[f'{case}/error']}")
         return torch.from_numpy(results[f"{case}/amap"]), torch.from_numpy(results[f"{case}/score"])
-    _need_gpu()
+    need_gpu()
     name = "triton" if backend == "triton-cuda" else "cuda"
     if name == "cuda":
         from aminet_edge.ops import cuda
@@ -184,5 +160,5 @@ def test_smoothing_matrix_matches_reference(sizes: tuple) -> None:
         cpu.smoothing_matrix(4, 8, 2.0)  # radius 8 >= 8: the reference's reflect padding fails too
 
 
-if __name__ == "__triton_worker__":
-    _triton_worker(sys.argv[1])
+if __name__ == WORKER:
+    save_case_outputs(CASES, _triton_case, sys.argv[1])
