@@ -34,6 +34,9 @@ VARIANTS = (  # (label, backend, options)
     ("torch + C++ ops", "torch", {"ops_backend": "auto"}),
     ("onnxruntime (single graph)", "onnxruntime", {}),
     ("onnxruntime-split + C++", "onnxruntime-split", {}),
+    # why the split backend turns onnxruntime's busy-waiting threads off (runtime default): with them on,
+    # the idle threads of one half steal the cores from the C++ kernels and the other half
+    ("onnxruntime-split + C++, ORT spinning on", "onnxruntime-split", {"spinning": True}),
 )
 
 
@@ -128,8 +131,10 @@ def main() -> None:
     for label, _, _ in VARIANTS:
         cells = [f"{times[(label, b)] * 1e3:.1f} | {times[(base, b)] / times[(label, b)]:.2f}x" for b in args.batches]
         rows.append(f"| {label} | " + " | ".join(cells) + " |")
+    auto = Detector.load(bundle, threshold=1.0, pixel_threshold=1.0)
     note = (f"\npreset {args.preset} ({source}), {args.size}x{args.size} uint8 frames, end-to-end predict, "
-            f"median of {args.repeats}, {args.threads or os.cpu_count()} threads\n")
+            f"median of {args.repeats}, {args.threads or os.cpu_count()} threads; Detector.load(backend='auto') "
+            f"picks {auto.backend}\n")
     append_result("runtime", "\n".join([head, rule, *rows]) + "\n" + note)
 
 

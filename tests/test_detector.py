@@ -100,9 +100,10 @@ def shared_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def available_cpu_backends(bundle: Path) -> list[str]:
-    from aminet_edge.runtime.backends import AUTO_ORDER
+    from aminet_edge.runtime.backends import auto_order
 
-    return [b for b in AUTO_ORDER["cpu"] if backend_status(b, bundle, read_config(bundle), "cpu") is None]
+    config = read_config(bundle)
+    return [b for b in auto_order("cpu", config) if backend_status(b, bundle, config, "cpu") is None]
 
 
 @pytest.fixture(scope="module")
@@ -213,17 +214,23 @@ def test_real_bottle_images_agree_at_tiny_preset(tmp_path: Path) -> None:
 
 
 def test_auto_picks_the_fastest_available_and_says_why(bundle: Path, tmp_path: Path) -> None:
+    from aminet_edge.runtime.backends import SPLIT_MIN_CHANNELS, auto_order
+
+    config = read_config(bundle)
     available = available_cpu_backends(bundle)
     det = Detector.load(bundle)
-    assert det.backend == available[0]
+    assert det.backend == available[0] == "onnxruntime"  # EfficientNet-Lite features: single graph first
     assert det.backend_reason.startswith("auto")
-    partial = tmp_path / "no_split"
+    wide = BundleConfig(**{**config.__dict__, "in_channels": SPLIT_MIN_CHANNELS})
+    assert auto_order("cpu", wide)[0] == "onnxruntime-split"  # WideResNet features: split graphs first
+    assert auto_order("cuda", config)[0] == "tensorrt"
+    partial = tmp_path / "no_single"
     shutil.copytree(bundle, partial)
-    for name in ("model_a.onnx", "model_b.onnx"):
-        (partial / name).unlink(missing_ok=True)
+    (partial / "model.onnx").unlink()
     det = Detector.load(partial)
-    assert det.backend == "onnxruntime"
-    assert "onnxruntime-split" in det.backend_reason and "not found" in det.backend_reason
+    expected = "onnxruntime-split" if "onnxruntime-split" in available else "torch"
+    assert det.backend == expected
+    assert "skipped onnxruntime:" in det.backend_reason and "model.onnx not found" in det.backend_reason
 
 
 # ---- result fields and thresholds -----------------------------------------------------------------
@@ -404,6 +411,39 @@ def test_engine_lookup_errors(bundle: Path, tmp_path: Path) -> None:
     assert info.flavour == "tensorrt_rtx" and info.precision == "fp16" and info.graph == "model"
     with pytest.raises((EngineError, BackendUnavailableError), match="missing|not installed"):
         find_engine(copy, read_config(copy))
+
+
+def test_engine_choice_single_or_split(bundle: Path, tmp_path: Path) -> None:
+    """Records as aminet_edge.export.engine writes them (no sha256 here, so no checksum/GPU check)."""
+    from aminet_edge.runtime.backends.tensorrt_backend import find_engine, installed_flavours
+
+    if "tensorrt_rtx" not in installed_flavours():
+        pytest.skip("tensorrt_rtx is not installed")
+    copy = tmp_path / "b"
+    shutil.copytree(bundle, copy)
+    (copy / "engines").mkdir()
+
+    def record(graph: str, precision: str = "fp16") -> dict:  # type: ignore[type-arg]
+        suffix = "" if graph == "model" else f"-{graph}"
+        path = f"engines/tensorrt_rtx-rtx-{precision}{suffix}.engine"
+        (copy / path).write_bytes(b"x")
+        return {"path": path, "backend": "tensorrt_rtx", "target": "rtx", "precision": precision, "graph": graph}
+
+    def use(records: list, **kw) -> list[str]:  # type: ignore[no-untyped-def, type-arg]
+        config = read_config(copy)
+        config.artifacts = dict(config.artifacts, engines=records)
+        write_config(copy, config)
+        return [e.graph + ":" + e.precision for e in find_engine(copy, read_config(copy), **kw)]
+
+    pair = [record("model_a"), record("model_b")]
+    assert use(pair) == ["model_a:fp16", "model_b:fp16"]
+    assert use([*pair, record("model"), record("model", "fp32")]) == ["model:fp16"]
+    assert use([*pair, record("model")], split=True) == ["model_a:fp16", "model_b:fp16"]
+    assert use([*pair, record("model", "fp32")], precision="fp32") == ["model:fp32"]
+    with pytest.raises(EngineError, match="lacks its other half"):
+        use([record("model_a")])
+    with pytest.raises(EngineError, match="no single-graph TensorRT engine"):
+        use(pair, split=False)
 
 
 # ---- CLI -------------------------------------------------------------------------------------------

@@ -177,9 +177,11 @@ class Detector:
              limits: Limits | None = None, **backend_options: Any) -> "Detector":
         """Load `bundle` (a directory written by `aminet-edge train` / `export`) for inference.
 
-        backend: "auto" (fastest available on `device`: cpu -> onnxruntime-split, onnxruntime, torch;
-            cuda -> tensorrt, torch, onnxruntime), or "torch", "onnxruntime", "onnxruntime-split",
-            "tensorrt". The choice is in `.backend` and logged on logger "aminet_edge.runtime".
+        backend: "auto" (fastest available on `device`, see backends.auto_order: cpu -> onnxruntime-split,
+            onnxruntime, torch for wide features (>= 512 channels, WideResNet), onnxruntime first for the
+            EfficientNet-Lite presets; cuda -> tensorrt, torch, onnxruntime), or "torch", "onnxruntime",
+            "onnxruntime-split", "tensorrt". The choice and why is in `.backend` / `.backend_reason` and
+            logged on logger "aminet_edge.runtime".
         device: "cpu" or "cuda".
         threshold / sensitivity / pixel_threshold: the default decision rule (module docstring); each
             `predict` call may override them.
@@ -195,7 +197,9 @@ class Detector:
         reason = f"requested backend={backend!r}"
         if backend == "auto":
             backend, skipped = select_backend(bundle, config, device)
-            reason = f"auto: fastest available on {device}"
+            from aminet_edge.runtime.backends import auto_order
+
+            reason = f"auto: fastest available on {device} (order {', '.join(auto_order(device, config))})"
             if skipped:
                 reason += " (skipped " + "; ".join(f"{k}: {v}" for k, v in skipped.items()) + ")"
         instance = create_backend(backend, bundle, config, device, **backend_options)

@@ -13,7 +13,7 @@ run here, and if not why" without running anything (and, for CPU, without import
 | tensorrt          | cuda      | tensorrt (Jetson/datacenter) or tensorrt_rtx (RTX), pycuda or     |
 |                   |           | cuda-python, an engine for this GPU in bundle/engines            |
 
-`AUTO_ORDER` is fastest first, measured by bench/runtime.py (see BENCHMARKS.md).
+`auto_order(device, config)` is fastest first, measured by bench/runtime.py (see BENCHMARKS.md).
 """
 
 from __future__ import annotations
@@ -32,12 +32,29 @@ from aminet_edge.bundle import BundleConfig, BundleError
 BACKENDS = ("onnxruntime-split", "onnxruntime", "torch", "tensorrt")
 DEVICES = ("cpu", "cuda")
 
-# fastest first. CPU: bench/runtime.py on the "cpu" preset (split graphs + C++ kernels beat the single
-# graph, whose reference ops export as many small ONNX nodes; torch eager is the slowest).
+# fastest first. CUDA: TensorRT's fused engine, then eager torch (Triton ops), then onnxruntime's CUDA EP
+# (not measured: no GPU in this project's CI). CPU: see auto_order.
 AUTO_ORDER: dict[str, tuple[str, ...]] = {
     "cpu": ("onnxruntime-split", "onnxruntime", "torch"),
     "cuda": ("tensorrt", "torch", "onnxruntime"),
 }
+# On CPU the split graphs win when the feature maps are wide: the reference score map and mask nodes of
+# the single graph grow with the channel count C, the C++ kernels barely do. Measured on a quiet 2-core
+# x86 (Xeon, AVX-512), backend ms per image at batch 1, each backend alone in its process:
+#   "paper" preset (WideResNet50, C = 1792): split 480 vs single 612 -> split first;
+#   "cpu" preset (EfficientNet-Lite0, C = 176): single 40-42 vs split 45-48 -> single first
+#   (two sessions cost more than the small reference ops they replace).
+SPLIT_MIN_CHANNELS = 512
+
+
+def auto_order(device: str, config: BundleConfig | None = None) -> tuple[str, ...]:
+    """The backends `auto` tries on `device` for this bundle, fastest first."""
+    if device not in AUTO_ORDER:
+        raise ValueError(f"unknown device {device!r}; choose 'cpu' or 'cuda'")
+    if device == "cpu" and config is not None and config.in_channels < SPLIT_MIN_CHANNELS:
+        return ("onnxruntime", "onnxruntime-split", "torch")
+    return AUTO_ORDER[device]
+
 
 MODULES = {
     "torch": "aminet_edge.runtime.backends.torch_backend",
@@ -208,11 +225,9 @@ def available_backends(bundle: str | Path | None = None, config: BundleConfig | 
 
 
 def select_backend(bundle: str | Path, config: BundleConfig, device: str) -> tuple[str, dict[str, str]]:
-    """The first usable backend of AUTO_ORDER[device] and the reasons the ones before it were skipped."""
-    if device not in AUTO_ORDER:
-        raise ValueError(f"unknown device {device!r}; choose 'cpu' or 'cuda'")
+    """The first usable backend of auto_order(device, config) and the reasons earlier ones were skipped."""
     skipped: dict[str, str] = {}
-    for name in AUTO_ORDER[device]:
+    for name in auto_order(device, config):
         reason = backend_status(name, bundle, config, device)
         if reason is None:
             return name, skipped

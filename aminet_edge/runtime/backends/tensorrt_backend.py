@@ -111,11 +111,14 @@ def check_recorded_engine(bundle: Path, path: Path) -> None:
 
 
 def find_engine(bundle: str | Path, config: BundleConfig | None = None, engine: str | Path | None = None,
-                precision: str | None = None) -> list[EngineInfo]:
+                precision: str | None = None, split: bool | None = None) -> list[EngineInfo]:
     """The engine(s) to run: [single] or [model_a, model_b], for an installed TensorRT flavour.
 
-    engine: an explicit file (relative to the bundle or absolute); precision: "fp16"/"fp32" filter.
-    EngineError names what is missing or mismatched and how to build it.
+    engine: an explicit file (relative to the bundle or absolute); precision: "fp16"/"fp32" filter;
+    split: True = the split pair (CUDA kernels between), False = the single engine, None = the single
+    engine when the bundle has one (self-contained, no libaminet_cuda.so needed), else the pair.
+    Among equals fp16 (the default build) is preferred. EngineError names what is missing or
+    mismatched and how to build it.
     """
     bundle = Path(bundle)
     installed = installed_flavours()
@@ -134,6 +137,12 @@ def find_engine(bundle: str | Path, config: BundleConfig | None = None, engine: 
         raise EngineError(f"{bundle}: no TensorRT engine{f' of precision {precision}' if precision else ''} in "
                           f"{bundle / ENGINE_DIR}; build one for this GPU (Jetson: export/jetson/build_engine.sh, "
                           f"RTX: export/rtx/build_engine_aot.sh, or aminet_edge.build_engine)")
+    if split is not None:
+        candidates = [e for e in candidates if (e.graph != "model") == split]
+        if not candidates:
+            kind = "split (model_a / model_b)" if split else "single-graph"
+            raise EngineError(f"{bundle}: no {kind} TensorRT engine; build it with `aminet-edge build-engine "
+                              f"{bundle}{' --split' if split else ''}`")
     usable = [e for e in candidates if e.flavour in installed]
     if not usable:
         kinds = sorted({e.flavour for e in candidates})
@@ -254,12 +263,12 @@ class TensorRTBackend(Backend):
 
     def __init__(self, bundle: Path, config: BundleConfig, device: str = "cuda", engine: str | Path | None = None,
                  precision: str | None = None, cuda_graph: bool = False, device_index: int = 0,
-                 memory: str | None = None) -> None:
+                 memory: str | None = None, split: bool | None = None) -> None:
         from aminet_edge.runtime.backends.cuda_memory import CudaMemory
 
         if device != "cuda":
             raise BackendUnavailableError("the tensorrt backend runs on device='cuda' only")
-        infos = find_engine(bundle, config, engine, precision)
+        infos = find_engine(bundle, config, engine, precision, split)
         self.infos = infos
         self.trt = import_tensorrt(infos[0].flavour)
         self.memory = CudaMemory.create(device_index, prefer=memory)
@@ -411,11 +420,12 @@ class TensorRTBackend(Backend):
 
 def create(name: str, bundle: Path, config: BundleConfig, device: str = "cuda", engine: str | Path | None = None,
            precision: str | None = None, cuda_graph: bool = False, device_index: int = 0,
-           memory: str | None = None, **options: Any) -> Backend:
-    """Registry entry point (see aminet_edge.runtime.backends)."""
+           memory: str | None = None, split: bool | None = None, **options: Any) -> Backend:
+    """Registry entry point (see aminet_edge.runtime.backends). Options: engine, precision, cuda_graph,
+    device_index, memory ("pycuda" / "cuda-python" preference), split."""
     if options:
         raise TypeError(f"backend {name!r} got unknown option(s) {', '.join(sorted(options))}")
-    return TensorRTBackend(bundle, config, device, engine, precision, cuda_graph, device_index, memory)
+    return TensorRTBackend(bundle, config, device, engine, precision, cuda_graph, device_index, memory, split)
 
 
 def describe_engines(bundle: str | Path, config: BundleConfig | None = None) -> str:
