@@ -1,10 +1,11 @@
 """Export benchmark: onnxruntime CPU vs PyTorch eager latency, TensorRT-RTX build times and engine sizes,
-and the fp16 graph against the fp32 one (image and pixel AUROC, output deltas) on a trained bottle bundle.
+and the fp16 and int8 graphs against the fp32 one (image and pixel AUROC, output deltas) on a trained
+bottle bundle.
 
 Latency and engines use preset "cpu" (efficientnet_lite0 pretrained, D=384, 6 heads, depth 4, 256 px) with
-random AMI-Net weights; eager and onnxruntime run in this process in alternation, so their ratio is
+random AMI-Net weights; eager and onnxruntime (fp32, fp16, int8) run in this process in alternation, so their ratio is
 comparable even on a shared machine (absolute times are not). Engines: TensorRT-RTX ahead of time for
-SM 80/86/89/120 (built, not run: no GPU). The fp16 comparison needs a trained bundle (default
+SM 80/86/89/120 (built, not run: no GPU). The fp16 / int8 comparison needs a trained bundle (default
 runs/bottle-cpu, else runs/bench-accuracy/mvtec_bottle) and the MVTec data; otherwise it says unmeasured.
 Usage: python bench/export.py [--bundle runs/bottle-cpu] [--data ../shared/data/mvtec_bottle] [--threads 1]
 """
@@ -28,12 +29,13 @@ from common import append_result  # noqa: E402
 
 from aminet_edge.bundle import BundleConfig, read_config, write_config  # noqa: E402
 from aminet_edge.config import PRESETS, ScoreConfig  # noqa: E402
-from aminet_edge.export import trt_compat  # noqa: E402
+from aminet_edge.export import onnx_name, trt_compat  # noqa: E402
 from aminet_edge.export.engine import build_engine  # noqa: E402
 from aminet_edge.export.onnx_export import export_onnx  # noqa: E402
 from aminet_edge.model.pipeline import build_modules, load_pipeline, save_pipeline_weights  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
+LOWER = ("fp16", "int8")  # graph precisions compared with fp32
 
 
 def cpu_bundle(root: Path) -> Path:
@@ -59,11 +61,11 @@ def session(path: Path):  # type: ignore[no-untyped-def]
 
 
 def latency_rows(bundle: Path, repeats: int = 7) -> list[str]:
-    """Median latency of eager PyTorch and onnxruntime fp32/fp16, timed in alternation (repeat i runs each
+    """Median latency of eager PyTorch and onnxruntime fp32/fp16/int8, timed in alternation (repeat i runs each
     contender once), so load from other processes hits all of them alike."""
     pipeline, config = load_pipeline(bundle)
     size = config.model.image_size
-    sessions = {p: session(bundle / name) for p, name in (("fp32", "model.onnx"), ("fp16", "model_fp16.onnx"))}
+    sessions = {p: session(bundle / onnx_name("model", p)) for p in ("fp32", *LOWER)}
     rows = []
     for batch in (1, 8):
         x = torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(batch))
@@ -98,15 +100,15 @@ def engine_rows(bundle: Path) -> list[str]:
 
 
 def auroc_rows(trained: Path, data: Path, work: Path) -> list[str]:
-    """fp16 vs fp32 graphs through onnxruntime on the data set's test split, with a copy of a trained bundle
-    (the run is untouched): image and pixel AUROC of each, and how far the fp16 outputs move."""
+    """fp16 and int8 vs fp32 graphs through onnxruntime on the data set's test split, with a copy of a trained
+    bundle (the run is untouched): image and pixel AUROC of each, and how far the outputs move."""
     from aminet_edge.data.datasets import load_dataset
     from aminet_edge.data.images import read_mask
     from aminet_edge.evaluation.metrics import auroc
     from aminet_edge.train.cache import load_batches
 
     if not (trained / "weights.safetensors").is_file() or not (data / "test").is_dir():
-        return [f"| fp16 vs fp32 AUROC | unmeasured: no trained bundle at {trained} or no data at {data} | - |"]
+        return [f"| fp16 / int8 vs fp32 AUROC | unmeasured: no trained bundle at {trained} or no data at {data} | - |"]
     copy = work / "trained"
     copy.mkdir()
     for name in ("config.json", "weights.safetensors"):
@@ -117,20 +119,22 @@ def auroc_rows(trained: Path, data: Path, work: Path) -> list[str]:
     labels = np.array([s.label for s in test])
     truth = np.stack([read_mask(s.mask_path, size) if s.mask_path else np.zeros((size, size), bool) for s in test])
     rows, out = [], {}
-    for precision in ("fp32", "fp16"):
+    for precision in ("fp32", *LOWER):
         s = session(export_onnx(copy, precision, split=False)["model"])
         runs = [s.run(["amap", "score", "mask"], {"images": b.numpy()})
                 for b in load_batches([t.path for t in test], size, config.mean, config.std, 8)]
         out[precision] = [np.concatenate(parts) for parts in zip(*runs)]
         rows.append(f"| {precision} graph ({len(test)} {data.name} test images, bundle {trained}) | image / pixel "
                     f"AUROC | {auroc(labels, out[precision][1]):.4f} / {auroc(truth, out[precision][0]):.4f} |")
-    (amap32, score32, mask32), (amap16, score16, mask16) = out["fp32"], out["fp16"]
-    rows.append(f"| fp16 vs fp32 image score | max relative difference | "
-                f"{(np.abs(score16 - score32) / np.abs(score32)).max():.2e} |")
-    rows.append(f"| fp16 vs fp32 map | mean abs difference / mean fp32 map; max / max | "
-                f"{np.abs(amap16 - amap32).mean() / np.abs(amap32).mean():.2e}; "
-                f"{np.abs(amap16 - amap32).max() / np.abs(amap32).max():.2e} |")
-    rows.append(f"| fp16 vs fp32 mask | tokens that differ | {(mask16 != mask32).mean():.2%} |")
+    amap32, score32, mask32 = out["fp32"]
+    for precision in LOWER:
+        amap, score, mask = out[precision]
+        rows.append(f"| {precision} vs fp32 image score | max relative difference | "
+                    f"{(np.abs(score - score32) / np.abs(score32)).max():.2e} |")
+        rows.append(f"| {precision} vs fp32 map | mean abs difference / mean fp32 map; max / max | "
+                    f"{np.abs(amap - amap32).mean() / np.abs(amap32).mean():.2e}; "
+                    f"{np.abs(amap - amap32).max() / np.abs(amap32).max():.2e} |")
+        rows.append(f"| {precision} vs fp32 mask | tokens that differ | {(mask != mask32).mean():.2%} |")
     return rows
 
 
@@ -156,9 +160,9 @@ def main() -> None:
         work = Path(tmp)
         bundle = cpu_bundle(work / "cpu")
         start = time.perf_counter()
-        export_onnx(bundle, "fp32", split=False)
-        export_onnx(bundle, "fp16", split=False)
-        rows = [f"| export fp32 + fp16 (preset cpu) | {time.perf_counter() - start:.1f} s | - |"]
+        for precision in ("fp32", *LOWER):
+            export_onnx(bundle, precision, split=False)
+        rows = [f"| export fp32 + fp16 + int8 (preset cpu) | {time.perf_counter() - start:.1f} s | - |"]
         rows += latency_rows(bundle) + engine_rows(bundle)
         rows += auroc_rows(args.bundle or default_bundle(), args.data, work)
     table = ("| what | measured | value / ratio |\n|---|---|---|\n" + "\n".join(rows) +

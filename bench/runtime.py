@@ -5,8 +5,9 @@ Usage: python bench/runtime.py [--preset cpu] [--batches 1 8] [--repeats 3] [--t
 One run measures, on the same images (uint8 RGB 512x512 arrays, decoded-frame case) and the same bundle:
 - torch eager (reference): the torch backend with the pure-PyTorch reference ops, as training runs them;
 - torch + C++ ops: the torch backend with the fused ops on the C++ kernels (ops_backend="auto");
-- onnxruntime: model.onnx in one session (the fused ops as the reference's ONNX nodes);
-- onnxruntime-split + C++: model_a.onnx -> C++ adaptive_mask -> model_b.onnx -> C++ score_map.
+- onnxruntime: model.onnx in one session (the fused ops as the reference's ONNX nodes), fp32 and int8
+  (`export --precision int8`: the inpainting blocks' MatMuls quantised, aminet_edge.export.quantize);
+- onnxruntime-split + C++: model_a.onnx -> C++ adaptive_mask -> model_b.onnx -> C++ score_map, fp32 and int8.
 Every timing is the whole predict call (preprocess, backend, resize of the map to 512x512, mask) divided
 by the batch size; median of --repeats after one warm-up. Ratios are speed-ups vs torch eager (> 1 = faster).
 The bundle (default runs/bench-runtime-<preset>, built on first use and reused; bench/soak.py shares
@@ -32,11 +33,13 @@ from aminet_edge.runtime import Detector  # noqa: E402
 VARIANTS = (  # (label, backend, options)
     ("torch eager (reference ops)", "torch", {"ops_backend": "reference"}),
     ("torch + C++ ops", "torch", {"ops_backend": "auto"}),
-    ("onnxruntime (single graph)", "onnxruntime", {}),
-    ("onnxruntime-split + C++", "onnxruntime-split", {}),
+    ("onnxruntime fp32 (single graph)", "onnxruntime", {"precision": "fp32"}),
+    ("onnxruntime int8 (single graph)", "onnxruntime", {"precision": "int8"}),
+    ("onnxruntime-split + C++ fp32", "onnxruntime-split", {"precision": "fp32"}),
+    ("onnxruntime-split + C++ int8", "onnxruntime-split", {"precision": "int8"}),
     # why the split backend turns onnxruntime's busy-waiting threads off (runtime default): with them on,
     # the idle threads of one half steal the cores from the C++ kernels and the other half
-    ("onnxruntime-split + C++, ORT spinning on", "onnxruntime-split", {"spinning": True}),
+    ("onnxruntime-split + C++ fp32, ORT spinning on", "onnxruntime-split", {"precision": "fp32", "spinning": True}),
 )
 
 
@@ -71,13 +74,13 @@ def build_bundle(path: Path, preset: str) -> str:
     write_config(path, config)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        export_onnx(path)
+        export_onnx(path, "int8")  # the fp32 graphs, then their int8 copies
     # placeholder calibration (random frames' max score and map value) so the default threshold loads
     from aminet_edge.bundle import Calibration, read_config
 
     rng = np.random.default_rng(1)
     frames = [rng.integers(0, 256, (model.image_size,) * 2 + (3,), dtype=np.uint8) for _ in range(4)]
-    det = Detector.load(path, backend="onnxruntime", threshold=1.0, pixel_threshold=1.0)
+    det = Detector.load(path, backend="onnxruntime", precision="fp32", threshold=1.0, pixel_threshold=1.0)
     results = det.predict(frames)
     det.close()
     config = read_config(path)
@@ -91,7 +94,7 @@ def build_bundle(path: Path, preset: str) -> str:
 def ensure_bundle(path: Path | str | None, preset: str = "cpu") -> Path:
     """`path` (default DEFAULT_BUNDLE for `preset`), built by build_bundle unless it already holds a bundle."""
     path = Path(str(path or DEFAULT_BUNDLE).format(preset=preset))
-    if not (path / "config.json").is_file() or not (path / "model_b.onnx").is_file():
+    if not (path / "config.json").is_file() or not (path / "model_b_int8.onnx").is_file():
         print(f"building the {preset} bench bundle in {path} ...", flush=True)
         build_bundle(path, preset)
     return path

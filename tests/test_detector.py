@@ -213,6 +213,30 @@ def test_real_bottle_images_agree_at_tiny_preset(tmp_path: Path) -> None:
             assert_agree(g, w)
 
 
+def test_int8_graph_is_the_default_once_exported(bundle: Path, tmp_path: Path) -> None:
+    """onnxruntime backends: fp32 unless `export --precision int8` ran; then int8 unless precision="fp32"."""
+    pytest.importorskip("onnxruntime")
+    from aminet_edge.export.onnx_export import export_onnx
+
+    with pytest.raises(BundleError, match=r"model_int8\.onnx not found: export it with .*--precision int8"):
+        Detector.load(bundle, backend="onnxruntime", precision="int8")
+    copy = tmp_path / "int8"
+    shutil.copytree(bundle, copy)
+    export_onnx(copy, "int8")
+    frames = generated_images()[:3]
+    for backend in available_cpu_backends(copy):
+        if backend == "torch":
+            continue
+        fp32 = Detector.load(copy, backend=backend, precision="fp32")
+        int8 = Detector.load(copy, backend=backend)
+        assert "int8" in int8.backend_description and "int8" not in fp32.backend_description
+        for q, f in zip(int8.predict(frames), fp32.predict(frames)):
+            assert np.array_equal(q.token_mask, f.token_mask)
+            assert q.score == pytest.approx(f.score, rel=0.05)
+    with pytest.raises(ValueError, match="precision must be one of"):
+        Detector.load(copy, backend="onnxruntime", precision="int4")
+
+
 def test_auto_picks_the_fastest_available_and_says_why(bundle: Path, tmp_path: Path) -> None:
     from aminet_edge.runtime.backends import SPLIT_MIN_CHANNELS, auto_order
 

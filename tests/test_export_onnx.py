@@ -1,4 +1,4 @@
-"""ONNX export vs PyTorch: single graph, split graphs with the C++ ops between them, fp16, dynamic batch.
+"""ONNX export vs PyTorch: single graph, split graphs with the C++ ops between them, fp16, int8, dynamic batch.
 
 Tolerances: fp32 maps agree within atol 1e-5 + rtol 1e-3 of the map scale (onnxruntime fuses and reorders
 float32 sums); masks must be identical. fp16 vs fp32 graphs: see test_fp16_graph_close_to_fp32.
@@ -164,6 +164,86 @@ def test_fp16_graph_close_to_fp32(bundle: Path) -> None:
     np.testing.assert_allclose(h_amap, amap, rtol=0.05, atol=0.05 * float(np.abs(amap).max()))
     np.testing.assert_allclose(h_score, score, rtol=0.05)
     assert (h_mask != mask).sum(1).max() <= 1
+
+
+@pytest.fixture(scope="module")
+def int8_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Its own bundle: the shared one holds only TensorRT-compatible graphs (test_graph_checks scans it)."""
+    root = make_bundle(tmp_path_factory.mktemp("int8"))
+    export_onnx(root, "int8", split=True)
+    return root
+
+
+def test_int8_quantises_only_the_inpainting_blocks(int8_bundle: Path) -> None:
+    import onnx
+
+    from aminet_edge.export.quantize import inpainting_matmuls
+
+    def ops_of(name: str) -> list[str]:
+        return [n.op_type for n in onnx.load(str(int8_bundle / name)).graph.node]
+
+    fp32 = onnx.load(str(int8_bundle / "model.onnx"))
+    chosen = inpainting_matmuls(fp32)
+    assert len(chosen) == 4 * SMALL.inpaint_depth  # qkv, proj, fc1, fc2 per block
+    assert not any("aggregation" in n for n in chosen)  # the clustering block, hence the mask, stays fp32
+    q = ops_of("model_int8.onnx")
+    assert q.count("MatMulInteger") == len(chosen)
+    assert q.count("MatMul") == ops_of("model.onnx").count("MatMul") - len(chosen)
+    assert ops_of("model_b_int8.onnx").count("MatMulInteger") == len(chosen)
+    onnx_rec = read_config(int8_bundle).artifacts["onnx"]
+    assert {k: v["path"] for k, v in onnx_rec.items() if k.endswith("_int8")} == {
+        "model_int8": "model_int8.onnx", "model_a_int8": "model_a.onnx", "model_b_int8": "model_b_int8.onnx"}
+    assert onnx_rec["model_int8"]["precision"] == "int8"
+
+
+def test_int8_graph_close_to_fp32_same_mask(int8_bundle: Path) -> None:
+    """int8 inpainting vs fp32: identical masks (decided in fp32), maps within 5% of the map scale, score 5%."""
+    x = images(3, seed=12)
+    amap, score, mask = session(int8_bundle / "model.onnx").run(["amap", "score", "mask"], {"images": x})
+    q_amap, q_score, q_mask = session(int8_bundle / "model_int8.onnx").run(["amap", "score", "mask"], {"images": x})
+    assert np.array_equal(q_mask, mask)
+    assert not np.array_equal(q_amap, amap)  # the quantised graph really runs int8 products
+    np.testing.assert_allclose(q_amap, amap, rtol=0.05, atol=0.05 * float(np.abs(amap).max()))
+    np.testing.assert_allclose(q_score, score, rtol=0.05)
+
+
+def test_int8_split_pipeline_matches_int8_single_graph(int8_bundle: Path) -> None:
+    config = read_config(int8_bundle)
+    x = images(2, seed=13)
+    amap, score, mask = session(int8_bundle / "model_int8.onnx").run(["amap", "score", "mask"], {"images": x})
+    feat, tokens, centers, inpaint = session(int8_bundle / "model_a.onnx").run(
+        ["features", "cluster_tokens", "centers", "inpaint_tokens"], {"images": x})
+    s_mask = ops.adaptive_mask(tokens, centers, config.model.mask_lambda, backend="cpp")[0]
+    (recon,) = session(int8_bundle / "model_b_int8.onnx").run(["recon"], {"inpaint_tokens": inpaint, "mask": s_mask})
+    s_amap, s_score = ops.score_map(feat, recon, (64, 64), config.score.sigma, config.score.image_score, backend="cpp")
+    assert np.array_equal(s_mask, mask)
+    assert_maps_close(s_amap, amap)
+    assert_maps_close(s_score, score)
+
+
+def test_constant_pads_folded_into_convolutions(bundle: Path) -> None:
+    """EfficientNet-Lite's asymmetric TF-SAME pads live in the Conv nodes; only the score map's reflect
+    pads (no Conv after them) stay Pad nodes. Exactness: test_single_graph_matches_torch."""
+    import onnx
+
+    for name in ("model.onnx", "model_a.onnx", "model_fp16.onnx"):
+        nodes = onnx.load(str(bundle / name)).graph.node
+        modes = [next((a.s for a in n.attribute if a.name == "mode"), b"constant") for n in nodes if n.op_type == "Pad"]
+        assert b"constant" not in modes, name
+        pads = [list(a.ints) for n in nodes if n.op_type == "Conv" for a in n.attribute if a.name == "pads"]
+        assert [0, 0, 1, 1] in pads, name  # a stride-2 TF-SAME conv on an even input: one pixel after
+
+
+def test_export_command_int8(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from aminet_edge.cli import main
+
+    root = make_bundle(tmp_path / "b")
+    result = CliRunner().invoke(main, ["export", str(root), "--precision", "int8", "--no-split"])
+    assert result.exit_code == 0, result.output
+    assert result.output.splitlines() == [f"model: {root / 'model_int8.onnx'}"]
+    assert (root / "model.onnx").is_file() and not (root / "model_b_int8.onnx").exists()
 
 
 def test_export_is_deterministic(bundle: Path, tmp_path: Path) -> None:

@@ -32,6 +32,19 @@ def test_shapes_and_patch_layout() -> None:
     assert dist.shape == (2, 16)
 
 
+def test_fused_head_equals_head_then_unpatchify() -> None:
+    """inpaint_features (transposed conv) against the training path's Linear head + unpatchify."""
+    net = make().eval()
+    torch.nn.init.normal_(net.head.bias)  # non-zero bias: its placement per (row, col, channel) matters
+    feat = torch.randn(2, 6, 16, 16)
+    tokens = net.embed_inpaint_tokens(feat)
+    mask = torch.rand(2, 16, generator=torch.Generator().manual_seed(3)) < 0.5
+    with torch.no_grad():
+        want = net.unpatchify(net.inpaint_tokens(tokens, mask))
+        got = net.inpaint_features(tokens, mask)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
 def test_position_embedding_matches_mae_formula() -> None:
     dim, grid = 16, 3
     emb = sincos_position_embedding(dim, grid).numpy()

@@ -80,10 +80,9 @@ def to_rgb_float(array: np.ndarray, bgr: bool = False, name: str = "image") -> n
         raise ImageReadError(f"{name}: image of {w}x{h} px is too small (each side must be >= {MIN_SIDE})")
     if h * w > MAX_PIXELS:
         raise ImageReadError(f"{name}: image of {w}x{h} px exceeds {MAX_PIXELS:,} pixels")
-    if arr.dtype == np.uint8:
-        out = arr.astype(np.float32) / 255.0
-    elif arr.dtype == np.uint16:
-        out = arr.astype(np.float32) / 65535.0
+    if arr.dtype in (np.uint8, np.uint16):
+        out = arr.astype(np.float32)
+        out /= 255.0 if arr.dtype == np.uint8 else 65535.0  # in place: same values as a new array, no copy
     elif np.issubdtype(arr.dtype, np.floating):
         out = arr.astype(np.float32)
         if not np.isfinite(out).all():
@@ -121,9 +120,10 @@ def preprocess(image: np.ndarray, size: int, mean: Sequence[float], std: Sequenc
 
     Always a square resize (no crop, aspect not kept), then (x - mean) / std per channel.
     """
-    resized = resize_rgb(image, size)
-    out = (resized - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
-    return np.ascontiguousarray(out.transpose(2, 0, 1), dtype=np.float32)
+    out = np.stack([resize_plane(image[:, :, c], (size, size)) for c in range(3)])  # (3, size, size)
+    out -= np.asarray(mean, np.float32)[:, None, None]
+    out /= np.asarray(std, np.float32)[:, None, None]
+    return out
 
 
 def preprocess_batch(images: Sequence[np.ndarray], size: int, mean: Sequence[float],

@@ -16,7 +16,7 @@ __all__ = [*_LAZY, "onnx_name"]
 
 
 def onnx_name(part: str, precision: str) -> str:
-    """File name of graph `part` ("model", "model_a", "model_b") at `precision` ("fp32" or "fp16")."""
+    """File name of graph `part` ("model", "model_a", "model_b") at `precision` ("fp32", "fp16", "int8")."""
     return f"{part}.onnx" if precision == "fp32" else f"{part}_{precision}.onnx"
 
 

@@ -7,8 +7,10 @@ import click
 
 @click.command("export")
 @click.argument("run", type=click.Path(exists=True, file_okay=False))
-@click.option("--precision", type=click.Choice(["fp32", "fp16"]), default="fp32", show_default=True,
-              help="fp16: backbone and transformers in float16, mask statistics and score map in float32.")
+@click.option("--precision", type=click.Choice(["fp32", "fp16", "int8"]), default="fp32", show_default=True,
+              help="fp16: backbone and transformers in float16, mask statistics and score map in float32 "
+                   "(for TensorRT). int8: the fp32 graphs plus copies with the inpainting transformer's "
+                   "MatMuls in int8, for CPUs (onnxruntime picks them up by default).")
 @click.option("--no-split", is_flag=True, help="Only the single graph model.onnx, not model_a/model_b.")
 def export_cmd(run: str, precision: str, no_split: bool) -> None:
     """Export bundle RUN to ONNX (opset 17, dynamic batch) inside the bundle; prints one path per graph."""

@@ -9,6 +9,8 @@ Split pair, for the custom-kernel pipeline (C++ adaptive_mask / score_map run be
     model_b.onnx: inpaint_tokens (B, L, D), mask (B, L) bool -> recon (B, C, h, w)
 fp16: backbone and transformers run in float16; distances, cluster statistics and the score map in
 float32 (explicit Casts in the graph, as TensorRT-RTX networks are strongly typed). Graph I/O stays float32.
+int8 (CPU onnxruntime only): the fp32 graphs with the inpainting blocks' MatMuls quantised
+(aminet_edge.export.quantize); model_a has none, so the int8 pair is model_a.onnx + model_b_int8.onnx.
 """
 
 from __future__ import annotations
@@ -23,13 +25,14 @@ from torch import nn
 from aminet_edge.bundle import read_config, write_config
 from aminet_edge.export import onnx_name
 from aminet_edge.export.graph_checks import GraphCheckError, check_graph
+from aminet_edge.export.graph_rewrites import fold_pads_into_convs
 from aminet_edge.model.aminet import AMINet
 from aminet_edge.model.features import FeatureExtractor
 from aminet_edge.model.pipeline import Pipeline, load_pipeline
 from aminet_edge.ops import reference
 
 OPSET = 17
-PRECISIONS = ("fp32", "fp16")
+PRECISIONS = ("fp32", "fp16", "int8")
 SINGLE_IO = (("images",), ("amap", "score", "mask"))
 A_IO = (("images",), ("features", "cluster_tokens", "centers", "inpaint_tokens"))
 B_IO = (("inpaint_tokens", "mask"), ("recon",))
@@ -54,7 +57,7 @@ class MixedPipeline(nn.Module):
         tokens, centers = net.cluster(feat)
         # reference.adaptive_mask casts to float32 itself: distances and boundaries never see fp16
         mask, _, _ = reference.adaptive_mask(tokens.float(), centers.float(), net.cfg.mask_lambda)
-        recon = net.unpatchify(net.inpaint(feat, mask))
+        recon = net.inpaint_features(net.embed_inpaint_tokens(feat), mask)
         amap, score = reference.score_map(feat.float(), recon.float(), (images.shape[-2], images.shape[-1]),
                                           self.score.sigma, self.score.image_score)
         return amap, score, mask
@@ -78,8 +81,8 @@ class PartA(nn.Module):
 class PartB(nn.Module):
     """inpaint_tokens (B, L, D) float32, mask (B, L) bool -> recon (B, C, h, w) float32.
 
-    `AMINet.inpaint_tokens` (mask-token replacement, position embedding, blocks, norm, head) and
-    `unpatchify`.
+    `AMINet.inpaint_features` (mask-token replacement, position embedding, blocks, norm, head and
+    unpatchify as one transposed convolution).
     """
 
     def __init__(self, aminet: AMINet, dtype: torch.dtype = torch.float32) -> None:
@@ -88,7 +91,7 @@ class PartB(nn.Module):
 
     def forward(self, inpaint_tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         net = self.aminet
-        return net.unpatchify(net.inpaint_tokens(inpaint_tokens.to(self.dtype), mask)).float()
+        return net.inpaint_features(inpaint_tokens.to(self.dtype), mask).float()
 
 
 def _as_tuple(out: torch.Tensor | tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
@@ -97,7 +100,8 @@ def _as_tuple(out: torch.Tensor | tuple[torch.Tensor, ...]) -> tuple[torch.Tenso
 
 def _export(module: nn.Module, args: tuple[torch.Tensor, ...], io_names: tuple[tuple[str, ...], tuple[str, ...]],
             path: Path, opset: int) -> Path:
-    """Trace `module` with the legacy exporter, batch axis dynamic; check the graph; write `path`."""
+    """Trace `module` with the legacy exporter, batch axis dynamic; fold pads into convolutions; check the
+    graph; write `path`."""
     inputs, outputs = io_names
     axes = {n: {0: "batch"} for n in inputs + outputs}
     with torch.no_grad():
@@ -105,6 +109,7 @@ def _export(module: nn.Module, args: tuple[torch.Tensor, ...], io_names: tuple[t
                           dynamic_axes=axes, opset_version=opset, do_constant_folding=True, dynamo=False)
         shapes = [o.shape for o in _as_tuple(module(*args))]
     model = onnx.load(str(path))
+    fold_pads_into_convs(model)
     # the tracer leaves some non-batch output dims symbolic; they are fixed by the config, so state them
     for out, shape in zip(model.graph.output, shapes):
         for dim, size in list(zip(out.type.tensor_type.shape.dim, shape))[1:]:
@@ -125,10 +130,21 @@ def export_onnx(bundle: str | Path, precision: str = "fp32", opset: int = OPSET,
 
     Returns {"model": path} plus {"model_a", "model_b"} when `split`. Deterministic: the same bundle
     gives byte-identical files. Raises GraphCheckError if the graph holds a node TensorRT rejects.
+    "int8" writes (and records) the fp32 graphs first, then their quantised copies.
     """
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     bundle = Path(bundle)
+    if precision == "int8":
+        from aminet_edge.export.quantize import quantize_graph
+
+        paths = export_onnx(bundle, "fp32", opset, split)
+        for part in ("model", "model_b") if split else ("model",):
+            target = bundle / onnx_name(part, precision)
+            quantize_graph(paths[part], target)
+            paths[part] = target
+        _record(bundle, paths, precision, opset)
+        return paths
     pipeline, config = load_pipeline(bundle, ops_backend="reference")
     size, dtype = config.model.image_size, torch.float16 if precision == "fp16" else torch.float32
     images = torch.zeros(2, 3, size, size)
@@ -144,11 +160,16 @@ def export_onnx(bundle: str | Path, precision: str = "fp32", opset: int = OPSET,
         paths["model_a"] = _export(a, (images,), A_IO, bundle / onnx_name("model_a", precision), opset)
         paths["model_b"] = _export(PartB(net, dtype).eval(), (inpaint, mask), B_IO,
                                    bundle / onnx_name("model_b", precision), opset)
+    _record(bundle, paths, precision, opset)
+    return paths
+
+
+def _record(bundle: Path, paths: dict[str, Path], precision: str, opset: int) -> None:
+    """Record the graphs in config.json artifacts["onnx"] under "<part>" (fp32) or "<part>_<precision>"."""
     config = read_config(bundle)  # re-read: another export may have recorded artifacts meanwhile
     onnx_entries = config.artifacts.setdefault("onnx", {})
     key = "" if precision == "fp32" else f"_{precision}"
     for part, path in paths.items():
         onnx_entries[part + key] = {"path": path.name, "precision": precision, "opset": opset,
-                                    "input_size": size}
+                                    "input_size": config.model.image_size}
     write_config(bundle, config)
-    return paths

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from aminet_edge.config import LossConfig, ModelConfig
@@ -90,17 +91,37 @@ class AMINet(nn.Module):
         """Inpainting-branch tokens (f1) before masking: (B, C, h, w) -> (B, L, D)."""
         return self._embed(self.embed_inpaint, feat)
 
-    def inpaint_tokens(self, tokens: torch.Tensor, mask: torch.Tensor, generator: torch.Generator | None = None,
-                       jitter: bool = False) -> torch.Tensor:
-        """Restore masked tokens. tokens: (B, L, D) from `embed_inpaint_tokens`; mask: (B, L) bool,
-        True = replaced by the mask token. -> (B, L, K*K*C)."""
+    def _inpaint_hidden(self, tokens: torch.Tensor, mask: torch.Tensor, generator: torch.Generator | None,
+                        jitter: bool) -> torch.Tensor:
+        """Mask-token replacement, position embedding, blocks, norm: (B, L, D), (B, L) -> (B, L, D)."""
         x = torch.where(mask.unsqueeze(-1), self.mask_token.to(tokens.dtype), tokens)
         if jitter:
             x = self._jitter(x, generator)
         x = x + self.pos_embed
         for blk in self.blocks:
             x = blk(x)
-        return self.head(self.norm(x))
+        return self.norm(x)
+
+    def inpaint_tokens(self, tokens: torch.Tensor, mask: torch.Tensor, generator: torch.Generator | None = None,
+                       jitter: bool = False) -> torch.Tensor:
+        """Restore masked tokens. tokens: (B, L, D) from `embed_inpaint_tokens`; mask: (B, L) bool,
+        True = replaced by the mask token. -> (B, L, K*K*C)."""
+        return self.head(self._inpaint_hidden(tokens, mask, generator, jitter))
+
+    def inpaint_features(self, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Test-time `unpatchify(inpaint_tokens(tokens, mask))`: (B, L, D), (B, L) -> (B, C, h, w).
+
+        The head and `unpatchify` run as one stride-K transposed convolution (the head's bias as the
+        weight of an extra all-ones input channel): the same sums, without the 6-D transpose that costs
+        inference runtimes (onnxruntime, TensorRT) more than the head itself.
+        """
+        x = self._inpaint_hidden(tokens, mask, None, False)
+        b = x.shape[0]
+        k, g, c, d = self.cfg.patch_size, self.cfg.grid_size, self.in_channels, self.cfg.embed_dim
+        grid = torch.cat([x, torch.ones_like(x[:, :, :1])], dim=2).transpose(1, 2).reshape(b, d + 1, g, g)
+        weight = torch.cat([self.head.weight, self.head.bias.unsqueeze(1)], dim=1)  # (K*K*C, D + 1)
+        weight = weight.t().reshape(d + 1, k, k, c).permute(0, 3, 1, 2)  # (D + 1, C, K, K)
+        return F.conv_transpose2d(grid, weight.to(x.dtype), stride=k)
 
     def inpaint(self, feat: torch.Tensor, mask: torch.Tensor, generator: torch.Generator | None = None,
                 jitter: bool = False) -> torch.Tensor:
@@ -116,7 +137,7 @@ class AMINet(nn.Module):
         self._check(feat)
         tokens, centers = self.cluster(feat)
         mask, min_dist, _ = reference.adaptive_mask(tokens, centers, self.cfg.mask_lambda)
-        return self.unpatchify(self.inpaint(feat, mask)), mask, min_dist
+        return self.inpaint_features(self.embed_inpaint_tokens(feat), mask), mask, min_dist
 
     # -- training -----------------------------------------------------------------------------
     def random_mask(self, batch: int, generator: torch.Generator | None, device: torch.device) -> torch.Tensor:

@@ -55,7 +55,7 @@ class Pipeline(nn.Module):
         feat = self.extractor(images)
         tokens, centers = self.aminet.cluster(feat)
         mask, _, _ = mask_fn(tokens, centers, self.aminet.cfg.mask_lambda)
-        recon = self.aminet.unpatchify(self.aminet.inpaint(feat, mask))
+        recon = self.aminet.inpaint_features(self.aminet.embed_inpaint_tokens(feat), mask)
         amap, score = score_fn(feat, recon, tuple(images.shape[-2:]), self.score.sigma, self.score.image_score)
         return amap, score, mask
 

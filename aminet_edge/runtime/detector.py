@@ -188,7 +188,8 @@ class Detector:
         batch_size: images per backend call in `predict` / `predict_batch` (capped by the backend's max).
         limits: image size limits (inputs.Limits).
         backend_options: passed to the backend, e.g. threads=4 (onnxruntime, torch), ops_backend="reference"
-            (torch), cuda_graph=True / engine="path" (tensorrt).
+            (torch), precision="fp32" / "int8" (onnxruntime; default int8 when the bundle was exported with
+            `--precision int8`), cuda_graph=True / engine="path" (tensorrt).
         """
         bundle = Path(bundle)
         config = read_config(bundle)

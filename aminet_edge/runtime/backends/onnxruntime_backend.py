@@ -4,7 +4,9 @@ Single ("onnxruntime"): model.onnx, images (B, 3, S, S) -> amap (B, S, S), score
 two fused ops run as the reference's ONNX nodes.
 Split ("onnxruntime-split", CPU): model_a.onnx (images -> features, cluster_tokens, centers,
 inpaint_tokens), then the C++ adaptive_mask kernel, model_b.onnx (inpaint_tokens, mask -> recon), then
-the C++ score_map kernel. Same outputs; faster on CPU (bench/runtime.py).
+the C++ score_map kernel. Same outputs; faster on CPU for wide (WideResNet) features (bench/runtime.py).
+precision: "fp32", "int8" (`aminet-edge export --precision int8`: the inpainting MatMuls quantised,
+aminet_edge.export.quantize) or "fp16"; default (None) int8 when the bundle has it, else fp32.
 Imports onnxruntime and numpy only (never torch).
 """
 
@@ -22,6 +24,7 @@ from aminet_edge.runtime.backends import Backend, BackendOutput, BackendUnavaila
 # onnxruntime's idle threads busy-wait by default; between the two halves of the split pipeline that
 # steals the cores the C++ (OpenMP) kernels need next. Measured by bench/runtime.py.
 SPLIT_SPINNING: bool | None = False
+PRECISIONS = ("fp32", "int8", "fp16")
 
 
 def _ort() -> Any:
@@ -57,6 +60,23 @@ def make_session(path: Path, device: str = "cpu", threads: int | None = None, sp
         raise BundleError(f"{path}: onnxruntime cannot load this graph ({type(exc).__name__}: {exc})") from exc
 
 
+def resolve_graph(bundle: Path, config: BundleConfig, part: str, precision: str | None) -> tuple[Path, str]:
+    """The graph file of `part` ("model", "model_b") at `precision` and the precision it has.
+
+    None picks the int8 graph when it was exported, else fp32. BundleError names the missing file and
+    the export command that writes it.
+    """
+    if precision is None:
+        path = onnx_path(bundle, config, f"{part}_int8")
+        return (path, "int8") if path.is_file() else (onnx_path(bundle, config, part), "fp32")
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)} or None, got {precision!r}")
+    path = onnx_path(bundle, config, part if precision == "fp32" else f"{part}_{precision}")
+    if not path.is_file():
+        raise BundleError(f"{path} not found: export it with `aminet-edge export {bundle} --precision {precision}`")
+    return path, precision
+
+
 def _check_io(session: Any, path: Path, inputs: tuple[str, ...], outputs: tuple[str, ...]) -> None:
     have_in = {i.name for i in session.get_inputs()}
     have_out = {o.name for o in session.get_outputs()}
@@ -80,9 +100,9 @@ class OnnxRuntimeBackend(Backend):
     name = "onnxruntime"
 
     def __init__(self, bundle: Path, config: BundleConfig, device: str = "cpu", threads: int | None = None,
-                 spinning: bool | None = None) -> None:
+                 spinning: bool | None = None, precision: str | None = None) -> None:
         self.device = device
-        self.path = onnx_path(bundle, config, "model")
+        self.path, self.precision = resolve_graph(bundle, config, "model", precision)
         self.session = make_session(self.path, device, threads, spinning)
         _check_io(self.session, self.path, ("images",), ("amap", "score", "mask"))
         self.max_batch = _fixed_batch(self.session, "images")
@@ -105,13 +125,15 @@ class OnnxRuntimeSplitBackend(Backend):
     name = "onnxruntime-split"
 
     def __init__(self, bundle: Path, config: BundleConfig, device: str = "cpu", threads: int | None = None,
-                 spinning: bool | None = SPLIT_SPINNING) -> None:
+                 spinning: bool | None = SPLIT_SPINNING, precision: str | None = None) -> None:
         from aminet_edge import ops  # the dispatcher: numpy arrays go to the C++ kernels, torch-free
 
         self.ops = ops
         self.device = device
-        self.path_a = onnx_path(bundle, config, "model_a")
-        self.path_b = onnx_path(bundle, config, "model_b")
+        self.path_b, self.precision = resolve_graph(bundle, config, "model_b", precision)
+        # int8 quantises only the inpainting blocks, which live in model_b: model_a stays fp32
+        a_precision = "fp32" if self.precision == "int8" else self.precision
+        self.path_a, _ = resolve_graph(bundle, config, "model_a", a_precision)
         self.session_a = make_session(self.path_a, device, threads, spinning)
         self.session_b = make_session(self.path_b, device, threads, spinning)
         _check_io(self.session_a, self.path_a, ("images",),
@@ -142,11 +164,11 @@ class OnnxRuntimeSplitBackend(Backend):
 
 
 def create(name: str, bundle: Path, config: BundleConfig, device: str = "cpu", threads: int | None = None,
-           spinning: bool | None = None, **options: Any) -> Backend:
-    """Registry entry point (see aminet_edge.runtime.backends). Options: threads, spinning."""
+           spinning: bool | None = None, precision: str | None = None, **options: Any) -> Backend:
+    """Registry entry point (see aminet_edge.runtime.backends). Options: threads, spinning, precision."""
     if options:
         raise TypeError(f"backend {name!r} got unknown option(s) {', '.join(sorted(options))}")
     if name == "onnxruntime-split":
         return OnnxRuntimeSplitBackend(bundle, config, device, threads,
-                                       SPLIT_SPINNING if spinning is None else spinning)
-    return OnnxRuntimeBackend(bundle, config, device, threads, spinning)
+                                       SPLIT_SPINNING if spinning is None else spinning, precision)
+    return OnnxRuntimeBackend(bundle, config, device, threads, spinning, precision)
