@@ -31,7 +31,7 @@ torch = pytest.importorskip("torch")
 
 from aminet_edge import ops  # noqa: E402
 from aminet_edge.ops import reference  # noqa: E402
-from triton_interpreter import WORKER, interpreted_outputs, need_gpu, save_case_outputs  # noqa: E402
+from triton_interpreter import BACKENDS, WORKER, interpreted_outputs, need_gpu, save_case_outputs  # noqa: E402
 
 RTOL_DIST = 1e-5
 ATOL_DIST = 1e-6  # times max |min_dist|
@@ -126,15 +126,6 @@ CASES = {
     "fp16": lambda: _random(2, 50, 5, 80, seed=9, dtype=torch.float16),
     "negative_lambda": lambda: _random(2, 33, 4, 40, seed=10, lam=-0.7),
 }
-
-BACKENDS = [
-    "cpp",
-    "cpp-numpy",
-    "triton",
-    pytest.param("triton-cuda", marks=pytest.mark.gpu),
-    pytest.param("cuda", marks=pytest.mark.gpu),
-]
-
 
 def _triton_case(c: dict) -> dict:
     """One case on the triton backend (runs in the interpreted subprocess)."""

@@ -16,6 +16,7 @@ import torch
 from aminet_edge import ops
 from aminet_edge.bundle import BundleConfig, read_config, write_config
 from aminet_edge.config import IMAGENET_MEAN, IMAGENET_STD, PRESETS, ModelConfig, ScoreConfig
+from aminet_edge.export import onnx_name
 from aminet_edge.export.onnx_export import export_onnx
 from aminet_edge.model.pipeline import build_modules, load_pipeline, save_pipeline_weights
 
@@ -123,31 +124,23 @@ def test_single_graph_matches_torch(bundle: Path, batch: int) -> None:
     assert_maps_close(score, t_score)
 
 
-def test_split_pipeline_matches_single_graph(bundle: Path) -> None:
-    config = read_config(bundle)
-    x = images(3, seed=7)
-    amap, score, mask = session(bundle / "model.onnx").run(["amap", "score", "mask"], {"images": x})
-    feat, tokens, centers, inpaint = session(bundle / "model_a.onnx").run(
-        ["features", "cluster_tokens", "centers", "inpaint_tokens"], {"images": x})
-    s_mask, _, _ = ops.adaptive_mask(tokens, centers, config.model.mask_lambda, backend="cpp")
-    (recon,) = session(bundle / "model_b.onnx").run(["recon"], {"inpaint_tokens": inpaint, "mask": s_mask})
-    s_amap, s_score = ops.score_map(feat, recon, (64, 64), config.score.sigma, config.score.image_score, backend="cpp")
-    assert np.array_equal(s_mask, mask)
-    assert_maps_close(s_amap, amap)
-    assert_maps_close(s_score, score)
-
-
-def test_fp16_split_pipeline_matches_fp16_single_graph(bundle: Path) -> None:
-    """fp32 tolerance: the halves run the single fp16 graph's fp16 ops; only its float32 tail (mask statistics,
-    score map) moves to the C++ kernels."""
-    config = read_config(bundle)
+@pytest.mark.parametrize("precision", ["fp32", "fp16", "int8"])
+def test_split_pipeline_matches_single_graph(precision: str, request: pytest.FixtureRequest) -> None:
+    """model_a -> C++ adaptive_mask -> model_b -> C++ score_map equals the single graph of the same precision
+    at fp32 tolerance: the halves run the single graph's ops; only its float32 tail (mask statistics, score
+    map) moves to the C++ kernels. int8 pairs the fp32 model_a with model_b_int8."""
+    root = request.getfixturevalue("int8_bundle" if precision == "int8" else "bundle")
+    config = read_config(root)
+    names = {part: onnx_name(part, precision) for part in ("model", "model_a", "model_b")}
+    if precision == "int8":
+        names["model_a"] = "model_a.onnx"
     x = images(2, seed=5)
-    amap, score, mask = session(bundle / "model_fp16.onnx").run(["amap", "score", "mask"], {"images": x})
-    feat, tokens, centers, inpaint = session(bundle / "model_a_fp16.onnx").run(
+    amap, score, mask = session(root / names["model"]).run(["amap", "score", "mask"], {"images": x})
+    feat, tokens, centers, inpaint = session(root / names["model_a"]).run(
         ["features", "cluster_tokens", "centers", "inpaint_tokens"], {"images": x})
     assert feat.dtype == tokens.dtype == np.float32
     s_mask, _, _ = ops.adaptive_mask(tokens, centers, config.model.mask_lambda, backend="cpp")
-    (recon,) = session(bundle / "model_b_fp16.onnx").run(["recon"], {"inpaint_tokens": inpaint, "mask": s_mask})
+    (recon,) = session(root / names["model_b"]).run(["recon"], {"inpaint_tokens": inpaint, "mask": s_mask})
     s_amap, s_score = ops.score_map(feat, recon, (64, 64), config.score.sigma, config.score.image_score, backend="cpp")
     assert np.array_equal(s_mask, mask)
     assert_maps_close(s_amap, amap)
@@ -205,20 +198,6 @@ def test_int8_graph_close_to_fp32_same_mask(int8_bundle: Path) -> None:
     assert not np.array_equal(q_amap, amap)  # the quantised graph really runs int8 products
     np.testing.assert_allclose(q_amap, amap, rtol=0.05, atol=0.05 * float(np.abs(amap).max()))
     np.testing.assert_allclose(q_score, score, rtol=0.05)
-
-
-def test_int8_split_pipeline_matches_int8_single_graph(int8_bundle: Path) -> None:
-    config = read_config(int8_bundle)
-    x = images(2, seed=13)
-    amap, score, mask = session(int8_bundle / "model_int8.onnx").run(["amap", "score", "mask"], {"images": x})
-    feat, tokens, centers, inpaint = session(int8_bundle / "model_a.onnx").run(
-        ["features", "cluster_tokens", "centers", "inpaint_tokens"], {"images": x})
-    s_mask = ops.adaptive_mask(tokens, centers, config.model.mask_lambda, backend="cpp")[0]
-    (recon,) = session(int8_bundle / "model_b_int8.onnx").run(["recon"], {"inpaint_tokens": inpaint, "mask": s_mask})
-    s_amap, s_score = ops.score_map(feat, recon, (64, 64), config.score.sigma, config.score.image_score, backend="cpp")
-    assert np.array_equal(s_mask, mask)
-    assert_maps_close(s_amap, amap)
-    assert_maps_close(s_score, score)
 
 
 def test_constant_pads_folded_into_convolutions(bundle: Path) -> None:

@@ -25,7 +25,7 @@ torch = pytest.importorskip("torch")
 
 from aminet_edge import ops  # noqa: E402
 from aminet_edge.ops import reference  # noqa: E402
-from triton_interpreter import WORKER, interpreted_outputs, need_gpu, save_case_outputs  # noqa: E402
+from triton_interpreter import BACKENDS, WORKER, interpreted_outputs, need_gpu, save_case_outputs  # noqa: E402
 
 RTOL_MAP = 1e-4
 ATOL_MAP = 1e-5  # times max |amap|
@@ -71,15 +71,6 @@ CASES = {
     "large_magnitude": _large,
     "fp16": lambda: _random(2, 24, 8, 12, (32, 48), sigma=2.0, seed=12, dtype=torch.float16),
 }
-
-BACKENDS = [
-    "cpp",
-    "cpp-numpy",
-    "triton",
-    pytest.param("triton-cuda", marks=pytest.mark.gpu),
-    pytest.param("cuda", marks=pytest.mark.gpu),
-]
-
 
 def _args(c: dict) -> tuple:
     return c["feat"], c["recon"], c["out_hw"], c["sigma"], c["image_score"]

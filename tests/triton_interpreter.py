@@ -18,6 +18,15 @@ import numpy as np
 import pytest
 
 WORKER = "__triton_worker__"
+# every kernel test runs each case on these backends against the reference (cpp-numpy: the torch-free
+# numpy entry of the C++ kernels; triton: interpreted on the CPU; the GPU ones only where a GPU is)
+BACKENDS = [
+    "cpp",
+    "cpp-numpy",
+    "triton",
+    pytest.param("triton-cuda", marks=pytest.mark.gpu),
+    pytest.param("cuda", marks=pytest.mark.gpu),
+]
 
 
 def save_case_outputs(cases: dict[str, Callable[[], dict]], run: Callable[[dict], dict[str, np.ndarray]],
