@@ -230,6 +230,7 @@ def test_int8_graph_is_the_default_once_exported(bundle: Path, tmp_path: Path) -
         fp32 = Detector.load(copy, backend=backend, precision="fp32")
         int8 = Detector.load(copy, backend=backend)
         assert "int8" in int8.backend_description and "int8" not in fp32.backend_description
+        assert (int8.precision, fp32.precision) == ("int8", "fp32")
         for q, f in zip(int8.predict(frames), fp32.predict(frames)):
             assert np.array_equal(q.token_mask, f.token_mask)
             assert q.score == pytest.approx(f.score, rel=0.05)
@@ -504,7 +505,9 @@ def test_benchmark_command(bundle: Path) -> None:
     res = CliRunner().invoke(benchmark_cmd, [str(bundle), "--backend", "onnxruntime", "--batch", "1",
                                              "--batch", "2", "--iterations", "2", "--warmup", "1"])
     assert res.exit_code == 0, res.output
-    assert "| onnxruntime | cpu | 2 |" in res.output and "p99 ms" in res.output
+    assert "| onnxruntime | fp32 | cpu | 2 |" in res.output and "p99 ms" in res.output
+    res = CliRunner().invoke(benchmark_cmd, [str(bundle), "--backend", "torch", "--precision", "int8"])
+    assert res.exit_code != 0 and "--precision applies to --backend onnxruntime" in res.output
 
 
 # ---- GPU ---------------------------------------------------------------------------------------------

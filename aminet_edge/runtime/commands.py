@@ -139,11 +139,11 @@ def predict_cmd(run: str, images: tuple[str, ...], out: str, backend: str, devic
 
 def latency_table(rows: list[dict[str, Any]]) -> str:
     """Markdown table of benchmark rows (see `benchmark`)."""
-    lines = ["| backend | device | batch | p50 ms | p90 ms | p99 ms | ms / image | images / s | backend ms (p50) |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| backend | precision | device | batch | p50 ms | p90 ms | p99 ms | ms / image | images / s | "
+             "backend ms (p50) |", "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| {r['backend']} | {r['device']} | {r['batch']} | {r['p50_ms']:.1f} | {r['p90_ms']:.1f} | "
-                     f"{r['p99_ms']:.1f} | {r['ms_per_image']:.1f} | {r['images_per_s']:.1f} | "
+        lines.append(f"| {r['backend']} | {r['precision']} | {r['device']} | {r['batch']} | {r['p50_ms']:.1f} | "
+                     f"{r['p90_ms']:.1f} | {r['p99_ms']:.1f} | {r['ms_per_image']:.1f} | {r['images_per_s']:.1f} | "
                      f"{r['backend_p50_ms']:.1f} |")
     return "\n".join(lines)
 
@@ -172,7 +172,8 @@ def benchmark(detector: Any, batch: int, iterations: int, warmup: int,
         backend.append(results[0].timing.backend_ms)
     total_s = sum(times) / 1e3
     p50, p90, p99 = np.percentile(times, [50, 90, 99])
-    return {"backend": detector.backend, "device": detector.device, "batch": batch, "iterations": iterations,
+    return {"backend": detector.backend, "precision": detector.precision, "device": detector.device, "batch": batch,
+            "iterations": iterations,
             "p50_ms": float(p50), "p90_ms": float(p90), "p99_ms": float(p99),
             "ms_per_image": float(p50) / batch, "images_per_s": batch * iterations / total_s,
             "backend_p50_ms": float(np.median(backend))}
@@ -190,9 +191,13 @@ def benchmark(detector: Any, batch: int, iterations: int, warmup: int,
 @click.option("--images", "image_dir", type=click.Path(exists=True, file_okay=False),
               help="Time on these images (decoded once, in memory) instead of random ones.")
 @click.option("--threads", type=click.IntRange(min=1), help="Intra-op threads (onnxruntime, torch).")
+@click.option("--precision", "precisions", multiple=True, type=click.Choice(["fp32", "int8", "fp16"]),
+              help="Graph precision of the onnxruntime backends; repeat to compare [default: int8 when the "
+                   "bundle was exported with it, else fp32].")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Also write the rows as JSON.")
 def benchmark_cmd(run: str, backends: tuple[str, ...], batches: tuple[int, ...], device: str, iterations: int,
-                  warmup: int, image_dir: str | None, threads: int | None, json_path: str | None) -> None:
+                  warmup: int, image_dir: str | None, threads: int | None, precisions: tuple[str, ...],
+                  json_path: str | None) -> None:
     """Latency (p50/p90/p99 per predict call) and throughput of RUN for each backend and batch size."""
     images = None
     if image_dir is not None:
@@ -202,17 +207,23 @@ def benchmark_cmd(run: str, backends: tuple[str, ...], batches: tuple[int, ...],
         if not paths:
             raise click.ClickException(f"no images in {image_dir}")
         images = [read_image(p) for p in paths]
+    if precisions and any(not name.startswith("onnxruntime") for name in backends):
+        raise click.ClickException("--precision applies to --backend onnxruntime / onnxruntime-split only")
     rows = []
     for name in backends:
-        gpu = name == "tensorrt" or (name == "auto" and device == "cuda")
-        options: dict[str, Any] = {"threads": threads} if threads and not gpu else {}
-        # fixed thresholds: timing needs no calibration, so uncalibrated bundles can be benchmarked too
-        detector = _load(run, name, device, "1.0", 0.5, max(batches), pixel_threshold=1.0, **options)
-        for b in batches:
-            detector.batch_size = b
-            rows.append(benchmark(detector, b, iterations, warmup, images))
-            click.echo(f"{detector.backend} batch {b}: p50 {rows[-1]['p50_ms']:.1f} ms", err=True)
-        detector.close()
+        for precision in precisions or (None,):
+            gpu = name == "tensorrt" or (name == "auto" and device == "cuda")
+            options: dict[str, Any] = {"threads": threads} if threads and not gpu else {}
+            if precision:
+                options["precision"] = precision
+            # fixed thresholds: timing needs no calibration, so uncalibrated bundles can be benchmarked too
+            detector = _load(run, name, device, "1.0", 0.5, max(batches), pixel_threshold=1.0, **options)
+            for b in batches:
+                detector.batch_size = b
+                rows.append(benchmark(detector, b, iterations, warmup, images))
+                click.echo(f"{detector.backend} {detector.precision} batch {b}: p50 {rows[-1]['p50_ms']:.1f} ms",
+                           err=True)
+            detector.close()
     click.echo(latency_table(rows))
     if json_path:
         Path(json_path).write_text(json.dumps(rows, indent=2) + "\n")

@@ -160,6 +160,7 @@ class Detector:
         self.bundle = bundle
         self.backend = backend.name
         self.device = backend.device
+        self.precision = backend.precision  # of the graph or engine that runs: "fp32", "fp16" or "int8"
         self.backend_reason = backend_reason
         self.image_size = config.model.image_size
         self.grid_size = config.model.grid_size

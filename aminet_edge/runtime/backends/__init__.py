@@ -94,6 +94,7 @@ class Backend(ABC):
 
     name: str = ""
     device: str = "cpu"
+    precision: str = "fp32"  # of the graph or engine that runs ("fp32", "fp16", "int8")
     max_batch: int | None = None
     exact_batch: bool = False
 

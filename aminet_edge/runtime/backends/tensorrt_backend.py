@@ -270,6 +270,7 @@ class TensorRTBackend(Backend):
             raise BackendUnavailableError("the tensorrt backend runs on device='cuda' only")
         infos = find_engine(bundle, config, engine, precision, split)
         self.infos = infos
+        self.precision = infos[0].precision
         self.trt = import_tensorrt(infos[0].flavour)
         self.memory = CudaMemory.create(device_index, prefer=memory)
         self._closed = False
