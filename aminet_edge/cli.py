@@ -121,11 +121,18 @@ def demo_cmd(out: str, epochs: int, quiet: bool) -> None:
 
 
 @main.command("info")
-def info_cmd() -> None:
-    """Versions, op backends and kernels available, GPU if any."""
+@click.argument("run", required=False, type=click.Path(exists=True, file_okay=False))
+def info_cmd(run: str | None) -> None:
+    """Versions, op kernels and inference backends available, GPU if any; with RUN, what that bundle
+    holds and which backend `Detector.load(RUN)` would pick here."""
+    from aminet_edge.bundle import BundleError
     from aminet_edge.info import collect_info
 
-    for key, value in collect_info().items():
+    try:
+        info = collect_info(run)
+    except BundleError as exc:
+        raise click.ClickException(str(exc)) from exc
+    for key, value in info.items():
         if isinstance(value, dict):
             click.echo(f"{key}:")
             for k, v in value.items():

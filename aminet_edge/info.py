@@ -1,9 +1,11 @@
-"""What `aminet-edge info` prints: versions, op backends, inference runtimes, GPU."""
+"""What `aminet-edge info [RUN]` prints: versions, op backends, inference backends, GPU, and a bundle's
+graphs, engines and automatic backend choice."""
 
 from __future__ import annotations
 
 import importlib
 import platform
+from pathlib import Path
 from typing import Any
 
 
@@ -17,10 +19,40 @@ def _version(module: str) -> str:
     return str(getattr(mod, "__version__", "installed"))
 
 
-def collect_info() -> dict[str, Any]:
-    """A dict of sections; values are strings or dicts of strings."""
+def bundle_info(bundle: str | Path) -> dict[str, str]:
+    """What a bundle holds (graphs, engines, calibration) and the backend `auto` picks on each device."""
+    from aminet_edge.bundle import read_config
+    from aminet_edge.runtime.backends import BackendUnavailableError, select_backend
+
+    config = read_config(bundle)
+    artifacts = config.artifacts or {}
+    graphs = sorted(str(e.get("path", k)) for k, e in (artifacts.get("onnx") or {}).items() if isinstance(e, dict))
+    out = {"model": f"{config.model.backbone}, {config.model.image_size} px, D={config.model.embed_dim}, "
+                    f"depth {config.model.inpaint_depth}",
+           "graphs": ", ".join(dict.fromkeys(graphs)) or "none (run `aminet-edge export`)",
+           "engines": str(len(artifacts.get("engines") or [])),
+           "calibrated": "yes" if config.calibration is not None else "no"}
+    for device in ("cpu", "cuda"):
+        try:
+            name, _ = select_backend(bundle, config, device)
+            if name.startswith("onnxruntime"):
+                from aminet_edge.runtime.backends.onnxruntime_backend import resolve_graph
+
+                part = "model_b" if name == "onnxruntime-split" else "model"
+                name += f" ({resolve_graph(Path(bundle), config, part, None)[1]} graphs)"
+            out[f"auto on {device}"] = name
+        except BackendUnavailableError as exc:
+            out[f"auto on {device}"] = f"none ({exc})".splitlines()[0][:200]
+    return out
+
+
+def collect_info(bundle: str | Path | None = None) -> dict[str, Any]:
+    """A dict of sections; values are strings or dicts of strings. With `bundle`, the inference backends
+    are checked for it and a "bundle" section is added."""
     from aminet_edge import __version__
+    from aminet_edge.bundle import read_config
     from aminet_edge.ops import available_backends
+    from aminet_edge.runtime.backends import available_backends as inference_backends
 
     info: dict[str, Any] = {
         "aminet-edge": __version__,
@@ -29,7 +61,10 @@ def collect_info() -> dict[str, Any]:
         "packages": {m: _version(m) for m in ("numpy", "torch", "triton", "onnx", "onnxruntime",
                                               "tensorrt", "tensorrt_rtx", "pycuda")},
         "op backends": available_backends(),
+        "inference backends": inference_backends(bundle, read_config(bundle) if bundle is not None else None),
     }
+    if bundle is not None:
+        info["bundle"] = bundle_info(bundle)
     gpu = "none"
     try:
         import torch

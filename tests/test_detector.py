@@ -497,6 +497,23 @@ def test_predict_command(bundle: Path, tmp_path: Path) -> None:
     assert json.loads((out / "results.jsonl").read_text())["sensitivity"] == 1.0
 
 
+def test_info_on_a_bundle(bundle: Path, tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from aminet_edge.cli import main
+
+    res = CliRunner().invoke(main, ["info", str(bundle)])
+    assert res.exit_code == 0, res.output
+    assert "inference backends:" in res.output and "  onnxruntime@cpu: available" in res.output
+    assert "  graphs: model.onnx, model_a.onnx, model_b.onnx" in res.output
+    assert "  auto on cpu: onnxruntime (fp32 graphs)" in res.output
+    if not torch.cuda.is_available():
+        assert "  auto on cuda: none (no backend can run" in res.output
+    (tmp_path / "config.json").write_text("{}")
+    res = CliRunner().invoke(main, ["info", str(tmp_path)])
+    assert res.exit_code == 1 and "config.json" in res.output
+
+
 def test_benchmark_command(bundle: Path) -> None:
     from click.testing import CliRunner
 
