@@ -26,7 +26,9 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 EXPORT = ROOT / "export"
-SCRIPTS = sorted(EXPORT.rglob("*.sh"))
+SHELL_FILES = sorted(EXPORT.rglob("*.sh"))
+LIBRARY = EXPORT / "common.sh"  # sourced by the scripts, not run: shellcheck only
+SCRIPTS = [p for p in SHELL_FILES if p != LIBRARY]
 SETUP = EXPORT / "jetson" / "setup.sh"
 BUILD_ENGINE = EXPORT / "jetson" / "build_engine.sh"
 AOT = EXPORT / "rtx" / "build_engine_aot.sh"
@@ -91,13 +93,14 @@ def make_bundle(tmp_path: Path, precisions: tuple[str, ...] = ("fp32", "fp16")) 
 def test_the_kit_is_complete() -> None:
     names = {p.relative_to(EXPORT).as_posix() for p in SCRIPTS}
     assert {"jetson/setup.sh", "jetson/build_engine.sh", "rtx/build_engine_aot.sh"} <= names
+    assert LIBRARY.is_file() and not LIBRARY.read_text().startswith("#!")
     for path in (DOCKERFILE, UNIT, UNIT_ENV, EXPORT / "service" / "watch_folder.py", EXPORT / "README.md",
                  EXPORT / "rtx" / "README.md"):
         assert path.is_file(), path
 
 
 @pytest.mark.skipif(shutil.which("shellcheck") is None, reason="shellcheck not installed (apt-get install shellcheck)")
-@pytest.mark.parametrize("script", SCRIPTS, ids=lambda p: p.relative_to(EXPORT).as_posix())
+@pytest.mark.parametrize("script", SHELL_FILES, ids=lambda p: p.relative_to(EXPORT).as_posix())
 def test_shellcheck_clean(script: Path) -> None:
     proc = run(["shellcheck", "--severity=style", "--external-sources", str(script)])
     assert proc.returncode == 0, proc.stdout + proc.stderr

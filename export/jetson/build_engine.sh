@@ -33,9 +33,8 @@ Environment (for containers and tests):
 EOF
 }
 
-die() { echo "$PROG: error: $*" >&2; exit 1; }
-usage_error() { echo "$PROG: $* (see --help)" >&2; exit 2; }
-info() { echo "$PROG: $*"; }
+# shellcheck source=SCRIPTDIR/../common.sh
+source "$SCRIPT_DIR/../common.sh"
 
 BUNDLE=""
 PRECISION=fp16
@@ -60,22 +59,15 @@ while [[ $# -gt 0 ]]; do
 done
 
 [[ -n $BUNDLE ]] || { usage >&2; exit 2; }
-[[ $PRECISION == fp16 || $PRECISION == fp32 ]] || usage_error "--precision must be fp16 or fp32, got '$PRECISION'"
-if [[ ! $BATCH =~ ^([0-9]+),([0-9]+),([0-9]+)$ ]] ||
-  ((BASH_REMATCH[1] < 1 || BASH_REMATCH[1] > BASH_REMATCH[2] || BASH_REMATCH[2] > BASH_REMATCH[3])); then
-  usage_error "--batch must be MIN,OPT,MAX with 1 <= MIN <= OPT <= MAX, got '$BATCH'"
-fi
+check_precision_and_batch "$PRECISION" "$BATCH"
 IFS=, read -r -a BATCH_ARGS <<<"$BATCH"  # build-engine takes --batch MIN OPT MAX
 
 # ---- checks ------------------------------------------------------------------------------------------
 
-[[ -d $BUNDLE ]] || die "bundle not found: $BUNDLE"
-[[ -f $BUNDLE/config.json ]] || die "$BUNDLE is not an aminet-edge bundle (no config.json)"
-BUNDLE=$(cd "$BUNDLE" && pwd)  # absolute: Python runs from / below, so the installed package is imported
-# the single graph the engine is built from (file names: aminet_edge.export.onnx_name); exporting needs
-# torch, which the device does not have, so it must come with the bundle
-GRAPH=model.onnx
-[[ $PRECISION == fp32 ]] || GRAPH=model_$PRECISION.onnx
+BUNDLE=$(bundle_dir "$BUNDLE")
+# the graph the engine is built from; exporting needs torch, which the device does not have, so it must
+# come with the bundle
+GRAPH=$(graph_name "$PRECISION")
 EXPORT_ARGS=""
 [[ $PRECISION == fp32 ]] || EXPORT_ARGS=" --precision $PRECISION"
 [[ -f $BUNDLE/$GRAPH ]] || die "no ONNX graph $GRAPH in $BUNDLE: export it on the training machine" \

@@ -41,8 +41,8 @@ Environment (for containers and tests):
 EOF
 }
 
-die() { echo "$PROG: error: $*" >&2; exit 1; }
-info() { echo "$PROG: $*"; }
+# shellcheck source=SCRIPTDIR/../common.sh
+source "$SCRIPT_DIR/../common.sh"
 
 SRC=$DEFAULT_SRC
 PY=python3

@@ -5,6 +5,7 @@
 # never done there (see docs/deployment.md).
 set -euo pipefail
 
+SCRIPT_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 PROG=$(basename "$0")
 
 usage() {
@@ -32,9 +33,8 @@ Prerequisites: pip install 'aminet-edge[rtx]' (TensorRT-RTX from PyPI), and a bu
 EOF
 }
 
-die() { echo "$PROG: error: $*" >&2; exit 1; }
-usage_error() { echo "$PROG: $* (see --help)" >&2; exit 2; }
-info() { echo "$PROG: $*"; }
+# shellcheck source=SCRIPTDIR/../common.sh
+source "$SCRIPT_DIR/../common.sh"
 
 BUNDLE=""
 CC=""
@@ -66,23 +66,15 @@ if ((CC_GIVEN)); then
   IFS=, read -r -a CCS <<<"$CC"
   for cc in "${CCS[@]}"; do ARCH_ARGS+=(--arch "$cc"); done
 fi
-[[ $PRECISION == fp16 || $PRECISION == fp32 ]] || usage_error "--precision must be fp16 or fp32, got '$PRECISION'"
-if [[ ! $BATCH =~ ^([0-9]+),([0-9]+),([0-9]+)$ ]] ||
-  ((BASH_REMATCH[1] < 1 || BASH_REMATCH[1] > BASH_REMATCH[2] || BASH_REMATCH[2] > BASH_REMATCH[3])); then
-  usage_error "--batch must be MIN,OPT,MAX with 1 <= MIN <= OPT <= MAX, got '$BATCH'"
-fi
+check_precision_and_batch "$PRECISION" "$BATCH"
 IFS=, read -r -a BATCH_ARGS <<<"$BATCH"  # build-engine takes --batch MIN OPT MAX
 
 # ---- checks ------------------------------------------------------------------------------------------
 
-[[ -d $BUNDLE ]] || die "bundle not found: $BUNDLE"
-[[ -f $BUNDLE/config.json ]] || die "$BUNDLE is not an aminet-edge bundle (no config.json)"
-BUNDLE=$(cd "$BUNDLE" && pwd)  # absolute: Python runs from / below, so the installed package is imported
+BUNDLE=$(bundle_dir "$BUNDLE")
 command -v "$PY" >/dev/null || die "Python interpreter '$PY' not found"
-# the single graph the engine is built from (file names: aminet_edge.export.onnx_name); build-engine
-# exports it on demand, which needs torch (the train extra)
-GRAPH=model.onnx
-[[ $PRECISION == fp32 ]] || GRAPH=model_$PRECISION.onnx
+# the graph the engine is built from; build-engine exports it on demand, which needs torch (the train extra)
+GRAPH=$(graph_name "$PRECISION")
 if [[ ! -f $BUNDLE/$GRAPH ]]; then
   (cd / && "$PY" -c 'import torch' 2>/dev/null) ||
     die "no ONNX graph $GRAPH in $BUNDLE, and no torch here to export it: run 'aminet-edge export" \
