@@ -8,6 +8,8 @@ import platform
 from pathlib import Path
 from typing import Any
 
+from aminet_edge.bundle import BundleConfig, read_config
+
 
 def _version(module: str) -> str:
     try:
@@ -19,12 +21,10 @@ def _version(module: str) -> str:
     return str(getattr(mod, "__version__", "installed"))
 
 
-def bundle_info(bundle: str | Path) -> dict[str, str]:
+def bundle_info(bundle: str | Path, config: BundleConfig) -> dict[str, str]:
     """What a bundle holds (graphs, engines, calibration) and the backend `auto` picks on each device."""
-    from aminet_edge.bundle import read_config
     from aminet_edge.runtime.backends import BackendUnavailableError, select_backend
 
-    config = read_config(bundle)
     artifacts = config.artifacts or {}
     graphs = sorted(str(e.get("path", k)) for k, e in (artifacts.get("onnx") or {}).items() if isinstance(e, dict))
     out = {"model": f"{config.model.backbone}, {config.model.image_size} px, D={config.model.embed_dim}, "
@@ -50,7 +50,6 @@ def collect_info(bundle: str | Path | None = None) -> dict[str, Any]:
     """A dict of sections; values are strings or dicts of strings. With `bundle`, the inference backends
     are checked for it and a "bundle" section is added."""
     from aminet_edge import __version__
-    from aminet_edge.bundle import read_config
     from aminet_edge.ops import available_backends
     from aminet_edge.runtime.backends import available_backends as inference_backends
 
@@ -61,10 +60,11 @@ def collect_info(bundle: str | Path | None = None) -> dict[str, Any]:
         "packages": {m: _version(m) for m in ("numpy", "torch", "triton", "onnx", "onnxruntime",
                                               "tensorrt", "tensorrt_rtx", "pycuda")},
         "op backends": available_backends(),
-        "inference backends": inference_backends(bundle, read_config(bundle) if bundle is not None else None),
     }
-    if bundle is not None:
-        info["bundle"] = bundle_info(bundle)
+    config = read_config(bundle) if bundle is not None else None
+    info["inference backends"] = inference_backends(bundle, config)
+    if bundle is not None and config is not None:
+        info["bundle"] = bundle_info(bundle, config)
     gpu = "none"
     try:
         import torch

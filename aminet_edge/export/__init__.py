@@ -12,7 +12,8 @@ from typing import Any
 _LAZY = {"export_onnx": "onnx_export", "build_engine": "engine", "check_engine": "engine",
          "serialize_onnx": "engine", "check_graph": "graph_checks", "GraphCheckError": "graph_checks"}
 
-__all__ = [*_LAZY, "onnx_name"]
+__all__ = [*_LAZY, "PRECISIONS", "onnx_name"]
+PRECISIONS = ("fp32", "fp16", "int8")  # of the exported graphs; int8 runs on onnxruntime only
 
 
 def onnx_name(part: str, precision: str) -> str:

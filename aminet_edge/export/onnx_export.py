@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from aminet_edge.bundle import read_config, write_config
-from aminet_edge.export import onnx_name
+from aminet_edge.export import PRECISIONS, onnx_name
 from aminet_edge.export.graph_checks import GraphCheckError, check_graph
 from aminet_edge.export.graph_rewrites import fold_pads_into_convs
 from aminet_edge.model.aminet import AMINet
@@ -32,7 +32,6 @@ from aminet_edge.model.pipeline import Pipeline, load_pipeline
 from aminet_edge.ops import reference
 
 OPSET = 17
-PRECISIONS = ("fp32", "fp16", "int8")
 SINGLE_IO = (("images",), ("amap", "score", "mask"))
 A_IO = (("images",), ("features", "cluster_tokens", "centers", "inpaint_tokens"))
 B_IO = (("inpaint_tokens", "mask"), ("recon",))

@@ -18,13 +18,13 @@ from typing import Any
 import numpy as np
 
 from aminet_edge.bundle import BundleConfig, BundleError
+from aminet_edge.export import PRECISIONS
 from aminet_edge.runtime.backends import Backend, BackendOutput, BackendUnavailableError, onnx_path
 
 
 # onnxruntime's idle threads busy-wait by default; between the two halves of the split pipeline that
 # steals the cores the C++ (OpenMP) kernels need next. Measured by bench/runtime.py.
 SPLIT_SPINNING: bool | None = False
-PRECISIONS = ("fp32", "int8", "fp16")
 
 
 def _ort() -> Any:
