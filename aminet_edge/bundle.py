@@ -1,26 +1,78 @@
-"""The bundle: a directory with `config.json` (versioned schema) and `weights.safetensors`.
+"""The bundle: one directory a deployed detector needs, its layout, schema and every check made on it.
 
-A bundle is everything a deployed detector needs: backbone and AMI-Net weights, preprocessing, score
-settings, calibrated thresholds, and (after export) ONNX graphs and engines. This module is torch-free:
-the edge runtime reads bundles with numpy only. Nothing is unpickled.
+Layout (all paths in config.json are relative to the bundle and must stay inside it):
+    config.json                         schema SCHEMA_VERSION: model, preprocess, score, calibration, artifacts
+    weights.safetensors                 backbone + AMI-Net weights
+    model[_a|_b][_fp16|_int8].onnx      exported graphs (onnx_name), after `aminet-edge export`
+    engines/<backend>-<target>-<precision>[-model_a|-model_b].engine   TensorRT engines (engine_name)
+
+config.json "artifacts" records every file: {"weights": record, "onnx": {key: record}, "engines": [record]};
+each record has "path", "sha256" (hex, of the file), "bytes", and graphs and engines also the
+"weights_sha256" of the weights they were made from. What is checked, and when:
+- at read (read_config): every field's type and range, with one BundleError naming the field
+  (validate_config); records' paths inside the bundle; graphs and engines of this bundle's input size.
+- at use (weights_file, graph_file, engine_records + verify_record): the file is recorded (a file found
+  on disk but not recorded is refused: it may be left from an earlier training), readable (the real
+  OSError is reported: permission, symlink loop), of its recorded size and sha256 (hashed once per
+  load, streamed), and made from the current weights.
+- `verify_bundle`: all of the above for every recorded file (`aminet-edge info RUN --verify`).
+Schema 1 bundles (aminet-edge 0.1 before checksums) record no sha256: their weights load with a
+warning (nothing to check them against), their graphs and engines are refused until re-exported
+(`aminet-edge export RUN` records the weights' checksum and writes schema SCHEMA_VERSION).
+
+Export, training and the runtime all read, write and resolve bundle files through this module. It is
+torch-free (the edge runtime uses it) and unpickles nothing.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import errno
+import hashlib
 import json
+import logging
+import math
+import os
+import re
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
-from aminet_edge.config import ModelConfig, ScoreConfig, from_dict, to_dict
+from aminet_edge.config import ModelConfig, ScoreConfig, to_dict
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: sha256 of every file in "artifacts" (weights included); 1: no checksums
+LEGACY_SCHEMA = 1
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "weights.safetensors"
+ENGINE_DIR = "engines"
+GRAPHS = ("model", "model_a", "model_b")  # the single graph and the split halves
+PRECISIONS = ("fp32", "fp16", "int8")  # of the exported graphs; int8 runs on onnxruntime only
+ENGINE_BACKENDS = ("tensorrt", "tensorrt_rtx")
+ENGINE_PRECISIONS = ("fp32", "fp16")
+REEXPORT = "re-export the bundle: `aminet-edge export {bundle}` (and rebuild its engines)"
+_HEX64 = re.compile(r"[0-9a-f]{64}")
+_CHUNK = 1 << 20
+
+log = logging.getLogger("aminet_edge.bundle")
 
 
 class BundleError(ValueError):
-    """A bundle directory is missing, incomplete, or written by an incompatible version."""
+    """A bundle is missing, incomplete, inconsistent, tampered with, or written by an incompatible version."""
+
+
+def onnx_name(part: str, precision: str) -> str:
+    """File name of graph `part` ("model", "model_a", "model_b") at `precision` ("fp32", "fp16", "int8")."""
+    return f"{part}.onnx" if precision == "fp32" else f"{part}_{precision}.onnx"
+
+
+def graph_key(part: str, precision: str) -> str:
+    """Key of a graph in artifacts["onnx"]: "<part>" (fp32) or "<part>_<precision>"."""
+    return onnx_name(part, precision).removesuffix(".onnx")
+
+
+def engine_name(backend: str, target: str, precision: str, graph: str = "model") -> str:
+    """Default engine file name: `<backend>-<target>-<precision>[-model_a|-model_b].engine`."""
+    return f"{backend}-{target}-{precision}" + ("" if graph == "model" else f"-{graph}") + ".engine"
 
 
 @dataclass
@@ -44,7 +96,8 @@ class Calibration:
 
 @dataclass
 class BundleConfig:
-    """Contents of config.json (schema version SCHEMA_VERSION)."""
+    """Contents of config.json. schema_version: what it was read as (a schema 1 bundle stays 1 until
+    re-exported); new configs are SCHEMA_VERSION."""
 
     model: ModelConfig
     in_channels: int
@@ -54,12 +107,18 @@ class BundleConfig:
     calibration: Calibration | None = None
     train: dict[str, Any] = field(default_factory=dict)  # TrainConfig as trained, plus data and timing
     backbone_source: str = ""  # where the backbone weights came from
-    artifacts: dict[str, Any] = field(default_factory=dict)  # onnx graphs and engines, filled by export
+    artifacts: dict[str, Any] = field(default_factory=dict)  # weights, onnx graphs, engines (module docstring)
     version: str = ""
+    schema_version: int = SCHEMA_VERSION
+
+    @property
+    def legacy(self) -> bool:
+        """A schema 1 bundle: no checksums recorded."""
+        return self.schema_version < SCHEMA_VERSION
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "schema_version": SCHEMA_VERSION,
+            "schema_version": self.schema_version,
             "aminet_edge_version": self.version,
             "model": to_dict(self.model),
             "in_channels": self.in_channels,
@@ -72,67 +131,514 @@ class BundleConfig:
         }
 
     @classmethod
-    def from_json(cls, data: dict[str, Any], where: str = CONFIG_FILE) -> "BundleConfig":
-        version = data.get("schema_version")
-        if not isinstance(version, int):
-            raise BundleError(f"{where}: no integer 'schema_version'; not an aminet-edge bundle")
-        if version > SCHEMA_VERSION:
-            raise BundleError(
-                f"{where}: schema_version {version} is newer than this aminet-edge understands "
-                f"({SCHEMA_VERSION}); upgrade aminet-edge (bundle written by {data.get('aminet_edge_version')})")
-        missing = [k for k in ("model", "in_channels", "score", "preprocess") if k not in data]
-        if missing:
-            raise BundleError(f"{where}: missing key(s) {', '.join(missing)}")
-        try:
-            model = from_dict(ModelConfig, data["model"])
-            model.validate()
-            score = from_dict(ScoreConfig, data["score"])
-            pre = data["preprocess"]
-            if pre["image_size"] != model.image_size:
-                raise ValueError(f"preprocess.image_size {pre['image_size']} != model.image_size {model.image_size}")
-            mean, std = tuple(float(v) for v in pre["mean"]), tuple(float(v) for v in pre["std"])
-            if len(mean) != 3 or len(std) != 3 or min(std) <= 0:
-                raise ValueError("preprocess mean/std must be 3 values each, std > 0")
-            cal = data.get("calibration")
-            calibration = None if cal is None else from_dict(Calibration, cal)
-        except (KeyError, TypeError, ValueError) as exc:
-            raise BundleError(f"{where}: invalid bundle config: {exc}") from exc
-        return cls(model=model, in_channels=int(data["in_channels"]), score=score,
-                   mean=mean, std=std, calibration=calibration,  # type: ignore[arg-type]
-                   train=data.get("train", {}), backbone_source=data.get("backbone_source", ""),
-                   artifacts=data.get("artifacts", {}), version=data.get("aminet_edge_version", ""))
+    def from_json(cls, data: Any, where: str = CONFIG_FILE) -> "BundleConfig":
+        """Parse and validate config.json's content; BundleError names `where` and the field."""
+        return validate_config(data, where)
+
+
+# ---- field validation ---------------------------------------------------------------------------------
+def _fail(where: str, name: str, problem: str) -> BundleError:
+    return BundleError(f"{where}: field '{name}' {problem}")
+
+
+def _number(where: str, name: str, value: Any, positive: bool = False, minimum: float | None = None) -> float:
+    """A finite JSON number (bool refused); positive: > 0; minimum: >= minimum."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise _fail(where, name, f"must be a number, got {value!r}")
+    if not math.isfinite(value):
+        raise _fail(where, name, f"must be finite, got {value!r}")
+    if positive and not value > 0:
+        raise _fail(where, name, f"must be > 0, got {value!r}")
+    if minimum is not None and value < minimum:
+        raise _fail(where, name, f"must be >= {minimum}, got {value!r}")
+    return float(value)
+
+
+def _integer(where: str, name: str, value: Any, minimum: int | None = None) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise _fail(where, name, f"must be an integer, got {value!r}")
+    if minimum is not None and value < minimum:
+        raise _fail(where, name, f"must be >= {minimum}, got {value!r}")
+    return value
+
+
+def _text(where: str, name: str, value: Any, choices: tuple[str, ...] | None = None) -> str:
+    if not isinstance(value, str):
+        raise _fail(where, name, f"must be a string, got {value!r}")
+    if choices is not None and value not in choices:
+        raise _fail(where, name, f"must be one of {', '.join(choices)}, got {value!r}")
+    return value
+
+
+def _object(where: str, name: str, value: Any) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise _fail(where, name, f"must be a JSON object, got {type(value).__name__} {_short(value)}")
+    return value
+
+
+def _short(value: Any) -> str:
+    text = json.dumps(value) if not isinstance(value, str) else repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _fields(cls: type, data: Any, where: str, section: str, required: tuple[str, ...] = ()) -> dict[str, Any]:
+    """`data` (a JSON object) as keyword arguments of dataclass `cls`, each value type-checked by its
+    annotation; unknown and missing required keys refused."""
+    data = _object(where, section, data)
+    names = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(names))
+    if unknown:
+        raise _fail(where, f"{section}.{unknown[0]}", f"is not a {cls.__name__} field (known: {', '.join(names)})")
+    missing = [k for k in required if k not in data]
+    if missing:
+        raise _fail(where, f"{section}.{missing[0]}", "is missing")
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        name, kind = f"{section}.{key}", str(names[key].type)
+        if kind == "int":
+            out[key] = _integer(where, name, value)
+        elif kind == "float":
+            out[key] = _number(where, name, value)
+        elif kind == "float | None":
+            out[key] = None if value is None else _number(where, name, value)
+        elif kind == "bool":
+            if not isinstance(value, bool):
+                raise _fail(where, name, f"must be true or false, got {value!r}")
+            out[key] = value
+        elif kind == "str":
+            out[key] = _text(where, name, value)
+        elif kind == "ImageScore":
+            out[key] = _text(where, name, value, ("std", "max"))
+        elif kind.startswith("dict["):
+            out[key] = _object(where, name, value)
+        else:  # pragma: no cover - a new field type must be added above
+            raise TypeError(f"no JSON check for {cls.__name__}.{key}: {kind}")
+    return out
+
+
+def _model(data: Any, where: str) -> ModelConfig:
+    kwargs = _fields(ModelConfig, data, where, "model", required=("backbone", "image_size"))
+    for name in ("image_size", "patch_size", "embed_dim", "num_heads", "inpaint_depth", "aggregation_depth",
+                 "num_clusters"):
+        if name in kwargs and kwargs[name] < 1:
+            raise _fail(where, f"model.{name}", f"must be >= 1, got {kwargs[name]}")
+    if "mlp_ratio" in kwargs:
+        _number(where, "model.mlp_ratio", kwargs["mlp_ratio"], positive=True)
+    if "jitter_scale" in kwargs:
+        _number(where, "model.jitter_scale", kwargs["jitter_scale"], minimum=0.0)
+    if not kwargs["backbone"]:
+        raise _fail(where, "model.backbone", "must name a backbone, got ''")
+    model = ModelConfig(**kwargs)
+    try:
+        model.validate()
+    except ValueError as exc:
+        raise BundleError(f"{where}: field 'model' inconsistent: {exc}") from exc
+    return model
+
+
+def _score(data: Any, where: str) -> ScoreConfig:
+    score = ScoreConfig(**_fields(ScoreConfig, data, where, "score"))
+    # sigma 0 would make the reference's Gaussian a no-op while the C++/CUDA kernels divide by it
+    _number(where, "score.sigma", score.sigma, positive=True)
+    return score
+
+
+def _calibration(data: Any, where: str) -> Calibration | None:
+    if data is None:
+        return None
+    kwargs = _fields(Calibration, data, where, "calibration", required=("image_threshold", "pixel_threshold"))
+    cal = Calibration(**kwargs)
+    for name in ("image_threshold", "pixel_threshold", "f1_image_threshold", "f1_pixel_threshold"):
+        value = getattr(cal, name)
+        if value is not None:
+            _number(where, f"calibration.{name}", value, positive=True)
+    for name in ("image_source", "pixel_source"):
+        _text(where, f"calibration.{name}", getattr(cal, name), ("normal", "f1"))
+    for name in ("normal_image_scores", "normal_pixel_stats"):
+        for k, v in getattr(cal, name).items():
+            if not isinstance(v, bool):  # held_out is a flag; the rest are finite numbers
+                _number(where, f"calibration.{name}.{k}", v)
+    return cal
+
+
+def _preprocess(data: Any, where: str, model: ModelConfig) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    pre = _object(where, "preprocess", data)
+    unknown = sorted(set(pre) - {"image_size", "mean", "std"})
+    if unknown:
+        raise _fail(where, f"preprocess.{unknown[0]}", "is not a preprocess field (image_size, mean, std)")
+    size = _integer(where, "preprocess.image_size", pre.get("image_size"))
+    if size != model.image_size:
+        raise _fail(where, "preprocess.image_size", f"{size} differs from model.image_size {model.image_size}")
+    out = []
+    for name in ("mean", "std"):
+        values = pre.get(name)
+        if not isinstance(values, list) or len(values) != 3:
+            raise _fail(where, f"preprocess.{name}", f"must be 3 numbers (R, G, B), got {_short(values)}")
+        out.append(tuple(_number(where, f"preprocess.{name}[{i}]", v, positive=name == "std")
+                         for i, v in enumerate(values)))
+    return out[0], out[1]
+
+
+def validate_config(data: Any, where: str = CONFIG_FILE) -> BundleConfig:
+    """config.json's parsed JSON -> BundleConfig, every field checked; BundleError names the field."""
+    if not isinstance(data, dict):
+        raise BundleError(f"{where}: not an aminet-edge bundle config (a JSON {type(data).__name__}, "
+                          "expected an object)")
+    version = data.get("schema_version")
+    if isinstance(version, bool) or not isinstance(version, int):
+        raise BundleError(f"{where}: no integer 'schema_version' (got {_short(version)}); not an aminet-edge bundle")
+    if version > SCHEMA_VERSION:
+        raise BundleError(
+            f"{where}: schema_version {version} is newer than this aminet-edge understands "
+            f"({SCHEMA_VERSION}); upgrade aminet-edge (bundle written by {data.get('aminet_edge_version')})")
+    if version < LEGACY_SCHEMA:
+        raise _fail(where, "schema_version", f"must be {LEGACY_SCHEMA}..{SCHEMA_VERSION}, got {version}")
+    known = {"schema_version", "aminet_edge_version", "model", "in_channels", "score", "preprocess",
+             "calibration", "train", "backbone_source", "artifacts"}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise _fail(where, unknown[0], "is not a bundle config field (a typo? known: " + ", ".join(sorted(known)) + ")")
+    missing = [k for k in ("model", "in_channels", "score", "preprocess") if k not in data]
+    if missing:
+        raise BundleError(f"{where}: missing key(s) {', '.join(missing)}")
+    model = _model(data["model"], where)
+    mean, std = _preprocess(data["preprocess"], where, model)
+    config = BundleConfig(
+        model=model, in_channels=_integer(where, "in_channels", data["in_channels"], minimum=1),
+        score=_score(data["score"], where), mean=mean, std=std,  # type: ignore[arg-type]
+        calibration=_calibration(data.get("calibration"), where),
+        train=_object(where, "train", data.get("train", {})),
+        backbone_source=_text(where, "backbone_source", data.get("backbone_source", "")),
+        artifacts=_object(where, "artifacts", data.get("artifacts", {})),
+        version=_text(where, "aminet_edge_version", data.get("aminet_edge_version", "")), schema_version=version)
+    if not config.legacy:
+        _check_artifacts(config, where)
+    return config
+
+
+def _record(where: str, name: str, record: Any, fields: dict[str, tuple[str, ...] | type]) -> dict[str, Any]:
+    """Check one artifact record: path inside the bundle, sha256, bytes, plus `fields` (choices or type)."""
+    record = _object(where, name, record)
+    path = _text(where, f"{name}.path", record.get("path"))
+    inside_path(path, f"{where}: field '{name}.path'")
+    if not _HEX64.fullmatch(str(record.get("sha256"))):
+        raise _fail(where, f"{name}.sha256", f"must be a sha256 hex digest, got {_short(record.get('sha256'))} "
+                                             "(every file of a bundle is checksummed)")
+    _integer(where, f"{name}.bytes", record.get("bytes"), minimum=0)
+    for key, kind in fields.items():
+        value = record.get(key)
+        if isinstance(kind, tuple):
+            _text(where, f"{name}.{key}", value, kind)
+        elif kind is int:
+            _integer(where, f"{name}.{key}", value)
+        elif kind is str:
+            _text(where, f"{name}.{key}", value)
+        elif kind is list:
+            if not isinstance(value, list) or not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+                raise _fail(where, f"{name}.{key}", f"must be a list of integers, got {_short(value)}")
+    return record
+
+
+def _check_artifacts(config: BundleConfig, where: str) -> None:
+    artifacts = config.artifacts
+    unknown = sorted(set(artifacts) - {"weights", "onnx", "engines"})
+    if unknown:
+        raise _fail(where, f"artifacts.{unknown[0]}", "is not an artifact kind (weights, onnx, engines)")
+    if "weights" in artifacts:
+        _record(where, "artifacts.weights", artifacts["weights"], {})
+    derived = {"weights_sha256": str, "input_size": int}
+    for key, rec in _object(where, "artifacts.onnx", artifacts.get("onnx", {})).items():
+        valid = {graph_key(g, p) for g in GRAPHS for p in PRECISIONS}
+        if key not in valid:
+            raise _fail(where, f"artifacts.onnx.{key}", f"is not a graph name ({', '.join(sorted(valid))})")
+        _record(where, f"artifacts.onnx.{key}", rec, {"precision": PRECISIONS, **derived})
+    engines = artifacts.get("engines", [])
+    if not isinstance(engines, list):
+        raise _fail(where, "artifacts.engines", f"must be a JSON list of engine records, got {type(engines).__name__}")
+    for i, rec in enumerate(engines):
+        _record(where, f"artifacts.engines[{i}]", rec, {
+            "backend": ENGINE_BACKENDS, "precision": ENGINE_PRECISIONS, "graph": GRAPHS, "target": str,
+            "builder_version": str, "compute_capabilities": list, **derived})
+    for name, rec in [*(("artifacts.onnx." + k, r) for k, r in artifacts.get("onnx", {}).items()),
+                      *((f"artifacts.engines[{i}]", r) for i, r in enumerate(engines))]:
+        if rec["input_size"] != config.model.image_size:
+            raise _fail(where, f"{name}.input_size", f"{rec['input_size']} differs from model.image_size "
+                        f"{config.model.image_size}: the file was made for another configuration; "
+                        + REEXPORT.format(bundle="RUN"))
+
+
+# ---- reading and writing config.json ------------------------------------------------------------------
+def _os_problem(exc: OSError) -> str:
+    """The real reason an OSError gives, in words a user can act on."""
+    if isinstance(exc, PermissionError):
+        return "permission denied (check the file's owner and mode; the process must be able to read it)"
+    if exc.errno == errno.ELOOP:
+        return "symbolic link loop"
+    if isinstance(exc, FileNotFoundError):
+        return "not found"
+    if isinstance(exc, IsADirectoryError):
+        return "is a directory, not a file"
+    return f"cannot be read ({exc.strerror or exc})"
 
 
 def read_config(bundle: str | Path) -> BundleConfig:
     """Read and validate `bundle/config.json`; BundleError names the file and the problem."""
-    path = Path(bundle) / CONFIG_FILE
-    if not Path(bundle).is_dir():
-        raise BundleError(f"bundle directory not found: {bundle}")
-    if not path.is_file():
-        raise BundleError(f"{path} not found: not an aminet-edge bundle (train one with `aminet-edge train`)")
+    root = Path(bundle)
+    path = root / CONFIG_FILE
     try:
-        data = json.loads(path.read_text())
+        os.stat(root)
+    except OSError as exc:
+        raise BundleError(f"bundle directory {bundle}: {_os_problem(exc)}") from exc
+    if not root.is_dir():
+        raise BundleError(f"bundle directory {bundle}: not a directory")
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError as exc:
+        raise BundleError(f"{path} not found: not an aminet-edge bundle (train one with `aminet-edge train`)") from exc
+    except OSError as exc:
+        raise BundleError(f"{path}: {_os_problem(exc)}") from exc
+    try:
+        data = json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise BundleError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start}); not a bundle config") from exc
     except json.JSONDecodeError as exc:
         raise BundleError(f"{path}: not valid JSON ({exc})") from exc
-    return BundleConfig.from_json(data, str(path))
+    return validate_config(data, str(path))
 
 
 def write_config(bundle: str | Path, config: BundleConfig) -> Path:
-    """Write `bundle/config.json` atomically (write then rename)."""
+    """Write `bundle/config.json` atomically (write then rename) after validating what is written."""
     from aminet_edge import __version__
 
     config.version = __version__
     path = Path(bundle) / CONFIG_FILE
+    data = config.to_json()
+    validate_config(json.loads(json.dumps(data)), f"{path} (being written)")  # never write what cannot load
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(config.to_json(), indent=2, sort_keys=False) + "\n")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
     tmp.replace(path)
     return path
 
 
-def weights_path(bundle: str | Path) -> Path:
-    """Path of the bundle's weights; BundleError if absent."""
-    path = Path(bundle) / WEIGHTS_FILE
-    if not path.is_file():
-        raise BundleError(f"{path} not found: the bundle has no weights")
+# ---- paths and checksums ------------------------------------------------------------------------------
+def inside_path(rel: str, what: str) -> PurePosixPath:
+    """`rel` as a relative path that cannot leave the bundle (no absolute path, no '..', no backslash)."""
+    pure = PurePosixPath(rel)
+    if not rel or pure.is_absolute() or "\\" in rel or ".." in pure.parts or re.match(r"^[A-Za-z]:", rel):
+        raise BundleError(f"{what}: {rel!r} must be a path relative to the bundle, inside it "
+                          "(no absolute path, no '..'): a bundle is self-contained")
+    return pure
+
+
+def artifact_path(bundle: str | Path, rel: str) -> Path:
+    """The file `rel` (a recorded path) of the bundle: `bundle / rel`, the one place the two are joined.
+
+    BundleError when `rel` leaves the bundle, lexically or through a symbolic link.
+    """
+    root = Path(bundle)
+    path = root / inside_path(rel, f"{root / CONFIG_FILE}")
+    try:
+        real, real_root = path.resolve(), root.resolve()
+    except (OSError, RuntimeError) as exc:  # RuntimeError: symlink loop on some Python versions
+        raise BundleError(f"{path}: {_os_problem(exc) if isinstance(exc, OSError) else 'symbolic link loop'}") from exc
+    if real != real_root and real_root not in real.parents:
+        raise BundleError(f"{path} resolves to {real}, outside the bundle {real_root}: a bundle is "
+                          "self-contained (copy the file into it instead of linking)")
     return path
+
+
+def relative_path(bundle: str | Path, path: str | Path) -> str:
+    """`path` (absolute, or relative to the working directory) relative to the bundle, as recorded."""
+    root, path = Path(bundle).resolve(), Path(path).resolve()
+    try:
+        return path.relative_to(root).as_posix()
+    except ValueError as exc:
+        raise BundleError(f"{path} is outside the bundle {root}: artifacts must live inside it") from exc
+
+
+def sha256_file(path: str | Path) -> tuple[str, int]:
+    """(hex sha256, size in bytes) of a file, read in 1 MiB chunks; BundleError naming the OS problem."""
+    h, size = hashlib.sha256(), 0
+    try:
+        with open(path, "rb") as f:
+            while chunk := f.read(_CHUNK):
+                h.update(chunk)
+                size += len(chunk)
+    except OSError as exc:
+        raise BundleError(f"{path}: {_os_problem(exc)}") from exc
+    return h.hexdigest(), size
+
+
+def make_record(bundle: str | Path, path: str | Path, **meta: Any) -> dict[str, Any]:
+    """An artifact record for `path` (inside the bundle): path, sha256, bytes, then `meta`."""
+    digest, size = sha256_file(path)
+    return {"path": relative_path(bundle, path), "sha256": digest, "bytes": size, **meta}
+
+
+def verify_record(bundle: str | Path, config: BundleConfig, record: dict[str, Any], what: str,
+                  fix: str) -> Path:
+    """The recorded file, after checking it is inside the bundle, readable, of its recorded size and
+    sha256, and (for graphs and engines) made from the current weights. BundleError says which and `fix`."""
+    path = artifact_path(bundle, record["path"])
+    weights = config.artifacts.get("weights")
+    if "weights_sha256" in record and (not weights or record["weights_sha256"] != weights["sha256"]):
+        raise BundleError(f"{path}: this {what} was made from other weights than the bundle's "
+                          f"{WEIGHTS_FILE} (left from an earlier training?); {fix}")
+    try:
+        size = os.stat(path).st_size
+    except OSError as exc:
+        raise BundleError(f"{path}: {what} {_os_problem(exc)}; {fix}") from exc
+    if size != record["bytes"]:
+        raise BundleError(f"{path}: {what} is {size} bytes, {record['bytes']} were recorded (truncated or "
+                          f"replaced); {fix}")
+    digest, _ = sha256_file(path)
+    if digest != record["sha256"]:
+        raise BundleError(f"{path}: {what}'s sha256 differs from the one recorded in config.json (file "
+                          f"changed or corrupt); {fix}")
+    return path
+
+
+# ---- the bundle's files -------------------------------------------------------------------------------
+def _legacy_refusal(bundle: str | Path, what: str) -> BundleError:
+    return BundleError(f"{bundle}: schema 1 bundle (written before aminet-edge recorded checksums): its {what} "
+                       f"cannot be verified and may be stale; " + REEXPORT.format(bundle=bundle))
+
+
+def weights_file(bundle: str | Path, config: BundleConfig) -> Path:
+    """The bundle's weights, verified against their recorded sha256 (schema 1: unverified, with a warning)."""
+    if config.legacy:
+        path = Path(bundle) / WEIGHTS_FILE
+        sha256_file(path)  # readable? (reports permission problems and loops, not "no such file")
+        log.warning("%s: schema 1 bundle: no checksum recorded, weights loaded unverified; re-export it "
+                    "(`aminet-edge export %s`) to record one", bundle, bundle)
+        return path
+    record = config.artifacts.get("weights")
+    if record is None:
+        raise BundleError(f"{Path(bundle) / CONFIG_FILE} records no weights (artifacts.weights): the bundle is "
+                          "incomplete; train it again with `aminet-edge train`")
+    return verify_record(bundle, config, record, "weights file", "the bundle is damaged: copy it again from "
+                         "where it was trained, or retrain")
+
+
+def graph_record(bundle: str | Path, config: BundleConfig, part: str, precision: str = "fp32") -> dict[str, Any]:
+    """The record of graph `part` at `precision`; BundleError when it is not recorded (or a schema 1
+    bundle), saying whether an unrecorded file of that name lies in the bundle."""
+    if config.legacy:
+        raise _legacy_refusal(bundle, "ONNX graphs")
+    record = (config.artifacts.get("onnx") or {}).get(graph_key(part, precision))
+    if record is None:
+        name = onnx_name(part, precision)
+        stray = (Path(bundle) / name).exists()
+        flag = f" --precision {precision}" if precision != "fp32" else ""
+        raise BundleError(
+            f"{Path(bundle) / name} {'is not recorded in config.json (left from an earlier training or export?)' if stray else 'not found'}: "
+            f"export it with `aminet-edge export {bundle}{flag}`")
+    return record  # type: ignore[no-any-return]
+
+
+def has_graph(config: BundleConfig, part: str, precision: str) -> bool:
+    """Whether graph `part` at `precision` is recorded (schema 1 bundles record none usable)."""
+    return not config.legacy and graph_key(part, precision) in (config.artifacts.get("onnx") or {})
+
+
+def graph_file(bundle: str | Path, config: BundleConfig, part: str, precision: str = "fp32",
+               verify: bool = True) -> Path:
+    """Path of graph `part` at `precision`; verified (size, sha256, weights) unless verify=False, where
+    only its record and presence are checked (cheap, for availability)."""
+    record = graph_record(bundle, config, part, precision)
+    fix = REEXPORT.format(bundle=bundle)
+    if verify:
+        return verify_record(bundle, config, record, "graph", fix)
+    path = artifact_path(bundle, record["path"])
+    if not path.is_file():
+        raise BundleError(f"{path} not found (config.json records it); {fix}")
+    return path
+
+
+def engine_records(bundle: str | Path, config: BundleConfig) -> list[dict[str, Any]]:
+    """The bundle's engine records (validated at read); BundleError for a schema 1 bundle with engines."""
+    engines = config.artifacts.get("engines") or []
+    if config.legacy and engines:
+        raise _legacy_refusal(bundle, "engines")
+    return list(engines) if not config.legacy else []
+
+
+def engine_record(bundle: str | Path, config: BundleConfig, path: str | Path) -> dict[str, Any]:
+    """The record of the engine file `path` (absolute, or relative to the bundle); BundleError when
+    it is not recorded: an engine the bundle does not record is never run."""
+    path = Path(path)
+    full = (path if path.is_absolute() else artifact_path(bundle, path.as_posix())).resolve()
+    for record in engine_records(bundle, config):
+        if artifact_path(bundle, record["path"]).resolve() == full:
+            return record
+    raise BundleError(f"{full} is not recorded in {Path(bundle) / CONFIG_FILE}; build engines with "
+                      f"`aminet-edge build-engine {bundle}` so that they are checksummed")
+
+
+def verify_bundle(bundle: str | Path, config: BundleConfig | None = None) -> dict[str, str]:
+    """{recorded path: "ok" or the problem} for every file config.json records, and every graph or
+    engine file lying in the bundle unrecorded. Hashes each file once."""
+    config = config or read_config(bundle)
+    out: dict[str, str] = {}
+
+    def check(name: str, fn: Any) -> None:
+        try:
+            fn()
+            out[name] = "ok"
+        except BundleError as exc:
+            out[name] = str(exc)
+
+    check(WEIGHTS_FILE if config.legacy else str((config.artifacts.get("weights") or {}).get("path", WEIGHTS_FILE)),
+          lambda: weights_file(bundle, config))
+    fix = REEXPORT.format(bundle=bundle)
+    if config.legacy:
+        if config.artifacts.get("onnx") or config.artifacts.get("engines"):
+            out["graphs and engines"] = str(_legacy_refusal(bundle, "graphs and engines"))
+        return out
+    records = [(r, "graph") for r in (config.artifacts.get("onnx") or {}).values()]
+    records += [(r, "engine") for r in config.artifacts.get("engines") or []]
+    for record, what in records:
+        check(record["path"], lambda r=record, w=what: verify_record(bundle, config, r, w, fix))
+    for stray in stray_files(bundle, config):
+        out[relative_path(bundle, stray)] = "not recorded in config.json (left from an earlier training or " \
+                                            f"export?): the runtime never uses it; delete it or {fix}"
+    return out
+
+
+def _layout_files(bundle: Path) -> list[Path]:
+    """Graph and engine files of the standard layout present in the bundle."""
+    names = [bundle / onnx_name(g, p) for g in GRAPHS for p in PRECISIONS]
+    engines = sorted((bundle / ENGINE_DIR).glob("*.engine")) if (bundle / ENGINE_DIR).is_dir() else []
+    return [p for p in names if p.is_file()] + engines
+
+
+def stray_files(bundle: str | Path, config: BundleConfig) -> list[Path]:
+    """Graph and engine files lying in the bundle that config.json does not record."""
+    bundle = Path(bundle)
+    recorded = {artifact_path(bundle, r["path"]).resolve() for r in [
+        *(config.artifacts.get("onnx") or {}).values(), *(config.artifacts.get("engines") or [])]}
+    return [p for p in _layout_files(bundle) if p.resolve() not in recorded]
+
+
+def clear_artifacts(bundle: str | Path, reason: str) -> list[Path]:
+    """Delete the graphs and engines of an existing bundle (recorded ones and those of the standard
+    layout), logging each with `reason`: they belong to the weights being replaced. Returns them."""
+    bundle = Path(bundle)
+    files = set(_layout_files(bundle))
+    try:
+        old = read_config(bundle).artifacts
+    except BundleError:
+        old = {}  # no readable old config: the standard layout names are all we know
+    for rec in [*(old.get("onnx") or {}).values(), *(old.get("engines") or [])]:
+        try:
+            files.add(artifact_path(bundle, rec["path"]))
+        except (BundleError, KeyError, TypeError):
+            continue  # a record pointing outside the bundle is never deleted through it
+    removed = []
+    for path in sorted(files):
+        if path.is_file():
+            path.unlink()
+            removed.append(path)
+            log.warning("removed %s: %s", path, reason)
+    return removed

@@ -122,14 +122,18 @@ def demo_cmd(out: str, epochs: int, quiet: bool) -> None:
 
 @main.command("info")
 @click.argument("run", required=False, type=click.Path(exists=True, file_okay=False))
-def info_cmd(run: str | None) -> None:
+@click.option("--verify", is_flag=True, help="Check every file RUN records (size, sha256, weights it was made "
+                                             "from) and list unrecorded graphs/engines; exit 1 on any problem.")
+def info_cmd(run: str | None, verify: bool) -> None:
     """Versions, op kernels and inference backends available, GPU if any; with RUN, what that bundle
     holds and which backend `Detector.load(RUN)` would pick here."""
     from aminet_edge.bundle import BundleError
     from aminet_edge.info import collect_info
 
+    if verify and run is None:
+        raise click.UsageError("--verify needs a bundle: aminet-edge info RUN --verify")
     try:
-        info = collect_info(run)
+        info = collect_info(run, verify=verify)
     except BundleError as exc:
         raise click.ClickException(str(exc)) from exc
     for key, value in info.items():
@@ -139,6 +143,10 @@ def info_cmd(run: str | None) -> None:
                 click.echo(f"  {k}: {v}")
         else:
             click.echo(f"{key}: {value}")
+    problems = [k for k, v in info.get("verify", {}).items() if v != "ok"]
+    if problems:
+        raise click.ClickException(f"{len(problems)} of {len(info['verify'])} bundle file(s) failed verification: "
+                                   + ", ".join(problems))
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -1,5 +1,5 @@
-"""What `aminet-edge info [RUN]` prints: versions, op backends, inference backends, GPU, and a bundle's
-graphs, engines and automatic backend choice."""
+"""What `aminet-edge info [RUN] [--verify]` prints: versions, op backends, inference backends, GPU, and a
+bundle's graphs, engines and automatic backend choice; with verify, every recorded file's checksum."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import platform
 from pathlib import Path
 from typing import Any
 
-from aminet_edge.bundle import BundleConfig, read_config
+from aminet_edge.bundle import BundleConfig, read_config, verify_bundle
 
 
 def _version(module: str) -> str:
@@ -46,9 +46,10 @@ def bundle_info(bundle: str | Path, config: BundleConfig) -> dict[str, str]:
     return out
 
 
-def collect_info(bundle: str | Path | None = None) -> dict[str, Any]:
+def collect_info(bundle: str | Path | None = None, verify: bool = False) -> dict[str, Any]:
     """A dict of sections; values are strings or dicts of strings. With `bundle`, the inference backends
-    are checked for it and a "bundle" section is added."""
+    are checked for it and a "bundle" section is added; with `verify` also a "verify" section: each
+    recorded file (and any unrecorded graph or engine) -> "ok" or its problem (aminet_edge.bundle.verify_bundle)."""
     from aminet_edge import __version__
     from aminet_edge.ops import available_backends
     from aminet_edge.runtime.backends import available_backends as inference_backends
@@ -65,6 +66,8 @@ def collect_info(bundle: str | Path | None = None) -> dict[str, Any]:
     info["inference backends"] = inference_backends(bundle, config)
     if bundle is not None and config is not None:
         info["bundle"] = bundle_info(bundle, config)
+        if verify:
+            info["verify"] = verify_bundle(bundle, config)
     gpu = "none"
     try:
         import torch

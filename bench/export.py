@@ -32,7 +32,7 @@ from aminet_edge.config import PRESETS, ScoreConfig  # noqa: E402
 from aminet_edge.export import onnx_name, trt_compat  # noqa: E402
 from aminet_edge.export.engine import build_engine  # noqa: E402
 from aminet_edge.export.onnx_export import export_onnx  # noqa: E402
-from aminet_edge.model.pipeline import build_modules, load_pipeline, save_pipeline_weights  # noqa: E402
+from aminet_edge.model.pipeline import build_modules, load_pipeline, save_bundle  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 LOWER = ("fp16", "int8")  # graph precisions compared with fp32
@@ -46,8 +46,7 @@ def cpu_bundle(root: Path) -> Path:
                                                    mean=(0, 0, 0), std=(1, 1, 1)), pretrained=True)
     config = BundleConfig(model=model, in_channels=176, score=ScoreConfig(),
                           mean=extractor.mean, std=extractor.std)  # type: ignore[arg-type]
-    write_config(root, config)
-    save_pipeline_weights(root, extractor, aminet)
+    save_bundle(root, config, extractor, aminet)
     return root
 
 

@@ -50,12 +50,12 @@ def build_bundle(path: Path, preset: str) -> str:
     """A bundle of `preset` with random AMI-Net weights, exported to ONNX; returns the backbone's source."""
     import torch
 
-    from aminet_edge.bundle import BundleConfig, write_config
+    from aminet_edge.bundle import BundleConfig
     from aminet_edge.config import PRESETS, ScoreConfig
     from aminet_edge.export.onnx_export import export_onnx
     from aminet_edge.model.aminet import AMINet
     from aminet_edge.model.features import build_feature_extractor
-    from aminet_edge.model.pipeline import save_pipeline_weights
+    from aminet_edge.model.pipeline import save_bundle
 
     torch.manual_seed(0)
     model = PRESETS[preset]
@@ -70,8 +70,7 @@ def build_bundle(path: Path, preset: str) -> str:
     config = BundleConfig(model=model, in_channels=extractor.channels, score=ScoreConfig(),
                           mean=tuple(extractor.mean), std=tuple(extractor.std))
     path.mkdir(parents=True, exist_ok=True)
-    save_pipeline_weights(path, extractor, aminet)
-    write_config(path, config)
+    save_bundle(path, config, extractor, aminet)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         export_onnx(path, "int8")  # the fp32 graphs, then their int8 copies

@@ -60,7 +60,7 @@ def make_bundle(path: Path) -> Path:
     import warnings
 
     from aminet_edge.data.images import preprocess
-    from aminet_edge.model.pipeline import build_modules, load_pipeline, save_pipeline_weights
+    from aminet_edge.model.pipeline import build_modules, load_pipeline, save_bundle
 
     torch.manual_seed(0)
     config = BundleConfig(model=TINY, in_channels=0, score=ScoreConfig(), mean=(0.5,) * 3, std=(0.5,) * 3)
@@ -70,8 +70,7 @@ def make_bundle(path: Path) -> Path:
     config.in_channels, config.mean, config.std = extractor.channels, extractor.mean, extractor.std
     extractor, aminet = build_modules(config)
     path.mkdir(parents=True, exist_ok=True)
-    save_pipeline_weights(path, extractor, aminet)
-    write_config(path, config)
+    save_bundle(path, config, extractor, aminet)
     pipeline, _ = load_pipeline(path)
     # thresholds between the generated images' scores, so that some are flagged and some not
     batch = torch.from_numpy(np.stack([preprocess(i.astype(np.float32) / 255, TINY.image_size, config.mean,
@@ -187,7 +186,7 @@ def test_real_bottle_images_agree_at_tiny_preset(tmp_path: Path) -> None:
     from aminet_edge.data.images import read_image
     from aminet_edge.export.onnx_export import export_onnx
     from aminet_edge.model.features import build_feature_extractor
-    from aminet_edge.model.pipeline import build_modules, save_pipeline_weights
+    from aminet_edge.model.pipeline import build_modules, save_bundle
 
     torch.manual_seed(1)
     model = PRESETS["tiny"]
@@ -197,8 +196,7 @@ def test_real_bottle_images_agree_at_tiny_preset(tmp_path: Path) -> None:
     extractor, aminet = build_modules(config)
     path = tmp_path / "tiny"
     path.mkdir()
-    save_pipeline_weights(path, extractor, aminet)
-    write_config(path, config)
+    save_bundle(path, config, extractor, aminet)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         export_onnx(path)
@@ -416,8 +414,40 @@ def test_bundle_and_backend_errors(bundle: Path, tmp_path: Path) -> None:
     corrupt = tmp_path / "corrupt"
     shutil.copytree(bundle, corrupt)
     (corrupt / "model.onnx").write_bytes(b"not a graph")
+    with pytest.raises(BundleError, match="model.onnx: graph is 11 bytes, .* recorded"):
+        Detector.load(corrupt, backend="onnxruntime")
+    from aminet_edge.bundle import make_record  # recorded as it is (a broken exporter): onnxruntime's own error
+
+    config = read_config(corrupt)
+    config.artifacts["onnx"]["model"].update(make_record(corrupt, corrupt / "model.onnx"))
+    write_config(corrupt, config)
     with pytest.raises(BundleError, match="cannot load"):
         Detector.load(corrupt, backend="onnxruntime")
+
+
+def fake_engine(bundle: Path, graph: str = "model", precision: str = "fp16", backend: str = "tensorrt_rtx",
+                target: str = "rtx", content: bytes = b"engine bytes", builder_version: str | None = None) -> dict:  # type: ignore[type-arg]
+    """Write a stand-in engine file into the bundle and return its record as build_engine writes it
+    (builder_version: the installed flavour's, so the version check passes, unless given)."""
+    from aminet_edge.bundle import engine_name, make_record
+    from aminet_edge.export import trt_compat
+
+    if builder_version is None:
+        builder_version = (trt_compat.load_backend(backend).__version__ if trt_compat.is_installed(backend)
+                           else "0.0-absent")
+    path = bundle / "engines" / engine_name(backend, target, precision, graph)
+    path.parent.mkdir(exist_ok=True)
+    path.write_bytes(content)
+    config = read_config(bundle)
+    return make_record(bundle, path, backend=backend, builder=backend, builder_version=builder_version,
+                       target=target, precision=precision, graph=graph, compute_capabilities=[86, 89],
+                       input_size=config.model.image_size, weights_sha256=config.artifacts["weights"]["sha256"])
+
+
+def set_engines(bundle: Path, records: list) -> None:  # type: ignore[type-arg]
+    config = read_config(bundle)
+    config.artifacts = dict(config.artifacts, engines=records)
+    write_config(bundle, config)
 
 
 def test_engine_lookup_errors(bundle: Path, tmp_path: Path) -> None:
@@ -427,11 +457,9 @@ def test_engine_lookup_errors(bundle: Path, tmp_path: Path) -> None:
     shutil.copytree(bundle, copy)
     with pytest.raises(EngineError, match="no TensorRT engine"):
         find_engine(copy, read_config(copy))
-    (copy / "engines").mkdir(exist_ok=True)
-    config = read_config(copy)
-    config.artifacts = dict(config.artifacts, engines=[{"path": "engines/tensorrt_rtx-sm89-fp16.engine",
-                                                        "backend": "tensorrt_rtx", "precision": "fp16"}])
-    write_config(copy, config)
+    record = fake_engine(copy)
+    (copy / record["path"]).unlink()
+    set_engines(copy, [record])
     (info,) = list_engines(copy, read_config(copy))
     assert info.flavour == "tensorrt_rtx" and info.precision == "fp16" and info.graph == "model"
     with pytest.raises((EngineError, BackendUnavailableError), match="missing|not installed"):
@@ -439,25 +467,20 @@ def test_engine_lookup_errors(bundle: Path, tmp_path: Path) -> None:
 
 
 def test_engine_choice_single_or_split(bundle: Path, tmp_path: Path) -> None:
-    """Records as aminet_edge.export.engine writes them (no sha256 here, so no checksum/GPU check)."""
+    """Records as aminet_edge.export.engine writes them (checksums are verified when the backend is
+    created, not by find_engine; no GPU here, so no GPU check)."""
     from aminet_edge.runtime.backends.tensorrt_backend import find_engine, installed_flavours
 
     if "tensorrt_rtx" not in installed_flavours():
         pytest.skip("tensorrt_rtx is not installed")
     copy = tmp_path / "b"
     shutil.copytree(bundle, copy)
-    (copy / "engines").mkdir()
 
     def record(graph: str, precision: str = "fp16") -> dict:  # type: ignore[type-arg]
-        suffix = "" if graph == "model" else f"-{graph}"
-        path = f"engines/tensorrt_rtx-rtx-{precision}{suffix}.engine"
-        (copy / path).write_bytes(b"x")
-        return {"path": path, "backend": "tensorrt_rtx", "target": "rtx", "precision": precision, "graph": graph}
+        return fake_engine(copy, graph, precision)
 
     def use(records: list, **kw) -> list[str]:  # type: ignore[no-untyped-def, type-arg]
-        config = read_config(copy)
-        config.artifacts = dict(config.artifacts, engines=records)
-        write_config(copy, config)
+        set_engines(copy, records)
         return [e.graph + ":" + e.precision for e in find_engine(copy, read_config(copy), **kw)]
 
     pair = [record("model_a"), record("model_b")]
@@ -752,18 +775,18 @@ def test_tensorrt_backend_on_a_simulated_device(bundle: Path, tmp_path: Path, mo
     monkeypatch.setattr(CudaMemory, "create", staticmethod(lambda *a, **k: memory))
     monkeypatch.setattr(trb, "import_tensorrt", lambda flavour: fake_tensorrt(memory))
     graphs = ["model_a", "model_b"] if split else ["model"]
-    infos = []
-    for g in graphs:
-        path = tmp_path / f"tensorrt-gpu-fp32-{g}.engine"
-        path.write_text(json.dumps({"onnx": str(bundle / f"{g}.onnx"), "max_batch": 4}))
-        infos.append(trb.EngineInfo(path, "tensorrt", "fp32", "gpu", g))
-    monkeypatch.setattr(trb, "find_engine", lambda *a, **k: infos)
+    copy = tmp_path / "b"
+    shutil.copytree(bundle, copy)
+    set_engines(copy, [fake_engine(copy, g, "fp32", "tensorrt", "gpu", json.dumps(
+        {"onnx": str(bundle / f"{g}.onnx"), "max_batch": 4}).encode(), "10.99-fake") for g in graphs])
+    infos = trb.list_engines(copy, read_config(copy))  # the checksums are verified for real by create
+    monkeypatch.setattr(trb, "find_engine", lambda *a, **k: infos)  # no tensorrt to check versions against
     if split:
         fake_kernels(memory, monkeypatch)
-    config = read_config(bundle)
-    backend = trb.create("tensorrt", bundle, config, "cuda", cuda_graph=cuda_graph)
+    config = read_config(copy)
+    backend = trb.create("tensorrt", copy, config, "cuda", cuda_graph=cuda_graph)
     assert backend.max_batch == 4 and backend.describe().startswith("tensorrt 10.99-fake cuda")
-    det = Detector(backend, config, bundle)
+    det = Detector(backend, config, copy)
     images = generated_images()  # 6 images -> backend calls of 4 and 2
     got = det.predict(images)
     want = detector(bundle, "onnxruntime-split" if split else "onnxruntime").predict(images)

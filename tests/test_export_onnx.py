@@ -18,7 +18,7 @@ from aminet_edge.bundle import BundleConfig, read_config, write_config
 from aminet_edge.config import IMAGENET_MEAN, IMAGENET_STD, PRESETS, ModelConfig, ScoreConfig
 from aminet_edge.export import onnx_name
 from aminet_edge.export.onnx_export import export_onnx
-from aminet_edge.model.pipeline import build_modules, load_pipeline, save_pipeline_weights
+from aminet_edge.model.pipeline import build_modules, load_pipeline, save_bundle
 
 ort = pytest.importorskip("onnxruntime")
 
@@ -33,8 +33,7 @@ def make_bundle(root: Path, model: ModelConfig = SMALL, pretrained: bool = False
     config = BundleConfig(model=model, in_channels=176, score=ScoreConfig(), mean=IMAGENET_MEAN, std=IMAGENET_STD)
     extractor, aminet = build_modules(config, pretrained=pretrained)
     config.mean, config.std = extractor.mean, extractor.std  # type: ignore[assignment]
-    write_config(root, config)
-    save_pipeline_weights(root, extractor, aminet)
+    save_bundle(root, config, extractor, aminet)
     return root
 
 

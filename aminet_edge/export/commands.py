@@ -14,12 +14,13 @@ import click
 @click.option("--no-split", is_flag=True, help="Only the single graph model.onnx, not model_a/model_b.")
 def export_cmd(run: str, precision: str, no_split: bool) -> None:
     """Export bundle RUN to ONNX (opset 17, dynamic batch) inside the bundle; prints one path per graph."""
+    from aminet_edge.bundle import BundleError
     from aminet_edge.export.graph_checks import GraphCheckError
     from aminet_edge.export.onnx_export import export_onnx
 
     try:
         paths = export_onnx(run, precision=precision, split=not no_split)
-    except GraphCheckError as exc:
+    except (GraphCheckError, BundleError) as exc:
         raise click.ClickException(str(exc)) from exc
     for part, path in paths.items():
         click.echo(f"{part}: {path}")

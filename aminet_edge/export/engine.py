@@ -2,8 +2,10 @@
 
 Build: ONNX -> parser -> builder config (strongly typed network, dynamic batch profile, workspace,
 compute capabilities) -> serialized engine at `bundle/engines/<backend>-<target>-<precision>.engine`
-(split halves: `...-<precision>-model_a.engine` / `-model_b.engine`), recorded in config.json
-"artifacts"["engines"]. Running engines is aminet_edge/runtime's job; it calls `check_engine` first.
+(split halves: `...-<precision>-model_a.engine` / `-model_b.engine`), recorded with its sha256 in
+config.json "artifacts"["engines"] (aminet_edge.bundle owns the layout, the records and their checks).
+Running engines is aminet_edge/runtime's job; it calls `check_compatible` (this machine's TensorRT and
+GPU against the record) and aminet_edge.bundle.verify_record (the checksum) first.
 
 Backends (API differences in trt_compat.py):
 - "tensorrt_rtx" (target "rtx"): ahead of time for chosen compute capabilities; needs no GPU.
@@ -18,27 +20,25 @@ against tensorrt-stubs 10.13 (tests/test_engine.py), never run: it needs the Ten
 
 from __future__ import annotations
 
-import hashlib
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from aminet_edge.bundle import read_config, write_config
-from aminet_edge.export import onnx_name, trt_compat
+from aminet_edge.bundle import (ENGINE_DIR, GRAPHS, BundleError, artifact_path, engine_name, engine_record, graph_file, has_graph,
+                                make_record, read_config, relative_path, verify_record, write_config)
+from aminet_edge.export import trt_compat
 from aminet_edge.export.trt_compat import BackendNotInstalledError
 
 if TYPE_CHECKING:  # the standard path is type-checked against tensorrt-stubs (tests/test_engine.py)
     import tensorrt as trt
 
-ENGINE_DIR = "engines"
 TARGETS = ("rtx", "jetson", "auto")
-GRAPHS = ("model", "model_a", "model_b")
 DEFAULT_RTX_SMS = (80, 86, 89, 120)
 _OOM_WORDS = ("out of memory", "insufficient memory", "cudaerrormemoryallocation", "workspace")
 
 __all__ = ["BackendNotInstalledError", "EngineBuildError", "EngineMismatchError", "GpuRequiredError",
-           "OnnxParseError", "UnsupportedTargetError", "WorkspaceError", "build_engine", "check_engine",
-           "engine_name", "serialize_onnx"]
+           "OnnxParseError", "UnsupportedTargetError", "WorkspaceError", "build_engine", "check_compatible",
+           "check_engine", "engine_name", "rebuild_hint", "serialize_onnx"]
 
 
 class EngineBuildError(RuntimeError):
@@ -63,11 +63,6 @@ class WorkspaceError(EngineBuildError):
 
 class EngineMismatchError(RuntimeError):
     """An engine file does not match its record or this machine (checksum, runtime version, GPU)."""
-
-
-def engine_name(backend: str, target: str, precision: str, graph: str = "model") -> str:
-    """Default engine file name: `<backend>-<target>-<precision>[-model_a|-model_b].engine`."""
-    return f"{backend}-{target}-{precision}" + ("" if graph == "model" else f"-{graph}") + ".engine"
 
 
 def _resolve_target(target: str) -> tuple[str, str]:
@@ -161,15 +156,6 @@ def serialize_onnx(onnx_path: str | Path, backend: str = "tensorrt_rtx", precisi
     return bytes(serialized)
 
 
-def sha256(path: Path) -> str:
-    """Hex sha256 of a file."""
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def build_engine(bundle: str | Path, target: str = "auto", precision: str = "fp16",
                  batch: tuple[int, int, int] = (1, 1, 8), workspace: int | None = None,
                  compute_capabilities: list[int] | tuple[int, ...] | None = None, out: str | Path | None = None,
@@ -184,14 +170,15 @@ def build_engine(bundle: str | Path, target: str = "auto", precision: str = "fp1
     (None: TensorRT's default, the device memory).
     compute_capabilities: TensorRT-RTX AOT targets as SM numbers (default 80, 86, 89, 120; 75 rejected);
     standard TensorRT accepts only the GPU present.
-    out: engine path, default bundle/engines/engine_name(backend, target, precision, graph).
+    out: engine path inside the bundle, default bundle/engines/engine_name(backend, target, precision, graph).
     graph: "model" (single graph) or "model_a" / "model_b" (the split halves; build both).
     hardware_compatible: standard TensorRT on a dGPU only, AMPERE_PLUS compatibility level.
     Returns the engine path. Its record (path, backend, builder version, target, precision, graph, compute
-    capabilities, GPU, input size, batch profile, sha256, build seconds) replaces any record of the same
-    path in config.json "artifacts"["engines"].
+    capabilities, GPU, input size, batch profile, sha256, the weights' sha256, build seconds) replaces any
+    record of the same path in config.json "artifacts"["engines"].
     Raises BackendNotInstalledError, GpuRequiredError, UnsupportedTargetError, OnnxParseError,
-    WorkspaceError, EngineBuildError; ValueError for bad arguments.
+    WorkspaceError, EngineBuildError; ValueError for bad arguments; BundleError for a damaged bundle or
+    an `out` outside it.
     """
     if precision not in ("fp32", "fp16"):
         raise ValueError(f"precision must be 'fp32' or 'fp16', got {precision!r}")
@@ -209,13 +196,14 @@ def build_engine(bundle: str | Path, target: str = "auto", precision: str = "fp1
         raise UnsupportedTargetError("hardware_compatible (AMPERE_PLUS) is for standard TensorRT on a desktop or "
                                      "datacenter GPU; Jetson engines are device-specific and TensorRT-RTX uses "
                                      "compute capabilities instead")
-    config = read_config(bundle)
-    onnx_path = bundle / onnx_name(graph, precision)
-    if not onnx_path.is_file():
+    path = Path(out) if out is not None else bundle / ENGINE_DIR / engine_name(backend, resolved, precision, graph)
+    rel = relative_path(bundle, path)  # refuses an engine outside the bundle before the build
+    if not has_graph(read_config(bundle), graph, precision):
         from aminet_edge.export.onnx_export import export_onnx
 
         export_onnx(bundle, precision, split=graph != "model")
-    path = Path(out) if out is not None else bundle / ENGINE_DIR / engine_name(backend, resolved, precision, graph)
+    config = read_config(bundle)
+    onnx_path = graph_file(bundle, config, graph, precision)  # checksum verified: never build from a changed graph
     path.parent.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     data = serialize_onnx(onnx_path, backend, precision, (batch[0], batch[1], batch[2]), workspace, sms,
@@ -225,49 +213,44 @@ def build_engine(bundle: str | Path, target: str = "auto", precision: str = "fp1
     tmp.write_bytes(data)
     tmp.replace(path)
     present = trt_compat.gpus()
-    try:
-        rel = str(path.resolve().relative_to(bundle.resolve()))
-    except ValueError:
-        rel = str(path.resolve())
-    record = {"path": rel, "backend": backend, "builder": trtm.__name__, "builder_version": trtm.__version__,
-              "target": resolved, "precision": precision, "graph": graph, "onnx": onnx_path.name,
-              "compute_capabilities": sms, "gpu": present[0][0] if present and backend == "tensorrt" else None,
-              "strongly_typed": trt_compat.supports_strong_typing(trtm), "hardware_compatible": hardware_compatible,
-              "input_size": config.model.image_size, "batch": list(batch), "workspace": workspace,
-              "bytes": len(data), "sha256": sha256(path), "build_seconds": round(seconds, 2)}
-    config = read_config(bundle)  # re-read: export_onnx may have recorded graphs meanwhile
-    engines = [e for e in config.artifacts.get("engines", []) if e.get("path") != rel]
+    record = make_record(
+        bundle, path, backend=backend, builder=trtm.__name__, builder_version=trtm.__version__, target=resolved,
+        precision=precision, graph=graph, onnx=onnx_path.name, compute_capabilities=sms,
+        gpu=present[0][0] if present and backend == "tensorrt" else None,
+        strongly_typed=trt_compat.supports_strong_typing(trtm), hardware_compatible=hardware_compatible,
+        input_size=config.model.image_size, batch=list(batch), workspace=workspace,
+        weights_sha256=config.artifacts["weights"]["sha256"], build_seconds=round(seconds, 2))
+    config = read_config(bundle)
+    engines = [e for e in config.artifacts.get("engines", []) if e["path"] != rel]
     config.artifacts["engines"] = engines + [record]
     write_config(bundle, config)
     return path
 
 
-def check_engine(bundle: str | Path, path: str | Path) -> dict[str, Any]:
-    """The engine's record, after checking file checksum, installed runtime version and GPU against it.
-
-    path: the engine file, absolute or relative to the bundle. EngineMismatchError says what differs and
-    the command that rebuilds it; BackendNotInstalledError when its runtime is absent. The GPU check
-    (compute capability; for standard TensorRT also the GPU name) runs only where a GPU is visible.
-    """
-    bundle, path = Path(bundle), Path(path)
-    full = path if path.is_absolute() else bundle / path
-    records = read_config(bundle).artifacts.get("engines", [])
-    record = next((r for r in records if r.get("path") and (bundle / r["path"]).resolve() == full.resolve()), None)
-    rebuild = "rebuild it with `aminet-edge build-engine {b} --target {t} --precision {p}{s}`"
+def rebuild_hint(bundle: Path, record: dict[str, Any] | None) -> str:
+    """The build-engine command that rebuilds the engine of `record` (any engine when None)."""
     if record is None:
-        raise EngineMismatchError(f"{full} is not recorded in {bundle}/config.json; "
-                                  + rebuild.format(b=bundle, t="auto", p="fp16", s=""))
-    how = rebuild.format(b=bundle, t=record["target"] if record["target"] != "gpu" else "auto",
-                         p=record["precision"], s=" --split" if record.get("graph", "model") != "model" else "")
-    if not full.is_file():
-        raise EngineMismatchError(f"{full} is missing; {how}")
-    if sha256(full) != record["sha256"]:
-        raise EngineMismatchError(f"{full}: sha256 differs from the one recorded at build time (file changed "
-                                  f"or corrupt); {how}")
+        return f"rebuild it with `aminet-edge build-engine {bundle}`"
+    split = " --split" if record.get("graph", "model") != "model" else ""
+    target = record["target"] if record["target"] in ("rtx", "jetson") else "auto"
+    return f"rebuild it with `aminet-edge build-engine {bundle} --target {target} --precision {record['precision']}{split}`"
+
+
+def check_compatible(bundle: str | Path, record: dict[str, Any]) -> None:
+    """Whether the engine of `record` can run here: its runtime installed in the version that built it,
+    and (where a GPU is visible) built for this GPU. Cheap: the file is not read.
+
+    EngineMismatchError says what differs and the command that rebuilds it; BackendNotInstalledError
+    when its runtime is absent. The GPU check compares the compute capability and, for standard
+    TensorRT, the GPU name, unless the engine is hardware-compatible (AMPERE_PLUS) and the GPU SM >= 80.
+    """
+    bundle = Path(bundle)
+    full, how = artifact_path(bundle, record["path"]), rebuild_hint(bundle, record)
     trtm = trt_compat.load_backend(record["backend"])
     if trtm.__version__ != record["builder_version"]:
-        raise EngineMismatchError(f"{full} was built with {record['builder']} {record['builder_version']}, installed "
-                                  f"is {trtm.__version__}; engines only load in the version that built them; {how}")
+        raise EngineMismatchError(f"{full} was built with {record.get('builder', record['backend'])} "
+                                  f"{record['builder_version']}, installed is {trtm.__version__}; engines only load "
+                                  f"in the version that built them; {how}")
     present = trt_compat.gpus()
     if present:
         name, sm = present[0]
@@ -277,4 +260,22 @@ def check_engine(bundle: str | Path, path: str | Path) -> dict[str, Any]:
                                       f"this GPU ({name}) is SM {sm}; {how}")
         if record["backend"] == "tensorrt" and record.get("gpu") and record["gpu"] != name and not portable:
             raise EngineMismatchError(f"{full} was built on {record['gpu']}, this GPU is {name}; {how}")
+
+
+def check_engine(bundle: str | Path, path: str | Path) -> dict[str, Any]:
+    """The engine's record, after checking that config.json records it, its size and sha256, that it
+    was built from the current weights, and `check_compatible`.
+
+    path: the engine file, absolute or relative to the bundle. EngineMismatchError says what differs and
+    the command that rebuilds it; BackendNotInstalledError when its runtime is absent.
+    """
+    bundle = Path(bundle)
+    config = read_config(bundle)
+    record = None
+    try:
+        record = engine_record(bundle, config, path)
+        verify_record(bundle, config, record, "engine", rebuild_hint(bundle, record))
+    except BundleError as exc:
+        raise EngineMismatchError(str(exc) if record is not None else f"{exc}; {rebuild_hint(bundle, None)}") from exc
+    check_compatible(bundle, record)
     return dict(record)

@@ -22,7 +22,7 @@ import onnx
 import torch
 from torch import nn
 
-from aminet_edge.bundle import read_config, write_config
+from aminet_edge.bundle import SCHEMA_VERSION, WEIGHTS_FILE, graph_key, make_record, read_config, write_config
 from aminet_edge.export import PRECISIONS, onnx_name
 from aminet_edge.export.graph_checks import GraphCheckError, check_graph
 from aminet_edge.export.graph_rewrites import fold_pads_into_convs
@@ -125,7 +125,9 @@ def _export(module: nn.Module, args: tuple[torch.Tensor, ...], io_names: tuple[t
 
 
 def export_onnx(bundle: str | Path, precision: str = "fp32", opset: int = OPSET, split: bool = True) -> dict[str, Path]:
-    """Export the bundle's pipeline to ONNX next to its weights and record the files in config.json.
+    """Export the bundle's pipeline to ONNX next to its weights and record the files in config.json
+    (path, sha256, bytes, the weights' sha256). A schema 1 bundle is upgraded on the way: its weights'
+    checksum is recorded as they are now, its old unverifiable graph and engine records dropped.
 
     Returns {"model": path} plus {"model_a", "model_b"} when `split`. Deterministic: the same bundle
     gives byte-identical files. Raises GraphCheckError if the graph holds a node TensorRT rejects.
@@ -164,11 +166,14 @@ def export_onnx(bundle: str | Path, precision: str = "fp32", opset: int = OPSET,
 
 
 def _record(bundle: Path, paths: dict[str, Path], precision: str, opset: int) -> None:
-    """Record the graphs in config.json artifacts["onnx"] under "<part>" (fp32) or "<part>_<precision>"."""
+    """Record the graphs in config.json artifacts["onnx"] under graph_key(part, precision)."""
     config = read_config(bundle)  # re-read: another export may have recorded artifacts meanwhile
+    if config.legacy:
+        config.artifacts = {"weights": make_record(bundle, bundle / WEIGHTS_FILE)}  # as load_pipeline read them
+        config.schema_version = SCHEMA_VERSION
+    weights = config.artifacts["weights"]["sha256"]
     onnx_entries = config.artifacts.setdefault("onnx", {})
-    key = "" if precision == "fp32" else f"_{precision}"
     for part, path in paths.items():
-        onnx_entries[part + key] = {"path": path.name, "precision": precision, "opset": opset,
-                                    "input_size": config.model.image_size}
+        onnx_entries[graph_key(part, precision)] = make_record(
+            bundle, path, precision=precision, opset=opset, input_size=config.model.image_size, weights_sha256=weights)
     write_config(bundle, config)

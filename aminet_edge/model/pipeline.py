@@ -1,8 +1,8 @@
 """The whole inference graph in PyTorch: image -> features -> adaptive mask -> inpainting -> score map.
 
-This is what export traces and what the torch runtime runs; `load_pipeline`/`save_pipeline_weights`
-move it to and from a bundle's `weights.safetensors` (backbone weights included, so a bundle is
-self-contained).
+This is what export traces and what the torch runtime runs; `load_pipeline`/`save_bundle` move it to
+and from a bundle's `weights.safetensors` (backbone weights included, so a bundle is self-contained),
+through aminet_edge.bundle's checks (recorded sha256, finite values).
 """
 
 from __future__ import annotations
@@ -15,7 +15,8 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from aminet_edge.bundle import WEIGHTS_FILE, BundleConfig, read_config, weights_path
+from aminet_edge.bundle import (WEIGHTS_FILE, BundleConfig, BundleError, clear_artifacts, make_record, read_config,
+                                weights_file, write_config)
 from aminet_edge.config import ScoreConfig
 from aminet_edge.model.aminet import AMINet
 from aminet_edge.model.features import FeatureExtractor, build_feature_extractor
@@ -63,13 +64,13 @@ class Pipeline(nn.Module):
     def score_paths(self, paths: Sequence[str | Path], mean: Sequence[float], std: Sequence[float],
                     batch_size: int = 8, progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
         """Run on image files: image scores (N,) float32 and maps (N, S, S) float32 at model resolution."""
-        from aminet_edge.train.cache import load_batches
+        from aminet_edge.data.images import read_batches
 
         size = self.aminet.cfg.image_size
         scores, maps = [], []
         bar = tqdm(total=len(paths), desc="scoring", unit="img", disable=not progress)
-        for batch in load_batches(paths, size, mean, std, batch_size):
-            amap, score, _ = self(batch)
+        for batch in read_batches(paths, size, mean, std, batch_size):
+            amap, score, _ = self(torch.from_numpy(batch))
             scores.append(score.numpy())
             maps.append(amap.numpy())
             bar.update(len(batch))
@@ -85,13 +86,37 @@ def state_dict_for_bundle(extractor: FeatureExtractor, aminet: AMINet) -> dict[s
 
 
 def save_pipeline_weights(bundle: str | Path, extractor: FeatureExtractor, aminet: AMINet) -> Path:
-    """Write `bundle/weights.safetensors`."""
+    """Write `bundle/weights.safetensors` (not recorded: `save_bundle` writes a loadable bundle).
+
+    ValueError when a weight is NaN or infinite (a diverged training must not become a bundle).
+    """
     from safetensors.torch import save_file
 
+    tensors = state_dict_for_bundle(extractor, aminet)
+    bad = [k for k, v in tensors.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        raise ValueError(f"weights {', '.join(bad[:5])} hold NaN or infinite values (training diverged?); "
+                         "nothing written")
     path = Path(bundle) / WEIGHTS_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
-    save_file(state_dict_for_bundle(extractor, aminet), str(path))
+    tmp = path.with_name(path.name + ".tmp")
+    save_file(tensors, str(tmp))
+    tmp.replace(path)
     return path
+
+
+def save_bundle(bundle: str | Path, config: BundleConfig, extractor: FeatureExtractor, aminet: AMINet) -> Path:
+    """Write a complete bundle: weights and config.json recording their sha256.
+
+    Graphs and engines of an earlier bundle in the same directory are deleted (each logged): they were
+    made from the weights being replaced. config.artifacts is reset to the new weights alone.
+    """
+    bundle = Path(bundle)
+    clear_artifacts(bundle, "the bundle is being rewritten with new weights; export it again")
+    path = save_pipeline_weights(bundle, extractor, aminet)
+    config.artifacts = {"weights": make_record(bundle, path)}
+    write_config(bundle, config)
+    return bundle
 
 
 def build_modules(config: BundleConfig, pretrained: bool = False,
@@ -106,18 +131,33 @@ def build_modules(config: BundleConfig, pretrained: bool = False,
 
 
 def load_pipeline(bundle: str | Path, ops_backend: str = "reference") -> tuple[Pipeline, BundleConfig]:
-    """Pipeline with the bundle's weights, in eval mode on the CPU."""
+    """Pipeline with the bundle's weights, in eval mode on the CPU.
+
+    The weights file is checked against its recorded sha256 (aminet_edge.bundle.weights_file), read
+    without unpickling, and must hold finite values matching the config; BundleError names the problem.
+    """
+    from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    from aminet_edge.bundle import BundleError
-
     config = read_config(bundle)
-    extractor, aminet = build_modules(config)
-    path = weights_path(bundle)
-    tensors = load_file(str(path))
+    path = weights_file(bundle, config)
+    try:
+        extractor, aminet = build_modules(config)
+    except ValueError as exc:  # unknown backbone, channel count differing from the backbone's
+        raise BundleError(f"{Path(bundle) / 'config.json'}: {exc}") from exc
+    try:
+        tensors = load_file(str(path))
+    except (SafetensorError, OSError) as exc:
+        raise BundleError(f"{path}: not a readable safetensors file ({exc})") from exc
+    bad = [k for k, v in tensors.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        raise BundleError(f"{path}: weights {', '.join(bad[:5])} hold NaN or infinite values")
     for prefix, module in (("backbone.", extractor), ("aminet.", aminet)):
         part = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
-        missing, unexpected = module.load_state_dict(part, strict=False)
+        try:
+            missing, unexpected = module.load_state_dict(part, strict=False)
+        except RuntimeError as exc:  # a tensor of the wrong shape
+            raise BundleError(f"{path}: weights do not match the config ({exc})".splitlines()[0]) from exc
         if missing or unexpected:
             raise BundleError(f"{path}: weights do not match the config ({prefix[:-1]}: "
                               f"missing {missing[:5]}, unexpected {unexpected[:5]})")

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from aminet_edge.data.images import preprocess, read_image
+from aminet_edge.data.images import read_batches
 from aminet_edge.model.features import FeatureExtractor
 
 CACHE_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -21,10 +21,8 @@ CACHE_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": 
 def load_batches(paths: Sequence[str | Path], image_size: int, mean: Sequence[float], std: Sequence[float],
                  batch_size: int) -> Iterator[torch.Tensor]:
     """Yield preprocessed image batches (b, 3, S, S) float32 in the order of `paths`."""
-    for start in range(0, len(paths), batch_size):
-        chunk = paths[start:start + batch_size]
-        arrays = [preprocess(read_image(p), image_size, mean, std) for p in chunk]
-        yield torch.from_numpy(np.stack(arrays))
+    for batch in read_batches(paths, image_size, mean, std, batch_size):
+        yield torch.from_numpy(batch)
 
 
 def _cache_key(paths: Sequence[str | Path], backbone: str, image_size: int, dtype: str) -> str:

@@ -10,12 +10,12 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from aminet_edge.bundle import BundleConfig, write_config
+from aminet_edge.bundle import BundleConfig, BundleError
 from aminet_edge.config import ModelConfig, ScoreConfig, TrainConfig, to_dict
 from aminet_edge.data.datasets import Sample, load_dataset, select_few_shot
 from aminet_edge.model.aminet import AMINet
 from aminet_edge.model.features import build_feature_extractor
-from aminet_edge.model.pipeline import Pipeline, save_pipeline_weights
+from aminet_edge.model.pipeline import Pipeline, save_bundle
 from aminet_edge.train.cache import build_feature_cache
 from aminet_edge.train.calibrate import calibrate
 
@@ -61,11 +61,17 @@ def _save_checkpoint(path: Path, epoch: int, aminet: AMINet, opt: torch.optim.Op
 
 def _load_checkpoint(path: Path, aminet: AMINet, opt: torch.optim.Optimizer,
                      gen: torch.Generator) -> tuple[int, list[dict[str, float]]]:
-    state = torch.load(path, weights_only=True)  # our own file, but never unpickle objects
-    aminet.load_state_dict(state["aminet"])
-    opt.load_state_dict(state["optimizer"])
-    gen.set_state(state["generator"])
-    return int(state["epoch"]), list(state["history"])
+    try:
+        state = torch.load(path, weights_only=True)  # our own file, but never unpickle objects
+        aminet.load_state_dict(state["aminet"])
+        opt.load_state_dict(state["optimizer"])
+        gen.set_state(state["generator"])
+        return int(state["epoch"]), list(state["history"])
+    except Exception as exc:  # noqa: BLE001 - UnpicklingError, EOFError, KeyError, RuntimeError (shapes), ...
+        reason = " ".join(str(exc).split())[:200]
+        raise BundleError(f"{path}: not a checkpoint of this training (written by another program or model "
+                          f"configuration, or truncated: {type(exc).__name__}: {reason}); "
+                          "delete it to start over, or train without --resume") from exc
 
 
 def train(
@@ -155,6 +161,5 @@ def train(
         "images": len(fit), "held_out": len(held), "cache_seconds": round(cache_seconds, 2),
         "train_seconds": round(train_seconds, 2), "history": history,
     }
-    save_pipeline_weights(out, extractor, aminet)
-    write_config(out, config)
+    save_bundle(out, config, extractor, aminet)  # replaces (and logs) graphs and engines of an earlier bundle here
     return out

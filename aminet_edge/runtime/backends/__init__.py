@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from aminet_edge.bundle import BundleConfig, BundleError
+from aminet_edge.bundle import BundleConfig, BundleError, graph_file, read_config
 
 BACKENDS = ("onnxruntime-split", "onnxruntime", "torch", "tensorrt")
 DEVICES = ("cpu", "cuda")
@@ -62,10 +62,6 @@ MODULES = {
     "onnxruntime-split": "aminet_edge.runtime.backends.onnxruntime_backend",
     "tensorrt": "aminet_edge.runtime.backends.tensorrt_backend",
 }
-
-SINGLE_ONNX = "model.onnx"
-SPLIT_ONNX = ("model_a.onnx", "model_b.onnx")
-
 
 class BackendUnavailableError(ImportError):
     """A backend cannot run here: a package is missing (the message names the pip extra) or no GPU."""
@@ -118,23 +114,6 @@ def has_module(name: str) -> bool:
         return False
 
 
-def onnx_path(bundle: str | Path, config: BundleConfig | None, which: str) -> Path:
-    """Path of an exported graph: `which` = "model" (single), "model_a" or "model_b" (split).
-
-    config.json "artifacts" may name the files (written by aminet_edge.export); otherwise the
-    standard file names in the bundle directory are used.
-    """
-    artifacts = (config.artifacts if config is not None else {}) or {}
-    onnx = artifacts.get("onnx")
-    if isinstance(onnx, dict):
-        entry = onnx.get(which) or onnx.get(f"{which}.onnx")
-        if isinstance(entry, dict):
-            entry = entry.get("path") or entry.get("file")
-        if isinstance(entry, str):
-            return Path(bundle) / entry
-    return Path(bundle) / f"{which}.onnx"
-
-
 def _cpp_kernels_available() -> bool:
     return has_module("aminet_edge._cpu_kernels")
 
@@ -143,9 +122,10 @@ def check_backend(name: str, bundle: str | Path | None = None, config: BundleCon
                   device: str = "cpu") -> Exception | None:
     """None if backend `name` can run on `device` (for `bundle`, when given); else the error saying why.
 
-    The error is a BackendUnavailableError (package or GPU missing), a BundleError (graph not exported)
-    or an EngineError (no engine for this GPU). Never imports torch for device "cpu"; for "cuda" the
-    torch backend imports torch to ask for a GPU.
+    The error is a BackendUnavailableError (package or GPU missing), a BundleError (graph not exported,
+    not recorded, or the bundle predates checksums) or an EngineError (no engine for this GPU). Cheap:
+    checksums are verified when the backend is created, not here. Never imports torch for device "cpu";
+    for "cuda" the torch backend imports torch to ask for a GPU.
     """
     if name not in BACKENDS:
         return ValueError(f"unknown backend {name!r}; choose 'auto' or one of {', '.join(BACKENDS)}")
@@ -162,17 +142,21 @@ def check_backend(name: str, bundle: str | Path | None = None, config: BundleCon
             if not _cpp_kernels_available():
                 return missing_pkg("the C++ kernels (aminet_edge._cpu_kernels) are not built; reinstall "
                                    "aminet-edge with a C++ compiler and pybind11 present")
-            files = [onnx_path(bundle, config, w) for w in ("model_a", "model_b")] if bundle is not None else []
+            parts = ("model_a", "model_b")
         else:
             if device == "cuda":
                 import onnxruntime as ort
 
                 if "CUDAExecutionProvider" not in ort.get_available_providers():
                     return missing_pkg("this onnxruntime has no CUDAExecutionProvider (pip install onnxruntime-gpu)")
-            files = [onnx_path(bundle, config, "model")] if bundle is not None else []
-        absent = [str(f) for f in files if not f.is_file()]
-        if absent:
-            return BundleError(f"{', '.join(absent)} not found: export the bundle first (`aminet-edge export`)")
+            parts = ("model",)
+        if bundle is not None:
+            try:
+                config = config if config is not None else read_config(bundle)
+                for part in parts:
+                    graph_file(bundle, config, part, verify=False)
+            except BundleError as exc:
+                return exc
         return None
     if name == "torch":
         if not (has_module("torch") and has_module("safetensors")):

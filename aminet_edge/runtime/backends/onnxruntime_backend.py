@@ -17,9 +17,8 @@ from typing import Any
 
 import numpy as np
 
-from aminet_edge.bundle import BundleConfig, BundleError
-from aminet_edge.export import PRECISIONS
-from aminet_edge.runtime.backends import Backend, BackendOutput, BackendUnavailableError, onnx_path
+from aminet_edge.bundle import PRECISIONS, BundleConfig, BundleError, graph_file, has_graph
+from aminet_edge.runtime.backends import Backend, BackendOutput, BackendUnavailableError
 
 
 # onnxruntime's idle threads busy-wait by default; between the two halves of the split pipeline that
@@ -60,30 +59,34 @@ def make_session(path: Path, device: str = "cpu", threads: int | None = None, sp
         raise BundleError(f"{path}: onnxruntime cannot load this graph ({type(exc).__name__}: {exc})") from exc
 
 
-def resolve_graph(bundle: Path, config: BundleConfig, part: str, precision: str | None) -> tuple[Path, str]:
-    """The graph file of `part` ("model", "model_b") at `precision` and the precision it has.
+def resolve_graph(bundle: Path, config: BundleConfig, part: str, precision: str | None,
+                  verify: bool = False) -> tuple[Path, str]:
+    """The recorded graph file of `part` ("model", "model_a", "model_b") at `precision` and the precision
+    it has; with verify, its size, sha256 and weights are checked (aminet_edge.bundle.graph_file).
 
-    None picks the int8 graph when it was exported, else fp32. BundleError names the missing file and
-    the export command that writes it.
+    None picks the int8 graph when it was exported, else fp32. BundleError names the missing or
+    unrecorded file and the export command that writes it.
     """
     if precision is None:
-        path = onnx_path(bundle, config, f"{part}_int8")
-        return (path, "int8") if path.is_file() else (onnx_path(bundle, config, part), "fp32")
-    if precision not in PRECISIONS:
+        precision = "int8" if has_graph(config, part, "int8") else "fp32"
+    elif precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {', '.join(PRECISIONS)} or None, got {precision!r}")
-    path = onnx_path(bundle, config, part if precision == "fp32" else f"{part}_{precision}")
-    if not path.is_file():
-        raise BundleError(f"{path} not found: export it with `aminet-edge export {bundle} --precision {precision}`")
-    return path, precision
+    return graph_file(bundle, config, part, precision, verify=verify), precision
 
 
-def _check_io(session: Any, path: Path, inputs: tuple[str, ...], outputs: tuple[str, ...]) -> None:
+def _check_io(session: Any, path: Path, inputs: tuple[str, ...], outputs: tuple[str, ...],
+              image_size: int | None = None) -> None:
+    """The graph has these tensors, and its "images" input takes (B, 3, image_size, image_size)."""
     have_in = {i.name for i in session.get_inputs()}
     have_out = {o.name for o in session.get_outputs()}
     missing = [n for n in inputs if n not in have_in] + [n for n in outputs if n not in have_out]
     if missing:
         raise BundleError(f"{path}: graph lacks tensor(s) {', '.join(missing)} (inputs {sorted(have_in)}, "
                           f"outputs {sorted(have_out)}); re-export the bundle with this aminet-edge")
+    for i in session.get_inputs():
+        if i.name == "images" and image_size is not None and list(i.shape[1:]) != [3, image_size, image_size]:
+            raise BundleError(f"{path}: graph input images is {i.shape}, the bundle's config says "
+                              f"(B, 3, {image_size}, {image_size}); re-export the bundle (`aminet-edge export`)")
 
 
 def _fixed_batch(session: Any, name: str) -> int | None:
@@ -102,9 +105,9 @@ class OnnxRuntimeBackend(Backend):
     def __init__(self, bundle: Path, config: BundleConfig, device: str = "cpu", threads: int | None = None,
                  spinning: bool | None = None, precision: str | None = None) -> None:
         self.device = device
-        self.path, self.precision = resolve_graph(bundle, config, "model", precision)
+        self.path, self.precision = resolve_graph(bundle, config, "model", precision, verify=True)
         self.session = make_session(self.path, device, threads, spinning)
-        _check_io(self.session, self.path, ("images",), ("amap", "score", "mask"))
+        _check_io(self.session, self.path, ("images",), ("amap", "score", "mask"), config.model.image_size)
         self.max_batch = _fixed_batch(self.session, "images")
         self.exact_batch = self.max_batch is not None
 
@@ -130,14 +133,14 @@ class OnnxRuntimeSplitBackend(Backend):
 
         self.ops = ops
         self.device = device
-        self.path_b, self.precision = resolve_graph(bundle, config, "model_b", precision)
+        self.path_b, self.precision = resolve_graph(bundle, config, "model_b", precision, verify=True)
         # int8 quantises only the inpainting blocks, which live in model_b: model_a stays fp32
         a_precision = "fp32" if self.precision == "int8" else self.precision
-        self.path_a, _ = resolve_graph(bundle, config, "model_a", a_precision)
+        self.path_a, _ = resolve_graph(bundle, config, "model_a", a_precision, verify=True)
         self.session_a = make_session(self.path_a, device, threads, spinning)
         self.session_b = make_session(self.path_b, device, threads, spinning)
         _check_io(self.session_a, self.path_a, ("images",),
-                  ("features", "cluster_tokens", "centers", "inpaint_tokens"))
+                  ("features", "cluster_tokens", "centers", "inpaint_tokens"), config.model.image_size)
         _check_io(self.session_b, self.path_b, ("inpaint_tokens", "mask"), ("recon",))
         fixed = [_fixed_batch(self.session_a, "images"), _fixed_batch(self.session_b, "inpaint_tokens")]
         batches = [b for b in fixed if b is not None]

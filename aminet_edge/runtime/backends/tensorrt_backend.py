@@ -29,16 +29,17 @@ from typing import Any
 
 import numpy as np
 
-from aminet_edge.bundle import BundleConfig
+from aminet_edge.bundle import (BundleConfig, BundleError, artifact_path, engine_record, engine_records, read_config,
+                                verify_record)
 from aminet_edge.runtime.backends import Backend, BackendOutput, BackendUnavailableError, EngineError, has_module
 
-ENGINE_DIR = "engines"
 FLAVOURS = ("tensorrt_rtx", "tensorrt")  # python module names
 
 
 @dataclass
 class EngineInfo:
-    """One engine file and what it was built as. graph: "model" (single) or "model_a"/"model_b" (split)."""
+    """One recorded engine file and what it was built as. graph: "model" (single) or "model_a"/"model_b"
+    (split). meta: its config.json record (aminet_edge.bundle)."""
 
     path: Path
     flavour: str  # "tensorrt" or "tensorrt_rtx"
@@ -48,46 +49,11 @@ class EngineInfo:
     meta: dict[str, Any] = field(default_factory=dict)
 
 
-def _flavour_of(name: str, meta: dict[str, Any]) -> str:
-    text = f"{meta.get('backend', '')} {meta.get('runtime', '')} {name}".lower().replace("-", "_")
-    return "tensorrt_rtx" if "rtx" in text else "tensorrt"
-
-
-def _graph_of(name: str, meta: dict[str, Any]) -> str:
-    graph = str(meta.get("graph") or meta.get("onnx") or "").removesuffix(".onnx")
-    if graph in ("model", "model_a", "model_b"):
-        return graph
-    stem = name.lower()
-    if "model_a" in stem or stem.endswith("-a") or stem.endswith("_a"):
-        return "model_a"
-    if "model_b" in stem or stem.endswith("-b") or stem.endswith("_b"):
-        return "model_b"
-    return "model"
-
-
 def list_engines(bundle: str | Path, config: BundleConfig | None = None) -> list[EngineInfo]:
-    """Engines the bundle records in config.json "artifacts" (else found under bundle/engines/*.engine)."""
-    bundle = Path(bundle)
-    artifacts = (config.artifacts if config is not None else {}) or {}
-    entries = artifacts.get("engines") or []
-    if isinstance(entries, dict):  # {name: {path: ..., ...}} or {name: path}
-        entries = [dict(v, name=k) if isinstance(v, dict) else {"name": k, "path": v} for k, v in entries.items()]
-    found: list[EngineInfo] = []
-    for entry in entries:
-        meta = entry if isinstance(entry, dict) else {"path": entry}
-        rel = meta.get("path") or meta.get("file")
-        if not rel:
-            continue
-        path = bundle / rel
-        found.append(EngineInfo(path, _flavour_of(path.stem, meta), str(meta.get("precision", "")),
-                                str(meta.get("target", "")), _graph_of(path.stem, meta), meta))
-    if not found and (bundle / ENGINE_DIR).is_dir():
-        for path in sorted((bundle / ENGINE_DIR).glob("*.engine")):
-            parts = path.stem.split("-")  # <backend>-<target>-<precision>[...]
-            meta = {"backend": parts[0]}
-            found.append(EngineInfo(path, _flavour_of(path.stem, meta), parts[2] if len(parts) > 2 else "",
-                                    parts[1] if len(parts) > 1 else "", _graph_of(path.stem, meta), meta))
-    return found
+    """The engines config.json records (an engine file it does not record is never listed nor run)."""
+    config = config if config is not None else read_config(bundle)
+    return [EngineInfo(artifact_path(bundle, r["path"]), r["backend"], r["precision"], r["target"], r["graph"], r)
+            for r in engine_records(bundle, config)]
 
 
 def installed_flavours() -> list[str]:
@@ -97,16 +63,27 @@ def installed_flavours() -> list[str]:
     return [f for f in FLAVOURS if has_module(f) and is_installed(f)]
 
 
-def check_recorded_engine(bundle: Path, path: Path) -> None:
-    """aminet_edge.export.engine.check_engine (checksum, TensorRT version, GPU) as EngineError /
-    BackendUnavailableError."""
-    from aminet_edge.export.engine import check_engine
+def _check_compatible(bundle: Path, info: EngineInfo) -> None:
+    """aminet_edge.export.engine.check_compatible (TensorRT version, GPU; the file is not read) as
+    EngineError / BackendUnavailableError."""
+    from aminet_edge.export.engine import check_compatible
 
     try:
-        check_engine(bundle, path)
+        check_compatible(bundle, info.meta)
     except ImportError as exc:  # BackendNotInstalledError
         raise BackendUnavailableError(str(exc)) from exc
-    except (ValueError, RuntimeError, KeyError) as exc:  # EngineMismatchError and malformed records
+    except RuntimeError as exc:  # EngineMismatchError
+        raise EngineError(str(exc)) from exc
+
+
+def verify_engine(bundle: Path, config: BundleConfig, info: EngineInfo) -> None:
+    """The engine file's size, sha256 and weights against its record (aminet_edge.bundle.verify_record),
+    as EngineError saying how to rebuild it."""
+    from aminet_edge.export.engine import rebuild_hint
+
+    try:
+        verify_record(bundle, config, info.meta, "engine", rebuild_hint(bundle, info.meta))
+    except BundleError as exc:
         raise EngineError(str(exc)) from exc
 
 
@@ -114,29 +91,32 @@ def find_engine(bundle: str | Path, config: BundleConfig | None = None, engine: 
                 precision: str | None = None, split: bool | None = None) -> list[EngineInfo]:
     """The engine(s) to run: [single] or [model_a, model_b], for an installed TensorRT flavour.
 
-    engine: an explicit file (relative to the bundle or absolute); precision: "fp16"/"fp32" filter;
-    split: True = the split pair (CUDA kernels between), False = the single engine, None = the single
-    engine when the bundle has one (self-contained, no libaminet_cuda.so needed), else the pair.
-    Among equals fp16 (the default build) is preferred. EngineError names what is missing or
-    mismatched and how to build it.
+    engine: an explicit file (relative to the bundle or absolute), which config.json must record;
+    precision: "fp16"/"fp32" filter; split: True = the split pair (CUDA kernels between), False = the
+    single engine, None = the single engine when the bundle has one (self-contained, no
+    libaminet_cuda.so needed), else the pair. Among equals fp16 (the default build) is preferred.
+    The chosen engines' records are checked against this machine (TensorRT version, GPU); their files'
+    checksums are verified when the backend is created (verify_engine). EngineError names what is
+    missing or mismatched and how to build it.
     """
     bundle = Path(bundle)
+    config = config if config is not None else read_config(bundle)
     installed = installed_flavours()
-    if engine is not None:
-        path = Path(engine) if Path(engine).is_absolute() else bundle / engine
-        if not path.is_file():
-            raise EngineError(f"engine {path} not found")
-        meta: dict[str, Any] = {}
-        info = EngineInfo(path, _flavour_of(path.stem, meta), graph=_graph_of(path.stem, meta))
-        if info.graph != "model":
-            raise EngineError(f"{path} is one half of a split engine; pass the single-graph engine or none")
-        candidates = [info]
-    else:
-        candidates = [e for e in list_engines(bundle, config) if not precision or e.precision == precision]
+    try:
+        engines = list_engines(bundle, config)
+        if engine is not None:
+            record = engine_record(bundle, config, engine)
+            engines = [e for e in engines if e.meta is record]
+    except BundleError as exc:
+        raise EngineError(str(exc)) from exc
+    if engine is not None and engines[0].graph != "model":
+        raise EngineError(f"{engines[0].path} is one half of a split engine; pass the single-graph engine or none")
+    candidates = [e for e in engines if not precision or e.precision == precision]
     if not candidates:
-        raise EngineError(f"{bundle}: no TensorRT engine{f' of precision {precision}' if precision else ''} in "
-                          f"{bundle / ENGINE_DIR}; build one for this GPU (Jetson: export/jetson/build_engine.sh, "
-                          f"RTX: export/rtx/build_engine_aot.sh, or aminet_edge.build_engine)")
+        raise EngineError(f"{bundle}: no TensorRT engine{f' of precision {precision}' if precision else ''} "
+                          f"recorded in its config.json; build one for this GPU (Jetson: "
+                          f"export/jetson/build_engine.sh, RTX: export/rtx/build_engine_aot.sh, or "
+                          f"aminet_edge.build_engine)")
     if split is not None:
         candidates = [e for e in candidates if (e.graph != "model") == split]
         if not candidates:
@@ -163,8 +143,7 @@ def find_engine(bundle: str | Path, config: BundleConfig | None = None, engine: 
                               f"({'model_b' if best.graph == 'model_a' else 'model_a'})")
         chosen = [pair["model_a"], pair["model_b"]]
     for e in chosen:
-        if e.meta.get("sha256"):  # recorded by aminet_edge.export.engine.build_engine
-            check_recorded_engine(bundle, e.path)
+        _check_compatible(bundle, e)
     return chosen
 
 
@@ -269,6 +248,8 @@ class TensorRTBackend(Backend):
         if device != "cuda":
             raise BackendUnavailableError("the tensorrt backend runs on device='cuda' only")
         infos = find_engine(bundle, config, engine, precision, split)
+        for info in infos:
+            verify_engine(bundle, config, info)  # each file hashed once per load
         self.infos = infos
         self.precision = infos[0].precision
         self.trt = import_tensorrt(infos[0].flavour)
