@@ -509,7 +509,10 @@ def weights_file(bundle: str | Path, config: BundleConfig) -> Path:
     """The bundle's weights, verified against their recorded sha256 (schema 1: unverified, with a warning)."""
     if config.legacy:
         path = Path(bundle) / WEIGHTS_FILE
-        sha256_file(path)  # readable? (reports permission problems and loops, not "no such file")
+        try:  # readable? (the real reason: permission, loop; safetensors would say "no such file")
+            open(path, "rb").close()
+        except OSError as exc:
+            raise BundleError(f"{path}: {_os_problem(exc)}") from exc
         log.warning("%s: schema 1 bundle: no checksum recorded, weights loaded unverified; re-export it "
                     "(`aminet-edge export %s`) to record one", bundle, bundle)
         return path
@@ -616,8 +619,12 @@ def _layout_files(bundle: Path) -> list[Path]:
 def stray_files(bundle: str | Path, config: BundleConfig) -> list[Path]:
     """Graph and engine files lying in the bundle that config.json does not record."""
     bundle = Path(bundle)
-    recorded = {artifact_path(bundle, r["path"]).resolve() for r in [
-        *(config.artifacts.get("onnx") or {}).values(), *(config.artifacts.get("engines") or [])]}
+    recorded = set()
+    for r in [*(config.artifacts.get("onnx") or {}).values(), *(config.artifacts.get("engines") or [])]:
+        try:
+            recorded.add(artifact_path(bundle, r["path"]).resolve())
+        except BundleError:
+            continue  # reported by its own check
     return [p for p in _layout_files(bundle) if p.resolve() not in recorded]
 
 

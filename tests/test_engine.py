@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from aminet_edge.bundle import read_config
+from aminet_edge.bundle import make_record, read_config, write_config
 from aminet_edge.export import trt_compat
 from aminet_edge.export.commands import build_engine_cmd
 from aminet_edge.export.engine import (EngineMismatchError, GpuRequiredError, OnnxParseError, UnsupportedTargetError,
@@ -189,5 +189,8 @@ def test_build_engine_reports_parser_rejection(bundle: Path, tmp_path: Path) -> 
                               [helper.make_tensor_value_info("amap", TensorProto.FLOAT, [1, 3, 64, 64])])
     save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("custom.domain", 1)]),
          str(tmp_path / "model.onnx"))
+    config = read_config(tmp_path)  # recorded as exported (a changed graph is refused before any build)
+    config.artifacts["onnx"]["model"].update(make_record(tmp_path, tmp_path / "model.onnx"))
+    write_config(tmp_path, config)
     with pytest.raises(OnnxParseError, match="mystery_node"):
         build_engine(tmp_path, target="rtx", precision="fp32", batch=(1, 1, 1), compute_capabilities=[86])

@@ -23,7 +23,9 @@ threshold (the pixel threshold then stays the calibrated normal one unless `pixe
 Errors: a single image that cannot be used raises `InputError` (a ValueError) naming it and the
 problem. In a list, each unusable image gets a Result with `.error` set (`.ok` False, score NaN, no
 arrays) and the others are predicted as usual; an empty list raises InputError. Bundle problems raise
-BundleError / EngineError at load; a missing package raises BackendUnavailableError naming the extra.
+BundleError / EngineError at load, never later: every config field is validated, and each file the
+backend opens is checked against its recorded size and sha256 (aminet_edge.bundle; docs/deployment.md,
+"Reliability"). A missing package raises BackendUnavailableError naming the extra.
 
 Thread safety: one Detector may be shared by threads. Decoding, preprocessing and post-processing run
 in the calling thread; the backend call is serialised by a lock, so results equal serial use exactly.
