@@ -142,7 +142,7 @@ def check_backend(name: str, bundle: str | Path | None = None, config: BundleCon
             if not _cpp_kernels_available():
                 return missing_pkg("the C++ kernels (aminet_edge._cpu_kernels) are not built; reinstall "
                                    "aminet-edge with a C++ compiler and pybind11 present")
-            parts = ("model_a", "model_b")
+            parts: tuple[str, ...] = ("model_a", "model_b")
         else:
             if device == "cuda":
                 import onnxruntime as ort
