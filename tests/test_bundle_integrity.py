@@ -118,6 +118,19 @@ def test_graph_from_other_weights_is_refused(copy: Path) -> None:
         Detector.load(copy, backend="onnxruntime")
 
 
+# ---- defect 6 (the part that needs graphs): the graph's real input size against the config -------------------
+def test_graph_input_size_must_match_the_config(copy: Path) -> None:
+    """A config edited to another image size (records edited along) is refused by the graph's own shape."""
+    data = json.loads((copy / "config.json").read_text())
+    data["model"]["image_size"] = data["preprocess"]["image_size"] = 128
+    for record in data["artifacts"]["onnx"].values():
+        record["input_size"] = 128
+    (copy / "config.json").write_text(json.dumps(data))
+    with pytest.raises(BundleError, match=r"graph input images is \[.*64, 64\], the bundle's config says "
+                                          r"\(B, 3, 128, 128\)"):
+        Detector.load(copy, backend="onnxruntime")
+
+
 # ---- defect 7: bundle problems are BundleError, one CLI line ------------------------------------------------
 def test_truncated_and_unreadable_weights_are_bundle_errors(copy: Path) -> None:
     weights = copy / "weights.safetensors"
