@@ -27,7 +27,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import append_result  # noqa: E402
 
-from aminet_edge.bundle import BundleConfig, read_config, write_config  # noqa: E402
+from aminet_edge.bundle import BundleConfig, read_config  # noqa: E402
 from aminet_edge.config import PRESETS, ScoreConfig  # noqa: E402
 from aminet_edge.export import onnx_name, trt_compat  # noqa: E402
 from aminet_edge.export.engine import build_engine  # noqa: E402

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from aminet_edge import ops
-from aminet_edge.bundle import BundleConfig, read_config, write_config
+from aminet_edge.bundle import BundleConfig, read_config
 from aminet_edge.config import IMAGENET_MEAN, IMAGENET_STD, PRESETS, ModelConfig, ScoreConfig
 from aminet_edge.export import onnx_name
 from aminet_edge.export.onnx_export import export_onnx
