@@ -491,10 +491,65 @@ def test_predict_command(bundle: Path, tmp_path: Path) -> None:
     assert len(lines) == 5 and sum(x["ok"] for x in lines) == 3
     assert "empty file" in res.output and "file not found" in res.output
     assert len(list((out / "overlays").glob("*.png"))) == 3
-    good = CliRunner().invoke(predict_cmd, [str(bundle), str(folder / "part_0.png"), "--out", str(out),
-                                            "--no-overlays", "--quiet", "--sensitivity", "1"])
+    # a second run into the same --out: refused, the first run's results kept; --overwrite replaces them
+    again = [str(bundle), str(folder / "part_0.png"), "--out", str(out), "--no-overlays", "--quiet",
+             "--sensitivity", "1"]
+    refused = CliRunner().invoke(predict_cmd, again)
+    assert refused.exit_code == 1 and "--overwrite" in refused.output and "Traceback" not in refused.output
+    assert len((out / "results.jsonl").read_text().splitlines()) == 5
+    good = CliRunner().invoke(predict_cmd, again + ["--overwrite"])
     assert good.exit_code == 0, good.output
     assert json.loads((out / "results.jsonl").read_text())["sensitivity"] == 1.0
+    assert not list((out / "overlays").glob("*.png"))  # the replaced run's overlays went with it
+
+
+def test_predict_overlays_never_overwrite(bundle: Path, tmp_path: Path) -> None:
+    """Same stems in two folders, a name that is also another's suffixed name, a PNG already in overlays/."""
+    from click.testing import CliRunner
+    from PIL import Image
+
+    from aminet_edge.runtime.commands import predict_cmd
+
+    img = generated_images()[0]
+    for sub in ("a", "b", "c"):
+        (tmp_path / sub).mkdir()
+        Image.fromarray(img).save(tmp_path / sub / "x.png")
+    Image.fromarray(img).save(tmp_path / "a" / "x_2.png")  # the name the second x.png would be renamed to
+    out = tmp_path / "out"
+    (out / "overlays").mkdir(parents=True)
+    (out / "overlays" / "x_3.png").write_bytes(b"not ours")
+    args = [str(bundle), str(tmp_path / "a"), str(tmp_path / "b"), str(tmp_path / "c"), "--out", str(out),
+            "--backend", "onnxruntime", "--quiet"]
+    res = CliRunner().invoke(predict_cmd, args)
+    assert res.exit_code == 0, res.output
+    records = [json.loads(x) for x in (out / "results.jsonl").read_text().splitlines()]
+    names = [Path(r["overlay"]).name for r in records]
+    assert len(set(names)) == 4 and "x_3.png" not in names, names
+    assert (out / "overlays" / "x_3.png").read_bytes() == b"not ours"
+    assert len(list((out / "overlays").glob("*.png"))) == 5
+
+
+def test_predict_write_errors_are_reported_not_raised(bundle: Path, tmp_path: Path) -> None:
+    from click.testing import CliRunner
+    from PIL import Image
+
+    from aminet_edge.runtime.commands import predict_cmd
+
+    Image.fromarray(generated_images()[0]).save(tmp_path / "x.png")
+    (tmp_path / "file").write_text("a file where a folder is needed")
+    res = CliRunner().invoke(predict_cmd, [str(bundle), str(tmp_path / "x.png"), "--out",
+                                           str(tmp_path / "file" / "out"), "--quiet"])
+    assert res.exit_code == 1 and "--out" in res.output and "Traceback" not in res.output
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "overlays").write_text("a file where the overlays folder goes")  # every overlay write fails
+    res = CliRunner().invoke(predict_cmd, [str(bundle), str(tmp_path / "x.png"), str(tmp_path / "x.png"),
+                                           "--out", str(out), "--backend", "onnxruntime", "--quiet"])
+    assert res.exit_code == 1 and "Traceback" not in res.output, res.output
+    records = [json.loads(x) for x in (out / "results.jsonl").read_text().splitlines()]
+    assert [r["ok"] for r in records] == [True, True]
+    assert all("overlay not written" in r["overlay_error"] for r in records)
+    assert "2 overlay(s) not written" in res.output
 
 
 def test_info_on_a_bundle(bundle: Path, tmp_path: Path) -> None:

@@ -98,9 +98,11 @@ def average_precision(labels: np.ndarray, scores: np.ndarray) -> float:
 def f1_max(labels: np.ndarray, scores: np.ndarray) -> tuple[float, float]:
     """Best F1 over all thresholds, and that threshold: anomalous where score > threshold.
 
-    The threshold lies halfway between the lowest score called anomalous and the next lower distinct
-    score (just below the minimum when all are called anomalous), so `>` and `>=` give the same
-    decisions on these scores, and the runtime's `score > threshold` reproduces the F1.
+    The threshold t lies between the lowest score called anomalous (low) and the next lower distinct
+    score (below): halfway, rounded to the scores' own dtype and kept in [below, low) (just below the
+    minimum when all are called anomalous). So t is exactly representable in that dtype, and the
+    runtime's `score > float32(t)` on float32 maps makes the same decisions and reproduces this F1, even
+    when low and below are adjacent float32 values.
     """
     y, s = _check(labels, scores)
     order = _descending(s)
@@ -109,10 +111,14 @@ def f1_max(labels: np.ndarray, scores: np.ndarray) -> tuple[float, float]:
     tps, fps = _counts(y[order], ends)
     f1 = 2 * tps / (tps + fps + tps[-1])  # 2TP / (2TP + FP + FN), with FN = positives - TP
     best = int(np.argmax(f1))
-    low = float(s_sorted[ends[best]])
-    below = float(s_sorted[ends[best] + 1]) if best + 1 < ends.size else None
-    threshold = (low + below) / 2 if below is not None else float(np.nextafter(low, -np.inf))
-    return float(f1[best]), threshold
+    low = s_sorted[ends[best]]
+    t = s.dtype.type(-np.inf)  # s.dtype: float32 or float64 (see _float_scores)
+    if best + 1 < ends.size:  # else all are called anomalous: just below the minimum
+        below = s_sorted[ends[best] + 1]
+        t = s.dtype.type((float(low) + float(below)) / 2)
+    if not t < low:  # the midpoint rounded up onto low (adjacent values), or no lower score
+        t = np.nextafter(low, s.dtype.type(-np.inf))
+    return float(f1[best]), float(t)
 
 
 def _region_weights(masks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
