@@ -114,6 +114,19 @@ def _large() -> dict:
     return dict(tokens=tokens, centers=centers, lam=0.5, exact=False)
 
 
+def _duplicates() -> dict:
+    # 4 identical tokens (power of two: their float32 mean is exact) alone in cluster 0: distance = mean,
+    # std 0, so each sits exactly on its boundary and `>` masks none (`>=` would mask all 4)
+    g = _gen(11)
+    B, D = 2, 24
+    centers = torch.randn(B, 3, D, generator=g) * 40.0
+    centers[:, 0] = torch.randn(B, D, generator=g)
+    dup = (centers[:, :1] + 0.2 * torch.randn(B, 1, D, generator=g)).expand(B, 4, D)
+    tokens = torch.cat([dup, centers[:, 1:2] + torch.randn(B, 10, D, generator=g)], 1).contiguous()
+    return dict(tokens=tokens, centers=centers, lam=0.5, exact=True,
+                check=lambda m, d, a: bool((a[:, :4] == 0).all() and (a[:, 4:] != 0).all() and not m[:, :4].any()))
+
+
 CASES = {
     "random": lambda: _random(3, 37, 5, 70, seed=1),
     "b1_paper_shape": lambda: _random(1, 256, 8, 768, seed=2),  # L = 16 x 16 tokens, P = 8, D = 768
@@ -125,6 +138,7 @@ CASES = {
     "large_magnitude": _large,
     "fp16": lambda: _random(2, 50, 5, 80, seed=9, dtype=torch.float16),
     "negative_lambda": lambda: _random(2, 33, 4, 40, seed=10, lam=-0.7),
+    "duplicates_on_boundary": _duplicates,
 }
 
 def _triton_case(c: dict) -> dict:
