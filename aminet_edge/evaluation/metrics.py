@@ -111,14 +111,12 @@ def f1_max(labels: np.ndarray, scores: np.ndarray) -> tuple[float, float]:
     tps, fps = _counts(y[order], ends)
     f1 = 2 * tps / (tps + fps + tps[-1])  # 2TP / (2TP + FP + FN), with FN = positives - TP
     best = int(np.argmax(f1))
-    low = s_sorted[ends[best]]
-    t = s.dtype.type(-np.inf)  # s.dtype: float32 or float64 (see _float_scores)
-    if best + 1 < ends.size:  # else all are called anomalous: just below the minimum
-        below = s_sorted[ends[best] + 1]
-        t = s.dtype.type((float(low) + float(below)) / 2)
-    if not t < low:  # the midpoint rounded up onto low (adjacent values), or no lower score
-        t = np.nextafter(low, s.dtype.type(-np.inf))
-    return float(f1[best]), float(t)
+    low = s_sorted[ends[best]]  # s.dtype: float32 or float64 (see _float_scores)
+    just_below = np.nextafter(low, s.dtype.type(-np.inf))
+    if best + 1 == ends.size:  # all are called anomalous
+        return float(f1[best]), float(just_below)
+    t = s.dtype.type((float(low) + float(s_sorted[ends[best] + 1])) / 2)
+    return float(f1[best]), float(t if t < low else just_below)  # rounded onto low: adjacent values
 
 
 def _region_weights(masks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
