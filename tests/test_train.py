@@ -59,6 +59,26 @@ def test_bundle_is_complete_and_reloads(data: Path, tmp_path: Path) -> None:
     assert 0.0 <= metrics["image_auroc"] <= 1.0 and "pixel_auroc" in metrics and "aupro" in metrics
     assert read_config(bundle).calibration.f1_image_threshold == metrics["f1_thresholds"]["image"]
     assert len(list((tmp_path / "h").glob("*.png"))) == metrics["images"] == 9
+    assert_evaluate_handles_masks(bundle, data, metrics, tmp_path)
+
+
+def assert_evaluate_handles_masks(bundle: Path, data: Path, metrics: dict, tmp_path: Path) -> None:
+    """Without masks: the image metrics, and a note that pixel metrics need masks. A mask sized unlike its
+    image: refused, naming the file."""
+    import shutil
+
+    from PIL import Image
+
+    bare = Path(shutil.copytree(data, tmp_path / "bare", ignore=shutil.ignore_patterns("ground_truth")))
+    got = evaluate_bundle(bundle, bare, store_thresholds=False, progress=False)
+    assert got["image_auroc"] == metrics["image_auroc"] and got["image_ap"] == metrics["image_ap"]
+    assert "pixel_auroc" not in got and "need ground-truth masks" in got["pixel_note"]
+    assert set(got["f1_thresholds"]) == {"image"}
+    odd = Path(shutil.copytree(data, tmp_path / "odd"))
+    mask = sorted((odd / "ground_truth").rglob("*.png"))[0]
+    Image.open(mask).resize((32, 64)).save(mask)
+    with pytest.raises(ValueError, match=f"{mask.name}: mask is 32x64 px but its image .* is 64x64 px"):
+        evaluate_bundle(bundle, odd, store_thresholds=False, progress=False)
 
 
 def test_fixed_seed_repeats_and_resume_matches(data: Path, tmp_path: Path) -> None:
