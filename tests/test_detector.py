@@ -307,6 +307,30 @@ def test_thresholds_and_sensitivity(bundle: Path) -> None:
         det.predict(image, threshold=-1.0)
 
 
+def test_threshold_equal_to_the_score_is_not_anomalous(bundle: Path) -> None:
+    """The decision is `score > threshold`: on the threshold exactly, normal, normalized_score 1.0; the same
+    for pixels at the map's maximum."""
+    det = detector(bundle, "onnxruntime")
+    base = det.predict(generated_images()[1])
+    on = det.predict(generated_images()[1], threshold=base.score, pixel_threshold=float(base.anomaly_map.max()))
+    assert on.score == base.score and on.normalized_score == 1.0 and on.is_anomaly is False
+    assert not on.mask.any()
+    below = det.predict(generated_images()[1], threshold=float(np.nextafter(base.score, 0)))
+    assert below.is_anomaly is True and below.normalized_score > 1.0
+
+
+@pytest.mark.parametrize("src, dst", [((16, 16), (100, 150)), ((64, 64), (73, 91)), ((5, 7), (5, 29))])
+def test_resize_map_matches_pil_bilinear(src: tuple[int, int], dst: tuple[int, int]) -> None:
+    """Enlarging, resize_map is PIL's BILINEAR on float32 ("F" mode): an independent implementation."""
+    from aminet_edge.data.images import resize_plane
+    from aminet_edge.runtime.detector import resize_map
+
+    amap = np.random.default_rng(0).random(src, dtype=np.float32) * 3.0
+    got = resize_map(amap, *dst)
+    assert got.shape == dst and got.dtype == np.float32
+    np.testing.assert_allclose(got, resize_plane(amap, dst), rtol=1e-5, atol=1e-6)
+
+
 def test_missing_f1_and_calibration_are_explained(bundle: Path, tmp_path: Path) -> None:
     copy = tmp_path / "b"
     shutil.copytree(bundle, copy)
