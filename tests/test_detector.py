@@ -231,9 +231,12 @@ def test_int8_graph_is_the_default_once_exported(bundle: Path, tmp_path: Path) -
         int8 = Detector.load(copy, backend=backend)
         assert "int8" in int8.backend_description and "int8" not in fp32.backend_description
         assert (int8.precision, fp32.precision) == ("int8", "fp32")
-        for q, f in zip(int8.predict(frames), fp32.predict(frames)):
+        batched = int8.predict(frames)
+        for i, (q, f) in enumerate(zip(batched, fp32.predict(frames))):
             assert np.array_equal(q.token_mask, f.token_mask)
             assert q.score == pytest.approx(f.score, rel=0.05)
+            alone = int8.predict(frames[i])  # per-tensor int8 scales: the batch must not change a result
+            assert alone.score == q.score and np.array_equal(alone.anomaly_map, q.anomaly_map), backend
     with pytest.raises(ValueError, match="precision must be one of"):
         Detector.load(copy, backend="onnxruntime", precision="int4")
 
