@@ -18,8 +18,8 @@ Deliberate departures from the code (models/model_MAE.py, train_mvtec.py):
 - 10 % of the normal training images (holdout_fraction) are held out of training to calibrate the
   thresholds; the code trains on all of them and sets no threshold.
 - test-time mask: a token is masked when its distance is > its cluster's mean + lambda * std; the code
-  uses >= (find_outliers), which masks every token of a cluster of identical tokens (std 0, e.g. a flat
-  background). Equal otherwise, as distances are continuous.
+  uses >= (find_outliers). They differ only for a token exactly on the boundary, e.g. a cluster of
+  identical tokens (std 0), which >= masks entirely.
 - feature jitter is off by default (feature_jitter); the code always jitters in training.
 - the clustering patch embedding gets the same xavier-uniform init as the inpainting one; the code
   initialises only the inpainting one so and leaves the clustering one (auxi_embed) at PyTorch's default
