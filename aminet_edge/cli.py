@@ -8,7 +8,7 @@ from dataclasses import replace
 
 import click
 
-from aminet_edge.config import PRESETS, TrainConfig
+from aminet_edge.config import CACHE_DTYPES, PRESETS, TrainConfig
 
 
 class CliError(click.ClickException):
@@ -62,26 +62,28 @@ def main() -> None:
               help="Model size preset; the options below override it.")
 @click.option("--backbone", help="wide_resnet50_2 (paper) or efficientnet_lite0/1/2.")
 @click.option("--weights", type=click.Path(exists=True, dir_okay=False), help="Backbone weights file.")
-@click.option("--image-size", type=int)
-@click.option("--embed-dim", type=int)
-@click.option("--heads", type=int)
-@click.option("--depth", type=int, help="Inpainting transformer blocks.")
-@click.option("--clusters", type=int)
+@click.option("--image-size", type=click.IntRange(min=16), help="Input side in pixels, a multiple of 16.")
+@click.option("--embed-dim", type=click.IntRange(min=4))
+@click.option("--heads", type=click.IntRange(min=1))
+@click.option("--depth", type=click.IntRange(min=1), help="Inpainting transformer blocks.")
+@click.option("--clusters", type=click.IntRange(min=1))
 @click.option("--jitter/--no-jitter", default=None, help="Feature jittering (the paper's ‡ variant).")
-@click.option("--epochs", type=int, default=TrainConfig.epochs, show_default=True)
-@click.option("--batch-size", type=int, default=TrainConfig.batch_size, show_default=True)
-@click.option("--lr", type=float, default=TrainConfig.lr, show_default=True)
+@click.option("--epochs", type=click.IntRange(min=1), default=TrainConfig.epochs, show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=TrainConfig.batch_size, show_default=True)
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=TrainConfig.lr, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--few-shot", type=int, help="Train on k images per data root.")
+@click.option("--few-shot", type=click.IntRange(min=1), help="Train on k images per data root.")
 @click.option("--cache-dir", type=click.Path(file_okay=False), help="Keep the feature cache on disk here.")
-@click.option("--cache-dtype", type=click.Choice(["float32", "float16", "bfloat16"]), default="float32",
-              show_default=True)
-@click.option("--resume", is_flag=True, help="Continue from OUT/checkpoint.pt.")
+@click.option("--cache-dtype", type=click.Choice(CACHE_DTYPES), default="float32", show_default=True)
+@click.option("--resume", is_flag=True, help="Continue from OUT/checkpoint.pt (refused if the settings changed).")
+@click.option("--allow-changed-settings", is_flag=True,
+              help="With --resume: continue although settings differ from the checkpoint's.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def train_cmd(data: tuple[str, ...], out: str, preset: str, backbone: str | None, weights: str | None,
               image_size: int | None, embed_dim: int | None, heads: int | None, depth: int | None,
               clusters: int | None, jitter: bool | None, epochs: int, batch_size: int, lr: float, seed: int,
-              few_shot: int | None, cache_dir: str | None, cache_dtype: str, resume: bool, quiet: bool) -> None:
+              few_shot: int | None, cache_dir: str | None, cache_dtype: str, resume: bool,
+              allow_changed_settings: bool, quiet: bool) -> None:
     """Train on the normal images of DATA (one root, or several for a unified model)."""
     from aminet_edge.train.trainer import train
 
@@ -90,7 +92,8 @@ def train_cmd(data: tuple[str, ...], out: str, preset: str, backbone: str | None
     model = replace(PRESETS[preset], **{k: v for k, v in overrides.items() if v is not None})
     cfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, cache_dtype=cache_dtype)
     path = _run(train, list(data), out, model=model, train_cfg=cfg, backbone_weights=weights,
-                few_shot=few_shot, cache_dir=cache_dir, resume=resume, progress=not quiet)
+                few_shot=few_shot, cache_dir=cache_dir, resume=resume,
+                allow_changed_settings=allow_changed_settings, progress=not quiet)
     click.echo(f"bundle written: {path}")
 
 

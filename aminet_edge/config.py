@@ -6,19 +6,31 @@ Where the two disagree, the default is the variant that reproduces the paper's p
 
 - distance R(t, c) = ||t - c|| * (1 - cos(t, c))   (code; paper eq. 12 squares the norm)
 - clustering loss uses the mean, not the sum, of token distances (code; paper eq. 15 sums)
+- its inter-cluster term is divided by P^2 - P, a mean over centre pairs (code; paper eq. 15 sums)
 - score map = smooth(up(MSE)) * smooth(up(1 - cos)), Gaussian sigma 4 (code; paper eq. 18 has no smoothing)
 - image score = standard deviation (population) of the score map (code; the paper does not say)
 - learning rate 1e-4, AdamW betas (0.9, 0.95) (code; the paper says 1e-3)
 - D = 768 with 12 heads (code; the paper does not give D)
 
-Deliberate departures from the code (its bugs): gradients are zeroed every step, the backbone runs
-under no_grad, and no model selection uses the test set (the last epoch is kept).
+Deliberate departures from the code (models/model_MAE.py, train_mvtec.py):
+- gradients are zeroed every step, the backbone runs under no_grad, and no model selection uses the test
+  set (the last epoch is kept): the code's bugs.
+- 10 % of the normal training images (holdout_fraction) are held out of training to calibrate the
+  thresholds; the code trains on all of them and sets no threshold.
+- test-time mask: a token is masked when its distance is > its cluster's mean + lambda * std; the code
+  uses >= (find_outliers). They differ only for a token exactly on the boundary, e.g. a cluster of
+  identical tokens (std 0), which >= masks entirely.
+- feature jitter is off by default (feature_jitter); the code always jitters in training.
+- the clustering patch embedding gets the same xavier-uniform init as the inpainting one; the code
+  initialises only the inpainting one so and leaves the clustering one (auxi_embed) at PyTorch's default
+  Conv2d init.
 This module imports nothing heavy: the torch-free runtime reads it.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -26,6 +38,7 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 ImageScore = Literal["std", "max"]
+CACHE_DTYPES = ("float32", "float16", "bfloat16")  # feature-cache dtypes (TrainConfig.cache_dtype)
 
 
 @dataclass(frozen=True)
@@ -57,7 +70,7 @@ class ModelConfig:
 
     def validate(self) -> None:
         """Raise ValueError naming the first inconsistent field."""
-        if self.image_size % (4 * self.patch_size):
+        if self.image_size < 1 or self.image_size % (4 * self.patch_size):
             raise ValueError(
                 f"image_size={self.image_size} must be a multiple of 4 * patch_size = {4 * self.patch_size}"
             )
@@ -93,6 +106,26 @@ class TrainConfig:
     cache_dtype: str = "float32"  # dtype of the feature cache: float32, float16 or bfloat16
     holdout_fraction: float = 0.1  # normal training images kept out for threshold calibration
     loss: LossConfig = field(default_factory=LossConfig)
+
+    def validate(self) -> None:
+        """Raise ValueError naming the first field out of range (NaN and infinities included)."""
+        for name in ("epochs", "batch_size"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise ValueError(f"lr must be a finite number > 0, got {self.lr!r}")
+        if len(self.betas) != 2 or not all(math.isfinite(b) and 0 <= b < 1 for b in self.betas):
+            raise ValueError(f"betas must be two numbers in [0, 1), got {self.betas!r}")
+        if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
+            raise ValueError(f"weight_decay must be a finite number >= 0, got {self.weight_decay!r}")
+        if not (math.isfinite(self.holdout_fraction) and 0 <= self.holdout_fraction < 1):
+            raise ValueError(f"holdout_fraction must be in [0, 1), got {self.holdout_fraction!r}")
+        if self.cache_dtype not in CACHE_DTYPES:
+            raise ValueError(f"cache_dtype must be one of {', '.join(CACHE_DTYPES)}, got {self.cache_dtype!r}")
+        for name, value in to_dict(self.loss).items():
+            if not (math.isfinite(value) and value >= 0):
+                raise ValueError(f"loss weight {name} must be a finite number >= 0, got {value!r}")
 
 
 @dataclass(frozen=True)

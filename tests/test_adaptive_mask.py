@@ -229,5 +229,26 @@ def test_adaptive_mask_matches_reference(backend: str, case: str, request: pytes
     assert excluded.mean() <= MAX_EXCLUDED
 
 
+@pytest.mark.parametrize("copies", [2, 4, 8])
+def test_cpp_token_on_its_boundary_is_not_masked(copies: int) -> None:
+    """Duplicate tokens alone in a cluster sit exactly on its boundary (distance = mean, std 0): the C++
+    kernel masks with `>` as the reference (test_reference_ops pins the reference); `>=` would mask them.
+    (The parametrised comparison above skips on-boundary tokens, so it cannot pin this.) Power-of-two
+    counts keep the float32 mean of equal values exact."""
+    from aminet_edge.ops import cpu
+
+    reason = cpu.unavailable_reason()
+    if reason:
+        pytest.skip(reason)
+    g = _gen(copies)
+    centers = torch.randn(1, 2, 16, generator=g)
+    centers[0, 1] *= 50.0
+    dup = (centers[:, :1] + 0.1 * torch.randn(1, 1, 16, generator=g)).expand(1, copies, 16)
+    tokens = torch.cat([dup, centers[:, 1:] + torch.randn(1, 5, 16, generator=g)], 1).contiguous()
+    mask, dist, assign = ops.adaptive_mask(tokens.numpy(), centers.numpy(), 0.5, backend="cpp")
+    assert (assign[0, :copies] == 0).all() and (dist[0, :copies] == dist[0, 0]).all()
+    assert not mask[0, :copies].any()
+
+
 if __name__ == WORKER:
     save_case_outputs(CASES, _triton_case, sys.argv[1])

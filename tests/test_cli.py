@@ -28,6 +28,21 @@ def test_train_then_evaluate(tmp_path: Path) -> None:
     assert json.loads(res.output)["image_auroc"] == json.loads((tmp_path / "m.json").read_text())["image_auroc"]
 
 
+def test_train_ranges_are_checked_before_anything_runs(tmp_path: Path) -> None:
+    data = make_synthetic_dataset(tmp_path / "d", n_train=2, n_test_good=0, n_test_defect=0, size=32)
+    runner = CliRunner()
+    for option, value in [("--epochs", "0"), ("--epochs", "-1"), ("--batch-size", "0"), ("--few-shot", "0"),
+                          ("--lr", "0"), ("--lr", "-1e-3"), ("--image-size", "0"), ("--clusters", "0")]:
+        res = runner.invoke(main, ["train", str(data), "--out", str(tmp_path / "o"), "--preset", "tiny",
+                                   option, value])
+        assert res.exit_code == 2 and option in res.output and "Traceback" not in res.output, (option, res.output)
+    res = runner.invoke(main, ["train", str(data), "--out", str(tmp_path / "o"), "--preset", "tiny", "--lr", "nan"])
+    assert res.exit_code == 1 and "lr must be a finite number" in res.output
+    res = runner.invoke(main, ["train", str(data), "--out", str(tmp_path / "o"), "--preset", "tiny", "--resume"])
+    assert res.exit_code == 1 and "no checkpoint" in res.output
+    assert not (tmp_path / "o").exists()
+
+
 def test_errors_are_one_line(tmp_path: Path) -> None:
     runner = CliRunner()
     (tmp_path / "empty").mkdir()

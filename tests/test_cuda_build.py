@@ -112,11 +112,11 @@ def test_library_links_loads_and_exports_the_c_api(built_library: Path, monkeypa
     torch = pytest.importorskip("torch")
     from aminet_edge.ops import reference
 
-    for in_size, out_size, sigma in [(64, 256, 4.0), (7, 23, 1.0), (5, 5, 0.0)]:
+    for in_size, out_size, sigma in [(64, 256, 4.0), (7, 23, 1.0), (5, 5, 0.0), (4, 8, 2.0)]:
         got = cuda.smoothing_matrix(in_size, out_size, sigma)
         np.testing.assert_allclose(got, reference.smoothing_matrix(in_size, out_size, sigma).numpy(), atol=1e-6)
-    with pytest.raises(ValueError, match="radius"):
-        cuda.smoothing_matrix(4, 8, 2.0)
+    with pytest.raises(ValueError, match="sizes"):
+        cuda.smoothing_matrix(0, 8, 2.0)
     del torch
 
 

@@ -229,9 +229,12 @@ def test_int8_graph_is_the_default_once_exported(bundle: Path, tmp_path: Path) -
         int8 = Detector.load(copy, backend=backend)
         assert "int8" in int8.backend_description and "int8" not in fp32.backend_description
         assert (int8.precision, fp32.precision) == ("int8", "fp32")
-        for q, f in zip(int8.predict(frames), fp32.predict(frames)):
+        batched = int8.predict(frames)
+        for i, (q, f) in enumerate(zip(batched, fp32.predict(frames))):
             assert np.array_equal(q.token_mask, f.token_mask)
             assert q.score == pytest.approx(f.score, rel=0.05)
+            alone = int8.predict(frames[i])  # per-tensor int8 scales: the batch must not change a result
+            assert alone.score == q.score and np.array_equal(alone.anomaly_map, q.anomaly_map), backend
     with pytest.raises(ValueError, match="precision must be one of"):
         Detector.load(copy, backend="onnxruntime", precision="int4")
 
@@ -303,6 +306,30 @@ def test_thresholds_and_sensitivity(bundle: Path) -> None:
         det.predict(image, threshold="best")
     with pytest.raises(ValueError, match="> 0"):
         det.predict(image, threshold=-1.0)
+
+
+def test_threshold_equal_to_the_score_is_not_anomalous(bundle: Path) -> None:
+    """The decision is `score > threshold`: on the threshold exactly, normal, normalized_score 1.0; the same
+    for pixels at the map's maximum."""
+    det = detector(bundle, "onnxruntime")
+    base = det.predict(generated_images()[1])
+    on = det.predict(generated_images()[1], threshold=base.score, pixel_threshold=float(base.anomaly_map.max()))
+    assert on.score == base.score and on.normalized_score == 1.0 and on.is_anomaly is False
+    assert not on.mask.any()
+    below = det.predict(generated_images()[1], threshold=float(np.nextafter(base.score, 0)))
+    assert below.is_anomaly is True and below.normalized_score > 1.0
+
+
+@pytest.mark.parametrize("src, dst", [((16, 16), (100, 150)), ((64, 64), (73, 91)), ((5, 7), (5, 29))])
+def test_resize_map_matches_pil_bilinear(src: tuple[int, int], dst: tuple[int, int]) -> None:
+    """Enlarging, resize_map is PIL's BILINEAR on float32 ("F" mode): an independent implementation."""
+    from aminet_edge.data.images import resize_plane
+    from aminet_edge.runtime.detector import resize_map
+
+    amap = np.random.default_rng(0).random(src, dtype=np.float32) * 3.0
+    got = resize_map(amap, *dst)
+    assert got.shape == dst and got.dtype == np.float32
+    np.testing.assert_allclose(got, resize_plane(amap, dst), rtol=1e-5, atol=1e-6)
 
 
 def test_missing_f1_and_calibration_are_explained(bundle: Path, tmp_path: Path) -> None:
@@ -514,10 +541,65 @@ def test_predict_command(bundle: Path, tmp_path: Path) -> None:
     assert len(lines) == 5 and sum(x["ok"] for x in lines) == 3
     assert "empty file" in res.output and "file not found" in res.output
     assert len(list((out / "overlays").glob("*.png"))) == 3
-    good = CliRunner().invoke(predict_cmd, [str(bundle), str(folder / "part_0.png"), "--out", str(out),
-                                            "--no-overlays", "--quiet", "--sensitivity", "1"])
+    # a second run into the same --out: refused, the first run's results kept; --overwrite replaces them
+    again = [str(bundle), str(folder / "part_0.png"), "--out", str(out), "--no-overlays", "--quiet",
+             "--sensitivity", "1"]
+    refused = CliRunner().invoke(predict_cmd, again)
+    assert refused.exit_code == 1 and "--overwrite" in refused.output and "Traceback" not in refused.output
+    assert len((out / "results.jsonl").read_text().splitlines()) == 5
+    good = CliRunner().invoke(predict_cmd, again + ["--overwrite"])
     assert good.exit_code == 0, good.output
     assert json.loads((out / "results.jsonl").read_text())["sensitivity"] == 1.0
+    assert not list((out / "overlays").glob("*.png"))  # the replaced run's overlays went with it
+
+
+def test_predict_overlays_never_overwrite(bundle: Path, tmp_path: Path) -> None:
+    """Same stems in two folders, a name that is also another's suffixed name, a PNG already in overlays/."""
+    from click.testing import CliRunner
+    from PIL import Image
+
+    from aminet_edge.runtime.commands import predict_cmd
+
+    img = generated_images()[0]
+    for sub in ("a", "b", "c"):
+        (tmp_path / sub).mkdir()
+        Image.fromarray(img).save(tmp_path / sub / "x.png")
+    Image.fromarray(img).save(tmp_path / "a" / "x_2.png")  # the name the second x.png would be renamed to
+    out = tmp_path / "out"
+    (out / "overlays").mkdir(parents=True)
+    (out / "overlays" / "x_3.png").write_bytes(b"not ours")
+    args = [str(bundle), str(tmp_path / "a"), str(tmp_path / "b"), str(tmp_path / "c"), "--out", str(out),
+            "--backend", "onnxruntime", "--quiet"]
+    res = CliRunner().invoke(predict_cmd, args)
+    assert res.exit_code == 0, res.output
+    records = [json.loads(x) for x in (out / "results.jsonl").read_text().splitlines()]
+    names = [Path(r["overlay"]).name for r in records]
+    assert len(set(names)) == 4 and "x_3.png" not in names, names
+    assert (out / "overlays" / "x_3.png").read_bytes() == b"not ours"
+    assert len(list((out / "overlays").glob("*.png"))) == 5
+
+
+def test_predict_write_errors_are_reported_not_raised(bundle: Path, tmp_path: Path) -> None:
+    from click.testing import CliRunner
+    from PIL import Image
+
+    from aminet_edge.runtime.commands import predict_cmd
+
+    Image.fromarray(generated_images()[0]).save(tmp_path / "x.png")
+    (tmp_path / "file").write_text("a file where a folder is needed")
+    res = CliRunner().invoke(predict_cmd, [str(bundle), str(tmp_path / "x.png"), "--out",
+                                           str(tmp_path / "file" / "out"), "--quiet"])
+    assert res.exit_code == 1 and "--out" in res.output and "Traceback" not in res.output
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "overlays").write_text("a file where the overlays folder goes")  # every overlay write fails
+    res = CliRunner().invoke(predict_cmd, [str(bundle), str(tmp_path / "x.png"), str(tmp_path / "x.png"),
+                                           "--out", str(out), "--backend", "onnxruntime", "--quiet"])
+    assert res.exit_code == 1 and "Traceback" not in res.output, res.output
+    records = [json.loads(x) for x in (out / "results.jsonl").read_text().splitlines()]
+    assert [r["ok"] for r in records] == [True, True]
+    assert all("overlay not written" in r["overlay_error"] for r in records)
+    assert "2 overlay(s) not written" in res.output
 
 
 def test_info_on_a_bundle(bundle: Path, tmp_path: Path) -> None:

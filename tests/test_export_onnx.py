@@ -90,7 +90,8 @@ def test_io_names_shapes_and_record(bundle: Path) -> None:
 def test_fp16_graph_types(bundle: Path) -> None:
     """fp16 graph: I/O float32; convolutions, matrix products, LayerNorm and softmax inside the networks
     (nodes named after a submodule: /extractor/..., /blocks.0/...) in float16; the mask statistics (ArgMin,
-    ReduceMin, ReduceL2) and the score map (Resize, reflect Pad, the blur's Conv), top-level nodes, in float32."""
+    ReduceMin, ReduceL2) and the score map (Resize, the blur's border Gather and Conv), top-level nodes, in
+    float32. No reflect Pad: ONNX "reflect" does not repeat the edge pixel as scipy's default does."""
     import onnx
     from onnx import TensorProto
 
@@ -107,8 +108,8 @@ def test_fp16_graph_types(bundle: Path) -> None:
         assert nets[op] == {TensorProto.FLOAT16}, op
     for op in ("ArgMin", "ReduceMin", "Resize", "Conv", "ReduceL2"):
         assert tail[op] == {TensorProto.FLOAT}, op
-    reflect = [n for n in model.graph.node if n.op_type == "Pad" and any(a.s == b"reflect" for a in n.attribute)]
-    assert reflect and {types.get(n.input[0]) for n in reflect} == {TensorProto.FLOAT}
+    assert not [n for n in model.graph.node if n.op_type == "Pad" and any(a.s == b"reflect" for a in n.attribute)]
+    assert TensorProto.FLOAT in tail["Gather"]  # the blur's border
 
 
 @pytest.mark.parametrize("batch", [1, 3])
@@ -144,6 +145,36 @@ def test_split_pipeline_matches_single_graph(precision: str, request: pytest.Fix
     assert np.array_equal(s_mask, mask)
     assert_maps_close(s_amap, amap)
     assert_maps_close(s_score, score)
+
+
+@pytest.mark.parametrize("lam, precision", [(0.0, "fp32"), (1.5, "int8")])
+def test_graphs_use_the_bundles_mask_lambda(tmp_path: Path, lam: float, precision: str) -> None:
+    """Exported with a non-default lambda, the fp32 (and int8) graphs' masks equal the C++ kernel's at that
+    lambda. The clustering embedding is scaled up (x100) and the images hold bright squares at different
+    places, so that masks vary between images and differ from the masks at lambda 0.5 (random test
+    weights otherwise give one mask for every image, and a hard-coded lambda would pass)."""
+    import dataclasses
+
+    torch.manual_seed(0)
+    config = BundleConfig(model=dataclasses.replace(SMALL, mask_lambda=lam), in_channels=176, score=ScoreConfig(),
+                          mean=IMAGENET_MEAN, std=IMAGENET_STD)
+    extractor, aminet = build_modules(config)
+    with torch.no_grad():
+        aminet.embed_cluster.weight.mul_(100.0)
+    write_config(tmp_path, config)
+    save_pipeline_weights(tmp_path, extractor, aminet)
+    export_onnx(tmp_path, precision, split=False)  # model.onnx (and model_int8.onnx)
+    x = images(4, seed=0) * 0.3
+    for i, (r, c) in enumerate([(0, 0), (16, 40), (40, 8), (30, 30)]):
+        x[i, :, r:r + 20, c:c + 20] += 3.0
+    with torch.no_grad():
+        tokens, centers = (t.numpy() for t in aminet.cluster(extractor(torch.from_numpy(x))))
+    want, _, _ = ops.adaptive_mask(tokens, centers, lam, backend="cpp")
+    default, _, _ = ops.adaptive_mask(tokens, centers, 0.5, backend="cpp")
+    assert len({m.tobytes() for m in want}) > 1 and not np.array_equal(want, default)
+    for name in ("model.onnx", "model_int8.onnx")[:1 + (precision == "int8")]:
+        (mask,) = session(tmp_path / name).run(["mask"], {"images": x})
+        np.testing.assert_array_equal(mask, want, err_msg=name)
 
 
 def test_fp16_graph_close_to_fp32(bundle: Path) -> None:

@@ -38,6 +38,25 @@ def test_f1_max_is_the_best_sklearn_f1(seed: int) -> None:
     assert f1_max([0, 1, 1], [0.5, 0.5, 0.5]) == (pytest.approx(0.8), np.nextafter(0.5, 0))  # all anomalous
 
 
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_f1_threshold_reproduces_its_f1_in_float32(seed: int) -> None:
+    """Tie-heavy float32 maps: pixel scores on 4 adjacent float32 values. The float64 midpoint of two
+    adjacent float32 values rounds onto one of them in float32; the stored threshold must be a float32
+    value that the runtime's `map > float32(t)` (and an image score's float64 `>`) splits the same way."""
+    rng = np.random.default_rng(seed)
+    grid = [np.float32(0.3)]
+    for _ in range(3):
+        grid.append(np.nextafter(grid[-1], np.float32(1.0)))
+    steps = rng.integers(0, 4, 5000)
+    s = np.array(grid, np.float32)[steps]
+    y = (steps + rng.integers(-1, 2, steps.size)) >= 2
+    best, thr = f1_max(y, s)
+    assert best == max(f1_score(y, s >= t) for t in grid)
+    assert f1_score(y, s > np.float32(thr)) == best
+    assert f1_score(y, s.astype(np.float64) > thr) == best
+    assert float(np.float32(thr)) == thr  # exactly representable: JSON round trip and float32 cast keep it
+
+
 def test_bad_inputs_are_errors() -> None:
     with pytest.raises(ValueError, match="both normal and anomalous"):
         auroc(np.zeros(5), np.arange(5))

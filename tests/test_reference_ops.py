@@ -54,24 +54,76 @@ def test_adaptive_mask_single_member_cluster_and_ties() -> None:
     assert not bool(mask[0, 3])  # the only member of cluster 2 is never masked
 
 
-def test_score_map_matches_scipy() -> None:
-    """Upsample with align_corners=True, then scipy gaussian_filter(mode='mirror', truncate=4)."""
+def test_token_on_its_boundary_is_not_masked() -> None:
+    """Duplicate tokens alone in a cluster: distance == mean, std 0. `>` masks none, `>=` (the authors')
+    would mask all. 4 and 8 copies: the float32 mean of equal values is exact for these counts."""
+    for copies in (2, 4, 8):
+        g = torch.Generator().manual_seed(copies)
+        centers = torch.randn(1, 2, 16, generator=g)
+        centers[0, 1] *= 50.0
+        dup = (centers[:, :1] + 0.1 * torch.randn(1, 1, 16, generator=g)).expand(1, copies, 16)
+        far = centers[:, 1:] + torch.randn(1, 5, 16, generator=g)
+        mask, dist, assign = reference.adaptive_mask(torch.cat([dup, far], 1), centers, 0.5)
+        assert (assign[0, :copies] == 0).all() and (assign[0, copies:] == 1).all()
+        assert bool((dist[0, :copies] == dist[0, 0]).all())
+        assert not mask[0, :copies].any(), copies
+
+
+def test_small_clusters_use_the_unbiased_std() -> None:
+    """Clusters of 2 and 3 tokens, lambda set between the critical values of std with n - 1 and with n:
+    the top token is masked by the population std but not by the unbiased one (the authors' torch.std)."""
+    g = torch.Generator().manual_seed(0)
+    centers = torch.randn(1, 3, 8, generator=g) * 30.0
+    centers[0, 0] = torch.randn(8, generator=g)
+    tokens = torch.cat([centers[:, 0:1] + 0.5 * torch.randn(1, 2, 8, generator=g),  # cluster 0: 2 tokens
+                        centers[:, 1:2] + 0.5 * torch.randn(1, 3, 8, generator=g),  # cluster 1: 3 tokens
+                        centers[:, 2:3] + 0.5 * torch.randn(1, 6, 8, generator=g)], 1)
+    _, dist, assign = reference.adaptive_mask(tokens, centers, 0.5)
+    assert assign[0].tolist() == [0] * 2 + [1] * 3 + [2] * 6
+    for cluster in (0, 1):
+        d = dist[0][assign[0] == cluster].double().numpy()
+        top = int(np.flatnonzero((assign[0] == cluster).numpy())[d.argmax()])
+        crit = {ddof: (d.max() - d.mean()) / d.std(ddof=ddof) for ddof in (0, 1)}  # masked iff lam < crit
+        assert crit[1] < crit[0]
+        lam = float(crit[1] + crit[0]) / 2
+        mask, _, _ = reference.adaptive_mask(tokens, centers, lam)
+        assert not mask[0, top], (cluster, crit, lam)  # n - 1: not masked (n would mask it)
+        mask, _, _ = reference.adaptive_mask(tokens, centers, float(crit[1]) * 0.99)
+        assert mask[0, top]
+        np.testing.assert_array_equal(mask.numpy(), loop_adaptive_mask(tokens.numpy(), centers.numpy(),
+                                                                       float(crit[1]) * 0.99)[0])
+
+
+@pytest.mark.parametrize("out_hw, sigma", [((48, 48), 2.0), ((40, 56), 4.0), ((6, 9), 2.0)])
+def test_score_map_matches_scipy(out_hw: tuple[int, int], sigma: float) -> None:
+    """Upsample with align_corners=True, then scipy gaussian_filter with its defaults, as the authors call
+    it (mode "reflect": edge pixel repeated; truncate 4). (6, 9) at sigma 2: radius 8 > 6, reflected twice."""
     rng = np.random.default_rng(1)
     feat = rng.normal(size=(2, 8, 12, 12)).astype(np.float32)
     recon = feat + rng.normal(scale=0.5, size=feat.shape).astype(np.float32)
-    amap, score = reference.score_map(torch.from_numpy(feat), torch.from_numpy(recon), (48, 48), sigma=2.0)
+    amap, score = reference.score_map(torch.from_numpy(feat), torch.from_numpy(recon), out_hw, sigma=sigma)
     mse = ((feat - recon) ** 2).mean(1)
     cos = (feat * recon).sum(1) / (np.linalg.norm(feat, axis=1) * np.linalg.norm(recon, axis=1))
 
     def up_smooth(m: np.ndarray) -> np.ndarray:
-        up = F.interpolate(torch.from_numpy(m)[:, None], size=(48, 48), mode="bilinear", align_corners=True)
-        return np.stack([gaussian_filter(u, 2.0, mode="mirror", truncate=4.0) for u in up[:, 0].numpy()])
+        up = F.interpolate(torch.from_numpy(m)[:, None], size=out_hw, mode="bilinear", align_corners=True)
+        return np.stack([gaussian_filter(u, sigma, mode="reflect", truncate=4.0) for u in up[:, 0].numpy()])
 
     want = up_smooth(mse) * up_smooth((1 - cos).astype(np.float32))
-    np.testing.assert_allclose(amap.numpy(), want, rtol=1e-4, atol=1e-6)
+    # float32 sums vs scipy's float64 taps: 1e-5 relative
+    np.testing.assert_allclose(amap.numpy(), want, rtol=1e-5, atol=1e-7)
     np.testing.assert_allclose(score.numpy(), want.reshape(2, -1).std(1), rtol=1e-4)
-    _, score_max = reference.score_map(torch.from_numpy(feat), torch.from_numpy(recon), (48, 48), 2.0, "max")
+    _, score_max = reference.score_map(torch.from_numpy(feat), torch.from_numpy(recon), out_hw, sigma, "max")
     np.testing.assert_allclose(score_max.numpy(), want.reshape(2, -1).max(1), rtol=1e-4)
+
+
+def test_smooth_border_repeats_the_edge_pixel() -> None:
+    """A step at the border: scipy's "reflect" sees the edge value twice, "mirror" once; the two differ."""
+    m = np.zeros((1, 20, 20), np.float32)
+    m[0, :, 0] = 1.0
+    got = reference.smooth(torch.from_numpy(m), 1.0).numpy()[0]
+    np.testing.assert_allclose(got, gaussian_filter(m[0], 1.0), rtol=1e-5, atol=1e-7)
+    assert abs(got[10, 0] - gaussian_filter(m[0], 1.0, mode="mirror")[10, 0]) > 0.1
 
 
 def test_smoothing_matrix_equals_upsample_then_blur() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +12,7 @@ from safetensors.numpy import load_file
 
 from aminet_edge.bundle import read_config
 from aminet_edge.config import ModelConfig, TrainConfig
+from aminet_edge.data.images import preprocess, read_image
 from aminet_edge.data.synthetic import make_synthetic_dataset
 from aminet_edge.evaluation.evaluate import evaluate_bundle
 from aminet_edge.model.features import build_feature_extractor
@@ -57,17 +59,57 @@ def test_bundle_is_complete_and_reloads(data: Path, tmp_path: Path) -> None:
     assert 0.0 <= metrics["image_auroc"] <= 1.0 and "pixel_auroc" in metrics and "aupro" in metrics
     assert read_config(bundle).calibration.f1_image_threshold == metrics["f1_thresholds"]["image"]
     assert len(list((tmp_path / "h").glob("*.png"))) == metrics["images"] == 9
+    assert_evaluate_handles_masks(bundle, data, metrics, tmp_path)
+
+
+def assert_evaluate_handles_masks(bundle: Path, data: Path, metrics: dict, tmp_path: Path) -> None:
+    """Without masks: the image metrics, and a note that pixel metrics need masks. A mask sized unlike its
+    image: refused, naming the file."""
+    import shutil
+
+    from PIL import Image
+
+    bare = Path(shutil.copytree(data, tmp_path / "bare", ignore=shutil.ignore_patterns("ground_truth")))
+    got = evaluate_bundle(bundle, bare, store_thresholds=False, progress=False)
+    assert got["image_auroc"] == metrics["image_auroc"] and got["image_ap"] == metrics["image_ap"]
+    assert "pixel_auroc" not in got and "need ground-truth masks" in got["pixel_note"]
+    assert set(got["f1_thresholds"]) == {"image"}
+    odd = Path(shutil.copytree(data, tmp_path / "odd"))
+    mask = sorted((odd / "ground_truth").rglob("*.png"))[0]
+    Image.open(mask).resize((32, 64)).save(mask)
+    with pytest.raises(ValueError, match=f"{mask.name}: mask is 32x64 px but its image .* is 64x64 px"):
+        evaluate_bundle(bundle, odd, store_thresholds=False, progress=False)
 
 
 def test_fixed_seed_repeats_and_resume_matches(data: Path, tmp_path: Path) -> None:
     a = weights(run(data, tmp_path / "a"))
     b = weights(run(data, tmp_path / "b"))
     run(data, tmp_path / "c", epochs=1)
+    assert_resume_refuses_changes(data, tmp_path)
     c = weights(run(data, tmp_path / "c", epochs=2, resume=True))
     assert read_config(tmp_path / "c").train["history"][0]["epoch"] == 1
     for key in a:
         assert np.array_equal(a[key], b[key]), key
         assert np.array_equal(a[key], c[key]), key
+    train(data, tmp_path / "c", model=SMALL, train_cfg=TrainConfig(epochs=3, batch_size=4, lr=1e-4),
+          pretrained=False, progress=False, resume=True, allow_changed_settings=True)  # asked for: continues
+    assert [h["epoch"] for h in read_config(tmp_path / "c").train["history"]] == [1, 2, 3]
+
+
+def assert_resume_refuses_changes(data: Path, tmp_path: Path) -> None:
+    """--resume needs a checkpoint, and refuses settings other than the checkpoint's, naming each."""
+    with pytest.raises(ValueError, match="no checkpoint"):
+        run(data, tmp_path / "empty", resume=True)
+    out = tmp_path / "c"
+    changed = TrainConfig(epochs=2, batch_size=4, lr=1e-4, seed=3)
+    with pytest.raises(ValueError, match=r"train\.lr 0\.001 -> 0\.0001.*train\.seed 0 -> 3"):
+        train(data, out, model=SMALL, train_cfg=changed, pretrained=False, progress=False, resume=True)
+    with pytest.raises(ValueError, match="model.mask_lambda"):
+        train(data, out, model=dataclasses.replace(SMALL, mask_lambda=1.0), train_cfg=TrainConfig(
+            epochs=2, batch_size=4, lr=1e-3), pretrained=False, progress=False, resume=True)
+    with pytest.raises(ValueError, match=r"training images \(9 -> 3"):
+        run(data, out, epochs=2, resume=True, few_shot=3)
+    assert read_config(out).train["history"][-1]["epoch"] == 1  # refusals leave the run as it was
 
 
 def test_few_shot_and_unified(data: Path, tmp_path: Path) -> None:
@@ -79,6 +121,7 @@ def test_few_shot_and_unified(data: Path, tmp_path: Path) -> None:
 
 
 def test_disk_cache_is_reused(data: Path, tmp_path: Path) -> None:
+    torch.manual_seed(0)
     ext = build_feature_extractor("efficientnet_lite0", image_size=64, pretrained=False)
     paths = sorted(str(p) for p in (data / "train" / "good").glob("*.png"))[:3]
     first = build_feature_cache(ext, paths, 64, ext.mean, ext.std, "float16", tmp_path, progress=False)
@@ -88,9 +131,109 @@ def test_disk_cache_is_reused(data: Path, tmp_path: Path) -> None:
     assert not calls and second.dtype == torch.float16 and torch.equal(first, second)
     memory = build_feature_cache(ext, paths, 64, ext.mean, ext.std, "float32", None, progress=False)
     torch.testing.assert_close(memory, first.float(), rtol=1e-3, atol=1e-3)  # fp16 rounding
+    # the key covers the backbone's weights and the preprocessing: other weights or mean/std recompute
+    torch.manual_seed(1)
+    other = build_feature_extractor("efficientnet_lite0", image_size=64, pretrained=False)
+    other.register_forward_hook(lambda *a: calls.append(1))
+    fresh = build_feature_cache(other, paths, 64, ext.mean, ext.std, "float16", tmp_path, progress=False)
+    assert calls and not torch.equal(fresh, first)
+    torch.testing.assert_close(fresh.float(), other(torch.from_numpy(np.stack(
+        [preprocess(read_image(p), 64, ext.mean, ext.std) for p in paths]))), rtol=1e-3, atol=1e-3)
+    calls.clear()
+    build_feature_cache(ext, paths, 64, (0.5,) * 3, (0.5,) * 3, "float16", tmp_path, progress=False)
+    assert calls
 
 
 def test_bad_data_root(tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
     with pytest.raises(ValueError, match="no known data layout"):
         run(tmp_path / "empty", tmp_path / "out")
+
+
+@pytest.mark.parametrize("kw, field", [
+    ({"train_cfg": TrainConfig(epochs=0)}, "epochs"), ({"train_cfg": TrainConfig(epochs=-1)}, "epochs"),
+    ({"train_cfg": TrainConfig(batch_size=0)}, "batch_size"), ({"train_cfg": TrainConfig(lr=0.0)}, "lr"),
+    ({"few_shot": 0}, "few_shot"), ({"checkpoint_every": 0}, "checkpoint_every"),
+    ({"model": ModelConfig(image_size=0)}, "image_size"),
+])
+def test_out_of_range_settings_write_nothing(data: Path, tmp_path: Path, kw: dict, field: str) -> None:
+    args = {"model": SMALL, "train_cfg": TrainConfig(epochs=1), "pretrained": False, "progress": False} | kw
+    with pytest.raises(ValueError, match=field):
+        train(data, tmp_path / "out", **args)
+    assert not (tmp_path / "out").exists()
+
+
+def test_steps_are_adamw_on_fresh_gradients_and_calibration_is_held_out(
+        data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """One real run (9 images trained, batch 4: 3 steps). Every optimiser step against AdamW written out
+    by hand, applied to the gradient of that step's loss alone (computed independently with
+    autograd.grad); and calibration sees exactly the 3 held-out images, none of the trained ones."""
+    from torch.optim.optimizer import register_optimizer_step_post_hook, register_optimizer_step_pre_hook
+
+    from aminet_edge.model.aminet import AMINet
+    from aminet_edge.train import trainer
+
+    seen: dict[str, list[str]] = {}
+    real_cache, real_calibrate = trainer.build_feature_cache, trainer.calibrate
+
+    def cache(extractor, paths, *args, **kwargs):  # type: ignore[no-untyped-def]
+        seen["trained"] = [str(p) for p in paths]
+        return real_cache(extractor, paths, *args, **kwargs)
+
+    def calibrate(pipeline, normals, *args, **kwargs):  # type: ignore[no-untyped-def]
+        seen["calibrated"] = [str(s.path) for s in normals]
+        return real_calibrate(pipeline, normals, *args, **kwargs)
+
+    monkeypatch.setattr(trainer, "build_feature_cache", cache)
+    monkeypatch.setattr(trainer, "calibrate", calibrate)
+
+    cfg = TrainConfig(epochs=1, batch_size=4, lr=1e-3, weight_decay=0.05)
+    fresh: list[list[torch.Tensor | None]] = []
+    real_losses = AMINet.losses
+
+    def losses(self, feat, loss_cfg, generator=None):  # type: ignore[no-untyped-def]
+        out = real_losses(self, feat, loss_cfg, generator)
+        params = [p for p in self.parameters() if p.requires_grad]
+        fresh.append(list(torch.autograd.grad(out["total"], params, retain_graph=True, allow_unused=True)))
+        return out
+
+    moments: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+    before: list[list[torch.Tensor]] = []
+    steps = []
+
+    def pre(opt, args, kwargs):  # type: ignore[no-untyped-def]
+        params = opt.param_groups[0]["params"]
+        for p, g in zip(params, fresh[-1]):
+            if g is None:
+                assert p.grad is None or not p.grad.any()
+            else:
+                torch.testing.assert_close(p.grad, g, rtol=0, atol=0)  # this step's gradient only
+        before.append([p.detach().clone() for p in params])
+
+    def post(opt, args, kwargs):  # type: ignore[no-untyped-def]
+        t = len(before)
+        b1, b2 = cfg.betas
+        for i, (p, p0, g) in enumerate(zip(opt.param_groups[0]["params"], before[-1], fresh[-1])):
+            if g is None:
+                continue
+            m, v = moments.get(i, (torch.zeros_like(g), torch.zeros_like(g)))
+            m, v = b1 * m + (1 - b1) * g, b2 * v + (1 - b2) * g * g
+            moments[i] = (m, v)
+            want = p0 * (1 - cfg.lr * cfg.weight_decay) - cfg.lr / (1 - b1 ** t) * m / (
+                (v / (1 - b2 ** t)).sqrt() + 1e-8)
+            torch.testing.assert_close(p.detach(), want, rtol=1e-5, atol=1e-7)
+        steps.append(t)
+
+    monkeypatch.setattr(AMINet, "losses", losses)
+    handles = [register_optimizer_step_pre_hook(pre), register_optimizer_step_post_hook(post)]
+    try:
+        config = read_config(train(data, tmp_path / "run", model=SMALL, train_cfg=cfg, pretrained=False,
+                                   progress=False))
+    finally:
+        for h in handles:
+            h.remove()
+    assert steps == [1, 2, 3]
+    every = {str(p) for p in (data / "train" / "good").glob("*.png")}
+    trained, held = set(seen["trained"]), set(seen["calibrated"])
+    assert len(held) == config.train["held_out"] == config.calibration.normal_image_scores["n"] == 3
+    assert not trained & held and trained | held == every

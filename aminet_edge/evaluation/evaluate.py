@@ -7,13 +7,28 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 from tqdm import tqdm
 
 from aminet_edge.bundle import write_config
-from aminet_edge.data.datasets import load_dataset
+from aminet_edge.data.datasets import Sample, load_dataset
 from aminet_edge.data.images import read_image, read_mask, resize_rgb
 from aminet_edge.evaluation.heatmaps import save_overlay
 from aminet_edge.evaluation.metrics import evaluate, f1_max
+
+
+def _test_mask(sample: Sample, size: int) -> np.ndarray:
+    """The sample's ground-truth mask (size, size) bool (nearest resize); all False without a mask file.
+    ValueError when the mask and its image differ in size."""
+    if sample.mask_path is None:
+        return np.zeros((size, size), bool)
+    mask = read_mask(sample.mask_path, size)
+    with Image.open(sample.path) as image, Image.open(sample.mask_path) as m:
+        if image.size != m.size:
+            raise ValueError(f"{sample.mask_path}: mask is {m.size[0]}x{m.size[1]} px but its image {sample.path} "
+                             f"is {image.size[0]}x{image.size[1]} px, so they are not pixel-aligned; give each "
+                             "image a mask of its own size")
+    return mask
 
 
 def evaluate_bundle(bundle: str | Path, data: str | Path, json_path: str | Path | None = None,
@@ -22,6 +37,10 @@ def evaluate_bundle(bundle: str | Path, data: str | Path, json_path: str | Path 
     """Score `data`'s test split with the bundle and compute image/pixel metrics.
 
     Maps are compared with ground-truth masks at the model's input resolution (masks resized nearest).
+    A mask whose size differs from its image's is refused (ValueError naming both): the pair is not
+    pixel-aligned (a wrong file or a processed copy), and resizing it would make the pixel metrics and
+    the stored pixel threshold silently wrong. Without any defect masks the image metrics are still
+    reported and "pixel_note" says that pixel metrics need masks.
     With store_thresholds, the F1-optimal image and pixel thresholds are written into the bundle's
     calibration (the normal-only thresholds stay the default). Returns the metrics dict.
     """
@@ -34,19 +53,25 @@ def evaluate_bundle(bundle: str | Path, data: str | Path, json_path: str | Path 
     size = config.model.image_size
     scores, maps = pipeline.score_paths([s.path for s in test], config.mean, config.std, batch_size, progress)
     labels = np.array([s.label for s in test], dtype=np.int64)
-    masks = np.stack([
-        read_mask(s.mask_path, size) if s.mask_path else np.zeros((size, size), bool) for s in test])
+    masks = np.stack([_test_mask(s, size) for s in test])
     has_mask = np.array([s.label == 0 or s.mask_path is not None for s in test])
     metrics = evaluate(labels, scores, masks[has_mask], maps[has_mask], [s.defect_type for s in test],
                        pixel_rows=has_mask)
     metrics["images"] = int(len(test))
+    missing = int(sum(s.label == 1 and s.mask_path is None for s in test))
+    if missing:
+        metrics["pixel_note"] = (f"pixel metrics need ground-truth masks: {missing} of {int(labels.sum())} "
+                                 "defective test image(s) have none" + ("" if "pixel_auroc" not in metrics
+                                                                        else " (pixel metrics use the others)"))
     if len(set(labels.tolist())) == 2:
-        f1_img, thr_img = f1_max(labels, scores)
-        f1_pix, thr_pix = f1_max(masks[has_mask].reshape(-1), maps[has_mask].reshape(-1))
-        metrics["f1_thresholds"] = {"image": float(thr_img), "pixel": float(thr_pix)}
+        thresholds = {"image": f1_max(labels, scores)[1]}
+        pixel_labels = masks[has_mask]
+        if pixel_labels.any() and not pixel_labels.all():
+            thresholds["pixel"] = f1_max(pixel_labels.reshape(-1), maps[has_mask].reshape(-1))[1]
+        metrics["f1_thresholds"] = thresholds
         if store_thresholds and config.calibration is not None:
-            config.calibration = replace(config.calibration, f1_image_threshold=float(thr_img),
-                                         f1_pixel_threshold=float(thr_pix))
+            config.calibration = replace(config.calibration, f1_image_threshold=thresholds["image"],
+                                         f1_pixel_threshold=thresholds.get("pixel"))
             write_config(bundle, config)
     if heatmaps is not None:
         out = Path(heatmaps)

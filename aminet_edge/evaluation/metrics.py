@@ -98,9 +98,11 @@ def average_precision(labels: np.ndarray, scores: np.ndarray) -> float:
 def f1_max(labels: np.ndarray, scores: np.ndarray) -> tuple[float, float]:
     """Best F1 over all thresholds, and that threshold: anomalous where score > threshold.
 
-    The threshold lies halfway between the lowest score called anomalous and the next lower distinct
-    score (just below the minimum when all are called anomalous), so `>` and `>=` give the same
-    decisions on these scores, and the runtime's `score > threshold` reproduces the F1.
+    The threshold t lies between the lowest score called anomalous (low) and the next lower distinct
+    score (below): halfway, rounded to the scores' own dtype and kept in [below, low) (just below the
+    minimum when all are called anomalous). So t is exactly representable in that dtype, and the
+    runtime's `score > float32(t)` on float32 maps makes the same decisions and reproduces this F1, even
+    when low and below are adjacent float32 values.
     """
     y, s = _check(labels, scores)
     order = _descending(s)
@@ -109,10 +111,12 @@ def f1_max(labels: np.ndarray, scores: np.ndarray) -> tuple[float, float]:
     tps, fps = _counts(y[order], ends)
     f1 = 2 * tps / (tps + fps + tps[-1])  # 2TP / (2TP + FP + FN), with FN = positives - TP
     best = int(np.argmax(f1))
-    low = float(s_sorted[ends[best]])
-    below = float(s_sorted[ends[best] + 1]) if best + 1 < ends.size else None
-    threshold = (low + below) / 2 if below is not None else float(np.nextafter(low, -np.inf))
-    return float(f1[best]), threshold
+    low = s_sorted[ends[best]]  # s.dtype: float32 or float64 (see _float_scores)
+    just_below = np.nextafter(low, s.dtype.type(-np.inf))
+    if best + 1 == ends.size:  # all are called anomalous
+        return float(f1[best]), float(just_below)
+    t = s.dtype.type((float(low) + float(s_sorted[ends[best] + 1])) / 2)
+    return float(f1[best]), float(t if t < low else just_below)  # rounded onto low: adjacent values
 
 
 def _region_weights(masks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -2,7 +2,9 @@
 
 What is quantised: only the MatMuls with a weight initializer inside the inpainting blocks (`blocks.N`):
 int8 weights per output channel (7-bit range, `reduce_range`, so AVX2 CPUs without VNNI cannot
-saturate their 16-bit intermediate sums), uint8 activations quantised per tensor at run time.
+saturate their 16-bit intermediate sums), uint8 activations quantised per tensor at run time (one
+scale for the whole batch, so the onnxruntime backends run these graphs one image per call: see
+aminet_edge/runtime/backends/onnxruntime_backend.py).
 What stays float32: the backbone, both token embeddings, the clustering block, the adaptive mask (so
 the tokens chosen for inpainting equal the fp32 graph's), the fused head and the score map.
 The accuracy effect is measured by bench/export.py on MVTec bottle (see BENCHMARKS.md).

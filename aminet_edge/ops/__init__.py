@@ -239,9 +239,6 @@ def _check_score_args(feat: Any, recon: Any, out_hw: Any, sigma: float, image_sc
     out_h, out_w = (int(out_hw), int(out_hw)) if np.ndim(out_hw) == 0 else (int(out_hw[0]), int(out_hw[1]))
     if out_h < 1 or out_w < 1:
         raise ValueError(f"out_hw must be positive, got {(out_h, out_w)}")
-    radius = int(4.0 * sigma + 0.5)
-    if sigma > 0 and radius >= min(out_h, out_w):
-        raise ValueError(f"Gaussian radius int(4 * sigma + 0.5) = {radius} must be < out_hw {(out_h, out_w)}")
     return out_h, out_w
 
 

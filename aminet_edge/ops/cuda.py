@@ -119,9 +119,7 @@ def smoothing_matrix(in_size: int, out_size: int, sigma: float) -> np.ndarray:
     out = np.empty((out_size, in_size), dtype=np.float32)
     err = lib.aminet_smoothing_matrix(in_size, out_size, float(sigma), out.ctypes.data)
     if err != 0:
-        raise ValueError(
-            f"Gaussian radius int(4 * sigma + 0.5) = {int(4 * sigma + 0.5)} must be < out_size = {out_size}"
-        )
+        raise ValueError(f"smoothing_matrix sizes must be >= 1, got in_size={in_size}, out_size={out_size}")
     out.setflags(write=False)
     return out
 

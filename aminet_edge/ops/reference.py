@@ -71,18 +71,35 @@ def gaussian_taps(sigma: float) -> torch.Tensor:
     return (taps / taps.sum()).float()
 
 
+def reflect_index(n: int, radius: int) -> list[int]:
+    """Source index of each sample of a length-n line padded by `radius` on both sides, scipy.ndimage's
+    default "reflect" border (d c b a | a b c d | d c b a: the edge sample repeated; numpy "symmetric"),
+    reflected again as often as needed when radius >= n."""
+    out = []
+    for u in range(-radius, n + radius):
+        u %= 2 * n
+        out.append(u if u < n else 2 * n - 1 - u)
+    return out
+
+
 def _blur_last(x: torch.Tensor, taps: torch.Tensor) -> torch.Tensor:
-    """1-D blur of (N, n) rows along the last dim, mirror border without edge repeat."""
+    """1-D blur of (N, n) rows along the last dim, scipy "reflect" border (see `reflect_index`).
+
+    The padding is a gather with constant indices (ONNX Gather, which TensorRT builds): ONNX Pad has no
+    mode that repeats the edge sample.
+    """
     r = taps.numel() // 2
-    y = F.pad(x.unsqueeze(1), (r, r), mode="reflect")
+    # the map's side is fixed by the config, so the tracer's "treated as a constant" warning is what we want
+    idx = torch.tensor(reflect_index(int(x.shape[-1]), r), dtype=torch.int64, device=x.device)
+    y = x.index_select(-1, idx).unsqueeze(1)
     return F.conv1d(y, taps.view(1, 1, -1)).squeeze(1)
 
 
 def smooth(maps: torch.Tensor, sigma: float) -> torch.Tensor:
     """Separable Gaussian blur of (B, H, W) maps; sigma in pixels.
 
-    Border: mirror without repeating the edge pixel (torch/ONNX "reflect", scipy "mirror");
-    needs radius int(4 * sigma + 0.5) < H and < W. sigma <= 0 returns the input.
+    Same as scipy.ndimage.gaussian_filter(m, sigma) with its defaults (truncate 4, mode "reflect": the
+    edge pixel repeated), as the authors call it. sigma <= 0 returns the input.
     """
     if sigma <= 0:
         return maps

@@ -54,6 +54,42 @@ def expand_inputs(inputs: tuple[str, ...], recursive: bool = False) -> list[str]
     return paths
 
 
+def prepare_out(out_dir: Path, overwrite: bool) -> None:
+    """Create `out_dir` for a predict run. An earlier run's results.jsonl is never lost silently: it is
+    refused (ClickException) unless `overwrite`, which deletes it and the overlays it lists."""
+    results = out_dir / "results.jsonl"
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        if results.exists():
+            if not overwrite:
+                raise click.ClickException(f"{results} exists (an earlier run's results): pass --overwrite to "
+                                           "replace that run, or choose another --out")
+            for line in results.read_text(errors="replace").splitlines():
+                try:
+                    overlay = json.loads(line).get("overlay")
+                except (ValueError, AttributeError):
+                    continue
+                # only files the earlier run wrote into this folder's overlays/
+                if isinstance(overlay, str) and Path(overlay).parent.resolve() == (out_dir / "overlays").resolve():
+                    Path(overlay).unlink(missing_ok=True)
+            results.unlink()
+    except OSError as exc:
+        raise click.ClickException(f"--out {out_dir}: cannot prepare the output folder "
+                                   f"({exc.strerror or exc}: {exc.filename or out_dir})") from exc
+
+
+def overlay_path(overlay_dir: Path, source: str, used: set[str]) -> Path:
+    """A fresh PNG path in `overlay_dir` named after `source`'s stem: stem.png, else stem_2.png, stem_3.png...,
+    the first name neither used in this run nor present on disk (so no overlay overwrites another)."""
+    stem = Path(source).stem or "image"
+    name, k = stem, 1
+    while name in used or (overlay_dir / f"{name}.png").exists():
+        k += 1
+        name = f"{stem}_{k}"
+    used.add(name)
+    return overlay_dir / f"{name}.png"
+
+
 def _overlay(path: Path, source: str, result: Any) -> None:
     from aminet_edge.data.images import read_image, resize_plane, resize_rgb
     from aminet_edge.evaluation.heatmaps import save_overlay
@@ -83,53 +119,66 @@ def _overlay(path: Path, source: str, result: Any) -> None:
 @click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True)
 @click.option("--overlays/--no-overlays", default=True, show_default=True, help="Write PNG overlays.")
 @click.option("--recursive", is_flag=True, help="Search folders recursively.")
+@click.option("--overwrite", is_flag=True, help="Replace an earlier run's results.jsonl (and its overlays) in OUT.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def predict_cmd(run: str, images: tuple[str, ...], out: str, backend: str, device: str, threshold: str,
-                sensitivity: float, batch_size: int, overlays: bool, recursive: bool, quiet: bool) -> None:
+                sensitivity: float, batch_size: int, overlays: bool, recursive: bool, overwrite: bool,
+                quiet: bool) -> None:
     """Predict IMAGES (files or folders) with the bundle RUN.
 
     Writes OUT/results.jsonl (one JSON object per image: score, normalized_score, is_anomaly, thresholds,
-    backend time, or the error) and OUT/overlays/*.png. Exits with status 1 if any image failed, after
-    listing each failure and its reason.
+    backend time, or the error) and OUT/overlays/*.png (never overwriting a file: clashing names get a
+    suffix). An earlier run's results.jsonl in OUT is refused unless --overwrite. An overlay that cannot
+    be written is that image's "overlay_error"; the run goes on. Exits with status 1 if any image or
+    overlay failed, after listing each failure and its reason.
     """
     from tqdm import tqdm
 
     paths = expand_inputs(images, recursive)
     if not paths:
         raise click.ClickException(f"no images found in {', '.join(images)}")
-    detector = _load(run, backend, device, threshold, sensitivity, batch_size)
     out_dir = Path(out)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    prepare_out(out_dir, overwrite)
+    detector = _load(run, backend, device, threshold, sensitivity, batch_size)
     overlay_dir = out_dir / "overlays"
     failures: list[tuple[str, str]] = []
     anomalous = 0
     used_names: set[str] = set()
+    overlay_failures: list[str] = []
     bar = tqdm(total=len(paths), desc="predict", unit="img", disable=quiet, file=sys.stderr)
     chunk = batch_size * 4
-    with (out_dir / "results.jsonl").open("w") as jsonl:
-        for start in range(0, len(paths), chunk):
-            part = paths[start:start + chunk]
-            for k, result in enumerate(detector.predict_batch(part)):
-                record = result.to_dict()
-                record["index"] = start + k
-                if result.ok:
-                    anomalous += int(result.is_anomaly)
-                    if overlays:
-                        name = Path(part[k]).stem
-                        if name in used_names:
-                            name = f"{name}_{start + k}"
-                        used_names.add(name)
-                        target = overlay_dir / f"{name}.png"
-                        _overlay(target, part[k], result)
-                        record["overlay"] = str(target)
-                else:
-                    failures.append((part[k], str(result.error)))
-                jsonl.write(json.dumps(record) + "\n")
-            bar.update(len(part))
-    bar.close()
-    ok = len(paths) - len(failures)
-    click.echo(f"{ok} image(s) predicted ({anomalous} anomalous), {len(failures)} failed; backend "
-               f"{detector.backend}; results: {out_dir / 'results.jsonl'}")
+    try:
+        with (out_dir / "results.jsonl").open("x") as jsonl:
+            for start in range(0, len(paths), chunk):
+                part = paths[start:start + chunk]
+                for k, result in enumerate(detector.predict_batch(part)):
+                    record = result.to_dict()
+                    record["index"] = start + k
+                    if result.ok:
+                        anomalous += int(result.is_anomaly)
+                        if overlays:
+                            try:
+                                target = overlay_path(overlay_dir, part[k], used_names)
+                                _overlay(target, part[k], result)
+                                record["overlay"] = str(target)
+                            except (OSError, ValueError) as exc:
+                                record["overlay_error"] = f"overlay not written: {exc}"
+                                failures.append((part[k], record["overlay_error"]))
+                                overlay_failures.append(part[k])
+                    else:
+                        failures.append((part[k], str(result.error)))
+                    jsonl.write(json.dumps(record) + "\n")
+                    jsonl.flush()  # an interrupted run keeps every result written so far
+                bar.update(len(part))
+    except OSError as exc:
+        raise click.ClickException(f"cannot write {out_dir / 'results.jsonl'} ({exc.strerror or exc}); the "
+                                   "results of the images before this one are in it") from exc
+    finally:
+        bar.close()
+    failed = len(failures) - len(overlay_failures)
+    click.echo(f"{len(paths) - failed} image(s) predicted ({anomalous} anomalous), {failed} failed"
+               + (f", {len(overlay_failures)} overlay(s) not written" if overlay_failures else "")
+               + f"; backend {detector.backend}; results: {out_dir / 'results.jsonl'}")
     if failures:
         click.echo("failed:", err=True)
         for path, reason in failures:

@@ -12,10 +12,11 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from aminet_edge import config
 from aminet_edge.data.images import read_batches
 from aminet_edge.model.features import FeatureExtractor
 
-CACHE_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+CACHE_DTYPES = {name: getattr(torch, name) for name in config.CACHE_DTYPES}
 
 
 def load_batches(paths: Sequence[str | Path], image_size: int, mean: Sequence[float], std: Sequence[float],
@@ -25,12 +26,26 @@ def load_batches(paths: Sequence[str | Path], image_size: int, mean: Sequence[fl
         yield torch.from_numpy(batch)
 
 
-def _cache_key(paths: Sequence[str | Path], backbone: str, image_size: int, dtype: str) -> str:
+def weights_digest(module: torch.nn.Module) -> str:
+    """sha256 (hex) of a module's state: every tensor's name, dtype, shape and bytes, in name order."""
+    h = hashlib.sha256()
+    for name, tensor in sorted(module.state_dict().items()):
+        t = tensor.detach().cpu().contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}\n".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def _cache_key(paths: Sequence[str | Path], extractor: FeatureExtractor, image_size: int, mean: Sequence[float],
+               std: Sequence[float], dtype: str) -> str:
+    """Everything the cached features depend on: the images (path, size, mtime), the backbone's name and
+    weights, and the preprocessing (size, mean/std, cache dtype)."""
     h = hashlib.sha256()
     for p in paths:
         st = Path(p).stat()
         h.update(f"{Path(p).resolve()}|{st.st_size}|{st.st_mtime_ns}\n".encode())
-    h.update(f"{backbone}|{image_size}|{dtype}".encode())
+    prep = [float(v) for v in (*mean, *std)]
+    h.update(f"{extractor.name}|{weights_digest(extractor)}|{image_size}|{prep!r}|{dtype}".encode())
     return h.hexdigest()[:16]
 
 
@@ -41,7 +56,8 @@ def build_feature_cache(extractor: FeatureExtractor, paths: Sequence[str | Path]
     """Features of every image, (N, C, S/4, S/4) in `dtype`.
 
     With `cache_dir`, features live in a .npy memmap there (float32/float16 only) and a later call with
-    the same images (path, size, mtime), backbone, size and dtype reuses it instead of recomputing.
+    the same images (path, size, mtime), backbone weights, preprocessing and dtype reuses it instead of
+    recomputing (see `_cache_key`).
     """
     if dtype not in CACHE_DTYPES:
         raise ValueError(f"cache dtype must be one of {sorted(CACHE_DTYPES)}, got {dtype!r}")
@@ -51,7 +67,7 @@ def build_feature_cache(extractor: FeatureExtractor, paths: Sequence[str | Path]
     if cache_dir is not None:
         if dtype == "bfloat16":
             raise ValueError("a disk cache holds float32 or float16 (numpy has no bfloat16)")
-        key = _cache_key(paths, extractor.name, image_size, dtype)
+        key = _cache_key(paths, extractor, image_size, mean, std, dtype)
         cache_dir = Path(cache_dir)
         cache_dir.mkdir(parents=True, exist_ok=True)
         file, meta = cache_dir / f"features-{key}.npy", cache_dir / f"features-{key}.json"

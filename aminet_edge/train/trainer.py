@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -16,10 +18,11 @@ from aminet_edge.data.datasets import Sample, load_dataset, select_few_shot
 from aminet_edge.model.aminet import AMINet
 from aminet_edge.model.features import build_feature_extractor
 from aminet_edge.model.pipeline import Pipeline, save_bundle
-from aminet_edge.train.cache import build_feature_cache
+from aminet_edge.train.cache import build_feature_cache, weights_digest
 from aminet_edge.train.calibrate import calibrate
 
 CHECKPOINT_FILE = "checkpoint.pt"
+SETTINGS_FILE = "checkpoint.json"  # the settings the checkpoint is trained with (see check_resume)
 MIN_HOLDOUT = 3  # a mean and std from fewer normal scores are not a threshold
 
 
@@ -49,6 +52,48 @@ def split_holdout(samples: Sequence[Sample], fraction: float, seed: int) -> tupl
     held = set(order[:k].tolist())
     return ([s for i, s in enumerate(samples) if i not in held],
             [s for i, s in enumerate(samples) if i in held])
+
+
+def training_settings(model: ModelConfig, train_cfg: TrainConfig, fit: Sequence[Sample], few_shot: int | None,
+                      backbone_digest: str) -> dict[str, Any]:
+    """What a checkpoint's training state depends on, as flat JSON-ready {name: value}: model and
+    optimisation settings (epochs excluded: resuming to train longer is the point), the training images
+    and the backbone's weights (sha256)."""
+    train = {k: v for k, v in to_dict(train_cfg).items() if k not in ("epochs", "loss")}
+    settings: dict[str, Any] = {f"model.{k}": v for k, v in to_dict(model).items()}
+    settings |= {f"train.{k}": list(v) if isinstance(v, tuple) else v for k, v in train.items()}
+    settings |= {f"train.loss.{k}": v for k, v in to_dict(train_cfg.loss).items()}
+    settings |= {"few_shot": few_shot, "training images": [str(Path(s.path).resolve()) for s in fit],
+                 "backbone weights sha256": backbone_digest}
+    return settings
+
+
+def check_resume(out: Path, settings: dict[str, Any], allow_changed: bool) -> None:
+    """Refuse to resume from `out`'s checkpoint when its recorded settings differ from `settings`
+    (ValueError naming each difference), unless `allow_changed`. Resuming needs a checkpoint."""
+    ckpt, recorded = out / CHECKPOINT_FILE, out / SETTINGS_FILE
+    if not ckpt.is_file():
+        raise ValueError(f"--resume: no checkpoint at {ckpt}; train without --resume to start from scratch")
+    if allow_changed:
+        return
+    if not recorded.is_file():
+        raise ValueError(f"--resume: {ckpt} has no recorded settings ({recorded} is missing); pass "
+                         "--allow-changed-settings to resume with the current ones anyway")
+    old = json.loads(recorded.read_text())
+    changed = []
+    for name in sorted(set(old) | set(settings)):
+        before, now = old.get(name, "<unset>"), settings.get(name, "<unset>")
+        if before == now:
+            continue
+        if isinstance(before, list) and isinstance(now, list) and name == "training images":
+            added, removed = len(set(now) - set(before)), len(set(before) - set(now))
+            changed.append(f"{name} ({len(before)} -> {len(now)}: {added} added, {removed} removed)")
+        else:
+            changed.append(f"{name} {before!r} -> {now!r}")
+    if changed:
+        raise ValueError(f"--resume: settings differ from those {ckpt} was trained with: {'; '.join(changed)}. "
+                         "Resume with the checkpoint's settings, train without --resume to start over, or pass "
+                         "--allow-changed-settings (API: allow_changed_settings=True) to continue with the new ones")
 
 
 def _save_checkpoint(path: Path, epoch: int, aminet: AMINet, opt: torch.optim.Optimizer,
@@ -85,6 +130,7 @@ def train(
     few_shot: int | None = None,
     cache_dir: str | Path | None = None,
     resume: bool = False,
+    allow_changed_settings: bool = False,
     checkpoint_every: int = 1,
     progress: bool = True,
 ) -> Path:
@@ -92,14 +138,26 @@ def train(
 
     data: one dataset root (one-for-one) or several (unified: one model for all categories); the normal
     training images are read from each root's layout (MVTec AD, BTAD or a plain folder). few_shot: train
-    on k images per root. resume: continue from `out/checkpoint.pt` (same settings) to the same result as
-    an uninterrupted run. Fixed seeds give repeatable runs.
+    on k images per root. resume: continue from `out/checkpoint.pt` to the same result as an
+    uninterrupted run; ValueError when there is none, or when the settings (model, optimisation, seed,
+    training images, backbone weights; epochs may grow) differ from the checkpoint's, unless
+    allow_changed_settings. Fixed seeds give repeatable runs. Out-of-range settings raise ValueError
+    naming the field before anything is written.
     """
     model = model or ModelConfig()
     train_cfg = train_cfg or TrainConfig()
     score = score or ScoreConfig()
     model.validate()
+    train_cfg.validate()
+    if few_shot is not None and (isinstance(few_shot, bool) or not isinstance(few_shot, int) or few_shot < 1):
+        raise ValueError(f"few_shot must be an integer >= 1 (or None for all images), got {few_shot!r}")
+    if isinstance(checkpoint_every, bool) or not isinstance(checkpoint_every, int) or checkpoint_every < 1:
+        raise ValueError(f"checkpoint_every must be an integer >= 1, got {checkpoint_every!r}")
+    if allow_changed_settings and not resume:
+        raise ValueError("allow_changed_settings (--allow-changed-settings) applies with resume (--resume) only")
     out = Path(out)
+    if resume and not (out / CHECKPOINT_FILE).is_file():
+        check_resume(out, {}, allow_changed_settings)  # raises: nothing to resume from
     out.mkdir(parents=True, exist_ok=True)
     roots = [data] if isinstance(data, (str, Path)) else list(data)
     samples = load_training_samples(roots, few_shot=few_shot, seed=train_cfg.seed)
@@ -111,6 +169,12 @@ def train(
     config = BundleConfig(model=model, in_channels=extractor.channels, score=score, mean=extractor.mean,
                           std=extractor.std, backbone_source=extractor.weights_source)
     aminet = AMINet(model, extractor.channels)
+    settings = training_settings(model, train_cfg, fit, few_shot, weights_digest(extractor))
+    if resume:
+        check_resume(out, settings, allow_changed_settings)
+    else:
+        (out / CHECKPOINT_FILE).unlink(missing_ok=True)  # an earlier run's state must not meet these settings
+    (out / SETTINGS_FILE).write_text(json.dumps(settings, indent=1) + "\n")
 
     t0 = time.perf_counter()
     feats = build_feature_cache(extractor, [s.path for s in fit], model.image_size, extractor.mean,
@@ -122,7 +186,7 @@ def train(
     gen = torch.Generator().manual_seed(train_cfg.seed)
     start, history = 0, []
     ckpt = out / CHECKPOINT_FILE
-    if resume and ckpt.is_file():
+    if resume:
         start, history = _load_checkpoint(ckpt, aminet, opt, gen)
 
     aminet.train()

@@ -7,6 +7,10 @@ inpaint_tokens), then the C++ adaptive_mask kernel, model_b.onnx (inpaint_tokens
 the C++ score_map kernel. Same outputs; faster on CPU for wide (WideResNet) features (bench/runtime.py).
 precision: "fp32", "int8" (`aminet-edge export --precision int8`: the inpainting MatMuls quantised,
 aminet_edge.export.quantize) or "fp16"; default (None) int8 when the bundle has it, else fp32.
+int8 graphs quantise activations with one scale per tensor computed at run time, so a batch's images
+would change each other's scores (by up to 0.5 % on MVTec bottle); they run one image per call instead
+(`_run`), which makes every result independent of its batch; the price is batching's gain on the
+quantised part (BENCHMARKS.md: int8 single graph 29.8 ms per image at batch 8 vs 32.3 at batch 1).
 Imports onnxruntime and numpy only (never torch).
 """
 
@@ -89,6 +93,16 @@ def _check_io(session: Any, path: Path, inputs: tuple[str, ...], outputs: tuple[
                               f"(B, 3, {image_size}, {image_size}); re-export the bundle (`aminet-edge export`)")
 
 
+def _run(session: Any, outputs: list[str], feeds: dict[str, np.ndarray], one_by_one: bool) -> list[np.ndarray]:
+    """`session.run(outputs, feeds)`; with one_by_one, one image (leading index) per call, outputs
+    concatenated (int8 graphs, see the module docstring)."""
+    if not one_by_one:
+        return list(session.run(outputs, feeds))
+    n = len(next(iter(feeds.values())))
+    runs = [session.run(outputs, {k: v[i:i + 1] for k, v in feeds.items()}) for i in range(n)]
+    return [np.concatenate(parts) for parts in zip(*runs)]
+
+
 def _fixed_batch(session: Any, name: str) -> int | None:
     """The graph's batch size when its input `name` has a fixed leading dimension, else None."""
     for i in session.get_inputs():
@@ -112,7 +126,8 @@ class OnnxRuntimeBackend(Backend):
         self.exact_batch = self.max_batch is not None
 
     def run(self, images: np.ndarray) -> BackendOutput:
-        amap, score, mask = self.session.run(["amap", "score", "mask"], {"images": images})
+        amap, score, mask = _run(self.session, ["amap", "score", "mask"], {"images": images},
+                                 self.precision == "int8" and not self.exact_batch)
         return BackendOutput(np.asarray(amap, np.float32), np.asarray(score, np.float32), np.asarray(mask, bool))
 
     def close(self) -> None:
@@ -155,7 +170,8 @@ class OnnxRuntimeSplitBackend(Backend):
         feat, tokens, centers, inpaint = self.session_a.run(
             ["features", "cluster_tokens", "centers", "inpaint_tokens"], {"images": images})
         mask = np.ascontiguousarray(self.ops.adaptive_mask(tokens, centers, self.lam, backend="auto")[0], bool)
-        (recon,) = self.session_b.run(["recon"], {"inpaint_tokens": inpaint, "mask": mask})
+        (recon,) = _run(self.session_b, ["recon"], {"inpaint_tokens": inpaint, "mask": mask},
+                        self.precision == "int8" and not self.exact_batch)
         amap, score = self.ops.score_map(feat, recon, self.out_hw, self.sigma, self.image_score, backend="auto")
         return BackendOutput(np.asarray(amap, np.float32), np.asarray(score, np.float32), mask)
 

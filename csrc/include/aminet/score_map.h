@@ -35,16 +35,22 @@ AMINET_HD float population_std(float sq_dev, int64_t n) { return sqrtf(sq_dev / 
 // Gaussian radius as reference.gaussian_taps (scipy's truncate = 4): int(4 * sigma + 0.5).
 AMINET_HD int gaussian_radius(double sigma) { return (int)(4.0 * sigma + 0.5); }
 
+// Index of sample u (any integer) of a length-n line extended by scipy.ndimage's default "reflect"
+// border: d c b a | a b c d | d c b a (edge repeated), periodic with period 2n (reference.reflect_index).
+AMINET_HD int64_t reflect_index(int64_t u, int64_t n) {
+  u %= 2 * n;
+  if (u < 0) u += 2 * n;
+  return u < n ? u : 2 * n - 1 - u;
+}
+
 // Host only: the (out_size, in_size) row-major float32 matrix A with A @ m = blur(upsample(m)), i.e.
-// bilinear upsampling with align_corners=True followed by the 1-D Gaussian blur (mirror border without
-// edge repeat); sigma <= 0 means no blur. Mirrors reference.smoothing_matrix: float32 upsampling
-// coordinates and float32 taps as torch uses, entries accumulated in double and rounded once.
-// Returns 0, or -1 when the sizes are < 1 or the blur radius is >= out_size (the reference's
-// reflect padding fails there too).
+// bilinear upsampling with align_corners=True followed by the 1-D Gaussian blur (scipy's default
+// "reflect" border, edge sample repeated: reflect_index); sigma <= 0 means no blur. Mirrors
+// reference.smoothing_matrix: float32 upsampling coordinates and float32 taps as torch uses, entries
+// accumulated in double and rounded once. Returns 0, or -1 when the sizes are < 1.
 inline int smoothing_matrix(int64_t in_size, int64_t out_size, double sigma, float* a) {
   if (in_size < 1 || out_size < 1) return -1;
   const int radius = sigma > 0 ? gaussian_radius(sigma) : 0;
-  if (sigma > 0 && radius >= out_size) return -1;
   std::vector<float> taps(2 * radius + 1, 1.0f);
   if (sigma > 0) {
     std::vector<double> raw(2 * radius + 1);
@@ -61,9 +67,7 @@ inline int smoothing_matrix(int64_t in_size, int64_t out_size, double sigma, flo
   for (int64_t o = 0; o < out_size; ++o) {
     for (int64_t j = 0; j < in_size; ++j) row[j] = 0.0;
     for (int k = -radius; k <= radius; ++k) {
-      int64_t u = o + k;  // upsampled sample read by tap k, mirrored without repeating the edge
-      if (u < 0) u = -u;
-      if (u >= out_size) u = 2 * (out_size - 1) - u;
+      const int64_t u = reflect_index(o + k, out_size);  // upsampled sample read by tap k
       const float src = scale * (float)u;
       int64_t i0 = (int64_t)src;
       if (i0 > in_size - 1) i0 = in_size - 1;
