@@ -122,18 +122,18 @@ def train(
     log.info("feature cache: %.2f GiB of %s on %s", nbytes / 2**30, train_cfg.cache_dtype,
              "the GPU" if place.type == "cuda" else "the host")
     with repeatable(dev):
+        step = TrainStep(aminet, train_cfg, dev, prec, compile=compile)
+        gen = make_generator(dev, train_cfg.seed)
+        start, history = 0, []
+        ckpt = out / CHECKPOINT_FILE
+        if resume and ckpt.is_file():  # before the cache: a checkpoint that cannot continue fails fast
+            start, history = load_checkpoint(ckpt, aminet, step, gen)
         t0 = time.perf_counter()
         feats = build_feature_cache(extractor, [s.path for s in fit], model.image_size, extractor.mean,
                                     extractor.std, train_cfg.cache_dtype, cache_dir, progress=progress,
                                     workers=workers, place=place)
         cache_seconds = time.perf_counter() - t0
         batches = FeatureBatches(feats, dev, train_cfg.batch_size)
-        step = TrainStep(aminet, train_cfg, dev, prec, compile=compile)
-        gen = make_generator(dev, train_cfg.seed)
-        start, history = 0, []
-        ckpt = out / CHECKPOINT_FILE
-        if resume and ckpt.is_file():
-            start, history = load_checkpoint(ckpt, aminet, step, gen)
 
         aminet.train()
         n = len(batches)
