@@ -141,6 +141,7 @@ class FeatureBatches:
         staged = buf[:len(idx)]
         torch.index_select(self.feats, 0, idx, out=staged)
         out = staged.to(self.device, non_blocking=True)
-        self.events[k] = torch.cuda.Event()
-        self.events[k].record()
+        done = torch.cuda.Event()
+        done.record()
+        self.events[k] = done
         return out.float()

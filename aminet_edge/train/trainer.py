@@ -124,7 +124,7 @@ def train(
     with repeatable(dev):
         step = TrainStep(aminet, train_cfg, dev, prec, compile=compile)
         gen = make_generator(dev, train_cfg.seed)
-        start, history = 0, []
+        start, history = 0, list[dict[str, float]]()
         ckpt = out / CHECKPOINT_FILE
         if resume and ckpt.is_file():  # before the cache: a checkpoint that cannot continue fails fast
             start, history = load_checkpoint(ckpt, aminet, step, gen)
