@@ -1,7 +1,7 @@
 """Which torch device training, evaluation and export run on: one parser for `--device` everywhere.
 
-Spellings: "auto" (the first CUDA device when torch sees one, else the CPU), "cpu", "cuda" (= the
-current CUDA device, normally cuda:0) and "cuda:N". Anything else, or a CUDA device that is not there,
+Spellings: "auto" (the current CUDA device, cuda:0 unless torch.cuda.set_device chose another, when
+torch sees a GPU; else the CPU), "cpu", "cuda" (the same current CUDA device) and "cuda:N". Anything else, or a CUDA device that is not there,
 is a ValueError naming the problem and the devices that do exist. Training code only; the torch-free
 runtime has its own device handling.
 """

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -103,9 +104,17 @@ def test_compile_follows_eager(data: Path, tmp_path: Path) -> None:
 
 
 def test_evaluate_on_cuda_agrees_with_cpu(data: Path, tmp_path: Path) -> None:
+    from aminet_edge.data.datasets import load_dataset
+    from aminet_edge.model.pipeline import load_pipeline
+
     bundle = run(data, tmp_path / "run", epochs=2)
+    pipeline, config = load_pipeline(bundle)
+    paths = [s.path for s in load_dataset(data).test]
+    cpu_scores, cpu_maps = pipeline.score_paths(paths, config.mean, config.std)
+    gpu_scores, gpu_maps = pipeline.to("cuda").score_paths(paths, config.mean, config.std, workers=2)
+    # cuDNN convolutions use TF32 by default (10-bit mantissa): ~1e-3 relative on features, maps and scores
+    assert np.allclose(gpu_scores, cpu_scores, rtol=2e-2, atol=0)
+    assert np.abs(gpu_maps - cpu_maps).max() <= 2e-2 * np.abs(cpu_maps).max()
     gpu = evaluate_bundle(bundle, data, device="cuda", store_thresholds=False, progress=False)
     cpu = evaluate_bundle(bundle, data, device="cpu", store_thresholds=False, progress=False)
-    # TF32 convolutions/matmuls on the GPU move scores by ~1e-3 relative: rankings (AUROC) hold
-    assert abs(gpu["image_auroc"] - cpu["image_auroc"]) <= 0.02
-    assert abs(gpu["pixel_auroc"] - cpu["pixel_auroc"]) <= 0.005
+    assert abs(gpu["pixel_auroc"] - cpu["pixel_auroc"]) <= 0.01  # thousands of pixels: rankings hold
