@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import sys
 from dataclasses import replace
 
@@ -34,6 +35,27 @@ LAZY_COMMANDS = {
 }
 
 
+class _EchoHandler(logging.Handler):
+    """Log records of training and evaluation (which device, where the cache lives) as stderr lines."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        click.echo(self.format(record), err=True)
+
+
+def _log_to_stderr() -> None:
+    for name in ("aminet_edge.train", "aminet_edge.evaluation"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(h, _EchoHandler) for h in logger.handlers):
+            logger.addHandler(_EchoHandler())
+        logger.setLevel(logging.INFO)
+
+
+def device_option(default: str = "auto"):  # type: ignore[no-untyped-def]
+    """`--device auto|cpu|cuda|cuda:N`, the same on every verb that runs a torch model."""
+    return click.option("--device", default=default, show_default=True,
+                        help="auto (first CUDA GPU, else the CPU), cpu, cuda or cuda:N.")
+
+
 class LazyGroup(click.Group):
     """A click group that imports the LAZY_COMMANDS modules on first use."""
 
@@ -53,6 +75,7 @@ class LazyGroup(click.Group):
 @click.version_option(package_name="aminet-edge")
 def main() -> None:
     """AMI-Net anomaly detection: train on good images, evaluate, export, deploy."""
+    _log_to_stderr()
 
 
 @main.command("train")
@@ -75,15 +98,28 @@ def main() -> None:
 @click.option("--few-shot", type=click.IntRange(min=1), help="Train on k images per data root.")
 @click.option("--cache-dir", type=click.Path(file_okay=False), help="Keep the feature cache on disk here.")
 @click.option("--cache-dtype", type=click.Choice(CACHE_DTYPES), default="float32", show_default=True)
-@click.option("--resume", is_flag=True, help="Continue from OUT/checkpoint.pt (refused if the settings changed).")
+@click.option("--resume", is_flag=True,
+              help="Continue from OUT/checkpoint.pt (same device type and precision; refused if the settings changed).")
 @click.option("--allow-changed-settings", is_flag=True,
               help="With --resume: continue although settings differ from the checkpoint's.")
+@device_option()
+@click.option("--precision", type=click.Choice(["auto", "bf16", "fp16", "fp32"]), default="auto",
+              show_default=True, help="Mixed precision: auto = bf16 on sm80+ GPUs (Jetson Orin included), "
+                                      "fp16 with gradient scaling on older GPUs, fp32 on the CPU.")
+@click.option("--workers", type=click.IntRange(min=0), default=0, show_default=True,
+              help="DataLoader processes decoding and resizing images.")
+@click.option("--compile", "compile_", is_flag=True,
+              help="torch.compile the losses (forward and backward); its speed-up is not yet measured on a GPU.")
+@click.option("--gpu-cache-gb", type=click.FloatRange(min=0), default=None,
+              help="GPU memory the feature cache may use, GiB [default: half the free memory]; "
+                   "larger caches stay in host memory with pinned, asynchronous copies. 0: always host.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def train_cmd(data: tuple[str, ...], out: str, preset: str, backbone: str | None, weights: str | None,
               image_size: int | None, embed_dim: int | None, heads: int | None, depth: int | None,
               clusters: int | None, jitter: bool | None, epochs: int, batch_size: int, lr: float, seed: int,
               few_shot: int | None, cache_dir: str | None, cache_dtype: str, resume: bool,
-              allow_changed_settings: bool, quiet: bool) -> None:
+              allow_changed_settings: bool, device: str, precision: str, workers: int, compile_: bool,
+              gpu_cache_gb: float | None, quiet: bool) -> None:
     """Train on the normal images of DATA (one root, or several for a unified model)."""
     from aminet_edge.train.trainer import train
 
@@ -93,7 +129,8 @@ def train_cmd(data: tuple[str, ...], out: str, preset: str, backbone: str | None
     cfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, cache_dtype=cache_dtype)
     path = _run(train, list(data), out, model=model, train_cfg=cfg, backbone_weights=weights,
                 few_shot=few_shot, cache_dir=cache_dir, resume=resume,
-                allow_changed_settings=allow_changed_settings, progress=not quiet)
+                allow_changed_settings=allow_changed_settings, progress=not quiet, device=device,
+                precision=precision, workers=workers, compile=compile_, gpu_cache_gb=gpu_cache_gb)
     click.echo(f"bundle written: {path}")
 
 
@@ -102,24 +139,30 @@ def train_cmd(data: tuple[str, ...], out: str, preset: str, backbone: str | None
 @click.argument("data", type=click.Path(exists=True, file_okay=False))
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Write metrics here.")
 @click.option("--heatmaps", type=click.Path(file_okay=False), help="Write PNG overlays here.")
+@device_option()
+@click.option("--workers", type=click.IntRange(min=0), default=0, show_default=True,
+              help="DataLoader processes decoding and resizing images.")
 @click.option("--quiet", is_flag=True)
-def evaluate_cmd(run: str, data: str, json_path: str | None, heatmaps: str | None, quiet: bool) -> None:
+def evaluate_cmd(run: str, data: str, json_path: str | None, heatmaps: str | None, device: str, workers: int,
+                 quiet: bool) -> None:
     """Score DATA's test split with the bundle RUN and print image/pixel metrics."""
     from aminet_edge.evaluation.evaluate import evaluate_bundle
 
-    metrics = _run(evaluate_bundle, run, data, json_path=json_path, heatmaps=heatmaps, progress=not quiet)
+    metrics = _run(evaluate_bundle, run, data, json_path=json_path, heatmaps=heatmaps, progress=not quiet,
+                   device=device, workers=workers)
     click.echo(json.dumps({k: v for k, v in metrics.items() if not isinstance(v, dict)}, indent=2))
 
 
 @main.command("demo")
 @click.option("--out", default="runs/demo", show_default=True, type=click.Path(file_okay=False))
 @click.option("--epochs", type=int, default=20, show_default=True)
+@device_option()
 @click.option("--quiet", is_flag=True)
-def demo_cmd(out: str, epochs: int, quiet: bool) -> None:
+def demo_cmd(out: str, epochs: int, device: str, quiet: bool) -> None:
     """Generate a synthetic surface-defect data set, train, evaluate and write a report with heatmaps."""
     from aminet_edge.demo import run_demo
 
-    report = _run(run_demo, out, epochs=epochs, progress=not quiet)
+    report = _run(run_demo, out, epochs=epochs, progress=not quiet, device=device)
     click.echo(f"report: {report}")
 
 

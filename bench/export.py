@@ -104,7 +104,7 @@ def auroc_rows(trained: Path, data: Path, work: Path) -> list[str]:
     from aminet_edge.data.datasets import load_dataset
     from aminet_edge.data.images import read_mask
     from aminet_edge.evaluation.metrics import auroc
-    from aminet_edge.train.cache import load_batches
+    from aminet_edge.data.batches import load_batches
 
     if not (trained / "weights.safetensors").is_file() or not (data / "test").is_dir():
         return [f"| fp16 / int8 vs fp32 AUROC | unmeasured: no trained bundle at {trained} or no data at {data} | - |"]

@@ -1,16 +1,17 @@
 #!/usr/bin/env bash
 # Set up a fresh machine and run the whole test suite (the README's test command; CI calls it).
-# torch==2.13.0 is installed first so pip never pulls a multi-GB CUDA build on a CPU-only machine.
+# A torch already installed is kept (scripts/torch.sh); one is installed only where none imports.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-python -m pip install -q torch==2.13.0
+# shellcheck source=scripts/torch.sh
+source scripts/torch.sh
 python -m pip install -q "setuptools>=64" wheel "pybind11>=2.11"
 # the C++ kernels must build here: a failure stops the run instead of skipping their tests
-AMINET_REQUIRE_EXT=1 python -m pip install -q --no-build-isolation -e ".[dev]"
+AMINET_REQUIRE_EXT=1 python -m pip install -q -c "$TORCH_CONSTRAINTS" --no-build-isolation -e ".[dev]"
 # tensorrt-stubs declares a dependency on the tensorrt libs, which are not installable without NVIDIA's
 # index; the stubs alone are enough to type-check the Jetson/datacenter engine path.
 python -m pip install -q --no-deps tensorrt-stubs
-# shellcheck lints the deployment scripts under export/ (Debian package; its tests skip if absent)
+# the deployment scripts under export/ are linted by shellcheck (Debian package; its tests skip if absent)
 command -v shellcheck >/dev/null || { apt-get update -qq && apt-get install -y -qq shellcheck >/dev/null; } \
   || echo "warning: shellcheck could not be installed; the shell-lint tests will skip"
-exec python -m pytest -q -rs "$@"
+python -m pytest -q -rs "$@"

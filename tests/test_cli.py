@@ -25,7 +25,7 @@ def test_train_then_evaluate(tmp_path: Path) -> None:
     res = runner.invoke(main, ["evaluate", str(tmp_path / "run"), str(data), "--json", str(tmp_path / "m.json"),
                                "--quiet"])
     assert res.exit_code == 0, res.output
-    assert json.loads(res.output)["image_auroc"] == json.loads((tmp_path / "m.json").read_text())["image_auroc"]
+    assert json.loads(res.stdout)["image_auroc"] == json.loads((tmp_path / "m.json").read_text())["image_auroc"]
 
 
 def test_train_ranges_are_checked_before_anything_runs(tmp_path: Path) -> None:

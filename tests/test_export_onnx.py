@@ -265,7 +265,7 @@ def test_export_is_deterministic(bundle: Path, tmp_path: Path) -> None:
 @pytest.mark.skipif(not (BOTTLE / "test").is_dir(), reason=f"real images not found at {BOTTLE}")
 def test_real_bottle_images_pretrained_backbone(tmp_path: Path) -> None:
     """Preset "tiny" (128 px), pretrained efficientnet_lite0, random AMI-Net: 3 bottle test images."""
-    from aminet_edge.train.cache import load_batches
+    from aminet_edge.data.batches import load_batches
 
     root = make_bundle(tmp_path / "tiny", PRESETS["tiny"], pretrained=True)
     export_onnx(root, "fp32", split=False)

@@ -6,7 +6,7 @@ defect; a model input is (3, S, S) float32, resized to a square S x S (no crop) 
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -132,13 +132,6 @@ def preprocess_batch(images: Sequence[np.ndarray], size: int, mean: Sequence[flo
     if len(images) == 0:
         raise ValueError("preprocess_batch needs at least one image")
     return np.stack([preprocess(image, size, mean, std) for image in images])
-
-
-def read_batches(paths: Sequence[str | Path], size: int, mean: Sequence[float], std: Sequence[float],
-                 batch_size: int) -> Iterator[np.ndarray]:
-    """Read and `preprocess` image files in order: batches (b, 3, size, size) float32, b <= batch_size."""
-    for start in range(0, len(paths), batch_size):
-        yield np.stack([preprocess(read_image(p), size, mean, std) for p in paths[start:start + batch_size]])
 
 
 def read_mask(path: str | Path, size: int | None = None) -> np.ndarray:

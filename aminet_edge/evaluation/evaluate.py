@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import replace
 from pathlib import Path
 
@@ -15,6 +16,8 @@ from aminet_edge.data.datasets import Sample, load_dataset
 from aminet_edge.data.images import read_image, read_mask, resize_rgb
 from aminet_edge.evaluation.heatmaps import save_overlay
 from aminet_edge.evaluation.metrics import evaluate, f1_max
+
+log = logging.getLogger("aminet_edge.evaluation")
 
 
 def _test_mask(sample: Sample, size: int) -> np.ndarray:
@@ -33,7 +36,7 @@ def _test_mask(sample: Sample, size: int) -> np.ndarray:
 
 def evaluate_bundle(bundle: str | Path, data: str | Path, json_path: str | Path | None = None,
                     heatmaps: str | Path | None = None, batch_size: int = 8, store_thresholds: bool = True,
-                    progress: bool = True) -> dict:
+                    progress: bool = True, device: str = "auto", workers: int = 0) -> dict:
     """Score `data`'s test split with the bundle and compute image/pixel metrics.
 
     Maps are compared with ground-truth masks at the model's input resolution (masks resized nearest).
@@ -43,15 +46,21 @@ def evaluate_bundle(bundle: str | Path, data: str | Path, json_path: str | Path 
     reported and "pixel_note" says that pixel metrics need masks.
     With store_thresholds, the F1-optimal image and pixel thresholds are written into the bundle's
     calibration (the normal-only thresholds stay the default). Returns the metrics dict.
+    device: "auto" (first CUDA GPU, else CPU), "cpu", "cuda" or "cuda:N"; the model runs there in
+    float32, as at calibration. workers: DataLoader processes decoding the images.
     """
+    from aminet_edge.device import describe_device, resolve_device
     from aminet_edge.model.pipeline import load_pipeline
 
+    dev = resolve_device(device)
     pipeline, config = load_pipeline(bundle)
     test = load_dataset(data).test
     if not test:
         raise ValueError(f"{data}: no test images found")
+    log.info("evaluating on %s", describe_device(dev))
     size = config.model.image_size
-    scores, maps = pipeline.score_paths([s.path for s in test], config.mean, config.std, batch_size, progress)
+    scores, maps = pipeline.to(dev).score_paths([s.path for s in test], config.mean, config.std, batch_size,
+                                                progress, workers)
     labels = np.array([s.label for s in test], dtype=np.int64)
     masks = np.stack([_test_mask(s, size) for s in test])
     has_mask = np.array([s.label == 0 or s.mask_path is not None for s in test])

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import click
 
+from aminet_edge.cli import device_option
+
 
 @click.command("export")
 @click.argument("run", type=click.Path(exists=True, file_okay=False))
@@ -12,15 +14,15 @@ import click
                    "(for TensorRT). int8: the fp32 graphs plus copies with the inpainting transformer's "
                    "MatMuls in int8, for CPUs (onnxruntime picks them up by default).")
 @click.option("--no-split", is_flag=True, help="Only the single graph model.onnx, not model_a/model_b.")
-def export_cmd(run: str, precision: str, no_split: bool) -> None:
+@device_option("cpu")
+def export_cmd(run: str, precision: str, no_split: bool, device: str) -> None:
     """Export bundle RUN to ONNX (opset 17, dynamic batch) inside the bundle; prints one path per graph."""
-    from aminet_edge.bundle import BundleError
     from aminet_edge.export.graph_checks import GraphCheckError
     from aminet_edge.export.onnx_export import export_onnx
 
     try:
-        paths = export_onnx(run, precision=precision, split=not no_split)
-    except (GraphCheckError, BundleError) as exc:
+        paths = export_onnx(run, precision=precision, split=not no_split, device=device)
+    except (GraphCheckError, ValueError) as exc:
         raise click.ClickException(str(exc)) from exc
     for part, path in paths.items():
         click.echo(f"{part}: {path}")

@@ -124,7 +124,8 @@ def _export(module: nn.Module, args: tuple[torch.Tensor, ...], io_names: tuple[t
     return path
 
 
-def export_onnx(bundle: str | Path, precision: str = "fp32", opset: int = OPSET, split: bool = True) -> dict[str, Path]:
+def export_onnx(bundle: str | Path, precision: str = "fp32", opset: int = OPSET, split: bool = True,
+                device: str = "cpu") -> dict[str, Path]:
     """Export the bundle's pipeline to ONNX next to its weights and record the files in config.json
     (path, sha256, bytes, the weights' sha256). A schema 1 bundle is upgraded on the way: its weights'
     checksum is recorded as they are now, its old unverifiable graph and engine records dropped.
@@ -132,14 +133,19 @@ def export_onnx(bundle: str | Path, precision: str = "fp32", opset: int = OPSET,
     Returns {"model": path} plus {"model_a", "model_b"} when `split`. Deterministic: the same bundle
     gives byte-identical files. Raises GraphCheckError if the graph holds a node TensorRT rejects.
     "int8" writes (and records) the fp32 graphs first, then their quantised copies.
+    device: where the model is traced ("cpu", "auto", "cuda", "cuda:N"); the CPU by default, where the
+    byte-identity above is tested.
     """
+    from aminet_edge.device import resolve_device
+
+    dev = resolve_device(device)
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     bundle = Path(bundle)
     if precision == "int8":
         from aminet_edge.export.quantize import quantize_graph
 
-        paths = export_onnx(bundle, "fp32", opset, split)
+        paths = export_onnx(bundle, "fp32", opset, split, device)
         for part in ("model", "model_b") if split else ("model",):
             target = bundle / onnx_name(part, precision)
             quantize_graph(paths[part], target)
@@ -147,8 +153,9 @@ def export_onnx(bundle: str | Path, precision: str = "fp32", opset: int = OPSET,
         _record(bundle, paths, precision, opset)
         return paths
     pipeline, config = load_pipeline(bundle, ops_backend="reference")
+    pipeline.to(dev)
     size, dtype = config.model.image_size, torch.float16 if precision == "fp16" else torch.float32
-    images = torch.zeros(2, 3, size, size)
+    images = torch.zeros(2, 3, size, size, device=dev)
     single: nn.Module = pipeline if precision == "fp32" else MixedPipeline(pipeline, dtype)
     paths = {"model": _export(single, (images,), SINGLE_IO, bundle / onnx_name("model", precision), opset)}
     if split:
@@ -157,7 +164,7 @@ def export_onnx(bundle: str | Path, precision: str = "fp32", opset: int = OPSET,
         a = PartA(ext, net, dtype).eval()
         with torch.no_grad():
             _, _, _, inpaint = a(images)
-        mask = torch.zeros(inpaint.shape[:2], dtype=torch.bool)
+        mask = torch.zeros(inpaint.shape[:2], dtype=torch.bool, device=dev)
         paths["model_a"] = _export(a, (images,), A_IO, bundle / onnx_name("model_a", precision), opset)
         paths["model_b"] = _export(PartB(net, dtype).eval(), (inpaint, mask), B_IO,
                                    bundle / onnx_name("model_b", precision), opset)

@@ -154,9 +154,14 @@ class AMINet(nn.Module):
 
         rec = w_mse * MSE + w_cos * mean(1 - cos) over each token's whole K*K*C patch vector, all tokens;
         clu = w_intra * mean token min-distance - w_inter * mean distance between distinct centres.
-        Returns a dict with "total", "mse", "cos", "intra", "inter" (scalars).
+        Returns a dict with "total", "mse", "cos", "intra", "inter" (float32 scalars). Under autocast the
+        networks run in bf16/fp16; distances, cosines and the MSE are computed in float32.
+        generator: drives masking and jitter; it must live on the features' device.
         """
         self._check(feat)
+        if generator is not None and generator.device.type != feat.device.type:
+            raise ValueError(f"the random generator is on {generator.device} but the features on {feat.device}: "
+                             f"create it on the training device (aminet_edge.device.make_generator)")
         jitter = self.cfg.feature_jitter
         tokens, centers = self.cluster(feat, generator, jitter)
         dist = reference.cluster_distance(tokens, centers)
@@ -164,8 +169,8 @@ class AMINet(nn.Module):
         p = self.cfg.num_clusters
         inter = reference.cluster_distance(centers, centers).sum((1, 2)).mean() / max(p * p - p, 1)
         mask = self.random_mask(feat.shape[0], generator, feat.device)
-        pred = self.inpaint(feat, mask, generator, jitter)
-        target = self.patchify(feat)
+        pred = self.inpaint(feat, mask, generator, jitter).float()
+        target = self.patchify(feat).float()
         mse = ((pred - target) ** 2).mean()
         cos = (1.0 - reference.cosine(pred, target)).mean()
         w = loss_cfg

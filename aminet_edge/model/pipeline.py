@@ -62,17 +62,20 @@ class Pipeline(nn.Module):
 
     @torch.no_grad()
     def score_paths(self, paths: Sequence[str | Path], mean: Sequence[float], std: Sequence[float],
-                    batch_size: int = 8, progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
-        """Run on image files: image scores (N,) float32 and maps (N, S, S) float32 at model resolution."""
-        from aminet_edge.data.images import read_batches
+                    batch_size: int = 8, progress: bool = False,
+                    workers: int = 0) -> tuple[np.ndarray, np.ndarray]:
+        """Run on image files on the pipeline's device: image scores (N,) float32 and maps (N, S, S) float32
+        at model resolution, on the host. `workers` DataLoader processes decode the images."""
+        from aminet_edge.data.batches import load_batches
 
         size = self.aminet.cfg.image_size
+        device = self.aminet.pos_embed.device
         scores, maps = [], []
         bar = tqdm(total=len(paths), desc="scoring", unit="img", disable=not progress)
-        for batch in read_batches(paths, size, mean, std, batch_size):
-            amap, score, _ = self(torch.from_numpy(batch))
-            scores.append(score.numpy())
-            maps.append(amap.numpy())
+        for batch in load_batches(paths, size, mean, std, batch_size, workers, pin_memory=device.type == "cuda"):
+            amap, score, _ = self(batch.to(device, non_blocking=True))
+            scores.append(score.cpu().numpy())
+            maps.append(amap.cpu().numpy())
             bar.update(len(batch))
         bar.close()
         return np.concatenate(scores), np.concatenate(maps)

@@ -13,12 +13,13 @@ from aminet_edge.model.pipeline import Pipeline
 
 
 def calibrate(pipeline: Pipeline, normals: Sequence[Sample], mean: Sequence[float], std: Sequence[float],
-              held_out: bool, progress: bool = False) -> Calibration:
+              held_out: bool, progress: bool = False, workers: int = 0) -> Calibration:
     """Image threshold from normal image scores; pixel threshold from each normal map's maximum.
 
     Both use `threshold_from_normal`. held_out False (few-shot) means the images were also trained on.
+    Runs on the pipeline's device; `workers` DataLoader processes decode the images.
     """
-    scores, maps = pipeline.score_paths([s.path for s in normals], mean, std, progress=progress)
+    scores, maps = pipeline.score_paths([s.path for s in normals], mean, std, progress=progress, workers=workers)
     peaks = maps.reshape(len(maps), -1).max(1)
     flat = maps.reshape(-1)
     return Calibration(

@@ -1,8 +1,13 @@
-"""Training: feature cache -> AdamW on the AMI-Net losses -> calibration on held-out normals -> bundle."""
+"""Training: feature cache -> AdamW on the AMI-Net losses -> calibration on held-out normals -> bundle.
+
+Runs on one device (`aminet_edge.device`): the models, the feature cache when it fits
+(`aminet_edge.train.cache`), the random generator and the calibration all live there.
+"""
 
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -12,16 +17,21 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from aminet_edge.bundle import BundleConfig, BundleError
+from aminet_edge.bundle import BundleConfig
 from aminet_edge.config import ModelConfig, ScoreConfig, TrainConfig, to_dict
 from aminet_edge.data.datasets import Sample, load_dataset, select_few_shot
+from aminet_edge.device import describe_device, make_generator, repeatable, resolve_device
 from aminet_edge.model.aminet import AMINet
 from aminet_edge.model.features import build_feature_extractor
 from aminet_edge.model.pipeline import Pipeline, save_bundle
-from aminet_edge.train.cache import build_feature_cache, weights_digest
+from aminet_edge.train.cache import (FeatureBatches, build_feature_cache, cache_nbytes, cache_placement,
+                                    weights_digest)
 from aminet_edge.train.calibrate import calibrate
+from aminet_edge.train.checkpoint import CHECKPOINT_FILE, load_checkpoint, save_checkpoint
+from aminet_edge.train.precision import resolve_precision
+from aminet_edge.train.step import TrainStep
 
-CHECKPOINT_FILE = "checkpoint.pt"
+log = logging.getLogger("aminet_edge.train")
 SETTINGS_FILE = "checkpoint.json"  # the settings the checkpoint is trained with (see check_resume)
 MIN_HOLDOUT = 3  # a mean and std from fewer normal scores are not a threshold
 
@@ -96,29 +106,6 @@ def check_resume(out: Path, settings: dict[str, Any], allow_changed: bool) -> No
                          "--allow-changed-settings (API: allow_changed_settings=True) to continue with the new ones")
 
 
-def _save_checkpoint(path: Path, epoch: int, aminet: AMINet, opt: torch.optim.Optimizer,
-                     gen: torch.Generator, history: list[dict[str, float]]) -> None:
-    tmp = path.with_suffix(".tmp")
-    torch.save({"epoch": epoch, "aminet": aminet.state_dict(), "optimizer": opt.state_dict(),
-                "generator": gen.get_state(), "history": history}, tmp)
-    tmp.replace(path)
-
-
-def _load_checkpoint(path: Path, aminet: AMINet, opt: torch.optim.Optimizer,
-                     gen: torch.Generator) -> tuple[int, list[dict[str, float]]]:
-    try:
-        state = torch.load(path, weights_only=True)  # our own file, but never unpickle objects
-        aminet.load_state_dict(state["aminet"])
-        opt.load_state_dict(state["optimizer"])
-        gen.set_state(state["generator"])
-        return int(state["epoch"]), list(state["history"])
-    except Exception as exc:  # noqa: BLE001 - UnpicklingError, EOFError, KeyError, RuntimeError (shapes), ...
-        reason = " ".join(str(exc).split())[:200]
-        raise BundleError(f"{path}: not a checkpoint of this training (written by another program or model "
-                          f"configuration, or truncated: {type(exc).__name__}: {reason}); "
-                          "delete it to start over, or train without --resume") from exc
-
-
 def train(
     data: str | Path | Sequence[str | Path],
     out: str | Path,
@@ -133,16 +120,29 @@ def train(
     allow_changed_settings: bool = False,
     checkpoint_every: int = 1,
     progress: bool = True,
+    device: str = "auto",
+    precision: str = "auto",
+    workers: int = 0,
+    compile: bool = False,
+    gpu_cache_gb: float | None = None,
 ) -> Path:
     """Train AMI-Net on normal images and write a bundle to `out`; returns the bundle path.
 
     data: one dataset root (one-for-one) or several (unified: one model for all categories); the normal
     training images are read from each root's layout (MVTec AD, BTAD or a plain folder). few_shot: train
     on k images per root. resume: continue from `out/checkpoint.pt` to the same result as an
-    uninterrupted run; ValueError when there is none, or when the settings (model, optimisation, seed,
-    training images, backbone weights; epochs may grow) differ from the checkpoint's, unless
-    allow_changed_settings. Fixed seeds give repeatable runs. Out-of-range settings raise ValueError
+    uninterrupted run; ValueError when there is none, when the device type or precision differs, or when
+    the settings (model, optimisation, seed, training images, backbone weights; epochs may grow) differ
+    from the checkpoint's, unless allow_changed_settings. Fixed seeds give repeatable runs: bit for bit
+    on the CPU, and on one GPU model with one torch version. Out-of-range settings raise ValueError
     naming the field before anything is written.
+    device: "auto" (first CUDA GPU, else CPU), "cpu", "cuda" or "cuda:N".
+    precision: "auto", "bf16", "fp16" or "fp32" (aminet_edge.train.precision; auto = bf16 on sm80+
+    GPUs, fp16 with gradient scaling on older ones, fp32 on the CPU).
+    workers: DataLoader processes decoding images (feature cache and calibration).
+    compile: torch.compile the losses' forward (unmeasured: off by default).
+    gpu_cache_gb: GPU memory the feature cache may take, in GiB (None: half the free memory; 0: keep
+    it in pinned-staged host memory).
     """
     model = model or ModelConfig()
     train_cfg = train_cfg or TrainConfig()
@@ -155,6 +155,10 @@ def train(
         raise ValueError(f"checkpoint_every must be an integer >= 1, got {checkpoint_every!r}")
     if allow_changed_settings and not resume:
         raise ValueError("allow_changed_settings (--allow-changed-settings) applies with resume (--resume) only")
+    dev = resolve_device(device)
+    prec = resolve_precision(precision, dev)
+    if gpu_cache_gb is not None and gpu_cache_gb < 0:
+        raise ValueError(f"gpu_cache_gb must be >= 0, got {gpu_cache_gb}")
     out = Path(out)
     if resume and not (out / CHECKPOINT_FILE).is_file():
         check_resume(out, {}, allow_changed_settings)  # raises: nothing to resume from
@@ -162,13 +166,15 @@ def train(
     roots = [data] if isinstance(data, (str, Path)) else list(data)
     samples = load_training_samples(roots, few_shot=few_shot, seed=train_cfg.seed)
     fit, held = split_holdout(samples, train_cfg.holdout_fraction, train_cfg.seed)
+    device_name = describe_device(dev)
+    log.info("training on %s, precision %s", device_name, prec)
 
-    torch.manual_seed(train_cfg.seed)
+    torch.manual_seed(train_cfg.seed)  # weights are initialised on the CPU: the same start on every device
     extractor = build_feature_extractor(model.backbone, weights=backbone_weights,
-                                        image_size=model.image_size, pretrained=pretrained)
+                                        image_size=model.image_size, pretrained=pretrained).to(dev)
     config = BundleConfig(model=model, in_channels=extractor.channels, score=score, mean=extractor.mean,
                           std=extractor.std, backbone_source=extractor.weights_source)
-    aminet = AMINet(model, extractor.channels)
+    aminet = AMINet(model, extractor.channels).to(dev)
     settings = training_settings(model, train_cfg, fit, few_shot, weights_digest(extractor))
     if resume:
         check_resume(out, settings, allow_changed_settings)
@@ -176,54 +182,55 @@ def train(
         (out / CHECKPOINT_FILE).unlink(missing_ok=True)  # an earlier run's state must not meet these settings
     (out / SETTINGS_FILE).write_text(json.dumps(settings, indent=1) + "\n")
 
-    t0 = time.perf_counter()
-    feats = build_feature_cache(extractor, [s.path for s in fit], model.image_size, extractor.mean,
-                                extractor.std, train_cfg.cache_dtype, cache_dir, progress=progress)
-    cache_seconds = time.perf_counter() - t0
+    nbytes = cache_nbytes(len(fit), extractor.channels, model.feature_size, train_cfg.cache_dtype)
+    place = cache_placement(nbytes, dev, None if gpu_cache_gb is None else int(gpu_cache_gb * 2**30))
+    log.info("feature cache: %.2f GiB of %s on %s", nbytes / 2**30, train_cfg.cache_dtype,
+             "the GPU" if place.type == "cuda" else "the host")
+    with repeatable(dev):
+        step = TrainStep(aminet, train_cfg, dev, prec, compile=compile)
+        gen = make_generator(dev, train_cfg.seed)
+        start, history = 0, list[dict[str, float]]()
+        ckpt = out / CHECKPOINT_FILE
+        if resume:  # before the cache: a checkpoint that cannot continue fails fast
+            start, history = load_checkpoint(ckpt, aminet, step, gen)
+        t0 = time.perf_counter()
+        feats = build_feature_cache(extractor, [s.path for s in fit], model.image_size, extractor.mean,
+                                    extractor.std, train_cfg.cache_dtype, cache_dir, progress=progress,
+                                    workers=workers, place=place)
+        cache_seconds = time.perf_counter() - t0
+        batches = FeatureBatches(feats, dev, train_cfg.batch_size)
 
-    opt = torch.optim.AdamW(aminet.parameters(), lr=train_cfg.lr, betas=train_cfg.betas,
-                            weight_decay=train_cfg.weight_decay)
-    gen = torch.Generator().manual_seed(train_cfg.seed)
-    start, history = 0, []
-    ckpt = out / CHECKPOINT_FILE
-    if resume:
-        start, history = _load_checkpoint(ckpt, aminet, opt, gen)
-
-    aminet.train()
-    n = feats.shape[0]
-    t0 = time.perf_counter()
-    for epoch in range(start, train_cfg.epochs):
-        order = torch.randperm(n, generator=gen)
-        sums: dict[str, float] = {}
-        seen, tick = 0, time.perf_counter()
-        bar = tqdm(total=n, desc=f"epoch {epoch + 1}/{train_cfg.epochs}", unit="img", disable=not progress)
-        for i in range(0, n, train_cfg.batch_size):
-            idx = order[i:i + train_cfg.batch_size]
-            batch = feats[idx].float()
-            losses = aminet.losses(batch, train_cfg.loss, gen)
-            opt.zero_grad(set_to_none=True)  # the authors' code never zeroes: gradients accumulated
-            losses["total"].backward()
-            opt.step()
-            for k, v in losses.items():
-                sums[k] = sums.get(k, 0.0) + float(v.detach()) * len(idx)
-            seen += len(idx)
-            bar.update(len(idx))
-            bar.set_postfix(loss=f"{sums['total'] / seen:.4f}",
-                            img_s=f"{seen / (time.perf_counter() - tick):.1f}")
-        bar.close()
-        history.append({k: v / seen for k, v in sums.items()} | {"epoch": epoch + 1})
-        if (epoch + 1) % checkpoint_every == 0 or epoch + 1 == train_cfg.epochs:
-            _save_checkpoint(ckpt, epoch + 1, aminet, opt, gen, history)
-    train_seconds = time.perf_counter() - t0
+        aminet.train()
+        n = len(batches)
+        t0 = time.perf_counter()
+        for epoch in range(start, train_cfg.epochs):
+            order = batches.order(gen)
+            sums: dict[str, torch.Tensor] = {}
+            tick = time.perf_counter()
+            bar = tqdm(total=n, desc=f"epoch {epoch + 1}/{train_cfg.epochs}", unit="img", disable=not progress)
+            for i in range(0, n, train_cfg.batch_size):
+                idx = order[i:i + train_cfg.batch_size]
+                losses = step(batches(idx), gen)
+                for k, v in losses.items():  # summed on the device: no GPU sync per step
+                    sums[k] = sums.get(k, 0.0) + v.double() * len(idx)
+                bar.update(len(idx))
+            means = {k: float(v) / n for k, v in sums.items()}
+            bar.set_postfix(loss=f"{means['total']:.4f}", img_s=f"{n / (time.perf_counter() - tick):.1f}")
+            bar.close()
+            history.append(means | {"epoch": epoch + 1})
+            if (epoch + 1) % checkpoint_every == 0 or epoch + 1 == train_cfg.epochs:
+                save_checkpoint(ckpt, epoch + 1, aminet, step, gen, history, device_name)
+        train_seconds = time.perf_counter() - t0
 
     aminet.eval()
     pipeline = Pipeline(extractor, aminet, score).eval()
     config.calibration = calibrate(pipeline, held or fit, extractor.mean, extractor.std, held_out=bool(held),
-                                   progress=progress)
+                                   progress=progress, workers=workers)
     config.train = {
         **to_dict(train_cfg), "roots": [str(r) for r in roots], "few_shot": few_shot,
-        "images": len(fit), "held_out": len(held), "cache_seconds": round(cache_seconds, 2),
-        "train_seconds": round(train_seconds, 2), "history": history,
+        "images": len(fit), "held_out": len(held), "device": device_name, "precision": prec,
+        "compile": compile, "cache_on": "gpu" if place.type == "cuda" else "host",
+        "cache_seconds": round(cache_seconds, 2), "train_seconds": round(train_seconds, 2), "history": history,
     }
     save_bundle(out, config, extractor, aminet)  # replaces (and logs) graphs and engines of an earlier bundle here
     return out

@@ -1,0 +1,77 @@
+"""Which torch device training, evaluation and export run on: one parser for `--device` everywhere.
+
+Spellings: "auto" (the current CUDA device, cuda:0 unless torch.cuda.set_device chose another, when
+torch sees a GPU; else the CPU), "cpu", "cuda" (the same current CUDA device) and "cuda:N". Anything else, or a CUDA device that is not there,
+is a ValueError naming the problem and the devices that do exist. Training code only; the torch-free
+runtime has its own device handling.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import torch
+
+DEVICE_CHOICES = "auto, cpu, cuda or cuda:N"
+_SPEC = re.compile(r"^(auto|cpu|cuda)(?::(\d+))?$")
+
+
+def resolve_device(spec: str | torch.device = "auto") -> torch.device:
+    """The torch.device for `spec` (see the module docstring), always with an index for CUDA."""
+    text = str(spec).strip().lower()
+    match = _SPEC.match(text)
+    if match is None or (match.group(2) is not None and match.group(1) != "cuda"):
+        raise ValueError(f"device must be {DEVICE_CHOICES}, got {str(spec)!r}")
+    kind, index = match.group(1), match.group(2)
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if kind == "cpu" or (kind == "auto" and count == 0):
+        return torch.device("cpu")
+    if count == 0:
+        raise ValueError(f"device {text!r} asked for, but torch sees no CUDA GPU (torch {torch.__version__}, "
+                         f"CUDA build: {torch.version.cuda or 'no, a CPU-only build'}); use --device cpu")
+    n = torch.cuda.current_device() if index is None else int(index)
+    if n >= count:
+        raise ValueError(f"device {text!r} does not exist: torch sees {count} CUDA device(s), "
+                         f"cuda:0..cuda:{count - 1}")
+    return torch.device("cuda", n)
+
+
+def describe_device(device: torch.device) -> str:
+    """"cpu" or "cuda:0 (NVIDIA H200)": what the logs and the bundle record."""
+    if device.type == "cuda":
+        return f"{device} ({torch.cuda.get_device_name(device)})"
+    return str(device)
+
+
+def make_generator(device: torch.device, seed: int) -> torch.Generator:
+    """A torch.Generator on `device` seeded with `seed`: random ops on that device must draw from it.
+
+    CPU: the same Mersenne-Twister stream as `torch.Generator().manual_seed(seed)`. CUDA: Philox,
+    repeatable for one seed on one GPU model and torch version, not equal to the CPU stream.
+    """
+    return torch.Generator(device=device).manual_seed(seed)
+
+
+@contextmanager
+def repeatable(device: torch.device) -> Iterator[None]:
+    """Within: one seed gives one result on one GPU (deterministic cuDNN convolutions, cuBLAS workspace,
+    attention backward). Ops without a deterministic CUDA kernel still run, with torch's warning.
+    Global torch flags are restored on exit. The CPU needs nothing (its kernels are deterministic).
+    """
+    if device.type != "cuda":
+        yield
+        return
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # read when cuBLAS makes its workspace
+    cudnn = torch.backends.cudnn
+    saved = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
+             cudnn.deterministic, cudnn.benchmark)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    cudnn.deterministic, cudnn.benchmark = True, False
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(saved[0], warn_only=saved[1])
+        cudnn.deterministic, cudnn.benchmark = saved[2], saved[3]
