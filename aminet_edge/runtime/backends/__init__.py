@@ -98,9 +98,16 @@ class Backend(ABC):
     max_batch: int | None = None
     exact_batch: bool = False
 
+    takes_frames: bool = False  # True: the Detector passes raw frames to `run_frames` instead of `run`
+
     @abstractmethod
     def run(self, images: np.ndarray) -> BackendOutput:
         """images: (B, 3, S, S) float32, C-contiguous, normalised as the bundle's preprocess says."""
+
+    def run_frames(self, frames: list[np.ndarray]) -> BackendOutput:
+        """frames: B RGB images (H_i, W_i, 3), uint8 (0..255) or float32 in [0, 1] (runtime.inputs.to_frame);
+        the backend resizes and normalises them itself (on its device). Only called when `takes_frames`."""
+        raise NotImplementedError(f"backend {self.name!r} takes preprocessed images (run), not frames")
 
     def close(self) -> None:
         """Release sessions and device memory (idempotent)."""
