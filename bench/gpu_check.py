@@ -30,6 +30,7 @@ script itself is exercised; tests/test_gpu_check.py runs parts of it in CI.
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib.util
 import json
 import os
@@ -524,7 +525,7 @@ def main(argv: list[str] | None = None) -> int:
     for name, budget, fn in STEPS:
         if only and name not in only:
             continue
-        runner.run(name, budget, lambda step, b, fn=fn: fn(runner, step, b))
+        runner.run(name, budget, functools.partial(fn, runner))
     md, js = write_report(out, runner.steps, args.dry_run, time.monotonic() - t0)
     print(f"\nreport: {md} and {js}")
     not_ok = [s for s in runner.steps if s.status != "ok"]

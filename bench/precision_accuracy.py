@@ -59,14 +59,14 @@ def main(argv: list[str] | None = None) -> dict:
             continue
         preds = det.predict_batch([str(s.path) for s in test])
         det.close()
-        bad = [p.source for p in preds if not p.ok]
-        if bad:
-            results[precision] = {"skipped": f"failed on {len(bad)} image(s), first {bad[0]}"}
+        broken = [p.source for p in preds if not p.ok]
+        if broken:
+            results[precision] = {"skipped": f"failed on {len(broken)} image(s), first {broken[0]}"}
             continue
         scores = np.array([p.score for p in preds])
-        truth = np.concatenate([(m if m is not None else np.zeros(p.anomaly_map.shape, bool)).ravel()
-                                for m, p in zip(masks, preds)])
-        maps = np.concatenate([p.anomaly_map.ravel() for p in preds])
+        amaps = [np.asarray(p.anomaly_map) for p in preds]
+        truth = np.concatenate([(m if m is not None else np.zeros(a.shape, bool)).ravel() for m, a in zip(masks, amaps)])
+        maps = np.concatenate([a.ravel() for a in amaps])
         results[precision] = {"image_auroc": auroc(labels, scores), "pixel_auroc": auroc(truth, maps),
                               "scores": scores.tolist()}
         print(f"{precision}: image AUROC {results[precision]['image_auroc']:.4f}, pixel AUROC "

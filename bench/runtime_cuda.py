@@ -21,13 +21,14 @@ import json
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import append_result, median_seconds  # noqa: E402
 
-VARIANTS = (  # (label, backend options)
+VARIANTS: tuple[tuple[str, dict[str, Any]], ...] = (  # (label, backend options)
     ("torch eager (reference ops, host preprocess, fp32)",
      {"ops_backend": "reference", "device_preprocess": False}),
     ("fused ops, device preprocess, fp32", {"ops_backend": "auto", "device_preprocess": True}),
@@ -51,8 +52,9 @@ def make_bundle(path: Path, preset: str) -> Path:
     torch.manual_seed(0)
     model = PRESETS[preset]
     probe = build_feature_extractor(model.backbone, image_size=model.image_size, pretrained=False)
-    config = BundleConfig(model=model, in_channels=probe.channels, score=ScoreConfig(), mean=tuple(probe.mean),
-                          std=tuple(probe.std))
+    mean, std = probe.mean, probe.std
+    config = BundleConfig(model=model, in_channels=probe.channels, score=ScoreConfig(),
+                          mean=(mean[0], mean[1], mean[2]), std=(std[0], std[1], std[2]))
     extractor, aminet = build_modules(config)
     path.mkdir(parents=True, exist_ok=True)
     save_pipeline_weights(path, extractor, aminet)

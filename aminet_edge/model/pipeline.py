@@ -49,7 +49,8 @@ class Pipeline(nn.Module):
     def _autocast(self, images: torch.Tensor) -> contextlib.AbstractContextManager:  # type: ignore[type-arg]
         if self.compute_dtype is None or self.compute_dtype == torch.float32:
             return contextlib.nullcontext()
-        return torch.autocast(images.device.type, dtype=self.compute_dtype)
+        # no weight-cast cache: a CUDA graph captured under autocast must not keep casts the cache frees
+        return torch.autocast(images.device.type, dtype=self.compute_dtype, cache_enabled=False)
 
     def _ops(self):  # type: ignore[no-untyped-def]
         if self.ops_backend == "reference":

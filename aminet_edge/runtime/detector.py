@@ -191,7 +191,9 @@ class Detector:
         limits: image size limits (inputs.Limits).
         backend_options: passed to the backend, e.g. threads=4 (onnxruntime, torch), ops_backend="reference"
             (torch), precision="fp32" / "int8" (onnxruntime; default int8 when the bundle was exported with
-            `--precision int8`), cuda_graph=True / engine="path" (tensorrt).
+            `--precision int8`), cuda_graph=True / engine="path" (tensorrt); torch: precision="fp16" /
+            "bf16" (autocast), cuda_graph=True (one graph per batch size, cuda), device_preprocess (frames
+            resized and normalised on the device; default on for cuda).
         """
         bundle = Path(bundle)
         config = read_config(bundle)

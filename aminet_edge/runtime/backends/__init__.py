@@ -1,7 +1,8 @@
 """Inference backends of the Detector: one registry of names, availability and the `auto` order.
 
 A backend turns preprocessed images (B, 3, S, S) float32 into the model's three outputs
-(`BackendOutput`). Each lives in its own module and imports its heavy package (torch, onnxruntime,
+(`BackendOutput`); one with `takes_frames` (torch on CUDA) takes the decoded RGB frames instead and
+preprocesses them on its device (`run_frames`). Each lives in its own module and imports its heavy package (torch, onnxruntime,
 tensorrt/tensorrt_rtx, pycuda/cuda-python) only when it is created; `backend_status` answers "can it
 run here, and if not why" without running anything (and, for CPU, without importing torch).
 
