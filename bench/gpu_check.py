@@ -147,7 +147,10 @@ def activate_vendor(archive: Path, env: dict[str, str]) -> tuple[list[str], list
         return [], [m for m in VENDOR if m not in missing]
     unpacked = Path(tempfile.mkdtemp(prefix="aminet-vendor-"))
     with tarfile.open(archive) as tar:
-        tar.extractall(unpacked, filter="data") if hasattr(tarfile, "data_filter") else tar.extractall(unpacked)
+        if hasattr(tarfile, "data_filter"):  # Python >= 3.11.4: refuse links and paths leaving `unpacked`
+            tar.extractall(unpacked, filter="data")
+        else:
+            tar.extractall(unpacked)
     active = unpacked / "active"
     active.mkdir()
     used = []

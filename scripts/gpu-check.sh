@@ -8,6 +8,11 @@
 # (--dry-run, --budget SECONDS, --only step,step, --out DIR).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PYTHON=${PYTHON:-python3}
-command -v "$PYTHON" >/dev/null || PYTHON=python
-exec "$PYTHON" bench/gpu_check.py "$@"
+# the interpreter that has torch ($PYTHON if set, else python, else python3)
+for candidate in "${PYTHON:-}" python python3; do
+  if [[ -n $candidate ]] && command -v "$candidate" >/dev/null && "$candidate" -c "import torch" 2>/dev/null; then
+    exec "$candidate" bench/gpu_check.py "$@"
+  fi
+done
+echo "error: no python with torch found (tried \$PYTHON, python, python3); set PYTHON=/path/to/python" >&2
+exit 1
