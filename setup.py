@@ -72,7 +72,8 @@ setup(
         ],
         "onnxruntime": ["onnxruntime>=1.17"],
         "gpu": ["triton>=3.0"],
-        "rtx": ["tensorrt-rtx>=1.0"],
+        # the runtime's device buffers, stream and graph capture come from cuda-python (cuda.bindings)
+        "rtx": ["tensorrt-rtx>=1.0", "cuda-python>=12.0"],
         "jetson": ["pycuda"],
         "dev": [
             "torch>=2.2", "safetensors>=0.4", "scipy>=1.10", "onnx>=1.15", "onnxruntime>=1.17",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import platform
 import shlex
 import statistics
@@ -11,7 +12,8 @@ from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 
-RESULTS = Path(__file__).resolve().parent / "results"
+# raw results; AMINET_BENCH_RESULTS redirects them (bench/gpu_check.py: into its report folder)
+RESULTS = Path(os.environ.get("AMINET_BENCH_RESULTS") or Path(__file__).resolve().parent / "results")
 
 
 def median_seconds(fn: Callable[[], object], repeats: int = 5, warmup: int = 1) -> float:

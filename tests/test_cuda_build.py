@@ -3,7 +3,8 @@
 CUDA sources (csrc/cuda/); without nvcc these skip with that reason:
 - each .cu compiles for Jetson Orin (sm_87) without warnings, with every kernel's static shared memory
   well under the 48 KB default limit (a 68 KB kernel once failed to launch) and no register spills;
-- each .cu compiles for the full default architecture list, read from CMakeLists.txt (one place);
+- each .cu compiles for the full default architecture list CMake derives for this nvcc
+  (cmake/cuda_architectures.cmake, one place), and that list follows the toolkit version;
 - libaminet_cuda.so links, loads through aminet_edge.ops.cuda, exports exactly the C API, and its host
   function (the smoothing matrix) matches the reference without a GPU.
 Triton kernels (aminet_edge/ops/triton/): compiled ahead of time to cubins for sm_87, sm_90 and sm_120
@@ -38,11 +39,42 @@ NVCC = shutil.which("nvcc")
 needs_nvcc = pytest.mark.skipif(NVCC is None, reason="nvcc not found: the CUDA kernels cannot be compiled here")
 
 
+CMAKE = shutil.which("cmake")
+needs_cmake = pytest.mark.skipif(CMAKE is None, reason="cmake not found: the default architecture list is CMake code")
+
+
+def _cmake_architectures(*definition: str) -> subprocess.CompletedProcess:
+    """Run cmake/cuda_architectures.cmake (what CMakeLists.txt includes) in script mode; it prints the list."""
+    assert CMAKE is not None
+    return subprocess.run([CMAKE, *definition, "-P", str(ROOT / "cmake/cuda_architectures.cmake")],
+                          capture_output=True, text=True, timeout=60)
+
+
 def _default_architectures() -> list[str]:
-    text = (ROOT / "CMakeLists.txt").read_text()
-    match = re.search(r'set\(CMAKE_CUDA_ARCHITECTURES "([0-9;]+)"\)', text)
-    assert match, "CMakeLists.txt must set a default CMAKE_CUDA_ARCHITECTURES list"
-    return match.group(1).split(";")
+    """The default list CMakeLists.txt derives for the nvcc on PATH."""
+    proc = _cmake_architectures(f"-DAMINET_NVCC={NVCC}")
+    assert proc.returncode == 0, proc.stderr
+    return proc.stderr.strip().split(";")  # message() writes to stderr
+
+
+@needs_cmake
+@pytest.mark.parametrize("version, want", [
+    ("11.4", "87;80;86"), ("11.8", "87;80;86;89;90"), ("12.6", "87;80;86;89;90"), ("12.8", "87;80;86;89;90;120"),
+    ("13.0", "87;80;86;89;90;120"),
+])
+def test_default_architectures_follow_the_toolkit_version(version: str, want: str) -> None:
+    """sm_120 only from CUDA 12.8, sm_89/90 from 11.8 (what each nvcc release can compile)."""
+    proc = _cmake_architectures(f"-DAMINET_CUDA_VERSION={version}")
+    assert proc.returncode == 0 and proc.stderr.strip() == want, proc.stderr
+
+
+@needs_cmake
+def test_old_toolkits_warn_or_refuse() -> None:
+    proc = _cmake_architectures("-DAMINET_CUDA_VERSION=11.2")
+    assert proc.returncode == 0 and "cannot compile for Jetson Orin" in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1] == "80;86"
+    proc = _cmake_architectures("-DAMINET_CUDA_VERSION=10.2")
+    assert proc.returncode != 0 and "compiles none of the supported architectures" in proc.stderr
 
 
 def _nvcc(args: list[str], timeout: int = 300) -> subprocess.CompletedProcess:
@@ -65,6 +97,7 @@ def test_compiles_for_orin_within_shared_memory(source: str, tmp_path: Path) -> 
 
 
 @needs_nvcc
+@needs_cmake
 @pytest.mark.parametrize("source", SOURCES)
 def test_compiles_for_default_architectures(source: str, tmp_path: Path) -> None:
     archs = _default_architectures()

@@ -83,6 +83,10 @@ def make_bundle(path: Path) -> Path:
                                      normal_image_scores={"mean": float(score.mean()), "n": 6},
                                      f1_image_threshold=0.8 * image_thr, f1_pixel_threshold=0.8 * pixel_thr)
     write_config(path, config)
+    import importlib.util
+
+    if importlib.util.find_spec("onnx") is None:  # a bare GPU machine (bench/gpu_check.py): the onnxruntime
+        return path  # backends then skip for want of graphs; the torch backend needs none
     from aminet_edge.export.onnx_export import export_onnx
 
     with warnings.catch_warnings():
@@ -756,6 +760,8 @@ def fake_tensorrt(memory: FakeMemory):  # type: ignore[no-untyped-def]
             batch = next(iter(self.shapes.values()))[0]
 
             def run() -> None:
+                # as TensorRT requires: a captured graph replays on a context still shaped as at capture
+                assert all(shape[0] == batch for shape in self.shapes.values()), "context re-shaped since capture"
                 e = self.engine
                 feeds = {n: memory.view(self.addresses[n], e.dtypes[n], (batch, *e.rest[n])).copy() for n in e.inputs}
                 for n, value in zip(e.outputs, e.session.run(e.outputs, feeds)):
@@ -775,6 +781,7 @@ def fake_tensorrt(memory: FakeMemory):  # type: ignore[no-untyped-def]
             self.dtypes = {t.name: ort_types[t.type] for t, _ in io}
             self.rest = {t.name: tuple(t.shape[1:]) for t, _ in io}
             self.num_io_tensors = len(self.names)
+            self.contexts: list[Context] = []
 
         def get_tensor_name(self, i: int) -> str:
             return self.names[i]
@@ -792,7 +799,8 @@ def fake_tensorrt(memory: FakeMemory):  # type: ignore[no-untyped-def]
             return [(1, *self.rest[name]), (1, *self.rest[name]), (self.max_batch, *self.rest[name])]
 
         def create_execution_context(self) -> Context:
-            return Context(self)
+            self.contexts.append(Context(self))
+            return self.contexts[-1]
 
     class Runtime:
         def __init__(self, logger) -> None:  # type: ignore[no-untyped-def]
@@ -879,5 +887,11 @@ def test_tensorrt_backend_on_a_simulated_device(bundle: Path, tmp_path: Path, mo
     for a, b in zip(got, again):
         assert_identical(a, b)
     assert (memory.launches > 0) == cuda_graph  # manual capture replays once captured per batch size
+    for runner in backend.runners:  # graphs: the shared context plus one per captured batch size
+        assert len(runner.engine.contexts) == (3 if cuda_graph else 1)
+        assert sorted(runner.batch_contexts) == ([2, 4] if cuda_graph else [])
+        for batch, context in runner.batch_contexts.items():
+            assert all(shape[0] == batch for shape in context.shapes.values())
+            assert context.addresses == {n: b.ptr for n, b in runner.buffers.items()}
     det.close()
     assert not memory.mem

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import click
 
 from aminet_edge.cli import device_option
@@ -32,7 +34,9 @@ def export_cmd(run: str, precision: str, no_split: bool, device: str) -> None:
 @click.argument("run", type=click.Path(exists=True, file_okay=False))
 @click.option("--target", type=click.Choice(["rtx", "jetson", "auto"]), default="auto", show_default=True,
               help="rtx: TensorRT-RTX ahead of time, no GPU needed; jetson: TensorRT on the Jetson itself; "
-                   "auto: rtx when tensorrt_rtx is installed, else TensorRT for the GPU present.")
+                   "auto: from the GPU present: TensorRT on a Jetson, rtx for a GPU TensorRT-RTX targets "
+                   "(SM 80/86/89/120/121) or no GPU, standard TensorRT for others (e.g. SM 90 H100/H200; "
+                   "refused with what to do when only tensorrt_rtx is installed).")
 @click.option("--precision", type=click.Choice(["fp32", "fp16"]), default="fp16", show_default=True)
 @click.option("--out", type=click.Path(dir_okay=False), default=None,
               help="Engine file [default: RUN/engines/<backend>-<target>-<precision>.engine].")
@@ -55,10 +59,15 @@ def build_engine_cmd(run: str, target: str, precision: str, out: str | None, bat
         raise click.UsageError("--out names one file; --split builds two (default names are used)")
     graphs = ("model_a", "model_b") if split else ("model",)
     for graph in graphs:
-        try:
-            path = build_engine(run, target=target, precision=precision, batch=batch,
-                                workspace=None if workspace_mb is None else workspace_mb << 20,
-                                compute_capabilities=list(arch) or None, out=out, graph=graph)
-        except (ImportError, ValueError, RuntimeError) as exc:
-            raise click.ClickException(str(exc)) from exc
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", UserWarning)
+            try:
+                path = build_engine(run, target=target, precision=precision, batch=batch,
+                                    workspace=None if workspace_mb is None else workspace_mb << 20,
+                                    compute_capabilities=list(arch) or None, out=out, graph=graph)
+            except (ImportError, ValueError, RuntimeError) as exc:
+                raise click.ClickException(str(exc)) from exc
+            finally:
+                for w in caught:
+                    click.echo(f"warning: {w.message}", err=True)
         click.echo(str(path))

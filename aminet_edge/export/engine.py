@@ -21,6 +21,7 @@ against tensorrt-stubs 10.13 (tests/test_engine.py), never run: it needs the Ten
 from __future__ import annotations
 
 import time
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -66,25 +67,58 @@ class EngineMismatchError(RuntimeError):
 
 
 def _resolve_target(target: str) -> tuple[str, str]:
-    """(backend module name, resolved target) for target "rtx", "jetson" or "auto"."""
+    """(backend module name, resolved target) for target "rtx", "jetson" or "auto".
+
+    "auto" looks at the machine: a Jetson -> tensorrt "jetson"; a GPU TensorRT-RTX targets (RTX_SM) ->
+    tensorrt_rtx when installed, else tensorrt "gpu"; a GPU it does not target (datacenter Hopper SM 90,
+    Blackwell SM 100, Turing) -> tensorrt "gpu", refused with what to do when only tensorrt_rtx is
+    installed (its engine would not run here); no GPU -> tensorrt_rtx (ahead of time). "rtx" on a machine
+    whose GPU it does not target warns that the engine is for other machines.
+    """
     if target not in TARGETS:
         raise UnsupportedTargetError(f"target must be one of {', '.join(TARGETS)}, got {target!r}")
-    if target == "rtx":
-        return "tensorrt_rtx", "rtx"
     if target == "jetson":
         return "tensorrt", "jetson"
-    if trt_compat.is_installed("tensorrt_rtx"):
+    present = trt_compat.gpus()
+    foreign = [(name, sm) for name, sm in present if sm not in trt_compat.RTX_SM]
+    if target == "rtx":
+        if foreign:
+            warnings.warn(f"--target rtx: TensorRT-RTX does not target this machine's {_describe(foreign)}; the "
+                          f"engine is for RTX deployment GPUs (SM {', '.join(map(str, trt_compat.RTX_SM))}) and "
+                          f"will not run here", UserWarning, stacklevel=3)
         return "tensorrt_rtx", "rtx"
-    if trt_compat.is_installed("tensorrt"):
-        return "tensorrt", "jetson" if trt_compat.is_jetson() else "gpu"
+    rtx, std = trt_compat.is_installed("tensorrt_rtx"), trt_compat.is_installed("tensorrt")
+    if trt_compat.is_jetson():
+        if std:
+            return "tensorrt", "jetson"
+        raise BackendNotInstalledError(f"--target auto on a Jetson builds with JetPack's TensorRT, which is not "
+                                       f"importable: {trt_compat.INSTALL_HINT['tensorrt']}")
+    if rtx and not foreign:  # no GPU (ahead of time) or only GPUs TensorRT-RTX targets
+        return "tensorrt_rtx", "rtx"
+    if std:
+        return "tensorrt", "gpu"
+    if rtx:
+        raise UnsupportedTargetError(
+            f"--target auto: this machine's {_describe(foreign)} is not a TensorRT-RTX target (it builds for SM "
+            f"{', '.join(map(str, trt_compat.RTX_SM))}: RTX and workstation GPUs, not datacenter Hopper/Blackwell "
+            f"or Turing), so an engine built here with tensorrt_rtx would not run on it. To run on this GPU, "
+            f"install NVIDIA's standard TensorRT ({trt_compat.INSTALL_HINT['tensorrt']}) and re-run with "
+            f"--target auto, or skip engines and use the torch backend (Detector.load(run, backend='torch', "
+            f"device='cuda')). To build for RTX deployment machines on purpose, pass --target rtx [--arch ...].")
     raise BackendNotInstalledError("no TensorRT flavour installed: " + "; or ".join(
         f"{k}: {v}" for k, v in trt_compat.INSTALL_HINT.items()))
+
+
+def _describe(gpus: list[tuple[str, int]]) -> str:
+    return ", ".join(f"GPU {name} (SM {sm})" for name, sm in gpus)
 
 
 def _compute_capabilities(backend: str, target: str, requested: list[int] | tuple[int, ...] | None) -> list[int]:
     """Validated SM list (major*10+minor). RTX: default DEFAULT_RTX_SMS. Standard TRT: the GPU present."""
     if backend == "tensorrt_rtx":
-        sms = sorted(set(requested or DEFAULT_RTX_SMS))
+        # by default also the GPU present when TensorRT-RTX targets it (SM 121 is not in the default list)
+        here = {sm for _, sm in trt_compat.gpus() if sm in trt_compat.RTX_SM}
+        sms = sorted(set(requested) if requested else set(DEFAULT_RTX_SMS) | here)
         if 75 in sms:
             raise UnsupportedTargetError("compute capability 75 (Turing) is not supported: AMI-Net's GEMM "
                                          "layers have no TensorRT-RTX tactics there; target 80, 86, 89 or 120")

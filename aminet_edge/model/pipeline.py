@@ -7,6 +7,7 @@ through aminet_edge.bundle's checks (recorded sha256, finite values).
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -23,20 +24,34 @@ from aminet_edge.model.features import FeatureExtractor, build_feature_extractor
 from aminet_edge.ops import reference
 
 
+def _fp32(t: torch.Tensor) -> torch.Tensor:
+    """t as float32; the same tensor when it already is (no Cast node in an exported graph)."""
+    return t if t.dtype == torch.float32 else t.float()
+
+
 class Pipeline(nn.Module):
     """images (B, 3, S, S) float32, ImageNet-normalised -> amap (B, S, S), score (B,), mask (B, L) bool.
 
     `ops_backend` selects the implementation of the two fused ops ("reference" = pure PyTorch, exported
-    to ONNX; others through the aminet_edge.ops dispatcher).
+    to ONNX; others through the aminet_edge.ops dispatcher). `compute_dtype` (None = float32, as exported;
+    torch.float16 / torch.bfloat16) runs the backbone and AMI-Net's networks under autocast; the two
+    fused ops always read float32, so the mask decision and the score map are computed as in fp32.
     """
 
     def __init__(self, extractor: FeatureExtractor, aminet: AMINet, score: ScoreConfig,
-                 ops_backend: str = "reference") -> None:
+                 ops_backend: str = "reference", compute_dtype: torch.dtype | None = None) -> None:
         super().__init__()
         self.extractor = extractor
         self.aminet = aminet
         self.score = score
         self.ops_backend = ops_backend
+        self.compute_dtype = compute_dtype
+
+    def _autocast(self, images: torch.Tensor) -> contextlib.AbstractContextManager:  # type: ignore[type-arg]
+        if self.compute_dtype is None or self.compute_dtype == torch.float32:
+            return contextlib.nullcontext()
+        # no weight-cast cache: a CUDA graph captured under autocast must not keep casts the cache frees
+        return torch.autocast(images.device.type, dtype=self.compute_dtype, cache_enabled=False)
 
     def _ops(self):  # type: ignore[no-untyped-def]
         if self.ops_backend == "reference":
@@ -53,11 +68,14 @@ class Pipeline(nn.Module):
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         mask_fn, score_fn = self._ops()
-        feat = self.extractor(images)
-        tokens, centers = self.aminet.cluster(feat)
-        mask, _, _ = mask_fn(tokens, centers, self.aminet.cfg.mask_lambda)
-        recon = self.aminet.inpaint_features(self.aminet.embed_inpaint_tokens(feat), mask)
-        amap, score = score_fn(feat, recon, tuple(images.shape[-2:]), self.score.sigma, self.score.image_score)
+        with self._autocast(images):
+            feat = self.extractor(images)
+            tokens, centers = self.aminet.cluster(feat)
+        mask, _, _ = mask_fn(_fp32(tokens), _fp32(centers), self.aminet.cfg.mask_lambda)
+        with self._autocast(images):
+            recon = self.aminet.inpaint_features(self.aminet.embed_inpaint_tokens(feat), mask)
+        amap, score = score_fn(_fp32(feat), _fp32(recon), tuple(images.shape[-2:]), self.score.sigma,
+                               self.score.image_score)
         return amap, score, mask
 
     @torch.no_grad()

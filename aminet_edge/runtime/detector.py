@@ -49,7 +49,7 @@ import numpy as np
 
 from aminet_edge.bundle import BundleConfig, BundleError, Calibration, read_config
 from aminet_edge.runtime.backends import Backend, create_backend, select_backend
-from aminet_edge.runtime.inputs import InputError, Limits, describe, split_batch, to_rgb
+from aminet_edge.runtime.inputs import InputError, Limits, describe, split_batch, to_frame, to_rgb
 from aminet_edge.runtime.result import Result, Thresholds, Timing
 
 log = logging.getLogger("aminet_edge.runtime")
@@ -136,7 +136,7 @@ def resize_map(amap: np.ndarray, height: int, width: int) -> np.ndarray:
 class _Prepared:
     index: int
     source: str
-    tensor: np.ndarray  # (3, S, S) float32
+    tensor: np.ndarray  # (3, S, S) float32, or for a frame-taking backend the (H, W, 3) frame (inputs.to_frame)
     height: int
     width: int
     preprocess_ms: float
@@ -156,6 +156,7 @@ class Detector:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self._backend = backend
+        self._frames = bool(getattr(backend, "takes_frames", False))
         self._lock = threading.Lock()
         self._closed = False
         self.config = config
@@ -192,7 +193,9 @@ class Detector:
         limits: image size limits (inputs.Limits).
         backend_options: passed to the backend, e.g. threads=4 (onnxruntime, torch), ops_backend="reference"
             (torch), precision="fp32" / "int8" (onnxruntime; default int8 when the bundle was exported with
-            `--precision int8`), cuda_graph=True / engine="path" (tensorrt).
+            `--precision int8`), cuda_graph=True / engine="path" (tensorrt); torch: precision="fp16" /
+            "bf16" (autocast), cuda_graph=True (one graph per batch size, cuda), device_preprocess (frames
+            resized and normalised on the device; default on for cuda).
         """
         bundle = Path(bundle)
         config = read_config(bundle)
@@ -294,11 +297,14 @@ class Detector:
         t0 = time.perf_counter()
         source = describe(x, index)
         try:
-            rgb = to_rgb(x, index, bgr, self.limits)
-            tensor = preprocess(rgb, self.image_size, self.config.mean, self.config.std)
+            if self._frames:  # the backend resizes and normalises on its device
+                rgb = tensor = to_frame(x, index, bgr, self.limits)
+            else:
+                rgb = to_rgb(x, index, bgr, self.limits)
+                tensor = np.ascontiguousarray(preprocess(rgb, self.image_size, self.config.mean, self.config.std),
+                                              dtype=np.float32)
         except InputError as exc:
             return Result(source=source, index=position, error=exc, backend=self.backend)
-        tensor = np.ascontiguousarray(tensor, dtype=np.float32)
         return _Prepared(position, source, tensor, int(rgb.shape[0]), int(rgb.shape[1]),
                          (time.perf_counter() - t0) * 1e3)
 
@@ -329,18 +335,21 @@ class Detector:
         done = {r.index: r for r in self._run(good, thresholds)} if good else {}
         return [p if isinstance(p, Result) else done[p.index] for p in prepared]
 
-    def _infer(self, batch: np.ndarray) -> tuple[Any, float]:
-        """One backend call (serialised by the lock), padding to the backend's fixed batch if it has one."""
-        n = batch.shape[0]
+    def _infer(self, tensors: list[np.ndarray]) -> tuple[Any, float]:
+        """One backend call (serialised by the lock), padding to the backend's fixed batch if it has one.
+
+        tensors: preprocessed (3, S, S) float32 images, stacked for `run`; or, for a frame-taking backend,
+        (H, W, 3) frames passed as a list to `run_frames`.
+        """
+        n = len(tensors)
         fixed = getattr(self._backend, "exact_batch", False) and self._backend.max_batch
         if fixed and n < self._backend.max_batch:  # type: ignore[operator]
-            pad = np.repeat(batch[-1:], self._backend.max_batch - n, axis=0)  # type: ignore[operator]
-            batch = np.concatenate([batch, pad])
+            tensors = tensors + [tensors[-1]] * (self._backend.max_batch - n)  # type: ignore[operator]
         with self._lock:
             if self._closed:
                 raise RuntimeError(f"{self!r} is closed")
             t0 = time.perf_counter()
-            out = self._backend.run(batch)
+            out = self._backend.run_frames(tensors) if self._frames else self._backend.run(np.stack(tensors))
             ms = (time.perf_counter() - t0) * 1e3
         return out, ms
 
@@ -349,7 +358,7 @@ class Detector:
         results: list[Result] = []
         for s in range(0, len(prepared), step):
             chunk = prepared[s:s + step]
-            out, backend_ms = self._infer(np.stack([p.tensor for p in chunk]))
+            out, backend_ms = self._infer([p.tensor for p in chunk])
             for j, p in enumerate(chunk):
                 results.append(self._postprocess(p, out.amap[j], out.score[j], out.mask[j], thresholds,
                                                  backend_ms, len(chunk)))

@@ -169,6 +169,48 @@ def array_to_rgb(arr: np.ndarray, source: str, bgr: bool, limits: Limits,
         raise InputError(source, problem, index) from exc
 
 
+def _uint8_rgb(arr: np.ndarray, source: str, bgr: bool, limits: Limits, index: int | None) -> np.ndarray:
+    """A uint8 HxW(xC) array as (H, W, 3) uint8 RGB: the channel handling of to_rgb_float, without scaling."""
+    if arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[2] not in (1, 3, 4)):
+        return array_to_rgb(arr, source, bgr, limits, index)  # raises its InputError naming the shape
+    check_size(source, arr.shape[0], arr.shape[1], limits, index)
+    if arr.ndim == 2:
+        arr = arr[:, :, None]
+    if arr.shape[2] == 1:
+        arr = np.repeat(arr, 3, axis=2)
+    elif arr.shape[2] == 4:
+        arr = arr[:, :, :3]
+    if bgr:
+        arr = arr[:, :, ::-1]
+    return np.ascontiguousarray(arr)
+
+
+def to_frame(x: Any, index: int | None = None, bgr: bool = False, limits: Limits = Limits()) -> np.ndarray:
+    """One input as an (H, W, 3) RGB frame for backends that preprocess on their device.
+
+    8-bit inputs (uint8 arrays and tensors, 8-bit files and PIL images) stay uint8 (0..255), a quarter of
+    the bytes to upload; anything else is to_rgb's float32 in [0, 1]. Either way `frame / 255` (uint8) or
+    `frame` (float32) equals to_rgb(x) exactly, so the device sees the same pixels as the host path.
+    """
+    source = describe(x, index)
+    if isinstance(x, np.ndarray) and x.dtype == np.uint8:
+        return _uint8_rgb(x, source, bgr, limits, index)
+    if is_torch_tensor(x) and str(x.dtype) == "torch.uint8":
+        try:
+            arr = _from_torch(x)
+        except (ValueError, TypeError, RuntimeError) as exc:
+            raise InputError(source, str(exc), index) from exc
+        return _uint8_rgb(arr, source, bgr, limits, index)
+    rgb = to_rgb(x, index, bgr, limits)
+    if isinstance(x, (str, os.PathLike)) or _is_pil(x):  # decoded 8-bit images come back as k / 255
+        q = np.rint(rgb * np.float32(255.0))
+        if q.max(initial=0.0) <= 255.0:
+            u8 = q.astype(np.uint8)
+            if np.array_equal(u8.astype(np.float32) / np.float32(255.0), rgb):
+                return u8
+    return rgb
+
+
 def to_rgb(x: Any, index: int | None = None, bgr: bool = False, limits: Limits = Limits()) -> np.ndarray:
     """One input (see the module docstring) -> (H, W, 3) float32 RGB in [0, 1]; InputError if unusable."""
     source = describe(x, index)

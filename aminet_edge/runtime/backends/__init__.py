@@ -1,7 +1,8 @@
 """Inference backends of the Detector: one registry of names, availability and the `auto` order.
 
 A backend turns preprocessed images (B, 3, S, S) float32 into the model's three outputs
-(`BackendOutput`). Each lives in its own module and imports its heavy package (torch, onnxruntime,
+(`BackendOutput`); one with `takes_frames` (torch on CUDA) takes the decoded RGB frames instead and
+preprocesses them on its device (`run_frames`). Each lives in its own module and imports its heavy package (torch, onnxruntime,
 tensorrt/tensorrt_rtx, pycuda/cuda-python) only when it is created; `backend_status` answers "can it
 run here, and if not why" without running anything (and, for CPU, without importing torch).
 
@@ -94,9 +95,16 @@ class Backend(ABC):
     max_batch: int | None = None
     exact_batch: bool = False
 
+    takes_frames: bool = False  # True: the Detector passes raw frames to `run_frames` instead of `run`
+
     @abstractmethod
     def run(self, images: np.ndarray) -> BackendOutput:
         """images: (B, 3, S, S) float32, C-contiguous, normalised as the bundle's preprocess says."""
+
+    def run_frames(self, frames: list[np.ndarray]) -> BackendOutput:
+        """frames: B RGB images (H_i, W_i, 3), uint8 (0..255) or float32 in [0, 1] (runtime.inputs.to_frame);
+        the backend resizes and normalises them itself (on its device). Only called when `takes_frames`."""
+        raise NotImplementedError(f"backend {self.name!r} takes preprocessed images (run), not frames")
 
     def close(self) -> None:
         """Release sessions and device memory (idempotent)."""

@@ -14,7 +14,9 @@ and reading each other's device buffers in place (no host round trip).
 
 CUDA graphs (`cuda_graph=True`): with TensorRT-RTX the runtime captures the whole graph itself
 (IRuntimeConfig.cuda_graph_strategy); with TensorRT 10 the enqueue is captured once per batch size
-through cuda-python (stream capture) and replayed. Buffers never move, so the graphs stay valid.
+through cuda-python (stream capture) and replayed. Buffers never move, so the graphs stay valid; each
+batch size is captured on an execution context of its own (EngineRunner.context_for), whose input
+shapes are set once before capture and never changed, so no replay runs on a context re-shaped since.
 
 Engines are tied to a GPU and a TensorRT version: a mismatch raises EngineError saying to rebuild.
 """
@@ -177,16 +179,18 @@ class EngineRunner:
             raise EngineError(f"{info.path}: TensorRT {trt.__version__} could not deserialize the engine; it was "
                               f"built for another GPU or TensorRT version: rebuild it on this device")
         self.rtx_graphs = False
+        self.runtime_config = None
         if hasattr(self.engine, "create_runtime_config"):  # TensorRT-RTX
-            runtime_config = self.engine.create_runtime_config()
+            self.runtime_config = self.engine.create_runtime_config()
             if cuda_graph and hasattr(trt, "CudaGraphStrategy"):
-                runtime_config.cuda_graph_strategy = trt.CudaGraphStrategy.WHOLE_GRAPH_CAPTURE
+                self.runtime_config.cuda_graph_strategy = trt.CudaGraphStrategy.WHOLE_GRAPH_CAPTURE
                 self.rtx_graphs = True
-            self.context = self.engine.create_execution_context(runtime_config)
-        else:
-            self.context = self.engine.create_execution_context()
-        if self.context is None:
-            raise EngineError(f"{info.path}: could not create an execution context (out of GPU memory?)")
+        self.context = self._new_context()
+        # per_batch (set by the backend for manual graph capture): a captured graph replays the kernels of
+        # its context's shapes, so each batch size gets its own context whose input shape never changes
+        # (and its own activation memory); the shared `context` serves uncaptured runs via set_batch
+        self.per_batch = False
+        self.batch_contexts: dict[int, Any] = {}
         names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
         self.inputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
         self.outputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT]
@@ -206,6 +210,15 @@ class EngineRunner:
             self.context.set_tensor_address(n, self.buffers[n].ptr)
         self.batch = self.max_batch
 
+    def _new_context(self) -> Any:
+        if self.runtime_config is not None:
+            context = self.engine.create_execution_context(self.runtime_config)
+        else:
+            context = self.engine.create_execution_context()
+        if context is None:
+            raise EngineError(f"{self.info.path}: could not create an execution context (out of GPU memory?)")
+        return context
+
     def _profile_max_batch(self) -> int:
         first = next(n for n in (self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors))
                      if self.engine.get_tensor_mode(n) == self.trt.TensorIOMode.INPUT)
@@ -219,18 +232,35 @@ class EngineRunner:
 
     def bind(self, name: str, buffer: Any) -> None:
         self.buffers[name] = buffer
-        self.context.set_tensor_address(name, buffer.ptr)
+        for context in (self.context, *self.batch_contexts.values()):
+            context.set_tensor_address(name, buffer.ptr)
+
+    def _set_shapes(self, context: Any, batch: int) -> None:
+        for n in self.inputs:
+            if not context.set_input_shape(n, (batch, *self.item_shapes[n])):
+                raise EngineError(f"{self.info.path}: batch {batch} is outside the engine's profile "
+                                  f"(max {self.max_batch})")
 
     def set_batch(self, batch: int) -> None:
         if batch != self.batch:
-            for n in self.inputs:
-                if not self.context.set_input_shape(n, (batch, *self.item_shapes[n])):
-                    raise EngineError(f"{self.info.path}: batch {batch} is outside the engine's profile "
-                                      f"(max {self.max_batch})")
+            self._set_shapes(self.context, batch)
             self.batch = batch
 
-    def enqueue(self) -> None:
-        if not self.context.execute_async_v3(self.memory.stream):
+    def context_for(self, batch: int) -> Any:
+        """The context to enqueue `batch` images on: the shared one re-shaped, or (per_batch) its own."""
+        if not self.per_batch:
+            self.set_batch(batch)
+            return self.context
+        if batch not in self.batch_contexts:
+            context = self._new_context()
+            self._set_shapes(context, batch)
+            for n, buffer in self.buffers.items():
+                context.set_tensor_address(n, buffer.ptr)
+            self.batch_contexts[batch] = context
+        return self.batch_contexts[batch]
+
+    def enqueue(self, batch: int) -> None:
+        if not self.context_for(batch).execute_async_v3(self.memory.stream):
             raise RuntimeError(f"{self.info.path}: execute_async_v3 failed (see the TensorRT log)")
 
 
@@ -280,6 +310,8 @@ class TensorRTBackend(Backend):
         if self._manual_graphs and not self.memory.supports_graphs:
             raise BackendUnavailableError(f"cuda_graph=True with {infos[0].flavour} needs cuda-python for stream "
                                           f"capture (pip install cuda-python), {self.memory.name} cannot capture")
+        for r in self.runners:
+            r.per_batch = self._manual_graphs
 
     # -- split pipeline -------------------------------------------------------------------------
     def _setup_split(self, config: BundleConfig) -> None:
@@ -341,20 +373,18 @@ class TensorRTBackend(Backend):
 
     def _enqueue(self, batch: int) -> None:
         """Everything between the input copy and the output copies, on the one stream."""
-        for r in self.runners:
-            r.set_batch(batch)
         if not self.split:
-            self.runners[0].enqueue()
+            self.runners[0].enqueue(batch)
             return
         a, b = self.runners
         d, k = self.dims, self.kernels
         dtype_tokens = k.DTYPE_FLOAT16 if a.dtypes["cluster_tokens"] == np.float16 else k.DTYPE_FLOAT32
         dtype_feat = k.DTYPE_FLOAT16 if a.dtypes["features"] == np.float16 else k.DTYPE_FLOAT32
         stream = self.memory.stream
-        a.enqueue()
+        a.enqueue(batch)
         k.adaptive_mask(a.buffers["cluster_tokens"].ptr, a.buffers["centers"].ptr, dtype_tokens, batch, d["L"],
                         d["P"], d["D"], self.lam, b.buffers["mask"].ptr, self.min_dist.ptr, self.assign.ptr, stream)
-        b.enqueue()
+        b.enqueue(batch)
         k.score_map(a.buffers["features"].ptr, b.buffers["recon"].ptr, dtype_feat, batch, d["C"], d["h"], d["w"],
                     self.a_h.ptr, self.size, self.a_w.ptr, self.size, self.image_score_code, self.amap.ptr,
                     self.score.ptr, self.workspace.ptr, stream)
