@@ -115,6 +115,18 @@ def test_compiled_model_is_cached_and_a_stale_cache_is_harmless(bundle: Path, tm
     (copy / CACHE_DIR / "0123456789.blob").write_bytes(b"stale")  # a foreign blob is ignored
     with Detector.load(copy, backend="openvino") as det:
         assert det.predict(image).score == first.score
+    import onnx
+
+    graph = onnx.load(str(copy / "model.onnx"))  # a re-exported graph (other weights) at the same path
+    head = next(n for n in graph.graph.node if n.op_type == "ConvTranspose").input[1]
+    weight = next(i for i in graph.graph.initializer if i.name == head)
+    weight.CopyFrom(onnx.numpy_helper.from_array(onnx.numpy_helper.to_array(weight) * 1.5, head))
+    onnx.save(graph, str(copy / "model.onnx"))
+    with Detector.load(copy, backend="openvino") as det, \
+            Detector.load(copy, backend="onnxruntime", precision="fp32") as ort:
+        changed = det.predict(image)
+        assert changed.score != first.score  # not the stale compiled model
+        assert changed.score == pytest.approx(ort.predict(image).score, rel=FP32_RTOL)
     nocache = tmp_path / "nocache"
     shutil.copytree(bundle, nocache, ignore=shutil.ignore_patterns("cache"))
     with Detector.load(nocache, backend="openvino", cache=False) as det:

@@ -51,8 +51,8 @@ SPLIT_MIN_CHANNELS = 512
 #     (Xeon with AMX, issue 15) -> openvino first;
 #   int8 dot products (AVX512_VNNI / AVX_VNNI) without bf16: onnxruntime's int8 graph runs on VNNI, OpenVINO
 #     only fp32 (45 ms/img fp32 vs 24-25 int8 on that Xeon) -> onnxruntime first;
-#   neither (AVX2, e.g. AMD Zen 3): OpenVINO fp32 1.2-1.3x onnxruntime int8 (bench/runtime.py,
-#     BENCHMARKS.md) -> openvino first.
+#   neither (AVX2, e.g. AMD EPYC Zen 3, this project's machine): OpenVINO fp32 0.98-1.3x onnxruntime int8
+#     end to end, never clearly slower (bench/runtime.py, BENCHMARKS.md; heavily shared cores) -> openvino first.
 BF16_FLAGS = ("avx512_bf16", "amx_bf16")
 VNNI_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")
 

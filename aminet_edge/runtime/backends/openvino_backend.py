@@ -7,8 +7,8 @@ onnxruntime-split does.
 precision (of what runs, not of the file: both read the fp32 graphs):
 - "fp32": every node in float32; equals onnxruntime fp32 to rounding (tests/test_openvino_backend.py).
 - "bf16" (mixed): INFERENCE_PRECISION_HINT=bf16 for the backbone and the transformers; every node
-  outside those modules (the adaptive mask's distances, boundaries and comparison, the score map, and
-  the token glue between them) is marked `disable_fp16_compression` in its rt_info, which the CPU
+  outside those modules (the adaptive mask's distances, boundaries and comparison, the score map, the
+  token glue between them, and the inpainting head, a transposed convolution traced as a function) is marked `disable_fp16_compression` in its rt_info, which the CPU
   plugin honours for bf16 too, so it stays float32. In the split backend those parts are the C++
   kernels, float32 by construction. Needs a CPU with native bf16 (AVX512_BF16 or AMX: OpenVINO lists
   "BF16" in OPTIMIZATION_CAPABILITIES); OpenVINO would silently run fp32 elsewhere, so asking for it
@@ -110,6 +110,9 @@ def compile_graph(core: Any, path: Path, precision: str, threads: int | None, ca
     """Read the ONNX graph at `path`, mark its precision-sensitive nodes, compile it for the CPU."""
     if not path.is_file():
         raise BundleError(f"{path} not found: export the bundle first (`aminet-edge export`)")
+    # compiled from the in-memory model, never from the path: OpenVINO keys a path's cache entry by the
+    # path alone, so a re-exported graph would load the old compiled model (seen with 2026.4); an
+    # in-memory model's key hashes its content and rt_info
     try:
         model = core.read_model(str(path))
     except Exception as exc:  # OpenVINO raises its own exception types for corrupt/unsupported graphs
