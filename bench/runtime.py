@@ -7,7 +7,11 @@ One run measures, on the same images (uint8 RGB 512x512 arrays, decoded-frame ca
 - torch + C++ ops: the torch backend with the fused ops on the C++ kernels (ops_backend="auto");
 - onnxruntime: model.onnx in one session (the fused ops as the reference's ONNX nodes), fp32 and int8
   (`export --precision int8`: the inpainting blocks' MatMuls quantised, aminet_edge.export.quantize);
-- onnxruntime-split + C++: model_a.onnx -> C++ adaptive_mask -> model_b.onnx -> C++ score_map, fp32 and int8.
+- onnxruntime-split + C++: model_a.onnx -> C++ adaptive_mask -> model_b.onnx -> C++ score_map, fp32 and int8;
+- openvino / openvino-split + C++: the fp32 graphs on OpenVINO's CPU plugin at its default precision here
+  (bf16 mixed where the CPU has native bf16, else fp32; the label says which), and fp32.
+The variants run interleaved (each loaded once, then every variant per repeat), so a shared machine's load
+hits them alike. OpenVINO's load time is also measured with an empty compile cache and again with it filled.
 Every timing is the whole predict call (preprocess, backend, resize of the map to 512x512, mask) divided
 by the batch size; median of --repeats after one warm-up. Ratios are speed-ups vs torch eager (> 1 = faster).
 The bundle (default runs/bench-runtime-<preset>, built on first use and reused; bench/soak.py shares
@@ -40,7 +44,12 @@ VARIANTS = (  # (label, backend, options)
     # why the split backend turns onnxruntime's busy-waiting threads off (runtime default): with them on,
     # the idle threads of one half steal the cores from the C++ kernels and the other half
     ("onnxruntime-split + C++ fp32, ORT spinning on", "onnxruntime-split", {"precision": "fp32", "spinning": True}),
+    ("openvino fp32 (single graph)", "openvino", {"precision": "fp32"}),
+    ("openvino-split + C++ fp32", "openvino-split", {"precision": "fp32"}),
 )
+# OpenVINO's default precision on this CPU (bf16 mixed where native bf16 exists), added when it is not fp32
+OPENVINO_DEFAULT = (("openvino {precision} (single graph)", "openvino", {}),
+                    ("openvino-split + C++ {precision}", "openvino-split", {}))
 
 
 DEFAULT_BUNDLE = Path(__file__).resolve().parents[1] / "runs" / "bench-runtime-{preset}"
@@ -99,6 +108,26 @@ def ensure_bundle(path: Path | str | None, preset: str = "cpu") -> Path:
     return path
 
 
+def openvino_load_seconds(bundle: Path, threads: int | None) -> tuple[float, float] | None:
+    """Detector.load time of the openvino backend with its compile cache emptied, then filled; None without
+    openvino."""
+    import shutil
+    import time
+
+    from aminet_edge.runtime.backends import backend_status
+    from aminet_edge.runtime.backends.openvino_backend import CACHE_DIR
+
+    if backend_status("openvino", bundle, None, "cpu") is not None:
+        return None
+    shutil.rmtree(bundle / CACHE_DIR, ignore_errors=True)
+    seconds = []
+    for _ in range(2):
+        t0 = time.perf_counter()
+        Detector.load(bundle, backend="openvino", threshold=1.0, pixel_threshold=1.0, threads=threads).close()
+        seconds.append(time.perf_counter() - t0)
+    return seconds[0], seconds[1]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", default="cpu")
@@ -115,28 +144,53 @@ def main() -> None:
     rng = np.random.default_rng(0)
     frames = [rng.integers(0, 256, (args.size, args.size, 3), dtype=np.uint8) for _ in range(max(args.batches))]
 
-    times: dict[tuple[str, int], float] = {}
-    for label, backend, options in VARIANTS:
+    loads = openvino_load_seconds(bundle, args.threads)
+    variants = list(VARIANTS)
+    from aminet_edge.runtime.backends import backend_status
+    from aminet_edge.runtime.backends.openvino_backend import cpu_capabilities, resolve_precision
+
+    if backend_status("openvino", bundle, None, "cpu") is None:
+        precision = resolve_precision(None, cpu_capabilities())
+        if precision != "fp32":
+            variants += [(label.format(precision=precision), b, o) for label, b, o in OPENVINO_DEFAULT]
+    else:
+        variants = [v for v in variants if not v[1].startswith("openvino")]
+    detectors = {}
+    for label, backend, options in variants:
         if args.threads:
             options = {**options, "threads": args.threads}
-        det = Detector.load(bundle, backend=backend, threshold=1.0, pixel_threshold=1.0, **options)
-        for b in args.batches:
-            batch = frames[:b]
-            times[(label, b)] = median_seconds(lambda: det.predict(batch), repeats=args.repeats) / b
-            print(f"{label:32s} batch {b}: {times[(label, b)] * 1e3:8.1f} ms/image", flush=True)
+        detectors[label] = Detector.load(bundle, backend=backend, threshold=1.0, pixel_threshold=1.0, **options)
+    samples: dict[tuple[str, int], list[float]] = {}
+    for b in args.batches:
+        batch = frames[:b]
+        for label, det in detectors.items():
+            det.predict(batch)  # warm-up
+        for _ in range(args.repeats):  # interleaved: every variant once per repeat
+            for label, det in detectors.items():
+                samples.setdefault((label, b), []).append(median_seconds(lambda: det.predict(batch), 1, 0) / b)
+        for label in detectors:
+            print(f"{label:40s} batch {b}: {np.median(samples[(label, b)]) * 1e3:8.1f} ms/image", flush=True)
+    times = {k: float(np.median(v)) for k, v in samples.items()}
+    for det in detectors.values():
         det.close()
 
-    base = VARIANTS[0][0]
-    head = "| backend | " + " | ".join(f"batch {b}: ms/image | vs eager" for b in args.batches) + " |"
-    rule = "|---|" + "---:|---:|" * len(args.batches)
+    base = variants[0][0]
+    int8 = "onnxruntime int8 (single graph)"
+    head = ("| backend | " + " | ".join(f"batch {b}: ms/image | vs eager | vs ORT int8" for b in args.batches)
+            + " |")
+    rule = "|---|" + "---:|---:|---:|" * len(args.batches)
     rows = []
-    for label, _, _ in VARIANTS:
-        cells = [f"{times[(label, b)] * 1e3:.1f} | {times[(base, b)] / times[(label, b)]:.2f}x" for b in args.batches]
+    for label, _, _ in variants:
+        cells = [f"{times[(label, b)] * 1e3:.1f} | {times[(base, b)] / times[(label, b)]:.2f}x | "
+                 f"{times[(int8, b)] / times[(label, b)]:.2f}x" for b in args.batches]
         rows.append(f"| {label} | " + " | ".join(cells) + " |")
     auto = Detector.load(bundle, threshold=1.0, pixel_threshold=1.0)
+    load = (f"; OpenVINO load {loads[0]:.1f} s with an empty compile cache, {loads[1]:.1f} s with it filled"
+            if loads else "")
     note = (f"\npreset {args.preset} ({source}), {args.size}x{args.size} uint8 frames, end-to-end predict, "
-            f"median of {args.repeats}, {args.threads or os.cpu_count()} threads; Detector.load(backend='auto') "
-            f"picks {auto.backend}\n")
+            f"median of {args.repeats} interleaved repeats, {args.threads or os.cpu_count()} threads, load average "
+            f"{os.getloadavg()[0]:.1f} at the end; Detector.load(backend='auto') picks {auto.backend} "
+            f"({auto.precision}){load}\n")
     append_result("runtime", "\n".join([head, rule, *rows]) + "\n" + note)
 
 

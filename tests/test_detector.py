@@ -33,7 +33,7 @@ SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 REAL = [SHARED / "mvtec_bottle/test/good/000.png", SHARED / "mvtec_bottle/test/broken_large/000.png",
         SHARED / "magnetic_tile/test/crack/000.png", SHARED / "magnetic_tile/test/good/000.png"]
 RTOL = 1e-4
-CPU_BACKENDS = ["torch", "onnxruntime", "onnxruntime-split"]
+CPU_BACKENDS = ["torch", "onnxruntime", "onnxruntime-split", "openvino", "openvino-split"]
 
 _BUNDLE: dict[str, Path] = {}
 
@@ -227,7 +227,7 @@ def test_int8_graph_is_the_default_once_exported(bundle: Path, tmp_path: Path) -
     export_onnx(copy, "int8")
     frames = generated_images()[:3]
     for backend in available_cpu_backends(copy):
-        if backend == "torch":
+        if not backend.startswith("onnxruntime"):  # the int8 graphs are onnxruntime's (quantize.py)
             continue
         fp32 = Detector.load(copy, backend=backend, precision="fp32")
         int8 = Detector.load(copy, backend=backend)
@@ -246,21 +246,24 @@ def test_int8_graph_is_the_default_once_exported(bundle: Path, tmp_path: Path) -
 def test_auto_picks_the_fastest_available_and_says_why(bundle: Path, tmp_path: Path) -> None:
     from aminet_edge.runtime.backends import SPLIT_MIN_CHANNELS, auto_order
 
+    from aminet_edge.runtime.backends import cpu_kind
+
     config = read_config(bundle)
     available = available_cpu_backends(bundle)
     det = Detector.load(bundle)
-    assert det.backend == available[0] == "onnxruntime"  # EfficientNet-Lite features: single graph first
-    assert det.backend_reason.startswith("auto")
+    # EfficientNet-Lite features: single graph first; OpenVINO first unless the CPU has VNNI but no bf16
+    first = "onnxruntime" if cpu_kind() == "vnni" or "openvino" not in available else "openvino"
+    assert det.backend == available[0] == first
+    assert det.backend_reason.startswith("auto") and cpu_kind() in ("bf16", "vnni", "plain")
     wide = BundleConfig(**{**config.__dict__, "in_channels": SPLIT_MIN_CHANNELS})
-    assert auto_order("cpu", wide)[0] == "onnxruntime-split"  # WideResNet features: split graphs first
+    assert auto_order("cpu", wide)[0].endswith("-split")  # WideResNet features: split graphs first
     assert auto_order("cuda", config)[0] == "tensorrt"
     partial = tmp_path / "no_single"
     shutil.copytree(bundle, partial)
     (partial / "model.onnx").unlink()
     det = Detector.load(partial)
-    expected = "onnxruntime-split" if "onnxruntime-split" in available else "torch"
-    assert det.backend == expected
-    assert "skipped onnxruntime:" in det.backend_reason and "model.onnx not found" in det.backend_reason
+    assert det.backend == [b for b in available if b not in ("onnxruntime", "openvino")][0]
+    assert f"skipped {first}:" in det.backend_reason and "model.onnx not found" in det.backend_reason
 
 
 # ---- result fields and thresholds -----------------------------------------------------------------
@@ -439,7 +442,7 @@ def test_bundle_and_backend_errors(bundle: Path, tmp_path: Path) -> None:
     with pytest.raises(BackendUnavailableError, match="CUDA GPU only"):
         Detector.load(bundle, backend="tensorrt", device="cpu")
     with pytest.raises(ValueError, match="unknown backend"):
-        Detector.load(bundle, backend="openvino")
+        Detector.load(bundle, backend="tflite")
     with pytest.raises(TypeError, match="unknown option"):
         Detector.load(bundle, backend="onnxruntime", cuda_graph=True)
     corrupt = tmp_path / "corrupt"
@@ -615,7 +618,9 @@ def test_info_on_a_bundle(bundle: Path, tmp_path: Path) -> None:
     assert res.exit_code == 0, res.output
     assert "inference backends:" in res.output and "  onnxruntime@cpu: available" in res.output
     assert "  graphs: model.onnx, model_a.onnx, model_b.onnx" in res.output
-    assert "  auto on cpu: onnxruntime (fp32 graphs)" in res.output
+    first = available_cpu_backends(bundle)[0]
+    assert f"  auto on cpu: {first} (fp32" in res.output  # fp32: no int8 graphs, and bf16 only where native
+    assert "this CPU has" in res.output  # the reason for the order
     if not torch.cuda.is_available():
         assert "  auto on cuda: none (no backend can run" in res.output
     (tmp_path / "config.json").write_text("{}")
@@ -633,7 +638,7 @@ def test_benchmark_command(bundle: Path) -> None:
     assert res.exit_code == 0, res.output
     assert "| onnxruntime | fp32 | cpu | 2 |" in res.output and "p99 ms" in res.output
     res = CliRunner().invoke(benchmark_cmd, [str(bundle), "--backend", "torch", "--precision", "int8"])
-    assert res.exit_code != 0 and "--precision applies to --backend onnxruntime" in res.output
+    assert res.exit_code != 0 and "--precision applies to the onnxruntime and openvino" in res.output
 
 
 # ---- GPU ---------------------------------------------------------------------------------------------

@@ -56,6 +56,14 @@ def run_without(blocked: list[str], script: Path, args: list[str]) -> subprocess
     return run(["-c", code])
 
 
+def auto_backend(bundle: Path) -> str:
+    """What Detector.load(bundle) picks here (openvino or onnxruntime, by the CPU: backends.auto_order)."""
+    from aminet_edge.bundle import read_config
+    from aminet_edge.runtime.backends import select_backend
+
+    return select_backend(bundle, read_config(bundle), "cpu")[0]
+
+
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """root/data (synthetic, MVTec layout) and root/bundle (tiny, 1 epoch, exported), made by the example."""
@@ -88,7 +96,7 @@ def test_embed_prints_one_decision_per_image_without_torch(workspace: dict[str, 
     assert [line.split()[-1] for line in decisions] == [str(p) for p in images]
     for line in decisions:
         float(line.split()[1])  # the normalised score
-    assert lines[-1].startswith(f"{len(images)} images; backend: onnxruntime"), lines[-1]
+    assert lines[-1].startswith(f"{len(images)} images; backend: {auto_backend(workspace['bundle'])}"), lines[-1]
 
 
 def test_embed_says_when_the_folder_has_no_images(workspace: dict[str, Any], tmp_path: Path) -> None:
@@ -124,7 +132,7 @@ def test_camera_loop_on_a_video_file(workspace: dict[str, Any], video: Path, tmp
                 "--no-display", "--out", str(out), "--jsonl", str(jsonl), "--max-frames", "10"])
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.startswith("10 frames, ") and "FPS overall" in proc.stdout
-    assert "onnxruntime" in proc.stdout
+    assert auto_backend(workspace["bundle"]) in proc.stdout
     rows = [json.loads(line) for line in jsonl.read_text().splitlines()]
     assert [r["frame"] for r in rows] == list(range(10))
     assert all(isinstance(r["is_anomaly"], bool) and r["score"] > 0 for r in rows)
@@ -181,7 +189,7 @@ def test_train_export_predict_end_to_end(workspace: dict[str, Any]) -> None:
             ("tensorrt_rtx", "fp32", [89])]
         assert (bundle / engines[0]["path"]).stat().st_size == engines[0]["bytes"] > 0
     tested = len(list((workspace["data"] / "test").rglob("*.png")))
-    assert f"/{tested} decisions right; backend: onnxruntime" in out
+    assert f"/{tested} decisions right; backend: {auto_backend(bundle)}" in out
     diff = float(out.rsplit("largest relative image-score difference ", 1)[1].split()[0])
     assert diff < 1e-3, out  # fp32 graphs vs the torch model: float rounding only
 
@@ -228,7 +236,7 @@ def test_watch_folder_once_predicts_moves_and_records(workspace: dict[str, Any],
     broken = next(r for r in rows if r["path"].endswith("broken.png"))
     assert broken["error"] and broken["is_anomaly"] is None
     good = [r for r in rows if r["error"] is None]
-    assert all(r["backend"].startswith("onnxruntime") and 0 <= r["anomaly_area"] <= 1 for r in good)
+    assert all(r["backend"] == auto_backend(workspace["bundle"]) and 0 <= r["anomaly_area"] <= 1 for r in good)
     assert [p.name for p in inbox.iterdir()] == ["notes.txt"]  # every image moved, other files left
     moved = {p.parent.name for p in (out / "processed").rglob("*.png")}
     assert moved <= {"ok", "anomaly", "error"} and "error" in moved

@@ -20,7 +20,7 @@ import pytest
 
 pytest.importorskip("torch")
 
-from test_detector import RTOL, detector, generated_images, shared_bundle  # noqa: E402
+from test_detector import RTOL, available_cpu_backends, detector, generated_images, shared_bundle  # noqa: E402
 
 from aminet_edge.bundle import read_config  # noqa: E402
 from aminet_edge.runtime.backends import backend_status  # noqa: E402
@@ -64,8 +64,9 @@ def test_predict_without_torch(tmp_path_factory: pytest.TempPathFactory, tmp_pat
     bundle = shared_bundle(tmp_path_factory)
     config = read_config(bundle)
     backends = ["onnxruntime"]
-    if backend_status("onnxruntime-split", bundle, config, "cpu") is None:
-        backends.append("onnxruntime-split")  # split graphs + C++ kernels (aminet_edge._cpu_kernels built)
+    for name in ("onnxruntime-split", "openvino", "openvino-split"):  # when installed / C++ kernels built
+        if backend_status(name, bundle, config, "cpu") is None:
+            backends.append(name)
     images = generated_images()
     np.savez(tmp_path / "images.npz", *images)
     env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
@@ -74,7 +75,7 @@ def test_predict_without_torch(tmp_path_factory: pytest.TempPathFactory, tmp_pat
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     assert out["torch_importable"] is False and out["torch_loaded"] is False
-    assert out["auto"] == "onnxruntime"  # EfficientNet-Lite features: the single graph is the faster CPU path
+    assert out["auto"] == available_cpu_backends(bundle)[0]  # the same choice as with torch importable
     want = detector(bundle, "torch", ops_backend="reference").predict(images)
     for name in backends:
         got = out[name]

@@ -239,10 +239,11 @@ def benchmark(detector: Any, batch: int, iterations: int, warmup: int,
 @click.option("--warmup", type=click.IntRange(min=0), default=5, show_default=True)
 @click.option("--images", "image_dir", type=click.Path(exists=True, file_okay=False),
               help="Time on these images (decoded once, in memory) instead of random ones.")
-@click.option("--threads", type=click.IntRange(min=1), help="Intra-op threads (onnxruntime, torch).")
-@click.option("--precision", "precisions", multiple=True, type=click.Choice(["fp32", "int8", "fp16"]),
-              help="Graph precision of the onnxruntime backends; repeat to compare [default: int8 when the "
-                   "bundle was exported with it, else fp32].")
+@click.option("--threads", type=click.IntRange(min=1), help="Intra-op threads (openvino, onnxruntime, torch).")
+@click.option("--precision", "precisions", multiple=True, type=click.Choice(["fp32", "int8", "fp16", "bf16"]),
+              help="Precision of the onnxruntime backends' graphs (fp32, int8, fp16) or of what OpenVINO runs "
+                   "(fp32, bf16 mixed); repeat to compare [default: onnxruntime int8 when the bundle was "
+                   "exported with it, else fp32; openvino bf16 where the CPU has it, else fp32].")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Also write the rows as JSON.")
 def benchmark_cmd(run: str, backends: tuple[str, ...], batches: tuple[int, ...], device: str, iterations: int,
                   warmup: int, image_dir: str | None, threads: int | None, precisions: tuple[str, ...],
@@ -256,8 +257,8 @@ def benchmark_cmd(run: str, backends: tuple[str, ...], batches: tuple[int, ...],
         if not paths:
             raise click.ClickException(f"no images in {image_dir}")
         images = [read_image(p) for p in paths]
-    if precisions and any(not name.startswith("onnxruntime") for name in backends):
-        raise click.ClickException("--precision applies to --backend onnxruntime / onnxruntime-split only")
+    if precisions and any(not name.startswith(("onnxruntime", "openvino")) for name in backends):
+        raise click.ClickException("--precision applies to the onnxruntime and openvino backends only")
     rows = []
     for name in backends:
         for precision in precisions or (None,):

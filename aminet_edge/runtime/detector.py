@@ -163,7 +163,7 @@ class Detector:
         self.bundle = bundle
         self.backend = backend.name
         self.device = backend.device
-        self.precision = backend.precision  # of the graph or engine that runs: "fp32", "fp16" or "int8"
+        self.precision = backend.precision  # of what runs: "fp32", "fp16", "int8" or "bf16" (mixed)
         self.backend_reason = backend_reason
         self.image_size = config.model.image_size
         self.grid_size = config.model.grid_size
@@ -181,19 +181,22 @@ class Detector:
              limits: Limits | None = None, **backend_options: Any) -> "Detector":
         """Load `bundle` (a directory written by `aminet-edge train` / `export`) for inference.
 
-        backend: "auto" (fastest available on `device`, see backends.auto_order: cpu -> onnxruntime-split,
-            onnxruntime, torch for wide features (>= 512 channels, WideResNet), onnxruntime first for the
-            EfficientNet-Lite presets; cuda -> tensorrt, torch, onnxruntime), or "torch", "onnxruntime",
-            "onnxruntime-split", "tensorrt". The choice and why is in `.backend` / `.backend_reason` and
-            logged on logger "aminet_edge.runtime".
+        backend: "auto" (fastest available on `device`, see backends.auto_order: on cpu OpenVINO first
+            unless the CPU has VNNI but no bf16 (then onnxruntime's int8 graph), split graphs first for
+            wide features (>= 512 channels, WideResNet), single graph first for the EfficientNet-Lite
+            presets; cuda -> tensorrt, torch, onnxruntime), or "openvino", "openvino-split", "torch",
+            "onnxruntime", "onnxruntime-split", "tensorrt". The choice and why is in `.backend` /
+            `.backend_reason` and logged on logger "aminet_edge.runtime".
         device: "cpu" or "cuda".
         threshold / sensitivity / pixel_threshold: the default decision rule (module docstring); each
             `predict` call may override them.
         batch_size: images per backend call in `predict` / `predict_batch` (capped by the backend's max).
         limits: image size limits (inputs.Limits).
-        backend_options: passed to the backend, e.g. threads=4 (onnxruntime, torch), ops_backend="reference"
-            (torch), precision="fp32" / "int8" (onnxruntime; default int8 when the bundle was exported with
-            `--precision int8`), cuda_graph=True / engine="path" (tensorrt); torch: precision="fp16" /
+        backend_options: passed to the backend, e.g. threads=4 (openvino, onnxruntime, torch),
+            ops_backend="reference" (torch), precision="fp32" / "int8" (onnxruntime; default int8 when the
+            bundle was exported with `--precision int8`) or "fp32" / "bf16" (openvino; default bf16 mixed
+            where the CPU has native bf16), cache=False / "dir" (openvino's compiled-model cache, default
+            bundle/cache/openvino), cuda_graph=True / engine="path" (tensorrt); torch: precision="fp16" /
             "bf16" (autocast), cuda_graph=True (one graph per batch size, cuda), device_preprocess (frames
             resized and normalised on the device; default on for cuda).
         """
@@ -204,9 +207,10 @@ class Detector:
         reason = f"requested backend={backend!r}"
         if backend == "auto":
             backend, skipped = select_backend(bundle, config, device)
-            from aminet_edge.runtime.backends import auto_order
+            from aminet_edge.runtime.backends import auto_order, auto_reason
 
-            reason = f"auto: fastest available on {device} (order {', '.join(auto_order(device, config))})"
+            reason = (f"auto: fastest available on {device} (order {', '.join(auto_order(device, config))}: "
+                      f"{auto_reason(device, config)})")
             if skipped:
                 reason += " (skipped " + "; ".join(f"{k}: {v}" for k, v in skipped.items()) + ")"
         instance = create_backend(backend, bundle, config, device, **backend_options)

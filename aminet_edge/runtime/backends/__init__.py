@@ -8,13 +8,16 @@ run here, and if not why" without running anything (and, for CPU, without import
 
 | name              | device    | needs                                                            |
 |-------------------|-----------|------------------------------------------------------------------|
+| openvino          | cpu       | openvino, model.onnx (fp32 graph; runs bf16 mixed on bf16 CPUs)   |
+| openvino-split    | cpu       | openvino, model_a.onnx + model_b.onnx, C++ kernels (built ext)    |
 | onnxruntime-split | cpu       | onnxruntime, model_a.onnx + model_b.onnx, C++ kernels (built ext) |
 | onnxruntime       | cpu, cuda | onnxruntime (CUDAExecutionProvider for cuda), model.onnx         |
 | torch             | cpu, cuda | torch + safetensors (the `train` extra)                          |
 | tensorrt          | cuda      | tensorrt (Jetson/datacenter) or tensorrt_rtx (RTX), pycuda or     |
 |                   |           | cuda-python, an engine for this GPU in bundle/engines            |
 
-`auto_order(device, config)` is fastest first, measured by bench/runtime.py (see BENCHMARKS.md).
+`auto_order(device, config)` is fastest first, measured by bench/runtime.py (see BENCHMARKS.md); on CPU it
+depends on the CPU's bf16 / VNNI instructions and the feature width, and `auto_reason` says why.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import importlib
 import importlib.util
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -30,15 +34,12 @@ import numpy as np
 
 from aminet_edge.bundle import BundleConfig, BundleError, graph_file, read_config
 
-BACKENDS = ("onnxruntime-split", "onnxruntime", "torch", "tensorrt")
+BACKENDS = ("openvino", "openvino-split", "onnxruntime-split", "onnxruntime", "torch", "tensorrt")
 DEVICES = ("cpu", "cuda")
 
-# fastest first. CUDA: TensorRT's fused engine, then eager torch (Triton ops), then onnxruntime's CUDA EP
+# fastest first on CUDA: TensorRT's fused engine, then eager torch (Triton ops), then onnxruntime's CUDA EP
 # (not measured: no GPU in this project's CI). CPU: see auto_order.
-AUTO_ORDER: dict[str, tuple[str, ...]] = {
-    "cpu": ("onnxruntime-split", "onnxruntime", "torch"),
-    "cuda": ("tensorrt", "torch", "onnxruntime"),
-}
+CUDA_ORDER = ("tensorrt", "torch", "onnxruntime")
 # On CPU the split graphs win when the feature maps are wide: the reference score map and mask nodes of
 # the single graph grow with the channel count C, the C++ kernels barely do. Measured on a quiet 2-core
 # x86 (Xeon, AVX-512), backend ms per image at batch 1, each backend alone in its process:
@@ -46,21 +47,73 @@ AUTO_ORDER: dict[str, tuple[str, ...]] = {
 #   "cpu" preset (EfficientNet-Lite0, C = 176): single 40-42 vs split 45-48 -> single first
 #   (two sessions cost more than the small reference ops they replace).
 SPLIT_MIN_CHANNELS = 512
+# OpenVINO vs onnxruntime on CPU is decided by the CPU's instructions (cpu-preset bundle, same graphs):
+#   native bf16 (AVX512_BF16 / AMX): OpenVINO's mixed bf16 16.0 ms/img vs onnxruntime int8 24-25 at batch 1
+#     (Xeon with AMX, issue 15) -> openvino first;
+#   int8 dot products (AVX512_VNNI / AVX_VNNI) without bf16: onnxruntime's int8 graph runs on VNNI, OpenVINO
+#     only fp32 (45 ms/img fp32 vs 24-25 int8 on that Xeon) -> onnxruntime first;
+#   neither (AVX2, e.g. AMD EPYC Zen 3, this project's machine): OpenVINO fp32 0.98-1.3x onnxruntime int8
+#     end to end, never clearly slower (bench/runtime.py, BENCHMARKS.md; heavily shared cores) -> openvino first.
+BF16_FLAGS = ("avx512_bf16", "amx_bf16")
+VNNI_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")
+
+
+@lru_cache(maxsize=1)
+def cpu_flags() -> frozenset[str]:
+    """The CPU's feature flags from /proc/cpuinfo (Linux); on other systems only "avx512_bf16" when
+    OpenVINO reports BF16, else empty."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return frozenset(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    if has_module("openvino"):
+        from aminet_edge.runtime.backends.openvino_backend import cpu_capabilities
+
+        return frozenset(["avx512_bf16"] if "BF16" in cpu_capabilities() else [])
+    return frozenset()
+
+
+def cpu_kind() -> str:
+    """"bf16", "vnni" or "plain": which instructions decide the CPU order (see BF16_FLAGS, VNNI_FLAGS)."""
+    flags = cpu_flags()
+    if any(f in flags for f in BF16_FLAGS):
+        return "bf16"
+    return "vnni" if any(f in flags for f in VNNI_FLAGS) else "plain"
 
 
 def auto_order(device: str, config: BundleConfig | None = None) -> tuple[str, ...]:
     """The backends `auto` tries on `device` for this bundle, fastest first."""
-    if device not in AUTO_ORDER:
+    if device not in DEVICES:
         raise ValueError(f"unknown device {device!r}; choose 'cpu' or 'cuda'")
-    if device == "cpu" and config is not None and config.in_channels < SPLIT_MIN_CHANNELS:
-        return ("onnxruntime", "onnxruntime-split", "torch")
-    return AUTO_ORDER[device]
+    if device != "cpu":
+        return CUDA_ORDER
+    wide = config is None or config.in_channels >= SPLIT_MIN_CHANNELS
+    ort = ("onnxruntime-split", "onnxruntime") if wide else ("onnxruntime", "onnxruntime-split")
+    ov = ("openvino-split", "openvino") if wide else ("openvino", "openvino-split")
+    return (*ort, *ov, "torch") if cpu_kind() == "vnni" else (*ov, *ort, "torch")
+
+
+def auto_reason(device: str, config: BundleConfig | None = None) -> str:
+    """Why auto_order(device, config) is in that order, one line."""
+    if device != "cpu":
+        return "TensorRT's fused engine first, then eager torch, then onnxruntime"
+    width = ("wide features (>= %d channels): split graphs + C++ kernels first" % SPLIT_MIN_CHANNELS
+             if config is None or config.in_channels >= SPLIT_MIN_CHANNELS else "narrow features: single graph first")
+    engine = {"bf16": "this CPU has native bf16: OpenVINO mixed bf16 first",
+              "vnni": "this CPU has VNNI but no bf16: onnxruntime's int8 graph first",
+              "plain": "this CPU has neither bf16 nor VNNI: OpenVINO fp32 first"}[cpu_kind()]
+    return f"{engine}; {width}"
 
 
 MODULES = {
     "torch": "aminet_edge.runtime.backends.torch_backend",
     "onnxruntime": "aminet_edge.runtime.backends.onnxruntime_backend",
     "onnxruntime-split": "aminet_edge.runtime.backends.onnxruntime_backend",
+    "openvino": "aminet_edge.runtime.backends.openvino_backend",
+    "openvino-split": "aminet_edge.runtime.backends.openvino_backend",
     "tensorrt": "aminet_edge.runtime.backends.tensorrt_backend",
 }
 
@@ -91,7 +144,7 @@ class Backend(ABC):
 
     name: str = ""
     device: str = "cpu"
-    precision: str = "fp32"  # of the graph or engine that runs ("fp32", "fp16", "int8")
+    precision: str = "fp32"  # of the graph or engine that runs ("fp32", "fp16", "int8", "bf16" mixed)
     max_batch: int | None = None
     exact_batch: bool = False
 
@@ -140,6 +193,15 @@ def check_backend(name: str, bundle: str | Path | None = None, config: BundleCon
     if device not in DEVICES:
         return ValueError(f"unknown device {device!r}; choose 'cpu' or 'cuda'")
     missing_pkg = BackendUnavailableError
+    if name in ("openvino", "openvino-split"):
+        if device != "cpu":
+            return missing_pkg("the openvino backends run on the CPU only (on cuda use tensorrt, torch or onnxruntime)")
+        if not has_module("openvino"):
+            return missing_pkg("openvino is not installed (pip install 'aminet-edge[openvino]')")
+        if name == "openvino-split" and not _cpp_kernels_available():
+            return missing_pkg("the C++ kernels (aminet_edge._cpu_kernels) are not built; reinstall "
+                               "aminet-edge with a C++ compiler and pybind11 present")
+        return _graphs_problem(bundle, config, ("model_a", "model_b") if name == "openvino-split" else ("model",))
     if name in ("onnxruntime", "onnxruntime-split"):
         if not has_module("onnxruntime"):
             return missing_pkg("onnxruntime is not installed (pip install 'aminet-edge[onnxruntime]')")
@@ -158,14 +220,7 @@ def check_backend(name: str, bundle: str | Path | None = None, config: BundleCon
                 if "CUDAExecutionProvider" not in ort.get_available_providers():
                     return missing_pkg("this onnxruntime has no CUDAExecutionProvider (pip install onnxruntime-gpu)")
             parts = ("model",)
-        if bundle is not None:
-            try:
-                config = config if config is not None else read_config(bundle)
-                for part in parts:
-                    graph_file(bundle, config, part, verify=False)
-            except BundleError as exc:
-                return exc
-        return None
+        return _graphs_problem(bundle, config, parts)
     if name == "torch":
         if not (has_module("torch") and has_module("safetensors")):
             return missing_pkg("torch and safetensors are not installed (pip install 'aminet-edge[train]')")
@@ -193,6 +248,20 @@ def check_backend(name: str, bundle: str | Path | None = None, config: BundleCon
             find_engine(bundle, config)
         except (EngineError, BackendUnavailableError) as exc:
             return exc
+    return None
+
+
+def _graphs_problem(bundle: Path | None, config: BundleConfig | None, parts: tuple[str, ...]) -> BundleError | None:
+    """The BundleError of the first of graphs `parts` that is not recorded or not present (checksums are
+    verified at load, not here); None when all are, or when no bundle is given."""
+    if bundle is None:
+        return None
+    try:
+        config = config if config is not None else read_config(bundle)
+        for part in parts:
+            graph_file(bundle, config, part, verify=False)
+    except BundleError as exc:
+        return exc
     return None
 
 

@@ -1,0 +1,210 @@
+"""OpenVINO backends (CPU): the bundle's exported fp32 ONNX graphs compiled by OpenVINO's CPU plugin.
+
+Single ("openvino"): model.onnx, images (B, 3, S, S) -> amap (B, S, S), score (B,), mask (B, L).
+Split ("openvino-split"): model_a.onnx -> C++ adaptive_mask -> model_b.onnx -> C++ score_map, as
+onnxruntime-split does.
+
+precision (of what runs, not of the file: both read the fp32 graphs):
+- "fp32": every node in float32; equals onnxruntime fp32 to rounding (tests/test_openvino_backend.py).
+- "bf16" (mixed): INFERENCE_PRECISION_HINT=bf16 for the backbone and the transformers; every node
+  outside those modules (the adaptive mask's distances, boundaries and comparison, the score map, the
+  token glue between them, and the inpainting head, a transposed convolution traced as a function) is marked `disable_fp16_compression` in its rt_info, which the CPU
+  plugin honours for bf16 too, so it stays float32. In the split backend those parts are the C++
+  kernels, float32 by construction. Needs a CPU with native bf16 (AVX512_BF16 or AMX: OpenVINO lists
+  "BF16" in OPTIMIZATION_CAPABILITIES); OpenVINO would silently run fp32 elsewhere, so asking for it
+  there is an error.
+- None (default): "bf16" where the CPU has it, else "fp32".
+Compiled models are cached in <bundle>/cache/openvino (OpenVINO CACHE_DIR: a cache, not a bundle
+artifact). OpenVINO keys each blob by a hash of the model (rt_info included), the compile options and
+its own version, so a stale or foreign blob is never used, only ignored; a read-only bundle runs uncached.
+Imports openvino and numpy only (never torch).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from aminet_edge.bundle import BundleConfig, BundleError
+from aminet_edge.bundle import graph_file
+from aminet_edge.runtime.backends import Backend, BackendOutput, BackendUnavailableError
+
+log = logging.getLogger("aminet_edge.runtime")
+
+PRECISIONS = ("fp32", "bf16")
+CACHE_DIR = Path("cache") / "openvino"  # relative to the bundle
+KEEP_FP32 = "disable_fp16_compression_0"  # rt_info key of ov::disable_fp16_compression (also read for bf16)
+# The torch exporter names a node "/<module>/.../<op>" when an nn.Module ran it (backbone, embeddings,
+# transformer blocks, norms) and "/<op>" when plain functions did (the reference adaptive_mask and
+# score_map, token glue); OpenVINO's ONNX reader keeps those names and gives the few nodes it creates
+# itself names without a leading "/" (their precision also stays float32, the conservative side).
+_MODULE_NODE = re.compile(r"^/[^/]+/")
+
+
+def _ov() -> Any:
+    try:
+        import openvino
+    except ImportError as exc:
+        raise BackendUnavailableError(
+            "the openvino backend needs openvino (pip install 'aminet-edge[openvino]')") from exc
+    return openvino
+
+
+def cpu_capabilities(core: Any | None = None) -> list[str]:
+    """OpenVINO's OPTIMIZATION_CAPABILITIES of this CPU, e.g. ["FP32", "BF16", "INT8", ...]."""
+    core = core or _ov().Core()
+    return [str(c) for c in core.get_property("CPU", "OPTIMIZATION_CAPABILITIES")]
+
+
+def resolve_precision(precision: str | None, capabilities: list[str]) -> str:
+    """The precision to run: `precision`, or for None "bf16" when `capabilities` has BF16 else "fp32"."""
+    if precision is None:
+        return "bf16" if "BF16" in capabilities else "fp32"
+    if precision not in PRECISIONS:
+        raise ValueError(f"openvino precision must be one of {', '.join(PRECISIONS)} or None, got {precision!r}")
+    if precision == "bf16" and "BF16" not in capabilities:
+        raise BackendUnavailableError(
+            f"this CPU has no native bf16 (OpenVINO OPTIMIZATION_CAPABILITIES {capabilities}: needs AVX512_BF16 "
+            "or AMX); use precision='fp32'")
+    return precision
+
+
+def keep_fp32(model: Any) -> int:
+    """Mark every node of `model` (an ov.Model read from an exported graph) that no nn.Module ran to stay
+    float32 under a bf16 inference hint; returns how many were marked."""
+    marked = 0
+    for node in model.get_ops():
+        if node.get_type_name() in ("Parameter", "Result", "Constant"):
+            continue
+        if not _MODULE_NODE.match(node.get_friendly_name()):
+            node.get_rt_info()[KEEP_FP32] = ""
+            marked += 1
+    return marked
+
+
+def cache_dir(bundle: Path, cache: str | Path | bool | None) -> Path | None:
+    """Where compiled models are cached: None/True -> <bundle>/cache/openvino, a path -> it, False -> none.
+
+    None when the folder cannot be created or written (a read-only bundle): the model is then compiled
+    at every load.
+    """
+    if cache is False:
+        return None
+    path = bundle / CACHE_DIR if cache in (None, True) else Path(cache)  # type: ignore[arg-type]
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        log.warning("OpenVINO model cache disabled: cannot create %s (%s)", path, exc)
+        return None
+    if not os.access(path, os.W_OK):
+        log.warning("OpenVINO model cache disabled: %s is not writable", path)
+        return None
+    return path
+
+
+def compile_graph(core: Any, path: Path, precision: str, threads: int | None, cache: Path | None) -> Any:
+    """Read the ONNX graph at `path`, mark its precision-sensitive nodes, compile it for the CPU."""
+    if not path.is_file():
+        raise BundleError(f"{path} not found: export the bundle first (`aminet-edge export`)")
+    # compiled from the in-memory model, never from the path: OpenVINO keys a path's cache entry by the
+    # path alone, so a re-exported graph would load the old compiled model (seen with 2026.4); an
+    # in-memory model's key hashes its content and rt_info
+    try:
+        model = core.read_model(str(path))
+    except Exception as exc:  # OpenVINO raises its own exception types for corrupt/unsupported graphs
+        raise BundleError(f"{path}: OpenVINO cannot read this graph ({type(exc).__name__}: {exc})") from exc
+    if precision == "bf16":
+        keep_fp32(model)
+    config: dict[str, Any] = {"PERFORMANCE_HINT": "LATENCY",
+                              "INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16" else "f32"}
+    if threads:
+        config["INFERENCE_NUM_THREADS"] = int(threads)
+    if cache is not None:
+        config["CACHE_DIR"] = str(cache)
+    try:
+        return core.compile_model(model, "CPU", config)
+    except Exception as exc:
+        raise BundleError(f"{path}: OpenVINO cannot compile this graph ({type(exc).__name__}: {exc})") from exc
+
+
+def _check_io(compiled: Any, path: Path, inputs: tuple[str, ...], outputs: tuple[str, ...]) -> None:
+    have_in = {n for p in compiled.inputs for n in p.get_names()}
+    have_out = {n for p in compiled.outputs for n in p.get_names()}
+    missing = [n for n in inputs if n not in have_in] + [n for n in outputs if n not in have_out]
+    if missing:
+        raise BundleError(f"{path}: graph lacks tensor(s) {', '.join(missing)} (inputs {sorted(have_in)}, "
+                          f"outputs {sorted(have_out)}); re-export the bundle with this aminet-edge")
+
+
+class OpenVinoBackend(Backend):
+    """model.onnx (or model_a + C++ adaptive_mask + model_b + C++ score_map with `split`) on OpenVINO CPU.
+
+    threads: inference threads (None = OpenVINO's choice, all cores); cache: see `cache_dir`.
+    """
+
+    def __init__(self, bundle: Path, config: BundleConfig, split: bool = False, threads: int | None = None,
+                 precision: str | None = None, cache: str | Path | bool | None = None) -> None:
+        ov = _ov()
+        self.name = "openvino-split" if split else "openvino"
+        self.device = "cpu"
+        core = ov.Core()
+        self.capabilities = cpu_capabilities(core)
+        self.precision = resolve_precision(precision, self.capabilities)
+        self.cache = cache_dir(bundle, cache)
+        self.split = split
+        if split:
+            from aminet_edge import ops  # the dispatcher: numpy arrays go to the C++ kernels, torch-free
+
+            self.ops = ops
+            self.paths = [graph_file(bundle, config, "model_a"), graph_file(bundle, config, "model_b")]  # verified
+            self.lam = float(config.model.mask_lambda)
+            self.out_hw = (config.model.image_size, config.model.image_size)
+            self.sigma = float(config.score.sigma)
+            self.image_score = config.score.image_score
+            io = [(("images",), ("features", "cluster_tokens", "centers", "inpaint_tokens")),
+                  (("inpaint_tokens", "mask"), ("recon",))]
+        else:
+            self.paths = [graph_file(bundle, config, "model")]  # verified: size, sha256, weights
+            io = [(("images",), ("amap", "score", "mask"))]
+        self.compiled = [compile_graph(core, p, self.precision, threads, self.cache) for p in self.paths]
+        for compiled, path, (inputs, outputs) in zip(self.compiled, self.paths, io):
+            _check_io(compiled, path, inputs, outputs)
+        self.requests = [c.create_infer_request() for c in self.compiled]
+
+    def _infer(self, k: int, inputs: dict[str, np.ndarray], outputs: tuple[str, ...]) -> list[np.ndarray]:
+        result = self.requests[k].infer(inputs)
+        return [np.asarray(result[self.compiled[k].output(n)]) for n in outputs]
+
+    def run(self, images: np.ndarray) -> BackendOutput:
+        if not self.split:
+            amap, score, mask = self._infer(0, {"images": images}, ("amap", "score", "mask"))
+            return BackendOutput(np.asarray(amap, np.float32), np.asarray(score, np.float32), np.asarray(mask, bool))
+        feat, tokens, centers, inpaint = self._infer(
+            0, {"images": images}, ("features", "cluster_tokens", "centers", "inpaint_tokens"))
+        mask = np.ascontiguousarray(self.ops.adaptive_mask(tokens, centers, self.lam, backend="auto")[0], bool)
+        (recon,) = self._infer(1, {"inpaint_tokens": inpaint, "mask": mask}, ("recon",))
+        amap, score = self.ops.score_map(feat, recon, self.out_hw, self.sigma, self.image_score, backend="auto")
+        return BackendOutput(np.asarray(amap, np.float32), np.asarray(score, np.float32), mask)
+
+    def close(self) -> None:
+        self.requests, self.compiled = [], []
+
+    def describe(self) -> str:
+        what = (f"{self.paths[0].name} + C++ adaptive_mask + {self.paths[1].name} + C++ score_map" if self.split
+                else self.paths[0].name)
+        mixed = ", backbone + transformers bf16, mask + score map fp32" if self.precision == "bf16" else ""
+        cache = f"cache {self.cache}" if self.cache is not None else "no cache"
+        return f"{self.name} cpu ({what}, {self.precision}{mixed}; {cache})"
+
+
+def create(name: str, bundle: Path, config: BundleConfig, device: str = "cpu", threads: int | None = None,
+           precision: str | None = None, cache: str | Path | bool | None = None, **options: Any) -> Backend:
+    """Registry entry point (see aminet_edge.runtime.backends). Options: threads, precision, cache."""
+    if options:
+        raise TypeError(f"backend {name!r} got unknown option(s) {', '.join(sorted(options))}")
+    return OpenVinoBackend(bundle, config, name == "openvino-split", threads, precision, cache)
