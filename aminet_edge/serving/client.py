@@ -12,14 +12,15 @@ bundle and graph would give (tests/test_serving.py checks bit-identity).
 
 Every frame ends in a Result or an error, never silence:
 - InputError: the image is unusable (checked here where possible, else by the server) - not retried;
-- ServerBusyError: the server's queue is full (back-pressure: Triton rejected it at once);
+- ServerBusyError: every server's queue is full (back-pressure: Triton rejects at once; a frame
+  refused by one server is offered to the next);
 - RequestTimeoutError: no answer within `timeout` seconds (a request still queued then is dropped by the
   server: the client's timeout travels with it);
 - ServerUnavailableError: no URL answered (refused, reset, restarting), after trying each once;
 - RemoteError: the server failed for another reason (its message included).
 Connection failures and an unhealthy model instance move the frame to the next URL; a URL that failed is
-tried last for `down_for` seconds. Busy and timed-out frames are not retried (retrying would add load
-where there is too much already); the caller decides.
+tried last for `down_for` seconds. Timed-out frames are not retried (the server may still be working on
+them; resending adds load where there is too much already); the caller decides.
 """
 
 from __future__ import annotations
@@ -219,7 +220,8 @@ class RemoteDetector:
         http = self._http
         image = np.frombuffer(data, np.uint8)[None]
         side = np.array([[self.map_max_side or 0]], np.int32)
-        reasons = {}
+        reasons: dict[str, str] = {}
+        busy: dict[str, str] = {}
         for url in self._order():
             inputs = [http.InferInput("IMAGE", list(image.shape), "UINT8"),
                       http.InferInput("MAP_MAX_SIDE", [1, 1], "INT32")]
@@ -242,8 +244,9 @@ class RemoteDetector:
                 if INPUT_ERROR.lower() in low:
                     problem = message[low.index(INPUT_ERROR.lower()) + len(INPUT_ERROR):]
                     raise InputError(source, problem, index) from exc
-                if any(s in low for s in _BUSY):
-                    raise ServerBusyError(f"{source}: {url} is busy: {message}") from exc
+                if any(s in low for s in _BUSY):  # full queue: another server may have room
+                    busy[url] = message
+                    continue
                 if any(s in low for s in _TIMEOUT):
                     raise RequestTimeoutError(f"{source}: {url}: {message}") from exc
                 if any(s in low for s in _UNAVAILABLE) or not hasattr(exc, "status"):
@@ -254,6 +257,9 @@ class RemoteDetector:
                 raise RemoteError(f"{source}: {url}: {message}") from exc
             return url, (float(reply.as_numpy("SCORE").reshape(-1)[0]), reply.as_numpy("AMAP")[0],
                          reply.as_numpy("TOKEN_MASK")[0], reply.as_numpy("IMAGE_SIZE").reshape(-1))
+        if busy:
+            raise ServerBusyError(f"{source}: request queue full on {', '.join(busy)} (back-pressure: send fewer "
+                                  f"frames or add servers)" + "".join(f"; {u}: {r}" for u, r in reasons.items()))
         raise ServerUnavailableError(f"{source}: no server answered: " +
                                      "; ".join(f"{u}: {r}" for u, r in reasons.items()))
 

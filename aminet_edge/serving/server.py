@@ -74,10 +74,11 @@ def backend_directory(binary: Path, workdir: Path) -> Path:
         return root / "backends"
     target = workdir / "backends" / "python"
     target.mkdir(parents=True, exist_ok=True)
-    for f in (root / "backends" / "python").iterdir():
-        if f.is_file():
-            (target / f.name).symlink_to(f)
-    (target / "triton_python_backend_stub").symlink_to(stubs / "triton_python_backend_stub")
+    links = {f.name: f for f in (root / "backends" / "python").iterdir() if f.is_file()}
+    links["triton_python_backend_stub"] = stubs / "triton_python_backend_stub"
+    for name, source in links.items():
+        if not (target / name).is_symlink():
+            (target / name).symlink_to(source)
     return workdir / "backends"
 
 
