@@ -260,3 +260,18 @@ def test_serve_cli_reports_a_missing_export(bundle: Path, tmp_path: Path) -> Non
     result = CliRunner().invoke(main, ["triton-repo", str(bundle), str(tmp_path / "r"), "--target", "gpu"])
     assert result.exit_code == 0, result.output
     assert "aminet_trt: tensorrt_plan" in result.output
+
+
+def test_serving_is_torch_free() -> None:
+    """Client, repository writer, server runner and the served model import without torch."""
+    import subprocess
+    import sys
+
+    code = ("import sys; sys.modules['torch'] = None\n"
+            "import aminet_edge.serving.client, aminet_edge.serving.repository, aminet_edge.serving.server\n"
+            "import aminet_edge.serving.triton_model, aminet_edge.serving.commands\n"
+            "print(sorted(k for k, v in sys.modules.items() if v is not None and k.split('.')[0] == 'torch'))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                         cwd=Path(__file__).resolve().parents[1])
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
