@@ -255,8 +255,12 @@ class RemoteDetector:
                     reasons[url] = f"{type(exc).__name__}: {message}"
                     continue
                 raise RemoteError(f"{source}: {url}: {message}") from exc
-            return url, (float(reply.as_numpy("SCORE").reshape(-1)[0]), reply.as_numpy("AMAP")[0],
-                         reply.as_numpy("TOKEN_MASK")[0], reply.as_numpy("IMAGE_SIZE").reshape(-1))
+            try:
+                return url, (float(reply.as_numpy("SCORE").reshape(-1)[0]), reply.as_numpy("AMAP")[0],
+                             reply.as_numpy("TOKEN_MASK")[0], reply.as_numpy("IMAGE_SIZE").reshape(-1))
+            except (TypeError, IndexError, ValueError) as exc:  # an output missing or malformed
+                raise RemoteError(f"{source}: {url} answered without the outputs {', '.join(OUTPUTS)} of an "
+                                  f"aminet-edge model ({type(exc).__name__}: {exc})") from exc
         if busy:
             raise ServerBusyError(f"{source}: request queue full on {', '.join(busy)} (back-pressure: send fewer "
                                   f"frames or add servers)" + "".join(f"; {u}: {r}" for u, r in reasons.items()))
