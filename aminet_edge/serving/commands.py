@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import tempfile
 import time
 from pathlib import Path
@@ -53,6 +54,10 @@ def triton_repo_cmd(run: str, out: str, target: str, max_batch: int, instances: 
     click.echo(f"repository: {out}")
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 @click.command("serve")
 @click.argument("run", type=click.Path(exists=True, file_okay=False))
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind (0.0.0.0: all).")
@@ -63,7 +68,7 @@ def triton_repo_cmd(run: str, out: str, target: str, max_batch: int, instances: 
               help="Write the cpu repository here and keep it [default: a temporary folder].")
 def serve_cmd(run: str, host: str, http_port: int, grpc_port: int, max_batch: int, instances: int,
               queue_size: int, max_delay_us: int, repository: str | None) -> None:
-    """Serve bundle RUN on Triton (cpu repository) in the foreground until Ctrl-C."""
+    """Serve bundle RUN on Triton (cpu repository) in the foreground until Ctrl-C or SIGTERM."""
     from aminet_edge.bundle import BundleError
     from aminet_edge.serving.repository import QueuePolicy, write_repository
     from aminet_edge.serving.server import ServerError, TritonServer
@@ -82,6 +87,7 @@ def serve_cmd(run: str, host: str, http_port: int, grpc_port: int, max_batch: in
         except ServerError as exc:
             server.close()
             raise click.ClickException(str(exc)) from exc
+        signal.signal(signal.SIGTERM, _interrupt)  # `systemctl stop` / docker stop: stop the server too
         click.echo(f"healthy: model {MODEL_NAME!r} at {server.url} (HTTP), {host}:{grpc_port} (gRPC); "
                    f"RemoteDetector({server.url!r}); Ctrl-C stops")
         try:
