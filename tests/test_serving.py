@@ -74,6 +74,7 @@ def main_server(bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> Trito
     shutil.move(tmp / "written", tmp / "moved")  # self-contained: nothing points back at the bundle
     server = _serve(tmp / "moved")
     yield server
+    server.stop(timeout=3)
     server.close()
 
 
@@ -83,6 +84,7 @@ def small_server(bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> Trit
     write_repository(bundle, repo, max_batch=1, policy=QueuePolicy(max_delay_us=0, queue_size=2))
     server = _serve(repo)
     yield server
+    server.stop(timeout=3)
     server.close()
 
 
