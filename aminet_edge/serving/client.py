@@ -85,6 +85,8 @@ class RemoteDetector:
     `predict_batch` / `predict(list)` call. map_max_side: None = anomaly maps at the input's resolution
     (the server sends the S x S map, resized here as Detector does); k = the server sends the map already
     resized to longest side k (less bandwidth), and Results carry that smaller map and mask.
+    Result.timing here: preprocess_ms = encoding the frame, backend_ms = the request's round trip
+    (server queue, decode, model, transfer), batch_size 1 (the server's batch is not reported back).
     """
 
     def __init__(self, urls: str | Sequence[str], model: str = MODEL_NAME, *, threshold: ThresholdSpec = "normal",
