@@ -139,7 +139,8 @@ def main() -> None:
     reference = (local[best_batch] + local_after[best_after]) / 2
     on = {r["cameras"]: r for r in rows if r["batching"] == "on"}
     off = {r["cameras"]: r for r in rows if r["batching"] == "off"}
-    lines = [f"bundle: {args.bundle} ({(args.bundle / 'SOURCE').read_text().strip() if (args.bundle / 'SOURCE').is_file() else 'trained'}); "
+    source = (args.bundle / "SOURCE").read_text().strip() if (args.bundle / "SOURCE").is_file() else "trained"
+    lines = [f"bundle: {args.bundle} ({source}); "
              f"frames {args.size}x{args.size} uint8; {args.fps:g} fps per camera offered; {args.seconds:g} s per load; "
              f"{os.cpu_count()} cores; load average {load[0]:.1f} before, {load_after[0]:.1f} after (shared machine)",
              "", "| in-process Detector | images/s before | images/s after |", "|---|---|---|"]

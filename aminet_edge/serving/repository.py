@@ -46,7 +46,8 @@ def _shim(class_name: str) -> str:
     return (f'"""Triton Python-backend entry point written by `aminet-edge triton-repo`."""\n'
             "import os\nimport sys\n\n"
             "# the stub's embedded interpreter ignores PYTHONPATH; honour it (a development checkout)\n"
-            "sys.path[:0] = [p for p in os.environ.get(\"PYTHONPATH\", \"\").split(os.pathsep) if p and p not in sys.path]\n\n"
+            "sys.path[:0] = [p for p in os.environ.get(\"PYTHONPATH\", \"\").split(os.pathsep)\n"
+            "                if p and p not in sys.path]\n\n"
             f"from aminet_edge.serving.triton_model import {class_name} as TritonPythonModel  # noqa: E402,F401\n")
 
 
