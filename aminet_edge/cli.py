@@ -32,6 +32,8 @@ LAZY_COMMANDS = {
     "build-engine": "aminet_edge.export.commands:build_engine_cmd",
     "predict": "aminet_edge.runtime.commands:predict_cmd",
     "benchmark": "aminet_edge.runtime.commands:benchmark_cmd",
+    "triton-repo": "aminet_edge.serving.commands:triton_repo_cmd",
+    "serve": "aminet_edge.serving.commands:serve_cmd",
 }
 
 

@@ -132,6 +132,48 @@ def resize_map(amap: np.ndarray, height: int, width: int) -> np.ndarray:
     return np.ascontiguousarray(rows[:, c0] * cw0 + rows[:, c1] * cw1, dtype=np.float32)
 
 
+@dataclass(frozen=True)
+class RawOutput:
+    """One image's model outputs before the decision rule: amap (S, S) float32 raw map units, the raw
+    score, token_mask (L,) bool, the input's height / width (px), and timing (ms; backend_ms is the
+    whole backend call of batch_size images)."""
+
+    amap: np.ndarray
+    score: float
+    token_mask: np.ndarray
+    height: int
+    width: int
+    preprocess_ms: float
+    backend_ms: float
+    batch_size: int
+
+
+def decide(source: str, index: int, amap: np.ndarray, score: Any, token_mask: np.ndarray,
+           map_hw: tuple[int, int], thresholds: Thresholds, backend: str, preprocess_ms: float = 0.0,
+           backend_ms: float = 0.0, batch: int = 1) -> Result:
+    """One image's Result from the model's raw outputs: the decision rule of the module docstring.
+
+    amap: (h, w) float32 raw map (the model's S x S, or a map already resized by a server); score: the raw
+    image score; token_mask: (L,) or (g, g) bool; map_hw: (H, W) of the Result's anomaly_map and mask
+    (the input's resolution, bilinear resize_map). A non-finite score or map gives an error Result.
+    Shared by `Detector` and `aminet_edge.serving.RemoteDetector`, so both decide identically.
+    """
+    t0 = time.perf_counter()
+    score = float(score)
+    if not (math.isfinite(score) and np.isfinite(amap).all()):
+        error = InputError(source, "the model produced a non-finite score or map for this image",
+                           None if source == "input" else index)
+        return Result(source=source, index=index, error=error, backend=backend)
+    full = resize_map(np.asarray(amap, np.float32), int(map_hw[0]), int(map_hw[1]))
+    mask = full > np.float32(thresholds.pixel)
+    side = math.isqrt(int(np.size(token_mask)))
+    timing = Timing(preprocess_ms, backend_ms, (time.perf_counter() - t0) * 1e3, batch)
+    return Result(source=source, index=index, score=score, normalized_score=score / thresholds.image,
+                  is_anomaly=bool(score > thresholds.image), anomaly_map=full, mask=mask,
+                  token_mask=np.array(token_mask, dtype=bool).reshape(side, side),
+                  thresholds=thresholds, timing=timing, backend=backend)
+
+
 @dataclass
 class _Prepared:
     index: int
@@ -279,6 +321,15 @@ class Detector:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         return self._predict_list(items, bgr, thresholds, size, prefetch)
 
+    def infer(self, images: Sequence[Any], *, bgr: bool = False) -> list[RawOutput | InputError]:
+        """The model's raw outputs for a list of images, before any threshold: one backend call per
+        max-batch chunk, items in order, an unusable image as its InputError. For servers that leave the
+        decision to their clients (aminet_edge.serving); `decide` turns a RawOutput into a Result."""
+        prepared = self._prepare(list(images), 0, bgr)
+        good = [p for p in prepared if isinstance(p, _Prepared)]
+        raws = dict(zip((p.index for p in good), self._raw(good))) if good else {}
+        return [raws[p.index] if isinstance(p, _Prepared) else p.error for p in prepared]  # type: ignore[misc]
+
     def thresholds_for(self, threshold: ThresholdSpec | None = None, sensitivity: float | None = None,
                        pixel_threshold: float | None = None) -> Thresholds:
         """The thresholds a predict call with these overrides would use (None = the Detector's default)."""
@@ -357,29 +408,17 @@ class Detector:
             ms = (time.perf_counter() - t0) * 1e3
         return out, ms
 
-    def _run(self, prepared: list[_Prepared], thresholds: Thresholds) -> list[Result]:
+    def _raw(self, prepared: list[_Prepared]) -> list[RawOutput]:
         step = min(len(prepared), self._backend.max_batch or len(prepared))
-        results: list[Result] = []
+        raws: list[RawOutput] = []
         for s in range(0, len(prepared), step):
             chunk = prepared[s:s + step]
             out, backend_ms = self._infer([p.tensor for p in chunk])
-            for j, p in enumerate(chunk):
-                results.append(self._postprocess(p, out.amap[j], out.score[j], out.mask[j], thresholds,
-                                                 backend_ms, len(chunk)))
-        return results
+            raws += [RawOutput(out.amap[j], float(out.score[j]), out.mask[j], p.height, p.width, p.preprocess_ms,
+                               backend_ms, len(chunk)) for j, p in enumerate(chunk)]
+        return raws
 
-    def _postprocess(self, p: _Prepared, amap: np.ndarray, score: Any, token_mask: np.ndarray,
-                     thresholds: Thresholds, backend_ms: float, batch: int) -> Result:
-        t0 = time.perf_counter()
-        score = float(score)
-        if not (math.isfinite(score) and np.isfinite(amap).all()):
-            error = InputError(p.source, "the model produced a non-finite score or map for this image",
-                               None if p.source == "input" else p.index)
-            return Result(source=p.source, index=p.index, error=error, backend=self.backend)
-        full = resize_map(np.asarray(amap, np.float32), p.height, p.width)
-        mask = full > np.float32(thresholds.pixel)
-        timing = Timing(p.preprocess_ms, backend_ms, (time.perf_counter() - t0) * 1e3, batch)
-        return Result(source=p.source, index=p.index, score=score, normalized_score=score / thresholds.image,
-                      is_anomaly=bool(score > thresholds.image), anomaly_map=full, mask=mask,
-                      token_mask=np.array(token_mask, dtype=bool).reshape(self.grid_size, self.grid_size),
-                      thresholds=thresholds, timing=timing, backend=self.backend)
+    def _run(self, prepared: list[_Prepared], thresholds: Thresholds) -> list[Result]:
+        return [decide(p.source, p.index, r.amap, r.score, r.token_mask, (r.height, r.width), thresholds,
+                       self.backend, r.preprocess_ms, r.backend_ms, r.batch_size)
+                for p, r in zip(prepared, self._raw(prepared))]

@@ -1,0 +1,365 @@
+"""Write Triton model repositories from a bundle: `write_repository(run, out, target="cpu" | "gpu")`.
+
+cpu: one Python-backend model `aminet` (aminet_edge.serving.triton_model.AminetModel) running the torch-free
+    runtime on the bundle's exported graphs (copied into the repository: it can be moved as a whole), with
+    dynamic batching and a bounded queue. Needs aminet-edge[onnxruntime] in the server's Python.
+gpu: an ensemble `aminet` of `aminet_pre` (Python: decode, resize, normalise) -> `aminet_trt` (the bundle's
+    TensorRT engine as a `tensorrt_plan` model, dynamic batching, GPU instances) -> `aminet_post` (Python:
+    the map at the size the client asked). An ensemble rather than BLS: the steps are a fixed chain, and
+    each step then batches and scales on its own (the plan batches requests of every camera together,
+    with no Python step holding it), whereas a BLS model would serialise the TensorRT call behind a
+    Python instance. Not measured (no GPU here). Plus a DeepStream `nvinferserver` config for the plan.
+Both serve the same contract (aminet_edge.serving.protocol), so `RemoteDetector` works with either.
+
+Back-pressure: the dynamic batcher's queue holds at most `queue_size` requests per model; beyond that
+Triton rejects a request at once ("Exceeds maximum queue size"), which the client reports as
+`ServerBusyError` for that frame instead of letting memory grow.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from aminet_edge.bundle import (CONFIG_FILE, REEXPORT, BundleConfig, BundleError, engine_records, graph_file,
+                                has_graph, read_config, verify_record)
+from aminet_edge.serving.protocol import BUNDLE_PARAMETER, MODEL_NAME
+from aminet_edge.serving.triton_model import BUNDLE_DIR
+
+TARGETS = ("cpu", "gpu")
+PLAN_FILE = "model.plan"
+
+
+@dataclass(frozen=True)
+class QueuePolicy:
+    """Dynamic batching: wait at most `max_delay_us` microseconds to fill a batch; hold at most
+    `queue_size` waiting requests per model (more are rejected at once: back-pressure)."""
+
+    max_delay_us: int = 2000
+    queue_size: int = 64
+
+
+def _shim(class_name: str) -> str:
+    return (f'"""Triton Python-backend entry point written by `aminet-edge triton-repo`."""\n'
+            "import os\nimport sys\n\n"
+            "# the stub's embedded interpreter ignores PYTHONPATH; honour it (a development checkout)\n"
+            "sys.path[:0] = [p for p in os.environ.get(\"PYTHONPATH\", \"\").split(os.pathsep)\n"
+            "                if p and p not in sys.path]\n\n"
+            f"from aminet_edge.serving.triton_model import {class_name} as TritonPythonModel  # noqa: E402,F401\n")
+
+
+def _tensor(name: str, dtype: str, dims: list[int], extra: str = "") -> str:
+    return f'  {{ name: "{name}" data_type: {dtype} dims: [ {", ".join(map(str, dims))} ]{extra} }}'
+
+
+def _io(kind: str, tensors: list[str]) -> str:
+    return f"{kind} [\n" + ",\n".join(tensors) + "\n]\n"
+
+
+def _batching(policy: QueuePolicy) -> str:
+    return ("dynamic_batching {\n"
+            f"  max_queue_delay_microseconds: {policy.max_delay_us}\n"
+            f"  default_queue_policy {{ max_queue_size: {policy.queue_size} timeout_action: REJECT "
+            "default_timeout_microseconds: 0 allow_timeout_override: true }\n}\n")
+
+
+def _params(params: dict[str, str]) -> str:
+    def quoted(v: str) -> str:
+        return v.replace("\\", "\\\\").replace('"', '\\"')
+
+    return "".join(f'parameters {{ key: "{k}" value {{ string_value: "{quoted(v)}" }} }}\n' for k, v in params.items())
+
+
+def bundle_parameter(run: Path) -> dict[str, str]:
+    """The bundle's config.json (without training record and artifact list) as the served model's
+    `aminet_bundle` parameter: clients read thresholds and model sizes from it (RemoteDetector)."""
+    data = json.loads((run / CONFIG_FILE).read_text())
+    data.pop("train", None)
+    data.pop("artifacts", None)
+    return {BUNDLE_PARAMETER: json.dumps(data, separators=(",", ":"))}
+
+
+IMAGE_IN = _tensor("IMAGE", "TYPE_UINT8", [-1], " allow_ragged_batch: true")
+SIDE_IN = _tensor("MAP_MAX_SIDE", "TYPE_INT32", [1])
+OUTPUTS = [_tensor("SCORE", "TYPE_FP32", [1]), _tensor("AMAP", "TYPE_FP32", [-1, -1]),
+           _tensor("TOKEN_MASK", "TYPE_BOOL", [-1]), _tensor("IMAGE_SIZE", "TYPE_INT32", [2])]
+
+
+def _copy_bundle(run: Path, config: BundleConfig, dest: Path, graphs: bool) -> None:
+    """config.json and (graphs=True) every recorded CPU graph (fp32, int8; verified against its sha256
+    first) into dest, at the same paths: the runtime there checks them against the same records."""
+    dest.mkdir(parents=True, exist_ok=True)
+    shutil.copy2(run / CONFIG_FILE, dest / CONFIG_FILE)
+    if graphs:
+        for record in (config.artifacts.get("onnx") or {}).values():
+            if record.get("precision") == "fp16":
+                continue
+            src = verify_record(run, config, record, "graph", REEXPORT.format(bundle=run))
+            (dest / record["path"]).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dest / record["path"])
+
+
+def _write(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return path
+
+
+def _cpu(run: Path, out: Path, config: BundleConfig, name: str, max_batch: int, instances: int,
+         policy: QueuePolicy, backend: str) -> None:
+    if not any(has_graph(config, part, p) for part in ("model", "model_b") for p in ("fp32", "int8")):
+        raise BundleError(f"{run}: no exported graph recorded; run `aminet-edge export {run}` first "
+                          f"(`--precision int8` for the fastest CPU graph)")
+    model = out / name
+    _copy_bundle(run, config, model / "1" / BUNDLE_DIR, graphs=True)
+    _write(model / "1" / "model.py", _shim("AminetModel"))
+    _write(model / "config.pbtxt",
+           f'name: "{name}"\nbackend: "python"\nmax_batch_size: {max_batch}\n'
+           + _io("input", [IMAGE_IN, SIDE_IN]) + _io("output", OUTPUTS) + _batching(policy)
+           + f"instance_group [ {{ kind: KIND_CPU count: {instances} }} ]\n"
+           + _params({"backend": backend, **bundle_parameter(run)}))
+
+
+def _onnx_io(path: Path) -> dict[str, tuple[str, list[Any]]]:
+    """{tensor name: (elem type name, shape with symbolic dims as -1)} of an ONNX graph's inputs/outputs."""
+    import onnx
+
+    graph = onnx.load(str(path), load_external_data=False).graph
+    out = {}
+    for v in [*graph.input, *graph.output]:
+        t = v.type.tensor_type
+        dims = [d.dim_value if d.HasField("dim_value") else -1 for d in t.shape.dim]
+        out[v.name] = (onnx.TensorProto.DataType.Name(t.elem_type), dims)
+    return out
+
+
+ONNX_TO_TRITON = {"FLOAT": "TYPE_FP32", "FLOAT16": "TYPE_FP16", "BOOL": "TYPE_BOOL", "INT32": "TYPE_INT32",
+                  "INT64": "TYPE_INT64"}
+
+
+def _plan_source(run: Path, config: BundleConfig) -> tuple[Path | None, Path, int]:
+    """(standard-TensorRT single-graph engine or None, the ONNX graph it comes from, its max batch),
+    each verified against its record in config.json."""
+    fix = REEXPORT.format(bundle=run)
+    engines = [e for e in engine_records(run, config) if e.get("backend") == "tensorrt" and e.get("graph") == "model"]
+    engines.sort(key=lambda e: e.get("precision") != "fp16")  # fp16 first, the default build
+    precision = "fp16" if has_graph(config, "model", "fp16") else "fp32"
+    if engines:
+        e = engines[0]
+        precision = "fp16" if e.get("onnx", "").endswith("_fp16.onnx") and has_graph(config, "model", "fp16") else "fp32"
+        return (verify_record(run, config, e, "engine", fix), graph_file(run, config, "model", precision),
+                int(e.get("batch", [1, 1, 8])[2]))
+    if not has_graph(config, "model", precision):
+        raise BundleError(f"{run}: no ONNX graph recorded to build the TensorRT plan from; run "
+                          f"`aminet-edge export {run} --precision fp16` first")
+    return None, graph_file(run, config, "model", precision), 0
+
+
+def _gpu(run: Path, out: Path, config: BundleConfig, name: str, max_batch: int, instances: int,
+         policy: QueuePolicy) -> list[str]:
+    notes = []
+    s, grid = config.model.image_size, config.model.grid_size
+    engine, onnx_path, engine_max = _plan_source(run, config)
+    io = _onnx_io(onnx_path)
+    for tensor, rank in (("images", 4), ("amap", 3), ("score", 1), ("mask", 2)):
+        if tensor not in io or len(io[tensor][1]) != rank:
+            raise BundleError(f"{onnx_path}: expected tensor {tensor!r} of rank {rank}, graph has "
+                              f"{ {k: v[1] for k, v in io.items()} }")
+    if engine_max and max_batch > engine_max:
+        notes.append(f"max batch lowered from {max_batch} to the engine's profile max {engine_max}")
+        max_batch = engine_max
+    trt, pre, post = f"{name}_trt", f"{name}_pre", f"{name}_post"
+    dtype = {k: ONNX_TO_TRITON[v[0]] for k, v in io.items() if k in ("images", "amap", "score", "mask")}
+    # the plan: the engine's own IO, batch dimension implicit (dynamic profile)
+    plan_dir = out / trt / "1"
+    plan_dir.mkdir(parents=True, exist_ok=True)
+    if engine is not None:
+        shutil.copy2(engine, plan_dir / PLAN_FILE)
+        notes.append(f"{trt}/1/{PLAN_FILE}: {engine.name} (standard TensorRT; it runs only on the GPU model and "
+                     f"TensorRT version it was built with: build it inside the Triton container you deploy)")
+    else:
+        build = out / trt / "build"
+        build.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(onnx_path, build / onnx_path.name)
+        _write(build / "build_plan.sh",
+               "#!/usr/bin/env bash\n# Build the plan inside the Triton container that will serve it (same "
+               "TensorRT, same GPU).\nset -euo pipefail\ncd \"$(dirname \"$0\")\"\n"
+               f"trtexec --onnx={onnx_path.name} --saveEngine=../1/{PLAN_FILE} --stronglyTyped "
+               f"--minShapes=images:1x3x{s}x{s} --optShapes=images:{max_batch}x3x{s}x{s} "
+               f"--maxShapes=images:{max_batch}x3x{s}x{s}\n").chmod(0o755)
+        notes.append(f"{trt}/1/{PLAN_FILE} is not included (the bundle has no standard-TensorRT engine): run "
+                     f"{trt}/build/build_plan.sh inside the Triton container")
+    _write(out / trt / "config.pbtxt",
+           f'name: "{trt}"\nplatform: "tensorrt_plan"\nmax_batch_size: {max_batch}\n'
+           + _io("input", [_tensor("images", dtype["images"], [3, s, s])])
+           + _io("output", [_tensor("amap", dtype["amap"], [s, s]),
+                            _tensor("score", dtype["score"], [1], " reshape: { shape: [ ] }"),
+                            _tensor("mask", dtype["mask"], [grid * grid])])
+           + _batching(policy) + f"instance_group [ {{ kind: KIND_GPU count: {instances} }} ]\n")
+    _copy_bundle(run, config, out / pre / "1" / BUNDLE_DIR, graphs=False)
+    _write(out / pre / "1" / "model.py", _shim("PreprocessModel"))
+    _write(out / pre / "config.pbtxt",
+           f'name: "{pre}"\nbackend: "python"\nmax_batch_size: {max_batch}\n'
+           + _io("input", [IMAGE_IN]) + _io("output", [_tensor("images", dtype["images"], [3, s, s]),
+                                                        _tensor("IMAGE_SIZE", "TYPE_INT32", [2])])
+           + _batching(policy) + "instance_group [ { kind: KIND_CPU count: 2 } ]\n")
+    _write(out / post / "1" / "model.py", _shim("PostprocessModel"))
+    _write(out / post / "config.pbtxt",
+           f'name: "{post}"\nbackend: "python"\nmax_batch_size: {max_batch}\n'
+           + _io("input", [_tensor("amap", dtype["amap"], [s, s]), _tensor("IMAGE_SIZE", "TYPE_INT32", [2]),
+                           SIDE_IN]) + _io("output", [_tensor("AMAP", "TYPE_FP32", [-1, -1])])
+           + _batching(policy) + "instance_group [ { kind: KIND_CPU count: 1 } ]\n")
+
+    def step(model: str, inputs: dict[str, str], outputs: dict[str, str]) -> str:
+        maps = "".join(f' input_map {{ key: "{k}" value: "{v}" }}' for k, v in inputs.items())
+        maps += "".join(f' output_map {{ key: "{k}" value: "{v}" }}' for k, v in outputs.items())
+        return f'    {{ model_name: "{model}" model_version: -1{maps} }}'
+
+    steps = [step(pre, {"IMAGE": "IMAGE"}, {"images": "images", "IMAGE_SIZE": "IMAGE_SIZE"}),
+             step(trt, {"images": "images"}, {"amap": "amap", "score": "SCORE", "mask": "TOKEN_MASK"}),
+             step(post, {"amap": "amap", "IMAGE_SIZE": "IMAGE_SIZE", "MAP_MAX_SIDE": "MAP_MAX_SIDE"},
+                  {"AMAP": "AMAP"})]
+    outputs = [o.replace("TYPE_BOOL", dtype["mask"]) if "TOKEN_MASK" in o else o for o in OUTPUTS]
+    _write(out / name / "config.pbtxt",
+           f'name: "{name}"\nplatform: "ensemble"\nmax_batch_size: {max_batch}\n'
+           + _io("input", [IMAGE_IN.replace(" allow_ragged_batch: true", ""), SIDE_IN]) + _io("output", outputs)
+           + "ensemble_scheduling {\n  step [\n" + ",\n".join(steps) + "\n  ]\n}\n" + _params(bundle_parameter(run)))
+    (out / name / "1").mkdir(parents=True, exist_ok=True)  # an ensemble needs an (empty) version folder
+    ds = deepstream_config(config, trt, max_batch)
+    if ds is None:
+        notes.append("no DeepStream config: nvinferserver normalises with one scale factor, and this bundle's "
+                     f"std {config.std} differs per channel")
+    else:
+        _write(out / "deepstream" / "config_infer_aminet.txt", ds)
+    return notes
+
+
+def deepstream_config(config: BundleConfig, trt_model: str, max_batch: int) -> str | None:
+    """nvinferserver config (protobuf text) feeding full frames to the plan; None if the bundle's std is not
+    one value for all channels (nvinferserver has a single scale_factor, so it could not match)."""
+    if max(config.std) - min(config.std) > 1e-9:
+        return None
+    scale = 1.0 / (255.0 * config.std[0])
+    offsets = ", ".join(f"{255.0 * m:.6f}" for m in config.mean)
+    return (f"# DeepStream nvinferserver config for {trt_model} (written by `aminet-edge triton-repo --target gpu`).\n"
+            "# Frames are scaled to the model input by DeepStream (not PIL's resize: maps differ slightly from\n"
+            "# Detector), normalised as y = scale_factor * (x - channel_offsets), and the raw outputs (amap,\n"
+            "# score, mask) attached as tensor meta; apply the bundle's thresholds (its config.json) in a probe.\n"
+            "infer_config {\n  unique_id: 1\n  gpu_ids: [0]\n"
+            f"  max_batch_size: {max_batch}\n"
+            "  backend {\n    triton {\n"
+            f'      model_name: "{trt_model}"\n      version: -1\n'
+            '      model_repo { root: "../" strict_model_config: true }\n    }\n  }\n'
+            "  preprocess {\n    network_format: IMAGE_FORMAT_RGB\n    tensor_order: TENSOR_ORDER_LINEAR\n"
+            "    maintain_aspect_ratio: 0\n"
+            f"    normalize {{ scale_factor: {scale:.9f} channel_offsets: [{offsets}] }}\n  }}\n"
+            "  postprocess { other {} }\n  extra { copy_input_to_host_buffers: false }\n}\n"
+            "input_control { process_mode: PROCESS_MODE_FULL_FRAME interval: 0 }\n"
+            "output_control { output_tensor_meta: true }\n")
+
+
+def write_repository(run: str | Path, out: str | Path, target: str = "cpu", *, max_batch: int = 8,
+                     instances: int = 1, model_name: str = MODEL_NAME, policy: QueuePolicy = QueuePolicy(),
+                     backend: str = "auto") -> list[str]:
+    """Write a Triton model repository for bundle `run` into `out` (created; an existing model folder of
+    the same names is replaced). Returns notes for the user (what is missing, what was adjusted).
+
+    max_batch: largest batch the dynamic batcher forms; instances: model instances (cpu: processes, each
+    with cpu_count // instances onnxruntime threads; gpu: plan instances on the GPU); backend: the cpu
+    model's Detector backend ("auto" = the bundle's fastest CPU graph).
+    """
+    if target not in TARGETS:
+        raise ValueError(f"target must be one of {', '.join(TARGETS)}, got {target!r}")
+    if max_batch < 1 or instances < 1:
+        raise ValueError(f"max_batch and instances must be >= 1, got {max_batch} and {instances}")
+    run, out = Path(run), Path(out)
+    config = read_config(run)
+    out.mkdir(parents=True, exist_ok=True)
+    for sub in ("", "_pre", "_trt", "_post"):
+        if (out / f"{model_name}{sub}").exists():
+            shutil.rmtree(out / f"{model_name}{sub}")
+    if target == "cpu":
+        _cpu(run, out, config, model_name, max_batch, instances, policy, backend)
+        notes = []
+    else:
+        notes = _gpu(run, out, config, model_name, max_batch, instances, policy)
+    check_repository(out, model_name)
+    return notes
+
+
+# -- structural validation ------------------------------------------------------------------------
+def _model_config_class() -> Any:
+    """Triton's ModelConfig protobuf class, from tritonclient's generated module (loaded by path, so the
+    grpc package it sits in need not be importable). None if tritonclient or protobuf is missing."""
+    spec = importlib.util.find_spec("tritonclient")
+    if spec is None or not spec.submodule_search_locations or importlib.util.find_spec("google.protobuf") is None:
+        return None
+    path = Path(list(spec.submodule_search_locations)[0]) / "grpc" / "model_config_pb2.py"
+    if not path.is_file():
+        return None
+    module_spec = importlib.util.spec_from_file_location("model_config_pb2", path)
+    module = importlib.util.module_from_spec(module_spec)  # type: ignore[arg-type]
+    module_spec.loader.exec_module(module)  # type: ignore[union-attr]
+    return module.ModelConfig
+
+
+def parse_config(path: str | Path) -> Any:
+    """A config.pbtxt parsed as Triton's ModelConfig (unknown fields are errors); None if the parser is
+    not installed (tritonclient)."""
+    cls = _model_config_class()
+    if cls is None:
+        return None
+    from google.protobuf import text_format
+
+    try:
+        return text_format.Parse(Path(path).read_text(), cls())
+    except text_format.ParseError as exc:
+        raise BundleError(f"{path}: not a valid Triton model config ({exc})") from exc
+
+
+def check_repository(out: str | Path, model_name: str = MODEL_NAME) -> dict[str, Any]:
+    """Parse every config.pbtxt of the repository and check that the ensemble's tensors connect:
+    each step's inputs exist in its model, are produced earlier (or are ensemble inputs), with equal
+    types. Returns {model: parsed config} (empty if the parser is not installed). BundleError if not."""
+    out = Path(out)
+    configs = {p.parent.name: parse_config(p) for p in sorted(out.glob("*/config.pbtxt"))}
+    if not configs or any(c is None for c in configs.values()):
+        return {}
+    for name, cfg in configs.items():
+        if cfg.name != name:
+            raise BundleError(f"{out / name}/config.pbtxt: name {cfg.name!r} differs from its folder")
+    top = configs.get(model_name)
+    if top is not None and top.platform == "ensemble":
+        types = {t.name: t.data_type for t in top.input}
+        for st in top.ensemble_scheduling.step:
+            model = configs.get(st.model_name)
+            if model is None:
+                raise BundleError(f"{out}: ensemble step {st.model_name!r} has no model folder")
+            ins = {t.name: t.data_type for t in model.input}
+            outs = {t.name: t.data_type for t in model.output}
+            for key, value in st.input_map.items():
+                if key not in ins or value not in types or types[value] != ins[key]:
+                    raise BundleError(f"{out}: ensemble step {st.model_name}: input {key} <- {value} does not "
+                                      f"connect (model inputs {sorted(ins)}, tensors so far {sorted(types)})")
+            for key, value in st.output_map.items():
+                if key not in outs:
+                    raise BundleError(f"{out}: ensemble step {st.model_name} has no output {key!r}")
+                types[value] = outs[key]
+        for t in top.output:
+            if types.get(t.name) != t.data_type:
+                raise BundleError(f"{out}: ensemble output {t.name} is not produced with type {t.data_type}")
+    return configs
+
+
+def describe_repository(out: str | Path) -> str:
+    """One line per model: name, backend/platform, max batch, instances."""
+    lines = []
+    for name, cfg in check_repository(out).items():
+        kind = cfg.backend or cfg.platform
+        count = sum(g.count for g in cfg.instance_group) or 1
+        lines.append(f"{name}: {kind}, max_batch_size {cfg.max_batch_size}, instances {count}")
+    return "\n".join(lines) or json.dumps(sorted(p.parent.name for p in Path(out).glob("*/config.pbtxt")))
