@@ -63,18 +63,26 @@ class Pipeline(nn.Module):
     def score_paths(self, paths: Sequence[str | Path], mean: Sequence[float], std: Sequence[float],
                     batch_size: int = 8, progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
         """Run on image files: image scores (N,) float32 and maps (N, S, S) float32 at model resolution."""
+        scores, maps, _ = self.infer_paths(paths, mean, std, batch_size, progress)
+        return scores, maps
+
+    @torch.no_grad()
+    def infer_paths(self, paths: Sequence[str | Path], mean: Sequence[float], std: Sequence[float],
+                    batch_size: int = 8, progress: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """`score_paths` plus the adaptive masks: scores (N,), maps (N, S, S) float32, masks (N, L) bool."""
         from aminet_edge.train.cache import load_batches
 
         size = self.aminet.cfg.image_size
-        scores, maps = [], []
+        scores, maps, masks = [], [], []
         bar = tqdm(total=len(paths), desc="scoring", unit="img", disable=not progress)
         for batch in load_batches(paths, size, mean, std, batch_size):
-            amap, score, _ = self(batch)
+            amap, score, mask = self(batch)
             scores.append(score.numpy())
             maps.append(amap.numpy())
+            masks.append(mask.numpy())
             bar.update(len(batch))
         bar.close()
-        return np.concatenate(scores), np.concatenate(maps)
+        return np.concatenate(scores), np.concatenate(maps), np.concatenate(masks)
 
 
 def state_dict_for_bundle(extractor: FeatureExtractor, aminet: AMINet) -> dict[str, torch.Tensor]:
