@@ -60,3 +60,4 @@ def test_bad_shapes_say_what() -> None:
         mask_coverage(tok[:, :3], pix, labels, types)
     with pytest.raises(ValueError, match="multiple of the token grid"):
         token_defect_fraction(pix[:, :3, :3], 2)
+
