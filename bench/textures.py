@@ -76,7 +76,11 @@ def main() -> None:
     t0 = time.perf_counter()
     pipeline, config = load_pipeline(args.bundle)
     tr = config.train
-    samples = load_training_samples(tr["roots"], tr.get("few_shot"), tr["seed"])
+    # the bundle's own held-out normals: same split as training, on --data (the stored roots may be relative)
+    samples = load_training_samples([args.data], tr.get("few_shot"), tr["seed"])
+    if len(samples) != tr["images"] + tr["held_out"]:
+        raise SystemExit(f"{args.data} holds {len(samples)} training images, the bundle was trained on "
+                         f"{tr['images']} + {tr['held_out']} held out: not its data set")
     _, held = split_holdout(samples, tr["holdout_fraction"], tr["seed"])
     test = load_dataset(args.data).test
     size = config.model.image_size

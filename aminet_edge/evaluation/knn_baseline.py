@@ -56,8 +56,8 @@ def nearest_distance(queries: torch.Tensor, bank: torch.Tensor, chunk: int = QUE
     out = torch.empty(len(q), dtype=torch.float32)
     for start in range(0, len(q), chunk):
         block = q[start:start + chunk]
-        d2 = b_sq.unsqueeze(0) - 2.0 * block @ b.t()  # + ||q||^2, constant per row: irrelevant to the argmin
-        idx = d2.argmin(1)
+        # ||b||^2 - 2 q.b in one pass (+ ||q||^2, constant per row: irrelevant to the argmin)
+        idx = torch.addmm(b_sq.unsqueeze(0), block, b.t(), alpha=-2.0).argmin(1)
         out[start:start + chunk] = (block - b[idx]).norm(dim=1)
     return out
 
