@@ -45,7 +45,6 @@ def mask_lambda_for_share(tokens: torch.Tensor, centers: torch.Tensor, share: fl
     """
     if not 0 < share < 1:
         raise ValueError(f"target masked share must be in (0, 1), got {share}")
-
     allowed = share * tokens.shape[0] * tokens.shape[1]  # counts, not a float32 mean: exact at the bound
 
     def too_many(lam: float) -> bool:
