@@ -144,15 +144,27 @@ def train_cmd(data: tuple[str, ...], out: str, preset: str, backbone: str | None
 @device_option()
 @click.option("--workers", type=click.IntRange(min=0), default=0, show_default=True,
               help="DataLoader processes decoding and resizing images.")
+@click.option("--report", type=click.Path(dir_okay=False), help="Write a markdown report here.")
+@click.option("--baseline", type=click.Choice(["knn"]),
+              help="Also evaluate the nearest-neighbour baseline on the bundle's backbone.")
+@click.option("--bank-size", type=click.IntRange(min=1),
+              help="Most patches in the kNN baseline's memory bank (default 50,000).")
 @click.option("--quiet", is_flag=True)
 def evaluate_cmd(run: str, data: str, json_path: str | None, heatmaps: str | None, device: str, workers: int,
-                 quiet: bool) -> None:
+                 report: str | None, baseline: str | None, bank_size: int | None, quiet: bool) -> None:
     """Score DATA's test split with the bundle RUN and print image/pixel metrics."""
     from aminet_edge.evaluation.evaluate import evaluate_bundle
+    from aminet_edge.evaluation.report import write_report
 
     metrics = _run(evaluate_bundle, run, data, json_path=json_path, heatmaps=heatmaps, progress=not quiet,
-                   device=device, workers=workers)
-    click.echo(json.dumps({k: v for k, v in metrics.items() if not isinstance(v, dict)}, indent=2))
+                   device=device, workers=workers, baseline=baseline, bank_cap=bank_size)
+    if report:
+        write_report(metrics, report, f"Evaluation of {run} on {data}")
+    summary = {k: v for k, v in metrics.items() if not isinstance(v, dict)}
+    for key in ("mask_coverage", "baseline_knn"):
+        if key in metrics:
+            summary[key] = {k: v for k, v in metrics[key].items() if not isinstance(v, dict)}
+    click.echo(json.dumps(summary, indent=2))
 
 
 @main.command("demo")

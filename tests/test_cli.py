@@ -23,9 +23,17 @@ def test_train_then_evaluate(tmp_path: Path) -> None:
     config = json.loads((tmp_path / "run" / "config.json").read_text())
     assert config["model"]["embed_dim"] == 32 and config["model"]["backbone"] == "efficientnet_lite0"
     res = runner.invoke(main, ["evaluate", str(tmp_path / "run"), str(data), "--json", str(tmp_path / "m.json"),
+                               "--baseline", "knn", "--bank-size", "500", "--report", str(tmp_path / "r.md"),
                                "--quiet"])
     assert res.exit_code == 0, res.output
-    assert json.loads(res.stdout)["image_auroc"] == json.loads((tmp_path / "m.json").read_text())["image_auroc"]
+    printed, stored = json.loads(res.stdout), json.loads((tmp_path / "m.json").read_text())
+    assert printed["image_auroc"] == stored["image_auroc"]
+    knn = stored["baseline_knn"]
+    assert (knn["bank_patches"], knn["train_patches"]) == (500, 10 * 64)  # every training image, 8 x 8 patches
+    assert printed["baseline_knn"]["pixel_auroc"] == knn["pixel_auroc"]
+    assert 0 <= stored["mask_coverage"]["mask_recall"] <= 1
+    report = (tmp_path / "r.md").read_text()
+    assert "| metric | AMI-Net | kNN baseline |" in report and "500 of" in report and "mask recall" in report
 
 
 def test_train_ranges_are_checked_before_anything_runs(tmp_path: Path) -> None:

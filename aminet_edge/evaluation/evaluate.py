@@ -6,15 +6,17 @@ import json
 import logging
 from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from aminet_edge.bundle import write_config
-from aminet_edge.data.datasets import Sample, load_dataset
+from aminet_edge.bundle import BundleConfig, write_config
+from aminet_edge.data.datasets import Sample, Split, load_dataset
 from aminet_edge.data.images import read_image, read_mask, resize_rgb
 from aminet_edge.evaluation.heatmaps import save_overlay
+from aminet_edge.evaluation.mask_coverage import mask_coverage
 from aminet_edge.evaluation.metrics import evaluate, f1_max
 
 log = logging.getLogger("aminet_edge.evaluation")
@@ -34,9 +36,16 @@ def _test_mask(sample: Sample, size: int) -> np.ndarray:
     return mask
 
 
+if TYPE_CHECKING:
+    from aminet_edge.model.pipeline import Pipeline
+
+BASELINES = ("knn",)
+
+
 def evaluate_bundle(bundle: str | Path, data: str | Path, json_path: str | Path | None = None,
                     heatmaps: str | Path | None = None, batch_size: int = 8, store_thresholds: bool = True,
-                    progress: bool = True, device: str = "auto", workers: int = 0) -> dict:
+                    progress: bool = True, device: str = "auto", workers: int = 0, baseline: str | None = None,
+                    bank_cap: int | None = None) -> dict:
     """Score `data`'s test split with the bundle and compute image/pixel metrics.
 
     Maps are compared with ground-truth masks at the model's input resolution (masks resized nearest).
@@ -45,22 +54,28 @@ def evaluate_bundle(bundle: str | Path, data: str | Path, json_path: str | Path 
     the stored pixel threshold silently wrong. Without any defect masks the image metrics are still
     reported and "pixel_note" says that pixel metrics need masks.
     With store_thresholds, the F1-optimal image and pixel thresholds are written into the bundle's
-    calibration (the normal-only thresholds stay the default). Returns the metrics dict.
+    calibration (the normal-only thresholds stay the default). Where masks exist, "mask_coverage" says
+    how well the adaptive mask covers the defects (see `mask_coverage`). baseline "knn" adds
+    "baseline_knn": the same metrics for the nearest-neighbour baseline on the bundle's backbone, its
+    memory bank from `data`'s training images, at most `bank_cap` patches (None: knn_baseline.BANK_CAP).
     device: "auto" (first CUDA GPU, else CPU), "cpu", "cuda" or "cuda:N"; the model runs there in
-    float32, as at calibration. workers: DataLoader processes decoding the images.
+    float32, as at calibration. workers: DataLoader processes decoding the images. Returns the metrics dict.
     """
     from aminet_edge.device import describe_device, resolve_device
     from aminet_edge.model.pipeline import load_pipeline
 
     dev = resolve_device(device)
+    if baseline is not None and baseline not in BASELINES:
+        raise ValueError(f"unknown baseline {baseline!r}; known: {', '.join(BASELINES)}")
     pipeline, config = load_pipeline(bundle)
-    test = load_dataset(data).test
+    split = load_dataset(data)
+    test = split.test
     if not test:
         raise ValueError(f"{data}: no test images found")
     log.info("evaluating on %s", describe_device(dev))
     size = config.model.image_size
-    scores, maps = pipeline.to(dev).score_paths([s.path for s in test], config.mean, config.std, batch_size,
-                                                progress, workers)
+    scores, maps, token_masks = pipeline.to(dev).infer_paths([s.path for s in test], config.mean, config.std,
+                                                             batch_size, progress, workers)
     labels = np.array([s.label for s in test], dtype=np.int64)
     masks = np.stack([_test_mask(s, size) for s in test])
     has_mask = np.array([s.label == 0 or s.mask_path is not None for s in test])
@@ -72,6 +87,12 @@ def evaluate_bundle(bundle: str | Path, data: str | Path, json_path: str | Path 
         metrics["pixel_note"] = (f"pixel metrics need ground-truth masks: {missing} of {int(labels.sum())} "
                                  "defective test image(s) have none" + ("" if "pixel_auroc" not in metrics
                                                                         else " (pixel metrics use the others)"))
+    coverage = _mask_coverage(test, token_masks, masks, has_mask)
+    if coverage is not None:
+        metrics["mask_coverage"] = coverage
+    if baseline == "knn":
+        metrics["baseline_knn"] = _knn_baseline(pipeline, config, split, masks, has_mask, bank_cap, batch_size,
+                                                progress)
     if len(set(labels.tolist())) == 2:
         thresholds = {"image": f1_max(labels, scores)[1]}
         pixel_labels = masks[has_mask]
@@ -95,4 +116,33 @@ def evaluate_bundle(bundle: str | Path, data: str | Path, json_path: str | Path 
     if json_path is not None:
         Path(json_path).parent.mkdir(parents=True, exist_ok=True)
         Path(json_path).write_text(json.dumps(metrics, indent=2) + "\n")
+    return metrics
+
+
+def _mask_coverage(test: list[Sample], token_masks: np.ndarray, masks: np.ndarray,
+                   has_mask: np.ndarray) -> dict | None:
+    """`mask_coverage` on the test images with pixel labels; None when no image has defect pixels."""
+    if not masks[has_mask].any():
+        return None
+    keep = np.flatnonzero(has_mask)
+    return mask_coverage(token_masks[keep], masks[keep], np.array([test[i].label for i in keep]),
+                         [test[i].defect_type for i in keep])
+
+
+def _knn_baseline(pipeline: Pipeline, config: BundleConfig, split: Split, masks: np.ndarray, has_mask: np.ndarray,
+                  bank_cap: int | None, batch_size: int, progress: bool) -> dict:
+    """Metrics of the kNN baseline (`knn_baseline`) on the same test images, with its bank's size."""
+    from aminet_edge.evaluation.knn_baseline import BANK_CAP, build_bank, knn_scores
+
+    bank_cap = BANK_CAP if bank_cap is None else bank_cap
+    size = config.model.image_size
+    bank, total = build_bank(pipeline.extractor, [s.path for s in split.train], size, config.mean, config.std,
+                             bank_cap, batch_size=batch_size, progress=progress)
+    scores, maps = knn_scores(pipeline.extractor, bank, [s.path for s in split.test], size, config.mean,
+                              config.std, config.score.sigma, batch_size, progress)
+    test = split.test
+    metrics = evaluate(np.array([s.label for s in test]), scores, masks[has_mask], maps[has_mask],
+                       [s.defect_type for s in test], pixel_rows=has_mask)
+    metrics.update({"bank_patches": int(len(bank)), "train_patches": int(total), "bank_cap": int(bank_cap),
+                    "image_score": "max"})
     return metrics

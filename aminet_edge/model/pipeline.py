@@ -84,19 +84,28 @@ class Pipeline(nn.Module):
                     workers: int = 0) -> tuple[np.ndarray, np.ndarray]:
         """Run on image files on the pipeline's device: image scores (N,) float32 and maps (N, S, S) float32
         at model resolution, on the host. `workers` DataLoader processes decode the images."""
+        scores, maps, _ = self.infer_paths(paths, mean, std, batch_size, progress, workers)
+        return scores, maps
+
+    @torch.no_grad()
+    def infer_paths(self, paths: Sequence[str | Path], mean: Sequence[float], std: Sequence[float],
+                    batch_size: int = 8, progress: bool = False,
+                    workers: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """`score_paths` plus the adaptive masks: scores (N,), maps (N, S, S) float32, masks (N, L) bool."""
         from aminet_edge.data.batches import load_batches
 
         size = self.aminet.cfg.image_size
         device = self.aminet.pos_embed.device
-        scores, maps = [], []
+        scores, maps, masks = [], [], []
         bar = tqdm(total=len(paths), desc="scoring", unit="img", disable=not progress)
         for batch in load_batches(paths, size, mean, std, batch_size, workers, pin_memory=device.type == "cuda"):
-            amap, score, _ = self(batch.to(device, non_blocking=True))
+            amap, score, mask = self(batch.to(device, non_blocking=True))
             scores.append(score.cpu().numpy())
             maps.append(amap.cpu().numpy())
+            masks.append(mask.cpu().numpy())
             bar.update(len(batch))
         bar.close()
-        return np.concatenate(scores), np.concatenate(maps)
+        return np.concatenate(scores), np.concatenate(maps), np.concatenate(masks)
 
 
 def state_dict_for_bundle(extractor: FeatureExtractor, aminet: AMINet) -> dict[str, torch.Tensor]:
