@@ -42,15 +42,12 @@ def load_batches(paths: Sequence[str | Path], image_size: int, mean: Sequence[fl
     """Yield preprocessed image batches (b, 3, S, S) float32 in the order of `paths`.
 
     workers: decode and resize in that many DataLoader processes (0: in this one); the batches are the
-    same either way. The workers are spawned, not forked: a fork copies a parent whose runtime threads
-    (CUDA, onnxruntime, OpenVINO's TBB) it cannot carry, and crashed a test process here.
-    pin_memory: page-locked batches, for non_blocking copies to a GPU.
+    same either way. pin_memory: page-locked batches, for non_blocking copies to a GPU.
     """
     if workers < 0:
         raise ValueError(f"workers must be >= 0, got {workers}")
     loader = DataLoader(PreprocessedImages(paths, image_size, mean, std), batch_size=batch_size,
-                        num_workers=workers, collate_fn=_stack, pin_memory=pin_memory,
-                        multiprocessing_context="spawn" if workers else None)
+                        num_workers=workers, collate_fn=_stack, pin_memory=pin_memory)
     for batch in loader:
         if isinstance(batch, ImageReadError):
             raise batch
