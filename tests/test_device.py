@@ -6,6 +6,8 @@ The same behaviour on a GPU is checked by tests/test_train_cuda.py (marked gpu).
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -16,12 +18,11 @@ from click.testing import CliRunner
 from aminet_edge.cli import main
 from aminet_edge.config import LossConfig, ModelConfig, TrainConfig
 from aminet_edge.data.batches import load_batches
-from aminet_edge.data.images import preprocess, read_image
 from aminet_edge.data.synthetic import make_synthetic_dataset
 from aminet_edge.device import make_generator, resolve_device
 from aminet_edge.model.aminet import AMINet
 from aminet_edge.model.features import build_feature_extractor
-from aminet_edge.train.cache import CACHE_GPU_FRACTION, build_feature_cache, cache_nbytes, cache_placement
+from aminet_edge.train.cache import CACHE_GPU_FRACTION, cache_nbytes, cache_placement
 from aminet_edge.train.checkpoint import CHECKPOINT_FILE
 from aminet_edge.train.precision import autocast, grad_scaler, resolve_precision
 from aminet_edge.train.trainer import load_training_samples, split_holdout, train
@@ -135,21 +136,47 @@ def test_generator_device() -> None:
 
 
 # ---- DataLoader workers -------------------------------------------------------------------------
+WORKERS_CHECK = """
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from aminet_edge.data.batches import load_batches
+from aminet_edge.model.features import build_feature_extractor
+from aminet_edge.train.cache import build_feature_cache
+
+data, tmp = Path(sys.argv[1]), Path(sys.argv[2])
+paths = sorted(str(p) for p in (data / "train" / "good").glob("*.png"))[:5]
+mean, std = (0.5, 0.4, 0.3), (0.2, 0.25, 0.3)
+want = np.stack([preprocess(read_image(p), 64, mean, std) for p in paths])  # the numpy reference
+for workers in (0, 2):
+    got = torch.cat(list(load_batches(paths, 64, mean, std, 2, workers=workers))).numpy()
+    assert np.array_equal(got, want), workers
+ext = build_feature_extractor("efficientnet_lite0", image_size=64, pretrained=False)
+serial = build_feature_cache(ext, paths, 64, ext.mean, ext.std, progress=False)
+parallel = build_feature_cache(ext, paths, 64, ext.mean, ext.std, progress=False, workers=2)
+assert torch.equal(serial, parallel)
+(tmp / "broken.png").write_bytes(b"not a png")
+try:
+    list(load_batches([paths[0], str(tmp / "broken.png")], 64, mean, std, 2, workers=2))
+except ValueError as exc:
+    assert "broken.png: not a readable image" in str(exc) and "Traceback" not in str(exc), exc
+else:
+    raise AssertionError("a broken image in a worker must raise")
+"""
+
+
 def test_workers_give_the_serial_batches(data: Path, tmp_path: Path) -> None:
-    paths = sorted(str(p) for p in (data / "train" / "good").glob("*.png"))[:5]
-    mean, std = (0.5, 0.4, 0.3), (0.2, 0.25, 0.3)
-    want = np.stack([preprocess(read_image(p), 64, mean, std) for p in paths])  # the numpy reference
-    for workers in (0, 2):
-        got = torch.cat(list(load_batches(paths, 64, mean, std, 2, workers=workers))).numpy()
-        assert np.array_equal(got, want), workers
-    ext = build_feature_extractor("efficientnet_lite0", image_size=64, pretrained=False)
-    serial = build_feature_cache(ext, paths, 64, ext.mean, ext.std, progress=False)
-    parallel = build_feature_cache(ext, paths, 64, ext.mean, ext.std, progress=False, workers=2)
-    assert torch.equal(serial, parallel)
-    (tmp_path / "broken.png").write_bytes(b"not a png")
-    with pytest.raises(ValueError, match="broken.png: not a readable image") as err:
-        list(load_batches([paths[0], str(tmp_path / "broken.png")], 64, mean, std, 2, workers=2))
-    assert "Traceback" not in str(err.value)
+    """DataLoader workers give the serial path's batches and features, and a broken image is one clear line.
+
+    Run in a fresh interpreter: worker processes forked from this long-lived test process (which by now
+    holds onnxruntime, OpenVINO, TensorRT-RTX and Triton) crashed it with SIGSEGV in two of three full
+    suite runs; never in a fresh process, nor when the training CLI uses workers. Root cause not found."""
+    res = subprocess.run([sys.executable, "-c", WORKERS_CHECK, str(data), str(tmp_path)], capture_output=True,
+                         text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
 
 
 # ---- the CPU fp32 path is the plain loop, bit for bit -------------------------------------------
