@@ -144,6 +144,7 @@ import numpy as np
 import torch
 
 from aminet_edge.data.batches import load_batches
+from aminet_edge.data.images import preprocess, read_image
 from aminet_edge.model.features import build_feature_extractor
 from aminet_edge.train.cache import build_feature_cache
 
