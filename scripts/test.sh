@@ -14,7 +14,7 @@ python -m pip install -q --no-deps tensorrt-stubs
 # tritonserver for the serving tests: the binary alone, from the nvidia-pytriton wheel (its Python package
 # pins numpy<2, which must not replace the project's numpy)
 scripts/install_tritonserver.sh || echo "warning: tritonserver not installed; the serving tests will skip"
-# shellcheck lints the deployment scripts under export/ (Debian package; its tests skip if absent)
+# the deployment scripts under export/ are linted by shellcheck (Debian package; its tests skip if absent)
 command -v shellcheck >/dev/null || { apt-get update -qq && apt-get install -y -qq shellcheck >/dev/null; } \
   || echo "warning: shellcheck could not be installed; the shell-lint tests will skip"
 python -m pytest -q -rs "$@"

@@ -161,8 +161,7 @@ def test_graphs_use_the_bundles_mask_lambda(tmp_path: Path, lam: float, precisio
     extractor, aminet = build_modules(config)
     with torch.no_grad():
         aminet.embed_cluster.weight.mul_(100.0)
-    write_config(tmp_path, config)
-    save_pipeline_weights(tmp_path, extractor, aminet)
+    save_bundle(tmp_path, config, extractor, aminet)
     export_onnx(tmp_path, precision, split=False)  # model.onnx (and model_int8.onnx)
     x = images(4, seed=0) * 0.3
     for i, (r, c) in enumerate([(0, 0), (16, 40), (40, 8), (30, 30)]):

@@ -21,7 +21,7 @@ ov = pytest.importorskip("openvino", reason="openvino is not installed (pip inst
 
 from test_detector import generated_images, shared_bundle  # noqa: E402
 
-from aminet_edge.bundle import read_config  # noqa: E402
+from aminet_edge.bundle import BundleError, make_record, read_config, write_config  # noqa: E402
 from aminet_edge.runtime import BackendUnavailableError, Detector  # noqa: E402
 from aminet_edge.runtime.backends import backend_status  # noqa: E402
 from aminet_edge.runtime.backends.openvino_backend import (CACHE_DIR, KEEP_FP32, cpu_capabilities,  # noqa: E402
@@ -98,6 +98,14 @@ def test_precision_marks_cover_mask_and_score_map_only(bundle: Path) -> None:
     assert in_modules and not [n for n in in_modules if n in marked]  # backbone + transformers run bf16
 
 
+def _rerecord(bundle: Path, key: str) -> None:
+    """Record graph `key`'s file as it is now (what `aminet-edge export` does after writing it)."""
+    config = read_config(bundle)
+    record = config.artifacts["onnx"][key]
+    record.update(make_record(bundle, bundle / record["path"]))
+    write_config(bundle, config)
+
+
 def test_compiled_model_is_cached_and_a_stale_cache_is_harmless(bundle: Path, tmp_path: Path) -> None:
     _skip_unavailable(bundle, "openvino")
     copy = tmp_path / "bundle"
@@ -122,6 +130,9 @@ def test_compiled_model_is_cached_and_a_stale_cache_is_harmless(bundle: Path, tm
     weight = next(i for i in graph.graph.initializer if i.name == head)
     weight.CopyFrom(onnx.numpy_helper.from_array(onnx.numpy_helper.to_array(weight) * 1.5, head))
     onnx.save(graph, str(copy / "model.onnx"))
+    with pytest.raises(BundleError, match="sha256 differs"):  # an edited graph is refused by its checksum
+        Detector.load(copy, backend="openvino")
+    _rerecord(copy, "model")  # as a re-export records it
     with Detector.load(copy, backend="openvino") as det, \
             Detector.load(copy, backend="onnxruntime", precision="fp32") as ort:
         changed = det.predict(image)
@@ -145,6 +156,9 @@ def test_options_and_errors(bundle: Path, monkeypatch: pytest.MonkeyPatch, tmp_p
     broken = tmp_path / "broken"
     shutil.copytree(bundle, broken, ignore=shutil.ignore_patterns("cache"))
     (broken / "model.onnx").write_bytes(b"not onnx")
+    with pytest.raises(BundleError, match="graph is 8 bytes"):  # the checksum record catches it first
+        Detector.load(broken, backend="openvino")
+    _rerecord(broken, "model")  # recorded as it is (a broken exporter): OpenVINO's own error
     with pytest.raises(Exception, match="OpenVINO cannot read this graph"):
         Detector.load(broken, backend="openvino")
     import aminet_edge.runtime.backends as registry
