@@ -49,7 +49,7 @@ import numpy as np
 
 from aminet_edge.bundle import BundleConfig, BundleError, Calibration, read_config
 from aminet_edge.runtime.backends import Backend, create_backend, select_backend
-from aminet_edge.runtime.inputs import InputError, Limits, describe, split_batch, to_frame, to_rgb
+from aminet_edge.runtime.inputs import InputError, Limits, batch_items, describe, split_batch, to_frame, to_rgb
 from aminet_edge.runtime.result import Result, Thresholds, Timing
 
 log = logging.getLogger("aminet_edge.runtime")
@@ -309,12 +309,7 @@ class Detector:
         With prefetch, the next batch is decoded and preprocessed in a helper thread while the backend
         runs the current one. Results equal `predict(list)` with the same batch size.
         """
-        if isinstance(images, (list, tuple, np.ndarray)) or hasattr(images, "unbind"):
-            items, _ = split_batch(images if not isinstance(images, tuple) else list(images))
-        else:
-            items = list(images)
-            if not items:
-                raise InputError("input", "empty batch: pass at least one image")
+        items = batch_items(images)
         thresholds = self._thresholds_for(threshold, sensitivity, pixel_threshold)
         size = self.batch_size if batch_size is None else int(batch_size)
         if size < 1:

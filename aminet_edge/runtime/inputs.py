@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -76,6 +77,17 @@ def split_batch(x: Any) -> tuple[list[Any], bool]:
     if not items:
         raise InputError("input", "empty batch: pass at least one image")
     return items, batch
+
+
+def batch_items(images: Iterable[Any] | np.ndarray) -> list[Any]:
+    """The images of a `predict_batch` argument as a list: a list/tuple, a 4-D array or tensor
+    (split_batch), or any other iterable. Raises InputError("input", ...) for an empty batch."""
+    if isinstance(images, (list, tuple, np.ndarray)) or hasattr(images, "unbind"):
+        return split_batch(images if not isinstance(images, tuple) else list(images))[0]
+    items = list(images)
+    if not items:
+        raise InputError("input", "empty batch: pass at least one image")
+    return items
 
 
 def describe(x: Any, index: int | None) -> str:

@@ -37,7 +37,7 @@ import numpy as np
 
 from aminet_edge.bundle import BundleConfig
 from aminet_edge.runtime.detector import ThresholdSpec, decide, resolve_thresholds
-from aminet_edge.runtime.inputs import InputError, Limits, describe, split_batch
+from aminet_edge.runtime.inputs import InputError, Limits, batch_items, describe, split_batch
 from aminet_edge.runtime.result import Result, Thresholds
 from aminet_edge.serving.protocol import BUNDLE_PARAMETER, INPUT_ERROR, MODEL_NAME, OUTPUTS, encode_image
 
@@ -167,12 +167,7 @@ class RemoteDetector:
                       pixel_threshold: float | None = None, prefetch: bool = True) -> list[Result]:
         """As `Detector.predict_batch`: always a list of Results in order. batch_size and prefetch are
         accepted for compatibility; batching happens on the server (`concurrency` requests in flight)."""
-        if isinstance(images, (list, tuple, np.ndarray)) or hasattr(images, "unbind"):
-            items, _ = split_batch(images if not isinstance(images, tuple) else list(images))
-        else:
-            items = list(images)
-            if not items:
-                raise InputError("input", "empty batch: pass at least one image")
+        items = batch_items(images)
         return self._many(items, bgr, self.thresholds_for(threshold, sensitivity, pixel_threshold))
 
     def thresholds_for(self, threshold: ThresholdSpec | None = None, sensitivity: float | None = None,
