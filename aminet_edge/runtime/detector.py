@@ -106,6 +106,21 @@ def resolve_thresholds(calibration: Calibration | None, threshold: ThresholdSpec
                       sensitivity=float(sensitivity), source=source)
 
 
+def override_thresholds(default: Thresholds, calibration: Calibration | None,
+                        base: tuple[ThresholdSpec, float | None, float], threshold: ThresholdSpec | None,
+                        sensitivity: float | None, pixel_threshold: float | None) -> Thresholds:
+    """Thresholds of one predict call: `default` when it overrides nothing, else `base` (the loaded
+    threshold, pixel_threshold, sensitivity) with the call's overrides. A new `threshold` drops the loaded
+    pixel_threshold (the pixel threshold then follows the new rule)."""
+    if threshold is None and sensitivity is None and pixel_threshold is None:
+        return default
+    base_threshold, base_pixel, base_sensitivity = base
+    return resolve_thresholds(
+        calibration, base_threshold if threshold is None else threshold,
+        base_pixel if pixel_threshold is None and threshold is None else pixel_threshold,
+        base_sensitivity if sensitivity is None else sensitivity)
+
+
 @lru_cache(maxsize=64)
 def _linear_taps(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Indices and weights of 1-D linear interpolation, pixel centres aligned (align_corners=False)."""
@@ -333,12 +348,9 @@ class Detector:
     # -- internals ------------------------------------------------------------------------------
     def _thresholds_for(self, threshold: ThresholdSpec | None, sensitivity: float | None,
                         pixel_threshold: float | None) -> Thresholds:
-        if threshold is None and sensitivity is None and pixel_threshold is None:
-            return self.thresholds
-        return resolve_thresholds(
-            self.config.calibration, self._threshold if threshold is None else threshold,
-            self._pixel_threshold if pixel_threshold is None and threshold is None else pixel_threshold,
-            self._sensitivity if sensitivity is None else sensitivity)
+        return override_thresholds(self.thresholds, self.config.calibration,
+                                   (self._threshold, self._pixel_threshold, self._sensitivity),
+                                   threshold, sensitivity, pixel_threshold)
 
     def _prepare_one(self, x: Any, position: int, index: int | None, bgr: bool) -> _Prepared | Result:
         """Decode, validate and preprocess one input; an unusable input becomes an error Result."""

@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 
 from aminet_edge.bundle import BundleConfig
-from aminet_edge.runtime.detector import ThresholdSpec, decide, resolve_thresholds
+from aminet_edge.runtime.detector import ThresholdSpec, decide, override_thresholds, resolve_thresholds
 from aminet_edge.runtime.inputs import InputError, Limits, batch_items, describe, split_batch
 from aminet_edge.runtime.result import Result, Thresholds
 from aminet_edge.serving.protocol import BUNDLE_PARAMETER, INPUT_ERROR, MODEL_NAME, OUTPUTS, encode_image
@@ -173,12 +173,9 @@ class RemoteDetector:
     def thresholds_for(self, threshold: ThresholdSpec | None = None, sensitivity: float | None = None,
                        pixel_threshold: float | None = None) -> Thresholds:
         """The thresholds a predict call with these overrides would use (as `Detector.thresholds_for`)."""
-        if threshold is None and sensitivity is None and pixel_threshold is None:
-            return self.thresholds
-        return resolve_thresholds(
-            self.config.calibration, self._threshold if threshold is None else threshold,
-            self._pixel_threshold if pixel_threshold is None and threshold is None else pixel_threshold,
-            self._sensitivity if sensitivity is None else sensitivity)
+        return override_thresholds(self.thresholds, self.config.calibration,
+                                   (self._threshold, self._pixel_threshold, self._sensitivity),
+                                   threshold, sensitivity, pixel_threshold)
 
     # -- internals --------------------------------------------------------------------------------
     def _many(self, items: list[Any], bgr: bool, thresholds: Thresholds) -> list[Result]:
