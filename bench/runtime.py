@@ -9,7 +9,10 @@ One run measures, on the same images (uint8 RGB 512x512 arrays, decoded-frame ca
   (`export --precision int8`: the inpainting blocks' MatMuls quantised, aminet_edge.export.quantize);
 - onnxruntime-split + C++: model_a.onnx -> C++ adaptive_mask -> model_b.onnx -> C++ score_map, fp32 and int8;
 - openvino / openvino-split + C++: the fp32 graphs on OpenVINO's CPU plugin at its default precision here
-  (bf16 mixed where the CPU has native bf16, else fp32; the label says which), and fp32.
+  (bf16 mixed where the CPU has native bf16, else fp32; the label says which), and fp32;
+- openvino int8: OpenVINO's statically quantised single graph (`export --precision int8
+  --calibration-data`; the built bundle calibrates it on its random placeholder frames: speed does not
+  depend on the scales, accuracy is bench/openvino_accuracy.py's).
 The variants run interleaved (each loaded once, then every variant per repeat), so a shared machine's load
 hits them alike. OpenVINO's load time is also measured with an empty compile cache and again with it filled.
 Every timing is the whole predict call (preprocess, backend, resize of the map to 512x512, mask) divided
@@ -22,7 +25,9 @@ depend on what the weights learned. Its calibration is a placeholder from random
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
+import tempfile
 import sys
 import warnings
 from pathlib import Path
@@ -46,6 +51,7 @@ VARIANTS = (  # (label, backend, options)
     ("onnxruntime-split + C++ fp32, ORT spinning on", "onnxruntime-split", {"precision": "fp32", "spinning": True}),
     ("openvino fp32 (single graph)", "openvino", {"precision": "fp32"}),
     ("openvino-split + C++ fp32", "openvino-split", {"precision": "fp32"}),
+    ("openvino int8 (single graph)", "openvino", {"precision": "int8"}),
 )
 # OpenVINO's default precision on this CPU (bf16 mixed where native bf16 exists), added when it is not fp32
 OPENVINO_DEFAULT = (("openvino {precision} (single graph)", "openvino", {}),
@@ -80,14 +86,19 @@ def build_bundle(path: Path, preset: str) -> str:
                           mean=tuple(extractor.mean), std=tuple(extractor.std))
     path.mkdir(parents=True, exist_ok=True)
     save_bundle(path, config, extractor, aminet)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        export_onnx(path, "int8")  # the fp32 graphs, then their int8 copies
-    # placeholder calibration (random frames' max score and map value) so the default threshold loads
-    from aminet_edge.bundle import Calibration, read_config
-
     rng = np.random.default_rng(1)
     frames = [rng.integers(0, 256, (model.image_size,) * 2 + (3,), dtype=np.uint8) for _ in range(4)]
+    from PIL import Image
+
+    with warnings.catch_warnings(), tempfile.TemporaryDirectory() as calib:
+        warnings.simplefilter("ignore")
+        for i, frame in enumerate(frames):
+            Image.fromarray(frame).save(Path(calib) / f"{i}.png")
+        # the fp32 graphs, their onnxruntime int8 copies, OpenVINO's int8 graph (when nncf is installed)
+        export_onnx(path, "int8", calibration_data=[calib] if importlib.util.find_spec("nncf") else ())
+    # placeholder calibration (random frames' max score and map value) so the default threshold loads
+    from aminet_edge.bundle import Calibration, read_config, write_config
+
     det = Detector.load(path, backend="onnxruntime", precision="fp32", threshold=1.0, pixel_threshold=1.0)
     results = det.predict(frames)
     det.close()
@@ -102,7 +113,10 @@ def build_bundle(path: Path, preset: str) -> str:
 def ensure_bundle(path: Path | str | None, preset: str = "cpu") -> Path:
     """`path` (default DEFAULT_BUNDLE for `preset`), built by build_bundle unless it already holds a bundle."""
     path = Path(str(path or DEFAULT_BUNDLE).format(preset=preset))
-    if not (path / "config.json").is_file() or not (path / "model_b_int8.onnx").is_file():
+    missing = [n for n in ("config.json", "model_b_int8.onnx") if not (path / n).is_file()]
+    if importlib.util.find_spec("nncf") and not (path / "model_int8_static.onnx").is_file():
+        missing.append("model_int8_static.onnx")  # OpenVINO's int8 graph, built when nncf is installed
+    if missing:
         print(f"building the {preset} bench bundle in {path} ...", flush=True)
         build_bundle(path, preset)
     return path
@@ -147,12 +161,16 @@ def main() -> None:
     loads = openvino_load_seconds(bundle, args.threads)
     variants = list(VARIANTS)
     from aminet_edge.runtime.backends import backend_status
-    from aminet_edge.runtime.backends.openvino_backend import cpu_capabilities, resolve_precision
+    from aminet_edge.bundle import has_graph, read_config
+    from aminet_edge.runtime.backends.openvino_backend import INT8_GRAPH, cpu_capabilities, resolve_precision
 
     if backend_status("openvino", bundle, None, "cpu") is None:
         precision = resolve_precision(None, cpu_capabilities())
         if precision != "fp32":
             variants += [(label.format(precision=precision), b, o) for label, b, o in OPENVINO_DEFAULT]
+        if not has_graph(read_config(bundle), "model", INT8_GRAPH):
+            print(f"{bundle} has no OpenVINO int8 graph (nncf missing at build?): openvino int8 not measured")
+            variants = [v for v in variants if v[2].get("precision") != "int8" or v[1] != "openvino"]
     else:
         variants = [v for v in variants if not v[1].startswith("openvino")]
     detectors = {}

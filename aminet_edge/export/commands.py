@@ -14,17 +14,24 @@ from aminet_edge.cli import device_option
 @click.option("--precision", type=click.Choice(["fp32", "fp16", "int8"]), default="fp32", show_default=True,
               help="fp16: backbone and transformers in float16, mask statistics and score map in float32 "
                    "(for TensorRT). int8: the fp32 graphs plus copies with the inpainting transformer's "
-                   "MatMuls in int8, for CPUs (onnxruntime picks them up by default).")
+                   "MatMuls in int8, for CPUs (onnxruntime picks them up by default); with "
+                   "--calibration-data also OpenVINO's int8 graph.")
+@click.option("--calibration-data", "calibration_data", multiple=True, type=click.Path(exists=True, file_okay=False),
+              help="With --precision int8: a data set (any layout `train` reads; its normal training images "
+                   "are used, e.g. the ones trained on) to calibrate OpenVINO's int8 graph "
+                   "model_int8_static.onnx (backbone and transformers in int8, mask and score map fp32; "
+                   "needs aminet-edge[openvino]); repeatable.")
 @click.option("--no-split", is_flag=True, help="Only the single graph model.onnx, not model_a/model_b.")
 @device_option("cpu")
-def export_cmd(run: str, precision: str, no_split: bool, device: str) -> None:
+def export_cmd(run: str, precision: str, calibration_data: tuple[str, ...], no_split: bool, device: str) -> None:
     """Export bundle RUN to ONNX (opset 17, dynamic batch) inside the bundle; prints one path per graph."""
     from aminet_edge.export.graph_checks import GraphCheckError
     from aminet_edge.export.onnx_export import export_onnx
 
     try:
-        paths = export_onnx(run, precision=precision, split=not no_split, device=device)
-    except (GraphCheckError, ValueError) as exc:
+        paths = export_onnx(run, precision=precision, split=not no_split, device=device,
+                            calibration_data=calibration_data)
+    except (GraphCheckError, ValueError, ImportError) as exc:
         raise click.ClickException(str(exc)) from exc
     for part, path in paths.items():
         click.echo(f"{part}: {path}")

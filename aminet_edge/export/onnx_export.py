@@ -11,11 +11,14 @@ fp16: backbone and transformers run in float16; distances, cluster statistics an
 float32 (explicit Casts in the graph, as TensorRT-RTX networks are strongly typed). Graph I/O stays float32.
 int8 (CPU onnxruntime only): the fp32 graphs with the inpainting blocks' MatMuls quantised
 (aminet_edge.export.quantize); model_a has none, so the int8 pair is model_a.onnx + model_b_int8.onnx.
+With calibration data also OpenVINO's model_int8_static.onnx: the single graph statically quantised by
+NNCF, scales calibrated on the data's normal training images (aminet_edge.export.quantize.quantize_static).
 """
 
 from __future__ import annotations
 
 import copy
+from collections.abc import Sequence
 from pathlib import Path
 
 import onnx
@@ -23,7 +26,7 @@ import torch
 from torch import nn
 
 from aminet_edge.bundle import SCHEMA_VERSION, WEIGHTS_FILE, graph_key, make_record, read_config, write_config
-from aminet_edge.export import PRECISIONS, onnx_name
+from aminet_edge.export import onnx_name
 from aminet_edge.export.graph_checks import GraphCheckError, check_graph
 from aminet_edge.export.graph_rewrites import fold_pads_into_convs
 from aminet_edge.model.aminet import AMINet
@@ -124,33 +127,51 @@ def _export(module: nn.Module, args: tuple[torch.Tensor, ...], io_names: tuple[t
     return path
 
 
+EXPORT_PRECISIONS = ("fp32", "fp16", "int8")  # int8 also writes int8_static when given calibration data
+
+
 def export_onnx(bundle: str | Path, precision: str = "fp32", opset: int = OPSET, split: bool = True,
-                device: str = "cpu") -> dict[str, Path]:
+                device: str = "cpu", calibration_data: Sequence[str | Path] = ()) -> dict[str, Path]:
     """Export the bundle's pipeline to ONNX next to its weights and record the files in config.json
     (path, sha256, bytes, the weights' sha256). A schema 1 bundle is upgraded on the way: its weights'
     checksum is recorded as they are now, its old unverifiable graph and engine records dropped.
 
     Returns {"model": path} plus {"model_a", "model_b"} when `split`. Deterministic: the same bundle
     gives byte-identical files. Raises GraphCheckError if the graph holds a node TensorRT rejects.
-    "int8" writes (and records) the fp32 graphs first, then their quantised copies.
+    "int8" writes (and records) the fp32 graphs first, then their quantised copies; with
+    `calibration_data` (data set roots whose training images are normal, e.g. the ones trained on) also
+    OpenVINO's statically quantised single graph {"model_int8_static": path} (needs nncf).
     device: where the model is traced ("cpu", "auto", "cuda", "cuda:N"); the CPU by default, where the
     byte-identity above is tested.
     """
     from aminet_edge.device import resolve_device
 
     dev = resolve_device(device)
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    if precision not in EXPORT_PRECISIONS:
+        raise ValueError(f"precision must be one of {EXPORT_PRECISIONS}, got {precision!r}")
+    if calibration_data and precision != "int8":
+        raise ValueError("calibration data is for the int8 export (--precision int8) only")
     bundle = Path(bundle)
     if precision == "int8":
-        from aminet_edge.export.quantize import quantize_graph
+        from aminet_edge.export.quantize import calibration_inputs, quantize_graph, quantize_static, require_nncf
 
+        calib: list = []
+        if calibration_data:  # checked before anything is written: a bad data path should not cost an export
+            require_nncf()
+            config = read_config(bundle)
+            calib = calibration_inputs(calibration_data, config.model.image_size, config.mean, config.std)
         paths = export_onnx(bundle, "fp32", opset, split, device)
+        fp32_single = paths["model"]
         for part in ("model", "model_b") if split else ("model",):
             target = bundle / onnx_name(part, precision)
             quantize_graph(paths[part], target)
             paths[part] = target
         _record(bundle, paths, precision, opset)
+        if calib:
+            static = bundle / onnx_name("model", "int8_static")
+            quantize_static(fp32_single, static, calib)
+            _record(bundle, {"model": static}, "int8_static", opset)
+            paths["model_int8_static"] = static
         return paths
     pipeline, config = load_pipeline(bundle, ops_backend="reference")
     pipeline.to(dev)

@@ -37,8 +37,8 @@ def _load(run: str, backend: str, device: str, threshold: str, sensitivity: floa
     try:
         return Detector.load(run, backend=backend, device=device, threshold=_threshold(threshold),
                              sensitivity=sensitivity, batch_size=batch_size, **options)
-    except (BundleError, ImportError, ValueError, RuntimeError, OSError) as exc:
-        raise click.ClickException(str(exc)) from exc
+    except (BundleError, ImportError, ValueError, TypeError, RuntimeError, OSError) as exc:
+        raise click.ClickException(str(exc)) from exc  # TypeError: an option the backend does not take
 
 
 def expand_inputs(inputs: tuple[str, ...], recursive: bool = False) -> list[str]:
@@ -117,13 +117,16 @@ def _overlay(path: Path, source: str, result: Any) -> None:
 @click.option("--sensitivity", type=click.FloatRange(0.0, 1.0), default=0.5, show_default=True,
               help="0 flags least, 0.5 = calibrated threshold, 1 flags most (thresholds x 4 ** (0.5 - s)).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True)
+@click.option("--precision", type=click.Choice(["fp32", "int8", "fp16", "bf16"]), default=None,
+              help="Precision of the backend [default: the backend's]: onnxruntime fp32 / int8 / fp16, openvino "
+                   "fp32 / bf16 / int8 (`export --precision int8 --calibration-data`), torch fp32 / fp16 / bf16.")
 @click.option("--overlays/--no-overlays", default=True, show_default=True, help="Write PNG overlays.")
 @click.option("--recursive", is_flag=True, help="Search folders recursively.")
 @click.option("--overwrite", is_flag=True, help="Replace an earlier run's results.jsonl (and its overlays) in OUT.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def predict_cmd(run: str, images: tuple[str, ...], out: str, backend: str, device: str, threshold: str,
-                sensitivity: float, batch_size: int, overlays: bool, recursive: bool, overwrite: bool,
-                quiet: bool) -> None:
+                sensitivity: float, batch_size: int, precision: str | None, overlays: bool, recursive: bool,
+                overwrite: bool, quiet: bool) -> None:
     """Predict IMAGES (files or folders) with the bundle RUN.
 
     Writes OUT/results.jsonl (one JSON object per image: score, normalized_score, is_anomaly, thresholds,
@@ -139,7 +142,8 @@ def predict_cmd(run: str, images: tuple[str, ...], out: str, backend: str, devic
         raise click.ClickException(f"no images found in {', '.join(images)}")
     out_dir = Path(out)
     prepare_out(out_dir, overwrite)
-    detector = _load(run, backend, device, threshold, sensitivity, batch_size)
+    detector = _load(run, backend, device, threshold, sensitivity, batch_size,
+                     **({"precision": precision} if precision else {}))
     overlay_dir = out_dir / "overlays"
     failures: list[tuple[str, str]] = []
     anomalous = 0
@@ -242,8 +246,9 @@ def benchmark(detector: Any, batch: int, iterations: int, warmup: int,
 @click.option("--threads", type=click.IntRange(min=1), help="Intra-op threads (openvino, onnxruntime, torch).")
 @click.option("--precision", "precisions", multiple=True, type=click.Choice(["fp32", "int8", "fp16", "bf16"]),
               help="Precision of the onnxruntime backends' graphs (fp32, int8, fp16) or of what OpenVINO runs "
-                   "(fp32, bf16 mixed); repeat to compare [default: onnxruntime int8 when the bundle was "
-                   "exported with it, else fp32; openvino bf16 where the CPU has it, else fp32].")
+                   "(fp32, bf16 mixed, int8: `export --precision int8 --calibration-data`); repeat to compare "
+                   "[default: onnxruntime int8 when the bundle was exported with it, else fp32; openvino bf16 "
+                   "where the CPU has it, else fp32].")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Also write the rows as JSON.")
 def benchmark_cmd(run: str, backends: tuple[str, ...], batches: tuple[int, ...], device: str, iterations: int,
                   warmup: int, image_dir: str | None, threads: int | None, precisions: tuple[str, ...],

@@ -8,7 +8,8 @@ run here, and if not why" without running anything (and, for CPU, without import
 
 | name              | device    | needs                                                            |
 |-------------------|-----------|------------------------------------------------------------------|
-| openvino          | cpu       | openvino, model.onnx (fp32 graph; runs bf16 mixed on bf16 CPUs)   |
+| openvino          | cpu       | openvino, model.onnx (fp32 graph; runs bf16 mixed on bf16 CPUs); |
+|                   |           | precision="int8": model_int8_static.onnx (never the default)     |
 | openvino-split    | cpu       | openvino, model_a.onnx + model_b.onnx, C++ kernels (built ext)    |
 | onnxruntime-split | cpu       | onnxruntime, model_a.onnx + model_b.onnx, C++ kernels (built ext) |
 | onnxruntime       | cpu, cuda | onnxruntime (CUDAExecutionProvider for cuda), model.onnx         |

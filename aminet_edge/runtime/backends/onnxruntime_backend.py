@@ -21,13 +21,14 @@ from typing import Any
 
 import numpy as np
 
-from aminet_edge.bundle import PRECISIONS, BundleConfig, BundleError, graph_file, has_graph
+from aminet_edge.bundle import BundleConfig, BundleError, graph_file, has_graph
 from aminet_edge.runtime.backends import Backend, BackendOutput, BackendUnavailableError
 
 
 # onnxruntime's idle threads busy-wait by default; between the two halves of the split pipeline that
 # steals the cores the C++ (OpenMP) kernels need next. Measured by bench/runtime.py.
 SPLIT_SPINNING: bool | None = False
+PRECISIONS = ("fp32", "fp16", "int8")  # of the graphs it runs (the bundle's int8_static is OpenVINO's)
 
 
 def _ort() -> Any:

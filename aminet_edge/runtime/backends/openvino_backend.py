@@ -4,7 +4,7 @@ Single ("openvino"): model.onnx, images (B, 3, S, S) -> amap (B, S, S), score (B
 Split ("openvino-split"): model_a.onnx -> C++ adaptive_mask -> model_b.onnx -> C++ score_map, as
 onnxruntime-split does.
 
-precision (of what runs, not of the file: both read the fp32 graphs):
+precision (of what runs; fp32 and bf16 read the fp32 graphs, int8 its own):
 - "fp32": every node in float32; equals onnxruntime fp32 to rounding (tests/test_openvino_backend.py).
 - "bf16" (mixed): INFERENCE_PRECISION_HINT=bf16 for the backbone and the transformers; every node
   outside those modules (the adaptive mask's distances, boundaries and comparison, the score map, the
@@ -13,7 +13,12 @@ precision (of what runs, not of the file: both read the fp32 graphs):
   kernels, float32 by construction. Needs a CPU with native bf16 (AVX512_BF16 or AMX: OpenVINO lists
   "BF16" in OPTIMIZATION_CAPABILITIES); OpenVINO would silently run fp32 elsewhere, so asking for it
   there is an error.
-- None (default): "bf16" where the CPU has it, else "fp32".
+- "int8" (single graph only): model_int8_static.onnx, written by `aminet-edge export RUN --precision int8
+  --calibration-data DATA` (aminet_edge.export.quantize.quantize_static): the inpainting branch in int8
+  with scales calibrated on normal training images; backbone, clustering, mask and score map float32.
+- None (default): "bf16" where the CPU has it, else "fp32". int8 is never the default: the issue's rule
+  (faster here with AUROC within 0.002 of fp32 and <= 0.5 % of mask tokens changed) was not met on
+  this AVX2 CPU (BENCHMARKS.md, issue 15).
 Compiled models are cached in <bundle>/cache/openvino (OpenVINO CACHE_DIR: a cache, not a bundle
 artifact). OpenVINO keys each blob by a hash of the model (rt_info included), the compile options and
 its own version, so a stale or foreign blob is never used, only ignored; a read-only bundle runs uncached.
@@ -24,26 +29,23 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from aminet_edge.bundle import BundleConfig, BundleError
-from aminet_edge.bundle import graph_file
+from aminet_edge.bundle import graph_file, has_graph, onnx_name
+from aminet_edge.export.node_names import in_module
 from aminet_edge.runtime.backends import Backend, BackendOutput, BackendUnavailableError
 
 log = logging.getLogger("aminet_edge.runtime")
 
-PRECISIONS = ("fp32", "bf16")
+PRECISIONS = ("fp32", "bf16", "int8")
+INT8_GRAPH = "int8_static"  # the bundle precision of the int8 graph
+INT8_EXPORT = "aminet-edge export {bundle} --precision int8 --calibration-data DATA"
 CACHE_DIR = Path("cache") / "openvino"  # relative to the bundle
 KEEP_FP32 = "disable_fp16_compression_0"  # rt_info key of ov::disable_fp16_compression (also read for bf16)
-# The torch exporter names a node "/<module>/.../<op>" when an nn.Module ran it (backbone, embeddings,
-# transformer blocks, norms) and "/<op>" when plain functions did (the reference adaptive_mask and
-# score_map, token glue); OpenVINO's ONNX reader keeps those names and gives the few nodes it creates
-# itself names without a leading "/" (their precision also stays float32, the conservative side).
-_MODULE_NODE = re.compile(r"^/[^/]+/")
 
 
 def _ov() -> Any:
@@ -74,6 +76,19 @@ def resolve_precision(precision: str | None, capabilities: list[str]) -> str:
     return precision
 
 
+def int8_graph(bundle: Path, config: BundleConfig) -> Path:
+    """model_int8_static.onnx, verified (size, sha256, weights); BundleError saying how to export it."""
+    if has_graph(config, "model", INT8_GRAPH) or config.legacy:
+        return graph_file(bundle, config, "model", INT8_GRAPH)
+    path = bundle / onnx_name("model", INT8_GRAPH)
+    what = ("lies in the bundle but is not recorded in config.json (left from an earlier export?)"
+            if path.exists() else "not found")
+    raise BundleError(
+        f"{path} (OpenVINO's int8 graph) {what}: export it with `" + INT8_EXPORT.format(bundle=bundle)
+        + "` (DATA: a data set whose training images are normal, e.g. the one trained on; needs "
+        "pip install 'aminet-edge[openvino]'), or use precision='fp32'")
+
+
 def keep_fp32(model: Any) -> int:
     """Mark every node of `model` (an ov.Model read from an exported graph) that no nn.Module ran to stay
     float32 under a bf16 inference hint; returns how many were marked."""
@@ -81,7 +96,7 @@ def keep_fp32(model: Any) -> int:
     for node in model.get_ops():
         if node.get_type_name() in ("Parameter", "Result", "Constant"):
             continue
-        if not _MODULE_NODE.match(node.get_friendly_name()):
+        if not in_module(node.get_friendly_name()):  # nodes OpenVINO made itself stay float32 too
             node.get_rt_info()[KEEP_FP32] = ""
             marked += 1
     return marked
@@ -157,6 +172,8 @@ class OpenVinoBackend(Backend):
         self.precision = resolve_precision(precision, self.capabilities)
         self.cache = cache_dir(bundle, cache)
         self.split = split
+        if split and self.precision == "int8":
+            raise ValueError("openvino-split has no int8 graphs: int8 is the single graph's (backend='openvino')")
         if split:
             from aminet_edge import ops  # the dispatcher: numpy arrays go to the C++ kernels, torch-free
 
@@ -168,8 +185,8 @@ class OpenVinoBackend(Backend):
             self.image_score = config.score.image_score
             io = [(("images",), ("features", "cluster_tokens", "centers", "inpaint_tokens")),
                   (("inpaint_tokens", "mask"), ("recon",))]
-        else:
-            self.paths = [graph_file(bundle, config, "model")]  # verified: size, sha256, weights
+        else:  # verified: size, sha256, weights
+            self.paths = [int8_graph(bundle, config) if self.precision == "int8" else graph_file(bundle, config, "model")]
             io = [(("images",), ("amap", "score", "mask"))]
         self.compiled = [compile_graph(core, p, self.precision, threads, self.cache) for p in self.paths]
         for compiled, path, (inputs, outputs) in zip(self.compiled, self.paths, io):
@@ -197,7 +214,8 @@ class OpenVinoBackend(Backend):
     def describe(self) -> str:
         what = (f"{self.paths[0].name} + C++ adaptive_mask + {self.paths[1].name} + C++ score_map" if self.split
                 else self.paths[0].name)
-        mixed = ", backbone + transformers bf16, mask + score map fp32" if self.precision == "bf16" else ""
+        mixed = {"bf16": ", backbone + transformers bf16, mask + score map fp32",
+                 "int8": ", inpainting transformer int8, the rest fp32"}.get(self.precision, "")
         cache = f"cache {self.cache}" if self.cache is not None else "no cache"
         return f"{self.name} cpu ({what}, {self.precision}{mixed}; {cache})"
 

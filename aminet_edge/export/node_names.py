@@ -1,0 +1,32 @@
+"""Which nodes of an exported graph an nn.Module ran, and which of those make up the inpainting branch.
+
+The torch exporter names a node "/<module>/.../<op>" when an nn.Module ran it (backbone, embeddings,
+transformer blocks, norms) and "/<op>" when plain functions did (the reference adaptive_mask and
+score_map, the token glue between them, the inpainting head traced as a function); ONNX readers keep
+those names, and nodes a reader or quantiser creates itself have no leading "/".
+- OpenVINO bf16 mixed rounds the module nodes only (`in_module`), so the cluster distances, the mask's
+  mean + lambda * std boundary and the score map stay float32.
+- The OpenVINO int8 graph quantises the inpainting branch only (`in_inpainting`: its patch embedding,
+  the inpainting transformer blocks and their norm), so everything the mask is computed from stays
+  float32 as well: the mask's distance R = ||t - c|| * (1 - cos(t, c)) is ill-conditioned (trained
+  tokens are ~10^3 times farther from the origin than from their centre, so 1 - cos cancels), and int8
+  in the backbone and clustering transformer changed 41 % of MVTec bottle's mask tokens (BENCHMARKS.md).
+Torch-free and onnx-free: the runtime reads it too.
+"""
+
+from __future__ import annotations
+
+import re
+
+_MODULE_NODE = re.compile(r"^/[^/]+/")
+_INPAINTING_NODE = re.compile(r"^/(embed_inpaint|blocks\.\d+|norm)/")  # AMINet's inpainting submodules
+
+
+def in_module(name: str) -> bool:
+    """Whether the node named `name` was run by an nn.Module (backbone, embeddings, transformers, norms)."""
+    return _MODULE_NODE.match(name) is not None
+
+
+def in_inpainting(name: str) -> bool:
+    """Whether the node named `name` belongs to the inpainting branch (embedding, blocks, final norm)."""
+    return _INPAINTING_NODE.match(name) is not None
