@@ -154,6 +154,7 @@ def main() -> None:
     args = parser.parse_args()
 
     bundle = ensure_bundle(args.bundle, args.preset)
+    load_start = os.getloadavg()[0]  # the machine's load when timing starts (shared machines: say it)
     source = (bundle / "SOURCE").read_text().strip() if (bundle / "SOURCE").is_file() else "given bundle"
     rng = np.random.default_rng(0)
     frames = [rng.integers(0, 256, (args.size, args.size, 3), dtype=np.uint8) for _ in range(max(args.batches))]
@@ -207,7 +208,7 @@ def main() -> None:
             if loads else "")
     note = (f"\npreset {args.preset} ({source}), {args.size}x{args.size} uint8 frames, end-to-end predict, "
             f"median of {args.repeats} interleaved repeats, {args.threads or os.cpu_count()} threads, load average "
-            f"{os.getloadavg()[0]:.1f} at the end; Detector.load(backend='auto') picks {auto.backend} "
+            f"{load_start:.1f} at the start, {os.getloadavg()[0]:.1f} at the end; Detector.load(backend='auto') picks {auto.backend} "
             f"({auto.precision}){load}\n")
     append_result("runtime", "\n".join([head, rule, *rows]) + "\n" + note)
 

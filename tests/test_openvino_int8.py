@@ -163,7 +163,7 @@ def test_export_errors(shared: Path, tmp_path: Path, monkeypatch: pytest.MonkeyP
     with pytest.raises(ValueError, match="calibration data is for the int8 export"):
         export_onnx(copy, "fp32", calibration_data=[tmp_path])
     (tmp_path / "empty").mkdir()
-    with pytest.raises(ValueError, match="no training images found"):
+    with pytest.raises(ValueError, match="no known data layout"):
         export_onnx(copy, "int8", calibration_data=[tmp_path / "empty"])
     normal = _save_images(tmp_path / "normal", generated_images(2))
     monkeypatch.setitem(sys.modules, "nncf", None)  # nncf not installed
@@ -177,3 +177,22 @@ def test_export_errors(shared: Path, tmp_path: Path, monkeypatch: pytest.MonkeyP
 @pytest.fixture(scope="module")
 def shared(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return shared_bundle(tmp_path_factory)
+
+
+def test_cli_predict_with_int8(int8_bundle: Path, shared: Path, tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from aminet_edge.cli import main
+
+    images = _save_images(tmp_path / "images", generated_images(2))
+    runner = CliRunner()
+    result = runner.invoke(main, ["predict", str(int8_bundle), str(images), "--out", str(tmp_path / "out"),
+                                  "--backend", "openvino", "--precision", "int8", "--no-overlays", "--quiet"])
+    assert result.exit_code == 0, result.output
+    rows = [json.loads(line) for line in (tmp_path / "out" / "results.jsonl").read_text().splitlines()]
+    with Detector.load(int8_bundle, backend="openvino", precision="int8") as det:
+        want = det.predict_batch(sorted(str(p) for p in images.iterdir()))
+    assert [r["score"] for r in rows] == pytest.approx([w.score for w in want], rel=1e-6)
+    result = runner.invoke(main, ["predict", str(shared), str(images), "--out", str(tmp_path / "out2"),
+                                  "--backend", "openvino", "--precision", "int8", "--quiet"])
+    assert result.exit_code != 0 and "--precision int8 --calibration-data DATA" in result.output
