@@ -251,8 +251,9 @@ class Detector:
         limits: image size limits (inputs.Limits).
         backend_options: passed to the backend, e.g. threads=4 (openvino, onnxruntime, torch),
             ops_backend="reference" (torch), precision="fp32" / "int8" (onnxruntime; default int8 when the
-            bundle was exported with `--precision int8`) or "fp32" / "bf16" (openvino; default bf16 mixed
-            where the CPU has native bf16), cache=False / "dir" (openvino's compiled-model cache, default
+            bundle was exported with `--precision int8`) or "fp32" / "bf16" / "int8" (openvino; default bf16 mixed
+            where the CPU has native bf16, else fp32; int8 needs `export --precision int8
+            --calibration-data`), cache=False / "dir" (openvino's compiled-model cache, default
             bundle/cache/openvino), cuda_graph=True / engine="path" (tensorrt); torch: precision="fp16" /
             "bf16" (autocast), cuda_graph=True (one graph per batch size, cuda), device_preprocess (frames
             resized and normalised on the device; default on for cuda).
