@@ -1,7 +1,11 @@
-"""Evaluation-time variants of a trained bundle (issue 14): the mask threshold lambda, lambda calibrated
-from held-out normal images to a target share of masked tokens, and the score map (reconstruction,
-token-to-cluster distance, their sum). No retraining: backbone features and cluster assignments of the
-test and held-out images are computed once and every variant reuses them.
+"""Evaluation-time variants of a trained bundle (issue 14): which tokens the mask hides, and the score map.
+
+Masks: the adaptive mask at several lambda; lambda calibrated on held-out normal images to a target share
+of masked tokens; per-cluster boundaries fixed from held-out normal tokens (instead of each image's own
+statistics); a nearest-normal guide (tokens whose pooled backbone feature is further from every training
+token than a held-out quantile), alone and added to the adaptive mask; and, as a ceiling that needs the labels, the
+ground-truth defect tokens (alone, and added to the adaptive mask). Maps: reconstruction (the paper's),
+token-to-cluster distance, their sum. No retraining: features and cluster assignments are computed once.
 
 Usage: python bench/textures.py --bundle /work/runs/bottle_cpu --data ../shared/data/mvtec_bottle
 """
@@ -23,7 +27,8 @@ from common import append_result  # noqa: E402
 
 from aminet_edge.data.datasets import load_dataset  # noqa: E402
 from aminet_edge.data.images import read_mask  # noqa: E402
-from aminet_edge.evaluation.mask_coverage import mask_coverage  # noqa: E402
+from aminet_edge.evaluation.knn_baseline import nearest_distance  # noqa: E402
+from aminet_edge.evaluation.mask_coverage import DEFECT_TOKEN_FRACTION, mask_coverage, token_defect_fraction  # noqa: E402
 from aminet_edge.evaluation.metrics import evaluate  # noqa: E402
 from aminet_edge.model.pipeline import load_pipeline  # noqa: E402
 from aminet_edge.ops import reference  # noqa: E402
@@ -45,23 +50,45 @@ def features(pipeline, paths, config):  # type: ignore[no-untyped-def]
     return torch.cat(feats), torch.cat(toks), torch.cat(cents)
 
 
-def maps_for(pipeline, feats, tokens, centers, lam, sigma):  # type: ignore[no-untyped-def]
-    """Adaptive mask (N, L) at `lam`, reconstruction map (N, S, S) (the paper's) and token-distance map
-    (N, S, S: min distance to a centre, upsampled and smoothed as the other), float32."""
+def token_features(feats: torch.Tensor, k: int) -> torch.Tensor:
+    """Each token's backbone feature, the mean over its K x K cells: (N, C, h, w) -> (N, L, C) float32."""
+    return F.avg_pool2d(feats.float(), k).flatten(2).transpose(1, 2)
+
+
+def cluster_bounds(tokens: torch.Tensor, centers: torch.Tensor, lam: float) -> torch.Tensor:
+    """Per-cluster boundary from normal images, pooled over all of them: (P,) = mean + lam * std of the
+    distances of the tokens assigned to each cluster (inf for a cluster with fewer than 2 tokens)."""
+    _, dist, assign = reference.adaptive_mask(tokens, centers, 0.0)
+    bounds = torch.full((centers.shape[1],), float("inf"))
+    for p in range(len(bounds)):
+        d = dist[assign == p]
+        if len(d) > 1:
+            bounds[p] = d.mean() + lam * d.std()
+    return bounds
+
+
+def fixed_bound_mask(tokens: torch.Tensor, centers: torch.Tensor, bounds: torch.Tensor) -> torch.Tensor:
+    """(N, L) True where a token's distance exceeds its cluster's fixed boundary `bounds` (P,)."""
+    _, dist, assign = reference.adaptive_mask(tokens, centers, 0.0)
+    return dist > bounds[assign]
+
+
+def maps_for(pipeline, feats, tokens, centers, mask, sigma):  # type: ignore[no-untyped-def]
+    """Reconstruction map (N, S, S) with the given token mask (N, L) (the paper's map) and token-distance
+    map (N, S, S: min distance to a centre, upsampled and smoothed as the other), float32."""
     net = pipeline.aminet
     size, g = net.cfg.image_size, net.cfg.grid_size
-    masks, rec, dist = [], [], []
+    rec, dist = [], []
     with torch.no_grad():
         for i in range(0, len(feats), 8):
             f = feats[i:i + 8].float()
-            mask, d, _ = reference.adaptive_mask(tokens[i:i + 8], centers[i:i + 8], lam)
-            r = net.inpaint_features(net.embed_inpaint_tokens(f), mask)
+            _, d, _ = reference.adaptive_mask(tokens[i:i + 8], centers[i:i + 8], 0.0)
+            r = net.inpaint_features(net.embed_inpaint_tokens(f), mask[i:i + 8])
             amap, _ = reference.score_map(f, r, (size, size), sigma)
             up = F.interpolate(d.reshape(-1, 1, g, g), size=(size, size), mode="bilinear", align_corners=True)
-            masks.append(mask)
             rec.append(amap)
             dist.append(reference.smooth(up[:, 0], sigma))
-    return torch.cat(masks).numpy(), torch.cat(rec).numpy(), torch.cat(dist).numpy()
+    return torch.cat(rec).numpy(), torch.cat(dist).numpy()
 
 
 def main() -> None:
@@ -69,21 +96,26 @@ def main() -> None:
     parser.add_argument("--bundle", required=True)
     parser.add_argument("--data", required=True)
     parser.add_argument("--lambdas", type=float, nargs="+", default=[-0.5, 0.0, 0.25, 0.5, 1.0, 1.5, float("inf")])
-    parser.add_argument("--shares", type=float, nargs="+", default=[0.1, 0.2, 0.3, 0.4])
+    parser.add_argument("--shares", type=float, nargs="*", default=[0.1, 0.2, 0.3, 0.4])
+    parser.add_argument("--cluster-lambdas", type=float, nargs="*", default=[0.0, 0.5],
+                        help="lambda of the per-cluster boundaries fixed from held-out normals")
+    parser.add_argument("--guide-quantiles", type=float, nargs="*", default=[0.95, 0.99],
+                        help="held-out quantile of the nearest-normal distance above which a token is masked")
+    parser.add_argument("--ground-truth", action="store_true", help="add the label-based ceiling rows")
     parser.add_argument("--json", help="write all figures here")
     args = parser.parse_args()
     torch.set_num_threads(2)
     t0 = time.perf_counter()
     pipeline, config = load_pipeline(args.bundle)
     tr = config.train
-    # the bundle's own held-out normals: same split as training, on --data (the stored roots may be relative)
+    # the bundle's own split: same as training, on --data (the stored roots may be relative)
     samples = load_training_samples([args.data], tr.get("few_shot"), tr["seed"])
     if len(samples) != tr["images"] + tr["held_out"]:
         raise SystemExit(f"{args.data} holds {len(samples)} training images, the bundle was trained on "
                          f"{tr['images']} + {tr['held_out']} held out: not its data set")
-    _, held = split_holdout(samples, tr["holdout_fraction"], tr["seed"])
+    fit, held = split_holdout(samples, tr["holdout_fraction"], tr["seed"])
     test = load_dataset(args.data).test
-    size = config.model.image_size
+    size, k = config.model.image_size, config.model.patch_size
     labels = np.array([s.label for s in test])
     types = [s.defect_type for s in test]
     has = np.array([s.label == 0 or s.mask_path is not None for s in test])
@@ -92,36 +124,67 @@ def main() -> None:
     f_held, t_held, c_held = features(pipeline, [s.path for s in held], config)
     print(f"features: {time.perf_counter() - t0:.0f} s, {len(test)} test, {len(held)} held-out", flush=True)
 
-    lambdas = {f"lambda {lam:g}": lam for lam in args.lambdas}
+    variants: dict[str, tuple[torch.Tensor, torch.Tensor | None]] = {}  # name -> (test mask, held-out mask)
+
+    def adaptive(lam: float) -> tuple[torch.Tensor, torch.Tensor]:
+        return reference.adaptive_mask(t_test, c_test, lam)[0], reference.adaptive_mask(t_held, c_held, lam)[0]
+
+    for lam in args.lambdas:
+        variants[f"lambda {lam:g}"] = adaptive(lam)
     for share in args.shares:
         lam = mask_lambda_for_share(t_held, c_held, share)
-        lambdas[f"share {share:g} (lambda {lam:.3f})"] = lam
+        variants[f"share {share:g} (lambda {lam:.3f})"] = adaptive(lam)
+    for lam in args.cluster_lambdas:
+        bounds = cluster_bounds(t_held, c_held, lam)
+        variants[f"per-cluster held-out bound, lambda {lam:g}"] = (fixed_bound_mask(t_test, c_test, bounds),
+                                                                    fixed_bound_mask(t_held, c_held, bounds))
+    base = config.model.mask_lambda
+    own_test, own_held = adaptive(base)
+    if args.guide_quantiles:
+        # bank: every training token's pooled feature; distances of held-out and test tokens to it
+        f_fit = features(pipeline, [s.path for s in fit], config)[0]
+        bank = token_features(f_fit, k).reshape(-1, f_fit.shape[1])
+        del f_fit
+        near = [nearest_distance(token_features(f, k).reshape(-1, f.shape[1]), bank).reshape(len(f), -1)
+                for f in (f_test, f_held)]
+        for q in args.guide_quantiles:
+            cut = torch.quantile(near[1].flatten(), q)
+            guide = (near[0] > cut, near[1] > cut)
+            variants[f"nearest-normal guide q{q:g}"] = guide
+            variants[f"lambda {base:g} + nearest-normal guide q{q:g}"] = (own_test | guide[0], own_held | guide[1])
+        print(f"guide: {time.perf_counter() - t0:.0f} s, bank {len(bank):,} tokens", flush=True)
+    if args.ground_truth:
+        truth = torch.from_numpy(token_defect_fraction(masks, config.model.grid_size) >= DEFECT_TOKEN_FRACTION)
+        variants["ground truth (ceiling; needs labels)"] = (truth, None)
+        variants[f"lambda {base:g} + ground truth (ceiling)"] = (own_test | truth, None)
+
     sigma = config.score.sigma
     # normalisers of the summed map, from held-out normals at the bundle's lambda: each map's mean value
-    _, h_rec, h_dist = maps_for(pipeline, f_held, t_held, c_held, config.model.mask_lambda, sigma)
+    h_rec, h_dist = maps_for(pipeline, f_held, t_held, c_held, own_held, sigma)
     norm = (float(h_rec.mean()), float(h_dist.mean()))
     rows, out = [], {}
-    for name, lam in lambdas.items():
-        held_share = float(reference.adaptive_mask(t_held, c_held, lam)[0].float().mean())
-        mask, rec, dist = maps_for(pipeline, f_test, t_test, c_test, lam, sigma)
-        cov = mask_coverage(mask[has], masks[has], labels[has], np.array(types, object)[has])
-        variants = {"rec": rec, "dist": dist, "rec+dist": rec / norm[0] + dist / norm[1]}
-        for vname, amap in variants.items():
-            if vname != "rec" and name != f"lambda {config.model.mask_lambda:g}":
-                continue  # score variants only at the bundle's own lambda
+    for name, (mask, held_mask) in variants.items():
+        held_share = float(held_mask.float().mean()) if held_mask is not None else float("nan")
+        rec, dist = maps_for(pipeline, f_test, t_test, c_test, mask, sigma)
+        cov = mask_coverage(mask.numpy()[has], masks[has], labels[has], np.array(types, object)[has])
+        maps = {"rec": rec, "dist": dist, "rec+dist": rec / norm[0] + dist / norm[1]}
+        for vname, amap in maps.items():
+            if vname != "rec" and name != f"lambda {base:g}":
+                continue  # score variants only with the bundle's own mask
             flat = amap.reshape(len(amap), -1)
             m_std = evaluate(labels, flat.std(1), masks[has], amap[has], types, pixel_rows=has)
             m_max = evaluate(labels, flat.max(1), None, None, types)
             key = f"{name} | {vname}"
-            out[key] = {"held_out_masked": held_share, "coverage": cov, "std": m_std, "max_image_auroc":
-                        m_max["image_auroc"], "lambda": lam}
-            per = " ".join(f"{k}:{v.get('pixel_auroc', float('nan')):.3f}" for k, v in m_std["per_type"].items())
+            out[key] = {"held_out_masked": held_share, "coverage": cov, "std": m_std,
+                        "max_image_auroc": m_max["image_auroc"]}
+            per = " ".join(f"{t}:{cov['per_type'][t]['mask_recall']:.2f}/{v.get('pixel_auroc', float('nan')):.3f}"
+                           for t, v in m_std["per_type"].items())
             rows.append(f"| {name} | {vname} | {held_share:.3f} | {cov['normal_masked_share']:.3f} | "
                         f"{cov['mask_recall']:.3f} | {m_std['image_auroc']:.4f} | {m_max['image_auroc']:.4f} | "
                         f"{m_std['pixel_auroc']:.4f} | {m_std['aupro']:.4f} | {per} |")
             print(rows[-1], flush=True)
     head = ["| mask | map | held-out normal tokens masked | test normal tokens masked | mask recall | "
-            "image AUROC (std) | image AUROC (max) | pixel AUROC | AUPRO | pixel AUROC per type |",
+            "image AUROC (std) | image AUROC (max) | pixel AUROC | AUPRO | per type: mask recall / pixel AUROC |",
             "|---|---|---|---|---|---|---|---|---|---|"]
     append_result("textures", f"bundle `{args.bundle}`, data `{args.data}`, "
                   f"{time.perf_counter() - t0:.0f} s\n\n" + "\n".join(head + rows))
