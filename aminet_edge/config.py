@@ -20,6 +20,10 @@ Deliberate departures from the code (models/model_MAE.py, train_mvtec.py):
 - test-time mask: a token is masked when its distance is > its cluster's mean + lambda * std; the code
   uses >= (find_outliers). They differ only for a token exactly on the boundary, e.g. a cluster of
   identical tokens (std 0), which >= masks entirely.
+- the distance's 1 - cos(t, c) is computed as ||t / |t| - c / |c|| ||^2 / 2: the same value for nonzero
+  vectors, but 1 - t.c / (|t| |c|) (the code's form) cancels in float32 for trained tokens (norm ~800,
+  1 - cos ~1e-4 to their centre) and flipped 0.6 % of magnetic tile's mask decisions against float64;
+  this form flips none (BENCHMARKS.md, textures). A zero vector gives 1/2 instead of 1.
 - feature jitter is off by default (feature_jitter); the code always jitters in training.
 - the clustering patch embedding gets the same xavier-uniform init as the inpainting one; the code
   initialises only the inpainting one so and leaves the clustering one (auxi_embed) at PyTorch's default

@@ -61,7 +61,7 @@ def _one_cluster() -> dict:
 
 
 def _singleton() -> dict:
-    # c0 = 0 (zero centre: the cos EPS path, R = ||t||), c1 = 3 * t5 (R(t5, c1) ~ 0, every other token is
+    # c0 = 0 (zero centre: the EPS path, R = ||t|| / 2), c1 = 3 * t5 (R(t5, c1) ~ 0, every other token is
     # >= 2x further from c1 than from c0): cluster 1 holds exactly token 5 and must mask nothing
     g = _gen(4)
     B, L, P, D = 2, 41, 3, 256
@@ -77,7 +77,7 @@ def _singleton() -> dict:
 
 
 def _exact_ties() -> dict:
-    # c1 = -c0 and c3 = c2 exactly. Zero tokens are at R = ||c|| from every centre (cos = 0), so they tie
+    # c1 = -c0 and c3 = c2 exactly. Zero tokens are at R = ||c|| / 2 from every centre, so they tie
     # between c0 and -c0 (the smallest norms) and go to 0; tokens near c2 tie between c2 and c3 and go to 2
     g = _gen(5)
     B, D = 2, 64
@@ -96,11 +96,11 @@ def _exact_ties() -> dict:
 
 
 def _zero_vectors() -> dict:
-    # zero tokens against a zero centre: d2 = 0 -> ||t - c|| = EPS, cos = 0 / (EPS * EPS) = 0, R = 1e-8
+    # zero tokens against a zero centre: ||t - c|| = EPS and both unit vectors are 0, so R = 0 exactly
     case = _random(2, 30, 3, 24, seed=6)
     case["tokens"][:, :5] = 0.0
     case["centers"][:, 0] = 0.0
-    case["check"] = lambda m, d, a: bool((a[:, :5] == 0).all() and np.allclose(d[:, :5], 1e-8, rtol=1e-6))
+    case["check"] = lambda m, d, a: bool((a[:, :5] == 0).all() and (d[:, :5] == 0).all())
     return case
 
 
@@ -114,6 +114,21 @@ def _large() -> dict:
     return dict(tokens=tokens, centers=centers, lam=0.5, exact=False)
 
 
+def _nearly_parallel() -> dict:
+    """Trained bundles' regime: tokens of norm ~800 within 1 - cos ~1e-4 of a centre of norm ~20 (LayerNorm
+    output), where 1 - t.c / (|t| |c|) cancels in float32 (reference.cluster_distance)."""
+    g = _gen(11)
+    B, L, P, D = 2, 256, 8, 384
+    directions = torch.nn.functional.normalize(torch.randn(B, P, D, generator=g), dim=-1)
+    centers = 20.0 * directions
+    pick = torch.randint(0, P, (B, L), generator=g)
+    near = torch.gather(directions, 1, pick[..., None].expand(B, L, D))
+    tokens = (800.0 + 50.0 * torch.rand(B, L, 1, generator=g)) * torch.nn.functional.normalize(
+        near + 7e-4 * torch.randn(B, L, D, generator=g), dim=-1)
+    return dict(tokens=tokens, centers=centers, lam=0.5, exact=False,
+                check=lambda m, d, a: bool(0 < m.sum() < m.size))
+
+
 CASES = {
     "random": lambda: _random(3, 37, 5, 70, seed=1),
     "b1_paper_shape": lambda: _random(1, 256, 8, 768, seed=2),  # L = 16 x 16 tokens, P = 8, D = 768
@@ -123,6 +138,7 @@ CASES = {
     "exact_ties": _exact_ties,
     "zero_vectors": _zero_vectors,
     "large_magnitude": _large,
+    "nearly_parallel": _nearly_parallel,
     "fp16": lambda: _random(2, 50, 5, 80, seed=9, dtype=torch.float16),
     "negative_lambda": lambda: _random(2, 33, 4, 40, seed=10, lam=-0.7),
 }

@@ -8,10 +8,9 @@ those names, and nodes a reader or quantiser creates itself have no leading "/".
   mean + lambda * std boundary and the score map stay float32.
 - The OpenVINO int8 graph quantises the inpainting branch only (`in_inpainting`: its patch embedding,
   the inpainting transformer blocks and their norm), so everything the mask is computed from stays
-  float32 as well: the mask's distance R = ||t - c|| * (1 - cos(t, c)) is ill-conditioned (a trained
-  bottle bundle: tokens of norm ~860, nearest-centre R ~0.13, so 1 - cos ~1e-4 cancels in float32), and
-  int8 in the backbone and clustering transformer changed 41 % of MVTec bottle's mask tokens
-  (BENCHMARKS.md, issue 15).
+  float32 as well: the mask's decisions are sensitive (a trained bottle bundle: tokens of norm ~860,
+  nearest-centre R ~0.13, 1 - cos ~1e-4), and int8 in the backbone and clustering transformer changed
+  41 % of MVTec bottle's mask tokens (BENCHMARKS.md, issue 15).
 Torch-free and onnx-free: the runtime reads it too.
 """
 

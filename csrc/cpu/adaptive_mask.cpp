@@ -36,41 +36,33 @@ inline float sum_squares(const T* x, int64_t n) {
   return total;
 }
 
-// sum (t - c)^2, t.c and c.c over D for one token/centre pair.
+// sum (t - c)^2 and sum (t * it - c * ic)^2 over D for one token/centre pair (it, ic: reciprocal norms).
 template <class T>
-inline void pair_sums(const T* t, const T* c, int64_t n, float& d2, float& tc, float& cc) {
-  float a[kLanes] = {}, b[kLanes] = {}, e[kLanes] = {};
+inline void pair_sums(const T* t, const T* c, int64_t n, float it, float ic, float& d2, float& u2) {
+  float a[kLanes] = {}, b[kLanes] = {};
   int64_t d = 0;
   for (; d + kLanes <= n; d += kLanes) {
-    for (int k = 0; k < kLanes; ++k) {
-      const float tv = to_float(t[d + k]), cv = to_float(c[d + k]);
-      pair_accumulate(a[k], b[k], tv, cv);
-      e[k] += cv * cv;
-    }
+    for (int k = 0; k < kLanes; ++k) pair_accumulate(a[k], b[k], to_float(t[d + k]), to_float(c[d + k]), it, ic);
   }
-  for (int k = 0; d + k < n; ++k) {
-    const float tv = to_float(t[d + k]), cv = to_float(c[d + k]);
-    pair_accumulate(a[k], b[k], tv, cv);
-    e[k] += cv * cv;
-  }
-  d2 = tc = cc = 0.0f;
+  for (int k = 0; d + k < n; ++k) pair_accumulate(a[k], b[k], to_float(t[d + k]), to_float(c[d + k]), it, ic);
+  d2 = u2 = 0.0f;
   for (int k = 0; k < kLanes; ++k) {
     d2 += a[k];
-    tc += b[k];
-    cc += e[k];
+    u2 += b[k];
   }
 }
 
 // Nearest centre of one token: min_dist and assign.
 template <class T>
 inline void nearest_centre(const T* t, const T* cen, int64_t P, int64_t D, float* min_dist, int64_t* assign) {
-  const float tt = sum_squares(t, D);
+  const float it = inv_norm(sum_squares(t, D));
   float best = 0.0f;
   int64_t best_idx = 0;
   for (int64_t p = 0; p < P; ++p) {
-    float d2, tc, cc;
-    pair_sums(t, cen + p * D, D, d2, tc, cc);
-    argmin_update(best, best_idx, pair_distance(d2, tc, tt, cc), p);
+    const T* c = cen + p * D;
+    float d2, u2;
+    pair_sums(t, c, D, it, inv_norm(sum_squares(c, D)), d2, u2);
+    argmin_update(best, best_idx, pair_distance(d2, u2), p);
   }
   *min_dist = best;
   *assign = best_idx;

@@ -6,7 +6,8 @@
 // of 8 and D in tiles of 128; each group's centre tile is staged in shared memory (8 x 128 floats = 4 KB,
 // whatever P and D), tokens are read straight from global memory (coalesced, lane = element) and every
 // lane keeps its partial sums for 2 tokens x 8 centres in registers, reduced across the warp once per
-// group. Kernel 2, one block per image: cluster statistics by block reductions, then the mask.
+// group. The token and centre norms come first, in their own warp-strided passes (the unit-vector
+// difference of 1 - cos needs them inside the fused pass). Kernel 2, one block per image: cluster statistics by block reductions, then the mask.
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
@@ -43,23 +44,48 @@ __global__ void __launch_bounds__(kThreads)
     best_idx[j] = 0;
   }
 
+  // reciprocal token norms first (the unit-vector difference needs them in the fused pass)
+  float it[kTokPerWarp];
+#pragma unroll
+  for (int j = 0; j < kTokPerWarp; ++j) {
+    const int64_t l = l0 + j;
+    float tt = 0.0f;
+    if (l < L) {  // warp-uniform
+      for (int64_t d = lane; d < D; d += 32) {
+        const float t = to_float(tok[l * D + d]);
+        tt += t * t;
+      }
+    }
+    it[j] = inv_norm(warp_sum(tt));
+  }
+
   for (int64_t p0 = 0; p0 < P; p0 += kCenGroup) {
-    float d2[kTokPerWarp][kCenGroup], tc[kTokPerWarp][kCenGroup], tt[kTokPerWarp], cc[kCenGroup];
+    // reciprocal norms of this group's centres, warp-wide (every warp computes the same values)
+    float ic[kCenGroup];
+#pragma unroll
+    for (int g = 0; g < kCenGroup; ++g) {
+      float cc = 0.0f;
+      if (p0 + g < P) {
+        for (int64_t d = lane; d < D; d += 32) {
+          const float c = to_float(cen[(p0 + g) * D + d]);
+          cc += c * c;
+        }
+      }
+      ic[g] = inv_norm(warp_sum(cc));
+    }
+    float d2[kTokPerWarp][kCenGroup], u2[kTokPerWarp][kCenGroup];
 #pragma unroll
     for (int j = 0; j < kTokPerWarp; ++j) {
-      tt[j] = 0.0f;
 #pragma unroll
-      for (int g = 0; g < kCenGroup; ++g) d2[j][g] = tc[j][g] = 0.0f;
+      for (int g = 0; g < kCenGroup; ++g) d2[j][g] = u2[j][g] = 0.0f;
     }
-#pragma unroll
-    for (int g = 0; g < kCenGroup; ++g) cc[g] = 0.0f;
 
     for (int64_t d0 = 0; d0 < D; d0 += kDTile) {
       __syncthreads();  // the previous tile is consumed
       for (int i = threadIdx.x; i < kCenGroup * kDTile; i += kThreads) {
         const int g = i / kDTile, dd = i % kDTile;
         const int64_t p = p0 + g, d = d0 + dd;
-        // zero padding contributes nothing to any of the four sums
+        // zero padding contributes nothing to either sum (token padding is zero too)
         cen_tile[g][dd] = (p < P && d < D) ? to_float(cen[p * D + d]) : 0.0f;
       }
       __syncthreads();
@@ -72,29 +98,17 @@ __global__ void __launch_bounds__(kThreads)
           const int dd = lane + 32 * k;
           const int64_t d = d0 + dd;
           const float t = d < D ? to_float(tok[l * D + d]) : 0.0f;
-          tt[j] += t * t;
 #pragma unroll
-          for (int g = 0; g < kCenGroup; ++g) pair_accumulate(d2[j][g], tc[j][g], t, cen_tile[g][dd]);
-        }
-      }
-#pragma unroll
-      for (int k = 0; k < kPerLane; ++k) {
-#pragma unroll
-        for (int g = 0; g < kCenGroup; ++g) {
-          const float c = cen_tile[g][lane + 32 * k];
-          cc[g] += c * c;
+          for (int g = 0; g < kCenGroup; ++g) pair_accumulate(d2[j][g], u2[j][g], t, cen_tile[g][dd], it[j], ic[g]);
         }
       }
     }
 
 #pragma unroll
-    for (int g = 0; g < kCenGroup; ++g) cc[g] = warp_sum(cc[g]);
-#pragma unroll
     for (int j = 0; j < kTokPerWarp; ++j) {
-      const float ttj = warp_sum(tt[j]);
 #pragma unroll
       for (int g = 0; g < kCenGroup; ++g) {
-        const float dist = pair_distance(warp_sum(d2[j][g]), warp_sum(tc[j][g]), ttj, cc[g]);
+        const float dist = pair_distance(warp_sum(d2[j][g]), warp_sum(u2[j][g]));
         if (p0 + g < P) argmin_update(best[j], best_idx[j], dist, p0 + g);
       }
     }

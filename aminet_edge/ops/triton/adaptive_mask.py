@@ -1,7 +1,7 @@
 """Triton kernels of adaptive_mask (truth: aminet_edge/ops/reference.py::adaptive_mask).
 
-Kernel 1, one program per (image, tile of BLOCK_L tokens): for each centre, the fused sums
-sum (t - c)^2 and t.c over D in tiles of BLOCK_D (a BLOCK_L x BLOCK_D register tile, no shared-memory
+Kernel 1, one program per (image, tile of BLOCK_L tokens): token norms first; for each centre its norm,
+then the fused sums sum (t - c)^2 and sum (t/|t| - c/|c|)^2 over D in tiles of BLOCK_D (a BLOCK_L x BLOCK_D register tile, no shared-memory
 staging), then R and a running argmin (strict <: lowest index on ties). Kernel 2, one program per image:
 per-cluster mean and unbiased std by masked reductions over the tokens, then the mask.
 All arithmetic in float32 (fp16 / bf16 inputs are widened on load).
@@ -31,26 +31,29 @@ def _assign_kernel(tok_ptr, cen_ptr, dist_ptr, asg_ptr, L, P, D, BLOCK_L: tl.con
         t = tl.load(tok_rows + (d0 + offs_d)[None, :], mask=l_ok[:, None] & d_ok[None, :], other=0.0).to(tl.float32)
         tt += tl.sum(t * t, axis=1)
 
+    it = 1.0 / tl.maximum(tl.sqrt(tt), 1e-8)  # reciprocal norms, clamped at EPS = 1e-8 as the reference
     best = tl.zeros([BLOCK_L], dtype=tl.float32)
     best_idx = tl.zeros([BLOCK_L], dtype=tl.int64)
     for p in range(0, P):
-        d2 = tl.zeros([BLOCK_L], dtype=tl.float32)
-        tc = tl.zeros([BLOCK_L], dtype=tl.float32)
         cc_vec = tl.zeros([BLOCK_D], dtype=tl.float32)
+        for d0 in range(0, D, BLOCK_D):
+            d_ok = (d0 + offs_d) < D
+            c = tl.load(cen_base + p * D + d0 + offs_d, mask=d_ok, other=0.0).to(tl.float32)
+            cc_vec += c * c
+        ic = 1.0 / tl.maximum(tl.sqrt(tl.sum(cc_vec, axis=0)), 1e-8)
+        d2 = tl.zeros([BLOCK_L], dtype=tl.float32)
+        u2 = tl.zeros([BLOCK_L], dtype=tl.float32)
         for d0 in range(0, D, BLOCK_D):
             d_ok = (d0 + offs_d) < D
             t = tl.load(tok_rows + (d0 + offs_d)[None, :], mask=l_ok[:, None] & d_ok[None, :], other=0.0)
             t = t.to(tl.float32)
             c = tl.load(cen_base + p * D + d0 + offs_d, mask=d_ok, other=0.0).to(tl.float32)
             diff = t - c[None, :]
+            unit = t * it[:, None] - (c * ic)[None, :]
             d2 += tl.sum(diff * diff, axis=1)
-            tc += tl.sum(t * c[None, :], axis=1)
-            cc_vec += c * c
-        cc = tl.sum(cc_vec, axis=0)
-        # reference.cluster_distance: sqrt(max(d2, EPS^2)) * (1 - cos), norms clamped at EPS = 1e-8
-        euclid = tl.sqrt(tl.maximum(d2, 1e-16))
-        cos = tc / (tl.maximum(tl.sqrt(tt), 1e-8) * tl.maximum(tl.sqrt(cc), 1e-8))
-        dist = euclid * (1.0 - cos)
+            u2 += tl.sum(unit * unit, axis=1)
+        # reference.cluster_distance: sqrt(max(d2, EPS^2)) * ||t/|t| - c/|c|||^2 / 2
+        dist = tl.sqrt(tl.maximum(d2, 1e-16)) * (0.5 * u2)
         take = (dist < best) | (p == 0)
         best = tl.where(take, dist, best)
         best_idx = tl.where(take, p, best_idx)

@@ -1,7 +1,8 @@
 // Shared math of the adaptive mask, for the C++ CPU kernel (g++) and the CUDA kernel (nvcc).
 //
 // The truth is aminet_edge/ops/reference.py::adaptive_mask; every function here is one of its steps:
-//   R(t, c) = sqrt(max(sum (t - c)^2, EPS^2)) * (1 - t.c / (max(||t||, EPS) * max(||c||, EPS))),
+//   R(t, c) = sqrt(max(sum (t - c)^2, EPS^2)) * sum (t / max(||t||, EPS) - c / max(||c||, EPS))^2 / 2
+//   (the second factor is 1 - cos(t, c), computed without cancellation: see reference.cluster_distance),
 //   argmin over centres (ties -> lowest index), per image and cluster p with n_p members:
 //   bound_p = mean + lam * std (std unbiased, n_p - 1, clamped at 1), masked = R > bound_p and n_p > 1.
 // All arithmetic is float32 whatever the input dtype (fp16 is widened on load).
@@ -72,19 +73,22 @@ AMINET_HD float cosine_from_sums(float dot, float aa, float bb) {
   return dot / (fmaxf(sqrtf(aa), kEps) * fmaxf(sqrtf(bb), kEps));
 }
 
-// One element of the fused token/centre accumulation: the squared difference is summed directly (not
-// expanded as tt + cc - 2tc) so a token sitting on a centre gives exactly 0 like the reference.
-AMINET_HD void pair_accumulate(float& d2, float& tc, float t, float c) {
+// Reciprocal of a norm clamped at EPS, from the sum of squares (reference: x / max(||x||, EPS)).
+AMINET_HD float inv_norm(float sq) { return 1.0f / fmaxf(sqrtf(sq), kEps); }
+
+// One element of the fused token/centre accumulation, given the reciprocal norms it and ic: the squared
+// difference (summed directly, not expanded as tt + cc - 2tc, so a token on a centre gives exactly 0 like
+// the reference) and the squared difference of the unit vectors (1 - cos = half of its sum: no
+// cancellation when t and c are nearly parallel, as trained tokens are).
+AMINET_HD void pair_accumulate(float& d2, float& u2, float t, float c, float it, float ic) {
   const float diff = t - c;
+  const float unit = t * it - c * ic;
   d2 += diff * diff;
-  tc += t * c;
+  u2 += unit * unit;
 }
 
-// R(t, c) from the accumulated sums: d2 = sum (t - c)^2, tc = t.c, tt = t.t, cc = c.c.
-AMINET_HD float pair_distance(float d2, float tc, float tt, float cc) {
-  const float euclid = sqrtf(fmaxf(d2, kEps2));
-  return euclid * (1.0f - cosine_from_sums(tc, tt, cc));
-}
+// R(t, c) = ||t - c|| * (1 - cos) from the accumulated d2 = sum (t - c)^2 and u2 = sum (t/|t| - c/|c|)^2.
+AMINET_HD float pair_distance(float d2, float u2) { return sqrtf(fmaxf(d2, kEps2)) * (0.5f * u2); }
 
 // Argmin update over centres visited in increasing index: strict < keeps the lowest index on ties.
 AMINET_HD void argmin_update(float& best, int64_t& best_idx, float dist, int64_t idx) {
