@@ -91,13 +91,19 @@ def to_rgb_float(array: np.ndarray, bgr: bool = False, name: str = "image") -> n
             raise ImageReadError(f"{name}: float images must lie in [0, 1], got [{out.min():.3g}, {out.max():.3g}]")
     else:
         raise ImageReadError(f"{name}: unsupported dtype {arr.dtype} (use uint8, uint16 or float in [0, 1])")
-    if out.shape[2] == 1:
-        out = np.repeat(out, 3, axis=2)
-    elif out.shape[2] == 4:
-        out = out[:, :, :3]
+    return rgb_channels(out, bgr)
+
+
+def rgb_channels(arr: np.ndarray, bgr: bool = False) -> np.ndarray:
+    """(H, W, C) with C in 1, 3, 4 -> contiguous (H, W, 3), same dtype: gray repeated, alpha dropped,
+    BGR swapped to RGB when `bgr`."""
+    if arr.shape[2] == 1:
+        arr = np.repeat(arr, 3, axis=2)
+    elif arr.shape[2] == 4:
+        arr = arr[:, :, :3]
     if bgr:
-        out = out[:, :, ::-1]
-    return np.ascontiguousarray(out)
+        arr = arr[:, :, ::-1]
+    return np.ascontiguousarray(arr)
 
 
 def resize_plane(plane: np.ndarray, size: tuple[int, int], resample: int = Image.BILINEAR) -> np.ndarray:

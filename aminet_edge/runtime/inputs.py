@@ -185,16 +185,10 @@ def _uint8_rgb(arr: np.ndarray, source: str, bgr: bool, limits: Limits, index: i
     """A uint8 HxW(xC) array as (H, W, 3) uint8 RGB: the channel handling of to_rgb_float, without scaling."""
     if arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[2] not in (1, 3, 4)):
         return array_to_rgb(arr, source, bgr, limits, index)  # raises its InputError naming the shape
+    from aminet_edge.data.images import rgb_channels
+
     check_size(source, arr.shape[0], arr.shape[1], limits, index)
-    if arr.ndim == 2:
-        arr = arr[:, :, None]
-    if arr.shape[2] == 1:
-        arr = np.repeat(arr, 3, axis=2)
-    elif arr.shape[2] == 4:
-        arr = arr[:, :, :3]
-    if bgr:
-        arr = arr[:, :, ::-1]
-    return np.ascontiguousarray(arr)
+    return rgb_channels(arr[:, :, None] if arr.ndim == 2 else arr, bgr)
 
 
 def to_frame(x: Any, index: int | None = None, bgr: bool = False, limits: Limits = Limits()) -> np.ndarray:
