@@ -55,40 +55,35 @@ def token_features(feats: torch.Tensor, k: int) -> torch.Tensor:
     return F.avg_pool2d(feats.float(), k).flatten(2).transpose(1, 2)
 
 
-def cluster_bounds(tokens: torch.Tensor, centers: torch.Tensor, lam: float) -> torch.Tensor:
-    """Per-cluster boundary from normal images, pooled over all of them: (P,) = mean + lam * std of the
-    distances of the tokens assigned to each cluster (inf for a cluster with fewer than 2 tokens)."""
-    _, dist, assign = reference.adaptive_mask(tokens, centers, 0.0)
-    bounds = torch.full((centers.shape[1],), float("inf"))
-    for p in range(len(bounds)):
+def nearest_centre(tokens: torch.Tensor, centers: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each token's distance to its nearest centre (N, L) float32 and that centre's index (N, L)."""
+    return reference.cluster_distance(tokens, centers).min(-1)
+
+
+def cluster_bounds(dist: torch.Tensor, assign: torch.Tensor, num_clusters: int, lam: float) -> torch.Tensor:
+    """Per-cluster boundary from normal images' `nearest_centre` output, pooled over all of them: (P,) =
+    mean + lam * std of the distances of the tokens assigned to each cluster (inf below 2 tokens)."""
+    bounds = torch.full((num_clusters,), float("inf"))
+    for p in range(num_clusters):
         d = dist[assign == p]
         if len(d) > 1:
             bounds[p] = d.mean() + lam * d.std()
     return bounds
 
 
-def fixed_bound_mask(tokens: torch.Tensor, centers: torch.Tensor, bounds: torch.Tensor) -> torch.Tensor:
-    """(N, L) True where a token's distance exceeds its cluster's fixed boundary `bounds` (P,)."""
-    _, dist, assign = reference.adaptive_mask(tokens, centers, 0.0)
-    return dist > bounds[assign]
-
-
-def maps_for(pipeline, feats, tokens, centers, mask, sigma):  # type: ignore[no-untyped-def]
+def maps_for(pipeline, feats, dist, mask, sigma):  # type: ignore[no-untyped-def]
     """Reconstruction map (N, S, S) with the given token mask (N, L) (the paper's map) and token-distance
-    map (N, S, S: min distance to a centre, upsampled and smoothed as the other), float32."""
+    map (N, S, S: `dist` (N, L), the nearest-centre distance, upsampled and smoothed as the other), float32."""
     net = pipeline.aminet
     size, g = net.cfg.image_size, net.cfg.grid_size
-    rec, dist = [], []
+    rec = []
     with torch.no_grad():
         for i in range(0, len(feats), 8):
             f = feats[i:i + 8].float()
-            _, d, _ = reference.adaptive_mask(tokens[i:i + 8], centers[i:i + 8], 0.0)
             r = net.inpaint_features(net.embed_inpaint_tokens(f), mask[i:i + 8])
-            amap, _ = reference.score_map(f, r, (size, size), sigma)
-            up = F.interpolate(d.reshape(-1, 1, g, g), size=(size, size), mode="bilinear", align_corners=True)
-            rec.append(amap)
-            dist.append(reference.smooth(up[:, 0], sigma))
-    return torch.cat(rec).numpy(), torch.cat(dist).numpy()
+            rec.append(reference.score_map(f, r, (size, size), sigma)[0])
+    up = F.interpolate(dist.reshape(-1, 1, g, g), size=(size, size), mode="bilinear", align_corners=True)
+    return torch.cat(rec).numpy(), reference.smooth(up[:, 0], sigma).numpy()
 
 
 def main() -> None:
@@ -134,10 +129,11 @@ def main() -> None:
     for share in args.shares:
         lam = mask_lambda_for_share(t_held, c_held, share)
         variants[f"share {share:g} (lambda {lam:.3f})"] = adaptive(lam)
+    d_test, a_test = nearest_centre(t_test, c_test)
+    d_held, a_held = nearest_centre(t_held, c_held)
     for lam in args.cluster_lambdas:
-        bounds = cluster_bounds(t_held, c_held, lam)
-        variants[f"per-cluster held-out bound, lambda {lam:g}"] = (fixed_bound_mask(t_test, c_test, bounds),
-                                                                    fixed_bound_mask(t_held, c_held, bounds))
+        bounds = cluster_bounds(d_held, a_held, c_held.shape[1], lam)
+        variants[f"per-cluster held-out bound, lambda {lam:g}"] = (d_test > bounds[a_test], d_held > bounds[a_held])
     base = config.model.mask_lambda
     own_test, own_held = adaptive(base)
     if args.guide_quantiles:
@@ -160,12 +156,12 @@ def main() -> None:
 
     sigma = config.score.sigma
     # normalisers of the summed map, from held-out normals at the bundle's lambda: each map's mean value
-    h_rec, h_dist = maps_for(pipeline, f_held, t_held, c_held, own_held, sigma)
+    h_rec, h_dist = maps_for(pipeline, f_held, d_held, own_held, sigma)
     norm = (float(h_rec.mean()), float(h_dist.mean()))
     rows, out = [], {}
     for name, (mask, held_mask) in variants.items():
         held_share = float(held_mask.float().mean()) if held_mask is not None else float("nan")
-        rec, dist = maps_for(pipeline, f_test, t_test, c_test, mask, sigma)
+        rec, dist = maps_for(pipeline, f_test, d_test, mask, sigma)
         cov = mask_coverage(mask.numpy()[has], masks[has], labels[has], np.array(types, object)[has])
         maps = {"rec": rec, "dist": dist, "rec+dist": rec / norm[0] + dist / norm[1]}
         for vname, amap in maps.items():
