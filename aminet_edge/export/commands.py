@@ -19,8 +19,8 @@ from aminet_edge.cli import device_option
 @click.option("--calibration-data", "calibration_data", multiple=True, type=click.Path(exists=True, file_okay=False),
               help="With --precision int8: a data set (any layout `train` reads; its normal training images "
                    "are used, e.g. the ones trained on) to calibrate OpenVINO's int8 graph "
-                   "model_int8_static.onnx (backbone and transformers in int8, mask and score map fp32; "
-                   "needs aminet-edge[openvino]); repeatable.")
+                   "model_int8_static.onnx (the inpainting branch in int8; backbone, clustering, mask and score "
+                   "map fp32; needs aminet-edge[openvino]); repeatable.")
 @click.option("--no-split", is_flag=True, help="Only the single graph model.onnx, not model_a/model_b.")
 @device_option("cpu")
 def export_cmd(run: str, precision: str, calibration_data: tuple[str, ...], no_split: bool, device: str) -> None:
