@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from aminet_edge.config import ModelConfig, ScoreConfig, to_dict
+from aminet_edge.config import MASKS, ModelConfig, ScoreConfig, to_dict
 
 SCHEMA_VERSION = 2  # 2: sha256 of every file in "artifacts" (weights included); 1: no checksums
 LEGACY_SCHEMA = 1
@@ -222,11 +222,15 @@ def _fields(cls: type, data: Any, where: str, section: str, required: tuple[str,
 def _model(data: Any, where: str) -> ModelConfig:
     kwargs = _fields(ModelConfig, data, where, "model", required=("backbone", "image_size"))
     for name in ("image_size", "patch_size", "embed_dim", "num_heads", "inpaint_depth", "aggregation_depth",
-                 "num_clusters"):
+                 "num_clusters", "guide_bank_size"):
         if name in kwargs and kwargs[name] < 1:
             raise _fail(where, f"model.{name}", f"must be >= 1, got {kwargs[name]}")
     if "mlp_ratio" in kwargs:
         _number(where, "model.mlp_ratio", kwargs["mlp_ratio"], positive=True)
+    if "mask" in kwargs:
+        _text(where, "model.mask", kwargs["mask"], MASKS)
+    if "guide_quantile" in kwargs:
+        _number(where, "model.guide_quantile", kwargs["guide_quantile"], positive=True)
     if "jitter_scale" in kwargs:
         _number(where, "model.jitter_scale", kwargs["jitter_scale"], minimum=0.0)
     if not kwargs["backbone"]:

@@ -93,6 +93,13 @@ def main() -> None:
 @click.option("--depth", type=click.IntRange(min=1), help="Inpainting transformer blocks.")
 @click.option("--clusters", type=click.IntRange(min=1))
 @click.option("--jitter/--no-jitter", default=None, help="Feature jittering (the paper's ‡ variant).")
+@click.option("--mask", type=click.Choice(["adaptive", "nearest-normal"]), default="adaptive", show_default=True,
+              help="Test-time mask: the paper's clustering mask, or this project's nearest-normal guide "
+                   "(better on textures; a memory bank of normal tokens in the bundle).")
+@click.option("--guide-quantile", type=click.FloatRange(0, 1, min_open=True, max_open=True),
+              help="nearest-normal: held-out normal tokens' distance quantile used as threshold [default: 0.95].")
+@click.option("--guide-bank-size", type=click.IntRange(min=1),
+              help="nearest-normal: most tokens in the bank, a coreset beyond [default: 65536].")
 @click.option("--epochs", type=click.IntRange(min=1), default=TrainConfig.epochs, show_default=True)
 @click.option("--batch-size", type=click.IntRange(min=1), default=TrainConfig.batch_size, show_default=True)
 @click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=TrainConfig.lr, show_default=True)
@@ -118,7 +125,8 @@ def main() -> None:
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def train_cmd(data: tuple[str, ...], out: str, preset: str, backbone: str | None, weights: str | None,
               image_size: int | None, embed_dim: int | None, heads: int | None, depth: int | None,
-              clusters: int | None, jitter: bool | None, epochs: int, batch_size: int, lr: float, seed: int,
+              clusters: int | None, jitter: bool | None, mask: str, guide_quantile: float | None,
+              guide_bank_size: int | None, epochs: int, batch_size: int, lr: float, seed: int,
               few_shot: int | None, cache_dir: str | None, cache_dtype: str, resume: bool,
               allow_changed_settings: bool, device: str, precision: str, workers: int, compile_: bool,
               gpu_cache_gb: float | None, quiet: bool) -> None:
@@ -126,7 +134,8 @@ def train_cmd(data: tuple[str, ...], out: str, preset: str, backbone: str | None
     from aminet_edge.train.trainer import train
 
     overrides = {"backbone": backbone, "image_size": image_size, "embed_dim": embed_dim, "num_heads": heads,
-                 "inpaint_depth": depth, "num_clusters": clusters, "feature_jitter": jitter}
+                 "inpaint_depth": depth, "num_clusters": clusters, "feature_jitter": jitter,
+                 "mask": mask.replace("-", "_"), "guide_quantile": guide_quantile, "guide_bank_size": guide_bank_size}
     model = replace(PRESETS[preset], **{k: v for k, v in overrides.items() if v is not None})
     cfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, cache_dtype=cache_dtype)
     path = _run(train, list(data), out, model=model, train_cfg=cfg, backbone_weights=weights,
@@ -165,6 +174,31 @@ def evaluate_cmd(run: str, data: str, json_path: str | None, heatmaps: str | Non
         if key in metrics:
             summary[key] = {k: v for k, v in metrics[key].items() if not isinstance(v, dict)}
     click.echo(json.dumps(summary, indent=2))
+
+
+@main.command("set-mask")
+@click.argument("run", type=click.Path(exists=True, file_okay=False))
+@click.argument("data", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False))
+@click.option("--mask", type=click.Choice(["adaptive", "nearest-normal"]), required=True,
+              help="The test-time mask to switch to.")
+@click.option("--guide-quantile", type=click.FloatRange(0, 1, min_open=True, max_open=True),
+              help="nearest-normal: held-out quantile used as threshold [default: the bundle's].")
+@click.option("--guide-bank-size", type=click.IntRange(min=1),
+              help="nearest-normal: most tokens in the bank [default: the bundle's].")
+@device_option()
+@click.option("--workers", type=click.IntRange(min=0), default=0, show_default=True)
+@click.option("--quiet", is_flag=True)
+def set_mask_cmd(run: str, data: tuple[str, ...], mask: str, guide_quantile: float | None,
+                 guide_bank_size: int | None, device: str, workers: int, quiet: bool) -> None:
+    """Switch RUN's test-time mask and re-calibrate it on DATA (the data it was trained on), no retraining.
+
+    Graphs and engines of RUN are deleted (they hold the old mask): export them again.
+    """
+    from aminet_edge.train.guide import set_mask
+
+    _run(set_mask, run, list(data), mask.replace("-", "_"), guide_quantile, guide_bank_size, device=device,
+         progress=not quiet, workers=workers)
+    click.echo(f"{run}: mask set to {mask}, thresholds re-calibrated; export it again")
 
 
 @main.command("demo")

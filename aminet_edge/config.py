@@ -25,6 +25,8 @@ Deliberate departures from the code (models/model_MAE.py, train_mvtec.py):
   1 - cos ~1e-4 to their centre) and flipped 0.6 % of magnetic tile's mask decisions against float64;
   this form flips none (BENCHMARKS.md, textures). A zero vector gives 1/2 instead of 1.
 - feature jitter is off by default (feature_jitter); the code always jitters in training.
+- optional, not the default: mask="nearest_normal" replaces the clustering mask at test time by a
+  nearest-normal guide (ModelConfig.mask; BENCHMARKS.md, textures); the clustering branch is still trained.
 - the clustering patch embedding gets the same xavier-uniform init as the inpainting one; the code
   initialises only the inpainting one so and leaves the clustering one (auxi_embed) at PyTorch's default
   Conv2d init.
@@ -42,6 +44,7 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 ImageScore = Literal["std", "max"]
+MASKS = ("adaptive", "nearest_normal")  # ModelConfig.mask: the paper's, or this project's variant
 CACHE_DTYPES = ("float32", "float16", "bfloat16")  # feature-cache dtypes (TrainConfig.cache_dtype)
 
 
@@ -59,6 +62,12 @@ class ModelConfig:
     aggregation_depth: int = 1  # N_s (paper and code)
     num_clusters: int = 8  # P (paper and code)
     mask_lambda: float = 0.5  # lambda, test-time cluster boundary (paper and code)
+    # test-time mask: "adaptive" (paper and code: cluster boundaries) or "nearest_normal" (this project's
+    # variant, aminet_edge/model/guide.py: a token is masked when its pooled backbone feature is further from
+    # every bank token than the held-out normals' guide_quantile of that distance)
+    mask: str = "adaptive"
+    guide_quantile: float = 0.95  # nearest_normal: held-out normal tokens' distance quantile = threshold
+    guide_bank_size: int = 65536  # nearest_normal: most bank tokens; beyond, a greedy k-centre coreset
     feature_jitter: bool = False  # the paper's "‡" variant; the code always jitters
     jitter_scale: float = 20.0  # noise = randn * ||token|| / D * scale (code)
 
@@ -82,7 +91,12 @@ class ModelConfig:
             raise ValueError(f"embed_dim={self.embed_dim} is not divisible by num_heads={self.num_heads}")
         if self.embed_dim % 4:
             raise ValueError(f"embed_dim={self.embed_dim} must be a multiple of 4 (2-D sin-cos embedding)")
-        for name in ("inpaint_depth", "aggregation_depth", "num_clusters", "patch_size", "num_heads"):
+        if self.mask not in MASKS:
+            raise ValueError(f"mask must be one of {', '.join(MASKS)}, got {self.mask!r}")
+        if not 0 < self.guide_quantile < 1:
+            raise ValueError(f"guide_quantile must be in (0, 1), got {self.guide_quantile}")
+        for name in ("inpaint_depth", "aggregation_depth", "num_clusters", "patch_size", "num_heads",
+                     "guide_bank_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
 

@@ -42,24 +42,13 @@ def knn_patches(extractor: FeatureExtractor, images: torch.Tensor) -> torch.Tens
 
 
 def nearest_distance(queries: torch.Tensor, bank: torch.Tensor, chunk: int = QUERY_CHUNK) -> torch.Tensor:
-    """Euclidean distance from each query (M, C) to its nearest bank row (K, C) -> (M,) float32.
-
-    The nearest row is found with ||q||^2 - 2 q.b + ||b||^2 in float32 blocks of `chunk` queries; its
-    distance is then recomputed directly as ||q - b|| (exact, no cancellation). Only between rows
-    within float32 rounding of each other can the pick differ from an exact search.
-    """
+    """`reference.nearest_distance` of queries (M, C) to a bank (K, C) -> (M,) float32, in blocks of
+    `chunk` queries (one block's (chunk, K) scores in memory at a time)."""
     if queries.ndim != 2 or bank.ndim != 2 or queries.shape[1] != bank.shape[1] or len(bank) == 0:
         raise ValueError(f"queries (M, C) and a non-empty bank (K, C) must agree in C, got "
                          f"{tuple(queries.shape)} and {tuple(bank.shape)}")
-    q, b = queries.float(), bank.float()
-    b_sq = (b * b).sum(1)
-    out = torch.empty(len(q), dtype=torch.float32)
-    for start in range(0, len(q), chunk):
-        block = q[start:start + chunk]
-        # ||b||^2 - 2 q.b in one pass (+ ||q||^2, constant per row: irrelevant to the argmin)
-        idx = torch.addmm(b_sq.unsqueeze(0), block, b.t(), alpha=-2.0).argmin(1)
-        out[start:start + chunk] = (block - b[idx]).norm(dim=1)
-    return out
+    return torch.cat([reference.nearest_distance(queries[i:i + chunk], bank) for i in range(0, len(queries), chunk)]
+                     or [torch.empty(0, device=queries.device)])
 
 
 def _flat(patches: torch.Tensor) -> torch.Tensor:

@@ -21,6 +21,7 @@ from aminet_edge.bundle import (WEIGHTS_FILE, BundleConfig, BundleError, clear_a
 from aminet_edge.config import ScoreConfig
 from aminet_edge.model.aminet import AMINet
 from aminet_edge.model.features import FeatureExtractor, build_feature_extractor
+from aminet_edge.model.guide import NearestNormalGuide
 from aminet_edge.ops import reference
 
 
@@ -32,6 +33,9 @@ def _fp32(t: torch.Tensor) -> torch.Tensor:
 class Pipeline(nn.Module):
     """images (B, 3, S, S) float32, ImageNet-normalised -> amap (B, S, S), score (B,), mask (B, L) bool.
 
+    The mask is the adaptive (clustering) mask, or the nearest-normal guide's when `guide` is given
+    (ModelConfig.mask = "nearest_normal"; the guide always runs in float32).
+
     `ops_backend` selects the implementation of the two fused ops ("reference" = pure PyTorch, exported
     to ONNX; others through the aminet_edge.ops dispatcher). `compute_dtype` (None = float32, as exported;
     torch.float16 / torch.bfloat16) runs the backbone and AMI-Net's networks under autocast; the two
@@ -39,10 +43,12 @@ class Pipeline(nn.Module):
     """
 
     def __init__(self, extractor: FeatureExtractor, aminet: AMINet, score: ScoreConfig,
-                 ops_backend: str = "reference", compute_dtype: torch.dtype | None = None) -> None:
+                 ops_backend: str = "reference", compute_dtype: torch.dtype | None = None,
+                 guide: NearestNormalGuide | None = None) -> None:
         super().__init__()
         self.extractor = extractor
         self.aminet = aminet
+        self.guide = guide
         self.score = score
         self.ops_backend = ops_backend
         self.compute_dtype = compute_dtype
@@ -70,8 +76,12 @@ class Pipeline(nn.Module):
         mask_fn, score_fn = self._ops()
         with self._autocast(images):
             feat = self.extractor(images)
-            tokens, centers = self.aminet.cluster(feat)
-        mask, _, _ = mask_fn(_fp32(tokens), _fp32(centers), self.aminet.cfg.mask_lambda)
+        if self.guide is not None:
+            mask, _ = self.guide(_fp32(feat))
+        else:
+            with self._autocast(images):
+                tokens, centers = self.aminet.cluster(feat)
+            mask, _, _ = mask_fn(_fp32(tokens), _fp32(centers), self.aminet.cfg.mask_lambda)
         with self._autocast(images):
             recon = self.aminet.inpaint_features(self.aminet.embed_inpaint_tokens(feat), mask)
         amap, score = score_fn(_fp32(feat), _fp32(recon), tuple(images.shape[-2:]), self.score.sigma,
@@ -91,7 +101,7 @@ class Pipeline(nn.Module):
     def infer_paths(self, paths: Sequence[str | Path], mean: Sequence[float], std: Sequence[float],
                     batch_size: int = 8, progress: bool = False,
                     workers: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """`score_paths` plus the adaptive masks: scores (N,), maps (N, S, S) float32, masks (N, L) bool."""
+        """`score_paths` plus the test-time masks: scores (N,), maps (N, S, S) float32, masks (N, L) bool."""
         from aminet_edge.data.batches import load_batches
 
         size = self.aminet.cfg.image_size
@@ -108,21 +118,25 @@ class Pipeline(nn.Module):
         return np.concatenate(scores), np.concatenate(maps), np.concatenate(masks)
 
 
-def state_dict_for_bundle(extractor: FeatureExtractor, aminet: AMINet) -> dict[str, torch.Tensor]:
-    """All weights under "backbone." and "aminet." prefixes, contiguous, for safetensors."""
+def state_dict_for_bundle(extractor: FeatureExtractor, aminet: AMINet,
+                          guide: NearestNormalGuide | None = None) -> dict[str, torch.Tensor]:
+    """All weights under "backbone.", "aminet." (and "guide.") prefixes, contiguous, for safetensors."""
     out = {f"backbone.{k}": v for k, v in extractor.state_dict().items()}
     out.update({f"aminet.{k}": v for k, v in aminet.state_dict().items()})
+    if guide is not None:
+        out.update({f"guide.{k}": v for k, v in guide.state_dict().items()})
     return {k: v.detach().contiguous().cpu() for k, v in out.items()}
 
 
-def save_pipeline_weights(bundle: str | Path, extractor: FeatureExtractor, aminet: AMINet) -> Path:
+def save_pipeline_weights(bundle: str | Path, extractor: FeatureExtractor, aminet: AMINet,
+                          guide: NearestNormalGuide | None = None) -> Path:
     """Write `bundle/weights.safetensors` (not recorded: `save_bundle` writes a loadable bundle).
 
     ValueError when a weight is NaN or infinite (a diverged training must not become a bundle).
     """
     from safetensors.torch import save_file
 
-    tensors = state_dict_for_bundle(extractor, aminet)
+    tensors = state_dict_for_bundle(extractor, aminet, guide)
     bad = [k for k, v in tensors.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
     if bad:
         raise ValueError(f"weights {', '.join(bad[:5])} hold NaN or infinite values (training diverged?); "
@@ -135,15 +149,19 @@ def save_pipeline_weights(bundle: str | Path, extractor: FeatureExtractor, amine
     return path
 
 
-def save_bundle(bundle: str | Path, config: BundleConfig, extractor: FeatureExtractor, aminet: AMINet) -> Path:
-    """Write a complete bundle: weights and config.json recording their sha256.
+def save_bundle(bundle: str | Path, config: BundleConfig, extractor: FeatureExtractor, aminet: AMINet,
+                guide: NearestNormalGuide | None = None) -> Path:
+    """Write a complete bundle: weights (the guide's bank and threshold with them) and config.json
+    recording their sha256. ValueError when the guide's presence disagrees with config.model.mask.
 
     Graphs and engines of an earlier bundle in the same directory are deleted (each logged): they were
     made from the weights being replaced. config.artifacts is reset to the new weights alone.
     """
+    if (guide is not None) != (config.model.mask == "nearest_normal"):
+        raise ValueError(f"model.mask is {config.model.mask!r} but a guide was {'' if guide else 'not '}given")
     bundle = Path(bundle)
     clear_artifacts(bundle, "the bundle is being rewritten with new weights; export it again")
-    path = save_pipeline_weights(bundle, extractor, aminet)
+    path = save_pipeline_weights(bundle, extractor, aminet, guide)
     config.artifacts = {"weights": make_record(bundle, path)}
     write_config(bundle, config)
     return bundle
@@ -191,5 +209,28 @@ def load_pipeline(bundle: str | Path, ops_backend: str = "reference") -> tuple[P
         if missing or unexpected:
             raise BundleError(f"{path}: weights do not match the config ({prefix[:-1]}: "
                               f"missing {missing[:5]}, unexpected {unexpected[:5]})")
-    pipeline = Pipeline(extractor, aminet, config.score, ops_backend).eval()
+    guide = _load_guide(tensors, config, path)
+    pipeline = Pipeline(extractor, aminet, config.score, ops_backend, guide=guide).eval()
     return pipeline, config
+
+
+def _load_guide(tensors: dict[str, torch.Tensor], config: BundleConfig, path: Path) -> NearestNormalGuide | None:
+    """The nearest-normal guide from the weights' "guide." tensors when config.model.mask asks for one;
+    BundleError when they are missing, unexpected or of the wrong shape."""
+    part = {k[len("guide."):]: v for k, v in tensors.items() if k.startswith("guide.")}
+    if config.model.mask != "nearest_normal":
+        if part:
+            raise BundleError(f"{path}: holds a nearest-normal guide ({', '.join(sorted(part))}) but config.json's "
+                              f"model.mask is {config.model.mask!r}")
+        return None
+    if set(part) != {"bank", "threshold"}:
+        raise BundleError(f"{path}: model.mask is 'nearest_normal' but the weights hold guide tensors "
+                          f"{sorted(part) or 'none'} (expected bank and threshold); run `aminet-edge set-mask`")
+    bank, threshold = part["bank"], part["threshold"]
+    if bank.ndim != 2 or bank.shape[1] != config.in_channels or threshold.numel() != 1:
+        raise BundleError(f"{path}: guide bank {tuple(bank.shape)} / threshold {tuple(threshold.shape)} do not "
+                          f"match the config (expected (M, {config.in_channels}) and a scalar)")
+    try:
+        return NearestNormalGuide(bank, threshold, config.model.patch_size)
+    except ValueError as exc:
+        raise BundleError(f"{path}: {exc}") from exc

@@ -70,6 +70,20 @@ def adaptive_mask(
     return mask, min_dist, assign
 
 
+def nearest_distance(queries: torch.Tensor, bank: torch.Tensor) -> torch.Tensor:
+    """Euclidean distance from each query to its nearest bank row: (..., C), (M, C) -> (...) float32.
+
+    The nearest row is the argmin of ||b||^2 - 2 q.b (one matrix product; ties to the lowest index);
+    its distance is then computed directly as ||q - b|| (a gather and a norm), so the value has no
+    cancellation: only between rows within float32 rounding of each other can the pick differ from an
+    exact search. Memory: one (..., M) float32 block (callers chunk large query sets).
+    """
+    q, b = queries.float(), bank.float()
+    scores = (b * b).sum(1) - 2.0 * torch.matmul(q, b.t())  # (..., M)
+    nearest = b[scores.argmin(-1)]  # (..., C)
+    return (q - nearest).norm(dim=-1)
+
+
 def gaussian_taps(sigma: float) -> torch.Tensor:
     """Normalised 1-D Gaussian taps, radius int(4 * sigma + 0.5) as scipy's default truncate=4."""
     radius = int(4.0 * sigma + 0.5)

@@ -26,7 +26,9 @@ from aminet_edge.model.features import build_feature_extractor
 from aminet_edge.model.pipeline import Pipeline, save_bundle
 from aminet_edge.train.cache import (FeatureBatches, build_feature_cache, cache_nbytes, cache_placement,
                                     weights_digest)
+from aminet_edge.model.guide import NearestNormalGuide
 from aminet_edge.train.calibrate import calibrate
+from aminet_edge.train.guide import FEATURE_CHUNK, build_guide, pooled_tokens
 from aminet_edge.train.checkpoint import CHECKPOINT_FILE, load_checkpoint, save_checkpoint
 from aminet_edge.train.precision import resolve_precision
 from aminet_edge.train.step import TrainStep
@@ -34,6 +36,7 @@ from aminet_edge.train.step import TrainStep
 log = logging.getLogger("aminet_edge.train")
 SETTINGS_FILE = "checkpoint.json"  # the settings the checkpoint is trained with (see check_resume)
 MIN_HOLDOUT = 3  # a mean and std from fewer normal scores are not a threshold
+TEST_TIME_MASK = ("mask", "guide_quantile", "guide_bank_size")  # ModelConfig fields used after training only
 
 
 def load_training_samples(roots: Sequence[str | Path], few_shot: int | None, seed: int) -> list[Sample]:
@@ -70,7 +73,8 @@ def training_settings(model: ModelConfig, train_cfg: TrainConfig, fit: Sequence[
     optimisation settings (epochs excluded: resuming to train longer is the point), the training images
     and the backbone's weights (sha256)."""
     train = {k: v for k, v in to_dict(train_cfg).items() if k not in ("epochs", "loss")}
-    settings: dict[str, Any] = {f"model.{k}": v for k, v in to_dict(model).items()}
+    # the test-time mask's settings do not change what is trained (set-mask switches it afterwards)
+    settings: dict[str, Any] = {f"model.{k}": v for k, v in to_dict(model).items() if k not in TEST_TIME_MASK}
     settings |= {f"train.{k}": list(v) if isinstance(v, tuple) else v for k, v in train.items()}
     settings |= {f"train.loss.{k}": v for k, v in to_dict(train_cfg.loss).items()}
     settings |= {"few_shot": few_shot, "training images": [str(Path(s.path).resolve()) for s in fit],
@@ -166,6 +170,10 @@ def train(
     roots = [data] if isinstance(data, (str, Path)) else list(data)
     samples = load_training_samples(roots, few_shot=few_shot, seed=train_cfg.seed)
     fit, held = split_holdout(samples, train_cfg.holdout_fraction, train_cfg.seed)
+    if model.mask == "nearest_normal" and not held:
+        raise ValueError(f"mask 'nearest_normal' needs held-out normal images for its threshold; {len(samples)} "
+                         f"training images with holdout_fraction {train_cfg.holdout_fraction} hold none out "
+                         "(needs >= 10 images and holdout_fraction > 0)")
     device_name = describe_device(dev)
     log.info("training on %s, precision %s", device_name, prec)
 
@@ -223,7 +231,11 @@ def train(
         train_seconds = time.perf_counter() - t0
 
     aminet.eval()
-    pipeline = Pipeline(extractor, aminet, score).eval()
+    guide, guide_summary = None, None
+    if model.mask == "nearest_normal":
+        guide, guide_summary = _guide_from_cache(feats, extractor, held, model, train_cfg.seed, dev, workers)
+        guide.to(dev)
+    pipeline = Pipeline(extractor, aminet, score, guide=guide).eval()
     config.calibration = calibrate(pipeline, held or fit, extractor.mean, extractor.std, held_out=bool(held),
                                    progress=progress, workers=workers)
     config.train = {
@@ -231,6 +243,20 @@ def train(
         "images": len(fit), "held_out": len(held), "device": device_name, "precision": prec,
         "compile": compile, "cache_on": "gpu" if place.type == "cuda" else "host",
         "cache_seconds": round(cache_seconds, 2), "train_seconds": round(train_seconds, 2), "history": history,
-    }
-    save_bundle(out, config, extractor, aminet)  # replaces (and logs) graphs and engines of an earlier bundle here
+    } | ({"guide": guide_summary} if guide_summary else {})
+    save_bundle(out, config, extractor, aminet, guide)  # replaces (and logs) graphs and engines of an earlier bundle here
     return out
+
+
+def _guide_from_cache(feats: torch.Tensor, extractor: torch.nn.Module, held: Sequence[Sample], model: ModelConfig,
+                      seed: int, dev: torch.device, workers: int) -> tuple[NearestNormalGuide, dict[str, Any]]:
+    """The nearest-normal guide: bank from the feature cache (N, C, h, w), threshold from the held-out images."""
+    from aminet_edge.data.batches import load_batches
+
+    chunk = FEATURE_CHUNK
+    fit_tokens = pooled_tokens((feats[i:i + chunk].to(dev) for i in range(0, len(feats), chunk)), model.patch_size)
+    with torch.no_grad():
+        held_tokens = pooled_tokens((extractor(b.to(dev)) for b in load_batches(
+            [s.path for s in held], model.image_size, extractor.mean, extractor.std, chunk, workers)),
+            model.patch_size) if held else fit_tokens[:0]
+    return build_guide(fit_tokens, held_tokens, model, seed)

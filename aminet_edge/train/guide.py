@@ -1,0 +1,125 @@
+"""Build the nearest-normal guide (aminet_edge/model/guide.py) from normal images, and switch a trained
+bundle's test-time mask (`aminet-edge set-mask`) without retraining: the mask does not change training.
+
+Bank: every training token's pooled backbone feature, or, beyond `guide_bank_size` tokens, a greedy
+k-centre coreset of them (PatchCore's selection, here in a seeded 32-d random projection). Threshold:
+the `guide_quantile` of the held-out normal tokens' distances to the bank (label-free).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from aminet_edge.config import MASKS, ModelConfig
+from aminet_edge.evaluation.knn_baseline import nearest_distance
+from aminet_edge.model.guide import NearestNormalGuide, token_features
+
+log = logging.getLogger("aminet_edge.train")
+PROJECTION_DIM = 32  # coreset selection runs in a random projection of this width
+FEATURE_CHUNK = 32  # images pooled / searched per step (bounds the (chunk * L, M) distance block)
+
+
+def greedy_coreset(points: torch.Tensor, size: int, seed: int = 0) -> torch.Tensor:
+    """Indices (size,) int64 of a greedy k-centre subset of points (N, C): start at row 0, then repeatedly
+    add the row furthest from every row added so far, distances measured in a seeded Gaussian projection
+    to PROJECTION_DIM dimensions (all of them when C is smaller). size >= N returns every index."""
+    n = len(points)
+    if size >= n:
+        return torch.arange(n)
+    x = points.float()
+    if x.shape[1] > PROJECTION_DIM:
+        gen = torch.Generator(device="cpu").manual_seed(seed)
+        proj = torch.randn(x.shape[1], PROJECTION_DIM, generator=gen) / PROJECTION_DIM**0.5
+        x = x @ proj.to(x.device)
+    picked = torch.empty(size, dtype=torch.int64)
+    nearest = torch.full((n,), float("inf"), device=x.device)
+    i = 0
+    for j in range(size):
+        picked[j] = i
+        nearest = torch.minimum(nearest, ((x - x[i]) ** 2).sum(1))
+        i = int(nearest.argmax())
+    return picked
+
+
+def pooled_tokens(feature_batches: Iterable[torch.Tensor], patch_size: int) -> torch.Tensor:
+    """Every token's pooled feature (N * L, C) float32 from batches of backbone features (B, C, h, w)."""
+    parts = [token_features(f, patch_size).reshape(-1, f.shape[1]) for f in feature_batches]
+    return torch.cat(parts)
+
+
+def build_guide(fit_tokens: torch.Tensor, held_tokens: torch.Tensor, model: ModelConfig,
+                seed: int = 0) -> tuple[NearestNormalGuide, dict[str, Any]]:
+    """The guide from pooled training tokens (N, C) (the bank's source) and held-out normal tokens (H, C)
+    (the threshold's). Returns the guide and a JSON-ready summary (bank size, source tokens, threshold,
+    share of held-out tokens masked). ValueError without held-out tokens."""
+    if len(held_tokens) == 0:
+        raise ValueError("the nearest-normal mask needs held-out normal images for its threshold "
+                         "(at least 10 training images and holdout_fraction > 0)")
+    keep = greedy_coreset(fit_tokens, model.guide_bank_size, seed)
+    bank = fit_tokens[keep.to(fit_tokens.device)].half()  # as the guide stores it: the threshold sees the same bank
+    held = nearest_distance(held_tokens, bank)
+    threshold = float(np.quantile(held.double().cpu().numpy(), model.guide_quantile))
+    guide = NearestNormalGuide(bank.cpu(), threshold, model.patch_size)
+    summary = {"bank_tokens": len(bank), "training_tokens": len(fit_tokens), "threshold": threshold,
+               "quantile": model.guide_quantile, "held_out_masked": float((held > guide.threshold).float().mean())}
+    log.info("nearest-normal guide: bank %d of %d training tokens, threshold %.4g (held-out quantile %g)",
+             len(bank), len(fit_tokens), threshold, model.guide_quantile)
+    return guide, summary
+
+
+def set_mask(bundle: str | Path, data: Sequence[str | Path], mask: str, quantile: float | None = None,
+             bank_size: int | None = None, device: str = "auto", progress: bool = False, workers: int = 0) -> Path:
+    """Switch the bundle's test-time mask to `mask` ("adaptive" or "nearest_normal") and re-calibrate its
+    thresholds on the held-out normal images, the network weights unchanged.
+
+    data: the data set root(s) the bundle was trained on (its training split is re-derived from them and
+    must match the recorded image counts). The guide's bank and threshold are rebuilt for "nearest_normal";
+    quantile / bank_size override the bundle's guide_quantile / guide_bank_size. Graphs and engines of the
+    bundle are deleted (they hold the old mask): export again. Returns the bundle path.
+    """
+    from aminet_edge.data.batches import load_batches
+    from aminet_edge.device import resolve_device
+    from aminet_edge.model.pipeline import load_pipeline, save_bundle
+    from aminet_edge.train.calibrate import calibrate
+    from aminet_edge.train.trainer import load_training_samples, split_holdout
+
+    if mask not in MASKS:
+        raise ValueError(f"mask must be one of {', '.join(MASKS)}, got {mask!r}")
+    pipeline, config = load_pipeline(bundle)
+    tr = config.train
+    if not {"seed", "holdout_fraction", "images", "held_out"} <= set(tr):
+        raise ValueError(f"{bundle}: config.json records no training split (train.seed, holdout_fraction, images, "
+                         "held_out); retrain it to change its mask")
+    samples = load_training_samples(list(data), tr.get("few_shot"), tr["seed"])
+    if len(samples) != tr["images"] + tr["held_out"]:
+        raise ValueError(f"{', '.join(map(str, data))}: {len(samples)} training images, but {bundle} was trained on "
+                         f"{tr['images']} + {tr['held_out']} held out: not the data it was trained on")
+    fit, held = split_holdout(samples, tr["holdout_fraction"], tr["seed"])
+    overrides = {k: v for k, v in (("guide_quantile", quantile), ("guide_bank_size", bank_size)) if v is not None}
+    model = replace(config.model, mask=mask, **overrides)
+    model.validate()
+    dev = resolve_device(device)
+    pipeline.to(dev)
+    guide, summary = None, None
+    if mask == "nearest_normal":
+        def tokens(paths: Sequence[str | Path]) -> torch.Tensor:
+            with torch.no_grad():
+                return pooled_tokens((pipeline.extractor(b.to(dev)) for b in load_batches(
+                    paths, model.image_size, config.mean, config.std, FEATURE_CHUNK, workers)), model.patch_size)
+
+        guide, summary = build_guide(tokens([s.path for s in fit]), tokens([s.path for s in held]), model, tr["seed"])
+    pipeline.guide = None if guide is None else guide.to(dev)
+    pipeline.aminet.cfg = model
+    config.model = model
+    config.calibration = calibrate(pipeline, held or fit, config.mean, config.std, held_out=bool(held),
+                                   progress=progress, workers=workers)
+    config.train = {k: v for k, v in tr.items() if k != "guide"} | ({"guide": summary} if summary else {})
+    return save_bundle(bundle, config, pipeline.extractor.cpu(), pipeline.aminet.cpu(),
+                       None if guide is None else guide.cpu())
