@@ -1,0 +1,207 @@
+"""The nearest-normal guide (ModelConfig.mask = "nearest_normal"): its reference op against float64 brute
+force, the coreset against a direct greedy k-centre, its threshold, training with it, set-mask, and the
+bundle's refusals."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+from safetensors.torch import load_file, save_file
+
+from aminet_edge.bundle import BundleError, make_record, read_config, write_config
+from aminet_edge.cli import main
+from aminet_edge.config import TrainConfig
+from aminet_edge.data.synthetic import make_synthetic_dataset
+from aminet_edge.model.guide import NearestNormalGuide, token_features
+from aminet_edge.model.pipeline import load_pipeline
+from aminet_edge.ops import reference
+from aminet_edge.train.guide import PROJECTION_DIM, build_guide, greedy_coreset, set_mask
+
+sys.path.insert(0, str(Path(__file__).parent))
+from test_train import SMALL, run  # noqa: E402
+
+GUIDED = dataclasses.replace(SMALL, mask="nearest_normal", guide_bank_size=100)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_synthetic_dataset(tmp_path_factory.mktemp("syn"), n_train=12, n_test_good=3, n_test_defect=2,
+                                  size=64)
+
+
+@pytest.fixture(scope="module")
+def guided(data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return train_guided(data, tmp_path_factory.mktemp("guided") / "run")
+
+
+def train_guided(data: Path, out: Path) -> Path:
+    from aminet_edge.train.trainer import train
+
+    return train(data, out, model=GUIDED, train_cfg=TrainConfig(epochs=1, batch_size=4, lr=1e-3),
+                 pretrained=False, progress=False)
+
+
+def brute_nearest(queries: np.ndarray, bank: np.ndarray) -> np.ndarray:
+    """Nearest-row Euclidean distance in float64, every pair computed directly."""
+    d = np.sqrt(((queries[..., None, :].astype(np.float64) - bank.astype(np.float64)) ** 2).sum(-1))
+    return d.min(-1)
+
+
+@pytest.mark.parametrize("scale", [1.0, 500.0])  # 500: norms ~1e4, where ||q||^2 - 2 q.b + ||b||^2 would cancel
+def test_nearest_distance_matches_float64_brute_force(scale: float) -> None:
+    gen = torch.Generator().manual_seed(0)
+    bank = torch.randn(300, 24, generator=gen) * scale + scale * 3
+    # queries near bank rows (the regime of normal tokens) and far ones
+    near = bank[torch.randint(0, 300, (2, 20), generator=gen)] + 0.01 * scale * torch.randn(2, 20, 24, generator=gen)
+    far = torch.randn(2, 20, 24, generator=gen) * scale * 2
+    queries = torch.cat([near, far], 1)
+    got = reference.nearest_distance(queries, bank)
+    assert got.shape == (2, 40) and got.dtype == torch.float32
+    np.testing.assert_allclose(got.numpy(), brute_nearest(queries.numpy(), bank.numpy()), rtol=1e-5)
+
+
+def test_guide_masks_tokens_beyond_threshold() -> None:
+    gen = torch.Generator().manual_seed(1)
+    feat = torch.randn(2, 8, 16, 16, generator=gen)
+    bank = torch.randn(50, 8, generator=gen)
+    guide = NearestNormalGuide(bank, 1.2, patch_size=4)  # about the median distance here
+    mask, dist = guide(feat)
+    pooled = feat.reshape(2, 8, 4, 4, 4, 4).mean((3, 5)).permute(0, 2, 3, 1).reshape(2, 16, 8)  # (B, L, C) row-major
+    torch.testing.assert_close(token_features(feat, 4), pooled)
+    expected = brute_nearest(pooled.numpy(), bank.half().float().numpy())  # the bank is stored as float16
+    np.testing.assert_allclose(dist.numpy(), expected, rtol=1e-5)
+    assert torch.equal(mask, dist > 1.2) and 0 < int(mask.sum()) < mask.numel()
+    assert guide.bank.dtype == torch.float16
+
+
+@pytest.mark.parametrize("bank, threshold, match", [
+    (torch.zeros(0, 4), 1.0, "non-empty"), (torch.zeros(4), 1.0, "non-empty"),
+    (torch.zeros(3, 4), 0.0, "threshold"), (torch.zeros(3, 4), float("nan"), "threshold")])
+def test_guide_rejects_bad_parts(bank: torch.Tensor, threshold: float, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        NearestNormalGuide(bank, threshold, 4)
+
+
+def direct_greedy(points: np.ndarray, size: int) -> list[int]:
+    """Greedy k-centre in float64, distances recomputed to every picked row each step."""
+    picked = [0]
+    while len(picked) < size:
+        d = np.min([((points - points[i]) ** 2).sum(1) for i in picked], axis=0)
+        picked.append(int(d.argmax()))
+    return picked
+
+
+def test_coreset_is_greedy_k_centre() -> None:
+    points = torch.randn(200, PROJECTION_DIM, generator=torch.Generator().manual_seed(2))  # no projection at this width
+    got = greedy_coreset(points, 20)
+    assert got.tolist() == direct_greedy(points.double().numpy(), 20)
+    assert len(set(got.tolist())) == 20
+    assert greedy_coreset(points, 500).tolist() == list(range(200))
+    wide = greedy_coreset(torch.randn(200, 3 * PROJECTION_DIM), 20)  # projected: still 20 distinct rows
+    assert len(set(wide.tolist())) == 20
+
+
+def test_threshold_is_the_held_out_quantile() -> None:
+    gen = torch.Generator().manual_seed(3)
+    fit, held = torch.randn(400, 8, generator=gen), torch.randn(150, 8, generator=gen)
+    model = dataclasses.replace(GUIDED, guide_quantile=0.9, guide_bank_size=64)
+    guide, summary = build_guide(fit, held, model)
+    assert len(guide.bank) == 64 and summary["bank_tokens"] == 64 and summary["training_tokens"] == 400
+    dist = brute_nearest(held.numpy(), guide.bank.float().numpy())
+    assert float(guide.threshold) == pytest.approx(np.quantile(dist, 0.9), rel=1e-5)
+    assert summary["held_out_masked"] == pytest.approx((dist > float(guide.threshold)).mean(), abs=1e-6)
+    with pytest.raises(ValueError, match="held-out"):
+        build_guide(fit, held[:0], model)
+
+
+def test_training_builds_the_guide_into_the_bundle(guided: Path, data: Path) -> None:
+    config = read_config(guided)
+    assert config.model.mask == "nearest_normal"
+    summary = config.train["guide"]
+    assert summary["bank_tokens"] == 100 and summary["training_tokens"] == 9 * 16  # 9 fit images x 16 tokens
+    tensors = load_file(str(guided / "weights.safetensors"))
+    assert tensors["guide.bank"].shape == (100, 176) and tensors["guide.threshold"].shape == ()
+    pipeline, _ = load_pipeline(guided)
+    x = torch.randn(3, 3, 64, 64, generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        _, _, mask = pipeline(x)
+        tokens = token_features(pipeline.extractor(x), 4)
+    dist = brute_nearest(tokens.numpy(), tensors["guide.bank"].float().numpy())
+    assert np.array_equal(mask.numpy(), dist > float(tensors["guide.threshold"]))
+    assert config.calibration is not None and config.calibration.image_threshold > 0
+
+
+def test_guide_needs_held_out_images(data: Path, tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="held-out normal images"):
+        from aminet_edge.train.trainer import train
+
+        train(data, tmp_path / "run", model=GUIDED, train_cfg=TrainConfig(epochs=1, holdout_fraction=0.0),
+              pretrained=False, progress=False)
+    assert not (tmp_path / "run" / "weights.safetensors").exists()
+
+
+def test_set_mask_switches_both_ways(data: Path, tmp_path: Path) -> None:
+    bundle = run(data, tmp_path / "run", epochs=1)
+    before = read_config(bundle)
+    from aminet_edge.export.onnx_export import export_onnx
+
+    export_onnx(bundle, split=False)  # a graph of the old mask
+    result = CliRunner().invoke(main, ["set-mask", str(bundle), str(data), "--mask", "nearest-normal",
+                                       "--guide-bank-size", "40", "--device", "cpu", "--quiet"])
+    assert result.exit_code == 0, result.output
+    after = read_config(bundle)
+    assert after.model.mask == "nearest_normal" and after.model.guide_bank_size == 40
+    assert after.train["guide"]["bank_tokens"] == 40 and not (bundle / "model.onnx").exists()
+    assert "onnx" not in after.artifacts
+    assert after.calibration.image_threshold != before.calibration.image_threshold  # re-calibrated
+    before_w, after_w = load_file(str(bundle / "weights.safetensors")), None
+    set_mask(bundle, [data], "adaptive", device="cpu")
+    back = read_config(bundle)
+    after_w = load_file(str(bundle / "weights.safetensors"))
+    assert back.model.mask == "adaptive" and "guide" not in back.train and "guide.bank" not in after_w
+    assert back.calibration.image_threshold == pytest.approx(before.calibration.image_threshold, rel=1e-6)
+    assert all(torch.equal(after_w[k], v) for k, v in before_w.items() if not k.startswith("guide."))
+
+
+def test_set_mask_refuses_other_data(data: Path, tmp_path: Path) -> None:
+    bundle = run(data, tmp_path / "run", epochs=1)
+    other = make_synthetic_dataset(tmp_path / "other", n_train=15, n_test_good=1, n_test_defect=1, size=64)
+    with pytest.raises(ValueError, match="not the data it was trained on"):
+        set_mask(bundle, [other], "nearest_normal", device="cpu")
+
+
+def rewrite_weights(bundle: Path, tensors: dict[str, torch.Tensor]) -> None:
+    save_file(tensors, str(bundle / "weights.safetensors"))
+    config = read_config(bundle)
+    config.artifacts["weights"] = make_record(bundle, bundle / "weights.safetensors")
+    write_config(bundle, config)
+
+
+def test_bundle_refuses_a_guide_that_does_not_match(guided: Path, tmp_path: Path) -> None:
+    import shutil
+
+    bundle = Path(shutil.copytree(guided, tmp_path / "b"))
+    tensors = load_file(str(bundle / "weights.safetensors"))
+    rewrite_weights(bundle, {k: v for k, v in tensors.items() if k != "guide.bank"})
+    with pytest.raises(BundleError, match="expected bank and threshold"):
+        load_pipeline(bundle)
+    rewrite_weights(bundle, tensors | {"guide.bank": tensors["guide.bank"][:, :10].contiguous()})
+    with pytest.raises(BundleError, match=r"do not match the config \(expected \(M, 176\)"):
+        load_pipeline(bundle)
+    rewrite_weights(bundle, tensors)
+    raw = json.loads((bundle / "config.json").read_text())
+    raw["model"]["mask"] = "adaptive"
+    (bundle / "config.json").write_text(json.dumps(raw))
+    with pytest.raises(BundleError, match="holds a nearest-normal guide"):
+        load_pipeline(bundle)
+    raw["model"]["mask"] = "nearest"
+    (bundle / "config.json").write_text(json.dumps(raw))
+    with pytest.raises(BundleError, match="model.mask"):
+        read_config(bundle)
