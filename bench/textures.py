@@ -2,10 +2,12 @@
 
 Masks: the adaptive mask at several lambda; lambda calibrated on held-out normal images to a target share
 of masked tokens; per-cluster boundaries fixed from held-out normal tokens (instead of each image's own
-statistics); a nearest-normal guide (tokens whose pooled backbone feature is further from every training
-token than a held-out quantile), alone and added to the adaptive mask; and, as a ceiling that needs the labels, the
-ground-truth defect tokens (alone, and added to the adaptive mask). Maps: reconstruction (the paper's),
-token-to-cluster distance, their sum. No retraining: features and cluster assignments are computed once.
+statistics); the nearest-normal guide (ModelConfig.mask = "nearest_normal", built by the product's
+aminet_edge.train.guide) at several held-out quantiles and bank sizes; and, as a ceiling that needs the
+labels, the ground-truth defect tokens (alone, and added to the adaptive mask). Maps: reconstruction (the
+paper's), token-to-cluster distance, their sum. No retraining: features and cluster assignments are
+computed once (and kept in --feature-cache). Test and held-out features are held as float16 here, so a
+guide decision within ~1e-3 (relative) of its threshold may differ from the runtime's float32.
 
 Usage: python bench/textures.py --bundle /work/runs/bottle_cpu --data ../shared/data/mvtec_bottle
 """
@@ -13,6 +15,7 @@ Usage: python bench/textures.py --bundle /work/runs/bottle_cpu --data ../shared/
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import time
@@ -27,13 +30,14 @@ from common import append_result  # noqa: E402
 
 from aminet_edge.data.datasets import load_dataset  # noqa: E402
 from aminet_edge.data.images import read_mask  # noqa: E402
-from aminet_edge.evaluation.knn_baseline import nearest_distance  # noqa: E402
 from aminet_edge.evaluation.mask_coverage import DEFECT_TOKEN_FRACTION, mask_coverage, token_defect_fraction  # noqa: E402
 from aminet_edge.evaluation.metrics import evaluate  # noqa: E402
 from aminet_edge.model.pipeline import load_pipeline  # noqa: E402
 from aminet_edge.ops import reference  # noqa: E402
 from aminet_edge.data.batches import load_batches  # noqa: E402
+from aminet_edge.model.guide import token_features  # noqa: E402
 from aminet_edge.train.calibrate import mask_lambda_for_share  # noqa: E402
+from aminet_edge.train.guide import build_guide, pooled_tokens  # noqa: E402
 from aminet_edge.train.trainer import load_training_samples, split_holdout  # noqa: E402
 
 
@@ -48,11 +52,6 @@ def features(pipeline, paths, config):  # type: ignore[no-untyped-def]
             toks.append(tokens)
             cents.append(centers)
     return torch.cat(feats), torch.cat(toks), torch.cat(cents)
-
-
-def token_features(feats: torch.Tensor, k: int) -> torch.Tensor:
-    """Each token's backbone feature, the mean over its K x K cells: (N, C, h, w) -> (N, L, C) float32."""
-    return F.avg_pool2d(feats.float(), k).flatten(2).transpose(1, 2)
 
 
 def nearest_centre(tokens: torch.Tensor, centers: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -96,6 +95,9 @@ def main() -> None:
                         help="lambda of the per-cluster boundaries fixed from held-out normals")
     parser.add_argument("--guide-quantiles", type=float, nargs="*", default=[0.95, 0.99],
                         help="held-out quantile of the nearest-normal distance above which a token is masked")
+    parser.add_argument("--guide-bank-sizes", type=int, nargs="+", default=[65536],
+                        help="most tokens in the guide's bank (greedy coreset beyond; 0: every training token)")
+    parser.add_argument("--feature-cache", help="tensors file: features loaded from it when it exists, else saved")
     parser.add_argument("--ground-truth", action="store_true", help="add the label-based ceiling rows")
     parser.add_argument("--json", help="write all figures here")
     args = parser.parse_args()
@@ -115,9 +117,25 @@ def main() -> None:
     types = [s.defect_type for s in test]
     has = np.array([s.label == 0 or s.mask_path is not None for s in test])
     masks = np.stack([read_mask(s.mask_path, size) if s.mask_path else np.zeros((size, size), bool) for s in test])
-    f_test, t_test, c_test = features(pipeline, [s.path for s in test], config)
-    f_held, t_held, c_held = features(pipeline, [s.path for s in held], config)
-    print(f"features: {time.perf_counter() - t0:.0f} s, {len(test)} test, {len(held)} held-out", flush=True)
+    cache = Path(args.feature_cache) if args.feature_cache else None
+    if cache is not None and cache.exists():
+        loaded = torch.load(cache, weights_only=True)
+        if loaded["bundle_weights"] != config.artifacts["weights"]["sha256"] or len(loaded["f_test"]) != len(test):
+            raise SystemExit(f"{cache}: features of another bundle or data set; delete it")
+        f_test, t_test, c_test, f_held, t_held, c_held, fit_tokens = (loaded[n] for n in (
+            "f_test", "t_test", "c_test", "f_held", "t_held", "c_held", "fit_tokens"))
+    else:
+        f_test, t_test, c_test = features(pipeline, [s.path for s in test], config)
+        f_held, t_held, c_held = features(pipeline, [s.path for s in held], config)
+        with torch.no_grad():  # float32 features, as training and set-mask pool them
+            fit_tokens = pooled_tokens((pipeline.extractor(b) for b in load_batches(
+                [s.path for s in fit], size, config.mean, config.std, 8)), k)
+        if cache is not None:
+            torch.save({"bundle_weights": config.artifacts["weights"]["sha256"], "f_test": f_test, "t_test": t_test,
+                        "c_test": c_test, "f_held": f_held, "t_held": t_held, "c_held": c_held,
+                        "fit_tokens": fit_tokens}, cache)
+    print(f"features: {time.perf_counter() - t0:.0f} s, {len(test)} test, {len(held)} held-out, "
+          f"{len(fit_tokens):,} training tokens", flush=True)
 
     variants: dict[str, tuple[torch.Tensor, torch.Tensor | None]] = {}  # name -> (test mask, held-out mask)
 
@@ -136,19 +154,17 @@ def main() -> None:
         variants[f"per-cluster held-out bound, lambda {lam:g}"] = (d_test > bounds[a_test], d_held > bounds[a_held])
     base = config.model.mask_lambda
     own_test, own_held = adaptive(base)
-    if args.guide_quantiles:
-        # bank: every training token's pooled feature; distances of held-out and test tokens to it
-        f_fit = features(pipeline, [s.path for s in fit], config)[0]
-        bank = token_features(f_fit, k).reshape(-1, f_fit.shape[1])
-        del f_fit
-        near = [nearest_distance(token_features(f, k).reshape(-1, f.shape[1]), bank).reshape(len(f), -1)
-                for f in (f_test, f_held)]
+    held_tokens = token_features(f_held, k).reshape(-1, f_held.shape[1])
+    for size in args.guide_bank_sizes if args.guide_quantiles else []:
         for q in args.guide_quantiles:
-            cut = torch.quantile(near[1].flatten(), q)
-            guide = (near[0] > cut, near[1] > cut)
-            variants[f"nearest-normal guide q{q:g}"] = guide
-            variants[f"lambda {base:g} + nearest-normal guide q{q:g}"] = (own_test | guide[0], own_held | guide[1])
-        print(f"guide: {time.perf_counter() - t0:.0f} s, bank {len(bank):,} tokens", flush=True)
+            model = dataclasses.replace(config.model, guide_quantile=q, guide_bank_size=size or len(fit_tokens))
+            tc = time.perf_counter()
+            guide, _ = build_guide(fit_tokens, held_tokens, model, tr["seed"])
+            test_mask = torch.cat([guide(f_test[i:i + 32])[0] for i in range(0, len(f_test), 32)])
+            held_mask = torch.cat([guide(f_held[i:i + 32])[0] for i in range(0, len(f_held), 32)])
+            name = f"nearest-normal guide q{q:g}, bank {len(guide.bank):,}"
+            variants[name] = (test_mask, held_mask)
+            print(f"{name}: {time.perf_counter() - tc:.0f} s", flush=True)
     if args.ground_truth:
         truth = torch.from_numpy(token_defect_fraction(masks, config.model.grid_size) >= DEFECT_TOKEN_FRACTION)
         variants["ground truth (ceiling; needs labels)"] = (truth, None)

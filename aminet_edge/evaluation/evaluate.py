@@ -55,7 +55,7 @@ def evaluate_bundle(bundle: str | Path, data: str | Path, json_path: str | Path 
     reported and "pixel_note" says that pixel metrics need masks.
     With store_thresholds, the F1-optimal image and pixel thresholds are written into the bundle's
     calibration (the normal-only thresholds stay the default). Where masks exist, "mask_coverage" says
-    how well the adaptive mask covers the defects (see `mask_coverage`). baseline "knn" adds
+    how well the test-time mask covers the defects (see `mask_coverage`). baseline "knn" adds
     "baseline_knn": the same metrics for the nearest-neighbour baseline on the bundle's backbone, its
     memory bank from `data`'s training images, at most `bank_cap` patches (None: knn_baseline.BANK_CAP).
     device: "auto" (first CUDA GPU, else CPU), "cpu", "cuda" or "cuda:N"; the model runs there in

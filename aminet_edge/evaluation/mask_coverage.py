@@ -1,6 +1,7 @@
-"""Does the adaptive mask cover the defects? Mask recall and the share of normal tokens masked.
+"""Does the test-time mask (adaptive, or the nearest-normal guide) cover the defects? Mask recall and
+the share of normal tokens masked.
 
-AMI-Net removes a defect from its restoration only where the adaptive mask hides the defect's tokens:
+AMI-Net removes a defect from its restoration only where the test-time mask hides the defect's tokens:
 a defect token left visible is inpainted as itself and fades from the score map. These numbers test
 that premise on labelled test images.
 
@@ -46,9 +47,9 @@ def _share(masked: np.ndarray, selected: np.ndarray) -> dict[str, float | int | 
 
 def mask_coverage(token_masks: np.ndarray, pixel_masks: np.ndarray, labels: np.ndarray,
                   defect_types: Sequence[str], fraction: float = DEFECT_TOKEN_FRACTION) -> dict:
-    """Mask recall and normal-token masking of the adaptive mask on labelled images.
+    """Mask recall and normal-token masking of the test-time mask on labelled images.
 
-    token_masks: (N, L) bool, True = masked by the adaptive mask; pixel_masks: (N, S, S) bool ground
+    token_masks: (N, L) bool, True = masked (to be inpainted); pixel_masks: (N, S, S) bool ground
     truth at model resolution (all False on normal images); labels: (N,) 0/1; defect_types: N names.
     Pass only images with pixel labels (normal ones, and defective ones with a mask file).
     Returns {"defect_token_fraction", "mask_recall", "defect_tokens", "normal_masked_share",

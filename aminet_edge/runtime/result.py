@@ -51,7 +51,7 @@ class Result:
     anomaly_map: (H, W) float32 at the input's resolution (bilinear resize of the model's S x S map, raw
         map units, comparable with thresholds.pixel).
     mask: (H, W) bool, anomaly_map > thresholds.pixel.
-    token_mask: (g, g) bool, the tokens AMI-Net's adaptive mask chose to inpaint (g = grid side).
+    token_mask: (g, g) bool, the tokens the test-time mask (adaptive or nearest-normal) chose to inpaint (g = grid side).
     error: None, or the exception (InputError for a bad image) that stopped this image; then the
         arrays are None, score is NaN and is_anomaly is False. Single-image `predict` raises instead.
     """
