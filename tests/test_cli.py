@@ -18,10 +18,11 @@ def test_train_then_evaluate(tmp_path: Path) -> None:
     runner = CliRunner()
     res = runner.invoke(main, ["train", str(data), "--out", str(tmp_path / "run"), "--preset", "tiny",
                                "--image-size", "64", "--embed-dim", "32", "--depth", "1", "--epochs", "1",
-                               "--quiet"])
+                               "--mask", "nearest-normal", "--guide-bank-size", "100", "--quiet"])
     assert res.exit_code == 0, res.output
     config = json.loads((tmp_path / "run" / "config.json").read_text())
     assert config["model"]["embed_dim"] == 32 and config["model"]["backbone"] == "efficientnet_lite0"
+    assert config["model"]["mask"] == "nearest_normal" and config["train"]["guide"]["bank_tokens"] == 100
     res = runner.invoke(main, ["evaluate", str(tmp_path / "run"), str(data), "--json", str(tmp_path / "m.json"),
                                "--baseline", "knn", "--bank-size", "500", "--report", str(tmp_path / "r.md"),
                                "--quiet"])
@@ -40,7 +41,8 @@ def test_train_ranges_are_checked_before_anything_runs(tmp_path: Path) -> None:
     data = make_synthetic_dataset(tmp_path / "d", n_train=2, n_test_good=0, n_test_defect=0, size=32)
     runner = CliRunner()
     for option, value in [("--epochs", "0"), ("--epochs", "-1"), ("--batch-size", "0"), ("--few-shot", "0"),
-                          ("--lr", "0"), ("--lr", "-1e-3"), ("--image-size", "0"), ("--clusters", "0")]:
+                          ("--lr", "0"), ("--lr", "-1e-3"), ("--image-size", "0"), ("--clusters", "0"),
+                          ("--guide-quantile", "1"), ("--guide-bank-size", "0"), ("--mask", "knn")]:
         res = runner.invoke(main, ["train", str(data), "--out", str(tmp_path / "o"), "--preset", "tiny",
                                    option, value])
         assert res.exit_code == 2 and option in res.output and "Traceback" not in res.output, (option, res.output)
