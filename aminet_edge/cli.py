@@ -6,6 +6,7 @@ import json
 import logging
 import sys
 from dataclasses import replace
+from typing import Any
 
 import click
 
@@ -133,7 +134,7 @@ def train_cmd(data: tuple[str, ...], out: str, preset: str, backbone: str | None
     """Train on the normal images of DATA (one root, or several for a unified model)."""
     from aminet_edge.train.trainer import train
 
-    overrides = {"backbone": backbone, "image_size": image_size, "embed_dim": embed_dim, "num_heads": heads,
+    overrides: dict[str, Any] = {"backbone": backbone, "image_size": image_size, "embed_dim": embed_dim, "num_heads": heads,
                  "inpaint_depth": depth, "num_clusters": clusters, "feature_jitter": jitter,
                  "mask": mask.replace("-", "_"), "guide_quantile": guide_quantile, "guide_bank_size": guide_bank_size}
     model = replace(PRESETS[preset], **{k: v for k, v in overrides.items() if v is not None})

@@ -16,8 +16,8 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from aminet_edge.bundle import (WEIGHTS_FILE, BundleConfig, BundleError, clear_artifacts, make_record, read_config,
-                                weights_file, write_config)
+from aminet_edge.bundle import (SCHEMA_VERSION, WEIGHTS_FILE, BundleConfig, BundleError, clear_artifacts,
+                                make_record, read_config, weights_file, write_config)
 from aminet_edge.config import ScoreConfig
 from aminet_edge.model.aminet import AMINet
 from aminet_edge.model.features import FeatureExtractor, build_feature_extractor
@@ -163,6 +163,7 @@ def save_bundle(bundle: str | Path, config: BundleConfig, extractor: FeatureExtr
     clear_artifacts(bundle, "the bundle is being rewritten with new weights; export it again")
     path = save_pipeline_weights(bundle, extractor, aminet, guide)
     config.artifacts = {"weights": make_record(bundle, path)}
+    config.schema_version = SCHEMA_VERSION  # the weights are recorded now, whatever the bundle was read as
     write_config(bundle, config)
     return bundle
 

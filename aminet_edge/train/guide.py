@@ -106,7 +106,7 @@ def set_mask(bundle: str | Path, data: Sequence[str | Path], mask: str, quantile
         raise ValueError(f"{', '.join(map(str, data))}: {len(samples)} training images, but {bundle} was trained on "
                          f"{tr['images']} + {tr['held_out']} held out: not the data it was trained on")
     fit, held = split_holdout(samples, tr["holdout_fraction"], tr["seed"])
-    overrides = {k: v for k, v in (("guide_quantile", quantile), ("guide_bank_size", bank_size)) if v is not None}
+    overrides: dict[str, Any] = {k: v for k, v in (("guide_quantile", quantile), ("guide_bank_size", bank_size)) if v is not None}
     model = replace(config.model, mask=mask, **overrides)
     model.validate()
     dev = resolve_device(device)

@@ -22,7 +22,7 @@ from aminet_edge.config import ModelConfig, ScoreConfig, TrainConfig, to_dict
 from aminet_edge.data.datasets import Sample, load_dataset, select_few_shot
 from aminet_edge.device import describe_device, make_generator, repeatable, resolve_device
 from aminet_edge.model.aminet import AMINet
-from aminet_edge.model.features import build_feature_extractor
+from aminet_edge.model.features import FeatureExtractor, build_feature_extractor
 from aminet_edge.model.pipeline import Pipeline, save_bundle
 from aminet_edge.train.cache import (FeatureBatches, build_feature_cache, cache_nbytes, cache_placement,
                                     weights_digest)
@@ -248,7 +248,7 @@ def train(
     return out
 
 
-def _guide_from_cache(feats: torch.Tensor, extractor: torch.nn.Module, held: Sequence[Sample], model: ModelConfig,
+def _guide_from_cache(feats: torch.Tensor, extractor: FeatureExtractor, held: Sequence[Sample], model: ModelConfig,
                       seed: int, dev: torch.device, workers: int) -> tuple[NearestNormalGuide, dict[str, Any]]:
     """The nearest-normal guide: bank from the feature cache (N, C, h, w), threshold from the held-out images."""
     from aminet_edge.data.batches import load_batches
