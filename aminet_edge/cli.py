@@ -134,9 +134,10 @@ def train_cmd(data: tuple[str, ...], out: str, preset: str, backbone: str | None
     """Train on the normal images of DATA (one root, or several for a unified model)."""
     from aminet_edge.train.trainer import train
 
-    overrides: dict[str, Any] = {"backbone": backbone, "image_size": image_size, "embed_dim": embed_dim, "num_heads": heads,
-                 "inpaint_depth": depth, "num_clusters": clusters, "feature_jitter": jitter,
-                 "mask": mask.replace("-", "_"), "guide_quantile": guide_quantile, "guide_bank_size": guide_bank_size}
+    overrides: dict[str, Any] = {
+        "backbone": backbone, "image_size": image_size, "embed_dim": embed_dim, "num_heads": heads,
+        "inpaint_depth": depth, "num_clusters": clusters, "feature_jitter": jitter, "mask": mask.replace("-", "_"),
+        "guide_quantile": guide_quantile, "guide_bank_size": guide_bank_size}
     model = replace(PRESETS[preset], **{k: v for k, v in overrides.items() if v is not None})
     cfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, cache_dtype=cache_dtype)
     path = _run(train, list(data), out, model=model, train_cfg=cfg, backbone_weights=weights,
