@@ -76,8 +76,8 @@ def test_cpu_backend_agrees_with_torch_reference(bundle: Path, reference: list[R
         assert_agree(got, want)
     masks = np.stack([r.token_mask for r in reference])
     assert masks.any() and not masks.all()
-    if backend.endswith("-split"):  # the mask is model_a's: no adaptive-mask kernel between the halves
-        assert "nearest-normal guide" in det.backend_description and "adaptive_mask" not in det.backend_description
+    if backend.endswith("-split") or backend == "torch":  # split: model_a's mask, no adaptive-mask kernel
+        assert "nearest-normal guide" in det.backend_description and "adaptive" not in det.backend_description
 
 
 def _session(path: Path):  # type: ignore[no-untyped-def]
@@ -239,3 +239,18 @@ def test_info_shows_the_mask(bundle: Path, tmp_path_factory: pytest.TempPathFact
     assert f"{rows * channels * 4 / 2**20:.1f} MiB float32 bank" in line
     adaptive = CliRunner().invoke(main, ["info", str(shared_bundle(tmp_path_factory))])
     assert "  mask: adaptive (clustering, lambda 0.5)" in adaptive.output
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU on this machine")
+@pytest.mark.parametrize("ops_backend, cuda_graph", [("reference", False), ("auto", True)])
+def test_cuda_torch_backend_agrees(bundle: Path, reference: list[Result], ops_backend: str, cuda_graph: bool) -> None:
+    """The guided pipeline on CUDA (frames preprocessed on the device; the guide's product, ArgMin and
+    Gather on the GPU; with "auto" the Triton/CUDA score map, captured in a CUDA graph) against the CPU
+    reference: identical token masks, maps within test_detector's tolerances."""
+    det = Detector.load(bundle, backend="torch", device="cuda", ops_backend=ops_backend, cuda_graph=cuda_graph)
+    assert det.backend == "torch"
+    for _ in range(2):  # with cuda_graph, the second pass replays the captured graphs
+        for got, want in zip(det.predict(inputs_for_agreement()), reference):
+            assert_agree(got, want)
+    det.close()
