@@ -39,7 +39,9 @@ def bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def reference(bundle: Path) -> list[Result]:
-    return detector(bundle, "torch", ops_backend="reference").predict(inputs_for_agreement())  # type: ignore[return-value]
+    """Predictions of the torch backend with the pure-PyTorch reference ops: the truth."""
+    det = detector(bundle, "torch", ops_backend="reference")
+    return det.predict(inputs_for_agreement())  # type: ignore[return-value]
 
 
 def test_reference_mask_is_the_guides(bundle: Path) -> None:
@@ -103,8 +105,8 @@ def test_graphs_compute_the_guide(bundle: Path) -> None:
     a = _session(bundle / "model_a.onnx")
     L = config.model.grid_size ** 2
     assert [(o.name, o.shape[1:], o.type) for o in a.get_outputs()] == [
-        ("features", [config.in_channels, config.model.feature_size, config.model.feature_size], "tensor(float)"), ("mask", [L], "tensor(bool)"),
-        ("inpaint_tokens", [L, config.model.embed_dim], "tensor(float)")]
+        ("features", [config.in_channels, config.model.feature_size, config.model.feature_size], "tensor(float)"),
+        ("mask", [L], "tensor(bool)"), ("inpaint_tokens", [L, config.model.embed_dim], "tensor(float)")]
     x = _inputs(config)
     with torch.no_grad():
         _, _, want = pipeline(torch.from_numpy(x))

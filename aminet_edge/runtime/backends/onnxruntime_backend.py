@@ -5,7 +5,8 @@ two fused ops run as the reference's ONNX nodes.
 Split ("onnxruntime-split", CPU): model_a.onnx (images -> features, cluster_tokens, centers,
 inpaint_tokens), then the C++ adaptive_mask kernel, model_b.onnx (inpaint_tokens, mask -> recon), then
 the C++ score_map kernel; with the nearest-normal guide model_a outputs features, mask, inpaint_tokens
-and no kernel runs before model_b (aminet_edge.export.graph_io, split_graphs.py). Same outputs; faster on CPU for wide (WideResNet) features (bench/runtime.py).
+and no kernel runs before model_b (aminet_edge.export.graph_io, split_graphs.py). Same outputs; faster
+on CPU for wide (WideResNet) features (bench/runtime.py).
 precision: "fp32", "int8" (`aminet-edge export --precision int8`: the inpainting MatMuls quantised,
 aminet_edge.export.quantize) or "fp16"; default (None) int8 when the bundle has it, else fp32.
 int8 graphs quantise activations with one scale per tensor computed at run time, so a batch's images

@@ -11,9 +11,9 @@ precision (of what runs; fp32 and bf16 read the fp32 graphs, int8 its own):
   guide's distances and threshold, the score map, the token glue between them, and the inpainting head,
   a transposed convolution traced as a function) is marked `disable_fp16_compression` in its rt_info,
   which the CPU plugin honours for bf16 too, so it stays float32. In the split backend the adaptive mask
-  and the score map are the C++ kernels, float32 by construction; the guide is in model_a, marked. Needs a CPU with native bf16 (AVX512_BF16 or AMX: OpenVINO lists
-  "BF16" in OPTIMIZATION_CAPABILITIES); OpenVINO would silently run fp32 elsewhere, so asking for it
-  there is an error.
+  and the score map are the C++ kernels, float32 by construction; the guide is in model_a, marked.
+  Needs a CPU with native bf16 (AVX512_BF16 or AMX: OpenVINO lists "BF16" in OPTIMIZATION_CAPABILITIES);
+  OpenVINO would silently run fp32 elsewhere, so asking for it there is an error.
 - "int8" (single graph only): model_int8_static.onnx, written by `aminet-edge export RUN --precision int8
   --calibration-data DATA` (aminet_edge.export.quantize.quantize_static): the inpainting branch in int8
   with scales calibrated on normal training images; backbone, clustering, mask and score map float32.
