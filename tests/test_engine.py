@@ -76,14 +76,14 @@ def test_cli_builds_split_engines(bundle: Path) -> None:
 
 @needs_rtx
 def test_rtx_builds_the_guided_graphs(tmp_path_factory: pytest.TempPathFactory, tmp_path: Path) -> None:
-    """A bundle with the nearest-normal guide (tests/test_detector.py::make_bundle): its fp16 single graph
-    and model_a (the guide's Gemm, ArgMin, Gather, ReduceL2 and Greater in float32, mask output bool)
-    parse and build; model_a_fp16 is exported on demand."""
+    """A bundle with the nearest-normal guide (tests/test_guide_backends.py::guided_graphs): its fp16 single
+    graph and model_a (the guide's Gemm, ArgMin, Gather, ReduceL2 and Greater in float32, mask output bool)
+    parse and build."""
     pytest.importorskip("torch")
-    from test_detector import shared_bundle
+    from test_guide_backends import guided_graphs
 
     bundle = tmp_path / "guided"
-    shutil.copytree(shared_bundle(tmp_path_factory, "nearest_normal"), bundle, ignore=shutil.ignore_patterns("cache"))
+    shutil.copytree(guided_graphs(tmp_path_factory), bundle, ignore=shutil.ignore_patterns("cache"))
     for graph in ("model_a", "model"):
         path = build_engine(bundle, target="rtx", precision="fp16", batch=(1, 1, 2), compute_capabilities=[86],
                             workspace=64 << 20, graph=graph)
