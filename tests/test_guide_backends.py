@@ -158,6 +158,26 @@ def guided_graphs(factory: pytest.TempPathFactory) -> Path:
     return _GRAPHS["guided"]
 
 
+def test_openvino_bf16_keeps_the_guide_float32(bundle: Path) -> None:
+    """OpenVINO bf16 mixed (openvino_backend.keep_fp32) marks every guide node of the single graph and of
+    model_a float32 (pooling, the bank product, the ArgMin OpenVINO turns into TopK, Gather, norm, the
+    comparison OpenVINO names after the mask output), and no backbone convolution."""
+    ov = pytest.importorskip("openvino", reason="openvino is not installed (pip install 'aminet-edge[openvino]')")
+    from aminet_edge.runtime.backends.openvino_backend import KEEP_FP32, keep_fp32
+
+    for name in ("model.onnx", "model_a.onnx"):
+        model = ov.Core().read_model(str(bundle / name))
+        keep_fp32(model)
+        ops = [op for op in model.get_ops() if op.get_type_name() not in ("Parameter", "Result", "Constant")]
+        guide = [op for op in ops if op.get_friendly_name().startswith("/guide/")
+                 or op.get_type_name() in ("TopK", "Greater")]
+        assert {"AvgPool", "MatMul", "TopK", "Gather", "ReduceL2", "Greater"} <= {op.get_type_name() for op in guide}
+        assert [op.get_friendly_name() for op in guide if KEEP_FP32 not in op.get_rt_info()] == [], name
+        convs = [op for op in ops if op.get_type_name() == "Convolution"
+                 and op.get_friendly_name().startswith("/extractor/")]
+        assert convs and not [op for op in convs if KEEP_FP32 in op.get_rt_info()], name
+
+
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return guided_graphs(tmp_path_factory)
