@@ -21,6 +21,27 @@ def _version(module: str) -> str:
     return str(getattr(mod, "__version__", "installed"))
 
 
+def mask_info(config: BundleConfig) -> str:
+    """The test-time mask, one line: the paper's adaptive mask with its lambda, or the nearest-normal guide
+    with its bank size, threshold and the bank's size in each graph that computes the mask (from
+    config.json's train.guide, written when the guide was built)."""
+    model = config.model
+    if model.mask == "adaptive":
+        return f"adaptive (clustering, lambda {model.mask_lambda:g})"
+    summary = config.train.get("guide") if isinstance(config.train, dict) else None
+    if not isinstance(summary, dict) or not {"bank_tokens", "threshold"} <= set(summary):
+        return "nearest-normal guide (config.json's train.guide records no bank size or threshold)"
+    bank = int(summary["bank_tokens"])
+    line = f"nearest-normal guide: bank {bank} tokens"
+    if "training_tokens" in summary:
+        line += f" of {int(summary['training_tokens'])}"
+    line += f", threshold {float(summary['threshold']):.4g}"
+    if "quantile" in summary:
+        line += f" (held-out quantile {float(summary['quantile']):g})"
+    mib = bank * config.in_channels * 4 / 2**20  # the (M, C) float32 constant of model.onnx / model_a.onnx
+    return line + f"; {mib:.1f} MiB float32 bank in each graph that computes the mask"
+
+
 def bundle_info(bundle: str | Path, config: BundleConfig) -> dict[str, str]:
     """What a bundle holds (graphs, engines, calibration) and the backend `auto` picks on each device."""
     from aminet_edge.runtime.backends import BackendUnavailableError, auto_reason, select_backend
@@ -29,6 +50,7 @@ def bundle_info(bundle: str | Path, config: BundleConfig) -> dict[str, str]:
     graphs = sorted(str(e.get("path", k)) for k, e in (artifacts.get("onnx") or {}).items() if isinstance(e, dict))
     out = {"model": f"{config.model.backbone}, {config.model.image_size} px, D={config.model.embed_dim}, "
                     f"depth {config.model.inpaint_depth}",
+           "mask": mask_info(config),
            "graphs": ", ".join(dict.fromkeys(graphs)) or "none (run `aminet-edge export`)",
            "engines": str(len(artifacts.get("engines") or [])),
            "calibrated": "yes" if config.calibration is not None else "no"}

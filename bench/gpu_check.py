@@ -16,7 +16,8 @@ in the ignored folder gpu_data/ (made by --prepare; carry it with the checkout, 
 Steps, in order, each a subprocess with its own time budget (seconds on an H200) inside the global
 --budget (default 450 s, under the 8 minutes asked): environment, build_cpp (the pybind11 CPU kernels;
 with torch's bundled pybind11 headers when pybind11 is absent), build_cuda (libaminet_cuda.so with nvcc
-for the GPU present, as tests/test_cuda_build.py builds it), pytest_gpu (`pytest -m gpu`), kernels
+for the GPU present, as tests/test_cuda_build.py builds it), pytest_gpu (`pytest -m gpu` over every tests
+module with gpu tests, the nearest-normal guide's too: tests/test_guide_backends.py, test_detector.py), kernels
 (bench/kernels.py --device cuda), runtime (bench/runtime_cuda.py: paper-size model, batch 1 and 32),
 train_bench (bench/train_throughput.py --device cuda --precision bf16: needs branch i10-train),
 train_bottle (a few epochs on the bottle data, then --resume, then evaluate: needs --device, branch

@@ -55,26 +55,53 @@ def generated_images(n: int = 6, seed: int = 0) -> list[np.ndarray]:
     return out
 
 
-def make_bundle(path: Path) -> Path:
-    """A tiny exported bundle with calibration (normal and F1 thresholds) at `path`."""
+def normal_images(n: int, seed: int) -> list[np.ndarray]:
+    """`n` generated surfaces without a scratch (the even ones of generated_images)."""
+    return generated_images(2 * n, seed)[::2]
+
+
+def _preprocessed(images: list[np.ndarray], config: BundleConfig) -> torch.Tensor:
+    from aminet_edge.data.images import preprocess
+
+    size = config.model.image_size
+    return torch.from_numpy(np.stack([preprocess(i.astype(np.float32) / 255, size, config.mean, config.std)
+                                      for i in images]))
+
+
+def _guide(extractor, config: BundleConfig):  # type: ignore[no-untyped-def]
+    """The nearest-normal guide built as training builds it (aminet_edge.train.guide.build_guide, its
+    summary in config.train["guide"]): bank from 8 scratch-free generated surfaces, threshold from 4
+    others (not the images compared in tests)."""
+    from aminet_edge.train.guide import build_guide, pooled_tokens
+
+    with torch.no_grad():
+        fit, held = (pooled_tokens([extractor(_preprocessed(normal_images(n, seed), config))],
+                                   config.model.patch_size) for n, seed in ((8, 11), (4, 12)))
+    guide, config.train["guide"] = build_guide(fit, held, config.model)
+    return guide
+
+
+def make_bundle(path: Path, mask: str = "adaptive") -> Path:
+    """A tiny exported bundle with calibration (normal and F1 thresholds) at `path`; with mask
+    "nearest_normal" its test-time mask is a nearest-normal guide (`_guide`)."""
+    import dataclasses
     import warnings
 
-    from aminet_edge.data.images import preprocess
     from aminet_edge.model.pipeline import build_modules, load_pipeline, save_bundle
 
     torch.manual_seed(0)
-    config = BundleConfig(model=TINY, in_channels=0, score=ScoreConfig(), mean=(0.5,) * 3, std=(0.5,) * 3)
+    config = BundleConfig(model=dataclasses.replace(TINY, mask=mask), in_channels=0, score=ScoreConfig(),
+                          mean=(0.5,) * 3, std=(0.5,) * 3)
     from aminet_edge.model.features import build_feature_extractor
 
     extractor = build_feature_extractor(TINY.backbone, image_size=TINY.image_size, pretrained=False)
     config.in_channels, config.mean, config.std = extractor.channels, extractor.mean, extractor.std
     extractor, aminet = build_modules(config)
     path.mkdir(parents=True, exist_ok=True)
-    save_bundle(path, config, extractor, aminet)
+    save_bundle(path, config, extractor, aminet, _guide(extractor.eval(), config) if mask == "nearest_normal" else None)
     pipeline, _ = load_pipeline(path)
     # thresholds between the generated images' scores, so that some are flagged and some not
-    batch = torch.from_numpy(np.stack([preprocess(i.astype(np.float32) / 255, TINY.image_size, config.mean,
-                                                  config.std) for i in generated_images()]))
+    batch = _preprocessed(generated_images(), config)
     with torch.no_grad():
         amap, score, _ = pipeline(batch)
     image_thr = float(np.median(score.numpy()))
@@ -95,11 +122,11 @@ def make_bundle(path: Path) -> Path:
     return path
 
 
-def shared_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The session's bundle, built on first use (shared by the runtime test modules)."""
-    if "bundle" not in _BUNDLE:
-        _BUNDLE["bundle"] = make_bundle(tmp_path_factory.mktemp("runtime") / "bundle")
-    return _BUNDLE["bundle"]
+def shared_bundle(tmp_path_factory: pytest.TempPathFactory, mask: str = "adaptive") -> Path:
+    """The session's bundle of test-time `mask`, built on first use (shared by the runtime test modules)."""
+    if mask not in _BUNDLE:
+        _BUNDLE[mask] = make_bundle(tmp_path_factory.mktemp("runtime") / "bundle", mask)
+    return _BUNDLE[mask]
 
 
 def available_cpu_backends(bundle: Path) -> list[str]:
@@ -649,11 +676,19 @@ def _gpu_reason() -> str | None:
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("mask", ["adaptive", "nearest_normal"])
 @pytest.mark.parametrize("backend", ["torch", "tensorrt"])
-def test_gpu_backends_agree(bundle: Path, reference: list[Result], backend: str) -> None:
-    reason = _gpu_reason() or backend_status(backend, bundle, read_config(bundle), "cuda")
+def test_gpu_backends_agree(tmp_path_factory: pytest.TempPathFactory, backend: str, mask: str) -> None:
+    """On CUDA against the CPU reference, for either test-time mask (the guide's bank product, ArgMin and
+    Gather run on the GPU; the Triton/CUDA ops then serve the score map only)."""
+    reason = _gpu_reason()
     if reason is not None:
         pytest.skip(reason)
+    bundle = shared_bundle(tmp_path_factory, mask)
+    reason = backend_status(backend, bundle, read_config(bundle), "cuda")
+    if reason is not None:
+        pytest.skip(reason)
+    reference = detector(bundle, "torch", ops_backend="reference").predict(inputs_for_agreement())
     det = Detector.load(bundle, backend=backend, device="cuda")
     for got, want in zip(det.predict(inputs_for_agreement()), reference):
         if backend == "torch":
@@ -825,12 +860,16 @@ def fake_tensorrt(memory: FakeMemory):  # type: ignore[no-untyped-def]
                                  TensorIOMode=types.SimpleNamespace(INPUT="in", OUTPUT="out"))
 
 
-def fake_kernels(memory: FakeMemory, monkeypatch: pytest.MonkeyPatch) -> None:
-    """aminet_edge.ops.cuda launchers computing with the C++ CPU kernels on the fake device memory."""
+def fake_kernels(memory: FakeMemory, monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
+    """aminet_edge.ops.cuda launchers computing with the C++ CPU kernels on the fake device memory.
+    Returns the launch counts by kernel name, updated as they are launched."""
     from aminet_edge.ops import cpu, cuda
+
+    calls = {"adaptive_mask": 0, "score_map": 0}
 
     def adaptive_mask(tokens, centers, dtype, B, L, P, D, lam, mask, min_dist, assign, stream):  # type: ignore[no-untyped-def]
         assert dtype == cuda.DTYPE_FLOAT32 and stream == memory.stream
+        calls["adaptive_mask"] += 1
 
         def run() -> None:
             m, d, a = cpu.adaptive_mask(memory.view(tokens, np.float32, (B, L, D)),
@@ -842,6 +881,7 @@ def fake_kernels(memory: FakeMemory, monkeypatch: pytest.MonkeyPatch) -> None:
 
     def score_map(feat, recon, dtype, B, C, h, w, a_h, H, a_w, W, code, amap, score, workspace, stream):  # type: ignore[no-untyped-def]
         assert np.array_equal(memory.view(a_h, np.float32, (H, h)), cpu.smoothing_matrix(h, H, 4.0))
+        calls["score_map"] += 1
 
         def run() -> None:
             m, s = cpu.score_map(memory.view(feat, np.float32, (B, C, h, w)), memory.view(recon, np.float32,
@@ -855,15 +895,21 @@ def fake_kernels(memory: FakeMemory, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(cuda, "score_map", score_map)
     monkeypatch.setattr(cuda, "smoothing_matrix", cpu.smoothing_matrix)
     monkeypatch.setattr(cuda, "score_map_workspace_bytes", lambda B, h, w, H: 64)
+    return calls
 
 
+@pytest.mark.parametrize("mask", ["adaptive", "nearest_normal"])
 @pytest.mark.parametrize("split", [False, True], ids=["single", "split"])
 @pytest.mark.parametrize("cuda_graph", [False, True], ids=["stream", "graph"])
-def test_tensorrt_backend_on_a_simulated_device(bundle: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                split: bool, cuda_graph: bool) -> None:
+def test_tensorrt_backend_on_a_simulated_device(tmp_path_factory: pytest.TempPathFactory, tmp_path: Path,
+                                                monkeypatch: pytest.MonkeyPatch, split: bool, cuda_graph: bool,
+                                                mask: str) -> None:
+    """Split engines with the nearest-normal guide: engine B reads engine A's mask in place, the
+    adaptive_mask kernel never runs."""
     from aminet_edge.runtime.backends import tensorrt_backend as trb
     from aminet_edge.runtime.backends.cuda_memory import CudaMemory
 
+    bundle = shared_bundle(tmp_path_factory, mask)
     if split and backend_status("onnxruntime-split", bundle, read_config(bundle), "cpu") is not None:
         pytest.skip("needs the C++ kernels to stand in for the CUDA ones")
     memory = FakeMemory()
@@ -876,11 +922,12 @@ def test_tensorrt_backend_on_a_simulated_device(bundle: Path, tmp_path: Path, mo
         {"onnx": str(bundle / f"{g}.onnx"), "max_batch": 4}).encode(), "10.99-fake") for g in graphs])
     infos = trb.list_engines(copy, read_config(copy))  # the checksums are verified for real by create
     monkeypatch.setattr(trb, "find_engine", lambda *a, **k: infos)  # no tensorrt to check versions against
-    if split:
-        fake_kernels(memory, monkeypatch)
+    calls = fake_kernels(memory, monkeypatch) if split else {}
     config = read_config(copy)
     backend = trb.create("tensorrt", copy, config, "cuda", cuda_graph=cuda_graph)
     assert backend.max_batch == 4 and backend.describe().startswith("tensorrt 10.99-fake cuda")
+    guided = split and mask == "nearest_normal"
+    assert ("nearest-normal guide" in backend.describe()) == guided
     det = Detector(backend, config, copy)
     images = generated_images()  # 6 images -> backend calls of 4 and 2
     got = det.predict(images)
@@ -892,6 +939,8 @@ def test_tensorrt_backend_on_a_simulated_device(bundle: Path, tmp_path: Path, mo
     for a, b in zip(got, again):
         assert_identical(a, b)
     assert (memory.launches > 0) == cuda_graph  # manual capture replays once captured per batch size
+    if split:  # with the guide, engine A's mask is engine B's input: no adaptive_mask launch
+        assert calls["score_map"] > 0 and (calls["adaptive_mask"] == 0) == guided, calls
     for runner in backend.runners:  # graphs: the shared context plus one per captured batch size
         assert len(runner.engine.contexts) == (3 if cuda_graph else 1)
         assert sorted(runner.batch_contexts) == ([2, 4] if cuda_graph else [])

@@ -75,6 +75,23 @@ def test_cli_builds_split_engines(bundle: Path) -> None:
 
 
 @needs_rtx
+def test_rtx_builds_the_guided_graphs(tmp_path_factory: pytest.TempPathFactory, tmp_path: Path) -> None:
+    """A bundle with the nearest-normal guide (tests/test_guide_backends.py::guided_graphs): its fp16 single
+    graph and model_a (the guide's Gemm, ArgMin, Gather, ReduceL2 and Greater in float32, mask output bool)
+    parse and build."""
+    pytest.importorskip("torch")
+    from test_guide_backends import guided_graphs
+
+    bundle = tmp_path / "guided"
+    shutil.copytree(guided_graphs(tmp_path_factory), bundle, ignore=shutil.ignore_patterns("cache"))
+    for graph in ("model_a", "model"):
+        path = build_engine(bundle, target="rtx", precision="fp16", batch=(1, 1, 2), compute_capabilities=[86],
+                            workspace=64 << 20, graph=graph)
+        record = check_engine(bundle, path)
+        assert (record["graph"], record["onnx"]) == (graph, f"{graph}_fp16.onnx") and path.stat().st_size > 100_000
+
+
+@needs_rtx
 def test_parser_rejection_names_the_node(tmp_path: Path) -> None:
     import onnx
     from onnx import TensorProto, helper

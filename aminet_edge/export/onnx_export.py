@@ -3,14 +3,21 @@
 Single graph `model.onnx` (`model_fp16.onnx`):
     images (B, 3, S, S) float32, normalised with the bundle's mean/std
     -> amap (B, S, S) float32, score (B,) float32, mask (B, L) bool.
-Split pair, for the custom-kernel pipeline (C++ adaptive_mask / score_map run between the halves):
-    model_a.onnx: images -> features (B, C, h, w), cluster_tokens (B, L, D) (with position embedding),
-                  centers (B, P, D), inpaint_tokens (B, L, D) (inpainting patch embedding, before masking)
+Split pair, for the custom-kernel pipeline (C++ / CUDA score_map, and the adaptive mask, run between the halves):
+    model_a.onnx, the paper's adaptive mask: images -> features (B, C, h, w), cluster_tokens (B, L, D)
+                  (with position embedding), centers (B, P, D), inpaint_tokens (B, L, D) (inpainting patch
+                  embedding, before masking); the runtime's adaptive_mask kernel makes the mask from them;
+                  with the nearest-normal guide (ModelConfig.mask = "nearest_normal"): images -> features,
+                  mask (B, L) bool (the guide's, in the graph), inpaint_tokens; no clustering branch
     model_b.onnx: inpaint_tokens (B, L, D), mask (B, L) bool -> recon (B, C, h, w)
-fp16: backbone and transformers run in float16; distances, cluster statistics and the score map in
-float32 (explicit Casts in the graph, as TensorRT-RTX networks are strongly typed). Graph I/O stays float32.
+(tensor names: aminet_edge.export.graph_io). The guide's bank is a (M, C) float32 constant of every graph
+that computes the mask (the single graphs and model_a): M * C * 4 bytes each.
+fp16: backbone and transformers run in float16; distances (cluster statistics or the guide's), the mask
+decision and the score map in float32 (explicit Casts in the graph, as TensorRT-RTX networks are strongly
+typed). Graph I/O stays float32.
 int8 (CPU onnxruntime only): the fp32 graphs with the inpainting blocks' MatMuls quantised
-(aminet_edge.export.quantize); model_a has none, so the int8 pair is model_a.onnx + model_b_int8.onnx.
+(aminet_edge.export.quantize; never the guide's bank product); model_a has none, so the int8 pair is
+model_a.onnx + model_b_int8.onnx.
 With calibration data also OpenVINO's model_int8_static.onnx: the single graph statically quantised by
 NNCF, scales calibrated on the data's normal training images (aminet_edge.export.quantize.quantize_static).
 """
@@ -28,20 +35,30 @@ from torch import nn
 from aminet_edge.bundle import SCHEMA_VERSION, WEIGHTS_FILE, graph_key, make_record, read_config, write_config
 from aminet_edge.export import onnx_name
 from aminet_edge.export.graph_checks import GraphCheckError, check_graph
+from aminet_edge.export.graph_io import MODEL_B_IO, SINGLE_IO, model_a_io
 from aminet_edge.export.graph_rewrites import fold_pads_into_convs
 from aminet_edge.model.aminet import AMINet
 from aminet_edge.model.features import FeatureExtractor
+from aminet_edge.model.guide import NearestNormalGuide
 from aminet_edge.model.pipeline import Pipeline, load_pipeline
 from aminet_edge.ops import reference
 
 OPSET = 17
-SINGLE_IO = (("images",), ("amap", "score", "mask"))
-A_IO = (("images",), ("features", "cluster_tokens", "centers", "inpaint_tokens"))
-B_IO = (("inpaint_tokens", "mask"), ("recon",))
+
+
+def _mask(aminet: AMINet, guide: NearestNormalGuide | None, feat: torch.Tensor) -> torch.Tensor:
+    """The test-time mask (B, L) bool from backbone features (B, C, h, w) of any dtype, decided in float32:
+    the guide's when there is one (the clustering branch is then not traced), else the adaptive mask
+    (reference.adaptive_mask casts to float32 itself: distances and boundaries never see fp16)."""
+    if guide is not None:
+        return guide(feat.float())[0]
+    tokens, centers = aminet.cluster(feat)
+    return reference.adaptive_mask(tokens.float(), centers.float(), aminet.cfg.mask_lambda)[0]
 
 
 class MixedPipeline(nn.Module):
-    """`Pipeline` with backbone and transformers in `dtype`, mask statistics and score map in float32.
+    """`Pipeline` with backbone and transformers in `dtype`, the mask (statistics or guide) and score map
+    in float32.
 
     Same I/O as Pipeline: images (B, 3, S, S) float32 -> amap (B, S, S), score (B,) float32, mask (B, L).
     """
@@ -50,15 +67,14 @@ class MixedPipeline(nn.Module):
         super().__init__()
         self.extractor = copy.deepcopy(pipeline.extractor).to(dtype)
         self.aminet = copy.deepcopy(pipeline.aminet).to(dtype)
+        self.guide = pipeline.guide  # not cast: its bank is float16 already, its threshold stays float32
         self.score = pipeline.score
         self.dtype = dtype
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         net = self.aminet
         feat = self.extractor(images.to(self.dtype))
-        tokens, centers = net.cluster(feat)
-        # reference.adaptive_mask casts to float32 itself: distances and boundaries never see fp16
-        mask, _, _ = reference.adaptive_mask(tokens.float(), centers.float(), net.cfg.mask_lambda)
+        mask = _mask(net, self.guide, feat)
         recon = net.inpaint_features(net.embed_inpaint_tokens(feat), mask)
         amap, score = reference.score_map(feat.float(), recon.float(), (images.shape[-2], images.shape[-1]),
                                           self.score.sigma, self.score.image_score)
@@ -67,14 +83,18 @@ class MixedPipeline(nn.Module):
 
 class PartA(nn.Module):
     """images (B, 3, S, S) float32 -> features (B, C, h, w), cluster_tokens (B, L, D), centers (B, P, D),
-    inpaint_tokens (B, L, D), all float32 (computed in `dtype`)."""
+    inpaint_tokens (B, L, D), all float32 (computed in `dtype`); with a `guide`: features, mask (B, L) bool
+    (the guide's, in float32), inpaint_tokens (graph_io.model_a_io)."""
 
-    def __init__(self, extractor: FeatureExtractor, aminet: AMINet, dtype: torch.dtype = torch.float32) -> None:
+    def __init__(self, extractor: FeatureExtractor, aminet: AMINet, dtype: torch.dtype = torch.float32,
+                 guide: NearestNormalGuide | None = None) -> None:
         super().__init__()
-        self.extractor, self.aminet, self.dtype = extractor, aminet, dtype
+        self.extractor, self.aminet, self.dtype, self.guide = extractor, aminet, dtype, guide
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
         feat = self.extractor(images.to(self.dtype))
+        if self.guide is not None:
+            return feat.float(), _mask(self.aminet, self.guide, feat), self.aminet.embed_inpaint_tokens(feat).float()
         tokens, centers = self.aminet.cluster(feat)
         inpaint = self.aminet.embed_inpaint_tokens(feat)
         return feat.float(), tokens.float(), centers.float(), inpaint.float()
@@ -182,12 +202,13 @@ def export_onnx(bundle: str | Path, precision: str = "fp32", opset: int = OPSET,
     if split:
         ext = copy.deepcopy(pipeline.extractor).to(dtype)
         net = copy.deepcopy(pipeline.aminet).to(dtype)
-        a = PartA(ext, net, dtype).eval()
+        a = PartA(ext, net, dtype, pipeline.guide).eval()
         with torch.no_grad():
-            _, _, _, inpaint = a(images)
+            inpaint = a(images)[-1]
         mask = torch.zeros(inpaint.shape[:2], dtype=torch.bool, device=dev)
-        paths["model_a"] = _export(a, (images,), A_IO, bundle / onnx_name("model_a", precision), opset)
-        paths["model_b"] = _export(PartB(net, dtype).eval(), (inpaint, mask), B_IO,
+        paths["model_a"] = _export(a, (images,), model_a_io(config.model.mask),
+                                   bundle / onnx_name("model_a", precision), opset)
+        paths["model_b"] = _export(PartB(net, dtype).eval(), (inpaint, mask), MODEL_B_IO,
                                    bundle / onnx_name("model_b", precision), opset)
     _record(bundle, paths, precision, opset)
     return paths

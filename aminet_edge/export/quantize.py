@@ -7,8 +7,9 @@ int8 weights per output channel (7-bit range, `reduce_range`, so AVX2 CPUs witho
 saturate their 16-bit intermediate sums), uint8 activations quantised per tensor at run time (one
 scale for the whole batch, so the onnxruntime backends run these graphs one image per call: see
 aminet_edge/runtime/backends/onnxruntime_backend.py).
-What stays float32: the backbone, both token embeddings, the clustering block, the adaptive mask (so
-the tokens chosen for inpainting equal the fp32 graph's), the fused head and the score map.
+What stays float32: the backbone, both token embeddings, the clustering block, the adaptive mask or the
+nearest-normal guide (whose bank product is a Gemm outside the blocks) (so the tokens chosen for
+inpainting equal the fp32 graph's), the fused head and the score map.
 The accuracy effect is measured by bench/export.py on MVTec bottle (see BENCHMARKS.md).
 Needs the onnxruntime package (its quantisation tool); the result runs on onnxruntime only, never TensorRT.
 
@@ -17,8 +18,8 @@ fixed from the bundle's normal training images (so a result never depends on its
 QuantizeLinear / DequantizeLinear pairs that OpenVINO's CPU plugin runs as int8. Quantised: the
 inpainting branch (aminet_edge.export.node_names.in_inpainting: patch embedding, transformer blocks,
 their norm). Kept float32 (NNCF's ignored scope): the backbone and the clustering branch (int8 there
-changed 41 % of the mask's tokens on MVTec bottle: node_names says why), the adaptive mask, the
-inpainting head, the score map and the token glue. Needs nncf (the `openvino` extra) and onnxruntime
+changed 41 % of the mask's tokens on MVTec bottle: node_names says why), the adaptive mask or the
+nearest-normal guide, the inpainting head, the score map and the token glue. Needs nncf (the `openvino` extra) and onnxruntime
 (NNCF collects the statistics with it). Accuracy and speed: bench/openvino_accuracy.py,
 bench/runtime.py (BENCHMARKS.md, issue 15).
 """

@@ -77,11 +77,15 @@ def nearest_distance(queries: torch.Tensor, bank: torch.Tensor) -> torch.Tensor:
     its distance is then computed directly as ||q - b|| (a gather and a norm), so the value has no
     cancellation: only between rows within float32 rounding of each other can the pick differ from an
     exact search. Memory: one (..., M) float32 block (callers chunk large query sets).
+    Written so that an exported graph holds the bank once, (M, C) float32, plus its (M,) squared norms:
+    the product is a 2-D mm (a Gemm reading the bank with transB, not a transposed copy), and the norms
+    are a vector norm squared (folded to (M,) at export; a sum of b * b keeps a second (M, C) constant).
     """
     q, b = queries.float(), bank.float()
-    scores = (b * b).sum(1) - 2.0 * torch.matmul(q, b.t())  # (..., M)
-    nearest = b[scores.argmin(-1)]  # (..., C)
-    return (q - nearest).norm(dim=-1)
+    flat = q.reshape(-1, q.shape[-1])  # (N, C)
+    scores = torch.linalg.vector_norm(b, dim=1).square() - 2.0 * torch.mm(flat, b.t())  # (N, M)
+    nearest = b[scores.argmin(-1)]  # (N, C)
+    return (flat - nearest).norm(dim=-1).reshape(q.shape[:-1])
 
 
 def gaussian_taps(sigma: float) -> torch.Tensor:

@@ -10,7 +10,7 @@ One request = one image (Triton's dynamic batcher groups requests from all camer
 |              |     |        |                    | the input's aspect, longest side min(k, input's)           |
 | SCORE        | out | FP32   | [1]                | raw image score                                            |
 | AMAP         | out | FP32   | [-1, -1]           | raw anomaly map (S x S, or as MAP_MAX_SIDE asked)           |
-| TOKEN_MASK   | out | BOOL   | [-1]               | (L,) tokens the adaptive mask inpainted                     |
+| TOKEN_MASK   | out | BOOL   | [-1]               | (L,) tokens the test-time mask inpainted                    |
 | IMAGE_SIZE   | out | INT32  | [2]                | the decoded input's (H, W) in pixels                        |
 
 The decision (thresholds, sensitivity, mask) is the client's, with `aminet_edge.runtime.detector.decide`,

@@ -4,7 +4,9 @@ Single ("onnxruntime"): model.onnx, images (B, 3, S, S) -> amap (B, S, S), score
 two fused ops run as the reference's ONNX nodes.
 Split ("onnxruntime-split", CPU): model_a.onnx (images -> features, cluster_tokens, centers,
 inpaint_tokens), then the C++ adaptive_mask kernel, model_b.onnx (inpaint_tokens, mask -> recon), then
-the C++ score_map kernel. Same outputs; faster on CPU for wide (WideResNet) features (bench/runtime.py).
+the C++ score_map kernel; with the nearest-normal guide model_a outputs features, mask, inpaint_tokens
+and no kernel runs before model_b (aminet_edge.export.graph_io, split_graphs.py). Same outputs; faster
+on CPU for wide (WideResNet) features (bench/runtime.py).
 precision: "fp32", "int8" (`aminet-edge export --precision int8`: the inpainting MatMuls quantised,
 aminet_edge.export.quantize) or "fp16"; default (None) int8 when the bundle has it, else fp32.
 int8 graphs quantise activations with one scale per tensor computed at run time, so a batch's images
@@ -22,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from aminet_edge.bundle import BundleConfig, BundleError, graph_file, has_graph
+from aminet_edge.export.graph_io import MODEL_B_IO, SINGLE_IO
 from aminet_edge.runtime.backends import Backend, BackendOutput, BackendUnavailableError
 
 
@@ -122,7 +125,7 @@ class OnnxRuntimeBackend(Backend):
         self.device = device
         self.path, self.precision = resolve_graph(bundle, config, "model", precision, verify=True)
         self.session = make_session(self.path, device, threads, spinning)
-        _check_io(self.session, self.path, ("images",), ("amap", "score", "mask"), config.model.image_size)
+        _check_io(self.session, self.path, *SINGLE_IO, config.model.image_size)
         self.max_batch = _fixed_batch(self.session, "images")
         self.exact_batch = self.max_batch is not None
 
@@ -139,15 +142,16 @@ class OnnxRuntimeBackend(Backend):
 
 
 class OnnxRuntimeSplitBackend(Backend):
-    """model_a.onnx -> C++ adaptive_mask -> model_b.onnx -> C++ score_map, all on the CPU."""
+    """model_a.onnx -> C++ adaptive_mask (not with the nearest-normal guide: model_a outputs the mask) ->
+    model_b.onnx -> C++ score_map, all on the CPU."""
 
     name = "onnxruntime-split"
 
     def __init__(self, bundle: Path, config: BundleConfig, device: str = "cpu", threads: int | None = None,
                  spinning: bool | None = SPLIT_SPINNING, precision: str | None = None) -> None:
-        from aminet_edge import ops  # the dispatcher: numpy arrays go to the C++ kernels, torch-free
+        from aminet_edge.runtime.backends.split_graphs import SplitGlue
 
-        self.ops = ops
+        self.glue = SplitGlue(config)
         self.device = device
         self.path_b, self.precision = resolve_graph(bundle, config, "model_b", precision, verify=True)
         # int8 quantises only the inpainting blocks, which live in model_b: model_a stays fp32
@@ -155,32 +159,27 @@ class OnnxRuntimeSplitBackend(Backend):
         self.path_a, _ = resolve_graph(bundle, config, "model_a", a_precision, verify=True)
         self.session_a = make_session(self.path_a, device, threads, spinning)
         self.session_b = make_session(self.path_b, device, threads, spinning)
-        _check_io(self.session_a, self.path_a, ("images",),
-                  ("features", "cluster_tokens", "centers", "inpaint_tokens"), config.model.image_size)
-        _check_io(self.session_b, self.path_b, ("inpaint_tokens", "mask"), ("recon",))
+        _check_io(self.session_a, self.path_a, ("images",), self.glue.a_outputs, config.model.image_size)
+        _check_io(self.session_b, self.path_b, *MODEL_B_IO)
         fixed = [_fixed_batch(self.session_a, "images"), _fixed_batch(self.session_b, "inpaint_tokens")]
         batches = [b for b in fixed if b is not None]
         self.max_batch = min(batches) if batches else None
         self.exact_batch = self.max_batch is not None
-        self.lam = float(config.model.mask_lambda)
-        self.out_hw = (config.model.image_size, config.model.image_size)
-        self.sigma = float(config.score.sigma)
-        self.image_score = config.score.image_score
 
     def run(self, images: np.ndarray) -> BackendOutput:
-        feat, tokens, centers, inpaint = self.session_a.run(
-            ["features", "cluster_tokens", "centers", "inpaint_tokens"], {"images": images})
-        mask = np.ascontiguousarray(self.ops.adaptive_mask(tokens, centers, self.lam, backend="auto")[0], bool)
-        (recon,) = _run(self.session_b, ["recon"], {"inpaint_tokens": inpaint, "mask": mask},
+        a = dict(zip(self.glue.a_outputs, self.session_a.run(list(self.glue.a_outputs), {"images": images})))
+        mask = self.glue.mask(a)
+        (recon,) = _run(self.session_b, ["recon"], {"inpaint_tokens": a["inpaint_tokens"], "mask": mask},
                         self.precision == "int8" and not self.exact_batch)
-        amap, score = self.ops.score_map(feat, recon, self.out_hw, self.sigma, self.image_score, backend="auto")
-        return BackendOutput(np.asarray(amap, np.float32), np.asarray(score, np.float32), mask)
+        amap, score = self.glue.score_map(a["features"], recon)
+        return BackendOutput(amap, score, mask)
 
     def close(self) -> None:
         self.session_a = self.session_b = None
 
     def describe(self) -> str:
-        return f"onnxruntime-split cpu ({self.path_a.name} + C++ adaptive_mask + {self.path_b.name} + C++ score_map)"
+        return (f"onnxruntime-split cpu ({self.path_a.name} + {self.glue.mask_step} + {self.path_b.name} "
+                "+ C++ score_map)")
 
 
 def create(name: str, bundle: Path, config: BundleConfig, device: str = "cpu", threads: int | None = None,

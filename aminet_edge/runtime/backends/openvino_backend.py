@@ -2,17 +2,18 @@
 
 Single ("openvino"): model.onnx, images (B, 3, S, S) -> amap (B, S, S), score (B,), mask (B, L).
 Split ("openvino-split"): model_a.onnx -> C++ adaptive_mask -> model_b.onnx -> C++ score_map, as
-onnxruntime-split does.
+onnxruntime-split does (with the nearest-normal guide model_a outputs the mask: no adaptive_mask).
 
 precision (of what runs; fp32 and bf16 read the fp32 graphs, int8 its own):
 - "fp32": every node in float32; equals onnxruntime fp32 to rounding (tests/test_openvino_backend.py).
 - "bf16" (mixed): INFERENCE_PRECISION_HINT=bf16 for the backbone and the transformers; every node
-  outside those modules (the adaptive mask's distances, boundaries and comparison, the score map, the
-  token glue between them, and the inpainting head, a transposed convolution traced as a function) is marked `disable_fp16_compression` in its rt_info, which the CPU
-  plugin honours for bf16 too, so it stays float32. In the split backend those parts are the C++
-  kernels, float32 by construction. Needs a CPU with native bf16 (AVX512_BF16 or AMX: OpenVINO lists
-  "BF16" in OPTIMIZATION_CAPABILITIES); OpenVINO would silently run fp32 elsewhere, so asking for it
-  there is an error.
+  outside those modules (the adaptive mask's distances, boundaries and comparison, or the nearest-normal
+  guide's distances and threshold, the score map, the token glue between them, and the inpainting head,
+  a transposed convolution traced as a function) is marked `disable_fp16_compression` in its rt_info,
+  which the CPU plugin honours for bf16 too, so it stays float32. In the split backend the adaptive mask
+  and the score map are the C++ kernels, float32 by construction; the guide is in model_a, marked.
+  Needs a CPU with native bf16 (AVX512_BF16 or AMX: OpenVINO lists "BF16" in OPTIMIZATION_CAPABILITIES);
+  OpenVINO would silently run fp32 elsewhere, so asking for it there is an error.
 - "int8" (single graph only): model_int8_static.onnx, written by `aminet-edge export RUN --precision int8
   --calibration-data DATA` (aminet_edge.export.quantize.quantize_static): the inpainting branch in int8
   with scales calibrated on normal training images; backbone, clustering, mask and score map float32.
@@ -36,7 +37,8 @@ import numpy as np
 
 from aminet_edge.bundle import BundleConfig, BundleError
 from aminet_edge.bundle import graph_file, has_graph, onnx_name
-from aminet_edge.export.node_names import in_module
+from aminet_edge.export.graph_io import MODEL_B_IO, SINGLE_IO, model_a_io
+from aminet_edge.export.node_names import in_network
 from aminet_edge.runtime.backends import Backend, BackendOutput, BackendUnavailableError
 
 log = logging.getLogger("aminet_edge.runtime")
@@ -90,13 +92,14 @@ def int8_graph(bundle: Path, config: BundleConfig) -> Path:
 
 
 def keep_fp32(model: Any) -> int:
-    """Mark every node of `model` (an ov.Model read from an exported graph) that no nn.Module ran to stay
-    float32 under a bf16 inference hint; returns how many were marked."""
+    """Mark every node of `model` (an ov.Model read from an exported graph) that no network module ran
+    (node_names.in_network: the guide's nodes are marked too) to stay float32 under a bf16 inference hint;
+    returns how many were marked."""
     marked = 0
     for node in model.get_ops():
         if node.get_type_name() in ("Parameter", "Result", "Constant"):
             continue
-        if not in_module(node.get_friendly_name()):  # nodes OpenVINO made itself stay float32 too
+        if not in_network(node.get_friendly_name()):  # nodes OpenVINO made itself stay float32 too
             node.get_rt_info()[KEEP_FP32] = ""
             marked += 1
     return marked
@@ -175,19 +178,14 @@ class OpenVinoBackend(Backend):
         if split and self.precision == "int8":
             raise ValueError("openvino-split has no int8 graphs: int8 is the single graph's (backend='openvino')")
         if split:
-            from aminet_edge import ops  # the dispatcher: numpy arrays go to the C++ kernels, torch-free
+            from aminet_edge.runtime.backends.split_graphs import SplitGlue
 
-            self.ops = ops
+            self.glue = SplitGlue(config)
             self.paths = [graph_file(bundle, config, "model_a"), graph_file(bundle, config, "model_b")]  # verified
-            self.lam = float(config.model.mask_lambda)
-            self.out_hw = (config.model.image_size, config.model.image_size)
-            self.sigma = float(config.score.sigma)
-            self.image_score = config.score.image_score
-            io = [(("images",), ("features", "cluster_tokens", "centers", "inpaint_tokens")),
-                  (("inpaint_tokens", "mask"), ("recon",))]
+            io = [model_a_io(config.model.mask), MODEL_B_IO]
         else:  # verified: size, sha256, weights
             self.paths = [int8_graph(bundle, config) if self.precision == "int8" else graph_file(bundle, config, "model")]
-            io = [(("images",), ("amap", "score", "mask"))]
+            io = [SINGLE_IO]
         self.compiled = [compile_graph(core, p, self.precision, threads, self.cache) for p in self.paths]
         for compiled, path, (inputs, outputs) in zip(self.compiled, self.paths, io):
             _check_io(compiled, path, inputs, outputs)
@@ -199,20 +197,19 @@ class OpenVinoBackend(Backend):
 
     def run(self, images: np.ndarray) -> BackendOutput:
         if not self.split:
-            amap, score, mask = self._infer(0, {"images": images}, ("amap", "score", "mask"))
+            amap, score, mask = self._infer(0, {"images": images}, SINGLE_IO[1])
             return BackendOutput(np.asarray(amap, np.float32), np.asarray(score, np.float32), np.asarray(mask, bool))
-        feat, tokens, centers, inpaint = self._infer(
-            0, {"images": images}, ("features", "cluster_tokens", "centers", "inpaint_tokens"))
-        mask = np.ascontiguousarray(self.ops.adaptive_mask(tokens, centers, self.lam, backend="auto")[0], bool)
-        (recon,) = self._infer(1, {"inpaint_tokens": inpaint, "mask": mask}, ("recon",))
-        amap, score = self.ops.score_map(feat, recon, self.out_hw, self.sigma, self.image_score, backend="auto")
-        return BackendOutput(np.asarray(amap, np.float32), np.asarray(score, np.float32), mask)
+        a = dict(zip(self.glue.a_outputs, self._infer(0, {"images": images}, self.glue.a_outputs)))
+        mask = self.glue.mask(a)
+        (recon,) = self._infer(1, {"inpaint_tokens": a["inpaint_tokens"], "mask": mask}, ("recon",))
+        amap, score = self.glue.score_map(a["features"], recon)
+        return BackendOutput(amap, score, mask)
 
     def close(self) -> None:
         self.requests, self.compiled = [], []
 
     def describe(self) -> str:
-        what = (f"{self.paths[0].name} + C++ adaptive_mask + {self.paths[1].name} + C++ score_map" if self.split
+        what = (f"{self.paths[0].name} + {self.glue.mask_step} + {self.paths[1].name} + C++ score_map" if self.split
                 else self.paths[0].name)
         mixed = {"bf16": ", backbone + transformers bf16, mask + score map fp32",
                  "int8": ", inpainting transformer int8, the rest fp32"}.get(self.precision, "")

@@ -10,7 +10,8 @@ Device memory and the stream come from pycuda, or cuda-python where pycuda is ab
 Single engine (from model.onnx): images -> amap, score, mask.
 Split engines (from model_a.onnx / model_b.onnx): engine A -> the CUDA adaptive_mask kernel -> engine B
 -> the CUDA score_map kernel (aminet_edge.ops.cuda, libaminet_cuda.so), all enqueued on the same stream
-and reading each other's device buffers in place (no host round trip).
+and reading each other's device buffers in place (no host round trip). With the nearest-normal guide
+(ModelConfig.mask) engine A outputs the mask itself, which engine B reads in place: no adaptive_mask.
 
 CUDA graphs (`cuda_graph=True`): with TensorRT-RTX the runtime captures the whole graph itself
 (IRuntimeConfig.cuda_graph_strategy); with TensorRT 10 the enqueue is captured once per batch size
@@ -33,6 +34,7 @@ import numpy as np
 
 from aminet_edge.bundle import (BundleConfig, BundleError, artifact_path, engine_record, engine_records, read_config,
                                 verify_record)
+from aminet_edge.export.graph_io import MODEL_B_IO, SINGLE_IO, mask_in_model_a, model_a_io
 from aminet_edge.runtime.backends import Backend, BackendOutput, BackendUnavailableError, EngineError, has_module
 
 FLAVOURS = ("tensorrt_rtx", "tensorrt")  # python module names
@@ -322,28 +324,35 @@ class TensorRTBackend(Backend):
             raise BackendUnavailableError(f"split engines need the CUDA kernels: {reason}")
         self.kernels = kernels
         a, b = self.runners
-        for n in ("features", "cluster_tokens", "centers", "inpaint_tokens"):
+        self.guided = mask_in_model_a(config.model.mask)
+        for n in model_a_io(config.model.mask)[1]:
             if n not in a.outputs:
-                raise EngineError(f"{a.info.path}: engine A lacks output {n!r}")
-        if set(b.inputs) != {"inpaint_tokens", "mask"} or "recon" not in b.outputs:
+                raise EngineError(f"{a.info.path}: engine A lacks output {n!r} (the bundle's mask is "
+                                  f"{config.model.mask!r}; rebuild the engines from this bundle's graphs)")
+        if set(b.inputs) != set(MODEL_B_IO[0]) or "recon" not in b.outputs:
             raise EngineError(f"{b.info.path}: engine B must map (inpaint_tokens, mask) -> recon")
         b.bind("inpaint_tokens", a.buffers["inpaint_tokens"])  # B reads A's output in place
         batch = min(a.max_batch, b.max_batch)
-        L, D = a.item_shapes["cluster_tokens"]
-        P = a.item_shapes["centers"][0]
+        L, D = a.item_shapes["inpaint_tokens"]
         C, h, w = a.item_shapes["features"]
         S = self.size
-        self.dims = {"L": L, "D": D, "P": P, "C": C, "h": h, "w": w}
-        for name in ("cluster_tokens", "features"):
+        self.dims = {"L": L, "D": D, "C": C, "h": h, "w": w}
+        for name in ("features",) if self.guided else ("cluster_tokens", "features"):
             if a.dtypes[name] not in (np.float32, np.float16):
                 raise EngineError(f"{a.info.path}: {name} must be float32 or float16, got {a.dtypes[name]}")
         if a.dtypes["features"] != b.dtypes["recon"]:
             raise EngineError(f"{a.info.path} / {b.info.path}: features and recon dtypes differ")
-        self.min_dist = self.memory.alloc(batch * L * 4)
-        self.assign = self.memory.alloc(batch * L * 8)
         mask_dtype = b.dtypes["mask"]
         if mask_dtype != np.bool_:
             raise EngineError(f"{b.info.path}: input mask must be bool, got {mask_dtype}")
+        if self.guided:  # the nearest-normal guide's mask, computed in engine A: B reads it in place
+            if a.dtypes["mask"] != np.bool_:
+                raise EngineError(f"{a.info.path}: output mask must be bool, got {a.dtypes['mask']}")
+            b.bind("mask", a.buffers["mask"])
+        else:  # the adaptive_mask kernel's scratch outputs
+            self.dims["P"] = a.item_shapes["centers"][0]
+            self.min_dist = self.memory.alloc(batch * L * 4)
+            self.assign = self.memory.alloc(batch * L * 8)
         self.amap = self.memory.alloc(batch * S * S * 4)
         self.score = self.memory.alloc(batch * 4)
         a_h = np.ascontiguousarray(kernels.smoothing_matrix(h, S, config.score.sigma))
@@ -363,10 +372,10 @@ class TensorRTBackend(Backend):
         S = self.size
         if not self.split:
             r = self.runners[0]
-            missing = [n for n in ("amap", "score", "mask") if n not in r.outputs]
+            missing = [n for n in SINGLE_IO[1] if n not in r.outputs]
             if missing:
                 raise EngineError(f"{r.info.path}: engine lacks output(s) {', '.join(missing)}")
-            return {n: (r.buffers[n], r.item_shapes[n], r.dtypes[n]) for n in ("amap", "score", "mask")}
+            return {n: (r.buffers[n], r.item_shapes[n], r.dtypes[n]) for n in SINGLE_IO[1]}
         a, b = self.runners
         return {"amap": (self.amap, (S, S), np.dtype(np.float32)), "score": (self.score, (), np.dtype(np.float32)),
                 "mask": (b.buffers["mask"], (self.dims["L"],), np.dtype(np.bool_))}
@@ -378,12 +387,14 @@ class TensorRTBackend(Backend):
             return
         a, b = self.runners
         d, k = self.dims, self.kernels
-        dtype_tokens = k.DTYPE_FLOAT16 if a.dtypes["cluster_tokens"] == np.float16 else k.DTYPE_FLOAT32
         dtype_feat = k.DTYPE_FLOAT16 if a.dtypes["features"] == np.float16 else k.DTYPE_FLOAT32
         stream = self.memory.stream
         a.enqueue(batch)
-        k.adaptive_mask(a.buffers["cluster_tokens"].ptr, a.buffers["centers"].ptr, dtype_tokens, batch, d["L"],
-                        d["P"], d["D"], self.lam, b.buffers["mask"].ptr, self.min_dist.ptr, self.assign.ptr, stream)
+        if not self.guided:  # with the guide, engine A wrote the mask into B's input already
+            dtype_tokens = k.DTYPE_FLOAT16 if a.dtypes["cluster_tokens"] == np.float16 else k.DTYPE_FLOAT32
+            k.adaptive_mask(a.buffers["cluster_tokens"].ptr, a.buffers["centers"].ptr, dtype_tokens, batch, d["L"],
+                            d["P"], d["D"], self.lam, b.buffers["mask"].ptr, self.min_dist.ptr, self.assign.ptr,
+                            stream)
         b.enqueue(batch)
         k.score_map(a.buffers["features"].ptr, b.buffers["recon"].ptr, dtype_feat, batch, d["C"], d["h"], d["w"],
                     self.a_h.ptr, self.size, self.a_w.ptr, self.size, self.image_score_code, self.amap.ptr,
@@ -424,7 +435,10 @@ class TensorRTBackend(Backend):
             self._closed = True
 
     def describe(self) -> str:
-        kind = "split engines + CUDA kernels" if self.split else "single engine"
+        kind = "single engine"
+        if self.split:
+            kind = ("split engines (mask from engine A's nearest-normal guide) + CUDA score_map" if self.guided
+                    else "split engines + CUDA adaptive_mask and score_map")
         names = ", ".join(i.path.name for i in self.infos)
         return (f"{self.infos[0].flavour} {self.trt.__version__} cuda ({kind}: {names}; memory via "
                 f"{self.memory.name}; cuda_graph={self.cuda_graph})")

@@ -9,7 +9,8 @@ Data path on CUDA (`device="cuda"`), one batch:
 1. frames (`takes_frames`, default on CUDA): each decoded RGB frame goes to the device once, uint8 when
    it was 8-bit (frames of one size and dtype in one copy); on the device it is scaled to [0, 1], resized
    to S x S (bilinear, antialiased: PIL's filter, which the host path uses, to ~1e-7) and normalised;
-2. backbone + AMI-Net in `precision` ("fp32"; "fp16" / "bf16" under autocast), the fused ops in float32;
+2. backbone + AMI-Net in `precision` ("fp32"; "fp16" / "bf16" under autocast), the fused ops (and the
+   nearest-normal guide, when the bundle's mask is that) in float32;
 3. amap, score and mask packed into one (B, S*S + 1 + L) float32 tensor: one copy back to the host.
 With `cuda_graph=True`, step 2-3 is one CUDA graph per batch size, captured on its first use with a
 static input buffer (`_Captured`); a later batch of that size copies into the buffer and replays.
@@ -83,6 +84,7 @@ class TorchBackend(Backend):
         self.cuda_graph = bool(cuda_graph)
         self.takes_frames = device == "cuda" if device_preprocess is None else bool(device_preprocess)
         self.size = config.model.image_size
+        self.mask = config.model.mask
         pipeline, _ = load_pipeline(bundle, ops_backend=ops_backend)
         pipeline.compute_dtype = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}[precision]
         self.pipeline: Any = pipeline.to(self.dev).eval()
@@ -180,7 +182,9 @@ class TorchBackend(Backend):
 
     def describe(self) -> str:
         where = str(self.dev)
-        extras = [f"ops: {self.ops_backend}", self.precision]
+        # the ops dispatcher serves the score map, and the adaptive mask unless the guide makes the mask
+        mask = "nearest-normal guide mask (float32)" if self.mask == "nearest_normal" else "adaptive mask"
+        extras = [f"ops: {self.ops_backend}", mask, self.precision]
         if self.takes_frames:
             extras.append("preprocess on device")
         if self.cuda_graph:

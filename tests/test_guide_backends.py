@@ -1,0 +1,296 @@
+"""The nearest-normal guide (ModelConfig.mask = "nearest_normal") through every export path and backend.
+
+The bundle: test_detector's tiny bundle (64 px, random weights) with a guide built as training builds it
+from generated scratch-free surfaces (test_detector.make_bundle(mask="nearest_normal")), exported fp32,
+single and split. The truth: the torch backend with the pure-PyTorch reference ops, whose mask is the
+guide's (checked here against an independent float64 cdist search). Tolerances are test_detector's
+(assert_agree: token masks identical, maps within rtol 1e-4, and why there). fp16 / int8 graphs: the
+guide runs in float32 in every graph, so int8 graphs (inpainting branch only) give masks identical to
+fp32's; fp16 backbones move the features the guide reads, so there at most 1 token in 16 per image flips
+(as test_export_onnx allows for the adaptive mask). The simulated TensorRT split path and the CUDA
+agreement are in test_detector (parametrised over the mask), the TensorRT-RTX build in test_engine.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import shutil
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from test_detector import (CPU_BACKENDS, _preprocessed, assert_agree, detector, generated_images,  # noqa: E402
+                           inputs_for_agreement, normal_images, shared_bundle)
+
+from aminet_edge.bundle import read_config  # noqa: E402
+from aminet_edge.runtime import Detector, Result  # noqa: E402
+from aminet_edge.runtime.backends import backend_status  # noqa: E402
+
+GUIDED = "nearest_normal"
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return shared_bundle(tmp_path_factory, GUIDED)
+
+
+@pytest.fixture(scope="module")
+def reference(bundle: Path) -> list[Result]:
+    """Predictions of the torch backend with the pure-PyTorch reference ops: the truth."""
+    det = detector(bundle, "torch", ops_backend="reference")
+    return det.predict(inputs_for_agreement())  # type: ignore[return-value]
+
+
+def test_reference_mask_is_the_guides(bundle: Path) -> None:
+    """The pipeline's mask = (distance of each token's pooled feature to its nearest bank row, by float64
+    cdist) > threshold, except within 1e-5 of the threshold; it masks some tokens and not others, and is
+    not the adaptive mask the same weights give (so a backend running that instead fails the tests)."""
+    from aminet_edge.model.pipeline import load_pipeline
+
+    pipeline, config = load_pipeline(bundle)
+    x = _preprocessed(generated_images(), config)
+    with torch.no_grad():
+        feat = pipeline.extractor(x)
+        _, _, mask = pipeline(x)
+        guide, pipeline.guide = pipeline.guide, None
+        _, _, adaptive = pipeline(x)
+    k = config.model.patch_size
+    tokens = feat.double().unfold(2, k, k).unfold(3, k, k).mean((-1, -2)).flatten(2).transpose(1, 2)  # (B, L, C)
+    dist = torch.cdist(tokens, guide.bank.double()[None].expand(len(x), -1, -1)).min(-1).values
+    threshold = float(guide.threshold)
+    sure = (dist - threshold).abs() > 1e-5 * threshold
+    assert sure.float().mean() > 0.9
+    assert torch.equal(mask[sure], (dist > threshold)[sure])
+    assert 0 < mask.sum() < mask.numel() and not torch.equal(mask, adaptive)
+    assert mask[1::2].float().mean() > mask[::2].float().mean()  # the scratched surfaces stand out
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_cpu_backend_agrees_with_torch_reference(bundle: Path, reference: list[Result], backend: str) -> None:
+    reason = backend_status(backend, bundle, read_config(bundle), "cpu")
+    if reason is not None:
+        pytest.skip(reason)
+    det = detector(bundle, backend)
+    for got, want in zip(det.predict(inputs_for_agreement()), reference):
+        assert_agree(got, want)
+    masks = np.stack([r.token_mask for r in reference])
+    assert masks.any() and not masks.all()
+    if backend.endswith("-split") or backend == "torch":  # split: model_a's mask, no adaptive-mask kernel
+        assert "nearest-normal guide" in det.backend_description and "adaptive" not in det.backend_description
+
+
+def _session(path: Path):  # type: ignore[no-untyped-def]
+    ort = pytest.importorskip("onnxruntime")
+    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+
+
+def _inputs(config) -> np.ndarray:  # type: ignore[no-untyped-def]
+    return _preprocessed(generated_images(), config).numpy()
+
+
+def test_graphs_compute_the_guide(bundle: Path) -> None:
+    """model_a outputs (features, mask, inpaint_tokens), no clustering branch; the single graph and model_a
+    hold the bank once, as one (M, C) float32 constant equal to the weights' float16 bank, read by the
+    guide's product and its Gather; the mask of both graphs equals the reference pipeline's."""
+    onnx = pytest.importorskip("onnx")
+    from onnx import numpy_helper
+
+    from aminet_edge.model.pipeline import load_pipeline
+
+    pipeline, config = load_pipeline(bundle)
+    bank = pipeline.guide.bank.float().numpy()
+    a = _session(bundle / "model_a.onnx")
+    L = config.model.grid_size ** 2
+    assert [(o.name, o.shape[1:], o.type) for o in a.get_outputs()] == [
+        ("features", [config.in_channels, config.model.feature_size, config.model.feature_size], "tensor(float)"),
+        ("mask", [L], "tensor(bool)"), ("inpaint_tokens", [L, config.model.embed_dim], "tensor(float)")]
+    x = _inputs(config)
+    with torch.no_grad():
+        _, _, want = pipeline(torch.from_numpy(x))
+    (single,) = _session(bundle / "model.onnx").run(["mask"], {"images": x})
+    (split,) = a.run(["mask"], {"images": x})
+    np.testing.assert_array_equal(single, want.numpy())
+    np.testing.assert_array_equal(split, want.numpy())
+    for name in ("model.onnx", "model_a.onnx"):
+        graph = onnx.load(str(bundle / name)).graph
+        big = [i for i in graph.initializer if list(i.dims) == list(bank.shape)]
+        assert len(big) == 1, name
+        np.testing.assert_array_equal(numpy_helper.to_array(big[0]), bank)
+        readers = {n.op_type for n in graph.node if big[0].name in n.input}
+        assert readers == {"Gemm", "Gather"} and all(n.name.startswith("/guide/") for n in graph.node
+                                                      if big[0].name in n.input), (name, readers)
+        assert "ArgMin" in {n.op_type for n in graph.node if n.name.startswith("/guide/")}
+    assert not [n.name for n in onnx.load(str(bundle / "model_a.onnx")).graph.node
+                if "cluster" in n.name or "aggregation" in n.name]
+
+
+_GRAPHS: dict[str, Path] = {}
+HAS_NNCF = importlib.util.find_spec("nncf") is not None
+
+
+def guided_graphs(factory: pytest.TempPathFactory) -> Path:
+    """A copy of the guided bundle with every other graph, exported once per session (CPU fp16 exports are
+    slow; test_engine builds its engines from a copy of this one): fp16 (single, split), onnxruntime's
+    int8 (model_int8, model_b_int8) and, with nncf, OpenVINO's int8_static (calibrated on other normal
+    surfaces)."""
+    if "guided" not in _GRAPHS:
+        pytest.importorskip("onnxruntime")
+        from PIL import Image
+
+        from aminet_edge.export.onnx_export import export_onnx
+
+        root = factory.mktemp("guided-graphs")
+        copy = root / "bundle"
+        shutil.copytree(shared_bundle(factory, GUIDED), copy, ignore=shutil.ignore_patterns("cache"))
+        normal = root / "normal" / "train" / "good"
+        normal.mkdir(parents=True)
+        for i, image in enumerate(normal_images(6, seed=13)):
+            Image.fromarray(image).save(normal / f"{i:03d}.png")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # tracer warnings
+            export_onnx(copy, "fp16")
+            export_onnx(copy, "int8", calibration_data=[root / "normal"] if HAS_NNCF else ())
+        _GRAPHS["guided"] = copy
+    return _GRAPHS["guided"]
+
+
+def test_openvino_bf16_keeps_the_guide_float32(bundle: Path) -> None:
+    """OpenVINO bf16 mixed (openvino_backend.keep_fp32) marks every guide node of the single graph and of
+    model_a float32 (pooling, the bank product, the ArgMin OpenVINO turns into TopK, Gather, norm, the
+    comparison OpenVINO names after the mask output), and no backbone convolution."""
+    ov = pytest.importorskip("openvino", reason="openvino is not installed (pip install 'aminet-edge[openvino]')")
+    from aminet_edge.runtime.backends.openvino_backend import KEEP_FP32, keep_fp32
+
+    for name in ("model.onnx", "model_a.onnx"):
+        model = ov.Core().read_model(str(bundle / name))
+        keep_fp32(model)
+        ops = [op for op in model.get_ops() if op.get_type_name() not in ("Parameter", "Result", "Constant")]
+        guide = [op for op in ops if op.get_friendly_name().startswith("/guide/")
+                 or op.get_type_name() in ("TopK", "Greater")]
+        assert {"AvgPool", "MatMul", "TopK", "Gather", "ReduceL2", "Greater"} <= {op.get_type_name() for op in guide}
+        assert [op.get_friendly_name() for op in guide if KEEP_FP32 not in op.get_rt_info()] == [], name
+        convs = [op for op in ops if op.get_type_name() == "Convolution"
+                 and op.get_friendly_name().startswith("/extractor/")]
+        assert convs and not [op for op in convs if KEEP_FP32 in op.get_rt_info()], name
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return guided_graphs(tmp_path_factory)
+
+
+def test_every_graph_passes_the_tensorrt_check(exported: Path) -> None:
+    onnx = pytest.importorskip("onnx")
+    from aminet_edge.export.graph_checks import graph_problems
+
+    names = sorted(p.name for p in exported.glob("*.onnx"))
+    static = ["model_int8_static.onnx"] if HAS_NNCF else []
+    assert names == ["model.onnx", "model_a.onnx", "model_a_fp16.onnx", "model_b.onnx", "model_b_fp16.onnx",
+                     "model_b_int8.onnx", "model_fp16.onnx", "model_int8.onnx", *static]
+    for name in names:
+        if "int8" not in name:  # the int8 graphs are CPU-only (onnxruntime, OpenVINO), never TensorRT's
+            assert graph_problems(onnx.load(str(exported / name))) == [], name
+
+
+def test_fp16_graphs_run_the_guide_in_float32(exported: Path) -> None:
+    """fp16 graphs: every guide node reads float32 (the bank constant is float32); the split fp16 mask
+    equals the single fp16 graph's exactly, and differs from fp32's in at most 1 token in 16 per image."""
+    onnx = pytest.importorskip("onnx")
+    from onnx import TensorProto
+
+    config = read_config(exported)
+    for name in ("model_fp16.onnx", "model_a_fp16.onnx"):
+        model = onnx.shape_inference.infer_shapes(onnx.load(str(exported / name)))
+        types = {v.name: v.type.tensor_type.elem_type for v in [*model.graph.value_info, *model.graph.input]}
+        types.update({i.name: i.data_type for i in model.graph.initializer})
+        guide = [n for n in model.graph.node if n.name.startswith("/guide/") and n.op_type != "Cast"]
+        assert {n.op_type for n in guide} >= {"AveragePool", "Gemm", "ArgMin", "Gather", "ReduceL2", "Greater"}
+        for node in guide:
+            assert {types.get(i) for i in node.input[:2] if i} <= {TensorProto.FLOAT, TensorProto.INT64}, node.name
+    x = _inputs(config)
+    (fp32,) = _session(exported / "model.onnx").run(["mask"], {"images": x})
+    (fp16,) = _session(exported / "model_fp16.onnx").run(["mask"], {"images": x})
+    (split16,) = _session(exported / "model_a_fp16.onnx").run(["mask"], {"images": x})
+    np.testing.assert_array_equal(split16, fp16)
+    assert (fp16 != fp32).sum(1).max() <= fp32.shape[1] // 16
+
+
+def test_int8_graphs_keep_the_guide_float32(exported: Path) -> None:
+    """Neither int8 graph quantises a guide node (onnxruntime's: no integer op, no DynamicQuantizeLinear
+    feeding it; OpenVINO's: no DequantizeLinear feeding it), while both quantise the inpainting branch."""
+    onnx = pytest.importorskip("onnx")
+
+    for name, quantised in (("model_int8.onnx", "MatMulInteger"), ("model_int8_static.onnx", "DequantizeLinear")):
+        if not (exported / name).is_file():
+            assert name == "model_int8_static.onnx" and not HAS_NNCF  # nncf absent: OpenVINO's is not exported
+            continue
+        graph = onnx.load(str(exported / name)).graph
+        producer = {o: n for n in graph.node for o in n.output}
+        guide = [n for n in graph.node if n.name.startswith("/guide/")]
+        assert "Gemm" in {n.op_type for n in guide}, name
+        assert sum(n.op_type == quantised for n in graph.node) > 0, name
+        for node in guide:
+            assert not node.op_type.endswith("Integer"), node.name
+            assert not [i for i in node.input if i in producer and producer[i].op_type in
+                        ("DequantizeLinear", "DynamicQuantizeLinear")], (name, node.name)
+
+
+@pytest.mark.parametrize("backend, precision", [("onnxruntime", "int8"), ("onnxruntime-split", "int8"),
+                                                ("openvino", "int8")])
+def test_int8_masks_equal_fp32(exported: Path, backend: str, precision: str) -> None:
+    """The int8 graphs' token masks equal the fp32 graphs' (and the reference's) on the test inputs;
+    scores within the int8 tolerances of test_export_onnx / test_openvino_int8."""
+    reason = backend_status(backend, exported, read_config(exported), "cpu")
+    if backend == "openvino" and not HAS_NNCF:
+        reason = "nncf is not installed (pip install 'aminet-edge[openvino]'): no OpenVINO int8 graph"
+    if reason is not None:
+        pytest.skip(reason)
+    images = inputs_for_agreement()
+    with Detector.load(exported, backend=backend, precision=precision, threads=1) as q, \
+            Detector.load(exported, backend="onnxruntime", precision="fp32") as f:
+        assert q.precision == precision
+        got, want = q.predict(images), f.predict(images)
+    for g, w in zip(got, want):
+        np.testing.assert_array_equal(g.token_mask, w.token_mask)
+        assert g.score == pytest.approx(w.score, rel=0.05)
+    masks = np.stack([w.token_mask for w in want])
+    assert masks.any() and not masks.all()
+
+
+def test_info_shows_the_mask(bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> None:
+    """`aminet-edge info RUN`: the guide's bank size and threshold (config.json's train.guide, equal to the
+    weights' own threshold and bank rows), and the bank's size per graph; the paper's mask with its lambda."""
+    from click.testing import CliRunner
+    from safetensors.numpy import load_file
+
+    from aminet_edge.cli import main
+
+    weights = load_file(str(bundle / "weights.safetensors"))
+    rows, channels = weights["guide.bank"].shape
+    threshold = float(weights["guide.threshold"])
+    res = CliRunner().invoke(main, ["info", str(bundle)])
+    assert res.exit_code == 0, res.output
+    line = next(x for x in res.output.splitlines() if x.strip().startswith("mask:"))
+    assert f"nearest-normal guide: bank {rows} tokens of {rows}, threshold {threshold:.4g}" in line
+    assert f"{rows * channels * 4 / 2**20:.1f} MiB float32 bank" in line
+    adaptive = CliRunner().invoke(main, ["info", str(shared_bundle(tmp_path_factory))])
+    assert "  mask: adaptive (clustering, lambda 0.5)" in adaptive.output
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU on this machine")
+@pytest.mark.parametrize("ops_backend, cuda_graph", [("reference", False), ("auto", True)])
+def test_cuda_torch_backend_agrees(bundle: Path, reference: list[Result], ops_backend: str, cuda_graph: bool) -> None:
+    """The guided pipeline on CUDA (frames preprocessed on the device; the guide's product, ArgMin and
+    Gather on the GPU; with "auto" the Triton/CUDA score map, captured in a CUDA graph) against the CPU
+    reference: identical token masks, maps within test_detector's tolerances."""
+    det = Detector.load(bundle, backend="torch", device="cuda", ops_backend=ops_backend, cuda_graph=cuda_graph)
+    assert det.backend == "torch"
+    for _ in range(2):  # with cuda_graph, the second pass replays the captured graphs
+        for got, want in zip(det.predict(inputs_for_agreement()), reference):
+            assert_agree(got, want)
+    det.close()
