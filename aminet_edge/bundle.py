@@ -372,6 +372,11 @@ def _check_artifacts(config: BundleConfig, where: str) -> None:
             raise _fail(where, f"{name}.input_size", f"{rec['input_size']} differs from model.image_size "
                         f"{config.model.image_size}: the file was made for another configuration; "
                         + REEXPORT.format(bundle="RUN"))
+        made_for = rec.get("mask", "adaptive")  # records before the nearest-normal guide: the adaptive mask
+        if made_for != config.model.mask:
+            raise _fail(where, f"{name}.mask", f"the file computes the {made_for!r} mask but model.mask is "
+                        f"{config.model.mask!r}: it was made for another configuration; "
+                        + REEXPORT.format(bundle="RUN"))
 
 
 # ---- reading and writing config.json ------------------------------------------------------------------

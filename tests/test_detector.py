@@ -502,7 +502,8 @@ def fake_engine(bundle: Path, graph: str = "model", precision: str = "fp16", bac
     config = read_config(bundle)
     return make_record(bundle, path, backend=backend, builder=backend, builder_version=builder_version,
                        target=target, precision=precision, graph=graph, compute_capabilities=[86, 89],
-                       input_size=config.model.image_size, weights_sha256=config.artifacts["weights"]["sha256"])
+                       input_size=config.model.image_size, mask=config.model.mask,
+                       weights_sha256=config.artifacts["weights"]["sha256"])
 
 
 def set_engines(bundle: Path, records: list) -> None:  # type: ignore[type-arg]

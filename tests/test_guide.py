@@ -205,3 +205,27 @@ def test_bundle_refuses_a_guide_that_does_not_match(guided: Path, tmp_path: Path
     (bundle / "config.json").write_text(json.dumps(raw))
     with pytest.raises(BundleError, match="model.mask"):
         read_config(bundle)
+
+
+def test_graph_records_name_their_mask(guided: Path, tmp_path: Path) -> None:
+    """A graph computes the mask it was exported with: config.json edited to the other mask is refused,
+    and a record from before the guide (no "mask") counts as the adaptive mask's."""
+    import shutil
+
+    from aminet_edge.export.onnx_export import export_onnx
+
+    bundle = Path(shutil.copytree(guided, tmp_path / "b"))
+    export_onnx(bundle, split=False)
+    raw = json.loads((bundle / "config.json").read_text())
+    assert raw["artifacts"]["onnx"]["model"]["mask"] == "nearest_normal"
+    raw["model"]["mask"] = "adaptive"
+    (bundle / "config.json").write_text(json.dumps(raw))
+    with pytest.raises(BundleError, match="artifacts.onnx.model.mask.*computes the 'nearest_normal' mask"):
+        read_config(bundle)
+    del raw["artifacts"]["onnx"]["model"]["mask"]
+    (bundle / "config.json").write_text(json.dumps(raw))
+    assert read_config(bundle).model.mask == "adaptive"  # an old adaptive-mask record loads
+    raw["model"]["mask"] = "nearest_normal"
+    (bundle / "config.json").write_text(json.dumps(raw))
+    with pytest.raises(BundleError, match="computes the 'adaptive' mask"):
+        read_config(bundle)

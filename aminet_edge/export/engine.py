@@ -252,7 +252,7 @@ def build_engine(bundle: str | Path, target: str = "auto", precision: str = "fp1
         precision=precision, graph=graph, onnx=onnx_path.name, compute_capabilities=sms,
         gpu=present[0][0] if present and backend == "tensorrt" else None,
         strongly_typed=trt_compat.supports_strong_typing(trtm), hardware_compatible=hardware_compatible,
-        input_size=config.model.image_size, batch=list(batch), workspace=workspace,
+        input_size=config.model.image_size, mask=config.model.mask, batch=list(batch), workspace=workspace,
         weights_sha256=config.artifacts["weights"]["sha256"], build_seconds=round(seconds, 2))
     config = read_config(bundle)
     engines = [e for e in config.artifacts.get("engines", []) if e["path"] != rel]

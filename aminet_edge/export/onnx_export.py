@@ -224,5 +224,6 @@ def _record(bundle: Path, paths: dict[str, Path], precision: str, opset: int) ->
     onnx_entries = config.artifacts.setdefault("onnx", {})
     for part, path in paths.items():
         onnx_entries[graph_key(part, precision)] = make_record(
-            bundle, path, precision=precision, opset=opset, input_size=config.model.image_size, weights_sha256=weights)
+            bundle, path, precision=precision, opset=opset, input_size=config.model.image_size, mask=config.model.mask,
+            weights_sha256=weights)
     write_config(bundle, config)
