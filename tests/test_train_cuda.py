@@ -3,7 +3,8 @@
 What each proves: one seed gives one result on the GPU (twice the same weights); --resume on the GPU
 ends where an uninterrupted run ends; the host-memory cache (pinned staging, non_blocking copies) trains
 exactly like the on-GPU cache; bf16 and fp16 (with gradient scaling) follow the fp32 losses; torch.compile
-follows eager; evaluation on the GPU agrees with the CPU; a GPU checkpoint cannot resume on the CPU.
+follows eager; evaluation on the GPU agrees with the CPU; a GPU checkpoint cannot resume on the CPU; the
+nearest-normal guide builds on the GPU as on the CPU.
 The CPU side of the same plumbing: tests/test_device.py.
 """
 
@@ -118,3 +119,25 @@ def test_evaluate_on_cuda_agrees_with_cpu(data: Path, tmp_path: Path) -> None:
     gpu = evaluate_bundle(bundle, data, device="cuda", store_thresholds=False, progress=False)
     cpu = evaluate_bundle(bundle, data, device="cpu", store_thresholds=False, progress=False)
     assert abs(gpu["pixel_auroc"] - cpu["pixel_auroc"]) <= 0.01  # thousands of pixels: rankings hold
+
+
+def test_nearest_normal_guide_on_cuda_matches_cpu(data: Path, tmp_path: Path) -> None:
+    """Training with the guide on the GPU builds it there; set-mask on the GPU and on the CPU build the same
+    bank (every training token here) and thresholds within TF32's rounding of the features."""
+    import dataclasses
+    import shutil
+
+    from aminet_edge.model.pipeline import load_pipeline
+    from aminet_edge.train.guide import set_mask
+
+    guided = train(data, tmp_path / "guided", model=dataclasses.replace(SMALL, mask="nearest_normal"),
+                   train_cfg=TrainConfig(epochs=1, batch_size=4, lr=1e-3), pretrained=False, progress=False,
+                   device="cuda", precision="fp32")
+    assert load_pipeline(guided)[0].guide is not None and read_config(guided).train["guide"]["bank_tokens"] > 0
+    bundle = run(data, tmp_path / "run", epochs=1)
+    on_cpu = Path(shutil.copytree(bundle, tmp_path / "cpu"))
+    set_mask(bundle, [data], "nearest_normal", device="cuda")
+    set_mask(on_cpu, [data], "nearest_normal", device="cpu")
+    g, c = read_config(bundle).train["guide"], read_config(on_cpu).train["guide"]
+    assert g["bank_tokens"] == c["bank_tokens"] == g["training_tokens"]
+    assert abs(g["threshold"] - c["threshold"]) <= 2e-2 * c["threshold"]
