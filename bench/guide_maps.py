@@ -27,7 +27,7 @@ from aminet_edge.data.datasets import load_dataset  # noqa: E402
 from aminet_edge.data.images import read_mask  # noqa: E402
 from aminet_edge.evaluation.metrics import evaluate  # noqa: E402
 from aminet_edge.model.pipeline import load_pipeline  # noqa: E402
-from aminet_edge.train.trainer import load_training_samples, split_holdout  # noqa: E402
+from aminet_edge.train.trainer import recorded_split  # noqa: E402
 
 
 def main() -> None:
@@ -43,8 +43,10 @@ def main() -> None:
     if guide is None:
         raise SystemExit(f"{args.bundle} uses the {config.model.mask!r} mask; set the nearest-normal guide first")
     tr = config.train
-    fit, held = split_holdout(load_training_samples([args.data], tr.get("few_shot"), tr["seed"]),
-                              tr["holdout_fraction"], tr["seed"])
+    try:
+        held = recorded_split(args.bundle, tr, [args.data])[1]
+    except ValueError as exc:
+        raise SystemExit(str(exc)) from exc
     test = load_dataset(args.data).test
     size = config.model.image_size
     labels = np.array([s.label for s in test])

@@ -38,7 +38,7 @@ from aminet_edge.data.batches import load_batches  # noqa: E402
 from aminet_edge.model.guide import token_features  # noqa: E402
 from aminet_edge.train.calibrate import mask_lambda_for_share  # noqa: E402
 from aminet_edge.train.guide import build_guide, pooled_tokens  # noqa: E402
-from aminet_edge.train.trainer import load_training_samples, split_holdout  # noqa: E402
+from aminet_edge.train.trainer import recorded_split  # noqa: E402
 
 
 def features(pipeline, paths, config):  # type: ignore[no-untyped-def]
@@ -106,11 +106,10 @@ def main() -> None:
     pipeline, config = load_pipeline(args.bundle)
     tr = config.train
     # the bundle's own split: same as training, on --data (the stored roots may be relative)
-    samples = load_training_samples([args.data], tr.get("few_shot"), tr["seed"])
-    if len(samples) != tr["images"] + tr["held_out"]:
-        raise SystemExit(f"{args.data} holds {len(samples)} training images, the bundle was trained on "
-                         f"{tr['images']} + {tr['held_out']} held out: not its data set")
-    fit, held = split_holdout(samples, tr["holdout_fraction"], tr["seed"])
+    try:
+        fit, held = recorded_split(args.bundle, tr, [args.data])
+    except ValueError as exc:
+        raise SystemExit(str(exc)) from exc
     test = load_dataset(args.data).test
     size, k = config.model.image_size, config.model.patch_size
     labels = np.array([s.label for s in test])

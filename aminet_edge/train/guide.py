@@ -19,6 +19,7 @@ import torch
 
 from aminet_edge.config import MASKS, ModelConfig
 from aminet_edge.evaluation.knn_baseline import nearest_distance
+from aminet_edge.model.features import FeatureExtractor
 from aminet_edge.model.guide import NearestNormalGuide, token_features
 
 log = logging.getLogger("aminet_edge.train")
@@ -58,6 +59,18 @@ def pooled_tokens(feature_batches: Iterable[torch.Tensor], patch_size: int) -> t
     return torch.cat(parts)
 
 
+def image_tokens(extractor: FeatureExtractor, paths: Sequence[str | Path], model: ModelConfig, mean: Sequence[float],
+                 std: Sequence[float], device: torch.device, workers: int = 0) -> torch.Tensor:
+    """`pooled_tokens` of the backbone features of image files (normalised with mean / std), on `device`:
+    (N * L, C) float32 (N = 0: (0, C))."""
+    from aminet_edge.data.batches import load_batches
+
+    with torch.no_grad():
+        batches = (extractor(b.to(device)) for b in load_batches(
+            paths, model.image_size, mean, std, FEATURE_CHUNK, workers))
+        return pooled_tokens(batches, model.patch_size) if paths else torch.empty(0, extractor.channels, device=device)
+
+
 def build_guide(fit_tokens: torch.Tensor, held_tokens: torch.Tensor, model: ModelConfig,
                 seed: int = 0) -> tuple[NearestNormalGuide, dict[str, Any]]:
     """The guide from pooled training tokens (N, C) (the bank's source) and held-out normal tokens (H, C)
@@ -88,37 +101,27 @@ def set_mask(bundle: str | Path, data: Sequence[str | Path], mask: str, quantile
     quantile / bank_size override the bundle's guide_quantile / guide_bank_size. Graphs and engines of the
     bundle are deleted (they hold the old mask): export again. Returns the bundle path.
     """
-    from aminet_edge.data.batches import load_batches
     from aminet_edge.device import resolve_device
     from aminet_edge.model.pipeline import load_pipeline, save_bundle
     from aminet_edge.train.calibrate import calibrate
-    from aminet_edge.train.trainer import load_training_samples, split_holdout
+    from aminet_edge.train.trainer import recorded_split
 
     if mask not in MASKS:
         raise ValueError(f"mask must be one of {', '.join(MASKS)}, got {mask!r}")
     pipeline, config = load_pipeline(bundle)
     tr = config.train
-    if not {"seed", "holdout_fraction", "images", "held_out"} <= set(tr):
-        raise ValueError(f"{bundle}: config.json records no training split (train.seed, holdout_fraction, images, "
-                         "held_out); retrain it to change its mask")
-    samples = load_training_samples(list(data), tr.get("few_shot"), tr["seed"])
-    if len(samples) != tr["images"] + tr["held_out"]:
-        raise ValueError(f"{', '.join(map(str, data))}: {len(samples)} training images, but {bundle} was trained on "
-                         f"{tr['images']} + {tr['held_out']} held out: not the data it was trained on")
-    fit, held = split_holdout(samples, tr["holdout_fraction"], tr["seed"])
-    overrides: dict[str, Any] = {k: v for k, v in (("guide_quantile", quantile), ("guide_bank_size", bank_size)) if v is not None}
+    fit, held = recorded_split(bundle, tr, data)
+    overrides: dict[str, Any] = {k: v for k, v in (("guide_quantile", quantile), ("guide_bank_size", bank_size))
+                                 if v is not None}
     model = replace(config.model, mask=mask, **overrides)
     model.validate()
     dev = resolve_device(device)
     pipeline.to(dev)
     guide, summary = None, None
     if mask == "nearest_normal":
-        def tokens(paths: Sequence[str | Path]) -> torch.Tensor:
-            with torch.no_grad():
-                return pooled_tokens((pipeline.extractor(b.to(dev)) for b in load_batches(
-                    paths, model.image_size, config.mean, config.std, FEATURE_CHUNK, workers)), model.patch_size)
-
-        guide, summary = build_guide(tokens([s.path for s in fit]), tokens([s.path for s in held]), model, tr["seed"])
+        fit_tokens, held_tokens = (image_tokens(pipeline.extractor, [s.path for s in part], model, config.mean,
+                                                config.std, dev, workers) for part in (fit, held))
+        guide, summary = build_guide(fit_tokens, held_tokens, model, tr["seed"])
     pipeline.guide = None if guide is None else guide.to(dev)
     pipeline.aminet.cfg = model
     config.model = model

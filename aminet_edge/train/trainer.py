@@ -28,7 +28,7 @@ from aminet_edge.train.cache import (FeatureBatches, build_feature_cache, cache_
                                     weights_digest)
 from aminet_edge.model.guide import NearestNormalGuide
 from aminet_edge.train.calibrate import calibrate
-from aminet_edge.train.guide import FEATURE_CHUNK, build_guide, pooled_tokens
+from aminet_edge.train.guide import FEATURE_CHUNK, build_guide, image_tokens, pooled_tokens
 from aminet_edge.train.checkpoint import CHECKPOINT_FILE, load_checkpoint, save_checkpoint
 from aminet_edge.train.precision import resolve_precision
 from aminet_edge.train.step import TrainStep
@@ -65,6 +65,22 @@ def split_holdout(samples: Sequence[Sample], fraction: float, seed: int) -> tupl
     held = set(order[:k].tolist())
     return ([s for i, s in enumerate(samples) if i not in held],
             [s for i, s in enumerate(samples) if i in held])
+
+
+def recorded_split(bundle: str | Path, train_record: dict[str, Any], roots: Sequence[str | Path]
+                   ) -> tuple[list[Sample], list[Sample]]:
+    """A trained bundle's own (fit, held-out) split, re-derived from `roots` with its recorded config.json
+    "train" settings (seed, holdout_fraction, few_shot). ValueError when they are not recorded or the
+    roots hold another number of training images than the bundle was trained on."""
+    tr = train_record
+    if not {"seed", "holdout_fraction", "images", "held_out"} <= set(tr):
+        raise ValueError(f"{bundle}: config.json records no training split (train.seed, holdout_fraction, images, "
+                         "held_out)")
+    samples = load_training_samples(roots, tr.get("few_shot"), tr["seed"])
+    if len(samples) != tr["images"] + tr["held_out"]:
+        raise ValueError(f"{', '.join(map(str, roots))}: {len(samples)} training images, but {bundle} was trained on "
+                         f"{tr['images']} + {tr['held_out']} held out: not the data it was trained on")
+    return split_holdout(samples, tr["holdout_fraction"], tr["seed"])
 
 
 def training_settings(model: ModelConfig, train_cfg: TrainConfig, fit: Sequence[Sample], few_shot: int | None,
@@ -251,12 +267,8 @@ def train(
 def _guide_from_cache(feats: torch.Tensor, extractor: FeatureExtractor, held: Sequence[Sample], model: ModelConfig,
                       seed: int, dev: torch.device, workers: int) -> tuple[NearestNormalGuide, dict[str, Any]]:
     """The nearest-normal guide: bank from the feature cache (N, C, h, w), threshold from the held-out images."""
-    from aminet_edge.data.batches import load_batches
-
     chunk = FEATURE_CHUNK
     fit_tokens = pooled_tokens((feats[i:i + chunk].to(dev) for i in range(0, len(feats), chunk)), model.patch_size)
-    with torch.no_grad():
-        held_tokens = pooled_tokens((extractor(b.to(dev)) for b in load_batches(
-            [s.path for s in held], model.image_size, extractor.mean, extractor.std, chunk, workers)),
-            model.patch_size) if held else fit_tokens[:0]
+    held_tokens = image_tokens(extractor, [s.path for s in held], model, extractor.mean, extractor.std, dev,
+                               workers)
     return build_guide(fit_tokens, held_tokens, model, seed)
