@@ -243,11 +243,20 @@ def _model(data: Any, where: str) -> ModelConfig:
     return model
 
 
-def _score(data: Any, where: str) -> ScoreConfig:
+def _score(data: Any, where: str, mask: str) -> ScoreConfig:
     score = ScoreConfig(**_fields(ScoreConfig, data, where, "score"))
     # sigma 0 would make the reference's Gaussian a no-op while the C++/CUDA kernels divide by it
     _number(where, "score.sigma", score.sigma, positive=True)
+    try:
+        score.validate(mask)
+    except ValueError as exc:
+        raise BundleError(f"{where}: field 'score' inconsistent: {exc}") from exc
     return score
+
+
+def score_record(score: ScoreConfig) -> dict[str, Any]:
+    """What a graph or engine record says about the score map it computes (compared at load)."""
+    return {"score_map": score.map, "guide_weight": score.guide_weight}
 
 
 def _calibration(data: Any, where: str) -> Calibration | None:
@@ -312,7 +321,7 @@ def validate_config(data: Any, where: str = CONFIG_FILE) -> BundleConfig:
     mean, std = _preprocess(data["preprocess"], where, model)
     config = BundleConfig(
         model=model, in_channels=_integer(where, "in_channels", data["in_channels"], minimum=1),
-        score=_score(data["score"], where), mean=mean, std=std,  # type: ignore[arg-type]
+        score=_score(data["score"], where, model.mask), mean=mean, std=std,  # type: ignore[arg-type]
         calibration=_calibration(data.get("calibration"), where),
         train=_object(where, "train", data.get("train", {})),
         backbone_source=_text(where, "backbone_source", data.get("backbone_source", "")),
@@ -376,6 +385,12 @@ def _check_artifacts(config: BundleConfig, where: str) -> None:
         if made_for != config.model.mask:
             raise _fail(where, f"{name}.mask", f"the file computes the {made_for!r} mask but model.mask is "
                         f"{config.model.mask!r}: it was made for another configuration; "
+                        + REEXPORT.format(bundle="RUN"))
+        # records before the guide's score map: the reconstruction map
+        made = {"score_map": rec.get("score_map", "reconstruction"), "guide_weight": rec.get("guide_weight", 0.0)}
+        if made != score_record(config.score):
+            raise _fail(where, f"{name}.score_map", f"the file computes score map {made} but score is "
+                        f"{score_record(config.score)}: it was made for another configuration; "
                         + REEXPORT.format(bundle="RUN"))
 
 

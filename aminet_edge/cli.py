@@ -10,7 +10,7 @@ from typing import Any
 
 import click
 
-from aminet_edge.config import CACHE_DTYPES, PRESETS, TrainConfig
+from aminet_edge.config import CACHE_DTYPES, PRESETS, SCORE_MAPS, ScoreConfig, TrainConfig
 
 
 class CliError(click.ClickException):
@@ -101,6 +101,9 @@ def main() -> None:
               help="nearest-normal: held-out normal tokens' distance quantile used as threshold [default: 0.95].")
 @click.option("--guide-bank-size", type=click.IntRange(min=1),
               help="nearest-normal: most tokens in the bank, a coreset beyond [default: 65536].")
+@click.option("--score-map", type=click.Choice(SCORE_MAPS), default="reconstruction", show_default=True,
+              help="The paper's reconstruction map, or (with --mask nearest-normal) plus the guide's distances, "
+                   "weighted on held-out normal images (this project's variant; better on textures).")
 @click.option("--epochs", type=click.IntRange(min=1), default=TrainConfig.epochs, show_default=True)
 @click.option("--batch-size", type=click.IntRange(min=1), default=TrainConfig.batch_size, show_default=True)
 @click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=TrainConfig.lr, show_default=True)
@@ -127,7 +130,7 @@ def main() -> None:
 def train_cmd(data: tuple[str, ...], out: str, preset: str, backbone: str | None, weights: str | None,
               image_size: int | None, embed_dim: int | None, heads: int | None, depth: int | None,
               clusters: int | None, jitter: bool | None, mask: str, guide_quantile: float | None,
-              guide_bank_size: int | None, epochs: int, batch_size: int, lr: float, seed: int,
+              guide_bank_size: int | None, score_map: str, epochs: int, batch_size: int, lr: float, seed: int,
               few_shot: int | None, cache_dir: str | None, cache_dtype: str, resume: bool,
               allow_changed_settings: bool, device: str, precision: str, workers: int, compile_: bool,
               gpu_cache_gb: float | None, quiet: bool) -> None:
@@ -140,7 +143,8 @@ def train_cmd(data: tuple[str, ...], out: str, preset: str, backbone: str | None
         "guide_quantile": guide_quantile, "guide_bank_size": guide_bank_size}
     model = replace(PRESETS[preset], **{k: v for k, v in overrides.items() if v is not None})
     cfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, cache_dtype=cache_dtype)
-    path = _run(train, list(data), out, model=model, train_cfg=cfg, backbone_weights=weights,
+    path = _run(train, list(data), out, model=model, train_cfg=cfg, score=ScoreConfig(map=score_map),
+                backbone_weights=weights,
                 few_shot=few_shot, cache_dir=cache_dir, resume=resume,
                 allow_changed_settings=allow_changed_settings, progress=not quiet, device=device,
                 precision=precision, workers=workers, compile=compile_, gpu_cache_gb=gpu_cache_gb)
@@ -187,20 +191,27 @@ def evaluate_cmd(run: str, data: str, json_path: str | None, heatmaps: str | Non
               help="nearest-normal: held-out quantile used as threshold [default: the bundle's].")
 @click.option("--guide-bank-size", type=click.IntRange(min=1),
               help="nearest-normal: most tokens in the bank [default: the bundle's].")
+@click.option("--score-map", type=click.Choice(SCORE_MAPS),
+              help="reconstruction, or reconstruction+guide (nearest-normal only) [default: the bundle's, "
+                   "reconstruction for adaptive].")
 @device_option()
 @click.option("--workers", type=click.IntRange(min=0), default=0, show_default=True)
 @click.option("--quiet", is_flag=True)
 def set_mask_cmd(run: str, data: tuple[str, ...], mask: str, guide_quantile: float | None,
-                 guide_bank_size: int | None, device: str, workers: int, quiet: bool) -> None:
-    """Switch RUN's test-time mask and re-calibrate it on DATA (the data it was trained on), no retraining.
+                 guide_bank_size: int | None, score_map: str | None, device: str, workers: int, quiet: bool) -> None:
+    """Switch RUN's test-time mask (and score map) and re-calibrate it on DATA (the data it was trained on),
+    no retraining.
 
     Graphs and engines of RUN are deleted (they hold the old mask): export them again.
     """
     from aminet_edge.train.guide import set_mask
 
     _run(set_mask, run, list(data), mask.replace("-", "_"), guide_quantile, guide_bank_size, device=device,
-         progress=not quiet, workers=workers)
-    click.echo(f"{run}: mask set to {mask}, thresholds re-calibrated; export it again")
+         progress=not quiet, workers=workers, score_map=score_map)
+    from aminet_edge.bundle import read_config
+
+    click.echo(f"{run}: mask set to {mask}, score map {read_config(run).score.map}, thresholds re-calibrated; "
+               "export it again")
 
 
 @main.command("demo")

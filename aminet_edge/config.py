@@ -27,6 +27,10 @@ Deliberate departures from the code (models/model_MAE.py, train_mvtec.py):
 - feature jitter is off by default (feature_jitter); the code always jitters in training.
 - optional, not the default: mask="nearest_normal" replaces the clustering mask at test time by a
   nearest-normal guide (ModelConfig.mask; BENCHMARKS.md, textures); the clustering branch is still trained.
+- optional, not the default: score map "reconstruction+guide" adds the guide's token distances, upsampled
+  and smoothed as the reconstruction map, weighted by guide_weight (calibrated on held-out normal images:
+  their mean reconstruction map / mean guide-distance map, so neither term dominates); needs
+  mask="nearest_normal" (ScoreConfig.map; BENCHMARKS.md, textures).
 - the clustering patch embedding gets the same xavier-uniform init as the inpainting one; the code
   initialises only the inpainting one so and leaves the clustering one (auxi_embed) at PyTorch's default
   Conv2d init.
@@ -45,6 +49,7 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 ImageScore = Literal["std", "max"]
 MASKS = ("adaptive", "nearest_normal")  # ModelConfig.mask: the paper's, or this project's variant
+SCORE_MAPS = ("reconstruction", "reconstruction+guide")  # ScoreConfig.map: the paper's, or this project's variant
 CACHE_DTYPES = ("float32", "float16", "bfloat16")  # feature-cache dtypes (TrainConfig.cache_dtype)
 
 
@@ -148,10 +153,37 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class ScoreConfig:
-    """Score map and image score (authors' code)."""
+    """Score map and image score (authors' code, unless `map` says otherwise)."""
 
     sigma: float = 4.0  # Gaussian sigma in output pixels
     image_score: ImageScore = "std"  # "std" of the map (code) or its "max"
+    # "reconstruction": smooth(up(MSE)) * smooth(up(1 - cos)) (code); "reconstruction+guide" (this project's
+    # variant): plus guide_weight * smooth(up(nearest-normal guide distance)) per token (needs that mask)
+    map: str = "reconstruction"
+    guide_weight: float = 0.0  # "reconstruction+guide": calibrated at training / set-mask; 0 otherwise
+
+    def validate(self, mask: str, calibrated: bool = True) -> None:
+        """Raise ValueError naming the first inconsistent field; `mask` is ModelConfig.mask. calibrated
+        False accepts a guide map whose weight is still to be calibrated (0)."""
+        if self.image_score not in ("std", "max"):
+            raise ValueError(f"image_score must be 'std' or 'max', got {self.image_score!r}")
+        if self.map not in SCORE_MAPS:
+            raise ValueError(f"map must be one of {', '.join(SCORE_MAPS)}, got {self.map!r}")
+        if not (math.isfinite(self.guide_weight) and self.guide_weight >= 0):
+            raise ValueError(f"guide_weight must be a finite number >= 0, got {self.guide_weight!r}")
+        if self.map == "reconstruction":
+            if self.guide_weight != 0:
+                raise ValueError(f"guide_weight is {self.guide_weight} but map 'reconstruction' has no guide term")
+            return
+        if mask != "nearest_normal":
+            raise ValueError(f"map {self.map!r} needs the nearest-normal mask, but the mask is {mask!r}")
+        if calibrated and self.guide_weight == 0:
+            raise ValueError(f"map {self.map!r} needs a calibrated guide_weight > 0 (`aminet-edge set-mask`)")
+
+
+def uses_guide_map(score_map: str) -> bool:
+    """Whether ScoreConfig.map `score_map` adds the nearest-normal guide's token distances."""
+    return score_map == "reconstruction+guide"
 
 
 def to_dict(obj: Any) -> dict[str, Any]:

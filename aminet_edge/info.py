@@ -42,6 +42,15 @@ def mask_info(config: BundleConfig) -> str:
     return line + f"; {mib:.1f} MiB float32 bank in each graph that computes the mask"
 
 
+def score_info(config: BundleConfig) -> str:
+    """The score map, one line: the paper's reconstruction map, or this project's variant with its weight."""
+    score = config.score
+    if score.map == "reconstruction":
+        return f"reconstruction (paper), sigma {score.sigma:g}, image score {score.image_score}"
+    return (f"reconstruction + {score.guide_weight:.4g} x guide distance (held-out calibrated), sigma "
+            f"{score.sigma:g}, image score {score.image_score}")
+
+
 def bundle_info(bundle: str | Path, config: BundleConfig) -> dict[str, str]:
     """What a bundle holds (graphs, engines, calibration) and the backend `auto` picks on each device."""
     from aminet_edge.runtime.backends import BackendUnavailableError, auto_reason, select_backend
@@ -51,6 +60,7 @@ def bundle_info(bundle: str | Path, config: BundleConfig) -> dict[str, str]:
     out = {"model": f"{config.model.backbone}, {config.model.image_size} px, D={config.model.embed_dim}, "
                     f"depth {config.model.inpaint_depth}",
            "mask": mask_info(config),
+           "score map": score_info(config),
            "graphs": ", ".join(dict.fromkeys(graphs)) or "none (run `aminet-edge export`)",
            "engines": str(len(artifacts.get("engines") or [])),
            "calibrated": "yes" if config.calibration is not None else "no"}

@@ -82,6 +82,7 @@ def evaluate_bundle(bundle: str | Path, data: str | Path, json_path: str | Path 
     metrics = evaluate(labels, scores, masks[has_mask], maps[has_mask], [s.defect_type for s in test],
                        pixel_rows=has_mask)
     metrics["images"] = int(len(test))
+    metrics["mask"], metrics["score_map"] = config.model.mask, config.score.map
     missing = int(sum(s.label == 1 and s.mask_path is None for s in test))
     if missing:
         metrics["pixel_note"] = (f"pixel metrics need ground-truth masks: {missing} of {int(labels.sum())} "

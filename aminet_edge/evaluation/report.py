@@ -44,6 +44,8 @@ def coverage_table(coverage: dict) -> str:
 def write_report(metrics: dict, path: str | Path, title: str) -> Path:
     """Write the metrics table, the baseline's bank size and the mask-coverage table to `path`."""
     parts = [f"# {title}", "", metrics_table(metrics), ""]
+    if "mask" in metrics:
+        parts += [f"Test-time mask: {metrics['mask']}; score map: {metrics['score_map']}.", ""]
     knn = metrics.get("baseline_knn")
     if knn:
         sub = "" if knn["bank_patches"] == knn["train_patches"] else ", a uniform random subsample"
@@ -51,7 +53,7 @@ def write_report(metrics: dict, path: str | Path, title: str) -> Path:
                   f"patches (cap {knn['bank_cap']:,}{sub}); image score = map maximum.", ""]
     coverage = metrics.get("mask_coverage")
     if coverage:
-        parts += [f"Adaptive-mask coverage (defect token: >= {coverage['defect_token_fraction']:.0%} defect "
+        parts += [f"Mask coverage (defect token: >= {coverage['defect_token_fraction']:.0%} defect "
                   f"pixels; normal token: none):", "", coverage_table(coverage), ""]
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from aminet_edge.bundle import (ENGINE_DIR, GRAPHS, BundleError, artifact_path, engine_name, engine_record, graph_file, has_graph,
-                                make_record, read_config, relative_path, verify_record, write_config)
+                                make_record, read_config, relative_path, score_record, verify_record, write_config)
 from aminet_edge.export import trt_compat
 from aminet_edge.export.trt_compat import BackendNotInstalledError
 
@@ -252,7 +252,8 @@ def build_engine(bundle: str | Path, target: str = "auto", precision: str = "fp1
         precision=precision, graph=graph, onnx=onnx_path.name, compute_capabilities=sms,
         gpu=present[0][0] if present and backend == "tensorrt" else None,
         strongly_typed=trt_compat.supports_strong_typing(trtm), hardware_compatible=hardware_compatible,
-        input_size=config.model.image_size, mask=config.model.mask, batch=list(batch), workspace=workspace,
+        input_size=config.model.image_size, mask=config.model.mask, **score_record(config.score), batch=list(batch),
+        workspace=workspace,
         weights_sha256=config.artifacts["weights"]["sha256"], build_seconds=round(seconds, 2))
     config = read_config(bundle)
     engines = [e for e in config.artifacts.get("engines", []) if e["path"] != rel]

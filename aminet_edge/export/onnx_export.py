@@ -32,7 +32,8 @@ import onnx
 import torch
 from torch import nn
 
-from aminet_edge.bundle import SCHEMA_VERSION, WEIGHTS_FILE, graph_key, make_record, read_config, write_config
+from aminet_edge.bundle import (SCHEMA_VERSION, WEIGHTS_FILE, graph_key, make_record, read_config, score_record,
+                                write_config)
 from aminet_edge.export import onnx_name
 from aminet_edge.export.graph_checks import GraphCheckError, check_graph
 from aminet_edge.export.graph_io import MODEL_B_IO, SINGLE_IO, model_a_io
@@ -40,20 +41,22 @@ from aminet_edge.export.graph_rewrites import fold_pads_into_convs
 from aminet_edge.model.aminet import AMINet
 from aminet_edge.model.features import FeatureExtractor
 from aminet_edge.model.guide import NearestNormalGuide
-from aminet_edge.model.pipeline import Pipeline, load_pipeline
+from aminet_edge.model.pipeline import Pipeline, load_pipeline, token_map
 from aminet_edge.ops import reference
 
 OPSET = 17
 
 
-def _mask(aminet: AMINet, guide: NearestNormalGuide | None, feat: torch.Tensor) -> torch.Tensor:
-    """The test-time mask (B, L) bool from backbone features (B, C, h, w) of any dtype, decided in float32:
-    the guide's when there is one (the clustering branch is then not traced), else the adaptive mask
-    (reference.adaptive_mask casts to float32 itself: distances and boundaries never see fp16)."""
+def _mask(aminet: AMINet, guide: NearestNormalGuide | None,
+          feat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The test-time mask (B, L) bool from backbone features (B, C, h, w) of any dtype, decided in float32,
+    and the guide's token distances (B, L) float32: the guide's when there is one (the clustering branch
+    is then not traced), else the adaptive mask and None (reference.adaptive_mask casts to float32
+    itself: distances and boundaries never see fp16)."""
     if guide is not None:
-        return guide(feat.float())[0]
+        return guide(feat.float())
     tokens, centers = aminet.cluster(feat)
-    return reference.adaptive_mask(tokens.float(), centers.float(), aminet.cfg.mask_lambda)[0]
+    return reference.adaptive_mask(tokens.float(), centers.float(), aminet.cfg.mask_lambda)[0], None
 
 
 class MixedPipeline(nn.Module):
@@ -74,27 +77,32 @@ class MixedPipeline(nn.Module):
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         net = self.aminet
         feat = self.extractor(images.to(self.dtype))
-        mask = _mask(net, self.guide, feat)
+        mask, dist = _mask(net, self.guide, feat)
         recon = net.inpaint_features(net.embed_inpaint_tokens(feat), mask)
         amap, score = reference.score_map(feat.float(), recon.float(), (images.shape[-2], images.shape[-1]),
-                                          self.score.sigma, self.score.image_score)
+                                          self.score.sigma, self.score.image_score,
+                                          token_map(self.score, dist, net.cfg.grid_size), self.score.guide_weight)
         return amap, score, mask
 
 
 class PartA(nn.Module):
     """images (B, 3, S, S) float32 -> features (B, C, h, w), cluster_tokens (B, L, D), centers (B, P, D),
     inpaint_tokens (B, L, D), all float32 (computed in `dtype`); with a `guide`: features, mask (B, L) bool
-    (the guide's, in float32), inpaint_tokens (graph_io.model_a_io)."""
+    (the guide's, in float32), inpaint_tokens, and with `guide_distance` its token distances (B, L) float32
+    (graph_io.model_a_io)."""
 
     def __init__(self, extractor: FeatureExtractor, aminet: AMINet, dtype: torch.dtype = torch.float32,
-                 guide: NearestNormalGuide | None = None) -> None:
+                 guide: NearestNormalGuide | None = None, guide_distance: bool = False) -> None:
         super().__init__()
         self.extractor, self.aminet, self.dtype, self.guide = extractor, aminet, dtype, guide
+        self.guide_distance = guide_distance
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
         feat = self.extractor(images.to(self.dtype))
         if self.guide is not None:
-            return feat.float(), _mask(self.aminet, self.guide, feat), self.aminet.embed_inpaint_tokens(feat).float()
+            mask, dist = _mask(self.aminet, self.guide, feat)
+            out = feat.float(), mask, self.aminet.embed_inpaint_tokens(feat).float()
+            return (*out, dist) if self.guide_distance else out
         tokens, centers = self.aminet.cluster(feat)
         inpaint = self.aminet.embed_inpaint_tokens(feat)
         return feat.float(), tokens.float(), centers.float(), inpaint.float()
@@ -202,11 +210,12 @@ def export_onnx(bundle: str | Path, precision: str = "fp32", opset: int = OPSET,
     if split:
         ext = copy.deepcopy(pipeline.extractor).to(dtype)
         net = copy.deepcopy(pipeline.aminet).to(dtype)
-        a = PartA(ext, net, dtype, pipeline.guide).eval()
+        io_a = model_a_io(config.model.mask, config.score.map)
+        a = PartA(ext, net, dtype, pipeline.guide, guide_distance="guide_distance" in io_a[1]).eval()
         with torch.no_grad():
-            inpaint = a(images)[-1]
+            inpaint = a(images)[io_a[1].index("inpaint_tokens")]
         mask = torch.zeros(inpaint.shape[:2], dtype=torch.bool, device=dev)
-        paths["model_a"] = _export(a, (images,), model_a_io(config.model.mask),
+        paths["model_a"] = _export(a, (images,), io_a,
                                    bundle / onnx_name("model_a", precision), opset)
         paths["model_b"] = _export(PartB(net, dtype).eval(), (inpaint, mask), MODEL_B_IO,
                                    bundle / onnx_name("model_b", precision), opset)
@@ -225,5 +234,5 @@ def _record(bundle: Path, paths: dict[str, Path], precision: str, opset: int) ->
     for part, path in paths.items():
         onnx_entries[graph_key(part, precision)] = make_record(
             bundle, path, precision=precision, opset=opset, input_size=config.model.image_size, mask=config.model.mask,
-            weights_sha256=weights)
+            **score_record(config.score), weights_sha256=weights)
     write_config(bundle, config)

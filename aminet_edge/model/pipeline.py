@@ -18,7 +18,7 @@ from tqdm import tqdm
 
 from aminet_edge.bundle import (SCHEMA_VERSION, WEIGHTS_FILE, BundleConfig, BundleError, clear_artifacts,
                                 make_record, read_config, weights_file, write_config)
-from aminet_edge.config import ScoreConfig
+from aminet_edge.config import ScoreConfig, uses_guide_map
 from aminet_edge.model.aminet import AMINet
 from aminet_edge.model.features import FeatureExtractor, build_feature_extractor
 from aminet_edge.model.guide import NearestNormalGuide
@@ -30,11 +30,22 @@ def _fp32(t: torch.Tensor) -> torch.Tensor:
     return t if t.dtype == torch.float32 else t.float()
 
 
+def token_map(score: ScoreConfig, dist: torch.Tensor | None, grid: int) -> torch.Tensor | None:
+    """The score map's token term: the guide's token distances (B, L) as a (B, grid, grid) map when
+    score.map adds them, else None (reference.score_map's token_map)."""
+    if not uses_guide_map(score.map):
+        return None
+    if dist is None:
+        raise ValueError(f"score map {score.map!r} needs the nearest-normal guide's distances")
+    return dist.reshape(dist.shape[0], grid, grid)
+
+
 class Pipeline(nn.Module):
     """images (B, 3, S, S) float32, ImageNet-normalised -> amap (B, S, S), score (B,), mask (B, L) bool.
 
     The mask is the adaptive (clustering) mask, or the nearest-normal guide's when `guide` is given
-    (ModelConfig.mask = "nearest_normal"; the guide always runs in float32).
+    (ModelConfig.mask = "nearest_normal"; the guide always runs in float32). ScoreConfig.map
+    "reconstruction+guide" adds the guide's token distances to the map (`token_map`).
 
     `ops_backend` selects the implementation of the two fused ops ("reference" = pure PyTorch, exported
     to ONNX; others through the aminet_edge.ops dispatcher). `compute_dtype` (None = float32, as exported;
@@ -67,25 +78,33 @@ class Pipeline(nn.Module):
         def mask_fn(tokens, centers, lam):  # type: ignore[no-untyped-def]
             return ops.adaptive_mask(tokens, centers, lam, backend=self.ops_backend)
 
-        def score_fn(feat, recon, out_hw, sigma, image_score):  # type: ignore[no-untyped-def]
-            return ops.score_map(feat, recon, out_hw, sigma, image_score, backend=self.ops_backend)
+        def score_fn(feat, recon, out_hw, sigma, image_score, token_map, token_weight):  # type: ignore[no-untyped-def]
+            return ops.score_map(feat, recon, out_hw, sigma, image_score, backend=self.ops_backend,
+                                 token_map=token_map, token_weight=token_weight)
 
         return mask_fn, score_fn
 
-    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        mask_fn, score_fn = self._ops()
+    def restore(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """features and their restoration (B, C, h, w) float32, the mask (B, L) bool and, with the guide,
+        its token distances (B, L) float32 (None with the adaptive mask)."""
         with self._autocast(images):
             feat = self.extractor(images)
+        dist = None
         if self.guide is not None:
-            mask, _ = self.guide(_fp32(feat))
+            mask, dist = self.guide(_fp32(feat))
         else:
             with self._autocast(images):
                 tokens, centers = self.aminet.cluster(feat)
-            mask, _, _ = mask_fn(_fp32(tokens), _fp32(centers), self.aminet.cfg.mask_lambda)
+            mask, _, _ = self._ops()[0](_fp32(tokens), _fp32(centers), self.aminet.cfg.mask_lambda)
         with self._autocast(images):
             recon = self.aminet.inpaint_features(self.aminet.embed_inpaint_tokens(feat), mask)
-        amap, score = score_fn(_fp32(feat), _fp32(recon), tuple(images.shape[-2:]), self.score.sigma,
-                               self.score.image_score)
+        return _fp32(feat), _fp32(recon), mask, dist
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        feat, recon, mask, dist = self.restore(images)
+        tokens = token_map(self.score, dist, self.aminet.cfg.grid_size)
+        amap, score = self._ops()[1](feat, recon, tuple(images.shape[-2:]), self.score.sigma, self.score.image_score,
+                                     tokens, self.score.guide_weight)
         return amap, score, mask
 
     @torch.no_grad()

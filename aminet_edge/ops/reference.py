@@ -135,31 +135,41 @@ def smooth(maps: torch.Tensor, sigma: float) -> torch.Tensor:
     return x.transpose(1, 2)
 
 
+def upsample_smooth(maps: torch.Tensor, out_hw: tuple[int, int], sigma: float) -> torch.Tensor:
+    """(B, h, w) maps bilinearly upsampled (align_corners=True) to out_hw = (H, W), then Gaussian-smoothed
+    (sigma in output pixels, see `smooth`): (B, H, W) float32."""
+    up = F.interpolate(maps.float().unsqueeze(1), size=tuple(out_hw), mode="bilinear", align_corners=True)
+    return smooth(up[:, 0], sigma)
+
+
 def score_map(
     feat: torch.Tensor,
     recon: torch.Tensor,
     out_hw: tuple[int, int],
     sigma: float = 4.0,
     image_score: str = "std",
+    token_map: torch.Tensor | None = None,
+    token_weight: float = 0.0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Anomaly map and image score from input features and their restoration.
 
     feat, recon: (B, C, h, w). Per cell: mse = mean_c (feat - recon)^2 and cosd = 1 - cos over channels.
-    Each is bilinearly upsampled (align_corners=True) to out_hw = (H, W) and Gaussian-smoothed
-    (sigma in output pixels, see `smooth`), then amap = mse * cosd. Image score: population std of the
-    map ("std", the authors' choice) or its maximum ("max").
+    Each is `upsample_smooth`ed to out_hw = (H, W) (bilinear, align_corners=True, then Gaussian sigma in
+    output pixels), then amap = mse * cosd. With token_map (B, gh, gw) (the nearest-normal guide's token
+    distances, ScoreConfig.map "reconstruction+guide"), amap += token_weight * upsample_smooth(token_map).
+    Image score: population std of the map ("std", the authors' choice) or its maximum ("max").
     Returns amap (B, H, W) float32 and score (B,) float32.
     """
     if image_score not in ("std", "max"):
         raise ValueError(f"image_score must be 'std' or 'max', got {image_score!r}")
     f, r = feat.float(), recon.float()
+    b, _, h, w = f.shape
     mse = ((f - r) ** 2).mean(1)
     cosd = 1.0 - cosine(f, r, dim=1)
-    both = torch.stack([mse, cosd], 1)  # (B, 2, h, w)
-    both = F.interpolate(both, size=tuple(out_hw), mode="bilinear", align_corners=True)
-    b, _, h, w = both.shape
-    both = smooth(both.reshape(b * 2, h, w), sigma).reshape(b, 2, h, w)
-    amap = both[:, 0] * both[:, 1]
+    both = upsample_smooth(torch.cat([mse, cosd]), out_hw, sigma)  # (2B, H, W): mse maps, then cosd maps
+    amap = both[:b] * both[b:]
+    if token_map is not None:
+        amap = amap + float(token_weight) * upsample_smooth(token_map, out_hw, sigma)
     flat = amap.reshape(b, -1)
     score = flat.std(1, unbiased=False) if image_score == "std" else flat.amax(1)
     return amap, score

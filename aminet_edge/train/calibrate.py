@@ -1,17 +1,51 @@
-"""Thresholds from held-out normal images only (no defect labels needed)."""
+"""Thresholds, and the guide map's weight, from held-out normal images only (no defect labels needed)."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 
 import numpy as np
 import torch
 
 from aminet_edge.bundle import Calibration
+from aminet_edge.config import ScoreConfig, uses_guide_map
 from aminet_edge.data.datasets import Sample
 from aminet_edge.evaluation.metrics import threshold_from_normal
-from aminet_edge.model.pipeline import Pipeline
+from aminet_edge.model.pipeline import Pipeline, token_map
 from aminet_edge.ops import reference
+
+
+@torch.no_grad()
+def guide_weight(pipeline: Pipeline, normals: Sequence[Sample], mean: Sequence[float], std: Sequence[float],
+                 workers: int = 0) -> float:
+    """ScoreConfig.guide_weight of the "reconstruction+guide" map: the normal images' mean reconstruction
+    map over their mean smoothed guide-distance map, so that both terms weigh alike on normal parts.
+    The pipeline must hold the nearest-normal guide; runs on its device."""
+    from aminet_edge.data.batches import load_batches
+
+    cfg, sigma = pipeline.aminet.cfg, pipeline.score.sigma
+    hw = (cfg.image_size, cfg.image_size)
+    device = pipeline.aminet.pos_embed.device
+    rec_sum = guide_sum = 0.0
+    for batch in load_batches([s.path for s in normals], cfg.image_size, mean, std, 8, workers):
+        feat, recon, _, dist = pipeline.restore(batch.to(device))
+        tokens = token_map(dataclasses.replace(pipeline.score, map="reconstruction+guide"), dist, cfg.grid_size)
+        rec_sum += float(reference.score_map(feat, recon, hw, sigma)[0].double().mean(dim=(1, 2)).sum())
+        guide_sum += float(reference.upsample_smooth(tokens, hw, sigma).double().mean(dim=(1, 2)).sum())
+    if not guide_sum > 0:
+        raise ValueError("the guide's distances are 0 on every normal image: its map cannot be weighted")
+    return rec_sum / guide_sum
+
+
+def calibrate_score(pipeline: Pipeline, normals: Sequence[Sample], mean: Sequence[float], std: Sequence[float],
+                    workers: int = 0) -> ScoreConfig:
+    """The pipeline's ScoreConfig with guide_weight calibrated on `normals` when its map adds the guide's
+    distances (`guide_weight`), else unchanged; set on the pipeline too."""
+    if uses_guide_map(pipeline.score.map):
+        pipeline.score = dataclasses.replace(pipeline.score, guide_weight=guide_weight(pipeline, normals, mean,
+                                                                                       std, workers))
+    return pipeline.score
 
 
 def calibrate(pipeline: Pipeline, normals: Sequence[Sample], mean: Sequence[float], std: Sequence[float],

@@ -92,18 +92,22 @@ def build_guide(fit_tokens: torch.Tensor, held_tokens: torch.Tensor, model: Mode
 
 
 def set_mask(bundle: str | Path, data: Sequence[str | Path], mask: str, quantile: float | None = None,
-             bank_size: int | None = None, device: str = "auto", progress: bool = False, workers: int = 0) -> Path:
-    """Switch the bundle's test-time mask to `mask` ("adaptive" or "nearest_normal") and re-calibrate its
-    thresholds on the held-out normal images, the network weights unchanged.
+             bank_size: int | None = None, device: str = "auto", progress: bool = False, workers: int = 0,
+             score_map: str | None = None) -> Path:
+    """Switch the bundle's test-time mask to `mask` ("adaptive" or "nearest_normal") and score map to
+    `score_map` (ScoreConfig.map; None: the bundle's, or "reconstruction" where the mask no longer allows
+    it), and re-calibrate the thresholds (and the guide map's weight) on the held-out normal images, the
+    network weights unchanged.
 
     data: the data set root(s) the bundle was trained on (its training split is re-derived from them and
-    must match the recorded image counts). The guide's bank and threshold are rebuilt for "nearest_normal";
-    quantile / bank_size override the bundle's guide_quantile / guide_bank_size. Graphs and engines of the
-    bundle are deleted (they hold the old mask): export again. Returns the bundle path.
+    must match the recorded image counts). The guide's bank and threshold are rebuilt for "nearest_normal"
+    (kept when the bundle has the guide already and quantile / bank_size, which override its
+    guide_quantile / guide_bank_size, do not change them). Graphs and engines of the bundle are deleted
+    (they hold the old mask or map): export again. Returns the bundle path.
     """
     from aminet_edge.device import resolve_device
     from aminet_edge.model.pipeline import load_pipeline, save_bundle
-    from aminet_edge.train.calibrate import calibrate
+    from aminet_edge.train.calibrate import calibrate, calibrate_score
     from aminet_edge.train.trainer import recorded_split
 
     if mask not in MASKS:
@@ -115,16 +119,26 @@ def set_mask(bundle: str | Path, data: Sequence[str | Path], mask: str, quantile
                                  if v is not None}
     model = replace(config.model, mask=mask, **overrides)
     model.validate()
+    if score_map is None:
+        score_map = config.score.map if mask == "nearest_normal" else "reconstruction"
+    score = replace(config.score, map=score_map, guide_weight=0.0)
+    score.validate(mask, calibrated=False)
     dev = resolve_device(device)
     pipeline.to(dev)
-    guide, summary = None, None
-    if mask == "nearest_normal":
+    guide, summary = pipeline.guide, tr.get("guide")
+    if mask != "nearest_normal":
+        guide, summary = None, None
+    elif guide is None or model != replace(config.model, mask=mask):  # no guide yet, or other quantile / bank
         fit_tokens, held_tokens = (image_tokens(pipeline.extractor, [s.path for s in part], model, config.mean,
                                                 config.std, dev, workers) for part in (fit, held))
         guide, summary = build_guide(fit_tokens, held_tokens, model, tr["seed"])
+    else:
+        log.info("nearest-normal guide kept (bank %d tokens, threshold %.4g)", len(guide.bank), float(guide.threshold))
     pipeline.guide = None if guide is None else guide.to(dev)
     pipeline.aminet.cfg = model
+    pipeline.score = score
     config.model = model
+    config.score = calibrate_score(pipeline, held, config.mean, config.std, workers)
     config.calibration = calibrate(pipeline, held or fit, config.mean, config.std, held_out=bool(held),
                                    progress=progress, workers=workers)
     config.train = {k: v for k, v in tr.items() if k != "guide"} | ({"guide": summary} if summary else {})

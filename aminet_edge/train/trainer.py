@@ -27,7 +27,7 @@ from aminet_edge.model.pipeline import Pipeline, save_bundle
 from aminet_edge.train.cache import (FeatureBatches, build_feature_cache, cache_nbytes, cache_placement,
                                     weights_digest)
 from aminet_edge.model.guide import NearestNormalGuide
-from aminet_edge.train.calibrate import calibrate
+from aminet_edge.train.calibrate import calibrate, calibrate_score
 from aminet_edge.train.guide import FEATURE_CHUNK, build_guide, image_tokens, pooled_tokens
 from aminet_edge.train.checkpoint import CHECKPOINT_FILE, load_checkpoint, save_checkpoint
 from aminet_edge.train.precision import resolve_precision
@@ -169,6 +169,7 @@ def train(
     score = score or ScoreConfig()
     model.validate()
     train_cfg.validate()
+    score.validate(model.mask, calibrated=False)
     if few_shot is not None and (isinstance(few_shot, bool) or not isinstance(few_shot, int) or few_shot < 1):
         raise ValueError(f"few_shot must be an integer >= 1 (or None for all images), got {few_shot!r}")
     if isinstance(checkpoint_every, bool) or not isinstance(checkpoint_every, int) or checkpoint_every < 1:
@@ -252,6 +253,7 @@ def train(
         guide, guide_summary = _guide_from_cache(feats, extractor, held, model, train_cfg.seed, dev, workers)
         guide.to(dev)
     pipeline = Pipeline(extractor, aminet, score, guide=guide).eval()
+    config.score = calibrate_score(pipeline, held, extractor.mean, extractor.std, workers)
     config.calibration = calibrate(pipeline, held or fit, extractor.mean, extractor.std, held_out=bool(held),
                                    progress=progress, workers=workers)
     config.train = {

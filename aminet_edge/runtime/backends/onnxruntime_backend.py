@@ -171,7 +171,7 @@ class OnnxRuntimeSplitBackend(Backend):
         mask = self.glue.mask(a)
         (recon,) = _run(self.session_b, ["recon"], {"inpaint_tokens": a["inpaint_tokens"], "mask": mask},
                         self.precision == "int8" and not self.exact_batch)
-        amap, score = self.glue.score_map(a["features"], recon)
+        amap, score = self.glue.score_map(a, recon)
         return BackendOutput(amap, score, mask)
 
     def close(self) -> None:

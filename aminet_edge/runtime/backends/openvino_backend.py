@@ -182,7 +182,7 @@ class OpenVinoBackend(Backend):
 
             self.glue = SplitGlue(config)
             self.paths = [graph_file(bundle, config, "model_a"), graph_file(bundle, config, "model_b")]  # verified
-            io = [model_a_io(config.model.mask), MODEL_B_IO]
+            io = [model_a_io(config.model.mask, config.score.map), MODEL_B_IO]
         else:  # verified: size, sha256, weights
             self.paths = [int8_graph(bundle, config) if self.precision == "int8" else graph_file(bundle, config, "model")]
             io = [SINGLE_IO]
@@ -202,7 +202,7 @@ class OpenVinoBackend(Backend):
         a = dict(zip(self.glue.a_outputs, self._infer(0, {"images": images}, self.glue.a_outputs)))
         mask = self.glue.mask(a)
         (recon,) = self._infer(1, {"inpaint_tokens": a["inpaint_tokens"], "mask": mask}, ("recon",))
-        amap, score = self.glue.score_map(a["features"], recon)
+        amap, score = self.glue.score_map(a, recon)
         return BackendOutput(amap, score, mask)
 
     def close(self) -> None:

@@ -325,10 +325,16 @@ class TensorRTBackend(Backend):
         self.kernels = kernels
         a, b = self.runners
         self.guided = mask_in_model_a(config.model.mask)
-        for n in model_a_io(config.model.mask)[1]:
+        a_outputs = model_a_io(config.model.mask, config.score.map)[1]
+        for n in a_outputs:
             if n not in a.outputs:
                 raise EngineError(f"{a.info.path}: engine A lacks output {n!r} (the bundle's mask is "
-                                  f"{config.model.mask!r}; rebuild the engines from this bundle's graphs)")
+                                  f"{config.model.mask!r}, its score map {config.score.map!r}; rebuild the "
+                                  "engines from this bundle's graphs)")
+        # the guide's token distances (B, L) float32, added to the score map by the CUDA kernel
+        self.guide_map = "guide_distance" in a_outputs
+        if self.guide_map and a.dtypes["guide_distance"] != np.float32:
+            raise EngineError(f"{a.info.path}: guide_distance must be float32, got {a.dtypes['guide_distance']}")
         if set(b.inputs) != set(MODEL_B_IO[0]) or "recon" not in b.outputs:
             raise EngineError(f"{b.info.path}: engine B must map (inpaint_tokens, mask) -> recon")
         b.bind("inpaint_tokens", a.buffers["inpaint_tokens"])  # B reads A's output in place
@@ -355,14 +361,18 @@ class TensorRTBackend(Backend):
             self.assign = self.memory.alloc(batch * L * 8)
         self.amap = self.memory.alloc(batch * S * S * 4)
         self.score = self.memory.alloc(batch * 4)
-        a_h = np.ascontiguousarray(kernels.smoothing_matrix(h, S, config.score.sigma))
-        a_w = np.ascontiguousarray(kernels.smoothing_matrix(w, S, config.score.sigma))
-        self._mats = [self.memory.pinned(m.shape, np.float32) for m in (a_h, a_w)]
-        self.a_h, self.a_w = self.memory.alloc(a_h.nbytes), self.memory.alloc(a_w.nbytes)
-        for host, src, dev in zip(self._mats, (a_h, a_w), (self.a_h, self.a_w)):
+        self.grid = config.model.grid_size  # token grid side (square): the guide map's smoothing matrix
+        self.guide_weight = float(config.score.guide_weight)
+        sizes = {"a_h": h, "a_w": w, "a_g": self.grid}
+        self._mats, self.mats = [], {}
+        for name, n in sizes.items():
+            src = np.ascontiguousarray(kernels.smoothing_matrix(n, S, config.score.sigma))
+            host = self.memory.pinned(src.shape, np.float32)
             host[...] = src
-            self.memory.htod(dev, host)
-        self.workspace = self.memory.alloc(kernels.score_map_workspace_bytes(batch, h, w, S))
+            self._mats.append(host)
+            self.mats[name] = self.memory.alloc(src.nbytes)
+            self.memory.htod(self.mats[name], host)
+        self.workspace = self.memory.alloc(kernels.score_map_workspace_bytes(batch, h, w, S, self.grid))
         self.lam = float(config.model.mask_lambda)
         self.image_score_code = kernels.SCORE_MAX if config.score.image_score == "max" else kernels.SCORE_STD
         self.memory.synchronize()
@@ -396,9 +406,12 @@ class TensorRTBackend(Backend):
                             d["P"], d["D"], self.lam, b.buffers["mask"].ptr, self.min_dist.ptr, self.assign.ptr,
                             stream)
         b.enqueue(batch)
+        m = self.mats
+        guide = {"token_map": a.buffers["guide_distance"].ptr, "gh": self.grid, "gw": self.grid,
+                 "a_hg": m["a_g"].ptr, "a_wg": m["a_g"].ptr, "token_weight": self.guide_weight} if self.guide_map else {}
         k.score_map(a.buffers["features"].ptr, b.buffers["recon"].ptr, dtype_feat, batch, d["C"], d["h"], d["w"],
-                    self.a_h.ptr, self.size, self.a_w.ptr, self.size, self.image_score_code, self.amap.ptr,
-                    self.score.ptr, self.workspace.ptr, stream)
+                    m["a_h"].ptr, self.size, m["a_w"].ptr, self.size, self.image_score_code, self.amap.ptr,
+                    self.score.ptr, self.workspace.ptr, stream, **guide)
 
     def run(self, images: np.ndarray) -> BackendOutput:
         n = images.shape[0]
