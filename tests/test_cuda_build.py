@@ -6,7 +6,8 @@ CUDA sources (csrc/cuda/); without nvcc these skip with that reason:
 - each .cu compiles for the full default architecture list CMake derives for this nvcc
   (cmake/cuda_architectures.cmake, one place), and that list follows the toolkit version;
 - libaminet_cuda.so links, loads through aminet_edge.ops.cuda, exports exactly the C API, and its host
-  function (the smoothing matrix) matches the reference without a GPU.
+  function (the smoothing matrix) matches the reference without a GPU; a library of another C API version
+  is refused at load (its argument lists differ, so calls would read garbage).
 Triton kernels (aminet_edge/ops/triton/): compiled ahead of time to cubins for sm_87, sm_90 and sm_120
 with Triton's own ptxas, so the compiled path (not only the interpreter the op tests use) is checked.
 The gpu-marked test builds the library for the GPU present and runs both ops on torch CUDA tensors.
@@ -133,7 +134,7 @@ def test_library_links_loads_and_exports_the_c_api(built_library: Path, monkeypa
     monkeypatch.setenv("AMINET_CUDA_LIB", str(built_library))
     assert cuda.library_path() == built_library
     lib = cuda.library()
-    assert lib.aminet_cuda_api_version() == 1
+    assert lib.aminet_cuda_api_version() == cuda.API_VERSION
     assert cuda.device_count() >= 0  # no driver or no GPU reads as 0, not a crash
     if cuda.device_count() == 0:
         assert "no CUDA GPU" in (cuda.unavailable_reason() or "")
@@ -163,6 +164,20 @@ def test_missing_library_says_how_to_build(tmp_path: Path, monkeypatch: pytest.M
         cuda.library()
 
 
+@pytest.mark.skipif(shutil.which("cc") is None, reason="no C compiler to build a stand-in library")
+def test_library_of_another_api_version_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from aminet_edge.ops import cuda
+
+    src = tmp_path / "old.c"
+    src.write_text(f"int aminet_cuda_api_version(void) {{ return {cuda.API_VERSION - 1}; }}\n")
+    lib = tmp_path / "libold.so"
+    subprocess.run(["cc", "-shared", "-fPIC", str(src), "-o", str(lib)], check=True, timeout=60)
+    monkeypatch.setenv("AMINET_CUDA_LIB", str(lib))
+    with pytest.raises(RuntimeError, match=f"C API version {cuda.API_VERSION - 1}.*rebuild"):
+        cuda.library()
+    assert "rebuild" in (cuda.unavailable_reason() or "")
+
+
 @pytest.mark.gpu
 def test_cuda_kernels_run_on_torch_cuda_tensors(built_library: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """End to end on the GPU at the paper's shapes: build, load, launch on the current stream, compare."""
@@ -184,6 +199,12 @@ def test_cuda_kernels_run_on_torch_cuda_tensors(built_library: Path, monkeypatch
     recon = feat + 0.3 * torch.randn(feat.shape, generator=g)
     amap, score = (o.cpu() for o in ops.score_map(feat.cuda(), recon.cuda(), (256, 256), 4.0, backend="cuda"))
     ref_map, ref_score = reference.score_map(feat, recon, (256, 256), 4.0)
+    torch.testing.assert_close(amap, ref_map, rtol=1e-4, atol=1e-5 * float(ref_map.abs().max()))
+    torch.testing.assert_close(score, ref_score, rtol=1e-4, atol=0.0)
+    token_map = torch.rand(2, 16, 16, generator=g)  # the ViT token grid, coarser than feat's
+    amap, score = (o.cpu() for o in ops.score_map(feat.cuda(), recon.cuda(), (256, 256), 4.0, backend="cuda",
+                                                  token_map=token_map.cuda(), token_weight=0.5))
+    ref_map, ref_score = reference.score_map(feat, recon, (256, 256), 4.0, token_map=token_map, token_weight=0.5)
     torch.testing.assert_close(amap, ref_map, rtol=1e-4, atol=1e-5 * float(ref_map.abs().max()))
     torch.testing.assert_close(score, ref_score, rtol=1e-4, atol=0.0)
 
@@ -212,10 +233,11 @@ def _triton_specs() -> list[tuple]:
         dict(BLOCK=256)))
     smooth = {n: i32 for n in ("M", "N", "K", "l_bs", "l_pair", "l_rs", "l_cs", "r_bs", "r_pair", "r_rs", "r_cs",
                                "y_bs")}
-    smooth.update(l_ptr="*fp32", r_ptr="*fp32", y_ptr="*fp32", PRODUCT="constexpr", BM="constexpr", BN="constexpr",
-                  BK="constexpr")
-    for product in (False, True):
-        specs.append((sm._smooth_kernel, sig(sm._smooth_kernel, smooth), dict(PRODUCT=product, BM=32, BN=32, BK=16)))
+    smooth.update(l_ptr="*fp32", r_ptr="*fp32", y_ptr="*fp32", alpha="fp32", PRODUCT="constexpr", ADD="constexpr",
+                  BM="constexpr", BN="constexpr", BK="constexpr")
+    for product, add in ((False, False), (True, False), (False, True)):
+        specs.append((sm._smooth_kernel, sig(sm._smooth_kernel, smooth),
+                      dict(PRODUCT=product, ADD=add, BM=32, BN=32, BK=16)))
     for use_max in (False, True):
         specs.append((sm._score_kernel, sig(sm._score_kernel, dict(
             amap_ptr="*fp32", score_ptr="*fp32", n=i32, USE_MAX="constexpr", BLOCK="constexpr")),

@@ -12,6 +12,9 @@ Tolerances, and why:
   covers cells where recon ~ feat: 1 - cos then cancels to ~1e-7 absolute noise in every backend.
 - score: rtol 1e-4 (same reasons; the C++ backend reduces the map in double, the reference in float32).
 The matrices themselves (C++ smoothing_matrix vs reference.smoothing_matrix) agree to 1e-6 absolute.
+The token-map cases (amap += token_weight * upsample_smooth(token_map), token grid (gh, gw) unlike feat's)
+use the same tolerances: the token term is one more A_hg @ D @ A_wg^T product. token_weight = 0 must give
+exactly the map without a token map (0 * a finite term adds nothing in any rounding).
 """
 
 from __future__ import annotations
@@ -37,6 +40,14 @@ def _random(B, C, h, w, out_hw, sigma=4.0, image_score="std", seed=0, dtype=torc
     feat = torch.randn(B, C, h, w, generator=g)
     recon = feat + noise * torch.randn(B, C, h, w, generator=g)
     return dict(feat=feat.to(dtype), recon=recon.to(dtype), out_hw=out_hw, sigma=sigma, image_score=image_score)
+
+
+def _with_tokens(c: dict, gh: int, gw: int, weight: float, seed: int, dtype=torch.float32) -> dict:
+    """Case `c` plus a (B, gh, gw) token map of positive distances (the guide's are norms) and its weight."""
+    g = torch.Generator().manual_seed(seed)
+    c["token_map"] = (3.0 * torch.rand(c["feat"].shape[0], gh, gw, generator=g)).to(dtype)
+    c["token_weight"] = weight
+    return c
 
 
 def _zero_vectors() -> dict:
@@ -71,15 +82,33 @@ CASES = {
     "zero_vectors": _zero_vectors,
     "large_magnitude": _large,
     "fp16": lambda: _random(2, 24, 8, 12, (32, 48), sigma=2.0, seed=12, dtype=torch.float16),
+    # token map on its own grid: non-square, coarser or finer than feat's, fp16, gh = 1, no blur, weight 0
+    "tokens": lambda: _with_tokens(_random(2, 5, 8, 12, (32, 48), sigma=2.0, seed=14), 3, 5, 0.7, seed=15),
+    "tokens_max": lambda: _with_tokens(_random(3, 6, 7, 9, (23, 31), sigma=1.0, image_score="max", seed=16), 6, 4,
+                                       1.5, seed=17),
+    "tokens_paper_grid": lambda: _with_tokens(_random(1, 8, 64, 64, (256, 256), sigma=4.0, seed=18), 16, 16, 0.5,
+                                              seed=19),  # feat 64 x 64, ViT token grid 16 x 16
+    "tokens_finer_than_feat": lambda: _with_tokens(_random(2, 4, 4, 5, (20, 25), sigma=1.0, seed=20), 10, 7, 2.0,
+                                                   seed=21),
+    "tokens_fp16": lambda: _with_tokens(_random(2, 24, 8, 12, (32, 48), sigma=2.0, seed=12, dtype=torch.float16), 4,
+                                        6, 0.3, seed=22, dtype=torch.float16),
+    "tokens_single_row": lambda: _with_tokens(_random(2, 3, 6, 6, (24, 24), sigma=1.0, seed=23), 1, 3, 1.0, seed=24),
+    "tokens_no_blur": lambda: _with_tokens(_random(2, 4, 9, 13, (9, 13), sigma=0.0, seed=8), 3, 2, 0.8, seed=25),
+    "tokens_weight_zero": lambda: _with_tokens(CASES["random"](), 5, 3, 0.0, seed=26),  # must equal "random"
 }
 
 def _args(c: dict) -> tuple:
     return c["feat"], c["recon"], c["out_hw"], c["sigma"], c["image_score"]
 
 
+def _token_kwargs(c: dict, to=lambda t: t) -> dict:
+    """token_map (through `to`) and token_weight of a case, or nothing for a case without a token map."""
+    return {"token_map": to(c["token_map"]), "token_weight": c["token_weight"]} if "token_map" in c else {}
+
+
 def _triton_case(c: dict) -> dict:
     """One case on the triton backend (runs in the interpreted subprocess)."""
-    amap, score = ops.score_map(*_args(c), backend="triton")
+    amap, score = ops.score_map(*_args(c), backend="triton", **_token_kwargs(c))
     return {"amap": amap.numpy(), "score": score.numpy()}
 
 
@@ -89,8 +118,9 @@ def triton_interpreted(tmp_path_factory: pytest.TempPathFactory) -> dict:
     return interpreted_outputs(__file__, tmp_path_factory)
 
 
-def _run(backend: str, c: dict, request: pytest.FixtureRequest):
-    """The backend's (amap, score) as CPU torch tensors."""
+def _run(backend: str, case: str, request: pytest.FixtureRequest):
+    """The backend's (amap, score) for CASES[case] as CPU torch tensors."""
+    c = CASES[case]()
     feat, recon, out_hw, sigma, image_score = _args(c)
     if backend in ("cpp", "cpp-numpy"):
         from aminet_edge.ops import cpu
@@ -99,16 +129,16 @@ def _run(backend: str, c: dict, request: pytest.FixtureRequest):
         if reason:
             pytest.skip(reason)
         if backend == "cpp":
-            out = ops.score_map(feat, recon, out_hw, sigma, image_score)  # auto must choose cpp
+            out = ops.score_map(feat, recon, out_hw, sigma, image_score, **_token_kwargs(c))  # auto must choose cpp
         else:
-            out = ops.score_map(feat.numpy(), recon.numpy(), out_hw, sigma, image_score)
+            out = ops.score_map(feat.numpy(), recon.numpy(), out_hw, sigma, image_score,
+                                **_token_kwargs(c, lambda t: t.numpy()))
             assert all(isinstance(o, np.ndarray) for o in out)
             out = tuple(torch.from_numpy(o) for o in out)
         assert ops.last_backend("score_map") == "cpp"
         return out
     if backend == "triton":
         results = request.getfixturevalue("triton_interpreted")
-        case = request.node.callspec.params["case"]
         if f"{case}/error" in results:
             pytest.fail(f"triton backend raised:\n{results[f'{case}/error']}")
         return torch.from_numpy(results[f"{case}/amap"]), torch.from_numpy(results[f"{case}/score"])
@@ -120,7 +150,8 @@ def _run(backend: str, c: dict, request: pytest.FixtureRequest):
         reason = cuda.unavailable_reason()
         if reason:
             pytest.skip(reason)
-    out = ops.score_map(feat.cuda(), recon.cuda(), out_hw, sigma, image_score, backend=name)
+    out = ops.score_map(feat.cuda(), recon.cuda(), out_hw, sigma, image_score, backend=name,
+                        **_token_kwargs(c, lambda t: t.cuda()))
     return tuple(o.cpu() for o in out)
 
 
@@ -128,12 +159,56 @@ def _run(backend: str, c: dict, request: pytest.FixtureRequest):
 @pytest.mark.parametrize("case", list(CASES))
 def test_score_map_matches_reference(backend: str, case: str, request: pytest.FixtureRequest) -> None:
     c = CASES[case]()
-    ref_map, ref_score = (o.numpy() for o in reference.score_map(*_args(c)))
-    amap, score = (o.numpy() for o in _run(backend, c, request))
+    ref_map, ref_score = (o.numpy() for o in reference.score_map(*_args(c), **_token_kwargs(c)))
+    amap, score = (o.numpy() for o in _run(backend, case, request))
     assert amap.dtype == np.float32 and score.dtype == np.float32
     assert amap.shape == ref_map.shape and score.shape == ref_score.shape
     np.testing.assert_allclose(amap, ref_map, rtol=RTOL_MAP, atol=ATOL_MAP * float(np.abs(ref_map).max()))
     np.testing.assert_allclose(score, ref_score, rtol=RTOL_SCORE, atol=1e-7 * float(np.abs(ref_map).max()))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_token_weight_zero_equals_no_token_map(backend: str, request: pytest.FixtureRequest) -> None:
+    without = _run(backend, "random", request)
+    with_zero = _run(backend, "tokens_weight_zero", request)
+    for a, b in zip(with_zero, without):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
+
+
+def _valid() -> dict:
+    c = _random(2, 3, 4, 6, (8, 12), sigma=1.0)
+    return dict(feat=c["feat"], recon=c["recon"], out_hw=(8, 12), sigma=1.0, backend="reference",
+                token_map=torch.rand(2, 3, 5), token_weight=0.5)
+
+
+@pytest.mark.parametrize("change, message", [
+    (dict(token_map=torch.rand(2, 15)), r"\(B, gh, gw\)"),
+    (dict(token_map=torch.rand(2, 3, 5, 1)), r"\(B, gh, gw\)"),
+    (dict(token_map=torch.rand(3, 3, 5)), "feat's B = 2"),
+    (dict(token_map=torch.rand(2, 0, 5)), "gh, gw >= 1"),
+    (dict(token_map=np.random.rand(2, 3, 5).astype(np.float32)), "live where feat does .cpu., got numpy"),
+    (dict(token_map=torch.rand(2, 3, 5, device="meta")), "live where feat does .cpu., got meta"),
+    (dict(token_weight=-0.1), "finite float >= 0"),
+    (dict(token_weight=float("nan")), "finite float >= 0"),
+    (dict(token_weight=float("inf")), "finite float >= 0"),
+    (dict(token_weight="heavy"), "finite float >= 0"),
+    (dict(token_weight=None), "finite float >= 0"),
+], ids=["2d", "4d", "batch", "empty_grid", "numpy_for_torch", "other_device", "negative", "nan", "inf", "str",
+        "none"])
+def test_token_map_arguments_are_validated(change: dict, message: str) -> None:
+    kwargs = _valid()
+    kwargs.update(change)
+    with pytest.raises(ValueError, match=message):
+        ops.score_map(**kwargs)
+
+
+def test_token_map_must_be_numpy_for_numpy_feat() -> None:
+    kwargs = _valid()
+    kwargs.update(feat=kwargs["feat"].numpy(), recon=kwargs["recon"].numpy(), backend="auto")
+    amap, score = ops.score_map(**{**kwargs, "token_map": kwargs["token_map"].numpy()})  # the valid call runs
+    assert amap.shape == (2, 8, 12) and score.shape == (2,)
+    with pytest.raises(ValueError, match="live where feat does .numpy., got cpu"):
+        ops.score_map(**kwargs)
 
 
 @pytest.mark.parametrize("sizes", [(64, 256, 4.0), (7, 23, 1.0), (9, 9, 0.0), (1, 12, 1.0), (5, 5, 0.1), (16, 3, 0.0),

@@ -242,6 +242,32 @@ def _check_score_args(feat: Any, recon: Any, out_hw: Any, sigma: float, image_sc
     return out_h, out_w
 
 
+def _place(x: Any) -> str:
+    """"numpy", or a torch tensor's device ("cpu", "cuda:0", ...)."""
+    return str(x.device) if _is_torch(x) else "numpy"
+
+
+def _check_token_args(feat: Any, token_map: Any, token_weight: Any) -> tuple[Any, float]:
+    """token_map as the backends take it (numpy for numpy feat) and token_weight as a float; ValueError when
+    token_map is not (B, gh >= 1, gw >= 1) living where feat does, or token_weight is not finite and >= 0."""
+    try:
+        weight = float(token_weight)
+    except (TypeError, ValueError):
+        raise ValueError(f"token_weight must be a finite float >= 0, got {token_weight!r}") from None
+    if not np.isfinite(weight) or weight < 0:
+        raise ValueError(f"token_weight must be a finite float >= 0, got {weight}")
+    if token_map is None:
+        return None, weight
+    if _place(token_map) != _place(feat):
+        raise ValueError(f"token_map must live where feat does ({_place(feat)}), got {_place(token_map)}")
+    if not _is_torch(feat):
+        token_map = np.asarray(token_map)
+    ts = tuple(token_map.shape)
+    if len(ts) != 3 or ts[0] != feat.shape[0] or min(ts) < 1:
+        raise ValueError(f"token_map must be (B, gh, gw) with feat's B = {feat.shape[0]} and gh, gw >= 1, got {ts}")
+    return token_map, weight
+
+
 def score_map(
     feat: Any,
     recon: Any,
@@ -249,12 +275,17 @@ def score_map(
     sigma: float = 4.0,
     image_score: str = "std",
     backend: str = "auto",
+    token_map: Any = None,
+    token_weight: float = 0.0,
 ) -> tuple[Any, Any]:
     """Anomaly map and image score from features and their restoration.
 
     feat, recon: (B, C, h, w) float32 or float16 (other dtypes converted to float32), numpy or torch;
     out_hw: (H, W) output pixels (an int means square); sigma: Gaussian sigma in output pixels (<= 0: no
-    smoothing); image_score: "std" (population std of the map) or "max". Semantics: reference.score_map.
+    smoothing); image_score: "std" (population std of the map) or "max". token_map: None, or (B, gh, gw)
+    per-token distances on any grid (used as float32), the same kind (numpy / torch) and device as feat:
+    the map becomes mse * cosd + token_weight (finite, >= 0) * the token map upsampled and smoothed to
+    (H, W) like mse and cosd, and the image score is taken of that sum. Semantics: reference.score_map.
     Returns amap (B, H, W) float32 and score (B,) float32, numpy for numpy inputs, else torch tensors on
     the inputs' device.
     """
@@ -262,10 +293,12 @@ def score_map(
     if kind == "numpy":
         feat, recon = np.asarray(feat), np.asarray(recon)
     hw = _check_score_args(feat, recon, out_hw, sigma, image_score)
+    token_map, token_weight = _check_token_args(feat, token_map, token_weight)
     name = _resolve("score_map", backend, kind)
     _last["score_map"] = name
     if name == "cpp":
-        out = _cpu.score_map(_np_input(feat), _np_input(recon), hw, float(sigma), image_score)
+        tm = None if token_map is None else _np_input(token_map)
+        out = _cpu.score_map(_np_input(feat), _np_input(recon), hw, float(sigma), image_score, tm, token_weight)
         if kind == "numpy":
             return out
         import torch
@@ -277,13 +310,15 @@ def score_map(
         if kind == "numpy":
             import torch
 
-            got = reference.score_map(torch.from_numpy(feat), torch.from_numpy(recon), hw, float(sigma), image_score)
+            d = None if token_map is None else torch.from_numpy(token_map)
+            got = reference.score_map(torch.from_numpy(feat), torch.from_numpy(recon), hw, float(sigma), image_score,
+                                      d, token_weight)
             return tuple(o.numpy() for o in got)  # type: ignore[return-value]
-        return reference.score_map(feat, recon, hw, float(sigma), image_score)
+        return reference.score_map(feat, recon, hw, float(sigma), image_score, token_map, token_weight)
     if name == "triton":
         from aminet_edge.ops.triton.score_map import score_map as triton_score_map
 
-        return triton_score_map(feat, recon, hw, float(sigma), image_score)
+        return triton_score_map(feat, recon, hw, float(sigma), image_score, token_map, token_weight)
     # cuda
     import torch
 
@@ -294,12 +329,19 @@ def score_map(
     dev = f.device
     a_h = _device_matrix(h, H, sigma, dev)
     a_w = _device_matrix(w, W, sigma, dev)
+    token: dict[str, Any] = {}
+    if token_map is not None:
+        d = token_map.detach().float().contiguous()
+        gh, gw = d.shape[1], d.shape[2]
+        token = dict(token_map=d.data_ptr(), gh=gh, gw=gw, a_hg=_device_matrix(gh, H, sigma, dev).data_ptr(),
+                     a_wg=_device_matrix(gw, W, sigma, dev).data_ptr(), token_weight=token_weight)
     amap = torch.empty((B, H, W), dtype=torch.float32, device=dev)
     score = torch.empty((B,), dtype=torch.float32, device=dev)
-    workspace = torch.empty((_cuda.score_map_workspace_bytes(B, h, w, H),), dtype=torch.uint8, device=dev)
+    nbytes = _cuda.score_map_workspace_bytes(B, h, w, H, token.get("gw", 0))
+    workspace = torch.empty((nbytes,), dtype=torch.uint8, device=dev)
     code = _cuda.SCORE_MAX if image_score == "max" else _cuda.SCORE_STD
     with torch.cuda.device(dev):
         stream = torch.cuda.current_stream(dev).cuda_stream
         _cuda.score_map(f.data_ptr(), r.data_ptr(), dtype, B, C, h, w, a_h.data_ptr(), H, a_w.data_ptr(), W, code,
-                        amap.data_ptr(), score.data_ptr(), workspace.data_ptr(), stream)
+                        amap.data_ptr(), score.data_ptr(), workspace.data_ptr(), stream, **token)
     return amap, score

@@ -73,12 +73,19 @@ def smoothing_matrix(in_size: int, out_size: int, sigma: float) -> np.ndarray:
 
 
 def score_map(
-    feat: Any, recon: Any, out_hw: tuple[int, int], sigma: float = 4.0, image_score: str = "std"
+    feat: Any,
+    recon: Any,
+    out_hw: tuple[int, int],
+    sigma: float = 4.0,
+    image_score: str = "std",
+    token_map: Any = None,
+    token_weight: float = 0.0,
 ) -> tuple[np.ndarray, np.ndarray]:
     """reference.score_map on the CPU.
 
-    feat, recon: (B, C, h, w) float32 or float16; out_hw: (H, W) output pixels; sigma in output pixels.
-    Returns amap (B, H, W) float32 and score (B,) float32 (population std of the map, or its max).
+    feat, recon: (B, C, h, w) float32 or float16; out_hw: (H, W) output pixels; sigma in output pixels;
+    token_map: None or (B, gh, gw) (converted to float32), added as token_weight * its upsampled, smoothed
+    map. Returns amap (B, H, W) float32 and score (B,) float32 (population std of the map, or its max).
     """
     f, r = _as_input(feat), _as_input(recon)
     if f.dtype != r.dtype:
@@ -88,4 +95,13 @@ def score_map(
     out_h, out_w = int(out_hw[0]), int(out_hw[1])
     a_h = smoothing_matrix(f.shape[2], out_h, float(sigma))
     a_w = smoothing_matrix(f.shape[3], out_w, float(sigma))
-    return tuple(_module().score_map(f, r, a_h, a_w, image_score))  # type: ignore[return-value]
+    if token_map is None:
+        return tuple(_module().score_map(f, r, a_h, a_w, image_score))  # type: ignore[return-value]
+    d = np.ascontiguousarray(token_map, dtype=np.float32)
+    if d.ndim != 3:
+        raise ValueError(f"token_map must be (B, gh, gw), got shape {d.shape}")
+    a_hg = smoothing_matrix(d.shape[1], out_h, float(sigma))
+    a_wg = smoothing_matrix(d.shape[2], out_w, float(sigma))
+    out = _module().score_map(f, r, a_h, a_w, image_score, token_map=d, a_hg=a_hg, a_wg=a_wg,
+                              token_weight=float(token_weight))
+    return tuple(out)  # type: ignore[return-value]

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 LIB_NAME = "libaminet_cuda.so"
+API_VERSION = 2  # AMINET_CUDA_API_VERSION of the C API these bindings declare
 DTYPE_FLOAT32 = 0
 DTYPE_FLOAT16 = 1
 SCORE_STD = 0
@@ -42,6 +43,9 @@ def library_path() -> Path | None:
 def _load(path: str) -> ctypes.CDLL:
     lib = ctypes.CDLL(path)
     lib.aminet_cuda_api_version.restype = _c_int
+    version = lib.aminet_cuda_api_version()
+    if version != API_VERSION:  # other argument lists: calls would pass garbage, not fail
+        raise OSError(f"C API version {version}, these bindings need {API_VERSION}: rebuild it ({_BUILD_HINT})")
     lib.aminet_cuda_device_count.argtypes = [ctypes.POINTER(_c_int)]
     lib.aminet_cuda_device_count.restype = _c_int
     lib.aminet_cuda_error_string.argtypes = [_c_int]
@@ -51,10 +55,11 @@ def _load(path: str) -> ctypes.CDLL:
     lib.aminet_adaptive_mask.restype = _c_int
     lib.aminet_smoothing_matrix.argtypes = [_c_i64, _c_i64, ctypes.c_double, _c_ptr]
     lib.aminet_smoothing_matrix.restype = _c_int
-    lib.aminet_score_map_workspace_bytes.argtypes = [_c_i64, _c_i64, _c_i64, _c_i64]
+    lib.aminet_score_map_workspace_bytes.argtypes = [_c_i64, _c_i64, _c_i64, _c_i64, _c_i64]
     lib.aminet_score_map_workspace_bytes.restype = ctypes.c_size_t
     lib.aminet_score_map.argtypes = [_c_ptr, _c_ptr, _c_int, _c_i64, _c_i64, _c_i64, _c_i64, _c_ptr, _c_i64, _c_ptr,
-                                     _c_i64, _c_int, _c_ptr, _c_ptr, _c_ptr, _c_ptr]
+                                     _c_i64, _c_int, _c_ptr, _c_i64, _c_i64, _c_ptr, _c_ptr, ctypes.c_float, _c_ptr,
+                                     _c_ptr, _c_ptr, _c_ptr]
     lib.aminet_score_map.restype = _c_int
     return lib
 
@@ -124,20 +129,24 @@ def smoothing_matrix(in_size: int, out_size: int, sigma: float) -> np.ndarray:
     return out
 
 
-def score_map_workspace_bytes(B: int, h: int, w: int, H: int) -> int:
-    """Device workspace bytes `score_map` needs."""
-    return int(library().aminet_score_map_workspace_bytes(B, h, w, H))
+def score_map_workspace_bytes(B: int, h: int, w: int, H: int, gw: int = 0) -> int:
+    """Device workspace bytes `score_map` needs; gw: the token map's width (0 without one)."""
+    return int(library().aminet_score_map_workspace_bytes(B, h, w, H, gw))
 
 
 def score_map(feat: int, recon: int, dtype: int, B: int, C: int, h: int, w: int, a_h: int, H: int, a_w: int,
-              W: int, image_score: int, amap: int, score: int, workspace: int, stream: int = 0) -> None:
+              W: int, image_score: int, amap: int, score: int, workspace: int, stream: int = 0, *,
+              token_map: int = 0, gh: int = 0, gw: int = 0, a_hg: int = 0, a_wg: int = 0,
+              token_weight: float = 0.0) -> None:
     """Launch score_map on `stream`.
 
     feat, recon (B, C, h, w) device pointers of `dtype`; a_h (H, h), a_w (W, w): device copies of
     `smoothing_matrix`; image_score SCORE_STD / SCORE_MAX; outputs amap (B, H, W), score (B,) float32;
-    workspace: `score_map_workspace_bytes(B, h, w, H)` bytes.
+    workspace: `score_map_workspace_bytes(B, h, w, H, gw)` bytes. token_map: 0 (no token term) or a
+    (B, gh, gw) float32 device map, added as token_weight (finite, >= 0) * a_hg @ token_map @ a_wg^T with
+    a_hg (H, gh), a_wg (W, gw) device copies of `smoothing_matrix`.
     """
     lib = library()
-    err = lib.aminet_score_map(feat, recon, dtype, B, C, h, w, a_h, H, a_w, W, image_score, amap, score, workspace,
-                               stream or None)
+    err = lib.aminet_score_map(feat, recon, dtype, B, C, h, w, a_h, H, a_w, W, image_score, token_map or None, gh, gw,
+                               a_hg or None, a_wg or None, token_weight, amap, score, workspace, stream or None)
     _check(lib, err, "aminet_score_map")

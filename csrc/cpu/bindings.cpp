@@ -5,8 +5,11 @@
 #include <omp.h>
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
 
+#include <cmath>
 #include <cstring>
+#include <optional>
 #include <string>
 
 #include "aminet/score_map.h"
@@ -20,7 +23,9 @@ void adaptive_mask(const void* tokens, const void* centers, bool half, int64_t B
                    float lam, bool* mask, float* min_dist, int64_t* assign);
 // csrc/cpu/score_map.cpp
 void score_map(const void* feat, const void* recon, bool half, int64_t B, int64_t C, int64_t h, int64_t w,
-               const float* a_h, int64_t H, const float* a_w, int64_t W, bool use_max, float* amap, float* score);
+               const float* a_h, int64_t H, const float* a_w, int64_t W, const float* token_map, int64_t gh,
+               int64_t gw, const float* a_hg, const float* a_wg, float token_weight, bool use_max, float* amap,
+               float* score);
 }  // namespace cpu
 }  // namespace aminet
 
@@ -69,9 +74,11 @@ py::tuple adaptive_mask(const py::object& tokens_obj, const py::object& centers_
   return py::make_tuple(mask, min_dist, assign);
 }
 
-py::tuple score_map(const py::object& feat_obj, const py::object& recon_obj,
-                    const py::array_t<float, py::array::c_style>& a_h, const py::array_t<float, py::array::c_style>& a_w,
-                    const std::string& image_score) {
+using Matrix = py::array_t<float, py::array::c_style>;
+
+py::tuple score_map(const py::object& feat_obj, const py::object& recon_obj, const Matrix& a_h, const Matrix& a_w,
+                    const std::string& image_score, const std::optional<Matrix>& token_map,
+                    const std::optional<Matrix>& a_hg, const std::optional<Matrix>& a_wg, float token_weight) {
   const py::array feat = as_array(feat_obj, "feat"), recon = as_array(recon_obj, "recon");
   if (image_score != "std" && image_score != "max")
     throw py::value_error("image_score must be 'std' or 'max', got '" + image_score + "'");
@@ -86,6 +93,24 @@ py::tuple score_map(const py::object& feat_obj, const py::object& recon_obj,
   if (H < 1 || W < 1) throw py::value_error("out_hw must be positive");
   const bool half = is_half(feat, "feat");
   if (is_half(recon, "recon") != half) throw py::type_error("feat and recon must have the same dtype");
+  const float* tm = nullptr;
+  const float* ahg = nullptr;
+  const float* awg = nullptr;
+  int64_t gh = 0, gw = 0;
+  if (token_map) {
+    if (token_map->ndim() != 3 || token_map->shape(0) != B || token_map->shape(1) < 1 || token_map->shape(2) < 1)
+      throw py::value_error("token_map must be (B, gh, gw) float32 with feat's B and gh, gw >= 1");
+    gh = token_map->shape(1);
+    gw = token_map->shape(2);
+    if (!a_hg || !a_wg || a_hg->ndim() != 2 || a_wg->ndim() != 2 || a_hg->shape(0) != H || a_hg->shape(1) != gh ||
+        a_wg->shape(0) != W || a_wg->shape(1) != gw)
+      throw py::value_error("a_hg must be (H, gh) and a_wg (W, gw): smoothing_matrix(gh, H, sigma), (gw, W, sigma)");
+    if (!std::isfinite(token_weight) || token_weight < 0.0f)
+      throw py::value_error("token_weight must be finite and >= 0");
+    tm = token_map->data();
+    ahg = a_hg->data();
+    awg = a_wg->data();
+  }
   py::array_t<float> amap({B, H, W});
   py::array_t<float> score({B});
   const void* f = feat.data();
@@ -97,7 +122,7 @@ py::tuple score_map(const py::object& feat_obj, const py::object& recon_obj,
   const bool use_max = image_score == "max";
   {
     py::gil_scoped_release release;
-    aminet::cpu::score_map(f, r, half, B, C, h, w, ah, H, aw, W, use_max, m, s);
+    aminet::cpu::score_map(f, r, half, B, C, h, w, ah, H, aw, W, tm, gh, gw, ahg, awg, token_weight, use_max, m, s);
   }
   return py::make_tuple(amap, score);
 }
@@ -117,9 +142,11 @@ PYBIND11_MODULE(_cpu_kernels, m) {
         "tokens (B, L, D), centers (B, P, D) float32/float16 -> mask (B, L) bool, min_dist (B, L) float32, "
         "assign (B, L) int64");
   m.def("score_map", &score_map, py::arg("feat"), py::arg("recon"), py::arg("a_h"), py::arg("a_w"),
-        py::arg("image_score") = "std",
-        "feat, recon (B, C, h, w) float32/float16; a_h (H, h), a_w (W, w) float32 smoothing matrices "
-        "-> amap (B, H, W) float32, score (B,) float32");
+        py::arg("image_score") = "std", py::arg("token_map") = py::none(), py::arg("a_hg") = py::none(),
+        py::arg("a_wg") = py::none(), py::arg("token_weight") = 0.0f,
+        "feat, recon (B, C, h, w) float32/float16; a_h (H, h), a_w (W, w) float32 smoothing matrices; "
+        "optional token_map (B, gh, gw) float32 with a_hg (H, gh), a_wg (W, gw), added as token_weight * "
+        "a_hg @ token_map @ a_wg^T -> amap (B, H, W) float32, score (B,) float32");
   m.def("smoothing_matrix", &smoothing_matrix, py::arg("in_size"), py::arg("out_size"), py::arg("sigma"),
         "(out_size, in_size) float32 A with A @ m = blur(upsample(m)), as reference.smoothing_matrix");
   m.def("num_threads", []() { return omp_get_max_threads(); }, "OpenMP threads the kernels use");

@@ -1,6 +1,7 @@
 // CPU kernel of score_map (truth: aminet_edge/ops/reference.py::score_map; math:
 // csrc/include/aminet/score_map.h). Upsampling + blur is the separable product A_h @ M @ A_w^T with the
-// host-cached smoothing matrices; only the non-zero band of each row of A is visited.
+// host-cached smoothing matrices (A_hg @ D @ A_wg^T for the optional token map D); only the non-zero band
+// of each row of A is visited.
 #include <omp.h>
 #include <stdint.h>
 
@@ -41,29 +42,59 @@ void row_bands(const float* a, int64_t rows, int64_t cols, int64_t* lo, int64_t*
   }
 }
 
+// t (W) = m (w) @ A_w^T, with at = A_w^T (w, W) row-major and [lo[j], hi[j]) the band of its row j.
+void row_times(const float* m, int64_t w, const float* at, const int64_t* lo, const int64_t* hi, int64_t W, float* t) {
+  for (int64_t q = 0; q < W; ++q) t[q] = 0.0f;
+  for (int64_t j = 0; j < w; ++j) {
+    const float mj = m[j];
+    const float* arow = at + j * W;
+    for (int64_t q = lo[j]; q < hi[j]; ++q) t[q] += mj * arow[q];
+  }
+}
+
+// A_w^T (w, W) from A_w (W, w), and the band of each of its rows.
+void transpose_with_bands(const float* a_w, int64_t W, int64_t w, float* at, int64_t* lo, int64_t* hi) {
+  for (int64_t q = 0; q < W; ++q)
+    for (int64_t j = 0; j < w; ++j) at[j * W + q] = a_w[q * w + j];
+  row_bands(at, w, W, lo, hi);
+}
+
 template <class T>
 void score_map_impl(const T* feat, const T* recon, int64_t B, int64_t C, int64_t h, int64_t w, const float* a_h,
-                    int64_t H, const float* a_w, int64_t W, bool use_max, float* amap, float* score) {
+                    int64_t H, const float* a_w, int64_t W, const float* token_map, int64_t gh, int64_t gw,
+                    const float* a_hg, const float* a_wg, float token_weight, bool use_max, float* amap,
+                    float* score) {
   const int64_t hw = h * w;
   const int nthreads = omp_get_max_threads();
-  // workspace: M (B, 2, h, w) | T (B, 2, h, W) | A_w^T (w, W) | one row of S1 per thread (W)
+  if (token_map == nullptr) gh = gw = 0;
+  // workspace: M (B, 2, h, w) | T (B, 2, h, W) | A_w^T (w, W) | two rows per thread (W each): S1 and the
+  // token term | T_g = D @ A_wg^T (B, gh, W) | A_wg^T (gw, W)
   std::vector<float>& ws = workspace();
-  const size_t need = (size_t)(B * 2 * hw + B * 2 * h * W + w * W + (int64_t)nthreads * W);
+  const size_t need =
+      (size_t)(B * 2 * hw + B * 2 * h * W + w * W + (int64_t)nthreads * 2 * W + B * gh * W + gw * W);
   if (ws.size() < need) ws.resize(need);
   float* maps = ws.data();
   float* rows = maps + B * 2 * hw;
   float* a_wt = rows + B * 2 * h * W;
-  float* s1_rows = a_wt + w * W;
+  float* thread_rows = a_wt + w * W;
+  float* token_rows = thread_rows + (int64_t)nthreads * 2 * W;
+  float* a_wgt = token_rows + B * gh * W;
   std::vector<int64_t>& bw = band_workspace();
-  if (bw.size() < (size_t)(2 * (H + w))) bw.resize(2 * (H + w));
+  if (bw.size() < (size_t)(2 * (2 * H + w + gw))) bw.resize(2 * (2 * H + w + gw));
   int64_t* h_lo = bw.data();
   int64_t* h_hi = h_lo + H;
   int64_t* wt_lo = h_hi + H;
   int64_t* wt_hi = wt_lo + w;
-  for (int64_t q = 0; q < W; ++q)
-    for (int64_t j = 0; j < w; ++j) a_wt[j * W + q] = a_w[q * w + j];
+  int64_t* hg_lo = wt_hi + w;
+  int64_t* hg_hi = hg_lo + H;
+  int64_t* wgt_lo = hg_hi + H;
+  int64_t* wgt_hi = wgt_lo + gw;
   row_bands(a_h, H, h, h_lo, h_hi);
-  row_bands(a_wt, w, W, wt_lo, wt_hi);
+  transpose_with_bands(a_w, W, w, a_wt, wt_lo, wt_hi);
+  if (token_map != nullptr) {
+    row_bands(a_hg, H, gh, hg_lo, hg_hi);
+    transpose_with_bands(a_wg, W, gw, a_wgt, wgt_lo, wgt_hi);
+  }
 
   const int64_t chunks = (hw + kCellChunk - 1) / kCellChunk;
 #pragma omp parallel num_threads(nthreads)
@@ -86,20 +117,18 @@ void score_map_impl(const T* feat, const T* recon, int64_t B, int64_t C, int64_t
         cosd[k] = cell_cos_distance(fr[k], ff[k], rr[k]);
       }
     }
-    // 2. T = M @ A_w^T, row by row: axpy over the band of A_w^T's row j
+    // 2. T = M @ A_w^T and T_g = D @ A_wg^T, row by row (rows n >= m_rows are D's)
+    const int64_t m_rows = B * 2 * h;
 #pragma omp for schedule(static)
-    for (int64_t n = 0; n < B * 2 * h; ++n) {
-      const float* m = maps + n * w;  // (b, k, i) row of M
-      float* t = rows + n * W;
-      for (int64_t q = 0; q < W; ++q) t[q] = 0.0f;
-      for (int64_t j = 0; j < w; ++j) {
-        const float mj = m[j];
-        const float* arow = a_wt + j * W;
-        for (int64_t q = wt_lo[j]; q < wt_hi[j]; ++q) t[q] += mj * arow[q];
-      }
+    for (int64_t n = 0; n < m_rows + B * gh; ++n) {
+      if (n < m_rows)
+        row_times(maps + n * w, w, a_wt, wt_lo, wt_hi, W, rows + n * W);
+      else
+        row_times(token_map + (n - m_rows) * gw, gw, a_wgt, wgt_lo, wgt_hi, W, token_rows + (n - m_rows) * W);
     }
-    // 3. amap row o = (A_h[o] @ T_mse) * (A_h[o] @ T_cos), over the band of A_h's row o
-    float* s1 = s1_rows + (int64_t)omp_get_thread_num() * W;
+    // 3. amap row o = (A_h[o] @ T_mse) * (A_h[o] @ T_cos) [+ token_weight * A_hg[o] @ T_g], over the bands
+    float* s1 = thread_rows + (int64_t)omp_get_thread_num() * 2 * W;
+    float* sg = s1 + W;
 #pragma omp for schedule(static)
     for (int64_t n = 0; n < B * H; ++n) {
       const int64_t b = n / H, o = n % H;
@@ -117,6 +146,15 @@ void score_map_impl(const T* feat, const T* recon, int64_t B, int64_t C, int64_t
         }
       }
       for (int64_t q = 0; q < W; ++q) s0[q] *= s1[q];
+      if (token_map == nullptr) continue;
+      const float* tg = token_rows + b * gh * W;
+      for (int64_t q = 0; q < W; ++q) sg[q] = 0.0f;
+      for (int64_t i = hg_lo[o]; i < hg_hi[o]; ++i) {
+        const float a = a_hg[o * gh + i];
+        const float* rg = tg + i * W;
+        for (int64_t q = 0; q < W; ++q) sg[q] += a * rg[q];
+      }
+      for (int64_t q = 0; q < W; ++q) s0[q] = add_token_term(s0[q], token_weight, sg[q]);
     }
     // 4. image score; the map-wide reduction runs in double (fp32 over 10^5 terms would drift)
 #pragma omp for schedule(static)
@@ -142,15 +180,19 @@ void score_map_impl(const T* feat, const T* recon, int64_t B, int64_t C, int64_t
 }  // namespace
 
 // feat, recon (B, C, h, w) C-contiguous float32, or IEEE fp16 when `half`; a_h (H, h) and a_w (W, w) are
-// smoothing_matrix(h, H, sigma) and smoothing_matrix(w, W, sigma). Writes amap (B, H, W) and score (B,).
+// smoothing_matrix(h, H, sigma) and smoothing_matrix(w, W, sigma). token_map (B, gh, gw) float32 or
+// nullptr (no token term, gh, gw, a_hg, a_wg unread), with a_hg (H, gh) = smoothing_matrix(gh, H, sigma)
+// and a_wg (W, gw) = smoothing_matrix(gw, W, sigma). Writes amap (B, H, W) and score (B,).
 void score_map(const void* feat, const void* recon, bool half, int64_t B, int64_t C, int64_t h, int64_t w,
-               const float* a_h, int64_t H, const float* a_w, int64_t W, bool use_max, float* amap, float* score) {
+               const float* a_h, int64_t H, const float* a_w, int64_t W, const float* token_map, int64_t gh,
+               int64_t gw, const float* a_hg, const float* a_wg, float token_weight, bool use_max, float* amap,
+               float* score) {
   if (half) {
     score_map_impl(static_cast<const half_t*>(feat), static_cast<const half_t*>(recon), B, C, h, w, a_h, H, a_w, W,
-                   use_max, amap, score);
+                   token_map, gh, gw, a_hg, a_wg, token_weight, use_max, amap, score);
   } else {
     score_map_impl(static_cast<const float*>(feat), static_cast<const float*>(recon), B, C, h, w, a_h, H, a_w, W,
-                   use_max, amap, score);
+                   token_map, gh, gw, a_hg, a_wg, token_weight, use_max, amap, score);
   }
 }
 

@@ -24,7 +24,8 @@
 extern "C" {
 #endif
 
-#define AMINET_CUDA_API_VERSION 1
+/* 2: aminet_score_map's optional token map, aminet_score_map_workspace_bytes' gw */
+#define AMINET_CUDA_API_VERSION 2
 
 /* input dtypes (tokens/centers, feat/recon); outputs are always float32 / uint8 (bool) / int64 */
 #define AMINET_DTYPE_FLOAT32 0
@@ -48,19 +49,24 @@ AMINET_CUDA_EXPORT int aminet_adaptive_mask(const void* tokens, const void* cent
                                             int64_t* assign, void* stream);
 
 /* Host function: the (out_size, in_size) row-major float32 smoothing matrix into host memory `out`
- * (reference.smoothing_matrix). Upload A_h = (H, h) and A_w = (W, w) once per (size, sigma) and reuse. */
+ * (reference.smoothing_matrix). Upload A_h = (H, h) and A_w = (W, w) (and A_hg = (H, gh), A_wg = (W, gw)
+ * for a token map) once per (size, sigma) and reuse. */
 AMINET_CUDA_EXPORT int aminet_smoothing_matrix(int64_t in_size, int64_t out_size, double sigma, float* out);
 
-/* Device workspace aminet_score_map needs, in bytes. */
-AMINET_CUDA_EXPORT size_t aminet_score_map_workspace_bytes(int64_t B, int64_t h, int64_t w, int64_t H);
+/* Device workspace aminet_score_map needs, in bytes; gw: the token map's width (0 without one). */
+AMINET_CUDA_EXPORT size_t aminet_score_map_workspace_bytes(int64_t B, int64_t h, int64_t w, int64_t H, int64_t gw);
 
 /* feat, recon (B, C, h, w) of `dtype`; a_h (H, h), a_w (W, w) float32 device smoothing matrices;
  * image_score AMINET_SCORE_STD or _MAX -> amap (B, H, W) float32, score (B,) float32.
- * workspace: aminet_score_map_workspace_bytes(B, h, w, H) bytes of device memory, 16-byte aligned. */
+ * token_map: NULL (no token term; gh, gw, a_hg, a_wg, token_weight unread) or a (B, gh, gw) float32 device
+ * map, added as amap += token_weight * a_hg @ token_map[b] @ a_wg^T with a_hg (H, gh), a_wg (W, gw) the
+ * device smoothing matrices at the token grid's sizes; token_weight finite and >= 0.
+ * workspace: aminet_score_map_workspace_bytes(B, h, w, H, gw) bytes of device memory, 16-byte aligned. */
 AMINET_CUDA_EXPORT int aminet_score_map(const void* feat, const void* recon, int dtype, int64_t B, int64_t C,
                                         int64_t h, int64_t w, const float* a_h, int64_t H, const float* a_w,
-                                        int64_t W, int image_score, float* amap, float* score, void* workspace,
-                                        void* stream);
+                                        int64_t W, int image_score, const float* token_map, int64_t gh, int64_t gw,
+                                        const float* a_hg, const float* a_wg, float token_weight, float* amap,
+                                        float* score, void* workspace, void* stream);
 
 #ifdef __cplusplus
 }

@@ -2,8 +2,10 @@
 //
 // The truth is aminet_edge/ops/reference.py::score_map. Per cell over channels: mse = mean (f - r)^2 and
 // cosd = 1 - cos(f, r); each map M is upsampled and smoothed as A_h @ M @ A_w^T with the (out, in)
-// matrices of `smoothing_matrix` (reference.smoothing_matrix); amap = smooth(up(mse)) * smooth(up(cosd));
-// image score = population std (or max) of amap. Float32 accumulation whatever the input dtype.
+// matrices of `smoothing_matrix` (reference.smoothing_matrix); amap = smooth(up(mse)) * smooth(up(cosd)),
+// plus, with a token map D (B, gh, gw), token_weight * A_hg @ D @ A_wg^T (`add_token_term`, A_hg (H, gh)
+// and A_wg (W, gw) the same matrices at the token grid's sizes); image score = population std (or max) of
+// amap. Float32 accumulation whatever the input dtype.
 #pragma once
 
 #include <math.h>
@@ -28,6 +30,9 @@ AMINET_HD void cell_accumulate(float& d2, float& ff, float& rr, float& fr, float
 AMINET_HD float cell_mse(float d2, int64_t channels) { return d2 / (float)channels; }
 
 AMINET_HD float cell_cos_distance(float fr, float ff, float rr) { return 1.0f - cosine_from_sums(fr, ff, rr); }
+
+// amap = mse * cosd (already in `amap`) + token_weight * the upsampled, smoothed token map at that pixel.
+AMINET_HD float add_token_term(float amap, float token_weight, float token) { return amap + token_weight * token; }
 
 // Population standard deviation from the sum of squared deviations about the mean of n values.
 AMINET_HD float population_std(float sq_dev, int64_t n) { return sqrtf(sq_dev / (float)n); }
