@@ -35,7 +35,10 @@ REAL = [SHARED / "mvtec_bottle/test/good/000.png", SHARED / "mvtec_bottle/test/b
 RTOL = 1e-4
 CPU_BACKENDS = ["torch", "onnxruntime", "onnxruntime-split", "openvino", "openvino-split"]
 
-_BUNDLE: dict[str, Path] = {}
+_BUNDLE: dict[tuple[str, str], Path] = {}
+GUIDE_MAP = "reconstruction+guide"
+# (test-time mask, score map) of the bundles the GPU and simulated-TensorRT tests run
+MASK_MAPS = [("adaptive", "reconstruction"), ("nearest_normal", "reconstruction"), ("nearest_normal", GUIDE_MAP)]
 
 
 # ---- the shared bundle --------------------------------------------------------------------------
@@ -81,9 +84,11 @@ def _guide(extractor, config: BundleConfig):  # type: ignore[no-untyped-def]
     return guide
 
 
-def make_bundle(path: Path, mask: str = "adaptive") -> Path:
+def make_bundle(path: Path, mask: str = "adaptive", score_map: str = "reconstruction") -> Path:
     """A tiny exported bundle with calibration (normal and F1 thresholds) at `path`; with mask
-    "nearest_normal" its test-time mask is a nearest-normal guide (`_guide`)."""
+    "nearest_normal" its test-time mask is a nearest-normal guide (`_guide`); with score_map
+    "reconstruction+guide" the guide's distances are added to the map, weighted so that both terms have the
+    same mean on the generated images."""
     import dataclasses
     import warnings
 
@@ -100,8 +105,18 @@ def make_bundle(path: Path, mask: str = "adaptive") -> Path:
     path.mkdir(parents=True, exist_ok=True)
     save_bundle(path, config, extractor, aminet, _guide(extractor.eval(), config) if mask == "nearest_normal" else None)
     pipeline, _ = load_pipeline(path)
-    # thresholds between the generated images' scores, so that some are flagged and some not
     batch = _preprocessed(generated_images(), config)
+    if score_map != "reconstruction":
+        from aminet_edge.model.pipeline import token_map
+        from aminet_edge.ops import reference
+
+        with torch.no_grad():
+            feat, recon, _, dist = pipeline.restore(batch)
+        size = (TINY.image_size, TINY.image_size)
+        guide = reference.upsample_smooth(token_map(ScoreConfig(map=score_map), dist, TINY.grid_size), size, 4.0)
+        weight = float(reference.score_map(feat, recon, size)[0].mean() / guide.mean())
+        config.score = pipeline.score = ScoreConfig(map=score_map, guide_weight=weight)
+    # thresholds between the generated images' scores, so that some are flagged and some not
     with torch.no_grad():
         amap, score, _ = pipeline(batch)
     image_thr = float(np.median(score.numpy()))
@@ -122,11 +137,13 @@ def make_bundle(path: Path, mask: str = "adaptive") -> Path:
     return path
 
 
-def shared_bundle(tmp_path_factory: pytest.TempPathFactory, mask: str = "adaptive") -> Path:
-    """The session's bundle of test-time `mask`, built on first use (shared by the runtime test modules)."""
-    if mask not in _BUNDLE:
-        _BUNDLE[mask] = make_bundle(tmp_path_factory.mktemp("runtime") / "bundle", mask)
-    return _BUNDLE[mask]
+def shared_bundle(tmp_path_factory: pytest.TempPathFactory, mask: str = "adaptive",
+                  score_map: str = "reconstruction") -> Path:
+    """The session's bundle of test-time `mask` and `score_map`, built on first use (shared by the runtime
+    test modules)."""
+    if (mask, score_map) not in _BUNDLE:
+        _BUNDLE[mask, score_map] = make_bundle(tmp_path_factory.mktemp("runtime") / "bundle", mask, score_map)
+    return _BUNDLE[mask, score_map]
 
 
 def available_cpu_backends(bundle: Path) -> list[str]:
@@ -677,15 +694,17 @@ def _gpu_reason() -> str | None:
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("mask", ["adaptive", "nearest_normal"])
+@pytest.mark.parametrize("mask, score_map", MASK_MAPS)
 @pytest.mark.parametrize("backend", ["torch", "tensorrt"])
-def test_gpu_backends_agree(tmp_path_factory: pytest.TempPathFactory, backend: str, mask: str) -> None:
-    """On CUDA against the CPU reference, for either test-time mask (the guide's bank product, ArgMin and
-    Gather run on the GPU; the Triton/CUDA ops then serve the score map only)."""
+def test_gpu_backends_agree(tmp_path_factory: pytest.TempPathFactory, backend: str, mask: str,
+                            score_map: str) -> None:
+    """On CUDA against the CPU reference, for either test-time mask and score map (the guide's bank product,
+    ArgMin and Gather run on the GPU; the Triton/CUDA ops then serve the score map only, with the guide's
+    token distances when the map adds them)."""
     reason = _gpu_reason()
     if reason is not None:
         pytest.skip(reason)
-    bundle = shared_bundle(tmp_path_factory, mask)
+    bundle = shared_bundle(tmp_path_factory, mask, score_map)
     reason = backend_status(backend, bundle, read_config(bundle), "cuda")
     if reason is not None:
         pytest.skip(reason)
@@ -880,13 +899,20 @@ def fake_kernels(memory: FakeMemory, monkeypatch: pytest.MonkeyPatch) -> dict[st
             memory.view(assign, np.int64, (B, L))[...] = a
         memory.enqueue(run)
 
-    def score_map(feat, recon, dtype, B, C, h, w, a_h, H, a_w, W, code, amap, score, workspace, stream):  # type: ignore[no-untyped-def]
+    def score_map(feat, recon, dtype, B, C, h, w, a_h, H, a_w, W, code, amap, score, workspace, stream,  # type: ignore[no-untyped-def]
+                  token_map=0, gh=0, gw=0, a_hg=0, a_wg=0, token_weight=0.0):
         assert np.array_equal(memory.view(a_h, np.float32, (H, h)), cpu.smoothing_matrix(h, H, 4.0))
+        if token_map:
+            for mat, n, size in ((a_hg, gh, H), (a_wg, gw, W)):
+                assert np.array_equal(memory.view(mat, np.float32, (size, n)), cpu.smoothing_matrix(n, size, 4.0))
         calls["score_map"] += 1
+        calls["token_map"] = calls.get("token_map", 0) + bool(token_map)
 
         def run() -> None:
+            tokens = memory.view(token_map, np.float32, (B, gh, gw)).copy() if token_map else None
             m, s = cpu.score_map(memory.view(feat, np.float32, (B, C, h, w)), memory.view(recon, np.float32,
-                                 (B, C, h, w)), (H, W), 4.0, "std" if code == cuda.SCORE_STD else "max")
+                                 (B, C, h, w)), (H, W), 4.0, "std" if code == cuda.SCORE_STD else "max",
+                                 token_map=tokens, token_weight=token_weight)
             memory.view(amap, np.float32, (B, H, W))[...] = m
             memory.view(score, np.float32, (B,))[...] = s
         memory.enqueue(run)
@@ -895,22 +921,23 @@ def fake_kernels(memory: FakeMemory, monkeypatch: pytest.MonkeyPatch) -> dict[st
     monkeypatch.setattr(cuda, "adaptive_mask", adaptive_mask)
     monkeypatch.setattr(cuda, "score_map", score_map)
     monkeypatch.setattr(cuda, "smoothing_matrix", cpu.smoothing_matrix)
-    monkeypatch.setattr(cuda, "score_map_workspace_bytes", lambda B, h, w, H: 64)
+    monkeypatch.setattr(cuda, "score_map_workspace_bytes", lambda B, h, w, H, gw=0: 64)
     return calls
 
 
-@pytest.mark.parametrize("mask", ["adaptive", "nearest_normal"])
+@pytest.mark.parametrize("mask, score_map", MASK_MAPS)
 @pytest.mark.parametrize("split", [False, True], ids=["single", "split"])
 @pytest.mark.parametrize("cuda_graph", [False, True], ids=["stream", "graph"])
 def test_tensorrt_backend_on_a_simulated_device(tmp_path_factory: pytest.TempPathFactory, tmp_path: Path,
                                                 monkeypatch: pytest.MonkeyPatch, split: bool, cuda_graph: bool,
-                                                mask: str) -> None:
+                                                mask: str, score_map: str) -> None:
     """Split engines with the nearest-normal guide: engine B reads engine A's mask in place, the
-    adaptive_mask kernel never runs."""
+    adaptive_mask kernel never runs; with the guide map the score_map kernel reads engine A's
+    guide_distance in place."""
     from aminet_edge.runtime.backends import tensorrt_backend as trb
     from aminet_edge.runtime.backends.cuda_memory import CudaMemory
 
-    bundle = shared_bundle(tmp_path_factory, mask)
+    bundle = shared_bundle(tmp_path_factory, mask, score_map)
     if split and backend_status("onnxruntime-split", bundle, read_config(bundle), "cpu") is not None:
         pytest.skip("needs the C++ kernels to stand in for the CUDA ones")
     memory = FakeMemory()
@@ -942,6 +969,7 @@ def test_tensorrt_backend_on_a_simulated_device(tmp_path_factory: pytest.TempPat
     assert (memory.launches > 0) == cuda_graph  # manual capture replays once captured per batch size
     if split:  # with the guide, engine A's mask is engine B's input: no adaptive_mask launch
         assert calls["score_map"] > 0 and (calls["adaptive_mask"] == 0) == guided, calls
+        assert (calls.get("token_map", 0) == calls["score_map"]) == (score_map == GUIDE_MAP), calls
     for runner in backend.runners:  # graphs: the shared context plus one per captured batch size
         assert len(runner.engine.contexts) == (3 if cuda_graph else 1)
         assert sorted(runner.batch_contexts) == ([2, 4] if cuda_graph else [])

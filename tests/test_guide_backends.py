@@ -1,8 +1,9 @@
 """The nearest-normal guide (ModelConfig.mask = "nearest_normal") through every export path and backend.
 
 The bundle: test_detector's tiny bundle (64 px, random weights) with a guide built as training builds it
-from generated scratch-free surfaces (test_detector.make_bundle(mask="nearest_normal")), exported fp32,
-single and split. The truth: the torch backend with the pure-PyTorch reference ops, whose mask is the
+from generated scratch-free surfaces (test_detector.make_bundle(mask="nearest_normal")) and the guide's
+score map ("reconstruction+guide": the guide's token distances added to the map), exported fp32, single
+and split, so every backend's map holds the guide term too. The truth: the torch backend with the pure-PyTorch reference ops, whose mask is the
 guide's (checked here against an independent float64 cdist search). Tolerances are test_detector's
 (assert_agree: token masks identical, maps within rtol 1e-4, and why there). fp16 / int8 graphs: the
 guide runs in float32 in every graph, so int8 graphs (inpainting branch only) give masks identical to
@@ -23,7 +24,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from test_detector import (CPU_BACKENDS, _preprocessed, assert_agree, detector, generated_images,  # noqa: E402
+from test_detector import (CPU_BACKENDS, GUIDE_MAP, _preprocessed, assert_agree, detector, generated_images,  # noqa: E402
                            inputs_for_agreement, normal_images, shared_bundle)
 
 from aminet_edge.bundle import read_config  # noqa: E402
@@ -35,7 +36,7 @@ GUIDED = "nearest_normal"
 
 @pytest.fixture(scope="module")
 def bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return shared_bundle(tmp_path_factory, GUIDED)
+    return shared_bundle(tmp_path_factory, GUIDED, GUIDE_MAP)
 
 
 @pytest.fixture(scope="module")
@@ -93,7 +94,8 @@ def _inputs(config) -> np.ndarray:  # type: ignore[no-untyped-def]
 
 
 def test_graphs_compute_the_guide(bundle: Path) -> None:
-    """model_a outputs (features, mask, inpaint_tokens), no clustering branch; the single graph and model_a
+    """model_a outputs (features, mask, inpaint_tokens, guide_distance), no clustering branch, its distances
+    the reference guide's; the single graph and model_a
     hold the bank once, as one (M, C) float32 constant equal to the weights' float16 bank, read by the
     guide's product and its Gather; the mask of both graphs equals the reference pipeline's."""
     onnx = pytest.importorskip("onnx")
@@ -107,12 +109,15 @@ def test_graphs_compute_the_guide(bundle: Path) -> None:
     L = config.model.grid_size ** 2
     assert [(o.name, o.shape[1:], o.type) for o in a.get_outputs()] == [
         ("features", [config.in_channels, config.model.feature_size, config.model.feature_size], "tensor(float)"),
-        ("mask", [L], "tensor(bool)"), ("inpaint_tokens", [L, config.model.embed_dim], "tensor(float)")]
+        ("mask", [L], "tensor(bool)"), ("inpaint_tokens", [L, config.model.embed_dim], "tensor(float)"),
+        ("guide_distance", [L], "tensor(float)")]
     x = _inputs(config)
     with torch.no_grad():
         _, _, want = pipeline(torch.from_numpy(x))
+        dist = pipeline.restore(torch.from_numpy(x))[3]
     (single,) = _session(bundle / "model.onnx").run(["mask"], {"images": x})
-    (split,) = a.run(["mask"], {"images": x})
+    split, got_dist = a.run(["mask", "guide_distance"], {"images": x})
+    np.testing.assert_allclose(got_dist, dist.numpy(), rtol=1e-5)
     np.testing.assert_array_equal(single, want.numpy())
     np.testing.assert_array_equal(split, want.numpy())
     for name in ("model.onnx", "model_a.onnx"):
@@ -145,7 +150,7 @@ def guided_graphs(factory: pytest.TempPathFactory) -> Path:
 
         root = factory.mktemp("guided-graphs")
         copy = root / "bundle"
-        shutil.copytree(shared_bundle(factory, GUIDED), copy, ignore=shutil.ignore_patterns("cache"))
+        shutil.copytree(shared_bundle(factory, GUIDED, GUIDE_MAP), copy, ignore=shutil.ignore_patterns("cache"))
         normal = root / "normal" / "train" / "good"
         normal.mkdir(parents=True)
         for i, image in enumerate(normal_images(6, seed=13)):
