@@ -28,6 +28,7 @@ from test_detector import (CPU_BACKENDS, GUIDE_MAP, _preprocessed, assert_agree,
                            inputs_for_agreement, normal_images, shared_bundle)
 
 from aminet_edge.bundle import read_config  # noqa: E402
+from aminet_edge.config import ScoreConfig  # noqa: E402
 from aminet_edge.runtime import Detector, Result  # noqa: E402
 from aminet_edge.runtime.backends import backend_status  # noqa: E402
 
@@ -57,7 +58,7 @@ def test_reference_mask_is_the_guides(bundle: Path) -> None:
     with torch.no_grad():
         feat = pipeline.extractor(x)
         _, _, mask = pipeline(x)
-        guide, pipeline.guide = pipeline.guide, None
+        guide, pipeline.guide, pipeline.score = pipeline.guide, None, ScoreConfig()
         _, _, adaptive = pipeline(x)
     k = config.model.patch_size
     tokens = feat.double().unfold(2, k, k).unfold(3, k, k).mean((-1, -2)).flatten(2).transpose(1, 2)  # (B, L, C)
@@ -210,7 +211,8 @@ def test_fp16_graphs_run_the_guide_in_float32(exported: Path) -> None:
     config = read_config(exported)
     for name in ("model_fp16.onnx", "model_a_fp16.onnx"):
         model = onnx.shape_inference.infer_shapes(onnx.load(str(exported / name)))
-        types = {v.name: v.type.tensor_type.elem_type for v in [*model.graph.value_info, *model.graph.input]}
+        types = {v.name: v.type.tensor_type.elem_type for v in [*model.graph.value_info, *model.graph.input,
+                                                                  *model.graph.output]}
         types.update({i.name: i.data_type for i in model.graph.initializer})
         guide = [n for n in model.graph.node if n.name.startswith("/guide/") and n.op_type != "Cast"]
         assert {n.op_type for n in guide} >= {"AveragePool", "Gemm", "ArgMin", "Gather", "ReduceL2", "Greater"}
