@@ -49,6 +49,7 @@ def independent_maps(bundle: Path, paths: list) -> tuple[np.ndarray, np.ndarray]
     """(reconstruction maps, smoothed guide-distance maps) (N, S, S) float64 of the bundle's pipeline, the
     guide map by F.interpolate (bilinear, align_corners) and scipy's gaussian_filter in float64."""
     pipeline, config = load_pipeline(bundle)
+    assert pipeline.guide is not None
     pipeline.score = dataclasses.replace(config.score, map="reconstruction", guide_weight=0.0)
     size, g = config.model.image_size, config.model.grid_size
     rec, guide = [], []

@@ -100,7 +100,7 @@ class PartA(nn.Module):
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
         feat = self.extractor(images.to(self.dtype))
         if self.guide is not None:
-            mask, dist = _mask(self.aminet, self.guide, feat)
+            mask, dist = self.guide(feat.float())
             out = feat.float(), mask, self.aminet.embed_inpaint_tokens(feat).float()
             return (*out, dist) if self.guide_distance else out
         tokens, centers = self.aminet.cluster(feat)

@@ -12,7 +12,7 @@ from aminet_edge.bundle import Calibration
 from aminet_edge.config import ScoreConfig, uses_guide_map
 from aminet_edge.data.datasets import Sample
 from aminet_edge.evaluation.metrics import threshold_from_normal
-from aminet_edge.model.pipeline import Pipeline, token_map
+from aminet_edge.model.pipeline import Pipeline
 from aminet_edge.ops import reference
 
 
@@ -30,7 +30,9 @@ def guide_weight(pipeline: Pipeline, normals: Sequence[Sample], mean: Sequence[f
     rec_sum = guide_sum = 0.0
     for batch in load_batches([s.path for s in normals], cfg.image_size, mean, std, 8, workers):
         feat, recon, _, dist = pipeline.restore(batch.to(device))
-        tokens = token_map(dataclasses.replace(pipeline.score, map="reconstruction+guide"), dist, cfg.grid_size)
+        if dist is None:
+            raise ValueError("the guide map's weight needs the nearest-normal guide")
+        tokens = dist.reshape(-1, cfg.grid_size, cfg.grid_size)
         rec_sum += float(reference.score_map(feat, recon, hw, sigma)[0].double().mean(dim=(1, 2)).sum())
         guide_sum += float(reference.upsample_smooth(tokens, hw, sigma).double().mean(dim=(1, 2)).sum())
     if not guide_sum > 0:

@@ -365,8 +365,8 @@ class TensorRTBackend(Backend):
         self.guide_weight = float(config.score.guide_weight)
         sizes = {"a_h": h, "a_w": w, "a_g": self.grid}
         self._mats, self.mats = [], {}
-        for name, n in sizes.items():
-            src = np.ascontiguousarray(kernels.smoothing_matrix(n, S, config.score.sigma))
+        for name, side in sizes.items():
+            src = np.ascontiguousarray(kernels.smoothing_matrix(side, S, config.score.sigma))
             host = self.memory.pinned(src.shape, np.float32)
             host[...] = src
             self._mats.append(host)
@@ -407,7 +407,7 @@ class TensorRTBackend(Backend):
                             stream)
         b.enqueue(batch)
         m = self.mats
-        guide = {"token_map": a.buffers["guide_distance"].ptr, "gh": self.grid, "gw": self.grid,
+        guide: dict[str, Any] = {"token_map": a.buffers["guide_distance"].ptr, "gh": self.grid, "gw": self.grid,
                  "a_hg": m["a_g"].ptr, "a_wg": m["a_g"].ptr, "token_weight": self.guide_weight} if self.guide_map else {}
         k.score_map(a.buffers["features"].ptr, b.buffers["recon"].ptr, dtype_feat, batch, d["C"], d["h"], d["w"],
                     m["a_h"].ptr, self.size, m["a_w"].ptr, self.size, self.image_score_code, self.amap.ptr,
