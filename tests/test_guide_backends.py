@@ -165,14 +165,18 @@ def guided_graphs(factory: pytest.TempPathFactory) -> Path:
 
 
 def test_openvino_bf16_keeps_the_guide_float32(bundle: Path) -> None:
-    """OpenVINO bf16 mixed (openvino_backend.keep_fp32) marks every guide node of the single graph and of
+    """OpenVINO bf16 (openvino_backend.keep_fp32) marks every guide node of the single graph and of
     model_a float32 (pooling, the bank product, the ArgMin OpenVINO turns into TopK, Gather, norm, the
-    comparison OpenVINO names after the mask output), and no backbone convolution."""
+    comparison OpenVINO names after the mask output), and no backbone convolution. On a CPU with native
+    bf16 the compiled model is read back: the guide nodes it runs in bf16 all the same (every one the
+    plugin puts in bf16 where it ignores the marks, as OpenVINO 2026.4 does) are exactly those compile_graph
+    reports ignored, and the default precision is then fp32."""
     ov = pytest.importorskip("openvino", reason="openvino is not installed (pip install 'aminet-edge[openvino]')")
-    from aminet_edge.runtime.backends.openvino_backend import KEEP_FP32, keep_fp32
+    from aminet_edge.runtime.backends.openvino_backend import KEEP_FP32, compile_graph, cpu_capabilities, keep_fp32
 
+    core = ov.Core()
     for name in ("model.onnx", "model_a.onnx"):
-        model = ov.Core().read_model(str(bundle / name))
+        model = core.read_model(str(bundle / name))
         keep_fp32(model)
         ops = [op for op in model.get_ops() if op.get_type_name() not in ("Parameter", "Result", "Constant")]
         guide = [op for op in ops if op.get_friendly_name().startswith("/guide/")
@@ -182,6 +186,24 @@ def test_openvino_bf16_keeps_the_guide_float32(bundle: Path) -> None:
         convs = [op for op in ops if op.get_type_name() == "Convolution"
                  and op.get_friendly_name().startswith("/extractor/")]
         assert convs and not [op for op in convs if KEEP_FP32 in op.get_rt_info()], name
+        if "BF16" not in cpu_capabilities(core):
+            continue
+        compiled, ignored = compile_graph(core, bundle / name, "bf16", None, None)
+        in_bf16 = set()  # read back: the original nodes each executed bf16 node runs
+        for op in compiled.get_runtime_model().get_ops():
+            info = op.get_rt_info()
+            if info["runtimePrecision"].astype(str) == "bf16":
+                in_bf16.update(info["originalLayersNames"].astype(str).split(","))
+        names = {op.get_friendly_name() for op in guide if op.get_friendly_name().startswith("/")}
+        assert sorted(names & in_bf16) == sorted(names & set(ignored)), name
+    if "BF16" in cpu_capabilities(core):
+        for backend in ("openvino", "openvino-split"):
+            if backend_status(backend, bundle, read_config(bundle), "cpu") is not None:
+                continue
+            with Detector.load(bundle, backend=backend, precision="bf16", cache=False) as det:
+                ignored = det._backend.ignored
+            with Detector.load(bundle, backend=backend, cache=False) as det:
+                assert det.precision == ("fp32" if ignored else "bf16"), backend
 
 
 @pytest.fixture(scope="module")

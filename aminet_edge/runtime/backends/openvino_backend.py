@@ -6,20 +6,25 @@ onnxruntime-split does (with the nearest-normal guide model_a outputs the mask: 
 
 precision (of what runs; fp32 and bf16 read the fp32 graphs, int8 its own):
 - "fp32": every node in float32; equals onnxruntime fp32 to rounding (tests/test_openvino_backend.py).
-- "bf16" (mixed): INFERENCE_PRECISION_HINT=bf16 for the backbone and the transformers; every node
-  outside those modules (the adaptive mask's distances, boundaries and comparison, or the nearest-normal
+- "bf16": INFERENCE_PRECISION_HINT=bf16, meant as mixed precision: every node outside the backbone and
+  the transformers (the adaptive mask's distances, boundaries and comparison, or the nearest-normal
   guide's distances and threshold, the score map, the token glue between them, and the inpainting head,
-  a transposed convolution traced as a function) is marked `disable_fp16_compression` in its rt_info,
-  which the CPU plugin honours for bf16 too, so it stays float32. In the split backend the adaptive mask
-  and the score map are the C++ kernels, float32 by construction; the guide is in model_a, marked.
+  a transposed convolution traced as a function) is marked `disable_fp16_compression` in its rt_info to
+  stay float32. Whether the CPU plugin honours the marks is read back from the compiled model
+  (`ignored_marks`: each executed node's runtimePrecision): OpenVINO 2026.4 ignores them under bf16 (its
+  runtime model is identical with and without them), so the score map, the mask's distances and the guide
+  run in bf16 too and maps and scores move by ~1 % or more; describe() says so. In the split backend the
+  adaptive mask and the score map are the C++ kernels, float32 by construction, but they read model_a's
+  bf16 features (maps ~6e-4 off fp32 on the test bundle); the guide is in model_a, marked.
   Needs a CPU with native bf16 (AVX512_BF16 or AMX: OpenVINO lists "BF16" in OPTIMIZATION_CAPABILITIES);
   OpenVINO would silently run fp32 elsewhere, so asking for it there is an error.
 - "int8" (single graph only): model_int8_static.onnx, written by `aminet-edge export RUN --precision int8
   --calibration-data DATA` (aminet_edge.export.quantize.quantize_static): the inpainting branch in int8
   with scales calibrated on normal training images; backbone, clustering, mask and score map float32.
-- None (default): "bf16" where the CPU has it, else "fp32". int8 is never the default: the issue's rule
-  (faster here with AUROC within 0.002 of fp32 and <= 0.5 % of mask tokens changed) was not met on
-  this AVX2 CPU (BENCHMARKS.md, issue 15).
+- None (default): "bf16" only where the CPU has it and the compiled graphs keep every marked node float32
+  (read back at load); else "fp32", saying why in describe() and the log (so fp32 with OpenVINO 2026.4).
+  int8 is never the default: the issue's rule (faster here with AUROC within 0.002 of fp32 and <= 0.5 %
+  of mask tokens changed) was not met on this AVX2 CPU (BENCHMARKS.md, issue 15).
 Compiled models are cached in <bundle>/cache/openvino (OpenVINO CACHE_DIR: a cache, not a bundle
 artifact). OpenVINO keys each blob by a hash of the model (rt_info included), the compile options and
 its own version, so a stale or foreign blob is never used, only ignored; a read-only bundle runs uncached.
@@ -66,7 +71,8 @@ def cpu_capabilities(core: Any | None = None) -> list[str]:
 
 
 def resolve_precision(precision: str | None, capabilities: list[str]) -> str:
-    """The precision to run: `precision`, or for None "bf16" when `capabilities` has BF16 else "fp32"."""
+    """The precision to compile: `precision`, or for None "bf16" when `capabilities` has BF16 else "fp32"
+    (for None a candidate: OpenVinoBackend keeps bf16 only if `ignored_marks` finds none, else fp32)."""
     if precision is None:
         return "bf16" if "BF16" in capabilities else "fp32"
     if precision not in PRECISIONS:
@@ -91,18 +97,30 @@ def int8_graph(bundle: Path, config: BundleConfig) -> Path:
         "pip install 'aminet-edge[openvino]'), or use precision='fp32'")
 
 
-def keep_fp32(model: Any) -> int:
+def keep_fp32(model: Any) -> list[str]:
     """Mark every node of `model` (an ov.Model read from an exported graph) that no network module ran
     (node_names.in_network: the guide's nodes are marked too) to stay float32 under a bf16 inference hint;
-    returns how many were marked."""
-    marked = 0
+    returns the marked nodes' friendly names."""
+    marked = []
     for node in model.get_ops():
         if node.get_type_name() in ("Parameter", "Result", "Constant"):
             continue
         if not in_network(node.get_friendly_name()):  # nodes OpenVINO made itself stay float32 too
             node.get_rt_info()[KEEP_FP32] = ""
-            marked += 1
+            marked.append(node.get_friendly_name())
     return marked
+
+
+def ignored_marks(compiled: Any, marked: list[str]) -> list[str]:
+    """The nodes of `marked` (keep_fp32's) that `compiled` runs in bf16 all the same, read back from its
+    runtime model: an executed node whose runtimePrecision is bf16 runs the original nodes it names in
+    originalLayersNames (several when fused) in bf16. Empty when the CPU plugin honours the marks."""
+    keep, ignored = set(marked), set[str]()
+    for op in compiled.get_runtime_model().get_ops():
+        info = op.get_rt_info()
+        if "runtimePrecision" in info and info["runtimePrecision"].astype(str) == "bf16":
+            ignored.update(n for n in info["originalLayersNames"].astype(str).split(",") if n in keep)
+    return sorted(ignored, key=lambda n: (not n.startswith("/"), n))  # the exported graph's names first
 
 
 def cache_dir(bundle: Path, cache: str | Path | bool | None) -> Path | None:
@@ -125,8 +143,10 @@ def cache_dir(bundle: Path, cache: str | Path | bool | None) -> Path | None:
     return path
 
 
-def compile_graph(core: Any, path: Path, precision: str, threads: int | None, cache: Path | None) -> Any:
-    """Read the ONNX graph at `path`, mark its precision-sensitive nodes, compile it for the CPU."""
+def compile_graph(core: Any, path: Path, precision: str, threads: int | None,
+                  cache: Path | None) -> tuple[Any, list[str]]:
+    """Read the ONNX graph at `path`, mark its precision-sensitive nodes, compile it for the CPU; returns
+    the compiled model and, for bf16, the marked nodes it runs in bf16 anyway (`ignored_marks`)."""
     if not path.is_file():
         raise BundleError(f"{path} not found: export the bundle first (`aminet-edge export`)")
     # compiled from the in-memory model, never from the path: OpenVINO keys a path's cache entry by the
@@ -136,8 +156,7 @@ def compile_graph(core: Any, path: Path, precision: str, threads: int | None, ca
         model = core.read_model(str(path))
     except Exception as exc:  # OpenVINO raises its own exception types for corrupt/unsupported graphs
         raise BundleError(f"{path}: OpenVINO cannot read this graph ({type(exc).__name__}: {exc})") from exc
-    if precision == "bf16":
-        keep_fp32(model)
+    marked = keep_fp32(model) if precision == "bf16" else []
     config: dict[str, Any] = {"PERFORMANCE_HINT": "LATENCY",
                               "INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16" else "f32"}
     if threads:
@@ -145,9 +164,10 @@ def compile_graph(core: Any, path: Path, precision: str, threads: int | None, ca
     if cache is not None:
         config["CACHE_DIR"] = str(cache)
     try:
-        return core.compile_model(model, "CPU", config)
+        compiled = core.compile_model(model, "CPU", config)
     except Exception as exc:
         raise BundleError(f"{path}: OpenVINO cannot compile this graph ({type(exc).__name__}: {exc})") from exc
+    return compiled, ignored_marks(compiled, marked) if marked else []
 
 
 def _check_io(compiled: Any, path: Path, inputs: tuple[str, ...], outputs: tuple[str, ...]) -> None:
@@ -163,6 +183,8 @@ class OpenVinoBackend(Backend):
     """model.onnx (or model_a + C++ adaptive_mask + model_b + C++ score_map with `split`) on OpenVINO CPU.
 
     threads: inference threads (None = OpenVINO's choice, all cores); cache: see `cache_dir`.
+    precision None: bf16 where the CPU has it and the plugin keeps the marked nodes float32, else fp32
+    (`fallback` then says why); `ignored`: the marked nodes that run in bf16 anyway (explicit "bf16").
     """
 
     def __init__(self, bundle: Path, config: BundleConfig, split: bool = False, threads: int | None = None,
@@ -186,10 +208,21 @@ class OpenVinoBackend(Backend):
         else:  # verified: size, sha256, weights
             self.paths = [int8_graph(bundle, config) if self.precision == "int8" else graph_file(bundle, config, "model")]
             io = [SINGLE_IO]
-        self.compiled = [compile_graph(core, p, self.precision, threads, self.cache) for p in self.paths]
+        self.fallback = ""
+        self.compiled, self.ignored = self._compile(core, threads)
+        if precision is None and self.ignored:  # the default never runs the mask / score map in bf16
+            self.fallback = (f"not bf16: OpenVINO {ov.__version__.split('-')[0]} ignores the float32 marks "
+                             f"({len(self.ignored)} marked nodes, e.g. {self.ignored[0]}, would run bf16)")
+            log.info("%s: default precision fp32, %s", self.name, self.fallback)
+            self.precision = "fp32"
+            self.compiled, self.ignored = self._compile(core, threads)
         for compiled, path, (inputs, outputs) in zip(self.compiled, self.paths, io):
             _check_io(compiled, path, inputs, outputs)
         self.requests = [c.create_infer_request() for c in self.compiled]
+
+    def _compile(self, core: Any, threads: int | None) -> tuple[list[Any], list[str]]:
+        done = [compile_graph(core, p, self.precision, threads, self.cache) for p in self.paths]
+        return [c for c, _ in done], [n for _, ignored in done for n in ignored]
 
     def _infer(self, k: int, inputs: dict[str, np.ndarray], outputs: tuple[str, ...]) -> list[np.ndarray]:
         result = self.requests[k].infer(inputs)
@@ -211,8 +244,15 @@ class OpenVinoBackend(Backend):
     def describe(self) -> str:
         what = (f"{self.paths[0].name} + {self.glue.mask_step} + {self.paths[1].name} + C++ score_map" if self.split
                 else self.paths[0].name)
-        mixed = {"bf16": ", backbone + transformers bf16, mask + score map fp32",
+        kernels = ("C++ kernels fp32 on bf16 features" if self.split else "mask + score map fp32")
+        mixed = {"bf16": f", backbone + transformers bf16, {kernels}",
                  "int8": ", inpainting transformer int8, the rest fp32"}.get(self.precision, "")
+        if self.precision == "bf16" and self.ignored:
+            mixed = (f", bf16 wherever OpenVINO takes it: the float32 marks were ignored ({len(self.ignored)} "
+                     f"marked nodes run bf16, e.g. {', '.join(self.ignored[:3])})"
+                     + (", C++ kernels fp32 on bf16 features" if self.split else ""))
+        elif self.fallback:
+            mixed = f", {self.fallback}"
         cache = f"cache {self.cache}" if self.cache is not None else "no cache"
         return f"{self.name} cpu ({what}, {self.precision}{mixed}; {cache})"
 
