@@ -170,7 +170,7 @@ def test_openvino_bf16_keeps_the_guide_float32(bundle: Path) -> None:
     comparison OpenVINO names after the mask output), and no backbone convolution. On a CPU with native
     bf16 the compiled model is read back: the guide nodes it runs in bf16 all the same (every one the
     plugin puts in bf16 where it ignores the marks, as OpenVINO 2026.4 does) are exactly those compile_graph
-    reports ignored, and the default precision is then fp32."""
+    reports ignored."""
     ov = pytest.importorskip("openvino", reason="openvino is not installed (pip install 'aminet-edge[openvino]')")
     from aminet_edge.runtime.backends.openvino_backend import KEEP_FP32, compile_graph, cpu_capabilities, keep_fp32
 
@@ -196,14 +196,6 @@ def test_openvino_bf16_keeps_the_guide_float32(bundle: Path) -> None:
                 in_bf16.update(info["originalLayersNames"].astype(str).split(","))
         names = {op.get_friendly_name() for op in guide if op.get_friendly_name().startswith("/")}
         assert sorted(names & in_bf16) == sorted(names & set(ignored)), name
-    if "BF16" in cpu_capabilities(core):
-        for backend in ("openvino", "openvino-split"):
-            if backend_status(backend, bundle, read_config(bundle), "cpu") is not None:
-                continue
-            with Detector.load(bundle, backend=backend, precision="bf16", cache=False) as det:
-                ignored = det._backend.ignored
-            with Detector.load(bundle, backend=backend, cache=False) as det:
-                assert det.precision == ("fp32" if ignored else "bf16"), backend
 
 
 @pytest.fixture(scope="module")

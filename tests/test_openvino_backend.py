@@ -130,21 +130,12 @@ def test_bf16_marks_read_back(bundle: Path) -> None:
     assert compile_graph(core, bundle / "model.onnx", "fp32", None, None)[1] == []
 
 
-@pytest.mark.skipif(not HAS_BF16, reason="this CPU has no native bf16 (OpenVINO OPTIMIZATION_CAPABILITIES)")
 @pytest.mark.parametrize("backend", OV_BACKENDS)
-def test_default_is_bf16_only_where_the_marks_hold(bundle: Path, onnxruntime_fp32: list, backend: str) -> None:  # type: ignore[type-arg]
-    """The default on a bf16 CPU: bf16 when the compiled graphs keep every marked node float32, else fp32
-    (saying why) with fp32's results."""
+def test_default_is_fp32(bundle: Path, onnxruntime_fp32: list, backend: str) -> None:  # type: ignore[type-arg]
+    """The default precision is fp32 on every CPU, bf16 ones included, with fp32's results."""
     _skip_unavailable(bundle, backend)
-    with Detector.load(bundle, backend=backend, precision="bf16", cache=False) as det:
-        ignored = det._backend.ignored
     with Detector.load(bundle, backend=backend, cache=False) as det:
-        if not ignored:
-            assert det.precision == "bf16" and det._backend.fallback == ""
-            return
         assert det.precision == "fp32" and det._backend.ignored == []
-        assert "fp32, not bf16: OpenVINO" in det.backend_description
-        assert "ignores the float32 marks" in det.backend_description
         results = det.predict(generated_images())
     for got, want in zip(results, onnxruntime_fp32):
         np.testing.assert_array_equal(got.token_mask, want.token_mask)
@@ -157,8 +148,7 @@ def test_bf16_without_native_bf16_is_refused(bundle: Path) -> None:
     with pytest.raises(BackendUnavailableError, match="no native bf16"):
         Detector.load(bundle, backend="openvino", precision="bf16")
     with Detector.load(bundle, backend="openvino") as det:
-        assert det.precision == "fp32"  # the default falls back to fp32, and says so
-        assert "fp32" in det.backend_description and det._backend.fallback == ""
+        assert det.precision == "fp32" and "fp32" in det.backend_description
 
 
 def test_precision_marks_cover_mask_and_score_map_only(bundle: Path) -> None:

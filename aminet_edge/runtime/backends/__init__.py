@@ -8,7 +8,7 @@ run here, and if not why" without running anything (and, for CPU, without import
 
 | name              | device    | needs                                                            |
 |-------------------|-----------|------------------------------------------------------------------|
-| openvino          | cpu       | openvino, model.onnx (fp32 graph; runs bf16 mixed on bf16 CPUs); |
+| openvino          | cpu       | openvino, model.onnx (fp32 graph; bf16 only when asked);         |
 |                   |           | precision="int8": model_int8_static.onnx (never the default)     |
 | openvino-split    | cpu       | openvino, model_a.onnx + model_b.onnx, C++ kernels (built ext)    |
 | onnxruntime-split | cpu       | onnxruntime, model_a.onnx + model_b.onnx, C++ kernels (built ext) |
@@ -103,7 +103,7 @@ def auto_reason(device: str, config: BundleConfig | None = None) -> str:
         return "TensorRT's fused engine first, then eager torch, then onnxruntime"
     width = ("wide features (>= %d channels): split graphs + C++ kernels first" % SPLIT_MIN_CHANNELS
              if config is None or config.in_channels >= SPLIT_MIN_CHANNELS else "narrow features: single graph first")
-    engine = {"bf16": "this CPU has native bf16: OpenVINO mixed bf16 first",
+    engine = {"bf16": "this CPU has native bf16: OpenVINO first (fp32; bf16 when asked)",
               "vnni": "this CPU has VNNI but no bf16: onnxruntime's int8 graph first",
               "plain": "this CPU has neither bf16 nor VNNI: OpenVINO fp32 first"}[cpu_kind()]
     return f"{engine}; {width}"
