@@ -117,7 +117,7 @@ def test_score_config_refuses_inconsistent_fields(score: ScoreConfig, mask: str,
 
 
 @pytest.mark.parametrize("edit, match", [
-    ({"map": GUIDE_MAP}, "calibrated guide_weight"),
+    ({"guide_weight": 0.0}, "calibrated guide_weight"),
     ({"guide_weight": 0.0, "map": "reconstruction"}, None),
     ({"map": "guide"}, "map must be one of"),
     ({"guide_weight": "1"}, "score.guide_weight"),
@@ -125,8 +125,6 @@ def test_score_config_refuses_inconsistent_fields(score: ScoreConfig, mask: str,
 def test_bundle_refuses_an_inconsistent_score(mapped: Path, tmp_path: Path, edit: dict, match: str | None) -> None:  # type: ignore[type-arg]
     bundle = Path(shutil.copytree(mapped, tmp_path / "b"))
     raw = json.loads((bundle / "config.json").read_text())
-    if edit.get("map") == GUIDE_MAP:
-        edit = {"guide_weight": 0.0}
     raw["score"].update(edit)
     (bundle / "config.json").write_text(json.dumps(raw))
     if match is None:
