@@ -107,9 +107,9 @@ def test_model_names_are_plain_identifiers(run: Path, name: str) -> None:
 def test_rewrites_delete_only_what_was_written_and_recorded(run: Path) -> None:
     out = run.parent / "models"
     (out / "other" / "1").mkdir(parents=True)
-    (out / "other" / "config.pbtxt").write_text('name: "other"\n')  # the user's own model, same repository
+    (out / "other" / "config.pbtxt").write_text("the user's model, not ours to parse\n")
     (out / "notes.txt").write_text("mine")
-    user = {"other/config.pbtxt": 'name: "other"\n', "notes.txt": "mine"}
+    user = {"other/config.pbtxt": "the user's model, not ours to parse\n", "notes.txt": "mine"}
 
     def ours() -> set[str]:
         return {p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()} - set(user) - {OWNER_FILE}

@@ -77,7 +77,7 @@ def _tritonclient() -> Any:
 def _deadline_timer(seconds: float) -> Any:
     """A started gevent.Timeout: tritonclient's HTTP client does its socket I/O on gevent, so the timer
     interrupts the request at whatever step it is in when `seconds` have passed."""
-    import gevent  # a dependency of tritonclient[http] (geventhttpclient)
+    import gevent  # type: ignore[import-untyped]  # a dependency of tritonclient[http] (geventhttpclient)
 
     timer = gevent.Timeout(seconds)
     timer.start()

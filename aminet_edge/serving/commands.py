@@ -47,7 +47,7 @@ def triton_repo_cmd(run: str, out: str, target: str, max_batch: int, instances: 
                                  policy=QueuePolicy(max_delay_us, queue_size))
     except (BundleError, ValueError, ImportError) as exc:
         raise click.ClickException(str(exc)) from exc
-    click.echo(describe_repository(out))
+    click.echo(describe_repository(out, model_name))
     for note in notes:
         click.echo(f"note: {note}")
     click.echo(f"repository: {out}")
@@ -88,8 +88,9 @@ def serve_cmd(run: str, host: str, http_port: int, grpc_port: int, max_batch: in
             server.close()
             raise click.ClickException(str(exc)) from exc
         signal.signal(signal.SIGTERM, _interrupt)  # `systemctl stop` / docker stop: stop the server too
+        pid = server.process.pid if server.process is not None else None
         click.echo(f"healthy: model {MODEL_NAME!r} at {server.url} (HTTP), {host}:{grpc_port} (gRPC); "
-                   f"RemoteDetector({server.url!r}); tritonserver pid {server.process.pid}; Ctrl-C stops")
+                   f"RemoteDetector({server.url!r}); tritonserver pid {pid}; Ctrl-C stops")
         try:
             supervise(server, lambda message: click.echo(message, err=True))
         except ServerError as exc:

@@ -462,11 +462,13 @@ def parse_config(path: str | Path) -> Any:
 
 
 def check_repository(out: str | Path, model_name: str = MODEL_NAME) -> dict[str, Any]:
-    """Parse every config.pbtxt of the repository and check that the ensemble's tensors connect:
-    each step's inputs exist in its model, are produced earlier (or are ensemble inputs), with equal
-    types. Returns {model: parsed config} (empty if the parser is not installed). BundleError if not."""
+    """Parse the config.pbtxt of model `model_name` and its steps (other models in the repository are
+    not ours to judge) and check that the ensemble's tensors connect: each step's inputs exist in its
+    model, are produced earlier (or are ensemble inputs), with equal types. Returns {model: parsed config}
+    (empty if the parser is not installed). BundleError if not."""
     out = Path(out)
-    configs = {p.parent.name: parse_config(p) for p in sorted(out.glob("*/config.pbtxt"))}
+    paths = [out / (model_name + step) / "config.pbtxt" for step in STEPS]
+    configs = {p.parent.name: parse_config(p) for p in paths if p.is_file()}
     if not configs or any(c is None for c in configs.values()):
         return {}
     for name, cfg in configs.items():
@@ -495,11 +497,12 @@ def check_repository(out: str | Path, model_name: str = MODEL_NAME) -> dict[str,
     return configs
 
 
-def describe_repository(out: str | Path) -> str:
-    """One line per model: name, backend/platform, max batch, instances."""
+def describe_repository(out: str | Path, model_name: str = MODEL_NAME) -> str:
+    """One line per model of `model_name` (it and its steps): name, backend/platform, max batch, instances."""
     lines = []
-    for name, cfg in check_repository(out).items():
+    for name, cfg in check_repository(out, model_name).items():
         kind = cfg.backend or cfg.platform
         count = sum(g.count for g in cfg.instance_group) or 1
         lines.append(f"{name}: {kind}, max_batch_size {cfg.max_batch_size}, instances {count}")
-    return "\n".join(lines) or json.dumps(sorted(p.parent.name for p in Path(out).glob("*/config.pbtxt")))
+    folders = [model_name + step for step in STEPS if (Path(out) / (model_name + step)).is_dir()]
+    return "\n".join(lines) or json.dumps(folders)

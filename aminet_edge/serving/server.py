@@ -103,7 +103,8 @@ def server_environment() -> dict[str, str]:
     libdir = sysconfig.get_config_var("LIBDIR") or ""
     env["LD_LIBRARY_PATH"] = os.pathsep.join(p for p in (libdir, env.get("LD_LIBRARY_PATH", "")) if p)
     package_root = str(Path(aminet_edge.__file__).resolve().parent.parent)
-    paths = [package_root, *(p for p in sys.path if p and os.path.isdir(p)), *env.get("PYTHONPATH", "").split(os.pathsep)]
+    paths = [package_root, *(p for p in sys.path if p and os.path.isdir(p)),
+             *env.get("PYTHONPATH", "").split(os.pathsep)]
     env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(p for p in paths if p))
     return env
 
@@ -255,12 +256,6 @@ class TritonServer:
             self.process.wait()
         self.process = None
 
-    def log_tail(self, chars: int = 3000) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")[-chars:]
-        except OSError:
-            return ""
-
     def close(self) -> None:
         """Stop; remove the temporary folder, and the log unless it is kept (see the class docstring)."""
         self.stop()
@@ -293,7 +288,8 @@ def supervise(server: TritonServer, say: Callable[[str], None], max_crashes: int
     (a crash loop: restarting would not help)."""
     crashes: list[float] = []
     while True:
-        assert server.process is not None, "supervise needs a started server"
+        if server.process is None:
+            raise ServerError("supervise needs a started server")
         pid = server.process.pid
         status = server.process.wait()
         now = time.monotonic()
