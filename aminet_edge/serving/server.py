@@ -188,8 +188,8 @@ class TritonServer:
                 "--allow-metrics=false", "--exit-timeout-secs=5", "--strict-readiness=true", *self.extra_args]
 
     def start(self, timeout: float = 120.0) -> "TritonServer":
-        """Start the process and wait until /v2/health/ready answers 200; ServerError (with the log's end)
-        if it exits or is not ready within `timeout` seconds."""
+        """Start the process and wait until /v2/health/ready answers 200; ServerError (with the log's error
+        lines) if it exits or is not ready within `timeout` seconds."""
         self._log_start = self.log_path.stat().st_size if self.log_path.exists() else 0
         log = self.log_path.open("ab")
         self.process = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT,
