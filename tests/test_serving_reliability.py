@@ -131,6 +131,9 @@ def test_rewrites_delete_only_what_was_written_and_recorded(run: Path) -> None:
     assert {f.split("/")[0] for f in ours()} == {"line2", "aminet"} and ours() == recorded()
     assert all((out / rel).read_text() == text for rel, text in user.items())
     assert (out / "other" / "1").is_dir()
+    (out / "aminet" / "1" / ".model.py.0badc0de.tmp").write_text("a temporary a killed write left")
+    write_repository(run, out)  # a temporary of a recorded file is ours too: removed, not refused
+    assert not list(out.rglob("*.tmp"))
 
 
 def test_folders_holding_what_was_not_written_are_refused(run: Path, tmp_path: Path) -> None:
@@ -168,9 +171,7 @@ def test_a_failed_rewrite_leaves_no_partial_file(run: Path, monkeypatch: pytest.
     out = run.parent / "models"
     write_repository(run, out)
     complete = _digests(out / "aminet")
-    import aminet_edge.fileio as fileio
-
-    real = fileio.shutil.copyfileobj
+    real = shutil.copyfileobj
     calls = []
 
     def half_then_fail(src, dst, length=0):  # type: ignore[no-untyped-def]
@@ -180,10 +181,10 @@ def test_a_failed_rewrite_leaves_no_partial_file(run: Path, monkeypatch: pytest.
             raise OSError(28, "No space left on device")
         return real(src, dst, length)
 
-    monkeypatch.setattr(fileio.shutil, "copyfileobj", half_then_fail)
+    monkeypatch.setattr(shutil, "copyfileobj", half_then_fail)
     with pytest.raises(OSError, match="No space left"):
         write_repository(run, out)
-    monkeypatch.setattr(fileio.shutil, "copyfileobj", real)
+    monkeypatch.setattr(shutil, "copyfileobj", real)
     left = _digests(out / "aminet")
     assert left and all(complete[rel] == digest for rel, digest in left.items())  # whole files only
     assert not [p for p in out.rglob("*.tmp")]

@@ -17,7 +17,7 @@ Triton rejects a request at once ("Exceeds maximum queue size"), which the clien
 
 Ownership: the repository folder may hold other models and the user's files. Every file and folder the
 writer creates is recorded in `OUT/aminet-edge-repository.json` (per model name) before it is written,
-and each file is written atomically (aminet_edge.fileio). Rewriting a model deletes only the files recorded
+and each file is written atomically (aminet_edge.files). Rewriting a model deletes only the files recorded
 for it; a model folder holding anything not recorded for that model is refused, never replaced, and so
 is an OUT that is, contains or lies inside the bundle.
 """
@@ -27,13 +27,15 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import re
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from aminet_edge.bundle import (CONFIG_FILE, REEXPORT, BundleConfig, BundleError, engine_records, graph_file,
                                 has_graph, read_config, verify_record)
-from aminet_edge.fileio import copy_atomic, plain_name, temp_path, write_atomic
+from aminet_edge.files import atomic_replace, atomic_write_text, remove_owned
 from aminet_edge.serving.protocol import BUNDLE_PARAMETER, MODEL_NAME
 from aminet_edge.serving.triton_model import BUNDLE_DIR
 
@@ -41,6 +43,22 @@ TARGETS = ("cpu", "gpu")
 PLAN_FILE = "model.plan"
 OWNER_FILE = "aminet-edge-repository.json"  # at the repository's root: what the writer wrote there
 STEPS = ("", "_pre", "_trt", "_post")  # model folders NAME + step (cpu: NAME only)
+_MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
+
+
+def check_model_name(name: str) -> str:
+    """`name` if it is a plain identifier (1-64 of A-Z a-z 0-9 _ -, starting with a letter or digit: it
+    becomes folder names, never a path); ValueError saying the rule otherwise."""
+    if not isinstance(name, str) or not _MODEL_NAME.fullmatch(name):
+        raise ValueError(f"model name must be 1-64 letters, digits, '_' or '-', starting with a letter or digit "
+                         f"(it becomes a folder name), got {name!r}")
+    return name
+
+
+def _temporaries(rel: str) -> re.Pattern[str]:
+    """The names aminet_edge.files gives the temporary of file `rel` (a crash may leave one)."""
+    name = rel.rsplit("/", 1)[-1]
+    return re.compile(re.escape(f".{name}.") + r"[0-9a-f]+\.tmp")
 
 
 class RepositoryFiles:
@@ -75,8 +93,8 @@ class RepositoryFiles:
         return {str(k): {"files": list(v["files"]), "dirs": list(v["dirs"])} for k, v in models.items()}
 
     def _save(self) -> None:
-        write_atomic(self.out / OWNER_FILE, json.dumps({"written_by": "aminet-edge", "models": self.models},
-                                                       indent=1, sort_keys=True) + "\n")
+        atomic_write_text(self.out / OWNER_FILE, json.dumps({"written_by": "aminet-edge", "models": self.models},
+                                                            indent=1, sort_keys=True) + "\n")
 
     @property
     def _mine(self) -> dict[str, list[str]]:
@@ -87,7 +105,7 @@ class RepositoryFiles:
         this model (a link, a file, a folder of someone else's), or one of the `shared` files (in folders
         other models use too) exists unrecorded."""
         files = set(self._mine["files"])
-        files |= {temp_path(f).as_posix() for f in files}
+        files |= set(self._leftovers())
         for rel in shared:
             if rel not in files and (self._inside(rel) is None or os.path.lexists(self.out / rel)):
                 raise BundleError(f"{self.out / rel} exists and aminet-edge did not write it for model "
@@ -117,15 +135,22 @@ class RepositoryFiles:
                 return None
         return path / Path(rel).name
 
+    def _leftovers(self) -> list[str]:
+        """Temporaries of this model's recorded files that an interrupted write left beside them."""
+        found = []
+        for rel in self._mine["files"]:
+            path = self._inside(rel)
+            if path is not None and path.parent.is_dir():
+                pattern = _temporaries(rel)
+                found += [(path.parent / n).relative_to(self.out).as_posix()
+                          for n in os.listdir(path.parent) if pattern.fullmatch(n)]
+        return found
+
     def remove_previous(self) -> None:
-        """Delete the files recorded for this model (and their temporaries), then its recorded folders
+        """Delete the files recorded for this model (and temporaries of them), then its recorded folders
         that are left empty; forget them."""
         mine = self._mine
-        for rel in sorted(mine["files"]):
-            path = self._inside(rel)
-            if path is not None:
-                path.unlink(missing_ok=True)
-                temp_path(path).unlink(missing_ok=True)
+        remove_owned(self.out, [*mine["files"], *self._leftovers()], f"rewriting model {self.name!r}")
         for rel in sorted(mine["dirs"], key=lambda r: -len(Path(r).parts)):
             path = self._inside(rel)
             if path is not None and path.is_dir() and not path.is_symlink() and not any(path.iterdir()):
@@ -156,11 +181,20 @@ class RepositoryFiles:
             self._save()
         return path
 
-    def write(self, path: Path, text: str, mode: int = 0o666) -> Path:
-        return write_atomic(self._record(path), text, mode)
+    def write(self, path: Path, text: str, executable: bool = False) -> Path:
+        def produce(tmp: Path) -> None:
+            tmp.write_text(text)
+            if executable:
+                tmp.chmod(tmp.stat().st_mode | 0o111)
+
+        return atomic_replace(self._record(path), produce)
 
     def copy(self, src: Path, path: Path) -> Path:
-        return copy_atomic(src, self._record(path))
+        def produce(tmp: Path) -> None:
+            with open(src, "rb") as s, open(tmp, "wb") as d:
+                shutil.copyfileobj(s, d, 1 << 20)
+
+        return atomic_replace(self._record(path), produce)
 
 
 def _refuse_overlap(run: Path, out: Path) -> None:
@@ -319,7 +353,7 @@ def _gpu(run: Path, files: RepositoryFiles, config: BundleConfig, name: str, max
                "TensorRT, same GPU).\nset -euo pipefail\ncd \"$(dirname \"$0\")\"\n"
                f"trtexec --onnx={onnx_path.name} --saveEngine=../1/{PLAN_FILE} --stronglyTyped "
                f"--minShapes=images:1x3x{s}x{s} --optShapes=images:{max_batch}x3x{s}x{s} "
-               f"--maxShapes=images:{max_batch}x3x{s}x{s}\n", mode=0o777)
+               f"--maxShapes=images:{max_batch}x3x{s}x{s}\n", executable=True)
         notes.append(f"{trt}/1/{PLAN_FILE} is not included (the bundle has no standard-TensorRT engine): run "
                      f"{trt}/build/build_plan.sh inside the Triton container")
     files.write(out / trt / "config.pbtxt",
@@ -401,7 +435,7 @@ def write_repository(run: str | Path, out: str | Path, target: str = "cpu", *, m
                      backend: str = "auto") -> list[str]:
     """Write a Triton model repository for bundle `run` into `out` (created if missing; see "Ownership" in
     the module docstring for what may be replaced). Returns notes for the user (what is missing, what was
-    adjusted). model_name: a plain identifier (`aminet_edge.fileio.plain_name`), the top model's folder.
+    adjusted). model_name: a plain identifier (`check_model_name`), the top model's folder.
 
     max_batch: largest batch the dynamic batcher forms; instances: model instances (cpu: processes, each
     with cpu_count // instances onnxruntime threads; gpu: plan instances on the GPU); backend: the cpu
@@ -411,7 +445,7 @@ def write_repository(run: str | Path, out: str | Path, target: str = "cpu", *, m
         raise ValueError(f"target must be one of {', '.join(TARGETS)}, got {target!r}")
     if max_batch < 1 or instances < 1:
         raise ValueError(f"max_batch and instances must be >= 1, got {max_batch} and {instances}")
-    plain_name(model_name, "model name")
+    check_model_name(model_name)
     run, out = Path(run), Path(out)
     _refuse_overlap(run, out)
     config = read_config(run)
