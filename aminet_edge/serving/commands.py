@@ -45,7 +45,7 @@ def triton_repo_cmd(run: str, out: str, target: str, max_batch: int, instances: 
     try:
         notes = write_repository(run, out, target, max_batch=max_batch, instances=instances, model_name=model_name,
                                  policy=QueuePolicy(max_delay_us, queue_size))
-    except (BundleError, ValueError, ImportError) as exc:
+    except (BundleError, ValueError, ImportError, OSError) as exc:
         raise click.ClickException(str(exc)) from exc
     click.echo(describe_repository(out, model_name))
     for note in notes:
@@ -79,7 +79,7 @@ def serve_cmd(run: str, host: str, http_port: int, grpc_port: int, max_batch: in
             write_repository(run, repo, "cpu", max_batch=max_batch, instances=instances,
                              policy=QueuePolicy(max_delay_us, queue_size))
             server = TritonServer(repo, host=host, http_port=http_port, grpc_port=grpc_port)
-        except (BundleError, ValueError, ImportError, ServerError) as exc:
+        except (BundleError, ValueError, ImportError, OSError, ServerError) as exc:
             raise click.ClickException(str(exc)) from exc
         click.echo(f"starting {server.binary} (log: {server.log_path})", err=True)
         try:
