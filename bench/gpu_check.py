@@ -312,7 +312,7 @@ def step_build_cuda(r: Runner, step: Step, budget: float) -> None:
         r.env["AMINET_CUDA_LIB"] = str(lib)
 
 
-_RESULT_LINE = re.compile(r"^(tests/\S+::\S+) (PASSED|FAILED|SKIPPED|ERROR|XFAIL|XPASS)", re.M)
+_RESULT_LINE = re.compile(r"^(\S+\.py::\S+) (PASSED|FAILED|SKIPPED|ERROR|XFAIL|XPASS)", re.M)
 
 
 def pytest_outcomes(text: str) -> dict[str, Any]:
@@ -323,11 +323,11 @@ def pytest_outcomes(text: str) -> dict[str, Any]:
     counts: dict[str, int] = {}
     for outcome in outcomes.values():
         counts[outcome.lower()] = counts.get(outcome.lower(), 0) + 1
-    return {"counts": counts,
+    return {"counts": counts, "by_module": selected_by_module(list(outcomes)),
             "failures": [n for n, o in outcomes.items() if o in ("FAILED", "ERROR")][:40],
             "skips": re.findall(r"^SKIPPED \[\d+\] (.*)$", text, re.M)[:40],
-            "collection_errors": sorted(set(re.findall(r"ERROR collecting (tests/\S+\.py)", text)
-                                            + re.findall(r"^ERROR (tests/\S+\.py)(?: - .*)?$", text, re.M))),
+            "collection_errors": sorted(set(re.findall(r"ERROR collecting (\S+\.py)", text)
+                                            + re.findall(r"^ERROR (\S+\.py)(?: - .*)?$", text, re.M))),
             "slowest": re.findall(r"^(\d+\.\d+)s (call|setup|teardown) +(\S+)$", text, re.M)[:15]}
 
 
@@ -337,6 +337,12 @@ def selected_by_module(node_ids: list[str]) -> dict[str, int]:
         module = node.split("::", 1)[0]
         counts[module] = counts.get(module, 0) + 1
     return counts
+
+
+def _require_kernel_cases(by_module: dict[str, int]) -> None:
+    missing = [m for m in KERNEL_MODULES if not by_module.get(m)]
+    if missing:
+        raise RuntimeError(f"`pytest -m gpu` selected no case of {', '.join(missing)}")
 
 
 def step_pytest(r: Runner, step: Step, budget: float) -> None:
@@ -351,10 +357,8 @@ def step_pytest(r: Runner, step: Step, budget: float) -> None:
         nodes = [line for line in proc.stdout.splitlines() if line.startswith("tests/") and "::" in line]
         by_module = selected_by_module(nodes)
         step.figures.update(selected=len(nodes), by_module=by_module,
-                            collection_errors=re.findall(r"^ERROR (tests/\S+)", proc.stdout, re.M))
-        missing = [m for m in KERNEL_MODULES if not by_module.get(m)]
-        if missing:
-            raise RuntimeError(f"`pytest -m gpu` selects no case of {', '.join(missing)}")
+                            collection_errors=pytest_outcomes(proc.stdout)["collection_errors"])
+        _require_kernel_cases(by_module)
         check(proc, "pytest --collect-only")
         return
     has_timeout = probe(sys.executable, r.env, "import importlib.util, json; "
@@ -369,6 +373,7 @@ def step_pytest(r: Runner, step: Step, budget: float) -> None:
     counts = step.figures["counts"]
     if not counts:
         raise RuntimeError(f"pytest ran no gpu test (exit {proc.returncode})")
+    _require_kernel_cases(step.figures["by_module"])
     if proc.returncode != 0 or step.figures["failures"] or step.figures["collection_errors"]:
         raise RuntimeError(f"pytest exited {proc.returncode}: {counts}, collection errors in "
                            f"{step.figures['collection_errors'] or 'none'}")
