@@ -48,7 +48,10 @@ def test_runner_reports_every_outcome(tmp_path: Path) -> None:
         gpu_check.check(runner.sh(step, [sys.executable, "-c", "import sys; sys.exit('boom')"], 10), "child")
 
     def slow(step, budget):  # type: ignore[no-untyped-def]
-        runner.sh(step, [sys.executable, "-c", "import time; time.sleep(5)"], 0.5)
+        # a child that holds the output pipe too (as compile or DataLoader workers do) dies with the command
+        code = ("import subprocess, sys, time; subprocess.Popen([sys.executable, '-c', 'import time; "
+                "time.sleep(30)']); time.sleep(30)")
+        runner.sh(step, [sys.executable, "-c", code], 0.5)
 
     for name, fn in (("a", ok), ("b", skip), ("c", fail), ("d", slow)):
         runner.run(name, 10, fn)
