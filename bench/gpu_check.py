@@ -23,18 +23,20 @@ and makes the exit status 1.
 
 Time plan. A task's GPU window is 15 min of device time in all (the machine's start, ~1-2 min, and its
 idle time included), 600 s per command:
-    start ~120 s + transfers ~20 s + this script <= 450 s (--budget; call it with timeout_s 480) = ~590 s
-    one warm re-run of what failed (`--only a,b --budget 240`, timeout_s 270) + 30 s idle     = ~300 s
-    total ~890 s of the 900 s.
+    start ~120 s + transfers ~20 s + this script <= 450 s (--budget; call it with timeout_s 480) <= 620 s
+    one warm re-run of what failed (`--only a,b --budget 210`, timeout_s 240) + 30 s idle     <= 270 s
+    total <= 890 s of the 900 s (the script ends by its budget; the 30 s margins are for a hang).
 Steps, in order of the value of their figures, each a subprocess with its own cap (seconds, H100/H200);
 the caps of the first eight sum to the 450 s budget, so each gets its full cap even when every step
 before it ran to its own:
-    environment 10, build_cuda 30 (nvcc, one arch: ~6 s on 2 CPU cores), kernels 50 (kernels vs the
-    reference and % of copy bandwidth; cold Triton compiles), runtime 90 (Detector.predict, paper-size
-    model, batch 1 and 32, five variants), train_bench 50 (training images/s, MFU, the math attention
-    kernel's cost), pytest_gpu 150 (`pytest -m gpu tests/`, 100 s per test: kernels vs reference,
-    CUDA-graph backend, short GPU trainings, repeatability at L = 256), train_bottle 50 (GPU-trained
-    bottle model, --resume, evaluate), precision_accuracy 20 (fp16 / bf16 vs fp32 AUROC);
+    environment 10, build_cuda 30 (nvcc, one arch: ~6 s on 2 CPU cores), kernels 45 (kernels vs the
+    reference and % of copy bandwidth; cold Triton compiles), runtime 85 (Detector.predict, paper-size
+    model, batch 1 and 32, five variants), train_bench 45 (training images/s, MFU, the math attention
+    kernel's cost), pytest_gpu 170 (`pytest -m gpu tests/`, 88 cases, 100 s per test at most: kernels
+    vs reference first, then the CUDA backends, ~20 short GPU trainings incl. repeatability at L = 256
+    and a cold torch.compile; three shared test bundles exported to ONNX, ~60 s on 2 CPU cores),
+    train_bottle 45 (GPU-trained bottle model, --resume, evaluate), precision_accuracy 20 (fp16 / bf16
+    vs fp32 AUROC);
 then, on whatever time is left: tensorrt_rtx 60 (skips at once without tensorrt_rtx, which the GPU
 machine lacks and which is too large to carry) and build_cpp 30 (the pybind11 CPU module: not a GPU
 figure, built in CI).
@@ -546,11 +548,11 @@ def step_tensorrt_rtx(r: Runner, step: Step, budget: float) -> None:
 STEPS: tuple[tuple[str, float, Callable[[Runner, Step, float], None]], ...] = (
     ("environment", 10, step_environment),
     ("build_cuda", 30, step_build_cuda),
-    ("kernels", 50, step_kernels),
-    ("runtime", 90, step_runtime),
-    ("train_bench", 50, step_train_bench),
-    ("pytest_gpu", 150, step_pytest),
-    ("train_bottle", 50, step_train_bottle),
+    ("kernels", 45, step_kernels),
+    ("runtime", 85, step_runtime),
+    ("train_bench", 45, step_train_bench),
+    ("pytest_gpu", 170, step_pytest),
+    ("train_bottle", 45, step_train_bottle),
     ("precision_accuracy", 20, step_precision),
     ("tensorrt_rtx", 60, step_tensorrt_rtx),
     ("build_cpp", 30, step_build_cpp),

@@ -12,7 +12,7 @@
   and pytest's per-test outcomes are read back (also from a run cut short);
 - bench/runtime_cuda.py's bundle loads (weights recorded), so its CPU run gives figures;
 - the bottle-data preparation copies an MVTec-layout subset.
-The full dry run (`python bench/gpu_check.py --dry-run`, ~5 min on 2 cores) is run by hand before a GPU run.
+The full dry run (`python bench/gpu_check.py --dry-run`, ~4 min on 2 cores) is run by hand before a GPU run.
 """
 
 from __future__ import annotations
@@ -109,6 +109,17 @@ def test_dry_run_of_the_cheap_steps(tmp_path: Path) -> None:
     assert report["returned_file_problems"] == [] and gpu_check.returned_problems(tmp_path) == []
     with pytest.raises(SystemExit):
         gpu_check.main(["--dry-run", "--out", str(tmp_path), "--only", "nonsense"])
+
+
+def test_time_plan_fits_the_device_window() -> None:
+    """The plan of the module docstring: the caps of the steps before the leftover-time ones sum to the
+    budget, and start (~120 s) + transfers (~20 s) + the run (budget + 30 s margin as the command's
+    timeout) + one warm re-run (240 s) + idle (30 s) fit the 900 s of device time; one command <= 600 s."""
+    names = [name for name, _, _ in gpu_check.STEPS]
+    planned = gpu_check.STEPS[:names.index("tensorrt_rtx")]
+    assert sum(cap for _, cap, _ in planned) == gpu_check.BUDGET
+    assert gpu_check.BUDGET + 30 <= 600 and 120 + 20 + gpu_check.BUDGET + 30 + 240 + 30 <= 900
+    assert names[:4] == ["environment", "build_cuda", "kernels", "runtime"] and names[-1] == "build_cpp"
 
 
 def test_report_folder_is_checked_against_the_return_limits(tmp_path: Path) -> None:
