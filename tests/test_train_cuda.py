@@ -3,9 +3,10 @@
 What each proves: one seed gives one result on the GPU (twice the same weights); --resume on the GPU
 ends where an uninterrupted run ends; both also at the paper's L = 256 tokens, where the fused attention
 kernels' non-deterministic backward passes would show (repeatable training keeps the math kernel); the
-host-memory cache (pinned staging, non_blocking copies) trains exactly like the on-GPU cache; bf16 and fp16 (with gradient scaling) follow the fp32 losses; torch.compile
-follows eager; evaluation on the GPU agrees with the CPU; a GPU checkpoint cannot resume on the CPU; the
-nearest-normal guide builds on the GPU as on the CPU.
+host-memory cache (pinned staging, non_blocking copies) trains exactly like the on-GPU cache; bf16 and
+fp16 (with gradient scaling) follow the fp32 losses; torch.compile follows eager; evaluation on the GPU
+agrees with the CPU; a GPU checkpoint cannot resume on the CPU; the nearest-normal guide builds on the GPU
+as on the CPU.
 The CPU side of the same plumbing: tests/test_device.py.
 """
 
