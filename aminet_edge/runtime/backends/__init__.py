@@ -17,8 +17,11 @@ run here, and if not why" without running anything (and, for CPU, without import
 | tensorrt          | cuda      | tensorrt (Jetson/datacenter) or tensorrt_rtx (RTX), pycuda or     |
 |                   |           | cuda-python, an engine for this GPU in bundle/engines            |
 
-`auto_order(device, config)` is fastest first, measured by bench/runtime.py (see BENCHMARKS.md); on CPU it
-depends on the CPU's bf16 / VNNI instructions and the feature width, and `auto_reason` says why.
+`auto_order(device, config)` is a table, fastest first as measured by bench/runtime.py on the machines
+BENCHMARKS.md names; on CPU it depends on the CPU's bf16 / VNNI instructions and the feature width, and
+`auto_reason` says why. On CPU, `Detector.load(backend="auto")` does not trust it: it times the accurate
+candidates on the machine it runs on and keeps the fastest in the bundle's cache (`auto`, the sibling module);
+the table gives the order they are timed in, and the choice itself where AMINET_AUTO=table or on CUDA.
 """
 
 from __future__ import annotations
