@@ -287,11 +287,12 @@ def test_int8_graph_is_the_default_once_exported(bundle: Path, tmp_path: Path) -
         Detector.load(copy, backend="onnxruntime", precision="int4")
 
 
-def test_auto_picks_the_fastest_available_and_says_why(bundle: Path, tmp_path: Path) -> None:
-    from aminet_edge.runtime.backends import SPLIT_MIN_CHANNELS, auto_order
+def test_auto_table_picks_the_first_available_and_says_why(bundle: Path, tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """AMINET_AUTO=table: the CPU-flag table's order (the measured choice: tests/test_auto_backend.py)."""
+    from aminet_edge.runtime.backends import SPLIT_MIN_CHANNELS, auto_order, cpu_kind
 
-    from aminet_edge.runtime.backends import cpu_kind
-
+    monkeypatch.setenv("AMINET_AUTO", "table")
     config = read_config(bundle)
     available = available_cpu_backends(bundle)
     det = Detector.load(bundle)
