@@ -655,11 +655,12 @@ def test_predict_write_errors_are_reported_not_raised(bundle: Path, tmp_path: Pa
     assert "2 overlay(s) not written" in res.output
 
 
-def test_info_on_a_bundle(bundle: Path, tmp_path: Path) -> None:
+def test_info_on_a_bundle(bundle: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from click.testing import CliRunner
 
     from aminet_edge.cli import main
 
+    monkeypatch.setenv("AMINET_AUTO", "table")  # the table's pick (the measured one: tests/test_auto_backend.py)
     res = CliRunner().invoke(main, ["info", str(bundle)])
     assert res.exit_code == 0, res.output
     assert "inference backends:" in res.output and "  onnxruntime@cpu: available" in res.output
