@@ -53,7 +53,7 @@ CUDA_ORDER = ("tensorrt", "torch", "onnxruntime")
 SPLIT_MIN_CHANNELS = 512
 # OpenVINO vs onnxruntime on CPU is decided by the CPU's instructions (cpu-preset bundle, same graphs):
 #   native bf16 (AVX512_BF16 / AMX): OpenVINO's bf16 16.0 ms/img vs onnxruntime int8 24-25 at batch 1
-#     (Xeon with AMX, issue 15); bf16 is opt-in now (it moves the maps, BENCHMARKS.md OpenVINO section),
+#     (Xeon with AMX); bf16 is opt-in (it moves the maps, BENCHMARKS.md "OpenVINO on CPU: precision and accuracy"),
 #     and OpenVINO fp32 is 38 ms/img at batch 8 vs onnxruntime int8 40 (AMD EPYC with AVX512_BF16) -> openvino first;
 #   int8 dot products (AVX512_VNNI / AVX_VNNI) without bf16: onnxruntime's int8 graph runs on VNNI, OpenVINO
 #     only fp32 (45 ms/img fp32 vs 24-25 int8 on that Xeon) -> onnxruntime first;
