@@ -144,3 +144,26 @@ def test_held_out_images_need_the_recorded_training_data(int8_bundle: Path) -> N
     assert images == [] and why == "config.json records no training data (train.roots)"
     with pytest.raises(ValueError, match="no held-out normal images"):
         validate_int8(int8_bundle, [])
+
+
+def test_export_int8_validates_on_the_recorded_held_out_split(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from aminet_edge.cli import main
+    from aminet_edge.data.synthetic import make_synthetic_dataset
+
+    from test_bundle_integrity import quick_train
+
+    data = make_synthetic_dataset(tmp_path / "data", n_train=10, n_test_good=1, n_test_defect=1, size=64)
+    run = quick_train(data, tmp_path / "run")
+    held = read_config(run).train["held_out"]
+    assert held >= 3
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        res = CliRunner().invoke(main, ["export", str(run), "--precision", "int8", "--no-split"])
+    assert res.exit_code == 0, res.output
+    record = read_config(run).artifacts["onnx"]["model_int8"]["validation"]
+    assert record["images"] == held and record["backend"] == "onnxruntime"
+    verdict = "accepted" if record["accepted"] else "refused"
+    assert f"model_int8: {verdict}: {100 * record['mask_tokens_changed']:.3f} % of mask tokens changed" in res.output
+    assert f"of {held} held-out normal images changed" in res.output and f"images of {data}" in res.output
