@@ -3,7 +3,8 @@
 Candidates (`candidates`): every CPU backend that can run the bundle (in `auto_order`, the CPU-flag table,
 which is also the order they are timed in), each in fp32, plus the int8 graphs whose record says they
 passed validation (`bundle.int8_accepted`: onnxruntime's `model_int8` / `model_b_int8`, OpenVINO's
-`model_int8_static`). bf16 and unvalidated int8 move masks and scores (BENCHMARKS.md, "OpenVINO on CPU"),
+`model_int8_static`). bf16 and unvalidated int8 move masks and scores (BENCHMARKS.md, "OpenVINO on CPU: precision and
+accuracy"),
 so they are candidates only when the caller asks for that precision (`precision=` option). torch is not
 timed: it is the fallback when no graph backend can run.
 
@@ -12,8 +13,10 @@ preprocessed pixels (warm-up: lazy allocations, OpenVINO's first inference), the
 BUDGET_S (2 s per bundle in all, session creation included), at least one and at most MAX_RUNS timed runs;
 the median ms per image at batch 1 decides. The fastest stays open and becomes the Detector's backend;
 the others are closed as soon as they lose. Each candidate gets its warm-up and one timed run even when the
-budget is spent, so a bundle whose single run is slow takes longer than BUDGET_S (a cpu-preset bundle at
-256 px: well under it; OpenVINO's first compile of a graph adds ~1 s, later loads read its compile cache).
+budget is spent, so the first load takes about max(BUDGET_S, the candidates' creation plus two runs each);
+OpenVINO's creation is its compile, 0.8-1.6 s at the first load of a cpu-preset graph and 0.4-0.5 s from
+its compile cache (BENCHMARKS.md, "CPU inference end to end"). Later loads read the kept choice and create
+only the chosen backend.
 
 The decision is kept in <bundle>/cache/auto_backend.json (CACHE_FILE, JSON, written atomically),
 one entry per key: device, CPU model, its SIMD flags, usable cores, the versions of aminet-edge, numpy,
