@@ -3,10 +3,10 @@
 Candidates (`candidates`): every CPU backend that can run the bundle (in `auto_order`, the CPU-flag table,
 which is also the order they are timed in), each in fp32, plus the int8 graphs whose record says they
 passed validation (`bundle.int8_accepted`: onnxruntime's `model_int8` / `model_b_int8`, OpenVINO's
-`model_int8_static`). bf16 and unvalidated int8 move masks and scores (BENCHMARKS.md, "OpenVINO on CPU: precision and
-accuracy"),
-so they are candidates only when the caller asks for that precision (`precision=` option). torch is not
-timed: it is the fallback when no graph backend can run.
+`model_int8_static`; runtime.int8_validation). bf16 and unvalidated int8 move masks and scores
+(BENCHMARKS.md, "OpenVINO on CPU: precision and accuracy"), so they are candidates only when the caller
+asks for that precision (`precision=` option). torch is not timed: it is the fallback when no graph
+backend can run.
 
 Measurement (`measure_choice`): each candidate is created, run once on a (1, 3, S, S) batch of random
 preprocessed pixels (warm-up: lazy allocations, OpenVINO's first inference), then timed for its share of
