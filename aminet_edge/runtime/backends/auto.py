@@ -72,6 +72,8 @@ Measure = Callable[[Backend, np.ndarray, float], list[float]]
 
 @dataclass(frozen=True)
 class Candidate:
+    """A backend and the precision it would run in ("fp32", "int8", or what the caller asked for)."""
+
     backend: str
     precision: str
 
@@ -164,6 +166,7 @@ def cache_key(config: BundleConfig, device: str, options: dict[str, Any]) -> dic
 
 
 def key_digest(key: dict[str, Any]) -> str:
+    """The cache entry's name: sha256 (hex) of the key as canonical JSON."""
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
 
 
