@@ -295,8 +295,9 @@ def test_load_hashes_each_file_it_uses_once(copy: Path, monkeypatch: pytest.Monk
     monkeypatch.setattr(bundle_mod, "sha256_file", counting)
     Detector.load(copy, backend=backend)
     assert sorted(hashed) == files
+    Detector.load(copy)  # auto: measures (each candidate checks its own files) unless the copy's cache holds it
     hashed.clear()
-    Detector.load(copy)  # auto: the availability checks hash nothing; the chosen backend's files once
+    Detector.load(copy)  # auto, measured: the availability checks hash nothing; the chosen backend's files once
     assert len(hashed) == len(set(hashed)) >= 1
 
 

@@ -57,11 +57,14 @@ def run_without(blocked: list[str], script: Path, args: list[str]) -> subprocess
 
 
 def auto_backend(bundle: Path) -> str:
-    """What Detector.load(bundle) picks here (openvino or onnxruntime, by the CPU: backends.auto_order)."""
+    """What Detector.load(bundle) picked here: the choice the example's first load measured and kept in the
+    bundle's cache (backends.auto)."""
     from aminet_edge.bundle import read_config
-    from aminet_edge.runtime.backends import select_backend
+    from aminet_edge.runtime.backends.auto import cached_choice
 
-    return select_backend(bundle, read_config(bundle), "cpu")[0]
+    choice = cached_choice(bundle, read_config(bundle))
+    assert choice is not None, f"no measured choice in {bundle}: did the example load with backend='auto'?"
+    return choice.backend
 
 
 @pytest.fixture(scope="module")
