@@ -46,7 +46,7 @@ class _EchoHandler(logging.Handler):
 
 
 def _log_to_stderr() -> None:
-    for name in ("aminet_edge.train", "aminet_edge.evaluation"):
+    for name in ("aminet_edge.training", "aminet_edge.evaluation"):
         logger = logging.getLogger(name)
         if not any(isinstance(h, _EchoHandler) for h in logger.handlers):
             logger.addHandler(_EchoHandler())
@@ -135,7 +135,7 @@ def train_cmd(data: tuple[str, ...], out: str, preset: str, backbone: str | None
               allow_changed_settings: bool, device: str, precision: str, workers: int, compile_: bool,
               gpu_cache_gb: float | None, quiet: bool) -> None:
     """Train on the normal images of DATA (one root, or several for a unified model)."""
-    from aminet_edge.train.trainer import train
+    from aminet_edge.training.trainer import train
 
     overrides: dict[str, Any] = {
         "backbone": backbone, "image_size": image_size, "embed_dim": embed_dim, "num_heads": heads,
@@ -204,7 +204,7 @@ def set_mask_cmd(run: str, data: tuple[str, ...], mask: str, guide_quantile: flo
 
     Graphs and engines of RUN are deleted (they hold the old mask): export them again.
     """
-    from aminet_edge.train.guide import set_mask
+    from aminet_edge.training.guide import set_mask
 
     _run(set_mask, run, list(data), mask.replace("-", "_"), guide_quantile, guide_bank_size, device=device,
          progress=not quiet, workers=workers, score_map=score_map)

@@ -9,7 +9,7 @@ import torch
 
 from aminet_edge.config import TrainConfig
 from aminet_edge.model.aminet import AMINet
-from aminet_edge.train.precision import autocast, grad_scaler
+from aminet_edge.training.precision import autocast, grad_scaler
 
 
 class TrainStep:
