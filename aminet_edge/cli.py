@@ -122,7 +122,8 @@ def main() -> None:
 @click.option("--workers", type=click.IntRange(min=0), default=0, show_default=True,
               help="DataLoader processes decoding and resizing images.")
 @click.option("--compile", "compile_", is_flag=True,
-              help="torch.compile the losses (forward and backward); its speed-up is not yet measured on a GPU.")
+              help="Run the losses (forward and backward) through torch.compile; off by default, its gain "
+                   "is not yet measured on a GPU.")
 @click.option("--gpu-cache-gb", type=click.FloatRange(min=0), default=None,
               help="GPU memory the feature cache may use, GiB [default: half the free memory]; "
                    "larger caches stay in host memory with pinned, asynchronous copies. 0: always host.")

@@ -160,7 +160,8 @@ def train(
     precision: "auto", "bf16", "fp16" or "fp32" (aminet_edge.training.precision; auto = bf16 on sm80+
     GPUs, fp16 with gradient scaling on older ones, fp32 on the CPU).
     workers: DataLoader processes decoding images (feature cache and calibration).
-    compile: torch.compile the losses' forward (unmeasured: off by default).
+    compile: run the losses (forward and backward) through torch.compile; off by default, its gain is
+    not yet measured on a GPU.
     gpu_cache_gb: GPU memory the feature cache may take, in GiB (None: half the free memory; 0: keep
     it in pinned-staged host memory).
     """
@@ -183,7 +184,6 @@ def train(
     out = Path(out)
     if resume and not (out / CHECKPOINT_FILE).is_file():
         check_resume(out, {}, allow_changed_settings)  # raises: nothing to resume from
-    out.mkdir(parents=True, exist_ok=True)
     roots = [data] if isinstance(data, (str, Path)) else list(data)
     samples = load_training_samples(roots, few_shot=few_shot, seed=train_cfg.seed)
     fit, held = split_holdout(samples, train_cfg.holdout_fraction, train_cfg.seed)
@@ -201,6 +201,7 @@ def train(
                           std=extractor.std, backbone_source=extractor.weights_source)
     aminet = AMINet(model, extractor.channels).to(dev)
     settings = training_settings(model, train_cfg, fit, few_shot, weights_digest(extractor))
+    out.mkdir(parents=True, exist_ok=True)  # once data and backbone weights are found: a bad start leaves no folder
     if resume:
         check_resume(out, settings, allow_changed_settings)
     else:
