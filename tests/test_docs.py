@@ -236,6 +236,18 @@ def test_block(block: Block, shared: dict[str, Path], tmp_path: Path, monkeypatc
         run_shell(block, paths, tmp_path)
 
 
+def test_embed_example_without_torch_asks_for_the_graphs(shared: dict[str, Path]) -> None:
+    """examples/embed.py promises not to import torch: on a bundle without graphs it says, in one line, to
+    export them (the RUN of these tests is not exported)."""
+    code = (f"import runpy, sys\nsys.modules['torch'] = None\n"
+            f"sys.argv = [{str(ROOT / 'examples' / 'embed.py')!r}, {str(shared['RUN'])!r}, {str(shared['DATA'])!r}]\n"
+            "runpy.run_path(sys.argv[0], run_name='__main__')\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=TIMEOUT, cwd=ROOT)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert proc.stderr.startswith(f"cannot load {shared['RUN']}: no backend can run")
+    assert f"export it with `aminet-edge export {shared['RUN']}`" in proc.stderr
+
+
 # ---- the harness's own rules ----------------------------------------------------------------------
 def test_parse_blocks_reads_marks_languages_and_lines(tmp_path: Path) -> None:
     page = tmp_path / "page.md"

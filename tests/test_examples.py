@@ -99,6 +99,24 @@ def test_embed_prints_one_decision_per_image_without_torch(workspace: dict[str, 
     assert lines[-1].startswith(f"{len(images)} images; backend: {auto_backend(workspace['bundle'])}"), lines[-1]
 
 
+def test_embed_with_its_defaults_runs_on_the_demo_layout_without_torch(workspace: dict[str, Any],
+                                                                       tmp_path: Path) -> None:
+    """As its docstring says: `aminet-edge demo` writes runs/demo/{bundle,data}, exported, then
+    `python examples/embed.py` with no arguments, in a process where importing torch fails."""
+    demo = tmp_path / "runs" / "demo"
+    demo.mkdir(parents=True)
+    shutil.copytree(workspace["bundle"], demo / "bundle")
+    (demo / "data").symlink_to(workspace["data"])
+    code = (f"import runpy, sys\nsys.modules['torch'] = None\nsys.argv = [{str(EXAMPLES / 'embed.py')!r}]\n"
+            "runpy.run_path(sys.argv[0], run_name='__main__')\nassert sys.modules['torch'] is None\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=TIMEOUT, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    images = sorted((workspace["data"] / "test").rglob("*.png"))
+    assert [line.split()[-1] for line in proc.stdout.splitlines()[:-1]] == [
+        str(Path("runs/demo/data/test") / p.relative_to(workspace["data"] / "test")) for p in images]
+    assert proc.stdout.splitlines()[-1].startswith(f"{len(images)} images; backend: ")
+
+
 def test_embed_says_when_the_folder_has_no_images(workspace: dict[str, Any], tmp_path: Path) -> None:
     proc = run([str(EXAMPLES / "embed.py"), str(workspace["bundle"]), str(tmp_path)])
     assert proc.returncode == 1 and f"no images under {tmp_path}" in proc.stderr
