@@ -6,7 +6,7 @@ Rules (README.md, "Tests", says the same):
   test reports REASON. Skipped `python` blocks are still compiled and skipped shell blocks parsed (`bash -n`).
 - `bash`/`sh`/`shell` blocks run with `bash -euo pipefail`; `console` blocks run their `$ ` lines.
   `python` blocks are exec'd in this process. `text` blocks are output samples and diagrams, never run.
-  `json` and `toml` blocks are parsed. Any other language, or a fence without one, fails until it is
+  `json`, `toml`, `yaml` and `ini` blocks are parsed. Any other language, or a fence without one, fails until it is
   marked or taught here.
 - Placeholders, as whole words: RUN = a copy of a trained bundle (tiny preset, 64 px, 1 epoch; not
   exported), DATA = a generated data set (MVTec layout, 10 training images of 64 px), IMAGES = a folder of
@@ -32,9 +32,8 @@ import re
 import shutil
 import subprocess
 import sys
-import tomllib
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -44,7 +43,28 @@ SKIP_MARK = re.compile(r"^\s*<!--\s*docs-test:\s*skip\b\s*(.*?)\s*-->\s*$")
 FENCE = re.compile(r"^(\s*)(`{3,}|~{3,})\s*([^`\s]*)")
 PLACEHOLDER = re.compile(r"(?<![\w$/.-])(RUN|DATA|IMAGES|OUT)(?![\w-])")
 SHELL = {"bash", "sh", "shell", "console"}
-RUN_LANGS = SHELL | {"python", "json", "toml"}
+
+
+def _toml(text: str) -> object:
+    tomllib = pytest.importorskip("tomllib", reason="Python < 3.11 has no tomllib: toml blocks cannot be parsed")
+    return tomllib.loads(text)
+
+
+def _yaml(text: str) -> object:
+    yaml = pytest.importorskip("yaml", reason="PyYAML is not installed: yaml blocks cannot be parsed")
+    return yaml.safe_load(text)
+
+
+def _ini(text: str) -> object:
+    import configparser
+
+    parser = configparser.ConfigParser()
+    parser.read_string(text)
+    return parser
+
+
+PARSERS: dict[str, Callable[[str], object]] = {"json": json.loads, "toml": _toml, "yaml": _yaml, "ini": _ini}  # checked by parsing them
+RUN_LANGS = SHELL | {"python"} | set(PARSERS)
 TRAIN_SHRINK = ["--preset", "tiny", "--image-size", "64", "--epochs", "1"]
 TIMEOUT = 240
 
@@ -102,7 +122,7 @@ def setup_extras() -> set[str]:
     """The keys of setup.py's extras_require, read without running setup.py."""
     for node in ast.walk(ast.parse((ROOT / "setup.py").read_text())):
         if isinstance(node, ast.keyword) and node.arg == "extras_require" and isinstance(node.value, ast.Dict):
-            return {k.value for k in node.value.keys if isinstance(k, ast.Constant)}
+            return {k.value for k in node.value.keys if isinstance(k, ast.Constant) and isinstance(k.value, str)}
     raise AssertionError("setup.py has no extras_require")
 
 
@@ -159,7 +179,8 @@ def workspace(shared: dict[str, Path], tmp: Path) -> dict[str, Path]:
         "aminet-edge": ('extra=()\ncase "${1:-}" in\n'
                         f'  train) extra=({" ".join(TRAIN_SHRINK)}) ;;\n  demo) extra=(--epochs 1) ;;\nesac\n'
                         f'exec {py} -m aminet_edge "$@" "${{extra[@]}}"'),
-        "pip": f'exec {py} {Path(__file__)} pip "$@"',
+        # pip records its command line (fields ended by \x1f, one call a line) for check_pip, installs nothing
+        "pip": f"printf '%s\\037' \"$@\" >> {tmp / '.pip_calls'}\necho >> {tmp / '.pip_calls'}",
     }
     for name, body in wrappers.items():
         path = bin_dir / name
@@ -167,7 +188,7 @@ def workspace(shared: dict[str, Path], tmp: Path) -> dict[str, Path]:
         path.chmod(0o755)
     (bin_dir / "python3").symlink_to(bin_dir / "python")
     return {"DATA": shared["DATA"], "RUN": tmp / "RUN", "IMAGES": tmp / "IMAGES", "OUT": tmp / "OUT",
-            "bin": bin_dir, "bench": tmp / ".bench_results"}
+            "bin": bin_dir, "bench": tmp / ".bench_results", "pip_calls": tmp / ".pip_calls"}
 
 
 def fill(code: str, paths: dict[str, Path]) -> str:
@@ -186,9 +207,11 @@ def run_shell(block: Block, paths: dict[str, Path], cwd: Path) -> None:
                AMINET_BENCH_RESULTS=str(paths["bench"]))
     proc = subprocess.run(["bash", "-euo", "pipefail", "-c", fill(shell_script(block), paths)], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=TIMEOUT)
-    assert proc.returncode == 0 and "Traceback" not in proc.stderr, (
-        f"{block.id} failed (exit {proc.returncode}):\n{block.code}\n--- stdout\n{proc.stdout[-3000:]}\n"
-        f"--- stderr\n{proc.stderr[-3000:]}")
+    calls = paths["pip_calls"].read_text().splitlines() if paths["pip_calls"].exists() else []
+    problems = [p for p in (check_pip(call.split("\x1f")[:-1]) for call in calls) if p]
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr and not problems, (
+        f"{block.id} failed (exit {proc.returncode}):\n{block.code}\n--- pip\n{problems}\n"
+        f"--- stdout\n{proc.stdout[-3000:]}\n--- stderr\n{proc.stderr[-3000:]}")
 
 
 def run_python(block: Block, paths: dict[str, Path], cwd: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -212,7 +235,7 @@ def test_every_page_is_read_and_every_mark_sits_on_a_fence() -> None:
 
 
 @pytest.mark.parametrize("block", [b for b in BLOCKS if b.lang != "text"], ids=lambda b: f"{b.id}-{b.lang or 'none'}")
-def test_block(block: Block, shared: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_block(block: Block, request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     if block.skip is not None:
         if block.lang == "python":
             compile(block.code, block.id, "exec")
@@ -223,13 +246,10 @@ def test_block(block: Block, shared: dict[str, Path], tmp_path: Path, monkeypatc
     assert block.lang, f"{block.id}: a fence needs a language (text for output samples and diagrams)"
     assert block.lang in RUN_LANGS, (f"{block.id}: ```{block.lang} blocks are not run: mark it "
                                      "<!-- docs-test: skip REASON --> or teach tests/test_docs.py to run it")
-    if block.lang == "json":
-        json.loads(block.code)
+    if block.lang in PARSERS:
+        PARSERS[block.lang](block.code)
         return
-    if block.lang == "toml":
-        tomllib.loads(block.code)
-        return
-    paths = workspace(shared, tmp_path)
+    paths = workspace(request.getfixturevalue("shared"), tmp_path)
     if block.lang == "python":
         run_python(block, paths, tmp_path, monkeypatch)
     else:
@@ -270,6 +290,17 @@ def test_placeholders_are_whole_words() -> None:
         'x = "/t/run"; $OUT /opt/RUN RUNS OUTPUT DATA_DIR --run')
 
 
+def test_a_failing_block_fails_with_its_place_and_output(shared: dict[str, Path], tmp_path: Path) -> None:
+    paths = workspace(shared, tmp_path)
+    for code, said in [("aminet-edge info RUN\nls OUT\n", "No such file or directory"),  # OUT is not made
+                       ("pip install --find-links dist 'aminet-edge[nope]'\n", "no extra ['nope']"),
+                       ("python -c 'import aminet_edge; raise SystemExit(aminet_edge.missing)'\n", "Traceback")]:
+        block = Block(ROOT / "README.md", 1, "bash", code, None)
+        with pytest.raises(AssertionError, match="README.md:1 failed") as failure:
+            run_shell(block, paths, tmp_path)
+        assert said in str(failure.value)
+
+
 def test_pip_lines_are_checked_against_setup_py() -> None:
     assert check_pip(["install", "-e", ".[train,weights,onnxruntime]"]) is None
     assert check_pip(["install", "--find-links", "dist", "aminet-edge[openvino,onnxruntime]"]) is None
@@ -277,10 +308,3 @@ def test_pip_lines_are_checked_against_setup_py() -> None:
     assert "not on PyPI" in (check_pip(["install", "aminet-edge[rtx]"]) or "")
     assert "no extra ['cuda']" in (check_pip(["install", "-e", ".[cuda]"]) or "")
 
-
-if __name__ == "__main__":  # the `pip` the shell blocks find on PATH: checks the line, installs nothing
-    if sys.argv[1:2] == ["pip"]:
-        problem = check_pip(sys.argv[2:])
-        if problem:
-            sys.exit(f"docs: {problem}")
-        print(f"pip {' '.join(sys.argv[2:])}: checked against setup.py, not run (tests/test_docs.py)")
