@@ -88,5 +88,6 @@ def test_predict_on_a_folder_of_folders_suggests_recursive(tmp_path: Path) -> No
     res = CliRunner().invoke(main, ["predict", str(tmp_path / "run"), str(data / "test"), "--out", str(tmp_path / "o")])
     assert res.exit_code == 1 and "Traceback" not in res.output
     assert f"no images found in {data / 'test'} (4 in their subfolders: add --recursive)" in res.output
-    res = CliRunner().invoke(main, ["predict", str(tmp_path / "run"), str(tmp_path / "run"), "--out", str(tmp_path / "o")])
+    run = str(tmp_path / "run")
+    res = CliRunner().invoke(main, ["predict", run, run, "--out", str(tmp_path / "o")])
     assert res.exit_code == 1 and res.output.rstrip().endswith(f"no images found in {tmp_path / 'run'}")

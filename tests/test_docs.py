@@ -63,7 +63,8 @@ def _ini(text: str) -> object:
     return parser
 
 
-PARSERS: dict[str, Callable[[str], object]] = {"json": json.loads, "toml": _toml, "yaml": _yaml, "ini": _ini}  # checked by parsing them
+# languages checked by parsing them
+PARSERS: dict[str, Callable[[str], object]] = {"json": json.loads, "toml": _toml, "yaml": _yaml, "ini": _ini}
 RUN_LANGS = SHELL | {"python"} | set(PARSERS)
 TRAIN_SHRINK = ["--preset", "tiny", "--image-size", "64", "--epochs", "1"]
 TIMEOUT = 240
