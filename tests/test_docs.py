@@ -257,6 +257,13 @@ def test_block(block: Block, request: pytest.FixtureRequest, tmp_path: Path, mon
         run_shell(block, paths, tmp_path)
 
 
+def test_readme_lists_every_extra_of_setup_py() -> None:
+    readme = (ROOT / "README.md").read_text()
+    paragraph = readme[readme.index("\nExtras: "):].split("\n\n")[0]
+    listed = re.findall(r"`\[([\w-]+)\]`", paragraph)
+    assert listed and sorted(set(listed)) == sorted(setup_extras()), paragraph
+
+
 def test_embed_example_without_torch_asks_for_the_graphs(shared: dict[str, Path]) -> None:
     """examples/embed.py promises not to import torch: on a bundle without graphs it says, in one line, to
     export them (the RUN of these tests is not exported)."""
