@@ -76,11 +76,18 @@ def workspace(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     return {"root": root, "data": root / "data", "bundle": root / "bundle", "stdout": proc.stdout}
 
 
-def test_examples_have_help() -> None:
+def test_examples_have_help_with_the_options_their_docstrings_show() -> None:
+    import ast
+    import re
+
     for name in ("embed.py", "camera_loop.py", "train_export_predict.py"):
         proc = run([str(EXAMPLES / name), "--help"])
         assert proc.returncode == 0, proc.stderr
         assert proc.stdout.startswith("usage:") and "--" in proc.stdout, name
+        usage = (ast.get_docstring(ast.parse((EXAMPLES / name).read_text())) or "").split("\n\n")[1]
+        assert usage.lstrip().startswith(f"python examples/{name}"), usage
+        shown = set(re.findall(r"--[a-z][a-z-]*", usage))
+        assert shown and shown <= set(re.findall(r"--[a-z][a-z-]*", proc.stdout)), (name, shown)
 
 
 # ---- embed.py -----------------------------------------------------------------------------------------
