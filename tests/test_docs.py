@@ -10,9 +10,8 @@ Rules (README.md, "Tests", says the same):
   marked or taught here.
 - Placeholders, as whole words: RUN = a copy of a trained bundle (tiny preset, 64 px, 1 epoch; not
   exported), DATA = a generated data set (MVTec layout, 10 training images of 64 px), IMAGES = a folder of
-  4 of its test images, OUT = an output folder that does not exist yet. Each block gets its own working
-  folder (holding links to the repository's top-level folders, so `python examples/...` works) and its
-  own copy of RUN.
+  4 of its test images, OUT = an empty output folder. Each block gets its own working folder (holding
+  links to the repository's top-level folders, so `python examples/...` works) and its own copy of RUN.
 - Shrinking: `aminet-edge train` runs with `--preset tiny --image-size 64 --epochs 1` appended (click
   keeps an option's last value), `aminet-edge demo` with `--epochs 1`; in python blocks every
   `PRESETS[...]` is that tiny 64 px model and `epochs=N` becomes `epochs=1`.
@@ -170,6 +169,7 @@ def workspace(shared: dict[str, Path], tmp: Path) -> dict[str, Path]:
             (tmp / entry.name).symlink_to(entry)
     shutil.copytree(shared["RUN"], tmp / "RUN")
     (tmp / "IMAGES").mkdir()
+    (tmp / "OUT").mkdir()
     for image in sorted((shared["DATA"] / "test").rglob("*.png"))[:4]:
         shutil.copy(image, tmp / "IMAGES" / f"{image.parent.name}_{image.name}")
     bin_dir = tmp / ".bin"
@@ -300,7 +300,7 @@ def test_placeholders_are_whole_words() -> None:
 
 def test_a_failing_block_fails_with_its_place_and_output(shared: dict[str, Path], tmp_path: Path) -> None:
     paths = workspace(shared, tmp_path)
-    for code, said in [("aminet-edge info RUN\nls OUT\n", "No such file or directory"),  # OUT is not made
+    for code, said in [("aminet-edge info RUN\nls OUT/absent\n", "No such file or directory"),
                        ("pip install --find-links dist 'aminet-edge[nope]'\n", "no extra ['nope']"),
                        ("python -c 'import aminet_edge; raise SystemExit(aminet_edge.missing)'\n", "Traceback")]:
         block = Block(ROOT / "README.md", 1, "bash", code, None)
