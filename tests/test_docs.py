@@ -3,11 +3,11 @@
 Rules (README.md, "Tests", says the same):
 - Blocks are found in README.md and every docs/*.md (a new page is picked up by itself). A block is
   skipped only when the line directly above its opening fence is `<!-- docs-test: skip REASON -->`; the
-  test reports REASON. Skipped `python` blocks are still compiled and skipped shell blocks parsed (`bash -n`).
-- `bash`/`sh`/`shell` blocks run with `bash -euo pipefail`; `console` blocks run their `$ ` lines.
-  `python` blocks are exec'd in this process. `text` blocks are output samples and diagrams, never run.
-  `json`, `toml`, `yaml` and `ini` blocks are parsed. Any other language, or a fence without one, fails until it is
-  marked or taught here.
+  test reports REASON. Skipped `python` blocks are still compiled, skipped shell blocks parsed (`bash -n`).
+- `bash`/`sh`/`shell` blocks run with `bash -euo pipefail` (a non-zero exit or a Traceback fails them);
+  `console` blocks run their `$ ` lines; `python` blocks are exec'd in this process. `text` blocks are
+  output samples and diagrams, never run. `json`, `toml`, `yaml` and `ini` blocks are parsed. Any other
+  language, or a fence without one, fails until it is marked or taught here.
 - Placeholders, as whole words: RUN = a copy of a trained bundle (tiny preset, 64 px, 1 epoch; not
   exported), DATA = a generated data set (MVTec layout, 10 training images of 64 px), IMAGES = a folder of
   4 of its test images, OUT = an empty output folder. Each block gets its own working folder (holding
