@@ -87,7 +87,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 32])
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--json", type=Path, default=None, help="also write the figures as JSON here")
-    parser.add_argument("--no-append", action="store_true", help="print only; do not append to bench/results")
+    parser.add_argument("--no-append", action="store_true", help="print only; do not append to the results file (bench/out/)")
     args = parser.parse_args(argv)
 
     import torch

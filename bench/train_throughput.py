@@ -3,7 +3,7 @@ step, model-FLOPs utilisation, and the wall time a 300-epoch run on a 209-image 
 
 Usage: python bench/train_throughput.py [--preset cpu] [--images 32] [--batch 8] [--device auto]
        [--precision auto] [--compile] [--attention-cost] [--json out.json]
-Both modes run the same optimisation step as training (aminet_edge.train.step.TrainStep: autocast,
+Both modes run the same optimisation step as training (aminet_edge.training.step.TrainStep: autocast,
 GradScaler for fp16, fused AdamW on CUDA, under the same deterministic-kernel settings) on the same
 images; the cached mode reads features computed once, the uncached mode recomputes them each step.
 --attention-cost: the cached mode again with attention restricted to the math kernel (what repeatable
@@ -35,8 +35,8 @@ from aminet_edge.device import (describe_device, make_generator, math_attention,
                                 resolve_device)
 from aminet_edge.model.aminet import AMINet  # noqa: E402
 from aminet_edge.model.features import build_feature_extractor  # noqa: E402
-from aminet_edge.train.precision import autocast, resolve_precision  # noqa: E402
-from aminet_edge.train.step import TrainStep  # noqa: E402
+from aminet_edge.training.precision import autocast, resolve_precision  # noqa: E402
+from aminet_edge.training.step import TrainStep  # noqa: E402
 
 # Dense (no sparsity) bf16 tensor-core peaks in TFLOP/s, from NVIDIA's datasheets (H100/H200: "H100 Tensor
 # Core GPU" and "H200" datasheets, SXM 1,979 / PCIe 1,513 with sparsity; A100 datasheet; L40S and L4

@@ -53,7 +53,7 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def quick_train(data: Path, out: Path, seed: int = 0, **kw) -> Path:  # type: ignore[no-untyped-def]
     from aminet_edge.config import ModelConfig, TrainConfig
-    from aminet_edge.train.trainer import train
+    from aminet_edge.training.trainer import train
 
     model = ModelConfig(backbone="efficientnet_lite0", image_size=64, embed_dim=32, num_heads=4, inpaint_depth=1,
                         num_clusters=4)

@@ -72,10 +72,10 @@ def _preprocessed(images: list[np.ndarray], config: BundleConfig) -> torch.Tenso
 
 
 def _guide(extractor, config: BundleConfig):  # type: ignore[no-untyped-def]
-    """The nearest-normal guide built as training builds it (aminet_edge.train.guide.build_guide, its
+    """The nearest-normal guide built as training builds it (aminet_edge.training.guide.build_guide, its
     summary in config.train["guide"]): bank from 8 scratch-free generated surfaces, threshold from 4
     others (not the images compared in tests)."""
-    from aminet_edge.train.guide import build_guide, pooled_tokens
+    from aminet_edge.training.guide import build_guide, pooled_tokens
 
     with torch.no_grad():
         fit, held = (pooled_tokens([extractor(_preprocessed(normal_images(n, seed), config))],

@@ -22,10 +22,10 @@ from aminet_edge.data.synthetic import make_synthetic_dataset
 from aminet_edge.device import make_generator, math_attention, repeatable, resolve_device
 from aminet_edge.model.aminet import AMINet
 from aminet_edge.model.features import build_feature_extractor
-from aminet_edge.train.cache import CACHE_GPU_FRACTION, cache_nbytes, cache_placement
-from aminet_edge.train.checkpoint import CHECKPOINT_FILE
-from aminet_edge.train.precision import autocast, grad_scaler, resolve_precision
-from aminet_edge.train.trainer import load_training_samples, split_holdout, train
+from aminet_edge.training.cache import CACHE_GPU_FRACTION, cache_nbytes, cache_placement
+from aminet_edge.training.checkpoint import CHECKPOINT_FILE
+from aminet_edge.training.precision import autocast, grad_scaler, resolve_precision
+from aminet_edge.training.trainer import load_training_samples, split_holdout, train
 
 SMALL = ModelConfig(backbone="efficientnet_lite0", image_size=64, embed_dim=32, num_heads=4, inpaint_depth=1,
                     num_clusters=4, feature_jitter=True)  # jitter on: the generator drives masks and noise
@@ -180,7 +180,7 @@ import torch
 from aminet_edge.data.batches import load_batches
 from aminet_edge.data.images import preprocess, read_image
 from aminet_edge.model.features import build_feature_extractor
-from aminet_edge.train.cache import build_feature_cache
+from aminet_edge.training.cache import build_feature_cache
 
 data, tmp = Path(sys.argv[1]), Path(sys.argv[2])
 paths = sorted(str(p) for p in (data / "train" / "good").glob("*.png"))[:5]
@@ -239,7 +239,7 @@ def test_cpu_training_equals_the_plain_loop(data: Path, tmp_path: Path, caplog: 
     from safetensors.torch import load_file
 
     device = "cpu" if torch.cuda.is_available() else "auto"  # without a GPU, auto must be the CPU
-    with caplog.at_level("INFO", logger="aminet_edge.train"):
+    with caplog.at_level("INFO", logger="aminet_edge.training"):
         bundle = train(data, tmp_path / "run", model=SMALL, train_cfg=CFG, pretrained=False, progress=False,
                        device=device)
     assert "training on cpu, precision fp32" in caplog.text

@@ -29,8 +29,8 @@ from aminet_edge.bundle import read_config  # noqa: E402
 from aminet_edge.config import ModelConfig, TrainConfig  # noqa: E402
 from aminet_edge.data.synthetic import make_synthetic_dataset  # noqa: E402
 from aminet_edge.evaluation.evaluate import evaluate_bundle  # noqa: E402
-from aminet_edge.train.checkpoint import CHECKPOINT_FILE  # noqa: E402
-from aminet_edge.train.trainer import train  # noqa: E402
+from aminet_edge.training.checkpoint import CHECKPOINT_FILE  # noqa: E402
+from aminet_edge.training.trainer import train  # noqa: E402
 
 pytestmark = [pytest.mark.gpu,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU visible to torch")]
@@ -147,7 +147,7 @@ def test_nearest_normal_guide_on_cuda_matches_cpu(data: Path, tmp_path: Path) ->
     import shutil
 
     from aminet_edge.model.pipeline import load_pipeline
-    from aminet_edge.train.guide import set_mask
+    from aminet_edge.training.guide import set_mask
 
     guided = train(data, tmp_path / "guided", model=dataclasses.replace(SMALL, mask="nearest_normal"),
                    train_cfg=TrainConfig(epochs=1, batch_size=4, lr=1e-3), pretrained=False, progress=False,
