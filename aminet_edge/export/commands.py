@@ -45,7 +45,7 @@ def held_out_images(run: str) -> tuple[list[str], str]:
     """The bundle's held-out normal images (re-derived from its recorded training data and split) and
     where they come from; ([], why not) when the data is not at hand or none were held out."""
     from aminet_edge.bundle import read_config
-    from aminet_edge.train.trainer import recorded_split
+    from aminet_edge.training.trainer import recorded_split
 
     config = read_config(run)
     roots = config.train.get("roots") if isinstance(config.train, dict) else None
