@@ -2,7 +2,8 @@
 
 Layout (all paths in config.json are relative to the bundle and must stay inside it):
     config.json                         schema SCHEMA_VERSION: model, preprocess, score, calibration, artifacts
-    weights.safetensors                 backbone + AMI-Net weights
+    weights-<sha256[:16]>.safetensors   backbone + AMI-Net weights, named by their content (weights_name;
+                                        bundles written before content-addressed weights: weights.safetensors)
     model[_a|_b][_fp16|_int8].onnx      exported graphs (onnx_name), after `aminet-edge export`
     model_int8_static.onnx              OpenVINO's int8 graph (`export --precision int8 --calibration-data`)
     engines/<backend>-<target>-<precision>[-model_a|-model_b].engine   TensorRT engines (engine_name)
@@ -21,6 +22,13 @@ Schema 1 bundles (aminet-edge 0.1 before checksums) record no sha256: their weig
 warning (nothing to check them against), their graphs and engines are refused until re-exported
 (`aminet-edge export RUN` records the weights' checksum and writes schema SCHEMA_VERSION).
 
+Writing (`write_config`, `install_artifacts`, `owned_bundle` + `remove_recorded`): every file is written
+atomically (aminet_edge.files) and config.json last, so that a crash at any instant leaves a loadable
+bundle: new weights get a new (content-addressed) name and the old files are deleted only after the new
+config.json is in place; a recorded graph or engine replaced by other content is first un-recorded. Only
+files a bundle's config.json records are ever deleted, and only inside the bundle (no symbolic link is
+followed); a folder holding other files is not a bundle and is never written into (`owned_bundle`).
+
 Export, training and the runtime all read, write and resolve bundle files through this module. It is
 torch-free (the edge runtime uses it) and unpickles nothing.
 """
@@ -36,15 +44,17 @@ import math
 import os
 import re
 from dataclasses import dataclass, field
+from collections.abc import Callable
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 from aminet_edge.config import MASKS, ModelConfig, ScoreConfig, to_dict
+from aminet_edge.files import atomic_write_text, install, remove_owned
 
 SCHEMA_VERSION = 2  # 2: sha256 of every file in "artifacts" (weights included); 1: no checksums
 LEGACY_SCHEMA = 1
 CONFIG_FILE = "config.json"
-WEIGHTS_FILE = "weights.safetensors"
+WEIGHTS_FILE = "weights.safetensors"  # schema 1 bundles' weights (newer ones: weights_name)
 ENGINE_DIR = "engines"
 GRAPHS = ("model", "model_a", "model_b")  # the single graph and the split halves
 # of the exported graphs. int8: the inpainting MatMuls quantised dynamically (onnxruntime);
@@ -61,6 +71,12 @@ log = logging.getLogger("aminet_edge.bundle")
 
 class BundleError(ValueError):
     """A bundle is missing, incomplete, inconsistent, tampered with, or written by an incompatible version."""
+
+
+def weights_name(sha256: str) -> str:
+    """File name of weights whose sha256 (hex) is `sha256`: a new file for new weights, so that the
+    previous weights stay in place until the config.json recording the new ones has replaced the old."""
+    return f"weights-{sha256[:16]}.safetensors"
 
 
 def onnx_name(part: str, precision: str) -> str:
@@ -254,9 +270,19 @@ def _score(data: Any, where: str, mask: str) -> ScoreConfig:
     return score
 
 
-def score_record(score: ScoreConfig) -> dict[str, Any]:
-    """What a graph or engine record says about the score map it computes (compared at load)."""
-    return {"score_map": score.map, "guide_weight": score.guide_weight}
+# What a graph or engine computes beyond its weights and input size: the config fields baked into it,
+# as its record names them. Records written before a field was recorded computed its default then.
+COMPUTES = {"mask": ("model", "mask"), "mask_lambda": ("model", "mask_lambda"), "score_map": ("score", "map"),
+            "guide_weight": ("score", "guide_weight"), "sigma": ("score", "sigma"),
+            "image_score": ("score", "image_score")}
+_COMPUTES_BEFORE = {"mask": "adaptive", "mask_lambda": 0.5, "score_map": "reconstruction", "guide_weight": 0.0,
+                    "sigma": 4.0, "image_score": "std"}
+
+
+def graph_computes(config: BundleConfig) -> dict[str, Any]:
+    """The record fields (COMPUTES) of a graph or engine made from `config`; a config that differs from
+    a file's record is refused at read (every backend alike): the file computes something else."""
+    return {key: getattr(getattr(config, part), name) for key, (part, name) in COMPUTES.items()}
 
 
 def _calibration(data: Any, where: str) -> Calibration | None:
@@ -381,17 +407,14 @@ def _check_artifacts(config: BundleConfig, where: str) -> None:
             raise _fail(where, f"{name}.input_size", f"{rec['input_size']} differs from model.image_size "
                         f"{config.model.image_size}: the file was made for another configuration; "
                         + REEXPORT.format(bundle="RUN"))
-        made_for = rec.get("mask", "adaptive")  # records before the nearest-normal guide: the adaptive mask
-        if made_for != config.model.mask:
-            raise _fail(where, f"{name}.mask", f"the file computes the {made_for!r} mask but model.mask is "
-                        f"{config.model.mask!r}: it was made for another configuration; "
-                        + REEXPORT.format(bundle="RUN"))
-        # records before the guide's score map: the reconstruction map
-        made = {"score_map": rec.get("score_map", "reconstruction"), "guide_weight": rec.get("guide_weight", 0.0)}
-        if made != score_record(config.score):
-            raise _fail(where, f"{name}.score_map", f"the file computes score map {made} but score is "
-                        f"{score_record(config.score)}: it was made for another configuration; "
-                        + REEXPORT.format(bundle="RUN"))
+        expected = graph_computes(config)
+        for key, value in expected.items():
+            made = rec.get(key, _COMPUTES_BEFORE[key])
+            if made != value:
+                part, field_name = COMPUTES[key]
+                raise _fail(where, f"{name}.{key}", f"the file computes {part}.{field_name} = {made!r} but config.json "
+                            f"says {value!r}: it was made for another configuration (config.json edited?); put "
+                            "the value back, or " + REEXPORT.format(bundle="RUN"))
 
 
 # ---- reading and writing config.json ------------------------------------------------------------------
@@ -441,11 +464,7 @@ def write_config(bundle: str | Path, config: BundleConfig) -> Path:
     path = Path(bundle) / CONFIG_FILE
     data = config.to_json()
     validate_config(json.loads(json.dumps(data)), f"{path} (being written)")  # never write what cannot load
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
-    tmp.replace(path)
-    return path
+    return atomic_write_text(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
 
 
 # ---- paths and checksums ------------------------------------------------------------------------------
@@ -637,42 +656,98 @@ def verify_bundle(bundle: str | Path, config: BundleConfig | None = None) -> dic
 
 
 def _layout_files(bundle: Path) -> list[Path]:
-    """Graph and engine files of the standard layout present in the bundle."""
+    """Weights, graph and engine files of the standard layout present in the bundle."""
     names = [bundle / onnx_name(g, p) for g in GRAPHS for p in PRECISIONS]
+    weights = sorted(bundle.glob("weights*.safetensors"))
     engines = sorted((bundle / ENGINE_DIR).glob("*.engine")) if (bundle / ENGINE_DIR).is_dir() else []
-    return [p for p in names if p.is_file()] + engines
+    return [p for p in weights + names if p.is_file()] + engines
+
+
+def recorded_paths(config: BundleConfig) -> list[str]:
+    """Every file config.json records (weights, graphs, engines), as recorded: relative to the bundle
+    (schema 1: the weights' layout name)."""
+    art = config.artifacts
+    weights = [WEIGHTS_FILE] if config.legacy else [art["weights"]["path"]] if "weights" in art else []
+    return weights + [r["path"] for r in [*(art.get("onnx") or {}).values(), *(art.get("engines") or [])]
+                      if isinstance(r, dict) and isinstance(r.get("path"), str)]
 
 
 def stray_files(bundle: str | Path, config: BundleConfig) -> list[Path]:
-    """Graph and engine files lying in the bundle that config.json does not record."""
+    """Weights, graph and engine files lying in the bundle that config.json does not record."""
     bundle = Path(bundle)
     recorded = set()
-    for r in [*(config.artifacts.get("onnx") or {}).values(), *(config.artifacts.get("engines") or [])]:
+    for rel in recorded_paths(config):
         try:
-            recorded.add(artifact_path(bundle, r["path"]).resolve())
+            recorded.add(artifact_path(bundle, rel).resolve())
         except BundleError:
             continue  # reported by its own check
     return [p for p in _layout_files(bundle) if p.resolve() not in recorded]
 
 
-def clear_artifacts(bundle: str | Path, reason: str) -> list[Path]:
-    """Delete the graphs and engines of an existing bundle (recorded ones and those of the standard
-    layout), logging each with `reason`: they belong to the weights being replaced. Returns them."""
-    bundle = Path(bundle)
-    files = set(_layout_files(bundle))
-    try:
-        old = read_config(bundle).artifacts
-    except BundleError:
-        old = {}  # no readable old config: the standard layout names are all we know
-    for rec in [*(old.get("onnx") or {}).values(), *(old.get("engines") or [])]:
+def owned_bundle(bundle: str | Path, also: tuple[str, ...] = ()) -> BundleConfig | None:
+    """The config of the bundle at `bundle` when it is one, None when there is nothing there yet (or only
+    the files named in `also`, e.g. a training's checkpoint). BundleError, before anything is written,
+    when `bundle` is a file, an unreadable bundle, or a folder holding other files: aminet-edge writes
+    into (and deletes recorded files of) a directory it owns only."""
+    root = Path(bundle)
+    if not os.path.lexists(root):
+        return None
+    if not root.is_dir():
+        raise BundleError(f"{root} exists and is not a directory: choose another output folder")
+    if os.path.lexists(root / CONFIG_FILE):
         try:
-            files.add(artifact_path(bundle, rec["path"]))
-        except (BundleError, KeyError, TypeError):
-            continue  # a record pointing outside the bundle is never deleted through it
-    removed = []
-    for path in sorted(files):
-        if path.is_file():
-            path.unlink()
-            removed.append(path)
-            log.warning("removed %s: %s", path, reason)
-    return removed
+            return read_config(root)
+        except BundleError as exc:
+            raise BundleError(f"{exc}; {root} is not a readable bundle, so nothing is written into it: choose "
+                              "another output folder, or repair or remove this one") from exc
+    others = sorted(p.name for p in root.iterdir() if p.name not in also)
+    if others:
+        listed = ", ".join(others[:5]) + (f" and {len(others) - 5} more" if len(others) > 5 else "")
+        raise BundleError(f"{root} is a folder that is not an aminet-edge bundle (no {CONFIG_FILE}; it holds "
+                          f"{listed}): its files are left alone; choose a new or empty output folder")
+    return None
+
+
+def remove_recorded(bundle: str | Path, old: BundleConfig, reason: str) -> list[Path]:
+    """Delete the files `old` (the config.json just replaced) records that the bundle's current
+    config.json does not, each logged with `reason`; never a file outside the bundle or through a link."""
+    keep = set(recorded_paths(read_config(bundle)))
+    return remove_owned(bundle, [r for r in recorded_paths(old) if r not in keep], reason)
+
+
+def install_artifacts(bundle: str | Path, staged: dict[Path, Path],
+                      record: Callable[[BundleConfig], None]) -> BundleConfig:
+    """Put graph or engine files in place and record them, so that a crash at any instant leaves a
+    loadable bundle. staged: {temporary file (aminet_edge.files.write_temp): its final path in the bundle};
+    record(config): adds their records to config.artifacts (the files are in place when it runs).
+
+    A final path already recorded with the same content keeps its file (nothing renamed); one recorded
+    with other content is first un-recorded (config.json written), then replaced: a crash in between
+    leaves the bundle without that file, never with a record that does not match it. config.json is
+    written last."""
+    bundle = Path(bundle)
+    config = read_config(bundle)
+    by_path = {r["path"]: r for r in [*(config.artifacts.get("onnx") or {}).values(),
+                                      *(config.artifacts.get("engines") or [])]}
+    moves, replaced = [], set()
+    for tmp, final in staged.items():
+        rel = relative_path(bundle, final)
+        old = by_path.get(rel)
+        if old is not None and old.get("sha256") == sha256_file(tmp)[0]:  # schema 1 records hold none
+            tmp.unlink()  # the same bytes are recorded already
+            continue
+        if old is not None:
+            replaced.add(rel)
+        moves.append((tmp, final))
+    if replaced:
+        onnx = config.artifacts.get("onnx") or {}
+        config.artifacts["onnx"] = {k: r for k, r in onnx.items() if r["path"] not in replaced}
+        if "engines" in config.artifacts:
+            config.artifacts["engines"] = [r for r in config.artifacts["engines"] if r["path"] not in replaced]
+        write_config(bundle, config)
+    for tmp, final in moves:
+        install(tmp, final)
+    config = read_config(bundle)
+    record(config)
+    write_config(bundle, config)
+    return config

@@ -44,10 +44,10 @@ def make_bundle(path: Path, preset: str) -> Path:
     """A bundle of `preset` with random weights (no calibration: the Detector gets explicit thresholds)."""
     import torch
 
-    from aminet_edge.bundle import BundleConfig, write_config
+    from aminet_edge.bundle import BundleConfig
     from aminet_edge.config import PRESETS, ScoreConfig
     from aminet_edge.model.features import build_feature_extractor
-    from aminet_edge.model.pipeline import build_modules, save_pipeline_weights
+    from aminet_edge.model.pipeline import build_modules, save_bundle
 
     torch.manual_seed(0)
     model = PRESETS[preset]
@@ -56,10 +56,7 @@ def make_bundle(path: Path, preset: str) -> Path:
     config = BundleConfig(model=model, in_channels=probe.channels, score=ScoreConfig(),
                           mean=(mean[0], mean[1], mean[2]), std=(std[0], std[1], std[2]))
     extractor, aminet = build_modules(config)
-    path.mkdir(parents=True, exist_ok=True)
-    save_pipeline_weights(path, extractor, aminet)
-    write_config(path, config)
-    return path
+    return save_bundle(path, config, extractor, aminet)
 
 
 def synchronize(device: str) -> None:

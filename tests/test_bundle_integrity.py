@@ -51,6 +51,11 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
                                   size=64)
 
 
+def weights_of(bundle: Path) -> Path:
+    """The bundle's weights file, as config.json records it."""
+    return bundle / read_config(bundle).artifacts["weights"]["path"]
+
+
 def quick_train(data: Path, out: Path, seed: int = 0, **kw) -> Path:  # type: ignore[no-untyped-def]
     from aminet_edge.config import ModelConfig, TrainConfig
     from aminet_edge.train.trainer import train
@@ -133,7 +138,7 @@ def test_graph_input_size_must_match_the_config(copy: Path) -> None:
 
 # ---- defect 7: bundle problems are BundleError, one CLI line ------------------------------------------------
 def test_truncated_and_unreadable_weights_are_bundle_errors(copy: Path) -> None:
-    weights = copy / "weights.safetensors"
+    weights = weights_of(copy)
     weights.write_bytes(weights.read_bytes()[:1000])
     with pytest.raises(BundleError, match="weights file is 1000 bytes, .* recorded"):
         Detector.load(copy, backend="torch")
@@ -196,7 +201,7 @@ def test_swapped_and_nan_weights_are_detected(copy: Path, tmp_path: Path) -> Non
 
     from aminet_edge.model.pipeline import load_pipeline
 
-    weights = copy / "weights.safetensors"
+    weights = weights_of(copy)
     tensors = load_file(str(weights))
     name = next(k for k in tensors if k.startswith("aminet.") and tensors[k].is_floating_point())
     tensors[name] = tensors[name] + 1.0
@@ -210,19 +215,21 @@ def test_swapped_and_nan_weights_are_detected(copy: Path, tmp_path: Path) -> Non
     write_config(copy, config)
     with pytest.raises(BundleError, match=f"weights {name} hold NaN or infinite values"):
         load_pipeline(copy)
-    from aminet_edge.model.pipeline import build_modules, save_pipeline_weights
+    from aminet_edge.model.pipeline import build_modules, save_bundle
 
     extractor, aminet = build_modules(config)
     with torch.no_grad():
         next(aminet.parameters()).fill_(float("inf"))
     with pytest.raises(ValueError, match="NaN or infinite"):
-        save_pipeline_weights(tmp_path / "new", extractor, aminet)
+        save_bundle(tmp_path / "new", config, extractor, aminet)
+    assert not (tmp_path / "new").exists()
 
 
 # ---- 11: the real reason a file cannot be read ----------------------------------------------------------------
 def test_symlink_loop_is_reported_as_a_loop(copy: Path) -> None:
-    (copy / "weights.safetensors").unlink()
-    os.symlink("weights.safetensors", copy / "weights.safetensors")
+    weights = weights_of(copy)
+    weights.unlink()
+    os.symlink(weights.name, weights)
     with pytest.raises(BundleError, match="symbolic link loop"):
         Detector.load(copy, backend="torch")
 
@@ -247,12 +254,13 @@ def test_unreadable_weights_report_permission_not_missing(copy: Path) -> None:
         bundle = Path(shutil.copytree(copy, base / "b"))
         os.chmod(bundle, 0o755)
         os.chmod(bundle / "config.json", 0o644)
-        os.chmod(bundle / "weights.safetensors", 0o600 if os.getuid() == 0 else 0o000)
+        weights = weights_of(bundle)
+        os.chmod(weights, 0o600 if os.getuid() == 0 else 0o000)
         env = dict(os.environ, PYTHONPATH=str(ROOT))
         proc = subprocess.run([sys.executable, "-c", UNREADABLE, str(bundle)], capture_output=True, text=True,
                               env=env, timeout=120)
         assert proc.returncode == 0, proc.stderr[-2000:]
-        assert "weights.safetensors: permission denied" in proc.stdout and "No such file" not in proc.stdout
+        assert f"{weights.name}: permission denied" in proc.stdout and "No such file" not in proc.stdout
     finally:
         shutil.rmtree(base)
 
@@ -263,7 +271,7 @@ def test_info_verify_checks_every_file(copy: Path) -> None:
     res = CliRunner().invoke(main, ["info", str(copy), "--verify"])
     assert res.exit_code == 0, res.output
     section = res.output[res.output.index("verify:"):]
-    for name in ("weights.safetensors", "model.onnx", "model_a.onnx", "model_b.onnx",
+    for name in (weights_of(copy).name, "model.onnx", "model_a.onnx", "model_b.onnx",
                  "engines/tensorrt_rtx-rtx-fp16.engine"):
         assert f"  {name}: ok" in section
     data = bytearray((copy / "model_b.onnx").read_bytes())
@@ -277,7 +285,7 @@ def test_info_verify_checks_every_file(copy: Path) -> None:
 
 @pytest.mark.parametrize("backend, files", [("onnxruntime-split", ["model_a.onnx", "model_b.onnx"]),
                                             ("onnxruntime", ["model.onnx"]),
-                                            ("torch", ["weights.safetensors"])])
+                                            ("torch", ["weights"])])
 def test_load_hashes_each_file_it_uses_once(copy: Path, monkeypatch: pytest.MonkeyPatch, backend: str,
                                            files: list[str]) -> None:
     from aminet_edge.runtime.backends import backend_status
@@ -294,7 +302,7 @@ def test_load_hashes_each_file_it_uses_once(copy: Path, monkeypatch: pytest.Monk
 
     monkeypatch.setattr(bundle_mod, "sha256_file", counting)
     Detector.load(copy, backend=backend)
-    assert sorted(hashed) == files
+    assert sorted(hashed) == [weights_of(copy).name if f == "weights" else f for f in files]
     hashed.clear()
     Detector.load(copy)  # auto: the availability checks hash nothing; the chosen backend's files once
     assert len(hashed) == len(set(hashed)) >= 1
@@ -304,6 +312,7 @@ def test_load_hashes_each_file_it_uses_once(copy: Path, monkeypatch: pytest.Monk
 def make_legacy(bundle: Path) -> None:
     """Rewrite config.json as aminet-edge wrote it before schema 2: no sha256, no weights record."""
     data = json.loads((bundle / "config.json").read_text())
+    weights_of(bundle).rename(bundle / "weights.safetensors")  # schema 1's fixed name
     data["schema_version"] = 1
     data["artifacts"] = {"onnx": {k: {"path": v["path"], "precision": v["precision"], "opset": v["opset"],
                                       "input_size": v["input_size"]} for k, v in data["artifacts"]["onnx"].items()}}

@@ -507,7 +507,7 @@ def fake_engine(bundle: Path, graph: str = "model", precision: str = "fp16", bac
                 target: str = "rtx", content: bytes = b"engine bytes", builder_version: str | None = None) -> dict:  # type: ignore[type-arg]
     """Write a stand-in engine file into the bundle and return its record as build_engine writes it
     (builder_version: the installed flavour's, so the version check passes, unless given)."""
-    from aminet_edge.bundle import engine_name, make_record, score_record
+    from aminet_edge.bundle import engine_name, graph_computes, make_record
     from aminet_edge.export import trt_compat
 
     if builder_version is None:
@@ -519,7 +519,7 @@ def fake_engine(bundle: Path, graph: str = "model", precision: str = "fp16", bac
     config = read_config(bundle)
     return make_record(bundle, path, backend=backend, builder=backend, builder_version=builder_version,
                        target=target, precision=precision, graph=graph, compute_capabilities=[86, 89],
-                       input_size=config.model.image_size, mask=config.model.mask, **score_record(config.score),
+                       input_size=config.model.image_size, **graph_computes(config),
                        weights_sha256=config.artifacts["weights"]["sha256"])
 
 

@@ -15,6 +15,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
+from aminet_edge.bundle import read_config
 from aminet_edge.cli import main
 from aminet_edge.config import LossConfig, ModelConfig, TrainConfig
 from aminet_edge.data.batches import load_batches
@@ -209,7 +210,7 @@ def test_cpu_training_equals_the_plain_loop(data: Path, tmp_path: Path, caplog: 
         bundle = train(data, tmp_path / "run", model=SMALL, train_cfg=CFG, pretrained=False, progress=False,
                        device=device)
     assert "training on cpu, precision fp32" in caplog.text
-    got = load_file(str(bundle / "weights.safetensors"))
+    got = load_file(str(bundle / read_config(bundle).artifacts["weights"]["path"]))
     for key, want in plain_loop(data, CFG).items():
         assert torch.equal(got[f"aminet.{key}"], want), key
 

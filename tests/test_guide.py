@@ -126,7 +126,7 @@ def test_training_builds_the_guide_into_the_bundle(guided: Path, data: Path) -> 
     assert config.model.mask == "nearest_normal"
     summary = config.train["guide"]
     assert summary["bank_tokens"] == 100 and summary["training_tokens"] == 9 * 16  # 9 fit images x 16 tokens
-    tensors = load_file(str(guided / "weights.safetensors"))
+    tensors = load_file(str(guided / read_config(guided).artifacts["weights"]["path"]))
     assert tensors["guide.bank"].shape == (100, 176) and tensors["guide.threshold"].shape == ()
     pipeline, _ = load_pipeline(guided)
     x = torch.randn(3, 3, 64, 64, generator=torch.Generator().manual_seed(4))
@@ -144,7 +144,7 @@ def test_guide_needs_held_out_images(data: Path, tmp_path: Path) -> None:
 
         train(data, tmp_path / "run", model=GUIDED, train_cfg=TrainConfig(epochs=1, holdout_fraction=0.0),
               pretrained=False, progress=False)
-    assert not (tmp_path / "run" / "weights.safetensors").exists()
+    assert not (tmp_path / "run").exists()
 
 
 def test_set_mask_switches_both_ways(data: Path, tmp_path: Path) -> None:
@@ -161,10 +161,10 @@ def test_set_mask_switches_both_ways(data: Path, tmp_path: Path) -> None:
     assert after.train["guide"]["bank_tokens"] == 40 and not (bundle / "model.onnx").exists()
     assert "onnx" not in after.artifacts
     assert after.calibration.image_threshold != before.calibration.image_threshold  # re-calibrated
-    before_w, after_w = load_file(str(bundle / "weights.safetensors")), None
+    before_w, after_w = load_file(str(bundle / read_config(bundle).artifacts["weights"]["path"])), None
     set_mask(bundle, [data], "adaptive", device="cpu")
     back = read_config(bundle)
-    after_w = load_file(str(bundle / "weights.safetensors"))
+    after_w = load_file(str(bundle / read_config(bundle).artifacts["weights"]["path"]))
     assert back.model.mask == "adaptive" and "guide" not in back.train and "guide.bank" not in after_w
     assert back.calibration.image_threshold == pytest.approx(before.calibration.image_threshold, rel=1e-6)
     assert all(torch.equal(after_w[k], v) for k, v in before_w.items() if not k.startswith("guide."))
@@ -178,9 +178,10 @@ def test_set_mask_refuses_other_data(data: Path, tmp_path: Path) -> None:
 
 
 def rewrite_weights(bundle: Path, tensors: dict[str, torch.Tensor]) -> None:
-    save_file(tensors, str(bundle / "weights.safetensors"))
     config = read_config(bundle)
-    config.artifacts["weights"] = make_record(bundle, bundle / "weights.safetensors")
+    path = bundle / config.artifacts["weights"]["path"]
+    save_file(tensors, str(path))
+    config.artifacts["weights"] = make_record(bundle, path)
     write_config(bundle, config)
 
 
@@ -188,7 +189,7 @@ def test_bundle_refuses_a_guide_that_does_not_match(guided: Path, tmp_path: Path
     import shutil
 
     bundle = Path(shutil.copytree(guided, tmp_path / "b"))
-    tensors = load_file(str(bundle / "weights.safetensors"))
+    tensors = load_file(str(bundle / read_config(bundle).artifacts["weights"]["path"]))
     rewrite_weights(bundle, {k: v for k, v in tensors.items() if k != "guide.bank"})
     with pytest.raises(BundleError, match="expected bank and threshold"):
         load_pipeline(bundle)
@@ -220,12 +221,12 @@ def test_graph_records_name_their_mask(guided: Path, tmp_path: Path) -> None:
     assert raw["artifacts"]["onnx"]["model"]["mask"] == "nearest_normal"
     raw["model"]["mask"] = "adaptive"
     (bundle / "config.json").write_text(json.dumps(raw))
-    with pytest.raises(BundleError, match="artifacts.onnx.model.mask.*computes the 'nearest_normal' mask"):
+    with pytest.raises(BundleError, match="artifacts.onnx.model.mask.*computes model.mask = 'nearest_normal'"):
         read_config(bundle)
     del raw["artifacts"]["onnx"]["model"]["mask"]
     (bundle / "config.json").write_text(json.dumps(raw))
     assert read_config(bundle).model.mask == "adaptive"  # an old adaptive-mask record loads
     raw["model"]["mask"] = "nearest_normal"
     (bundle / "config.json").write_text(json.dumps(raw))
-    with pytest.raises(BundleError, match="computes the 'adaptive' mask"):
+    with pytest.raises(BundleError, match="computes model.mask = 'adaptive'"):
         read_config(bundle)

@@ -36,7 +36,7 @@ def run(data: Path | list[Path], out: Path, epochs: int = 2, **kw) -> Path:  # t
 
 
 def weights(bundle: Path) -> dict[str, np.ndarray]:
-    return load_file(str(bundle / "weights.safetensors"))
+    return load_file(str(bundle / read_config(bundle).artifacts["weights"]["path"]))
 
 
 def test_bundle_is_complete_and_reloads(data: Path, tmp_path: Path) -> None:

@@ -50,7 +50,7 @@ def run(data: Path, out: Path, epochs: int = 3, **kw) -> Path:  # type: ignore[n
 
 
 def weights(bundle: Path) -> dict[str, torch.Tensor]:
-    return load_file(str(bundle / "weights.safetensors"))
+    return load_file(str(bundle / read_config(bundle).artifacts["weights"]["path"]))
 
 
 def assert_same_weights(a: Path, b: Path) -> None:
