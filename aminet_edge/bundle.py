@@ -48,7 +48,7 @@ from collections.abc import Callable
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from aminet_edge.config import MASKS, ModelConfig, ScoreConfig, to_dict
+from aminet_edge.config import MASKS, MAX_SIGMA, PIXEL_RANGE, ModelConfig, ScoreConfig, to_dict
 from aminet_edge.files import atomic_write_text, install, remove_owned
 
 SCHEMA_VERSION = 2  # 2: sha256 of every file in "artifacts" (weights included); 1: no checksums
@@ -262,7 +262,8 @@ def _model(data: Any, where: str) -> ModelConfig:
 def _score(data: Any, where: str, mask: str) -> ScoreConfig:
     score = ScoreConfig(**_fields(ScoreConfig, data, where, "score"))
     # sigma 0 would make the reference's Gaussian a no-op while the C++/CUDA kernels divide by it
-    _number(where, "score.sigma", score.sigma, positive=True)
+    if _number(where, "score.sigma", score.sigma, positive=True) > MAX_SIGMA:
+        raise _fail(where, "score.sigma", f"must be <= {MAX_SIGMA:g} (pixels), got {score.sigma!r}")
     try:
         score.validate(mask)
     except ValueError as exc:
@@ -316,8 +317,14 @@ def _preprocess(data: Any, where: str, model: ModelConfig) -> tuple[tuple[float,
         values = pre.get(name)
         if not isinstance(values, list) or len(values) != 3:
             raise _fail(where, f"preprocess.{name}", f"must be 3 numbers (R, G, B), got {_short(values)}")
-        out.append(tuple(_number(where, f"preprocess.{name}[{i}]", v, positive=name == "std")
-                         for i, v in enumerate(values)))
+        checked = []
+        for i, v in enumerate(values):  # on pixel values scaled to [0, 1]: mean in [0, 1], std in (0, 1]
+            v = _number(where, f"preprocess.{name}[{i}]", v, positive=name == "std", minimum=PIXEL_RANGE[0])
+            if v > PIXEL_RANGE[1]:
+                raise _fail(where, f"preprocess.{name}[{i}]", f"must be <= {PIXEL_RANGE[1]:g} (pixel values are "
+                            f"scaled to [0, 1] before normalising), got {v!r}")
+            checked.append(v)
+        out.append(tuple(checked))
     return out[0], out[1]
 
 
