@@ -70,6 +70,9 @@ def test_resolve_device(monkeypatch: pytest.MonkeyPatch) -> None:
     ("fp16", "cpu", None, "fp16 training needs a CUDA GPU"),
     ("auto", "cuda", (9, 0), "bf16"),  # H100 / H200
     ("auto", "cuda", (8, 7), "bf16"),  # Jetson Orin
+    ("auto", "cuda", (8, 0), "bf16"),  # A100: exactly the bound
+    ("bf16", "cuda", (8, 0), "bf16"),
+    ("auto", "cuda", (7, 9), "fp16"),  # just below it
     ("auto", "cuda", (7, 5), "fp16"),  # Turing
     ("bf16", "cuda", (7, 5), "sm75: bf16 needs sm80"),
     ("fp16", "cuda", (9, 0), "fp16"),

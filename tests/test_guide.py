@@ -177,6 +177,58 @@ def test_set_mask_refuses_other_data(data: Path, tmp_path: Path) -> None:
         set_mask(bundle, [other], "nearest_normal", device="cpu")
 
 
+def test_set_mask_rebuilds_the_guide_for_new_settings(guided: Path, data: Path, tmp_path: Path) -> None:
+    """set-mask on a guided bundle with another quantile and bank size rebuilds the bank (of the new size)
+    and its threshold (the new quantile of the held-out tokens' distances to the new bank, recomputed
+    here by brute force), and re-calibrates the image threshold on them."""
+    import shutil
+
+    from aminet_edge.data.batches import load_batches
+    from aminet_edge.train.trainer import recorded_split
+
+    bundle = Path(shutil.copytree(guided, tmp_path / "b"))
+    before = read_config(bundle)
+    old = load_file(str(bundle / before.artifacts["weights"]["path"]))
+    set_mask(bundle, [data], "nearest_normal", quantile=0.5, bank_size=30, device="cpu")
+    config = read_config(bundle)
+    new = load_file(str(bundle / config.artifacts["weights"]["path"]))
+    assert old["guide.bank"].shape[0] == 100 and new["guide.bank"].shape == (30, 176)
+    assert (config.model.guide_quantile, config.model.guide_bank_size) == (0.5, 30)
+    assert config.train["guide"]["bank_tokens"] == 30 and config.train["guide"]["quantile"] == 0.5
+    pipeline, _ = load_pipeline(bundle)
+    held = recorded_split(bundle, config.train, [data])[1]
+    with torch.no_grad():
+        tokens = torch.cat([token_features(pipeline.extractor(b), 4).reshape(-1, 176)
+                            for b in load_batches([s.path for s in held], 64, config.mean, config.std, 8)])
+    dist = brute_nearest(tokens.numpy(), new["guide.bank"].float().numpy())
+    assert float(new["guide.threshold"]) == pytest.approx(np.quantile(dist, 0.5), rel=1e-4)
+    assert float(new["guide.threshold"]) != pytest.approx(float(old["guide.threshold"]), rel=1e-3)
+    assert config.calibration.image_threshold != before.calibration.image_threshold  # type: ignore[union-attr]
+
+
+def test_set_mask_identifies_the_split_by_content(data: Path, tmp_path: Path) -> None:
+    """Other data of the same image count and names is refused, naming the image whose content differs;
+    a bundle trained before the split's checksums were recorded is refused with the reason."""
+    import shutil
+
+    bundle = run(data, tmp_path / "run", epochs=1)
+    split = read_config(bundle).train["split"]
+    assert len(split["fit"]) == 9 and len(split["held_out"]) == 3
+    held, fit = split["held_out"][1][0], split["fit"][0][0]
+    other = Path(shutil.copytree(data, tmp_path / "other"))
+    shutil.copy(other / fit, other / held)  # one held-out image swapped for another normal image
+    before = (bundle / "config.json").read_bytes()
+    with pytest.raises(ValueError, match=rf"not the data .* 1 image\(s\) differ .*: {held} \(held_out; trained on "
+                                         rf"{held}\)"):
+        set_mask(bundle, [other], "nearest_normal", device="cpu")
+    assert (bundle / "config.json").read_bytes() == before
+    raw = json.loads(before)
+    del raw["train"]["split"]
+    (bundle / "config.json").write_text(json.dumps(raw))
+    with pytest.raises(ValueError, match="records no checksums of its training images .* retrain it"):
+        set_mask(bundle, [data], "nearest_normal", device="cpu")
+
+
 def rewrite_weights(bundle: Path, tensors: dict[str, torch.Tensor]) -> None:
     config = read_config(bundle)
     path = bundle / config.artifacts["weights"]["path"]
