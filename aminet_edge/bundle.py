@@ -43,8 +43,9 @@ import logging
 import math
 import os
 import re
-from dataclasses import dataclass, field
+import stat
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -360,9 +361,27 @@ def validate_config(data: Any, where: str = CONFIG_FILE) -> BundleConfig:
         backbone_source=_text(where, "backbone_source", data.get("backbone_source", "")),
         artifacts=_object(where, "artifacts", data.get("artifacts", {})),
         version=_text(where, "aminet_edge_version", data.get("aminet_edge_version", "")), schema_version=version)
+    _check_guide(config, where)
     if not config.legacy:
         _check_artifacts(config, where)
     return config
+
+
+def _check_guide(config: BundleConfig, where: str) -> None:
+    """model.guide_quantile / guide_bank_size against the nearest-normal guide the weights hold (as
+    train.guide records it): an edit would describe a guide the bundle does not have."""
+    guide = config.train.get("guide")
+    if config.model.mask != "nearest_normal" or not isinstance(guide, dict):
+        return
+    fix = "rebuild the guide with `aminet-edge set-mask RUN DATA --mask nearest-normal` and the new value, or " \
+          "put the value back"
+    if "quantile" in guide and guide["quantile"] != config.model.guide_quantile:
+        raise _fail(where, "model.guide_quantile", f"is {config.model.guide_quantile} but the stored guide's threshold "
+                    f"is the held-out quantile {guide['quantile']} (train.guide); {fix}")
+    tokens, bank = guide.get("training_tokens"), guide.get("bank_tokens")
+    if isinstance(tokens, int) and isinstance(bank, int) and bank != min(config.model.guide_bank_size, tokens):
+        raise _fail(where, "model.guide_bank_size", f"is {config.model.guide_bank_size} but the stored guide's bank "
+                    f"holds {bank} of {tokens} training tokens (train.guide); {fix}")
 
 
 def _record(where: str, name: str, record: Any, fields: dict[str, tuple[str, ...] | type]) -> dict[str, Any]:
@@ -448,6 +467,8 @@ def read_config(bundle: str | Path) -> BundleConfig:
         raise BundleError(f"bundle directory {bundle}: {_os_problem(exc)}") from exc
     if not root.is_dir():
         raise BundleError(f"bundle directory {bundle}: not a directory")
+    if path.is_symlink():
+        artifact_path(root, CONFIG_FILE)  # a link to a config.json outside the bundle is refused
     try:
         raw = path.read_bytes()
     except FileNotFoundError as exc:
@@ -539,9 +560,13 @@ def verify_record(bundle: str | Path, config: BundleConfig, record: dict[str, An
         raise BundleError(f"{path}: this {what} was made from other weights than the bundle's "
                           f"{WEIGHTS_FILE} (left from an earlier training?); {fix}")
     try:
-        size = os.stat(path).st_size
+        st = os.stat(path)
     except OSError as exc:
         raise BundleError(f"{path}: {what} {_os_problem(exc)}; {fix}") from exc
+    if not stat.S_ISREG(st.st_mode):
+        raise BundleError(f"{path}: {what} is {'a directory' if stat.S_ISDIR(st.st_mode) else 'not a regular file'}, "
+                          f"not a file; {fix}")
+    size = st.st_size
     if size != record["bytes"]:
         raise BundleError(f"{path}: {what} is {size} bytes, {record['bytes']} were recorded (truncated or "
                           f"replaced); {fix}")
@@ -608,7 +633,8 @@ def graph_file(bundle: str | Path, config: BundleConfig, part: str, precision: s
         return verify_record(bundle, config, record, "graph", fix)
     path = artifact_path(bundle, record["path"])
     if not path.is_file():
-        raise BundleError(f"{path} not found (config.json records it); {fix}")
+        raise BundleError(f"{path} {'is a directory, not a file' if path.is_dir() else 'not found'} (config.json "
+                          f"records it); {fix}")
     return path
 
 
@@ -657,7 +683,7 @@ def verify_bundle(bundle: str | Path, config: BundleConfig | None = None) -> dic
     for record, what in records:
         check(record["path"], lambda r=record, w=what: verify_record(bundle, config, r, w, fix))
     for stray in stray_files(bundle, config):
-        out[relative_path(bundle, stray)] = "not recorded in config.json (left from an earlier training or " \
+        out[stray.relative_to(bundle).as_posix()] = "not recorded in config.json (left from an earlier training or " \
                                             f"export?): the runtime never uses it; delete it or {fix}"
     return out
 
@@ -667,7 +693,7 @@ def _layout_files(bundle: Path) -> list[Path]:
     names = [bundle / onnx_name(g, p) for g in GRAPHS for p in PRECISIONS]
     weights = sorted(bundle.glob("weights*.safetensors"))
     engines = sorted((bundle / ENGINE_DIR).glob("*.engine")) if (bundle / ENGINE_DIR).is_dir() else []
-    return [p for p in weights + names if p.is_file()] + engines
+    return [p for p in weights + names if p.is_file() or p.is_symlink()] + engines
 
 
 def recorded_paths(config: BundleConfig) -> list[str]:
@@ -680,15 +706,11 @@ def recorded_paths(config: BundleConfig) -> list[str]:
 
 
 def stray_files(bundle: str | Path, config: BundleConfig) -> list[Path]:
-    """Weights, graph and engine files lying in the bundle that config.json does not record."""
+    """Weights, graph and engine files (or links) lying in the bundle that config.json does not record,
+    compared by name: no link is followed."""
     bundle = Path(bundle)
-    recorded = set()
-    for rel in recorded_paths(config):
-        try:
-            recorded.add(artifact_path(bundle, rel).resolve())
-        except BundleError:
-            continue  # reported by its own check
-    return [p for p in _layout_files(bundle) if p.resolve() not in recorded]
+    recorded = {PurePosixPath(rel) for rel in recorded_paths(config)}
+    return [p for p in _layout_files(bundle) if PurePosixPath(p.relative_to(bundle).as_posix()) not in recorded]
 
 
 def owned_bundle(bundle: str | Path, also: tuple[str, ...] = ()) -> BundleConfig | None:
@@ -719,7 +741,10 @@ def remove_recorded(bundle: str | Path, old: BundleConfig, reason: str) -> list[
     """Delete the files `old` (the config.json just replaced) records that the bundle's current
     config.json does not, each logged with `reason`; never a file outside the bundle or through a link."""
     keep = set(recorded_paths(read_config(bundle)))
-    return remove_owned(bundle, [r for r in recorded_paths(old) if r not in keep], reason)
+    removed = remove_owned(bundle, [r for r in recorded_paths(old) if r not in keep], reason)
+    for path in removed:
+        log.warning("removed %s: %s", path, reason)
+    return removed
 
 
 def install_artifacts(bundle: str | Path, staged: dict[Path, Path],

@@ -42,9 +42,13 @@ def write_temp(path: str | Path, produce: Callable[[Path], object]) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-    os.close(os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))  # the umask applies, as to any new file
+    fd = os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666)  # the umask applies, as to any new file
+    mode = stat.S_IMODE(os.fstat(fd).st_mode)
+    os.close(fd)
     try:
         produce(tmp)
+        if stat.S_IMODE(os.stat(tmp).st_mode) != mode:  # a writer that replaced the file (safetensors: 0600)
+            os.chmod(tmp, mode)
         _fsync(tmp)
     except BaseException:
         tmp.unlink(missing_ok=True)
@@ -111,7 +115,7 @@ def remove_owned(root: str | Path, rels: Iterable[str], reason: str) -> list[Pat
             continue
         path.unlink()
         removed.append(path)
-        log.warning("removed %s: %s", path, reason)
+        log.info("removed %s: %s", path, reason)
     if removed:
         _fsync(root, directory=True)
     return removed

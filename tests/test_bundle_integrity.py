@@ -13,6 +13,7 @@ import logging
 import os
 import pickle
 import shutil
+import stat
 import subprocess
 import sys
 import tempfile
@@ -281,6 +282,45 @@ def test_info_verify_checks_every_file(copy: Path) -> None:
     assert res.exit_code == 1
     assert "model_b.onnx: graph's sha256 differs" in res.output
     assert res.output.strip().splitlines()[-1] == "Error: 1 of 5 bundle file(s) failed verification: model_b.onnx"
+
+
+def test_info_verify_reports_every_link_out_and_directory(copy: Path, tmp_path: Path) -> None:
+    """Every file is reported, not just the first bad one: two graphs linked out of the bundle, one
+    replaced by a directory (said so, not "not found" or "truncated")."""
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    for name in ("model.onnx", "model_a.onnx"):
+        (copy / name).rename(outside / name)
+        os.symlink(outside / name, copy / name)
+    (copy / "model_b.onnx").unlink()
+    (copy / "model_b.onnx").mkdir()
+    res = CliRunner().invoke(main, ["info", str(copy), "--verify"])
+    assert res.exit_code == 1 and "Traceback" not in res.output, res.output
+    section = res.output[res.output.index("verify:"):]
+    assert section.count("outside the bundle") == 2 and "model_b.onnx: graph is a directory, not a file" in section
+    assert res.output.strip().splitlines()[-1].endswith("failed verification: model.onnx, model_a.onnx, model_b.onnx")
+    with pytest.raises(BundleError, match="model_b.onnx is a directory, not a file"):
+        bundle_mod.graph_file(copy, read_config(copy), "model_b", verify=False)
+
+
+def test_config_json_linked_out_of_the_bundle_is_refused(copy: Path, tmp_path: Path) -> None:
+    (copy / "config.json").rename(tmp_path / "elsewhere.json")
+    os.symlink(tmp_path / "elsewhere.json", copy / "config.json")
+    with pytest.raises(BundleError, match="config.json resolves to .*elsewhere.json, outside the bundle"):
+        read_config(copy)
+
+
+def test_weights_are_written_with_the_umask_mode(copy: Path, tmp_path: Path) -> None:
+    from aminet_edge.model.pipeline import load_pipeline, save_bundle
+
+    pipeline, config = load_pipeline(copy)
+    old = os.umask(0o022)
+    try:
+        save_bundle(tmp_path / "new", config, pipeline.extractor, pipeline.aminet)
+    finally:
+        os.umask(old)
+    for path in (weights_of(tmp_path / "new"), tmp_path / "new" / "config.json"):
+        assert stat.S_IMODE(os.stat(path).st_mode) == 0o644, path
 
 
 @pytest.mark.parametrize("backend, files", [("onnxruntime-split", ["model_a.onnx", "model_b.onnx"]),

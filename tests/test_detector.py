@@ -605,6 +605,34 @@ def test_predict_command(bundle: Path, tmp_path: Path) -> None:
     assert not list((out / "overlays").glob("*.png"))  # the replaced run's overlays went with it
 
 
+def test_predict_skips_hidden_files_and_never_deletes_through_a_link(bundle: Path, tmp_path: Path) -> None:
+    """Hidden files and folders of an IMAGES folder are not read; --overwrite deletes the earlier run's
+    overlays only where it wrote them, never through an OUT/overlays that has become a symbolic link."""
+    import os
+
+    from click.testing import CliRunner
+    from PIL import Image
+
+    from aminet_edge.runtime.commands import predict_cmd
+
+    folder = tmp_path / "images"
+    (folder / ".thumbs").mkdir(parents=True)
+    for name in ("part.png", ".part.png", ".thumbs/part.png"):
+        Image.fromarray(generated_images()[0]).save(folder / name)
+    out = tmp_path / "out"
+    args = [str(bundle), str(folder), "--out", str(out), "--backend", "onnxruntime", "--quiet", "--recursive"]
+    res = CliRunner().invoke(predict_cmd, args)
+    assert res.exit_code == 0, res.output
+    lines = [json.loads(x) for x in (out / "results.jsonl").read_text().splitlines()]
+    assert [Path(x["source"]).name for x in lines] == ["part.png"] and lines[0]["overlay"].endswith("overlays/part.png")
+    victim = tmp_path / "victim"
+    (out / "overlays").rename(victim)  # the user's own folder, now linked where the overlays were
+    os.symlink(victim, out / "overlays")
+    res = CliRunner().invoke(predict_cmd, args + ["--overwrite", "--no-overlays"])
+    assert res.exit_code == 0, res.output
+    assert (victim / "part.png").is_file()
+
+
 def test_predict_overlays_never_overwrite(bundle: Path, tmp_path: Path) -> None:
     """Same stems in two folders, a name that is also another's suffixed name, a PNG already in overlays/."""
     from click.testing import CliRunner

@@ -260,6 +260,23 @@ def test_bundle_refuses_a_guide_that_does_not_match(guided: Path, tmp_path: Path
         read_config(bundle)
 
 
+def test_guide_settings_must_describe_the_stored_guide(guided: Path, tmp_path: Path) -> None:
+    """model.guide_quantile / guide_bank_size edited in config.json no longer describe the guide the weights
+    hold (its threshold is that quantile, its bank that size): refused at read, naming the field."""
+    raw = json.loads((guided / "config.json").read_text())
+    bundle = tmp_path / "b"
+    bundle.mkdir()
+    for key, value, message in (("guide_quantile", 0.5, "'model.guide_quantile' is 0.5 but the stored guide's "
+                                                        "threshold is the held-out quantile 0.95"),
+                                ("guide_bank_size", 50, "'model.guide_bank_size' is 50 but the stored guide's bank "
+                                                        "holds 100 of 144 training tokens")):
+        (bundle / "config.json").write_text(json.dumps({**raw, "model": {**raw["model"], key: value}}))
+        with pytest.raises(BundleError, match=message):
+            read_config(bundle)
+    (bundle / "config.json").write_text(json.dumps(raw))
+    assert read_config(bundle).model.guide_bank_size == 100  # as trained: accepted
+
+
 def test_graph_records_name_their_mask(guided: Path, tmp_path: Path) -> None:
     """A graph computes the mask it was exported with: config.json edited to the other mask is refused,
     and a record from before the guide (no "mask") counts as the adaptive mask's."""
