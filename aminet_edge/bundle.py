@@ -753,8 +753,8 @@ def install_artifacts(bundle: str | Path, staged: dict[Path, Path],
     loadable bundle. staged: {temporary file (aminet_edge.files.write_temp): its final path in the bundle};
     record(config): adds their records to config.artifacts (the files are in place when it runs).
 
-    A final path already recorded with the same content keeps its file (nothing renamed); one recorded
-    with other content is first un-recorded (config.json written), then replaced: a crash in between
+    A final path already recorded and holding the same content keeps its file (nothing renamed); one
+    recorded with other content (or missing) is first un-recorded (config.json written), then replaced: a crash in between
     leaves the bundle without that file, never with a record that does not match it. config.json is
     written last."""
     bundle = Path(bundle)
@@ -765,8 +765,10 @@ def install_artifacts(bundle: str | Path, staged: dict[Path, Path],
     for tmp, final in staged.items():
         rel = relative_path(bundle, final)
         old = by_path.get(rel)
-        if old is not None and old.get("sha256") == sha256_file(tmp)[0]:  # schema 1 records hold none
-            tmp.unlink()  # the same bytes are recorded already
+        digest = sha256_file(tmp)[0]
+        if old is not None and old.get("sha256") == digest and final.is_file() and not final.is_symlink() \
+                and sha256_file(final)[0] == digest:  # schema 1 records hold no sha256
+            tmp.unlink()  # the same bytes are recorded and in place already
             continue
         if old is not None:
             replaced.add(rel)

@@ -196,7 +196,8 @@ def export_onnx(bundle: str | Path, precision: str = "fp32", opset: int = OPSET,
             src, target = paths[part], bundle / onnx_name(part, precision)
             staged[part] = (write_temp(target, lambda tmp: quantize_graph(src, tmp)), target)  # noqa: B023 (called here)
             paths[part] = target
-        _install(bundle, staged, precision, opset)
+        # model_a has no inpainting block: the int8 pair records the fp32 model_a as its first half
+        _install(bundle, staged, precision, opset, {"model_a": paths["model_a"]} if split else {})
         if calib:
             static = bundle / onnx_name("model", "int8_static")
             _install(bundle, {"model": (write_temp(static, lambda tmp: quantize_static(fp32_single, tmp, calib)),
@@ -231,9 +232,11 @@ def export_onnx(bundle: str | Path, precision: str = "fp32", opset: int = OPSET,
     return paths
 
 
-def _install(bundle: Path, staged: dict[str, tuple[Path, Path]], precision: str, opset: int) -> None:
-    """Put the graphs {part: (temporary file, final path)} in place and record them in config.json
-    artifacts["onnx"] under graph_key(part, precision) (bundle.install_artifacts: crash-safe)."""
+def _install(bundle: Path, staged: dict[str, tuple[Path, Path]], precision: str, opset: int,
+             in_place: dict[str, Path] | None = None) -> None:
+    """Put the graphs {part: (temporary file, final path)} in place and record them, and the graphs
+    `in_place` {part: path} already in the bundle, in config.json artifacts["onnx"] under
+    graph_key(part, precision) (bundle.install_artifacts: crash-safe)."""
 
     def record(config: BundleConfig) -> None:
         if config.legacy:
@@ -241,7 +244,7 @@ def _install(bundle: Path, staged: dict[str, tuple[Path, Path]], precision: str,
             config.schema_version = SCHEMA_VERSION
         weights = config.artifacts["weights"]["sha256"]
         onnx_entries = config.artifacts.setdefault("onnx", {})
-        for part, (_, path) in staged.items():
+        for part, path in {**{p: final for p, (_, final) in staged.items()}, **(in_place or {})}.items():
             onnx_entries[graph_key(part, precision)] = make_record(
                 bundle, path, precision=precision, opset=opset, input_size=config.model.image_size,
                 **graph_computes(config), weights_sha256=weights)
