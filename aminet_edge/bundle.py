@@ -50,7 +50,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from aminet_edge.config import MASKS, MAX_SIGMA, PIXEL_RANGE, ModelConfig, ScoreConfig, to_dict
-from aminet_edge.files import atomic_write_text, install, remove_owned
+from aminet_edge.files import TEMP_NAME, atomic_write_text, install, remove_owned
 
 SCHEMA_VERSION = 2  # 2: sha256 of every file in "artifacts" (weights included); 1: no checksums
 LEGACY_SCHEMA = 1
@@ -716,7 +716,8 @@ def stray_files(bundle: str | Path, config: BundleConfig) -> list[Path]:
 def owned_bundle(bundle: str | Path, also: tuple[str, ...] = ()) -> BundleConfig | None:
     """The config of the bundle at `bundle` when it is one, None when there is nothing there yet (or only
     the files named in `also`, e.g. a training's checkpoint). BundleError, before anything is written,
-    when `bundle` is a file, an unreadable bundle, or a folder holding other files: aminet-edge writes
+    when `bundle` is a file, an unreadable bundle, or a folder holding other files (temporary files a
+    crashed write left, aminet_edge.files.TEMP_NAME, do not count): aminet-edge writes
     into (and deletes recorded files of) a directory it owns only."""
     root = Path(bundle)
     if not os.path.lexists(root):
@@ -729,7 +730,7 @@ def owned_bundle(bundle: str | Path, also: tuple[str, ...] = ()) -> BundleConfig
         except BundleError as exc:
             raise BundleError(f"{exc}; {root} is not a readable bundle, so nothing is written into it: choose "
                               "another output folder, or repair or remove this one") from exc
-    others = sorted(p.name for p in root.iterdir() if p.name not in also)
+    others = sorted(p.name for p in root.iterdir() if p.name not in also and not TEMP_NAME.fullmatch(p.name))
     if others:
         listed = ", ".join(others[:5]) + (f" and {len(others) - 5} more" if len(others) > 5 else "")
         raise BundleError(f"{root} is a folder that is not an aminet-edge bundle (no {CONFIG_FILE}; it holds "

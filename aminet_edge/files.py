@@ -13,6 +13,7 @@ logged.
     atomic_replace(path, produce)      `produce(tmp)` writes the content (e.g. a library's save(path))
     write_temp(path, produce) -> tmp   the first half: fsynced content beside `path`, not yet in place
     install(tmp, path)                 the second half: rename into place, fsync the directory
+    TEMP_NAME                          matches the temporary files' names
     remove_owned(root, rels, reason)   delete recorded files under root; returns those deleted
 """
 
@@ -20,12 +21,14 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import secrets
 import stat
 from collections.abc import Callable, Iterable
 from pathlib import Path, PurePosixPath
 
 log = logging.getLogger("aminet_edge.files")
+TEMP_NAME = re.compile(r"\..+\.[0-9a-f]{8}\.tmp")  # write_temp's file names (left behind only by a crash)
 
 
 def _fsync(path: Path, directory: bool = False) -> None:
@@ -41,7 +44,7 @@ def write_temp(path: str | Path, produce: Callable[[Path], object]) -> Path:
     again when `produce` raises. The caller installs it (`install`) or deletes it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")  # TEMP_NAME
     fd = os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666)  # the umask applies, as to any new file
     mode = stat.S_IMODE(os.fstat(fd).st_mode)
     os.close(fd)

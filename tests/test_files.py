@@ -98,6 +98,19 @@ def test_train_refuses_a_folder_that_is_not_a_bundle(tmp_path: Path) -> None:
         train(data, data / "train" / "good" / "000.png", pretrained=False)
 
 
+def test_owned_bundle_accepts_a_new_empty_or_checkpoint_folder(tmp_path: Path) -> None:
+    from aminet_edge.bundle import owned_bundle
+    from aminet_edge.train.trainer import TRAINING_FILES
+
+    assert owned_bundle(tmp_path / "new") is None and owned_bundle(tmp_path) is None
+    for name in (*TRAINING_FILES, ".weights.safetensors.0a1b2c3d.tmp"):  # a crashed run: checkpoint, temp file
+        (tmp_path / name).write_bytes(b"x")
+    assert owned_bundle(tmp_path, TRAINING_FILES) is None
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(BundleError, match="not an aminet-edge bundle .*holds notes.txt\\)"):
+        owned_bundle(tmp_path, TRAINING_FILES)
+
+
 def test_training_too_few_images_is_refused_with_the_reason(tmp_path: Path) -> None:
     from aminet_edge.data.synthetic import make_synthetic_dataset
 

@@ -288,4 +288,6 @@ def benchmark_cmd(run: str, backends: tuple[str, ...], batches: tuple[int, ...],
             detector.close()
     click.echo(latency_table(rows))
     if json_path:
-        Path(json_path).write_text(json.dumps(rows, indent=2) + "\n")
+        from aminet_edge.files import atomic_write_text
+
+        atomic_write_text(json_path, json.dumps(rows, indent=2) + "\n")

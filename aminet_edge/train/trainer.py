@@ -58,8 +58,9 @@ def split_holdout(samples: Sequence[Sample], fraction: float, seed: int) -> tupl
     """Deterministically keep `fraction` of the normal training images (at least MIN_HOLDOUT) out for
     calibration.
 
-    With fewer than 10 images (few-shot) or fraction 0 nothing is held out and calibration reuses the
-    training images; the bundle records that (its thresholds are then optimistic).
+    With fewer than FULL_HOLDOUT images (few-shot) or fraction 0 nothing is held out and calibration
+    reuses the training images; the bundle records that (its thresholds are then optimistic) and
+    `check_image_count` warns.
     """
     samples = list(samples)
     k = max(int(round(len(samples) * fraction)), MIN_HOLDOUT) if fraction > 0 else 0
@@ -200,7 +201,10 @@ def train(
 
     data: one dataset root (one-for-one) or several (unified: one model for all categories); the normal
     training images are read from each root's layout (MVTec AD, BTAD or a plain folder). few_shot: train
-    on k images per root. resume: continue from `out/checkpoint.pt` to the same result as an
+    on k images per root; fewer than MIN_IMAGES images in all are refused (`check_image_count`).
+    out: a new or empty folder, an earlier bundle (replaced crash-safely: pipeline.save_bundle) or a
+    folder holding only this training's checkpoint; any other folder is refused (BundleError) before
+    anything runs, its files untouched. resume: continue from `out/checkpoint.pt` to the same result as an
     uninterrupted run; ValueError when there is none, when the device type or precision differs, or when
     the settings (model, optimisation, seed, training images, backbone weights; epochs may grow) differ
     from the checkpoint's, unless allow_changed_settings. Fixed seeds give repeatable runs: bit for bit
