@@ -277,8 +277,8 @@ def _score(data: Any, where: str, mask: str) -> ScoreConfig:
 COMPUTES = {"mask": ("model", "mask"), "mask_lambda": ("model", "mask_lambda"), "score_map": ("score", "map"),
             "guide_weight": ("score", "guide_weight"), "sigma": ("score", "sigma"),
             "image_score": ("score", "image_score")}
-_COMPUTES_BEFORE = {"mask": "adaptive", "mask_lambda": 0.5, "score_map": "reconstruction", "guide_weight": 0.0,
-                    "sigma": 4.0, "image_score": "std"}
+_COMPUTES_BEFORE = {key: getattr({"model": ModelConfig(), "score": ScoreConfig()}[part], name)
+                    for key, (part, name) in COMPUTES.items()}
 
 
 def graph_computes(config: BundleConfig) -> dict[str, Any]:

@@ -36,9 +36,9 @@ from aminet_edge.bundle import (SCHEMA_VERSION, WEIGHTS_FILE, BundleConfig, grap
                                 install_artifacts, make_record, read_config)
 from aminet_edge.export import onnx_name
 from aminet_edge.export.graph_checks import check_graph
-from aminet_edge.files import write_temp
 from aminet_edge.export.graph_io import MODEL_B_IO, SINGLE_IO, model_a_io
 from aminet_edge.export.graph_rewrites import fold_pads_into_convs
+from aminet_edge.files import write_temp
 from aminet_edge.model.aminet import AMINet
 from aminet_edge.model.features import FeatureExtractor
 from aminet_edge.model.guide import NearestNormalGuide
