@@ -2,7 +2,8 @@
 
 Layout (all paths in config.json are relative to the bundle and must stay inside it):
     config.json                         schema SCHEMA_VERSION: model, preprocess, score, calibration, artifacts
-    weights.safetensors                 backbone + AMI-Net weights
+    weights-<sha256[:16]>.safetensors   backbone + AMI-Net weights, named by their content (weights_name;
+                                        bundles written before content-addressed weights: weights.safetensors)
     model[_a|_b][_fp16|_int8].onnx      exported graphs (onnx_name), after `aminet-edge export`
     model_int8_static.onnx              OpenVINO's int8 graph (`export --precision int8 --calibration-data`)
     engines/<backend>-<target>-<precision>[-model_a|-model_b].engine   TensorRT engines (engine_name)
@@ -24,6 +25,13 @@ Schema 1 bundles (aminet-edge 0.1 before checksums) record no sha256: their weig
 warning (nothing to check them against), their graphs and engines are refused until re-exported
 (`aminet-edge export RUN` records the weights' checksum and writes schema SCHEMA_VERSION).
 
+Writing (`write_config`, `install_artifacts`, `owned_bundle` + `remove_recorded`): every file is written
+atomically (aminet_edge.files) and config.json last, so that a crash at any instant leaves a loadable
+bundle: new weights get a new (content-addressed) name and the old files are deleted only after the new
+config.json is in place; a recorded graph or engine replaced by other content is first un-recorded. Only
+files a bundle's config.json records are ever deleted, and only inside the bundle (no symbolic link is
+followed); a folder holding other files is not a bundle and is never written into (`owned_bundle`).
+
 Export, training and the runtime all read, write and resolve bundle files through this module. It is
 torch-free (the edge runtime uses it) and unpickles nothing.
 """
@@ -38,16 +46,19 @@ import logging
 import math
 import os
 import re
+import stat
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from aminet_edge.config import MASKS, ModelConfig, ScoreConfig, to_dict
+from aminet_edge.config import MASKS, MAX_SIGMA, PIXEL_RANGE, ModelConfig, ScoreConfig, to_dict
+from aminet_edge.files import TEMP_NAME, atomic_write_text, install, remove_owned
 
 SCHEMA_VERSION = 2  # 2: sha256 of every file in "artifacts" (weights included); 1: no checksums
 LEGACY_SCHEMA = 1
 CONFIG_FILE = "config.json"
-WEIGHTS_FILE = "weights.safetensors"
+WEIGHTS_FILE = "weights.safetensors"  # schema 1 bundles' weights (newer ones: weights_name)
 ENGINE_DIR = "engines"
 GRAPHS = ("model", "model_a", "model_b")  # the single graph and the split halves
 # of the exported graphs. int8: the inpainting MatMuls quantised dynamically (onnxruntime);
@@ -64,6 +75,12 @@ log = logging.getLogger("aminet_edge.bundle")
 
 class BundleError(ValueError):
     """A bundle is missing, incomplete, inconsistent, tampered with, or written by an incompatible version."""
+
+
+def weights_name(sha256: str) -> str:
+    """File name of weights whose sha256 (hex) is `sha256`: a new file for new weights, so that the
+    previous weights stay in place until the config.json recording the new ones has replaced the old."""
+    return f"weights-{sha256[:16]}.safetensors"
 
 
 def onnx_name(part: str, precision: str) -> str:
@@ -249,7 +266,8 @@ def _model(data: Any, where: str) -> ModelConfig:
 def _score(data: Any, where: str, mask: str) -> ScoreConfig:
     score = ScoreConfig(**_fields(ScoreConfig, data, where, "score"))
     # sigma 0 would make the reference's Gaussian a no-op while the C++/CUDA kernels divide by it
-    _number(where, "score.sigma", score.sigma, positive=True)
+    if _number(where, "score.sigma", score.sigma, positive=True) > MAX_SIGMA:
+        raise _fail(where, "score.sigma", f"must be <= {MAX_SIGMA:g} (pixels), got {score.sigma!r}")
     try:
         score.validate(mask)
     except ValueError as exc:
@@ -257,9 +275,19 @@ def _score(data: Any, where: str, mask: str) -> ScoreConfig:
     return score
 
 
-def score_record(score: ScoreConfig) -> dict[str, Any]:
-    """What a graph or engine record says about the score map it computes (compared at load)."""
-    return {"score_map": score.map, "guide_weight": score.guide_weight}
+# What a graph or engine computes beyond its weights and input size: the config fields baked into it,
+# as its record names them. Records written before a field was recorded computed its default then.
+COMPUTES = {"mask": ("model", "mask"), "mask_lambda": ("model", "mask_lambda"), "score_map": ("score", "map"),
+            "guide_weight": ("score", "guide_weight"), "sigma": ("score", "sigma"),
+            "image_score": ("score", "image_score")}
+_COMPUTES_BEFORE = {key: getattr({"model": ModelConfig(), "score": ScoreConfig()}[part], name)
+                    for key, (part, name) in COMPUTES.items()}
+
+
+def graph_computes(config: BundleConfig) -> dict[str, Any]:
+    """The record fields (COMPUTES) of a graph or engine made from `config`; a config that differs from
+    a file's record is refused at read (every backend alike): the file computes something else."""
+    return {key: getattr(getattr(config, part), name) for key, (part, name) in COMPUTES.items()}
 
 
 def _calibration(data: Any, where: str) -> Calibration | None:
@@ -293,8 +321,14 @@ def _preprocess(data: Any, where: str, model: ModelConfig) -> tuple[tuple[float,
         values = pre.get(name)
         if not isinstance(values, list) or len(values) != 3:
             raise _fail(where, f"preprocess.{name}", f"must be 3 numbers (R, G, B), got {_short(values)}")
-        out.append(tuple(_number(where, f"preprocess.{name}[{i}]", v, positive=name == "std")
-                         for i, v in enumerate(values)))
+        checked = []
+        for i, v in enumerate(values):  # on pixel values scaled to [0, 1]: mean in [0, 1], std in (0, 1]
+            v = _number(where, f"preprocess.{name}[{i}]", v, positive=name == "std", minimum=PIXEL_RANGE[0])
+            if v > PIXEL_RANGE[1]:
+                raise _fail(where, f"preprocess.{name}[{i}]", f"must be <= {PIXEL_RANGE[1]:g} (pixel values are "
+                            f"scaled to [0, 1] before normalising), got {v!r}")
+            checked.append(v)
+        out.append(tuple(checked))
     return out[0], out[1]
 
 
@@ -330,9 +364,27 @@ def validate_config(data: Any, where: str = CONFIG_FILE) -> BundleConfig:
         backbone_source=_text(where, "backbone_source", data.get("backbone_source", "")),
         artifacts=_object(where, "artifacts", data.get("artifacts", {})),
         version=_text(where, "aminet_edge_version", data.get("aminet_edge_version", "")), schema_version=version)
+    _check_guide(config, where)
     if not config.legacy:
         _check_artifacts(config, where)
     return config
+
+
+def _check_guide(config: BundleConfig, where: str) -> None:
+    """model.guide_quantile / guide_bank_size against the nearest-normal guide the weights hold (as
+    train.guide records it): an edit would describe a guide the bundle does not have."""
+    guide = config.train.get("guide")
+    if config.model.mask != "nearest_normal" or not isinstance(guide, dict):
+        return
+    fix = "rebuild the guide with `aminet-edge set-mask RUN DATA --mask nearest-normal` and the new value, or " \
+          "put the value back"
+    if "quantile" in guide and guide["quantile"] != config.model.guide_quantile:
+        raise _fail(where, "model.guide_quantile", f"is {config.model.guide_quantile} but the stored guide's threshold "
+                    f"is the held-out quantile {guide['quantile']} (train.guide); {fix}")
+    tokens, bank = guide.get("training_tokens"), guide.get("bank_tokens")
+    if isinstance(tokens, int) and isinstance(bank, int) and bank != min(config.model.guide_bank_size, tokens):
+        raise _fail(where, "model.guide_bank_size", f"is {config.model.guide_bank_size} but the stored guide's bank "
+                    f"holds {bank} of {tokens} training tokens (train.guide); {fix}")
 
 
 def _record(where: str, name: str, record: Any, fields: dict[str, tuple[str, ...] | type]) -> dict[str, Any]:
@@ -384,17 +436,14 @@ def _check_artifacts(config: BundleConfig, where: str) -> None:
             raise _fail(where, f"{name}.input_size", f"{rec['input_size']} differs from model.image_size "
                         f"{config.model.image_size}: the file was made for another configuration; "
                         + REEXPORT.format(bundle="RUN"))
-        made_for = rec.get("mask", "adaptive")  # records before the nearest-normal guide: the adaptive mask
-        if made_for != config.model.mask:
-            raise _fail(where, f"{name}.mask", f"the file computes the {made_for!r} mask but model.mask is "
-                        f"{config.model.mask!r}: it was made for another configuration; "
-                        + REEXPORT.format(bundle="RUN"))
-        # records before the guide's score map: the reconstruction map
-        made = {"score_map": rec.get("score_map", "reconstruction"), "guide_weight": rec.get("guide_weight", 0.0)}
-        if made != score_record(config.score):
-            raise _fail(where, f"{name}.score_map", f"the file computes score map {made} but score is "
-                        f"{score_record(config.score)}: it was made for another configuration; "
-                        + REEXPORT.format(bundle="RUN"))
+        expected = graph_computes(config)
+        for key, value in expected.items():
+            made = rec.get(key, _COMPUTES_BEFORE[key])
+            if made != value:
+                part, field_name = COMPUTES[key]
+                raise _fail(where, f"{name}.{key}", f"the file computes {part}.{field_name} = {made!r} but config.json "
+                            f"says {value!r}: it was made for another configuration (config.json edited?); put "
+                            "the value back, or " + REEXPORT.format(bundle="RUN"))
 
 
 # ---- reading and writing config.json ------------------------------------------------------------------
@@ -421,6 +470,8 @@ def read_config(bundle: str | Path) -> BundleConfig:
         raise BundleError(f"bundle directory {bundle}: {_os_problem(exc)}") from exc
     if not root.is_dir():
         raise BundleError(f"bundle directory {bundle}: not a directory")
+    if path.is_symlink():
+        artifact_path(root, CONFIG_FILE)  # a link to a config.json outside the bundle is refused
     try:
         raw = path.read_bytes()
     except FileNotFoundError as exc:
@@ -444,27 +495,7 @@ def write_config(bundle: str | Path, config: BundleConfig) -> Path:
     path = Path(bundle) / CONFIG_FILE
     data = config.to_json()
     validate_config(json.loads(json.dumps(data)), f"{path} (being written)")  # never write what cannot load
-    write_atomic(path, (json.dumps(data, indent=2, sort_keys=False) + "\n").encode())
-    return path
-
-
-def write_atomic(path: str | Path, data: bytes) -> Path:
-    """Write `data` to `path` atomically: a temporary file in the same folder, flushed and fsynced, then
-    renamed over `path` (a crash leaves the old file or the new one, never a torn one). Creates the folder.
-    The temporary file is removed when the write fails; OSError is raised as is."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
+    return atomic_write_text(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
 
 
 # ---- paths and checksums ------------------------------------------------------------------------------
@@ -532,9 +563,13 @@ def verify_record(bundle: str | Path, config: BundleConfig, record: dict[str, An
         raise BundleError(f"{path}: this {what} was made from other weights than the bundle's "
                           f"{WEIGHTS_FILE} (left from an earlier training?); {fix}")
     try:
-        size = os.stat(path).st_size
+        st = os.stat(path)
     except OSError as exc:
         raise BundleError(f"{path}: {what} {_os_problem(exc)}; {fix}") from exc
+    if not stat.S_ISREG(st.st_mode):
+        raise BundleError(f"{path}: {what} is {'a directory' if stat.S_ISDIR(st.st_mode) else 'not a regular file'}, "
+                          f"not a file; {fix}")
+    size = st.st_size
     if size != record["bytes"]:
         raise BundleError(f"{path}: {what} is {size} bytes, {record['bytes']} were recorded (truncated or "
                           f"replaced); {fix}")
@@ -611,7 +646,8 @@ def graph_file(bundle: str | Path, config: BundleConfig, part: str, precision: s
         return verify_record(bundle, config, record, "graph", fix)
     path = artifact_path(bundle, record["path"])
     if not path.is_file():
-        raise BundleError(f"{path} not found (config.json records it); {fix}")
+        raise BundleError(f"{path} {'is a directory, not a file' if path.is_dir() else 'not found'} (config.json "
+                          f"records it); {fix}")
     return path
 
 
@@ -660,48 +696,106 @@ def verify_bundle(bundle: str | Path, config: BundleConfig | None = None) -> dic
     for record, what in records:
         check(record["path"], lambda r=record, w=what: verify_record(bundle, config, r, w, fix))
     for stray in stray_files(bundle, config):
-        out[relative_path(bundle, stray)] = "not recorded in config.json (left from an earlier training or " \
+        out[stray.relative_to(bundle).as_posix()] = "not recorded in config.json (left from an earlier training or " \
                                             f"export?): the runtime never uses it; delete it or {fix}"
     return out
 
 
 def _layout_files(bundle: Path) -> list[Path]:
-    """Graph and engine files of the standard layout present in the bundle."""
+    """Weights, graph and engine files of the standard layout present in the bundle."""
     names = [bundle / onnx_name(g, p) for g in GRAPHS for p in PRECISIONS]
+    weights = sorted(bundle.glob("weights*.safetensors"))
     engines = sorted((bundle / ENGINE_DIR).glob("*.engine")) if (bundle / ENGINE_DIR).is_dir() else []
-    return [p for p in names if p.is_file()] + engines
+    return [p for p in weights + names if p.is_file() or p.is_symlink()] + engines
+
+
+def recorded_paths(config: BundleConfig) -> list[str]:
+    """Every file config.json records (weights, graphs, engines), as recorded: relative to the bundle
+    (schema 1: the weights' layout name)."""
+    art = config.artifacts
+    weights = [WEIGHTS_FILE] if config.legacy else [art["weights"]["path"]] if "weights" in art else []
+    return weights + [r["path"] for r in [*(art.get("onnx") or {}).values(), *(art.get("engines") or [])]
+                      if isinstance(r, dict) and isinstance(r.get("path"), str)]
 
 
 def stray_files(bundle: str | Path, config: BundleConfig) -> list[Path]:
-    """Graph and engine files lying in the bundle that config.json does not record."""
+    """Weights, graph and engine files (or links) lying in the bundle that config.json does not record,
+    compared by name: no link is followed."""
     bundle = Path(bundle)
-    recorded = set()
-    for r in [*(config.artifacts.get("onnx") or {}).values(), *(config.artifacts.get("engines") or [])]:
-        try:
-            recorded.add(artifact_path(bundle, r["path"]).resolve())
-        except BundleError:
-            continue  # reported by its own check
-    return [p for p in _layout_files(bundle) if p.resolve() not in recorded]
+    recorded = {PurePosixPath(rel) for rel in recorded_paths(config)}
+    return [p for p in _layout_files(bundle) if PurePosixPath(p.relative_to(bundle).as_posix()) not in recorded]
 
 
-def clear_artifacts(bundle: str | Path, reason: str) -> list[Path]:
-    """Delete the graphs and engines of an existing bundle (recorded ones and those of the standard
-    layout), logging each with `reason`: they belong to the weights being replaced. Returns them."""
-    bundle = Path(bundle)
-    files = set(_layout_files(bundle))
-    try:
-        old = read_config(bundle).artifacts
-    except BundleError:
-        old = {}  # no readable old config: the standard layout names are all we know
-    for rec in [*(old.get("onnx") or {}).values(), *(old.get("engines") or [])]:
+def owned_bundle(bundle: str | Path, also: tuple[str, ...] = ()) -> BundleConfig | None:
+    """The config of the bundle at `bundle` when it is one, None when there is nothing there yet (or only
+    the files named in `also`, e.g. a training's checkpoint). BundleError, before anything is written,
+    when `bundle` is a file, an unreadable bundle, or a folder holding other files (temporary files a
+    crashed write left, aminet_edge.files.TEMP_NAME, do not count): aminet-edge writes
+    into (and deletes recorded files of) a directory it owns only."""
+    root = Path(bundle)
+    if not os.path.lexists(root):
+        return None
+    if not root.is_dir():
+        raise BundleError(f"{root} exists and is not a directory: choose another output folder")
+    if os.path.lexists(root / CONFIG_FILE):
         try:
-            files.add(artifact_path(bundle, rec["path"]))
-        except (BundleError, KeyError, TypeError):
-            continue  # a record pointing outside the bundle is never deleted through it
-    removed = []
-    for path in sorted(files):
-        if path.is_file():
-            path.unlink()
-            removed.append(path)
-            log.warning("removed %s: %s", path, reason)
+            return read_config(root)
+        except BundleError as exc:
+            raise BundleError(f"{exc}; {root} is not a readable bundle, so nothing is written into it: choose "
+                              "another output folder, or repair or remove this one") from exc
+    others = sorted(p.name for p in root.iterdir() if p.name not in also and not TEMP_NAME.fullmatch(p.name))
+    if others:
+        listed = ", ".join(others[:5]) + (f" and {len(others) - 5} more" if len(others) > 5 else "")
+        raise BundleError(f"{root} is a folder that is not an aminet-edge bundle (no {CONFIG_FILE}; it holds "
+                          f"{listed}): its files are left alone; choose a new or empty output folder")
+    return None
+
+
+def remove_recorded(bundle: str | Path, old: BundleConfig, reason: str) -> list[Path]:
+    """Delete the files `old` (the config.json just replaced) records that the bundle's current
+    config.json does not, each logged with `reason`; never a file outside the bundle or through a link."""
+    keep = set(recorded_paths(read_config(bundle)))
+    removed = remove_owned(bundle, [r for r in recorded_paths(old) if r not in keep], reason)
+    for path in removed:
+        log.warning("removed %s: %s", path, reason)
     return removed
+
+
+def install_artifacts(bundle: str | Path, staged: dict[Path, Path],
+                      record: Callable[[BundleConfig], None]) -> BundleConfig:
+    """Put graph or engine files in place and record them, so that a crash at any instant leaves a
+    loadable bundle. staged: {temporary file (aminet_edge.files.write_temp): its final path in the bundle};
+    record(config): adds their records to config.artifacts (the files are in place when it runs).
+
+    A final path already recorded and holding the same content keeps its file (nothing renamed); one
+    recorded with other content (or missing) is first un-recorded (config.json written), then replaced: a crash in between
+    leaves the bundle without that file, never with a record that does not match it. config.json is
+    written last."""
+    bundle = Path(bundle)
+    config = read_config(bundle)
+    by_path = {r["path"]: r for r in [*(config.artifacts.get("onnx") or {}).values(),
+                                      *(config.artifacts.get("engines") or [])]}
+    moves, replaced = [], set()
+    for tmp, final in staged.items():
+        rel = relative_path(bundle, final)
+        old = by_path.get(rel)
+        digest = sha256_file(tmp)[0]
+        if old is not None and old.get("sha256") == digest and final.is_file() and not final.is_symlink() \
+                and sha256_file(final)[0] == digest:  # schema 1 records hold no sha256
+            tmp.unlink()  # the same bytes are recorded and in place already
+            continue
+        if old is not None:
+            replaced.add(rel)
+        moves.append((tmp, final))
+    if replaced:
+        onnx = config.artifacts.get("onnx") or {}
+        config.artifacts["onnx"] = {k: r for k, r in onnx.items() if r["path"] not in replaced}
+        if "engines" in config.artifacts:
+            config.artifacts["engines"] = [r for r in config.artifacts["engines"] if r["path"] not in replaced]
+        write_config(bundle, config)
+    for tmp, final in moves:
+        install(tmp, final)
+    config = read_config(bundle)
+    record(config)
+    write_config(bundle, config)
+    return config

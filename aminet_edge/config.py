@@ -51,6 +51,8 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 ImageScore = Literal["std", "max"]
 MASKS = ("adaptive", "nearest_normal")  # ModelConfig.mask: the paper's, or this project's variant
 SCORE_MAPS = ("reconstruction", "reconstruction+guide")  # ScoreConfig.map: the paper's, or this project's variant
+MAX_SIGMA = 64.0  # ScoreConfig.sigma's upper bound, pixels: a wider Gaussian blurs any map of this model flat
+PIXEL_RANGE = (0.0, 1.0)  # preprocess mean and std are in units of pixel values scaled to [0, 1]
 CACHE_DTYPES = ("float32", "float16", "bfloat16")  # feature-cache dtypes (TrainConfig.cache_dtype)
 
 
@@ -102,9 +104,15 @@ class ModelConfig:
         if not 0 < self.guide_quantile < 1:
             raise ValueError(f"guide_quantile must be in (0, 1), got {self.guide_quantile}")
         for name in ("inpaint_depth", "aggregation_depth", "num_clusters", "patch_size", "num_heads",
-                     "guide_bank_size"):
+                     "guide_bank_size", "embed_dim"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not math.isfinite(self.mask_lambda):
+            raise ValueError(f"mask_lambda must be a finite number, got {self.mask_lambda!r}")
+        if not (math.isfinite(self.mlp_ratio) and self.mlp_ratio > 0):
+            raise ValueError(f"mlp_ratio must be a finite number > 0, got {self.mlp_ratio!r}")
+        if not (math.isfinite(self.jitter_scale) and self.jitter_scale >= 0):
+            raise ValueError(f"jitter_scale must be a finite number >= 0, got {self.jitter_scale!r}")
 
 
 @dataclass(frozen=True)
@@ -166,6 +174,8 @@ class ScoreConfig:
     def validate(self, mask: str, calibrated: bool = True) -> None:
         """Raise ValueError naming the first inconsistent field; `mask` is ModelConfig.mask. calibrated
         False accepts a guide map whose weight is still to be calibrated (0)."""
+        if not (math.isfinite(self.sigma) and 0 < self.sigma <= MAX_SIGMA):
+            raise ValueError(f"sigma must be a number in (0, {MAX_SIGMA:g}] (pixels), got {self.sigma!r}")
         if self.image_score not in ("std", "max"):
             raise ValueError(f"image_score must be 'std' or 'max', got {self.image_score!r}")
         if self.map not in SCORE_MAPS:

@@ -13,6 +13,7 @@ logged.
     atomic_replace(path, produce)      `produce(tmp)` writes the content (e.g. a library's save(path))
     write_temp(path, produce) -> tmp   the first half: fsynced content beside `path`, not yet in place
     install(tmp, path)                 the second half: rename into place, fsync the directory
+    TEMP_NAME                          matches the temporary files' names
     remove_owned(root, rels, reason)   delete recorded files under root; returns those deleted
 """
 
@@ -20,12 +21,14 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import secrets
 import stat
 from collections.abc import Callable, Iterable
 from pathlib import Path, PurePosixPath
 
 log = logging.getLogger("aminet_edge.files")
+TEMP_NAME = re.compile(r"\..+\.[0-9a-f]{8}\.tmp")  # write_temp's file names (left behind only by a crash)
 
 
 def _fsync(path: Path, directory: bool = False) -> None:
@@ -41,10 +44,14 @@ def write_temp(path: str | Path, produce: Callable[[Path], object]) -> Path:
     again when `produce` raises. The caller installs it (`install`) or deletes it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-    os.close(os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))  # the umask applies, as to any new file
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")  # TEMP_NAME
+    fd = os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666)  # the umask applies, as to any new file
+    mode = stat.S_IMODE(os.fstat(fd).st_mode)
+    os.close(fd)
     try:
         produce(tmp)
+        if stat.S_IMODE(os.stat(tmp).st_mode) != mode:  # a writer that replaced the file (safetensors: 0600)
+            os.chmod(tmp, mode)
         _fsync(tmp)
     except BaseException:
         tmp.unlink(missing_ok=True)
@@ -111,7 +118,7 @@ def remove_owned(root: str | Path, rels: Iterable[str], reason: str) -> list[Pat
             continue
         path.unlink()
         removed.append(path)
-        log.warning("removed %s: %s", path, reason)
+        log.info("removed %s: %s", path, reason)
     if removed:
         _fsync(root, directory=True)
     return removed

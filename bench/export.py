@@ -27,7 +27,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import append_result  # noqa: E402
 
-from aminet_edge.bundle import BundleConfig, read_config  # noqa: E402
+from aminet_edge.bundle import BundleConfig, read_config, weights_file  # noqa: E402
 from aminet_edge.config import PRESETS, ScoreConfig  # noqa: E402
 from aminet_edge.export import onnx_name, trt_compat  # noqa: E402
 from aminet_edge.export.engine import build_engine  # noqa: E402
@@ -106,11 +106,11 @@ def auroc_rows(trained: Path, data: Path, work: Path) -> list[str]:
     from aminet_edge.evaluation.metrics import auroc
     from aminet_edge.data.batches import load_batches
 
-    if not (trained / "weights.safetensors").is_file() or not (data / "test").is_dir():
+    if not (trained / "config.json").is_file() or not (data / "test").is_dir():
         return [f"| fp16 / int8 vs fp32 AUROC | unmeasured: no trained bundle at {trained} or no data at {data} | - |"]
     copy = work / "trained"
     copy.mkdir()
-    for name in ("config.json", "weights.safetensors"):
+    for name in ("config.json", weights_file(trained, read_config(trained)).name):
         shutil.copy(trained / name, copy / name)
     config = read_config(copy)
     size = config.model.image_size
@@ -140,7 +140,7 @@ def auroc_rows(trained: Path, data: Path, work: Path) -> list[str]:
 def default_bundle() -> Path:
     """A trained bottle bundle: runs/bottle-cpu, else the accuracy benchmark's."""
     for path in (ROOT / "runs" / "bottle-cpu", ROOT / "runs" / "bench-accuracy" / "mvtec_bottle"):
-        if (path / "weights.safetensors").is_file():
+        if (path / "config.json").is_file():
             return path
     return ROOT / "runs" / "bottle-cpu"
 

@@ -3,7 +3,7 @@
 Usage: python bench/openvino_accuracy.py BUNDLE DATA [BUNDLE DATA ...] [--batch 8]
 e.g.   python bench/openvino_accuracy.py /work/runs/bottle_cpu ../shared/data/mvtec_bottle
 
-Each trained BUNDLE is copied (config.json, weights.safetensors) into a temporary folder and exported there
+Each trained BUNDLE is copied (config.json and its weights) into a temporary folder and exported there
 with `--precision int8 --calibration-data DATA` (fp32 graphs, onnxruntime's int8 copies, and OpenVINO's
 int8 graph calibrated on DATA's normal training images, never its test images); the run itself is
 untouched. Every variant predicts the DATA set's test split through `Detector.predict_batch` (maps at each
@@ -40,13 +40,15 @@ BF16_VARIANTS = (("openvino bf16", "openvino", {"precision": "bf16"}),
 
 
 def exported_copy(bundle: Path, work: Path, data: Path) -> Path:
-    """config.json and weights.safetensors of `bundle` in `work`, exported to fp32 + int8 ONNX (OpenVINO's
+    """config.json and the weights of `bundle` in `work`, exported to fp32 + int8 ONNX (OpenVINO's
     int8 graph calibrated on `data`'s training images)."""
     from aminet_edge.export.onnx_export import export_onnx
 
     copy = work / bundle.name
     copy.mkdir()
-    for name in ("config.json", "weights.safetensors"):
+    from aminet_edge.bundle import read_config, weights_file
+
+    for name in ("config.json", weights_file(bundle, read_config(bundle)).name):
         shutil.copy(bundle / name, copy / name)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # tracer warnings
@@ -59,7 +61,7 @@ def rows_for(bundle: Path, data: Path, work: Path, batch: int) -> list[str]:
     from aminet_edge.data.images import read_mask
     from aminet_edge.evaluation.metrics import auroc
 
-    if not (bundle / "weights.safetensors").is_file() or not (data / "test").is_dir():
+    if not (bundle / "config.json").is_file() or not (data / "test").is_dir():
         return [f"| {bundle.name} | unmeasured: no trained bundle at {bundle} or no test split in {data} |"
                 + " - |" * 5]
     copy = exported_copy(bundle, work, data)

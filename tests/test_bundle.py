@@ -80,6 +80,21 @@ def both_sizes(d: dict, size: int) -> None:  # type: ignore[type-arg]
     (lambda d: d["preprocess"].update(std=[1, NAN, 1]), "'preprocess.std\\[1\\]' must be finite"),
     (lambda d: d["preprocess"].update(mean=[NAN, 0.5, 0.5]), "'preprocess.mean\\[0\\]' must be finite"),
     (lambda d: d["preprocess"].update(mean=[0.5, 0.5]), "'preprocess.mean' must be 3 numbers"),
+    (lambda d: d["preprocess"].update(mean=[0.5, 10, 0.5]), "'preprocess.mean\\[1\\]' must be <= 1 .*got 10"),
+    (lambda d: d["preprocess"].update(mean=[-0.1, 0.5, 0.5]), "'preprocess.mean\\[0\\]' must be >= 0"),
+    (lambda d: d["preprocess"].update(std=[0.2, 0.2, 255]), "'preprocess.std\\[2\\]' must be <= 1"),
+    (lambda d: d["preprocess"].update(mean=[0.5, "0.5", 0.5]), "'preprocess.mean\\[1\\]' must be a number"),
+    (lambda d: d["score"].update(sigma=1000.0), "'score.sigma' must be <= 64"),
+    (lambda d: d["model"].update(jitter_scale=-1.0), "'model.jitter_scale' must be >= 0"),
+    (lambda d: d["model"].update(embed_dim=0), "'model.embed_dim' must be >= 1"),
+    # a record says what its file computes: a config edited since is refused (records before a field was
+    # recorded computed its default: sigma 4, lambda 0.5)
+    (lambda d: d.update(artifacts={"onnx": {"model": GRAPH}}),
+     "'artifacts.onnx.model.sigma' the file computes score.sigma = 4.0 but config.json says 2.0"),
+    (lambda d: d.update(artifacts={"onnx": {"model": dict(GRAPH, sigma=2.0, mask_lambda=0.25)}}),
+     "'artifacts.onnx.model.mask_lambda' the file computes model.mask_lambda = 0.25 but config.json says 0.5"),
+    (lambda d: d.update(artifacts={"engines": [dict(ENGINE, sigma=2.0, image_score="max")]}),
+     "'artifacts.engines\\[0\\].image_score' the file computes score.image_score = 'max'"),
     (lambda d: d["calibration"].update(image_threshold="1.5"), "'calibration.image_threshold' must be a number"),
     (lambda d: d["calibration"].update(pixel_threshold=0), "'calibration.pixel_threshold' must be > 0"),
     (lambda d: d["calibration"].update(f1_image_threshold=NAN), "'calibration.f1_image_threshold' must be finite"),
@@ -118,7 +133,8 @@ def test_bad_bundles_are_named(tmp_path: Path, change, message: str) -> None:  #
 
 def test_valid_records_and_negative_lambda_are_accepted(tmp_path: Path) -> None:
     """The checks refuse only what is wrong: complete records load, lambda may be 0 or negative."""
-    edit(tmp_path, lambda d: (d.update(artifacts={"onnx": {"model": GRAPH}, "engines": [ENGINE]}),
+    edit(tmp_path, lambda d: (d.update(artifacts={"onnx": {"model": dict(GRAPH, sigma=2.0, mask_lambda=-0.25)},
+                                                  "engines": [dict(ENGINE, sigma=2.0, mask_lambda=-0.25)]}),
                               d["model"].update(mask_lambda=-0.25)))
     config = read_config(tmp_path)
     assert config.artifacts["engines"][0]["sha256"] == ENGINE["sha256"] and config.model.mask_lambda == -0.25

@@ -13,6 +13,7 @@ import logging
 import os
 import pickle
 import shutil
+import stat
 import subprocess
 import sys
 import tempfile
@@ -49,6 +50,11 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     return make_synthetic_dataset(tmp_path_factory.mktemp("syn"), n_train=10, n_test_good=1, n_test_defect=1,
                                   size=64)
+
+
+def weights_of(bundle: Path) -> Path:
+    """The bundle's weights file, as config.json records it."""
+    return bundle / read_config(bundle).artifacts["weights"]["path"]
 
 
 def quick_train(data: Path, out: Path, seed: int = 0, **kw) -> Path:  # type: ignore[no-untyped-def]
@@ -133,7 +139,7 @@ def test_graph_input_size_must_match_the_config(copy: Path) -> None:
 
 # ---- defect 7: bundle problems are BundleError, one CLI line ------------------------------------------------
 def test_truncated_and_unreadable_weights_are_bundle_errors(copy: Path) -> None:
-    weights = copy / "weights.safetensors"
+    weights = weights_of(copy)
     weights.write_bytes(weights.read_bytes()[:1000])
     with pytest.raises(BundleError, match="weights file is 1000 bytes, .* recorded"):
         Detector.load(copy, backend="torch")
@@ -196,7 +202,7 @@ def test_swapped_and_nan_weights_are_detected(copy: Path, tmp_path: Path) -> Non
 
     from aminet_edge.model.pipeline import load_pipeline
 
-    weights = copy / "weights.safetensors"
+    weights = weights_of(copy)
     tensors = load_file(str(weights))
     name = next(k for k in tensors if k.startswith("aminet.") and tensors[k].is_floating_point())
     tensors[name] = tensors[name] + 1.0
@@ -210,19 +216,21 @@ def test_swapped_and_nan_weights_are_detected(copy: Path, tmp_path: Path) -> Non
     write_config(copy, config)
     with pytest.raises(BundleError, match=f"weights {name} hold NaN or infinite values"):
         load_pipeline(copy)
-    from aminet_edge.model.pipeline import build_modules, save_pipeline_weights
+    from aminet_edge.model.pipeline import build_modules, save_bundle
 
     extractor, aminet = build_modules(config)
     with torch.no_grad():
         next(aminet.parameters()).fill_(float("inf"))
     with pytest.raises(ValueError, match="NaN or infinite"):
-        save_pipeline_weights(tmp_path / "new", extractor, aminet)
+        save_bundle(tmp_path / "new", config, extractor, aminet)
+    assert not (tmp_path / "new").exists()
 
 
 # ---- 11: the real reason a file cannot be read ----------------------------------------------------------------
 def test_symlink_loop_is_reported_as_a_loop(copy: Path) -> None:
-    (copy / "weights.safetensors").unlink()
-    os.symlink("weights.safetensors", copy / "weights.safetensors")
+    weights = weights_of(copy)
+    weights.unlink()
+    os.symlink(weights.name, weights)
     with pytest.raises(BundleError, match="symbolic link loop"):
         Detector.load(copy, backend="torch")
 
@@ -247,12 +255,13 @@ def test_unreadable_weights_report_permission_not_missing(copy: Path) -> None:
         bundle = Path(shutil.copytree(copy, base / "b"))
         os.chmod(bundle, 0o755)
         os.chmod(bundle / "config.json", 0o644)
-        os.chmod(bundle / "weights.safetensors", 0o600 if os.getuid() == 0 else 0o000)
+        weights = weights_of(bundle)
+        os.chmod(weights, 0o600 if os.getuid() == 0 else 0o000)
         env = dict(os.environ, PYTHONPATH=str(ROOT))
         proc = subprocess.run([sys.executable, "-c", UNREADABLE, str(bundle)], capture_output=True, text=True,
                               env=env, timeout=120)
         assert proc.returncode == 0, proc.stderr[-2000:]
-        assert "weights.safetensors: permission denied" in proc.stdout and "No such file" not in proc.stdout
+        assert f"{weights.name}: permission denied" in proc.stdout and "No such file" not in proc.stdout
     finally:
         shutil.rmtree(base)
 
@@ -263,7 +272,7 @@ def test_info_verify_checks_every_file(copy: Path) -> None:
     res = CliRunner().invoke(main, ["info", str(copy), "--verify"])
     assert res.exit_code == 0, res.output
     section = res.output[res.output.index("verify:"):]
-    for name in ("weights.safetensors", "model.onnx", "model_a.onnx", "model_b.onnx",
+    for name in (weights_of(copy).name, "model.onnx", "model_a.onnx", "model_b.onnx",
                  "engines/tensorrt_rtx-rtx-fp16.engine"):
         assert f"  {name}: ok" in section
     data = bytearray((copy / "model_b.onnx").read_bytes())
@@ -275,9 +284,48 @@ def test_info_verify_checks_every_file(copy: Path) -> None:
     assert res.output.strip().splitlines()[-1] == "Error: 1 of 5 bundle file(s) failed verification: model_b.onnx"
 
 
+def test_info_verify_reports_every_link_out_and_directory(copy: Path, tmp_path: Path) -> None:
+    """Every file is reported, not just the first bad one: two graphs linked out of the bundle, one
+    replaced by a directory (said so, not "not found" or "truncated")."""
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    for name in ("model.onnx", "model_a.onnx"):
+        (copy / name).rename(outside / name)
+        os.symlink(outside / name, copy / name)
+    (copy / "model_b.onnx").unlink()
+    (copy / "model_b.onnx").mkdir()
+    res = CliRunner().invoke(main, ["info", str(copy), "--verify"])
+    assert res.exit_code == 1 and "Traceback" not in res.output, res.output
+    section = res.output[res.output.index("verify:"):]
+    assert section.count("outside the bundle") == 2 and "model_b.onnx: graph is a directory, not a file" in section
+    assert res.output.strip().splitlines()[-1].endswith("failed verification: model.onnx, model_a.onnx, model_b.onnx")
+    with pytest.raises(BundleError, match="model_b.onnx is a directory, not a file"):
+        bundle_mod.graph_file(copy, read_config(copy), "model_b", verify=False)
+
+
+def test_config_json_linked_out_of_the_bundle_is_refused(copy: Path, tmp_path: Path) -> None:
+    (copy / "config.json").rename(tmp_path / "elsewhere.json")
+    os.symlink(tmp_path / "elsewhere.json", copy / "config.json")
+    with pytest.raises(BundleError, match="config.json resolves to .*elsewhere.json, outside the bundle"):
+        read_config(copy)
+
+
+def test_weights_are_written_with_the_umask_mode(copy: Path, tmp_path: Path) -> None:
+    from aminet_edge.model.pipeline import load_pipeline, save_bundle
+
+    pipeline, config = load_pipeline(copy)
+    old = os.umask(0o022)
+    try:
+        save_bundle(tmp_path / "new", config, pipeline.extractor, pipeline.aminet)
+    finally:
+        os.umask(old)
+    for path in (weights_of(tmp_path / "new"), tmp_path / "new" / "config.json"):
+        assert stat.S_IMODE(os.stat(path).st_mode) == 0o644, path
+
+
 @pytest.mark.parametrize("backend, files", [("onnxruntime-split", ["model_a.onnx", "model_b.onnx"]),
                                             ("onnxruntime", ["model.onnx"]),
-                                            ("torch", ["weights.safetensors"])])
+                                            ("torch", ["weights"])])
 def test_load_hashes_each_file_it_uses_once(copy: Path, monkeypatch: pytest.MonkeyPatch, backend: str,
                                            files: list[str]) -> None:
     from aminet_edge.runtime.backends import backend_status
@@ -294,7 +342,7 @@ def test_load_hashes_each_file_it_uses_once(copy: Path, monkeypatch: pytest.Monk
 
     monkeypatch.setattr(bundle_mod, "sha256_file", counting)
     Detector.load(copy, backend=backend)
-    assert sorted(hashed) == files
+    assert sorted(hashed) == [weights_of(copy).name if f == "weights" else f for f in files]
     Detector.load(copy)  # auto: measures (each candidate checks its own files) unless the copy's cache holds it
     hashed.clear()
     Detector.load(copy)  # auto, measured: the availability checks hash nothing; the chosen backend's files once
@@ -305,6 +353,7 @@ def test_load_hashes_each_file_it_uses_once(copy: Path, monkeypatch: pytest.Monk
 def make_legacy(bundle: Path) -> None:
     """Rewrite config.json as aminet-edge wrote it before schema 2: no sha256, no weights record."""
     data = json.loads((bundle / "config.json").read_text())
+    weights_of(bundle).rename(bundle / "weights.safetensors")  # schema 1's fixed name
     data["schema_version"] = 1
     data["artifacts"] = {"onnx": {k: {"path": v["path"], "precision": v["precision"], "opset": v["opset"],
                                       "input_size": v["input_size"]} for k, v in data["artifacts"]["onnx"].items()}}

@@ -67,7 +67,7 @@ def test_wide_resnet_without_weights_says_how(tmp_path: Path, monkeypatch) -> No
     import torch
 
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
-    data = make_synthetic_dataset(tmp_path / "d", n_train=2, n_test_good=0, n_test_defect=0, size=32)
+    data = make_synthetic_dataset(tmp_path / "d", n_train=3, n_test_good=0, n_test_defect=0, size=32)
     res = CliRunner().invoke(main, ["train", str(data), "--out", str(tmp_path / "o"), "--epochs", "1"])
     assert res.exit_code == 1 and "--weights PATH" in res.output
     assert not (tmp_path / "o").exists()  # a run that could not start leaves no bundle folder behind

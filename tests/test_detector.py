@@ -508,7 +508,7 @@ def fake_engine(bundle: Path, graph: str = "model", precision: str = "fp16", bac
                 target: str = "rtx", content: bytes = b"engine bytes", builder_version: str | None = None) -> dict:  # type: ignore[type-arg]
     """Write a stand-in engine file into the bundle and return its record as build_engine writes it
     (builder_version: the installed flavour's, so the version check passes, unless given)."""
-    from aminet_edge.bundle import engine_name, make_record, score_record
+    from aminet_edge.bundle import engine_name, graph_computes, make_record
     from aminet_edge.export import trt_compat
 
     if builder_version is None:
@@ -520,7 +520,7 @@ def fake_engine(bundle: Path, graph: str = "model", precision: str = "fp16", bac
     config = read_config(bundle)
     return make_record(bundle, path, backend=backend, builder=backend, builder_version=builder_version,
                        target=target, precision=precision, graph=graph, compute_capabilities=[86, 89],
-                       input_size=config.model.image_size, mask=config.model.mask, **score_record(config.score),
+                       input_size=config.model.image_size, **graph_computes(config),
                        weights_sha256=config.artifacts["weights"]["sha256"])
 
 
@@ -604,6 +604,34 @@ def test_predict_command(bundle: Path, tmp_path: Path) -> None:
     assert good.exit_code == 0, good.output
     assert json.loads((out / "results.jsonl").read_text())["sensitivity"] == 1.0
     assert not list((out / "overlays").glob("*.png"))  # the replaced run's overlays went with it
+
+
+def test_predict_skips_hidden_files_and_never_deletes_through_a_link(bundle: Path, tmp_path: Path) -> None:
+    """Hidden files and folders of an IMAGES folder are not read; --overwrite deletes the earlier run's
+    overlays only where it wrote them, never through an OUT/overlays that has become a symbolic link."""
+    import os
+
+    from click.testing import CliRunner
+    from PIL import Image
+
+    from aminet_edge.runtime.commands import predict_cmd
+
+    folder = tmp_path / "images"
+    (folder / ".thumbs").mkdir(parents=True)
+    for name in ("part.png", ".part.png", ".thumbs/part.png"):
+        Image.fromarray(generated_images()[0]).save(folder / name)
+    out = tmp_path / "out"
+    args = [str(bundle), str(folder), "--out", str(out), "--backend", "onnxruntime", "--quiet", "--recursive"]
+    res = CliRunner().invoke(predict_cmd, args)
+    assert res.exit_code == 0, res.output
+    lines = [json.loads(x) for x in (out / "results.jsonl").read_text().splitlines()]
+    assert [Path(x["source"]).name for x in lines] == ["part.png"] and lines[0]["overlay"].endswith("overlays/part.png")
+    victim = tmp_path / "victim"
+    (out / "overlays").rename(victim)  # the user's own folder, now linked where the overlays were
+    os.symlink(victim, out / "overlays")
+    res = CliRunner().invoke(predict_cmd, args + ["--overwrite", "--no-overlays"])
+    assert res.exit_code == 0, res.output
+    assert (victim / "part.png").is_file()
 
 
 def test_predict_overlays_never_overwrite(bundle: Path, tmp_path: Path) -> None:

@@ -58,6 +58,14 @@ def test_bad_files(det: Detector, files: dict[str, Path], name: str, problem: st
     assert isinstance(info.value, ValueError)
 
 
+def test_empty_path_is_named(det: Detector, files: dict[str, Path]) -> None:
+    """An empty path is not the working directory: the error says so, naming the input."""
+    with pytest.raises(InputError, match=r"^input \(path ''\): empty path: name an image file$"):
+        det.predict("")
+    first = det.predict_batch(["", str(files["good"])])
+    assert not first[0].ok and "input[0] (path '')" in str(first[0].error) and first[1].ok
+
+
 RGB = generated_images()[0]
 
 

@@ -15,6 +15,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
+from aminet_edge.bundle import read_config
 from aminet_edge.cli import main
 from aminet_edge.config import LossConfig, ModelConfig, TrainConfig
 from aminet_edge.data.batches import load_batches
@@ -69,6 +70,9 @@ def test_resolve_device(monkeypatch: pytest.MonkeyPatch) -> None:
     ("fp16", "cpu", None, "fp16 training needs a CUDA GPU"),
     ("auto", "cuda", (9, 0), "bf16"),  # H100 / H200
     ("auto", "cuda", (8, 7), "bf16"),  # Jetson Orin
+    ("auto", "cuda", (8, 0), "bf16"),  # A100: exactly the bound
+    ("bf16", "cuda", (8, 0), "bf16"),
+    ("auto", "cuda", (7, 9), "fp16"),  # just below it
     ("auto", "cuda", (7, 5), "fp16"),  # Turing
     ("bf16", "cuda", (7, 5), "sm75: bf16 needs sm80"),
     ("fp16", "cuda", (9, 0), "fp16"),
@@ -243,7 +247,7 @@ def test_cpu_training_equals_the_plain_loop(data: Path, tmp_path: Path, caplog: 
         bundle = train(data, tmp_path / "run", model=SMALL, train_cfg=CFG, pretrained=False, progress=False,
                        device=device)
     assert "training on cpu, precision fp32" in caplog.text
-    got = load_file(str(bundle / "weights.safetensors"))
+    got = load_file(str(bundle / read_config(bundle).artifacts["weights"]["path"]))
     for key, want in plain_loop(data, CFG).items():
         assert torch.equal(got[f"aminet.{key}"], want), key
 

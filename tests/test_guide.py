@@ -126,7 +126,7 @@ def test_training_builds_the_guide_into_the_bundle(guided: Path, data: Path) -> 
     assert config.model.mask == "nearest_normal"
     summary = config.train["guide"]
     assert summary["bank_tokens"] == 100 and summary["training_tokens"] == 9 * 16  # 9 fit images x 16 tokens
-    tensors = load_file(str(guided / "weights.safetensors"))
+    tensors = load_file(str(guided / read_config(guided).artifacts["weights"]["path"]))
     assert tensors["guide.bank"].shape == (100, 176) and tensors["guide.threshold"].shape == ()
     pipeline, _ = load_pipeline(guided)
     x = torch.randn(3, 3, 64, 64, generator=torch.Generator().manual_seed(4))
@@ -144,7 +144,7 @@ def test_guide_needs_held_out_images(data: Path, tmp_path: Path) -> None:
 
         train(data, tmp_path / "run", model=GUIDED, train_cfg=TrainConfig(epochs=1, holdout_fraction=0.0),
               pretrained=False, progress=False)
-    assert not (tmp_path / "run" / "weights.safetensors").exists()
+    assert not (tmp_path / "run").exists()
 
 
 def test_set_mask_switches_both_ways(data: Path, tmp_path: Path) -> None:
@@ -161,10 +161,10 @@ def test_set_mask_switches_both_ways(data: Path, tmp_path: Path) -> None:
     assert after.train["guide"]["bank_tokens"] == 40 and not (bundle / "model.onnx").exists()
     assert "onnx" not in after.artifacts
     assert after.calibration.image_threshold != before.calibration.image_threshold  # re-calibrated
-    before_w, after_w = load_file(str(bundle / "weights.safetensors")), None
+    before_w, after_w = load_file(str(bundle / read_config(bundle).artifacts["weights"]["path"])), None
     set_mask(bundle, [data], "adaptive", device="cpu")
     back = read_config(bundle)
-    after_w = load_file(str(bundle / "weights.safetensors"))
+    after_w = load_file(str(bundle / read_config(bundle).artifacts["weights"]["path"]))
     assert back.model.mask == "adaptive" and "guide" not in back.train and "guide.bank" not in after_w
     assert back.calibration.image_threshold == pytest.approx(before.calibration.image_threshold, rel=1e-6)
     assert all(torch.equal(after_w[k], v) for k, v in before_w.items() if not k.startswith("guide."))
@@ -177,10 +177,63 @@ def test_set_mask_refuses_other_data(data: Path, tmp_path: Path) -> None:
         set_mask(bundle, [other], "nearest_normal", device="cpu")
 
 
-def rewrite_weights(bundle: Path, tensors: dict[str, torch.Tensor]) -> None:
-    save_file(tensors, str(bundle / "weights.safetensors"))
+def test_set_mask_rebuilds_the_guide_for_new_settings(guided: Path, data: Path, tmp_path: Path) -> None:
+    """set-mask on a guided bundle with another quantile and bank size rebuilds the bank (of the new size)
+    and its threshold (the new quantile of the held-out tokens' distances to the new bank, recomputed
+    here by brute force), and re-calibrates the image threshold on them."""
+    import shutil
+
+    from aminet_edge.data.batches import load_batches
+    from aminet_edge.train.trainer import recorded_split
+
+    bundle = Path(shutil.copytree(guided, tmp_path / "b"))
+    before = read_config(bundle)
+    old = load_file(str(bundle / before.artifacts["weights"]["path"]))
+    set_mask(bundle, [data], "nearest_normal", quantile=0.5, bank_size=30, device="cpu")
     config = read_config(bundle)
-    config.artifacts["weights"] = make_record(bundle, bundle / "weights.safetensors")
+    new = load_file(str(bundle / config.artifacts["weights"]["path"]))
+    assert old["guide.bank"].shape[0] == 100 and new["guide.bank"].shape == (30, 176)
+    assert (config.model.guide_quantile, config.model.guide_bank_size) == (0.5, 30)
+    assert config.train["guide"]["bank_tokens"] == 30 and config.train["guide"]["quantile"] == 0.5
+    pipeline, _ = load_pipeline(bundle)
+    held = recorded_split(bundle, config.train, [data])[1]
+    with torch.no_grad():
+        tokens = torch.cat([token_features(pipeline.extractor(b), 4).reshape(-1, 176)
+                            for b in load_batches([s.path for s in held], 64, config.mean, config.std, 8)])
+    dist = brute_nearest(tokens.numpy(), new["guide.bank"].float().numpy())
+    assert float(new["guide.threshold"]) == pytest.approx(np.quantile(dist, 0.5), rel=1e-4)
+    assert float(new["guide.threshold"]) != pytest.approx(float(old["guide.threshold"]), rel=1e-3)
+    assert config.calibration.image_threshold != before.calibration.image_threshold  # type: ignore[union-attr]
+
+
+def test_set_mask_identifies_the_split_by_content(data: Path, tmp_path: Path) -> None:
+    """Other data of the same image count and names is refused, naming the image whose content differs;
+    a bundle trained before the split's checksums were recorded is refused with the reason."""
+    import shutil
+
+    bundle = run(data, tmp_path / "run", epochs=1)
+    split = read_config(bundle).train["split"]
+    assert len(split["fit"]) == 9 and len(split["held_out"]) == 3
+    held, fit = split["held_out"][1][0], split["fit"][0][0]
+    other = Path(shutil.copytree(data, tmp_path / "other"))
+    shutil.copy(other / fit, other / held)  # one held-out image swapped for another normal image
+    before = (bundle / "config.json").read_bytes()
+    with pytest.raises(ValueError, match=rf"not the data .* 1 image\(s\) differ .*: {held} \(held_out; trained on "
+                                         rf"{held}\)"):
+        set_mask(bundle, [other], "nearest_normal", device="cpu")
+    assert (bundle / "config.json").read_bytes() == before
+    raw = json.loads(before)
+    del raw["train"]["split"]
+    (bundle / "config.json").write_text(json.dumps(raw))
+    with pytest.raises(ValueError, match="records no checksums of its training images .* retrain it"):
+        set_mask(bundle, [data], "nearest_normal", device="cpu")
+
+
+def rewrite_weights(bundle: Path, tensors: dict[str, torch.Tensor]) -> None:
+    config = read_config(bundle)
+    path = bundle / config.artifacts["weights"]["path"]
+    save_file(tensors, str(path))
+    config.artifacts["weights"] = make_record(bundle, path)
     write_config(bundle, config)
 
 
@@ -188,7 +241,7 @@ def test_bundle_refuses_a_guide_that_does_not_match(guided: Path, tmp_path: Path
     import shutil
 
     bundle = Path(shutil.copytree(guided, tmp_path / "b"))
-    tensors = load_file(str(bundle / "weights.safetensors"))
+    tensors = load_file(str(bundle / read_config(bundle).artifacts["weights"]["path"]))
     rewrite_weights(bundle, {k: v for k, v in tensors.items() if k != "guide.bank"})
     with pytest.raises(BundleError, match="expected bank and threshold"):
         load_pipeline(bundle)
@@ -207,6 +260,23 @@ def test_bundle_refuses_a_guide_that_does_not_match(guided: Path, tmp_path: Path
         read_config(bundle)
 
 
+def test_guide_settings_must_describe_the_stored_guide(guided: Path, tmp_path: Path) -> None:
+    """model.guide_quantile / guide_bank_size edited in config.json no longer describe the guide the weights
+    hold (its threshold is that quantile, its bank that size): refused at read, naming the field."""
+    raw = json.loads((guided / "config.json").read_text())
+    bundle = tmp_path / "b"
+    bundle.mkdir()
+    for key, value, message in (("guide_quantile", 0.5, "'model.guide_quantile' is 0.5 but the stored guide's "
+                                                        "threshold is the held-out quantile 0.95"),
+                                ("guide_bank_size", 50, "'model.guide_bank_size' is 50 but the stored guide's bank "
+                                                        "holds 100 of 144 training tokens")):
+        (bundle / "config.json").write_text(json.dumps({**raw, "model": {**raw["model"], key: value}}))
+        with pytest.raises(BundleError, match=message):
+            read_config(bundle)
+    (bundle / "config.json").write_text(json.dumps(raw))
+    assert read_config(bundle).model.guide_bank_size == 100  # as trained: accepted
+
+
 def test_graph_records_name_their_mask(guided: Path, tmp_path: Path) -> None:
     """A graph computes the mask it was exported with: config.json edited to the other mask is refused,
     and a record from before the guide (no "mask") counts as the adaptive mask's."""
@@ -220,12 +290,12 @@ def test_graph_records_name_their_mask(guided: Path, tmp_path: Path) -> None:
     assert raw["artifacts"]["onnx"]["model"]["mask"] == "nearest_normal"
     raw["model"]["mask"] = "adaptive"
     (bundle / "config.json").write_text(json.dumps(raw))
-    with pytest.raises(BundleError, match="artifacts.onnx.model.mask.*computes the 'nearest_normal' mask"):
+    with pytest.raises(BundleError, match="artifacts.onnx.model.mask.*computes model.mask = 'nearest_normal'"):
         read_config(bundle)
     del raw["artifacts"]["onnx"]["model"]["mask"]
     (bundle / "config.json").write_text(json.dumps(raw))
     assert read_config(bundle).model.mask == "adaptive"  # an old adaptive-mask record loads
     raw["model"]["mask"] = "nearest_normal"
     (bundle / "config.json").write_text(json.dumps(raw))
-    with pytest.raises(BundleError, match="computes the 'adaptive' mask"):
+    with pytest.raises(BundleError, match="computes model.mask = 'adaptive'"):
         read_config(bundle)

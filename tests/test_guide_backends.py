@@ -290,7 +290,7 @@ def test_info_shows_the_mask(bundle: Path, tmp_path_factory: pytest.TempPathFact
 
     from aminet_edge.cli import main
 
-    weights = load_file(str(bundle / "weights.safetensors"))
+    weights = load_file(str(bundle / read_config(bundle).artifacts["weights"]["path"]))
     rows, channels = weights["guide.bank"].shape
     threshold = float(weights["guide.threshold"])
     res = CliRunner().invoke(main, ["info", str(bundle)])

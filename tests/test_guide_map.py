@@ -147,7 +147,7 @@ def test_graph_records_name_their_score_map(mapped: Path, tmp_path: Path) -> Non
         assert (rec["score_map"], rec["guide_weight"]) == (GUIDE_MAP, weight)
     raw["score"]["guide_weight"] = 2 * weight
     (bundle / "config.json").write_text(json.dumps(raw))
-    with pytest.raises(BundleError, match="score_map.*made for another configuration"):
+    with pytest.raises(BundleError, match="guide_weight.*made for another configuration"):
         read_config(bundle)
     raw["score"] = {**raw["score"], "map": "reconstruction", "guide_weight": 0.0}
     for rec in raw["artifacts"]["onnx"].values():
@@ -161,12 +161,12 @@ def test_set_mask_adds_the_map_keeping_the_guide(guided: Path, data: Path, tmp_p
     and calibrates the weight as training does; switching to the adaptive mask resets the map; the guide
     map with the adaptive mask is refused."""
     bundle = Path(shutil.copytree(guided, tmp_path / "b"))
-    before = load_file(str(bundle / "weights.safetensors"))
+    before = load_file(str(bundle / read_config(bundle).artifacts["weights"]["path"]))
     out = CliRunner().invoke(main, ["set-mask", str(bundle), str(data), "--mask", "nearest-normal", "--score-map",
                                     GUIDE_MAP, "--device", "cpu", "--quiet"])
     assert out.exit_code == 0, out.output
     assert f"score map {GUIDE_MAP}" in out.output
-    after = load_file(str(bundle / "weights.safetensors"))
+    after = load_file(str(bundle / read_config(bundle).artifacts["weights"]["path"]))
     assert all(torch.equal(after[k], v) for k, v in before.items())
     config = read_config(bundle)
     held = recorded_split(bundle, config.train, [data])[1]

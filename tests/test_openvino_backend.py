@@ -151,6 +151,32 @@ def test_bf16_without_native_bf16_is_refused(bundle: Path) -> None:
         assert det.precision == "fp32" and "fp32" in det.backend_description
 
 
+@pytest.mark.parametrize("capabilities", [["FP32", "INT8", "BIN", "EXPORT_IMPORT"],
+                                          ["FP32", "BF16", "FP16", "INT8", "BIN", "EXPORT_IMPORT"]])
+def test_default_precision_and_cache_from_the_capability_list(bundle: Path, tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch,
+                                                               capabilities: list[str]) -> None:
+    """Whatever the CPU (its capability list given, so that both kinds run on any CPU): the default is fp32,
+    compiled with an f32 inference hint and cached in the bundle; bf16 is refused without "BF16"."""
+    from aminet_edge.runtime.backends import openvino_backend
+
+    _skip_unavailable(bundle, "openvino")
+    assert openvino_backend.resolve_precision(None, capabilities) == "fp32"
+    assert openvino_backend.resolve_precision("int8", capabilities) == "int8"
+    if "BF16" in capabilities:
+        assert openvino_backend.resolve_precision("bf16", capabilities) == "bf16"
+    else:
+        with pytest.raises(BackendUnavailableError, match="no native bf16"):
+            openvino_backend.resolve_precision("bf16", capabilities)
+    monkeypatch.setattr(openvino_backend, "cpu_capabilities", lambda core=None: list(capabilities))
+    copy = Path(shutil.copytree(bundle, tmp_path / "b", ignore=shutil.ignore_patterns("cache")))
+    with Detector.load(copy, backend="openvino") as det:
+        assert det.precision == "fp32" and f"cache {copy / CACHE_DIR}" in det.backend_description
+        (compiled,) = det._backend.compiled  # type: ignore[attr-defined]
+        assert compiled.get_property("INFERENCE_PRECISION_HINT") == ov.Type.f32
+    assert sorted((copy / CACHE_DIR).glob("*.blob")), "no compiled model was cached"
+
+
 def test_precision_marks_cover_mask_and_score_map_only(bundle: Path) -> None:
     model = ov.Core().read_model(str(bundle / "model.onnx"))
     names = keep_fp32(model)

@@ -36,7 +36,7 @@ def run(data: Path | list[Path], out: Path, epochs: int = 2, **kw) -> Path:  # t
 
 
 def weights(bundle: Path) -> dict[str, np.ndarray]:
-    return load_file(str(bundle / "weights.safetensors"))
+    return load_file(str(bundle / read_config(bundle).artifacts["weights"]["path"]))
 
 
 def test_bundle_is_complete_and_reloads(data: Path, tmp_path: Path) -> None:
@@ -59,6 +59,15 @@ def test_bundle_is_complete_and_reloads(data: Path, tmp_path: Path) -> None:
     assert 0.0 <= metrics["image_auroc"] <= 1.0 and "pixel_auroc" in metrics and "aupro" in metrics
     assert read_config(bundle).calibration.f1_image_threshold == metrics["f1_thresholds"]["image"]
     assert len(list((tmp_path / "h").glob("*.png"))) == metrics["images"] == 9
+    # the stored F1 threshold, applied as the runtime does (float32 score > threshold), gives the F1 it reports
+    from sklearn.metrics import f1_score
+
+    from aminet_edge.data.datasets import load_dataset
+
+    test = load_dataset(data).test
+    scores, _ = pipeline.score_paths([s.path for s in test], config.mean, config.std)
+    threshold = np.float32(read_config(bundle).calibration.f1_image_threshold)
+    assert f1_score([s.label for s in test], scores > threshold) == pytest.approx(metrics["image_f1_max"], abs=1e-12)
     assert_evaluate_handles_masks(bundle, data, metrics, tmp_path)
 
 

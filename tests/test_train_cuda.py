@@ -55,7 +55,7 @@ def run(data: Path, out: Path, epochs: int = 3, model: ModelConfig = SMALL,  # t
 
 
 def weights(bundle: Path) -> dict[str, torch.Tensor]:
-    return load_file(str(bundle / "weights.safetensors"))
+    return load_file(str(bundle / read_config(bundle).artifacts["weights"]["path"]))
 
 
 def assert_same_weights(a: Path, b: Path) -> None:

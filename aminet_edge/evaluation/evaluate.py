@@ -13,6 +13,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from aminet_edge.bundle import BundleConfig, write_config
+from aminet_edge.files import atomic_write_text
 from aminet_edge.data.datasets import Sample, Split, load_dataset
 from aminet_edge.data.images import read_image, read_mask, resize_rgb
 from aminet_edge.evaluation.heatmaps import save_overlay
@@ -115,8 +116,7 @@ def evaluate_bundle(bundle: str | Path, data: str | Path, json_path: str | Path 
             save_overlay(out / f"{s.defect_type}_{Path(s.path).stem}.png", image, amap,
                          m if s.mask_path else None, vmin=0.0, vmax=vmax, pred_mask=pred)
     if json_path is not None:
-        Path(json_path).parent.mkdir(parents=True, exist_ok=True)
-        Path(json_path).write_text(json.dumps(metrics, indent=2) + "\n")
+        atomic_write_text(json_path, json.dumps(metrics, indent=2) + "\n")
     return metrics
 
 

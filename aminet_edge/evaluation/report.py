@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from aminet_edge.files import atomic_write_text
+
 METRICS = ("image_auroc", "pixel_auroc", "image_ap", "pixel_ap", "aupro", "image_f1_max")
 
 
@@ -55,7 +57,4 @@ def write_report(metrics: dict, path: str | Path, title: str) -> Path:
     if coverage:
         parts += [f"Mask coverage (defect token: >= {coverage['defect_token_fraction']:.0%} defect "
                   f"pixels; normal token: none):", "", coverage_table(coverage), ""]
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text("\n".join(parts))
-    return out
+    return atomic_write_text(path, "\n".join(parts))

@@ -25,10 +25,12 @@ import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from aminet_edge.bundle import (ENGINE_DIR, GRAPHS, BundleError, artifact_path, engine_name, engine_record, graph_file, has_graph,
-                                make_record, read_config, relative_path, score_record, verify_record, write_config)
+from aminet_edge.bundle import (ENGINE_DIR, GRAPHS, BundleConfig, BundleError, artifact_path, engine_name, engine_record,
+                                graph_computes, graph_file, has_graph, install_artifacts, make_record, read_config,
+                                relative_path, verify_record)
 from aminet_edge.export import trt_compat
 from aminet_edge.export.trt_compat import BackendNotInstalledError
+from aminet_edge.files import write_temp
 
 if TYPE_CHECKING:  # the standard path is type-checked against tensorrt-stubs (tests/test_engine.py)
     import tensorrt as trt
@@ -243,22 +245,20 @@ def build_engine(bundle: str | Path, target: str = "auto", precision: str = "fp1
     data = serialize_onnx(onnx_path, backend, precision, (batch[0], batch[1], batch[2]), workspace, sms,
                           hardware_compatible)
     seconds = time.perf_counter() - start
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    tmp.replace(path)
     present = trt_compat.gpus()
-    record = make_record(
-        bundle, path, backend=backend, builder=trtm.__name__, builder_version=trtm.__version__, target=resolved,
-        precision=precision, graph=graph, onnx=onnx_path.name, compute_capabilities=sms,
-        gpu=present[0][0] if present and backend == "tensorrt" else None,
-        strongly_typed=trt_compat.supports_strong_typing(trtm), hardware_compatible=hardware_compatible,
-        input_size=config.model.image_size, mask=config.model.mask, **score_record(config.score), batch=list(batch),
-        workspace=workspace,
-        weights_sha256=config.artifacts["weights"]["sha256"], build_seconds=round(seconds, 2))
-    config = read_config(bundle)
-    engines = [e for e in config.artifacts.get("engines", []) if e["path"] != rel]
-    config.artifacts["engines"] = engines + [record]
-    write_config(bundle, config)
+    made = config  # what the engine was built from (its graph verified against these weights above)
+
+    def record(now: BundleConfig) -> None:
+        rec = make_record(
+            bundle, path, backend=backend, builder=trtm.__name__, builder_version=trtm.__version__, target=resolved,
+            precision=precision, graph=graph, onnx=onnx_path.name, compute_capabilities=sms,
+            gpu=present[0][0] if present and backend == "tensorrt" else None,
+            strongly_typed=trt_compat.supports_strong_typing(trtm), hardware_compatible=hardware_compatible,
+            input_size=made.model.image_size, **graph_computes(made), batch=list(batch), workspace=workspace,
+            weights_sha256=made.artifacts["weights"]["sha256"], build_seconds=round(seconds, 2))
+        now.artifacts["engines"] = [e for e in now.artifacts.get("engines", []) if e["path"] != rel] + [rec]
+
+    install_artifacts(bundle, {write_temp(path, lambda tmp: tmp.write_bytes(data)): path}, record)
     return path
 
 

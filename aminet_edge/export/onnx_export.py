@@ -32,12 +32,13 @@ import onnx
 import torch
 from torch import nn
 
-from aminet_edge.bundle import (SCHEMA_VERSION, WEIGHTS_FILE, graph_key, make_record, read_config, score_record,
-                                write_config)
+from aminet_edge.bundle import (SCHEMA_VERSION, WEIGHTS_FILE, BundleConfig, graph_computes, graph_key,
+                                install_artifacts, make_record, read_config)
 from aminet_edge.export import onnx_name
-from aminet_edge.export.graph_checks import GraphCheckError, check_graph
+from aminet_edge.export.graph_checks import check_graph
 from aminet_edge.export.graph_io import MODEL_B_IO, SINGLE_IO, model_a_io
 from aminet_edge.export.graph_rewrites import fold_pads_into_convs
+from aminet_edge.files import write_temp
 from aminet_edge.model.aminet import AMINet
 from aminet_edge.model.features import FeatureExtractor
 from aminet_edge.model.guide import NearestNormalGuide
@@ -131,14 +132,19 @@ def _as_tuple(out: torch.Tensor | tuple[torch.Tensor, ...]) -> tuple[torch.Tenso
 def _export(module: nn.Module, args: tuple[torch.Tensor, ...], io_names: tuple[tuple[str, ...], tuple[str, ...]],
             path: Path, opset: int) -> Path:
     """Trace `module` with the legacy exporter, batch axis dynamic; fold pads into convolutions; check the
-    graph; write `path`."""
+    graph. Returns a temporary file beside `path` holding it (aminet_edge.files.write_temp): `path`
+    itself is replaced only once every graph of the export is written (bundle.install_artifacts)."""
     inputs, outputs = io_names
     axes = {n: {0: "batch"} for n in inputs + outputs}
     with torch.no_grad():
-        torch.onnx.export(module, args, str(path), input_names=list(inputs), output_names=list(outputs),
-                          dynamic_axes=axes, opset_version=opset, do_constant_folding=True, dynamo=False)
+        traced = write_temp(path, lambda tmp: torch.onnx.export(
+            module, args, str(tmp), input_names=list(inputs), output_names=list(outputs), dynamic_axes=axes,
+            opset_version=opset, do_constant_folding=True, dynamo=False))
         shapes = [o.shape for o in _as_tuple(module(*args))]
-    model = onnx.load(str(path))
+    try:
+        model = onnx.load(str(traced))
+    finally:
+        traced.unlink()
     fold_pads_into_convs(model)
     # the tracer leaves some non-batch output dims symbolic; they are fixed by the config, so state them
     for out, shape in zip(model.graph.output, shapes):
@@ -146,13 +152,8 @@ def _export(module: nn.Module, args: tuple[torch.Tensor, ...], io_names: tuple[t
             dim.Clear()
             dim.dim_value = size
     onnx.checker.check_model(model)
-    try:
-        check_graph(model, where=str(path))
-    except GraphCheckError:
-        path.unlink()
-        raise
-    onnx.save(model, str(path))
-    return path
+    check_graph(model, where=str(path))
+    return write_temp(path, lambda tmp: onnx.save(model, str(tmp)))  # one file: graphs < 2 GiB, no external data
 
 
 EXPORT_PRECISIONS = ("fp32", "fp16", "int8")  # int8 also writes int8_static when given calibration data
@@ -190,15 +191,17 @@ def export_onnx(bundle: str | Path, precision: str = "fp32", opset: int = OPSET,
             calib = calibration_inputs(calibration_data, config.model.image_size, config.mean, config.std)
         paths = export_onnx(bundle, "fp32", opset, split, device)
         fp32_single = paths["model"]
+        staged = {}
         for part in ("model", "model_b") if split else ("model",):
-            target = bundle / onnx_name(part, precision)
-            quantize_graph(paths[part], target)
+            src, target = paths[part], bundle / onnx_name(part, precision)
+            staged[part] = (write_temp(target, lambda tmp: quantize_graph(src, tmp)), target)  # noqa: B023 (called here)
             paths[part] = target
-        _record(bundle, paths, precision, opset)
+        # model_a has no inpainting block: the int8 pair records the fp32 model_a as its first half
+        _install(bundle, staged, precision, opset, {"model_a": paths["model_a"]} if split else {})
         if calib:
             static = bundle / onnx_name("model", "int8_static")
-            quantize_static(fp32_single, static, calib)
-            _record(bundle, {"model": static}, "int8_static", opset)
+            _install(bundle, {"model": (write_temp(static, lambda tmp: quantize_static(fp32_single, tmp, calib)),
+                                        static)}, "int8_static", opset)
             paths["model_int8_static"] = static
         return paths
     pipeline, config = load_pipeline(bundle, ops_backend="reference")
@@ -206,7 +209,9 @@ def export_onnx(bundle: str | Path, precision: str = "fp32", opset: int = OPSET,
     size, dtype = config.model.image_size, torch.float16 if precision == "fp16" else torch.float32
     images = torch.zeros(2, 3, size, size, device=dev)
     single: nn.Module = pipeline if precision == "fp32" else MixedPipeline(pipeline, dtype)
-    paths = {"model": _export(single, (images,), SINGLE_IO, bundle / onnx_name("model", precision), opset)}
+    paths = {part: bundle / onnx_name(part, precision) for part in (("model", "model_a", "model_b") if split
+                                                                    else ("model",))}
+    staged = {"model": (_export(single, (images,), SINGLE_IO, paths["model"], opset), paths["model"])}
     if split:
         ext = copy.deepcopy(pipeline.extractor).to(dtype)
         net = copy.deepcopy(pipeline.aminet).to(dtype)
@@ -215,24 +220,33 @@ def export_onnx(bundle: str | Path, precision: str = "fp32", opset: int = OPSET,
         with torch.no_grad():
             inpaint = a(images)[io_a[1].index("inpaint_tokens")]
         mask = torch.zeros(inpaint.shape[:2], dtype=torch.bool, device=dev)
-        paths["model_a"] = _export(a, (images,), io_a,
-                                   bundle / onnx_name("model_a", precision), opset)
-        paths["model_b"] = _export(PartB(net, dtype).eval(), (inpaint, mask), MODEL_B_IO,
-                                   bundle / onnx_name("model_b", precision), opset)
-    _record(bundle, paths, precision, opset)
+        try:
+            staged["model_a"] = (_export(a, (images,), io_a, paths["model_a"], opset), paths["model_a"])
+            staged["model_b"] = (_export(PartB(net, dtype).eval(), (inpaint, mask), MODEL_B_IO, paths["model_b"],
+                                         opset), paths["model_b"])
+        except BaseException:
+            for tmp, _ in staged.values():
+                tmp.unlink(missing_ok=True)
+            raise
+    _install(bundle, staged, precision, opset)
     return paths
 
 
-def _record(bundle: Path, paths: dict[str, Path], precision: str, opset: int) -> None:
-    """Record the graphs in config.json artifacts["onnx"] under graph_key(part, precision)."""
-    config = read_config(bundle)  # re-read: another export may have recorded artifacts meanwhile
-    if config.legacy:
-        config.artifacts = {"weights": make_record(bundle, bundle / WEIGHTS_FILE)}  # as load_pipeline read them
-        config.schema_version = SCHEMA_VERSION
-    weights = config.artifacts["weights"]["sha256"]
-    onnx_entries = config.artifacts.setdefault("onnx", {})
-    for part, path in paths.items():
-        onnx_entries[graph_key(part, precision)] = make_record(
-            bundle, path, precision=precision, opset=opset, input_size=config.model.image_size, mask=config.model.mask,
-            **score_record(config.score), weights_sha256=weights)
-    write_config(bundle, config)
+def _install(bundle: Path, staged: dict[str, tuple[Path, Path]], precision: str, opset: int,
+             in_place: dict[str, Path] | None = None) -> None:
+    """Put the graphs {part: (temporary file, final path)} in place and record them, and the graphs
+    `in_place` {part: path} already in the bundle, in config.json artifacts["onnx"] under
+    graph_key(part, precision) (bundle.install_artifacts: crash-safe)."""
+
+    def record(config: BundleConfig) -> None:
+        if config.legacy:
+            config.artifacts = {"weights": make_record(bundle, bundle / WEIGHTS_FILE)}  # as load_pipeline read them
+            config.schema_version = SCHEMA_VERSION
+        weights = config.artifacts["weights"]["sha256"]
+        onnx_entries = config.artifacts.setdefault("onnx", {})
+        for part, path in {**{p: final for p, (_, final) in staged.items()}, **(in_place or {})}.items():
+            onnx_entries[graph_key(part, precision)] = make_record(
+                bundle, path, precision=precision, opset=opset, input_size=config.model.image_size,
+                **graph_computes(config), weights_sha256=weights)
+
+    install_artifacts(bundle, {tmp: final for tmp, final in staged.values()}, record)

@@ -16,9 +16,10 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from aminet_edge.bundle import (SCHEMA_VERSION, WEIGHTS_FILE, BundleConfig, BundleError, clear_artifacts,
-                                make_record, read_config, weights_file, write_config)
+from aminet_edge.bundle import (SCHEMA_VERSION, WEIGHTS_FILE, BundleConfig, BundleError, make_record, owned_bundle,
+                                read_config, remove_recorded, sha256_file, weights_file, weights_name, write_config)
 from aminet_edge.config import ScoreConfig, uses_guide_map
+from aminet_edge.files import install, write_temp
 from aminet_edge.model.aminet import AMINet
 from aminet_edge.model.features import FeatureExtractor, build_feature_extractor
 from aminet_edge.model.guide import NearestNormalGuide
@@ -147,43 +148,36 @@ def state_dict_for_bundle(extractor: FeatureExtractor, aminet: AMINet,
     return {k: v.detach().contiguous().cpu() for k, v in out.items()}
 
 
-def save_pipeline_weights(bundle: str | Path, extractor: FeatureExtractor, aminet: AMINet,
-                          guide: NearestNormalGuide | None = None) -> Path:
-    """Write `bundle/weights.safetensors` (not recorded: `save_bundle` writes a loadable bundle).
+def save_bundle(bundle: str | Path, config: BundleConfig, extractor: FeatureExtractor, aminet: AMINet,
+                guide: NearestNormalGuide | None = None, also: tuple[str, ...] = ()) -> Path:
+    """Write a complete bundle: weights (the guide's bank and threshold with them) under their
+    content-addressed name, then config.json recording their sha256 (config.artifacts is reset to them).
 
-    ValueError when a weight is NaN or infinite (a diverged training must not become a bundle).
+    `bundle` must be new, empty (but for the files named in `also`) or a bundle (BundleError otherwise,
+    before anything is written: aminet_edge.bundle.owned_bundle). A crash at any instant leaves the
+    previous bundle or the new one: the files the previous config.json recorded (its weights, graphs and
+    engines, made from the weights being replaced) are deleted, each logged, only once the new
+    config.json is in place. ValueError when a weight is NaN or infinite (a diverged training must not
+    become a bundle) or the guide's presence disagrees with config.model.mask.
     """
     from safetensors.torch import save_file
 
+    if (guide is not None) != (config.model.mask == "nearest_normal"):
+        raise ValueError(f"model.mask is {config.model.mask!r} but a guide was {'' if guide else 'not '}given")
+    bundle = Path(bundle)
+    old = owned_bundle(bundle, also)
     tensors = state_dict_for_bundle(extractor, aminet, guide)
     bad = [k for k, v in tensors.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
     if bad:
         raise ValueError(f"weights {', '.join(bad[:5])} hold NaN or infinite values (training diverged?); "
                          "nothing written")
-    path = Path(bundle) / WEIGHTS_FILE
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(tensors, str(tmp))
-    tmp.replace(path)
-    return path
-
-
-def save_bundle(bundle: str | Path, config: BundleConfig, extractor: FeatureExtractor, aminet: AMINet,
-                guide: NearestNormalGuide | None = None) -> Path:
-    """Write a complete bundle: weights (the guide's bank and threshold with them) and config.json
-    recording their sha256. ValueError when the guide's presence disagrees with config.model.mask.
-
-    Graphs and engines of an earlier bundle in the same directory are deleted (each logged): they were
-    made from the weights being replaced. config.artifacts is reset to the new weights alone.
-    """
-    if (guide is not None) != (config.model.mask == "nearest_normal"):
-        raise ValueError(f"model.mask is {config.model.mask!r} but a guide was {'' if guide else 'not '}given")
-    bundle = Path(bundle)
-    clear_artifacts(bundle, "the bundle is being rewritten with new weights; export it again")
-    path = save_pipeline_weights(bundle, extractor, aminet, guide)
+    tmp = write_temp(bundle / WEIGHTS_FILE, lambda path: save_file(tensors, str(path)))
+    path = install(tmp, bundle / weights_name(sha256_file(tmp)[0]))
     config.artifacts = {"weights": make_record(bundle, path)}
     config.schema_version = SCHEMA_VERSION  # the weights are recorded now, whatever the bundle was read as
     write_config(bundle, config)
+    if old is not None:
+        remove_recorded(bundle, old, "made from the weights just replaced; export the bundle again")
     return bundle
 
 

@@ -6,6 +6,7 @@ Registered lazily by aminet_edge/cli.py; torch-free unless the torch backend is 
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -48,7 +49,8 @@ def expand_inputs(inputs: tuple[str, ...], recursive: bool = False) -> list[str]
         p = Path(item)
         if p.is_dir():
             files = p.rglob("*") if recursive else p.iterdir()
-            paths += sorted(str(f) for f in files if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
+            paths += sorted(str(f) for f in files if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES
+                            and not any(part.startswith(".") for part in f.relative_to(p).parts))  # hidden
         else:
             paths.append(item)
     return paths
@@ -56,7 +58,10 @@ def expand_inputs(inputs: tuple[str, ...], recursive: bool = False) -> list[str]
 
 def prepare_out(out_dir: Path, overwrite: bool) -> None:
     """Create `out_dir` for a predict run. An earlier run's results.jsonl is never lost silently: it is
-    refused (ClickException) unless `overwrite`, which deletes it and the overlays it lists."""
+    refused (ClickException) unless `overwrite`, which deletes it and the overlays it lists (regular files
+    in OUT/overlays/ only, never through a symbolic link)."""
+    from aminet_edge.files import remove_owned
+
     results = out_dir / "results.jsonl"
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -64,14 +69,16 @@ def prepare_out(out_dir: Path, overwrite: bool) -> None:
             if not overwrite:
                 raise click.ClickException(f"{results} exists (an earlier run's results): pass --overwrite to "
                                            "replace that run, or choose another --out")
+            owned = []  # only files the earlier run wrote and listed, in this folder's own overlays/
             for line in results.read_text(errors="replace").splitlines():
                 try:
                     overlay = json.loads(line).get("overlay")
                 except (ValueError, AttributeError):
                     continue
-                # only files the earlier run wrote into this folder's overlays/
-                if isinstance(overlay, str) and Path(overlay).parent.resolve() == (out_dir / "overlays").resolve():
-                    Path(overlay).unlink(missing_ok=True)
+                if isinstance(overlay, str) and \
+                        Path(os.path.abspath(overlay)).parent == Path(os.path.abspath(out_dir / "overlays")):
+                    owned.append(f"overlays/{Path(overlay).name}")
+            remove_owned(out_dir, owned, "an earlier predict run's overlay (--overwrite)")  # never through a link
             results.unlink()
     except OSError as exc:
         raise click.ClickException(f"--out {out_dir}: cannot prepare the output folder "
@@ -283,4 +290,6 @@ def benchmark_cmd(run: str, backends: tuple[str, ...], batches: tuple[int, ...],
             detector.close()
     click.echo(latency_table(rows))
     if json_path:
-        Path(json_path).write_text(json.dumps(rows, indent=2) + "\n")
+        from aminet_edge.files import atomic_write_text
+
+        atomic_write_text(json_path, json.dumps(rows, indent=2) + "\n")

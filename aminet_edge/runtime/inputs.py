@@ -93,7 +93,7 @@ def batch_items(images: Iterable[Any] | np.ndarray) -> list[Any]:
 def describe(x: Any, index: int | None) -> str:
     """How an input is named in errors and results: its path, else `input[i]` (or `input` for one image)."""
     if isinstance(x, (str, os.PathLike)):
-        return str(x)
+        return str(x) if str(x).strip() else f"{'input' if index is None else f'input[{index}]'} (path {str(x)!r})"
     return "input" if index is None else f"input[{index}]"
 
 
@@ -221,6 +221,8 @@ def to_rgb(x: Any, index: int | None = None, bgr: bool = False, limits: Limits =
     """One input (see the module docstring) -> (H, W, 3) float32 RGB in [0, 1]; InputError if unusable."""
     source = describe(x, index)
     if isinstance(x, (str, os.PathLike)):
+        if not str(x).strip():  # Path("") is ".", the working directory
+            raise InputError(source, "empty path: name an image file", index)
         return _from_path(Path(x), source, limits, index)
     if _is_pil(x):
         from aminet_edge.data.images import ImageReadError, pil_to_rgb_float

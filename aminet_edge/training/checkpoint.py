@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 from aminet_edge.bundle import BundleError
+from aminet_edge.files import atomic_replace
 from aminet_edge.model.aminet import AMINet
 from aminet_edge.training.step import TrainStep
 
@@ -23,11 +24,10 @@ CHECKPOINT_FILE = "checkpoint.pt"
 def save_checkpoint(path: Path, epoch: int, aminet: AMINet, step: TrainStep, gen: torch.Generator,
                     history: list[dict[str, float]], device_name: str) -> None:
     """Write the checkpoint atomically (a crash mid-write leaves the previous one)."""
-    tmp = path.with_suffix(".tmp")
-    torch.save({"epoch": epoch, "aminet": aminet.state_dict(), **step.state_dict(),
-                "generator": gen.get_state(), "generator_device": gen.device.type,
-                "precision": step.precision, "device": device_name, "history": history}, tmp)
-    tmp.replace(path)
+    state = {"epoch": epoch, "aminet": aminet.state_dict(), **step.state_dict(), "generator": gen.get_state(),
+             "generator_device": gen.device.type, "precision": step.precision, "device": device_name,
+             "history": history}
+    atomic_replace(path, lambda tmp: torch.save(state, tmp))
 
 
 def load_checkpoint(path: Path, aminet: AMINet, step: TrainStep,

@@ -100,10 +100,11 @@ def set_mask(bundle: str | Path, data: Sequence[str | Path], mask: str, quantile
     network weights unchanged.
 
     data: the data set root(s) the bundle was trained on (its training split is re-derived from them and
-    must match the recorded image counts). The guide's bank and threshold are rebuilt for "nearest_normal"
-    (kept when the bundle has the guide already and quantile / bank_size, which override its
-    guide_quantile / guide_bank_size, do not change them). Graphs and engines of the bundle are deleted
-    (they hold the old mask or map): export again. Returns the bundle path.
+    each image must match the sha256 recorded at training: trainer.recorded_split). The guide's bank and
+    threshold are rebuilt for "nearest_normal" (kept when the bundle has the guide already and quantile /
+    bank_size, which override its guide_quantile / guide_bank_size, do not change them). The bundle is
+    rewritten crash-safely (pipeline.save_bundle); its graphs and engines, which hold the old mask or
+    map, are deleted once the new config.json is in place: export again. Returns the bundle path.
     """
     from aminet_edge.device import resolve_device
     from aminet_edge.model.pipeline import load_pipeline, save_bundle

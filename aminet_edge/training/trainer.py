@@ -17,10 +17,11 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from aminet_edge.bundle import BundleConfig
+from aminet_edge.bundle import BundleConfig, owned_bundle, sha256_file
 from aminet_edge.config import ModelConfig, ScoreConfig, TrainConfig, to_dict
 from aminet_edge.data.datasets import Sample, load_dataset, select_few_shot
 from aminet_edge.device import describe_device, make_generator, repeatable, resolve_device
+from aminet_edge.files import atomic_write_text
 from aminet_edge.model.aminet import AMINet
 from aminet_edge.model.features import FeatureExtractor, build_feature_extractor
 from aminet_edge.model.pipeline import Pipeline, save_bundle
@@ -36,6 +37,9 @@ from aminet_edge.training.step import TrainStep
 log = logging.getLogger("aminet_edge.training")
 SETTINGS_FILE = "checkpoint.json"  # the settings the checkpoint is trained with (see check_resume)
 MIN_HOLDOUT = 3  # a mean and std from fewer normal scores are not a threshold
+MIN_IMAGES = MIN_HOLDOUT  # fewest normal images a bundle is trained (and, below 10, calibrated) on
+FULL_HOLDOUT = 10  # from this many images on, MIN_HOLDOUT or more are held out for calibration
+TRAINING_FILES = (CHECKPOINT_FILE, SETTINGS_FILE)  # what a training writes into its output before the bundle
 TEST_TIME_MASK = ("mask", "guide_quantile", "guide_bank_size")  # ModelConfig fields used after training only
 
 
@@ -54,12 +58,13 @@ def split_holdout(samples: Sequence[Sample], fraction: float, seed: int) -> tupl
     """Deterministically keep `fraction` of the normal training images (at least MIN_HOLDOUT) out for
     calibration.
 
-    With fewer than 10 images (few-shot) or fraction 0 nothing is held out and calibration reuses the
-    training images; the bundle records that (its thresholds are then optimistic).
+    With fewer than FULL_HOLDOUT images (few-shot) or fraction 0 nothing is held out and calibration
+    reuses the training images; the bundle records that (its thresholds are then optimistic) and
+    `check_image_count` warns.
     """
     samples = list(samples)
     k = max(int(round(len(samples) * fraction)), MIN_HOLDOUT) if fraction > 0 else 0
-    if len(samples) < 10 or k == 0:
+    if len(samples) < FULL_HOLDOUT or k == 0:
         return samples, []
     order = np.random.default_rng(seed).permutation(len(samples))
     held = set(order[:k].tolist())
@@ -67,20 +72,66 @@ def split_holdout(samples: Sequence[Sample], fraction: float, seed: int) -> tupl
             [s for i, s in enumerate(samples) if i in held])
 
 
+def check_image_count(images: int, held: Sequence[Sample]) -> None:
+    """Refuse fewer than MIN_IMAGES normal images (ValueError: the threshold would be the training images'
+    own scores, e.g. one image's score flags about half the normal images); warn when none is held out
+    (fewer than FULL_HOLDOUT images or holdout_fraction 0): the thresholds then come from images the
+    model was trained on and flag more normal images than they should."""
+    if images < MIN_IMAGES:
+        raise ValueError(f"{images} normal training image{'s' if images != 1 else ''}: at least {MIN_IMAGES} are "
+                         f"needed (the image threshold is the normal scores' mean + 3 std; from fewer images it "
+                         "is about the training images' own scores and flags many normal images); add images")
+    if not held:
+        log.warning("%d normal images and none held out (needs >= %d images and holdout_fraction > 0): the "
+                    "thresholds are calibrated on the training images themselves and will flag more normal "
+                    "images than they should; set thresholds with `aminet-edge evaluate` on labelled images, "
+                    "or train on more images", images, FULL_HOLDOUT)
+
+
+def split_record(fit: Sequence[Sample], held: Sequence[Sample], roots: Sequence[str | Path]) -> dict[str, Any]:
+    """config.json's train.split: [name, sha256] of every training ("fit") and held-out image, in split
+    order; name is the path under its data root (with the root's index when there are several)."""
+    bases = [Path(r).resolve() for r in roots]
+
+    def name(path: str | Path) -> str:
+        full = Path(path).resolve()
+        for i, base in enumerate(bases):
+            if base in full.parents:
+                rel = full.relative_to(base).as_posix()
+                return rel if len(bases) == 1 else f"{i}:{rel}"
+        return str(path)
+
+    return {part: [[name(s.path), sha256_file(s.path)[0]] for s in samples]
+            for part, samples in (("fit", fit), ("held_out", held))}
+
+
 def recorded_split(bundle: str | Path, train_record: dict[str, Any], roots: Sequence[str | Path]
                    ) -> tuple[list[Sample], list[Sample]]:
     """A trained bundle's own (fit, held-out) split, re-derived from `roots` with its recorded config.json
-    "train" settings (seed, holdout_fraction, few_shot). ValueError when they are not recorded or the
-    roots hold another number of training images than the bundle was trained on."""
+    "train" settings (seed, holdout_fraction, few_shot) and checked file by file against the sha256 it
+    recorded (train.split). ValueError when they are not recorded (a bundle trained before the split's
+    checksums were: retrain it), or the roots hold other images (naming them) than it was trained on."""
     tr = train_record
     if not {"seed", "holdout_fraction", "images", "held_out"} <= set(tr):
         raise ValueError(f"{bundle}: config.json records no training split (train.seed, holdout_fraction, images, "
                          "held_out)")
+    if not isinstance(tr.get("split"), dict):
+        raise ValueError(f"{bundle}: config.json records no checksums of its training images (train.split; the "
+                         "bundle was trained before aminet-edge recorded them), so other data of the same size "
+                         "cannot be told from the data it was trained on; retrain it to re-calibrate")
     samples = load_training_samples(roots, tr.get("few_shot"), tr["seed"])
     if len(samples) != tr["images"] + tr["held_out"]:
         raise ValueError(f"{', '.join(map(str, roots))}: {len(samples)} training images, but {bundle} was trained on "
                          f"{tr['images']} + {tr['held_out']} held out: not the data it was trained on")
-    return split_holdout(samples, tr["holdout_fraction"], tr["seed"])
+    fit, held = split_holdout(samples, tr["holdout_fraction"], tr["seed"])
+    now = split_record(fit, held, roots)
+    differ = [f"{new[0]} ({part}; trained on {old[0]})" for part in ("held_out", "fit")
+              for new, old in zip(now[part], tr["split"].get(part, [])) if new[1] != old[1]]
+    if differ or any(len(now[p]) != len(tr["split"].get(p, [])) for p in now):
+        listed = "; ".join(differ[:5]) + (f" and {len(differ) - 5} more" if len(differ) > 5 else "")
+        raise ValueError(f"{', '.join(map(str, roots))}: not the data {bundle} was trained on: {len(differ)} "
+                         f"image(s) differ in content from the ones it recorded: {listed}")
+    return fit, held
 
 
 def training_settings(model: ModelConfig, train_cfg: TrainConfig, fit: Sequence[Sample], few_shot: int | None,
@@ -150,7 +201,10 @@ def train(
 
     data: one dataset root (one-for-one) or several (unified: one model for all categories); the normal
     training images are read from each root's layout (MVTec AD, BTAD or a plain folder). few_shot: train
-    on k images per root. resume: continue from `out/checkpoint.pt` to the same result as an
+    on k images per root; fewer than MIN_IMAGES images in all are refused (`check_image_count`).
+    out: a new or empty folder, an earlier bundle (replaced crash-safely: pipeline.save_bundle) or a
+    folder holding only this training's checkpoint; any other folder is refused (BundleError) before
+    anything runs, its files untouched. resume: continue from `out/checkpoint.pt` to the same result as an
     uninterrupted run; ValueError when there is none, when the device type or precision differs, or when
     the settings (model, optimisation, seed, training images, backbone weights; epochs may grow) differ
     from the checkpoint's, unless allow_changed_settings. Fixed seeds give repeatable runs: bit for bit
@@ -184,13 +238,15 @@ def train(
     out = Path(out)
     if resume and not (out / CHECKPOINT_FILE).is_file():
         check_resume(out, {}, allow_changed_settings)  # raises: nothing to resume from
+    owned_bundle(out, TRAINING_FILES)  # refuses a folder that is not a bundle before anything runs
     roots = [data] if isinstance(data, (str, Path)) else list(data)
     samples = load_training_samples(roots, few_shot=few_shot, seed=train_cfg.seed)
     fit, held = split_holdout(samples, train_cfg.holdout_fraction, train_cfg.seed)
     if model.mask == "nearest_normal" and not held:
         raise ValueError(f"mask 'nearest_normal' needs held-out normal images for its threshold; {len(samples)} "
                          f"training images with holdout_fraction {train_cfg.holdout_fraction} hold none out "
-                         "(needs >= 10 images and holdout_fraction > 0)")
+                         f"(needs >= {FULL_HOLDOUT} images and holdout_fraction > 0)")
+    check_image_count(len(samples), held)
     device_name = describe_device(dev)
     log.info("training on %s, precision %s", device_name, prec)
 
@@ -206,7 +262,7 @@ def train(
         check_resume(out, settings, allow_changed_settings)
     else:
         (out / CHECKPOINT_FILE).unlink(missing_ok=True)  # an earlier run's state must not meet these settings
-    (out / SETTINGS_FILE).write_text(json.dumps(settings, indent=1) + "\n")
+    atomic_write_text(out / SETTINGS_FILE, json.dumps(settings, indent=1) + "\n")
 
     nbytes = cache_nbytes(len(fit), extractor.channels, model.feature_size, train_cfg.cache_dtype)
     place = cache_placement(nbytes, dev, None if gpu_cache_gb is None else int(gpu_cache_gb * 2**30))
@@ -259,11 +315,11 @@ def train(
                                    progress=progress, workers=workers)
     config.train = {
         **to_dict(train_cfg), "roots": [str(r) for r in roots], "few_shot": few_shot,
-        "images": len(fit), "held_out": len(held), "device": device_name, "precision": prec,
+        "images": len(fit), "held_out": len(held), "split": split_record(fit, held, roots), "device": device_name, "precision": prec,
         "compile": compile, "cache_on": "gpu" if place.type == "cuda" else "host",
         "cache_seconds": round(cache_seconds, 2), "train_seconds": round(train_seconds, 2), "history": history,
     } | ({"guide": guide_summary} if guide_summary else {})
-    save_bundle(out, config, extractor, aminet, guide)  # replaces (and logs) graphs and engines of an earlier bundle here
+    save_bundle(out, config, extractor, aminet, guide, TRAINING_FILES)  # an earlier bundle's files go once replaced
     return out
 
 

@@ -46,7 +46,8 @@ from typing import Any
 
 import numpy as np
 
-from aminet_edge.bundle import BundleConfig, BundleError, int8_accepted, write_atomic
+from aminet_edge.bundle import BundleConfig, BundleError, int8_accepted
+from aminet_edge.files import atomic_write_bytes
 from aminet_edge.runtime.backends import (Backend, auto_order, auto_reason, backend_status,
                                           cpu_flags, create_backend, select_backend)
 
@@ -322,7 +323,7 @@ def store_choice(bundle: str | Path, choice: Choice) -> Path | None:
     entries = dict(list(entries.items())[-MAX_ENTRIES:])
     data = {"format": FORMAT, "version": FORMAT_VERSION, "entries": entries}
     try:
-        return write_atomic(path, (json.dumps(data, indent=1) + "\n").encode())
+        return atomic_write_bytes(path, (json.dumps(data, indent=1) + "\n").encode())
     except OSError as exc:
         log.warning("cannot keep auto's measured choice in %s (%s): the backends are measured at every load "
                     "(set %s=table for a fixed start-up)", path, exc, ENV)
