@@ -43,8 +43,9 @@ void Options::set(const std::string& key, const std::string& value) {
   } else if (key == "threshold") {
     threshold = parse_threshold(value);
   } else if (key == "sensitivity") {
-    sensitivity = parse_number(key, value);
-    sensitivity_factor(sensitivity);  // range checked now, not at create
+    double s = parse_number(key, value);
+    sensitivity_factor(s);  // range checked now, not at create
+    sensitivity = s;
   } else if (key == "pixel_threshold") {
     pixel_threshold = parse_number(key, value);
   } else {
