@@ -1,0 +1,272 @@
+"""libaminet, the C runtime, against the Python Detector (docs/c-api.md).
+
+The library is built once per session with CMake (a build folder in the temp dir named by the hash of
+its sources, reused while they are unchanged). Then:
+- tests/c/test_aminet.c runs under ctest on the test vectors the Python Detector writes
+  (tests/c_api_vectors.py): scores, decisions, maps, token masks, per-frame errors, refused bundles, plus
+  NULL pointers, bad sizes and strides, a newer header, and 8 threads sharing one detector;
+- through ctypes, frames of random sizes, channel counts, channel orders and row strides are predicted
+  by both implementations and compared: scores within 1e-5 relative (the OpenVINO graph is the same and
+  preprocessing is bit-exact, so they agree to float32 rounding), decisions and token masks identical,
+  maps within 1e-5 of their maximum.
+Skipped, with the reason, where CMake, a compiler, OpenVINO's CMake config, nlohmann_json or OpenSSL's
+headers are missing (scripts/test.sh installs the Debian packages).
+"""
+
+from __future__ import annotations
+
+import ctypes as C
+import hashlib
+import os
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("torch")  # the shared bundle is trained by test_detector
+pytest.importorskip("openvino")
+
+from c_api_vectors import frame, write_vectors  # noqa: E402
+from test_detector import generated_images, shared_bundle  # noqa: E402
+
+from aminet_edge.runtime import Detector  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+SOURCES = ["CMakeLists.txt", "cmake", "csrc/include/aminet", "csrc/runtime", "tests/c", "aminet_edge/__init__.py"]
+RTOL = 1e-5
+
+
+def _missing_tools() -> str | None:
+    """Why libaminet cannot be built here, or None."""
+    import openvino
+
+    if shutil.which("cmake") is None or shutil.which("c++") is None or shutil.which("cc") is None:
+        return "cmake and a C/C++ compiler are needed to build libaminet"
+    if not (Path(openvino.__file__).parent / "cmake" / "OpenVINOConfig.cmake").is_file():
+        return "this openvino install ships no OpenVINOConfig.cmake"
+    for header, package in (("nlohmann/json.hpp", "nlohmann-json3-dev"), ("openssl/evp.h", "libssl-dev")):
+        if not any((Path(d) / header).is_file() for d in ("/usr/include", "/usr/local/include")):
+            return f"{header} not found: install {package} (scripts/test.sh does on Debian)"
+    return None
+
+
+def source_hash(extra: str = "") -> str:
+    """sha256 (16 hex) of the library's and the C test's sources, and `extra` (build options)."""
+    h = hashlib.sha256(extra.encode())
+    for rel in SOURCES:
+        path = ROOT / rel
+        for f in sorted(path.rglob("*") if path.is_dir() else [path]):
+            if f.is_file():
+                h.update(str(f.relative_to(ROOT)).encode() + b"\0" + f.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def build(options: tuple[str, ...] = ()) -> Path:
+    """Configure and build libaminet and its C test in <tmp>/aminet-capi-<hash>; reused while the
+    sources and `options` are unchanged. Returns the build folder."""
+    reason = _missing_tools()
+    if reason:
+        pytest.skip(reason)
+    folder = Path(tempfile.gettempdir()) / f"aminet-capi-{source_hash(' '.join(options))}"
+    done = folder / "built.ok"
+    if done.is_file():
+        return folder
+    shutil.rmtree(folder, ignore_errors=True)
+    configure = ["cmake", "-S", str(ROOT), "-B", str(folder), "-DCMAKE_BUILD_TYPE=Release", "-DAMINET_BUILD_CUDA=OFF",
+                 "-DAMINET_COPY_INPLACE=OFF", *options]
+    for cmd in (configure, ["cmake", "--build", str(folder), "-j2"]):
+        run = subprocess.run(cmd, capture_output=True, text=True)
+        assert run.returncode == 0, f"{' '.join(cmd)} failed:\n{run.stdout[-4000:]}\n{run.stderr[-4000:]}"
+    if not (folder / "libaminet.so").exists():
+        pytest.fail(f"libaminet was not built; the configure log says:\n{run.stdout[-3000:]}")
+    done.write_text("ok\n")
+    return folder
+
+
+@pytest.fixture(scope="session")
+def build_dir() -> Path:
+    return build()
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return shared_bundle(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def python_detector(bundle: Path) -> Detector:
+    """The reference: the Python Detector on the C library's backend and defaults (openvino fp32, batch 8)."""
+    return Detector.load(bundle, backend="openvino", cache=False)
+
+
+@pytest.fixture(scope="module")
+def vectors(bundle: Path, python_detector: Detector, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_vectors(bundle, tmp_path_factory.mktemp("c_api_vectors"), python_detector)
+
+
+def run_ctest(folder: Path, vectors: Path, **env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["ctest", "--test-dir", str(folder), "--output-on-failure", "-V"], capture_output=True,
+                          text=True, env={**os.environ, "AMINET_TEST_VECTORS": str(vectors), **env}, timeout=300)
+
+
+def test_c_program_passes_the_python_vectors(build_dir: Path, vectors: Path) -> None:
+    run = run_ctest(build_dir, vectors)
+    assert run.returncode == 0, run.stdout[-6000:] + run.stderr[-2000:]
+    assert "vectors: 9 calls, 33 frame results, 10 refused bundles" in run.stdout
+    assert "threads: 8 threads x 3 rounds" in run.stdout
+    assert ", 0 failed" in run.stdout
+
+
+def test_c_program_fails_on_a_wrong_vector(build_dir: Path, vectors: Path, tmp_path: Path) -> None:
+    """The C test can fail: one expected score moved by 1e-4 relative is reported."""
+    lines = vectors.read_text().splitlines()
+    i = next(k for k, line in enumerate(lines) if line.startswith("ok 1 "))
+    words = lines[i].split()
+    words[2] = repr(float(words[2]) * (1 + 1e-4))
+    lines[i] = " ".join(words)
+    wrong = tmp_path / "vectors.txt"
+    wrong.write_text("\n".join(lines) + "\n")
+    run = run_ctest(build_dir, wrong)
+    assert run.returncode != 0
+    assert "plain[1]: score" in run.stdout + run.stderr
+
+
+# ---- ctypes ---------------------------------------------------------------------------------------
+class Image(C.Structure):
+    _fields_ = [("data", C.c_void_p), ("width", C.c_int32), ("height", C.c_int32), ("stride", C.c_int64),
+                ("channels", C.c_int32), ("order", C.c_int32)]
+
+
+class Params(C.Structure):
+    _fields_ = [("map", C.c_int32), ("threshold", C.c_int32), ("threshold_value", C.c_double),
+                ("sensitivity", C.c_double), ("pixel_threshold", C.c_double)]
+
+
+class CResult(C.Structure):
+    _fields_ = [("status", C.c_int32), ("message", C.c_char_p), ("score", C.c_double),
+                ("normalized_score", C.c_double), ("is_anomaly", C.c_int32), ("image_threshold", C.c_double),
+                ("pixel_threshold", C.c_double), ("map_width", C.c_int32), ("map_height", C.c_int32),
+                ("anomaly_map", C.POINTER(C.c_float)), ("mask", C.POINTER(C.c_uint8)), ("grid_size", C.c_int32),
+                ("token_mask", C.POINTER(C.c_uint8))]
+
+
+def load_library(folder: Path) -> C.CDLL:
+    lib = C.CDLL(str(folder / "libaminet.so"))
+    lib.aminet_last_error.restype = C.c_char_p
+    lib.aminet_version.restype = C.c_char_p
+    lib.aminet_abi_version.restype = C.c_int32
+    lib.aminet_detector_create_abi.argtypes = [C.c_int32, C.c_char_p, C.c_char_p, C.c_void_p, C.POINTER(C.c_void_p)]
+    lib.aminet_detector_release.argtypes = [C.c_void_p]
+    lib.aminet_predict.argtypes = [C.c_void_p, C.POINTER(Image), C.c_size_t, C.POINTER(Params), C.POINTER(C.c_void_p)]
+    lib.aminet_predict_params_init.argtypes = [C.POINTER(Params)]
+    lib.aminet_results_count.argtypes = [C.c_void_p]
+    lib.aminet_results_count.restype = C.c_size_t
+    lib.aminet_results_get.argtypes = [C.c_void_p, C.c_size_t]
+    lib.aminet_results_get.restype = C.POINTER(CResult)
+    lib.aminet_results_release.argtypes = [C.c_void_p]
+    return lib
+
+
+@pytest.fixture(scope="module")
+def lib(build_dir: Path) -> C.CDLL:
+    return load_library(build_dir)
+
+
+@pytest.fixture(scope="module")
+def c_detector(lib: C.CDLL, bundle: Path):  # type: ignore[no-untyped-def]
+    det = C.c_void_p()
+    status = lib.aminet_detector_create_abi(lib.aminet_abi_version(), str(bundle).encode(), b"openvino", None,
+                                            C.byref(det))
+    assert status == 0, lib.aminet_last_error().decode()
+    yield det
+    lib.aminet_detector_release(det)
+
+
+def c_predict(lib: C.CDLL, det: C.c_void_p, frames: list, **overrides: float) -> list[dict]:  # type: ignore[type-arg]
+    """The C library's results for Frames (c_api_vectors.frame) as dicts of copies."""
+    images = (Image * len(frames))(*[Image(f.buffer.ctypes.data, f.width, f.height, f.buffer.strides[0], f.channels,
+                                           int(f.order == "bgr")) for f in frames])
+    params = Params()
+    lib.aminet_predict_params_init(C.byref(params))
+    for key, value in overrides.items():
+        setattr(params, key, value)
+    res = C.c_void_p()
+    status = lib.aminet_predict(det, images, len(frames), C.byref(params), C.byref(res))
+    assert status == 0, lib.aminet_last_error().decode()
+    out = []
+    for i in range(lib.aminet_results_count(res)):
+        r = lib.aminet_results_get(res, i).contents
+        item = {"status": r.status, "message": r.message.decode(), "score": r.score, "is_anomaly": bool(r.is_anomaly),
+                "normalized_score": r.normalized_score}
+        if r.status == 0:
+            item["map"] = np.ctypeslib.as_array(r.anomaly_map, (r.map_height, r.map_width)).copy()
+            item["mask"] = np.ctypeslib.as_array(r.mask, (r.map_height, r.map_width)).astype(bool)
+            item["tokens"] = np.ctypeslib.as_array(r.token_mask, (r.grid_size, r.grid_size)).astype(bool)
+        out.append(item)
+    lib.aminet_results_release(res)
+    return out
+
+
+def random_frames(seed: int, order: str) -> list:  # type: ignore[type-arg]
+    """Generated surfaces cut to random sizes, as grey, RGB or RGBA, rows padded at random."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for i, img in enumerate(generated_images(6, seed)):
+        h, w = (int(v) for v in rng.integers(9, 300, 2))
+        pixels = np.resize(img, (h, w, 3)) if i % 2 else img  # odd ones re-cut to another size
+        channels = int(rng.choice([1, 3, 4]))
+        if channels == 1:
+            pixels = pixels[:, :, 1].copy()
+        elif channels == 4:
+            pixels = np.concatenate([pixels, rng.integers(0, 256, pixels.shape[:2] + (1,), dtype=np.uint8)], axis=2)
+        out.append(frame(f"random{i}", pixels, order, pad=int(rng.integers(0, 9))))
+    return out
+
+
+@pytest.mark.parametrize("seed,order", [(21, "rgb"), (22, "bgr")])
+def test_ctypes_parity_with_python_detector(lib: C.CDLL, c_detector: C.c_void_p, python_detector: Detector,
+                                            seed: int, order: str) -> None:
+    frames = random_frames(seed, order)
+    want = python_detector.predict([f.array for f in frames], bgr=order == "bgr", sensitivity=0.6)
+    got = c_predict(lib, c_detector, frames, sensitivity=0.6)
+    for g, w in zip(got, want):
+        assert g["status"] == 0 and w.ok, g["message"]
+        assert g["score"] == pytest.approx(w.score, rel=RTOL)
+        assert g["normalized_score"] == pytest.approx(w.normalized_score, rel=RTOL)
+        if abs(w.normalized_score - 1) > RTOL:
+            assert g["is_anomaly"] == w.is_anomaly
+        np.testing.assert_array_equal(g["tokens"], w.token_mask)
+        atol = RTOL * float(np.abs(w.anomaly_map).max())
+        np.testing.assert_allclose(g["map"], w.anomaly_map, rtol=RTOL, atol=atol)
+        near = np.abs(w.anomaly_map - w.thresholds.pixel) <= atol + RTOL * w.thresholds.pixel
+        np.testing.assert_array_equal(g["mask"][~near], w.mask[~near])
+
+
+def test_ctypes_single_frames_equal_batch_of_one(lib: C.CDLL, c_detector: C.c_void_p, python_detector: Detector) -> None:
+    """Frame by frame (batch 1) both sides agree too, and a bad frame alone is the call's error."""
+    frames = random_frames(23, "rgb")[:3]
+    for f in frames:
+        (g,) = c_predict(lib, c_detector, [f])
+        w = python_detector.predict(f.array)
+        assert g["score"] == pytest.approx(w.score, rel=RTOL)
+    tiny = frame("tiny", np.zeros((5, 9, 3), np.uint8))
+    images = (Image * 1)(Image(tiny.buffer.ctypes.data, 9, 5, 27, 3, 0))
+    res = C.c_void_p(7)
+    assert lib.aminet_predict(c_detector, images, 1, None, C.byref(res)) == 1  # AMINET_ERR_INVALID_ARGUMENT
+    assert res.value is None
+    assert lib.aminet_last_error().decode() == "input: image is 9x5 px (WxH); each side must be >= 8 px"
+
+
+def test_ctypes_version_and_backend_errors(lib: C.CDLL, bundle: Path) -> None:
+    det = C.c_void_p()
+    abi = lib.aminet_abi_version()
+    assert lib.aminet_detector_create_abi(abi + 1, str(bundle).encode(), b"auto", None, C.byref(det)) == 4
+    message = lib.aminet_last_error().decode()
+    assert f"aminet.h is ABI version {abi + 1} but this libaminet" in message and f"is ABI version {abi}" in message
+    assert lib.aminet_version().decode() in message
+    assert lib.aminet_detector_create_abi(abi, str(bundle).encode(), b"onnxruntime", None, C.byref(det)) == 3
+    assert "unknown backend 'onnxruntime'" in lib.aminet_last_error().decode()
+    assert det.value is None
