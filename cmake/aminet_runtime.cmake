@@ -64,3 +64,7 @@ endif()
 # the test vectors and bundle are written by tests/test_c_api.py, which runs ctest with
 # AMINET_TEST_VECTORS set (docs/c-api.md, "Test vectors")
 add_test(NAME aminet_c_api COMMAND aminet_c_test)
+# the resize alone, compared with Pillow bit for bit by tests/test_c_api.py
+add_executable(aminet_resize_check tests/c/resize_check.cpp csrc/runtime/preprocess.cpp)
+target_include_directories(aminet_resize_check PRIVATE csrc/include csrc/runtime)
+target_compile_options(aminet_resize_check PRIVATE -ffp-contract=off)
