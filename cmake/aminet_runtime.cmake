@@ -35,8 +35,9 @@ set(AMINET_SANITIZER_FLAGS -fsanitize=address,undefined -fno-omit-frame-pointer 
 add_library(aminet SHARED
   csrc/runtime/aminet.cpp csrc/runtime/bundle.cpp csrc/runtime/decide.cpp csrc/runtime/detector.cpp
   csrc/runtime/openvino_backend.cpp csrc/runtime/preprocess.cpp)
+include(GNUInstallDirs)
 target_include_directories(aminet PUBLIC
-  $<BUILD_INTERFACE:${CMAKE_CURRENT_SOURCE_DIR}/csrc/include> $<INSTALL_INTERFACE:include>)
+  $<BUILD_INTERFACE:${CMAKE_CURRENT_SOURCE_DIR}/csrc/include> $<INSTALL_INTERFACE:${CMAKE_INSTALL_INCLUDEDIR}>)
 target_compile_definitions(aminet PRIVATE AMINET_BUILDING_LIBRARY AMINET_VERSION_STRING="${AMINET_VERSION}")
 # -ffp-contract=off: no fused multiply-add (aarch64 fuses by default), so preprocessing and map resizing
 # round as Pillow and numpy do (parity to float32 rounding, docs/c-api.md)
@@ -48,6 +49,23 @@ if(AMINET_SANITIZE)
   target_compile_options(aminet PRIVATE ${AMINET_SANITIZER_FLAGS})
   target_link_options(aminet PRIVATE ${AMINET_SANITIZER_FLAGS})
 endif()
+
+# cmake --install: lib/libaminet.so, include/aminet/aminet.h(pp), lib/cmake/aminet/aminetConfig.cmake, so
+# that find_package(aminet) gives aminet::aminet. With --prefix <the aminet_edge package folder>,
+# `aminet-edge info` finds them (aminet_edge/info.py).
+include(CMakePackageConfigHelpers)
+install(TARGETS aminet EXPORT aminetTargets LIBRARY DESTINATION ${CMAKE_INSTALL_LIBDIR}
+  RUNTIME DESTINATION ${CMAKE_INSTALL_BINDIR})
+install(FILES csrc/include/aminet/aminet.h csrc/include/aminet/aminet.hpp
+  DESTINATION ${CMAKE_INSTALL_INCLUDEDIR}/aminet)
+install(EXPORT aminetTargets NAMESPACE aminet:: DESTINATION ${CMAKE_INSTALL_LIBDIR}/cmake/aminet)
+configure_package_config_file(cmake/aminetConfig.cmake.in ${CMAKE_CURRENT_BINARY_DIR}/aminetConfig.cmake
+  INSTALL_DESTINATION ${CMAKE_INSTALL_LIBDIR}/cmake/aminet)
+write_basic_package_version_file(${CMAKE_CURRENT_BINARY_DIR}/aminetConfigVersion.cmake VERSION ${AMINET_VERSION}
+  COMPATIBILITY SameMinorVersion)
+install(FILES ${CMAKE_CURRENT_BINARY_DIR}/aminetConfig.cmake ${CMAKE_CURRENT_BINARY_DIR}/aminetConfigVersion.cmake
+  DESTINATION ${CMAKE_INSTALL_LIBDIR}/cmake/aminet)
+add_library(aminet::aminet ALIAS aminet)
 
 enable_language(C)
 enable_testing()

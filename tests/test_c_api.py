@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import ctypes as C
 import hashlib
+import json
 import os
 import shutil
 import subprocess
@@ -35,7 +36,8 @@ from test_detector import generated_images, shared_bundle  # noqa: E402
 from aminet_edge.runtime import Detector  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-SOURCES = ["CMakeLists.txt", "cmake", "csrc/include/aminet", "csrc/runtime", "tests/c", "aminet_edge/__init__.py"]
+SOURCES = ["CMakeLists.txt", "cmake", "csrc/include/aminet", "csrc/runtime", "tests/c", "aminet_edge/__init__.py",
+           "examples/c", "examples/cpp"]
 RTOL = 1e-5
 
 
@@ -64,6 +66,13 @@ def source_hash(extra: str = "") -> str:
     return h.hexdigest()[:16]
 
 
+def cmake(*args: str) -> subprocess.CompletedProcess[str]:
+    """Run cmake; a failure fails the test with the tail of its output."""
+    run = subprocess.run(["cmake", *args], capture_output=True, text=True)
+    assert run.returncode == 0, f"cmake {' '.join(args)} failed:\n{run.stdout[-4000:]}\n{run.stderr[-4000:]}"
+    return run
+
+
 def build(options: tuple[str, ...] = ()) -> Path:
     """Configure and build libaminet and its C test in <tmp>/aminet-capi-<hash>; reused while the
     sources and `options` are unchanged. Returns the build folder."""
@@ -77,9 +86,8 @@ def build(options: tuple[str, ...] = ()) -> Path:
     shutil.rmtree(folder, ignore_errors=True)
     configure = ["cmake", "-S", str(ROOT), "-B", str(folder), "-DCMAKE_BUILD_TYPE=Release", "-DAMINET_BUILD_CUDA=OFF",
                  "-DAMINET_COPY_INPLACE=OFF", *options]
-    for cmd in (configure, ["cmake", "--build", str(folder), "-j2"]):
-        run = subprocess.run(cmd, capture_output=True, text=True)
-        assert run.returncode == 0, f"{' '.join(cmd)} failed:\n{run.stdout[-4000:]}\n{run.stderr[-4000:]}"
+    run = cmake(*configure[1:])
+    cmake("--build", str(folder), "-j2")
     if not (folder / "libaminet.so").exists():
         pytest.fail(f"libaminet was not built; the configure log says:\n{run.stdout[-3000:]}")
     done.write_text("ok\n")
@@ -286,3 +294,53 @@ def test_resize_is_bit_exact_with_pillow(build_dir: Path) -> None:
                              + plane.tobytes(), capture_output=True, check=True)
         got = np.frombuffer(run.stdout, np.float32).reshape(oh, ow)
         np.testing.assert_array_equal(got, resize_plane(plane, (oh, ow)), err_msg=f"{h}x{w} -> {oh}x{ow}")
+
+
+# ---- install and examples ------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def examples(build_dir: Path) -> dict[str, Path]:
+    """`cmake --install` into <build>/prefix, then examples/c and examples/cpp built against it with
+    find_package(aminet) (cached with the build): {"c": executable, "cpp": executable}."""
+    if not any((Path(d) / "png.h").is_file() for d in ("/usr/include", "/usr/local/include")):
+        pytest.skip("png.h not found: the examples decode PNGs with libpng (install libpng-dev; scripts/test.sh does)")
+    prefix = build_dir / "prefix"
+    out = {lang: build_dir / f"example-{lang}" / "predict_folder" for lang in ("c", "cpp")}
+    if not all(p.is_file() for p in out.values()):
+        cmake("--install", str(build_dir), "--prefix", str(prefix))
+        for lang in out:
+            folder = out[lang].parent
+            cmake("-S", str(ROOT / "examples" / lang), "-B", str(folder), "-DCMAKE_BUILD_TYPE=Release",
+                  f"-Daminet_DIR={prefix / 'lib' / 'cmake' / 'aminet'}")
+            cmake("--build", str(folder))
+    return out
+
+
+def test_install_layout(build_dir: Path, examples: dict[str, Path]) -> None:
+    prefix = build_dir / "prefix"
+    for rel in ("include/aminet/aminet.h", "include/aminet/aminet.hpp", "lib/cmake/aminet/aminetConfig.cmake",
+                "lib/cmake/aminet/aminetConfigVersion.cmake", "lib/libaminet.so"):
+        assert (prefix / rel).exists(), rel
+
+
+@pytest.mark.parametrize("lang", ["c", "cpp"])
+def test_example_predicts_a_folder_like_python(examples: dict[str, Path], bundle: Path, python_detector: Detector,
+                                               tmp_path: Path, lang: str) -> None:
+    """The example prints one JSON line per PNG (sorted), equal to the Python Detector on the same files;
+    an unreadable PNG is reported on its line and the exit status is 1."""
+    from PIL import Image
+
+    for i, img in enumerate(generated_images(4, seed=9)):
+        Image.fromarray(img).save(tmp_path / f"part{i}.png")
+    (tmp_path / "broken.png").write_bytes(b"not a png")
+    run = subprocess.run([str(examples[lang]), str(bundle), str(tmp_path), "openvino"], capture_output=True,
+                         text=True, timeout=120)
+    assert run.returncode == 1, run.stderr
+    lines = [json.loads(line) for line in run.stdout.splitlines()]
+    assert [line["file"] for line in lines] == ["broken.png"] + [f"part{i}.png" for i in range(4)]
+    assert "error" in lines[0] and "PNG" in lines[0]["error"]
+    for line in lines[1:]:
+        want = python_detector.predict(str(tmp_path / line["file"]))
+        assert line["score"] == pytest.approx(want.score, rel=RTOL)
+        assert line["normalized_score"] == pytest.approx(want.normalized_score, rel=RTOL)
+        assert line["is_anomaly"] == want.is_anomaly
+        assert line["anomalous_pixel_fraction"] == pytest.approx(float(want.mask.mean()), abs=1e-3)
