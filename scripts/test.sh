@@ -22,4 +22,8 @@ command -v shellcheck >/dev/null || { apt-get update -qq && apt-get install -y -
 { [ -f /usr/include/nlohmann/json.hpp ] && [ -f /usr/include/openssl/evp.h ] && [ -f /usr/include/png.h ]; } \
   || { apt-get update -qq && apt-get install -y -qq nlohmann-json3-dev libssl-dev libpng-dev >/dev/null; } \
   || echo "warning: nlohmann-json3-dev / libssl-dev / libpng-dev could not be installed; the C runtime tests will skip"
+# the C# example of the C runtime is compiled and run with Mono (Debian packages; its test skips without them)
+command -v mcs >/dev/null && command -v mono >/dev/null \
+  || { apt-get update -qq && apt-get install -y -qq mono-mcs mono-runtime >/dev/null; } \
+  || echo "warning: mono-mcs / mono-runtime could not be installed; the C# example's test will skip"
 python -m pytest -q -rs "$@"

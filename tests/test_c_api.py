@@ -8,7 +8,10 @@ its sources, reused while they are unchanged). Then:
 - through ctypes, frames of random sizes, channel counts, channel orders and row strides are predicted
   by both implementations and compared: scores within 1e-5 relative (the OpenVINO graph is the same and
   preprocessing is bit-exact, so they agree to float32 rounding), decisions and token masks identical,
-  maps within 1e-5 of their maximum.
+  maps within 1e-5 of their maximum;
+- the resize alone is compared with Pillow's bit for bit;
+- `cmake --install` gives find_package(aminet), which builds examples/c and examples/cpp; they and
+  examples/csharp (Mono's mcs and mono) predict image files as the Python Detector does.
 Skipped, with the reason, where CMake, a compiler, OpenVINO's CMake config, nlohmann_json or OpenSSL's
 headers are missing (scripts/test.sh installs the Debian packages).
 """
@@ -298,15 +301,22 @@ def test_resize_is_bit_exact_with_pillow(build_dir: Path) -> None:
 
 # ---- install and examples ------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def examples(build_dir: Path) -> dict[str, Path]:
-    """`cmake --install` into <build>/prefix, then examples/c and examples/cpp built against it with
-    find_package(aminet) (cached with the build): {"c": executable, "cpp": executable}."""
+def prefix(build_dir: Path) -> Path:
+    """`cmake --install` of the build into <build>/prefix."""
+    out = build_dir / "prefix"
+    if not (out / "lib" / "cmake" / "aminet" / "aminetConfig.cmake").is_file():
+        cmake("--install", str(build_dir), "--prefix", str(out))
+    return out
+
+
+@pytest.fixture(scope="module")
+def examples(build_dir: Path, prefix: Path) -> dict[str, Path]:
+    """examples/c and examples/cpp built against the installed library with find_package(aminet) (cached
+    with the build): {"c": executable, "cpp": executable}."""
     if not any((Path(d) / "png.h").is_file() for d in ("/usr/include", "/usr/local/include")):
         pytest.skip("png.h not found: the examples decode PNGs with libpng (install libpng-dev; scripts/test.sh does)")
-    prefix = build_dir / "prefix"
     out = {lang: build_dir / f"example-{lang}" / "predict_folder" for lang in ("c", "cpp")}
     if not all(p.is_file() for p in out.values()):
-        cmake("--install", str(build_dir), "--prefix", str(prefix))
         for lang in out:
             folder = out[lang].parent
             cmake("-S", str(ROOT / "examples" / lang), "-B", str(folder), "-DCMAKE_BUILD_TYPE=Release",
@@ -315,8 +325,7 @@ def examples(build_dir: Path) -> dict[str, Path]:
     return out
 
 
-def test_install_layout(build_dir: Path, examples: dict[str, Path]) -> None:
-    prefix = build_dir / "prefix"
+def test_install_layout(prefix: Path) -> None:
     for rel in ("include/aminet/aminet.h", "include/aminet/aminet.hpp", "lib/cmake/aminet/aminetConfig.cmake",
                 "lib/cmake/aminet/aminetConfigVersion.cmake", "lib/libaminet.so"):
         assert (prefix / rel).exists(), rel
@@ -344,3 +353,35 @@ def test_example_predicts_a_folder_like_python(examples: dict[str, Path], bundle
         assert line["normalized_score"] == pytest.approx(want.normalized_score, rel=RTOL)
         assert line["is_anomaly"] == want.is_anomaly
         assert line["anomalous_pixel_fraction"] == pytest.approx(float(want.mask.mean()), abs=1e-3)
+
+
+def test_csharp_example_under_mono(prefix: Path, bundle: Path, python_detector: Detector, tmp_path: Path) -> None:
+    """examples/csharp (P/Invoke over the C ABI) compiled by Mono's mcs and run under mono on PPM files:
+    the same scores and decisions as the Python Detector; a missing bundle is its AminetException."""
+    from PIL import Image
+
+    if shutil.which("mcs") is None or shutil.which("mono") is None:
+        pytest.skip("mono-mcs / mono-runtime not installed (scripts/test.sh installs them on Debian)")
+    source = ROOT / "examples" / "csharp"
+    exe = tmp_path / "predict.exe"
+    subprocess.run(["mcs", f"-out:{exe}", str(source / "Aminet.cs"), str(source / "Predict.cs")], check=True,
+                   capture_output=True, timeout=120)
+    images = generated_images(3, seed=13)
+    files = []
+    for i, img in enumerate(images):
+        Image.fromarray(img).save(tmp_path / f"part{i}.ppm")
+        files.append(str(tmp_path / f"part{i}.ppm"))
+    env = {**os.environ, "LD_LIBRARY_PATH": str(prefix / "lib")}
+    run = subprocess.run(["mono", str(exe), str(bundle), *files], capture_output=True, text=True, env=env, timeout=120)
+    assert run.returncode == 0, run.stdout + run.stderr
+    lines = [json.loads(line) for line in run.stdout.splitlines()]
+    assert [line["file"] for line in lines] == [f"part{i}.ppm" for i in range(3)]
+    for line, img in zip(lines, images):
+        want = python_detector.predict(img)
+        assert line["score"] == pytest.approx(want.score, rel=RTOL)
+        assert line["is_anomaly"] == want.is_anomaly
+        assert line["anomalous_pixel_fraction"] == pytest.approx(float(want.mask.mean()), abs=1e-3)
+    missing = subprocess.run(["mono", str(exe), str(tmp_path / "no-bundle"), files[0]], capture_output=True, text=True,
+                             env=env, timeout=120)
+    assert missing.returncode == 1
+    assert f"Bundle: bundle directory {tmp_path / 'no-bundle'}: not found" in missing.stderr
