@@ -4,11 +4,12 @@
 
 #include <openssl/evp.h>
 
+#include <algorithm>
+#include <cctype>
 #include <cmath>
 #include <filesystem>
 #include <fstream>
 #include <memory>
-#include <regex>
 #include <set>
 #include <sstream>
 
@@ -80,13 +81,28 @@ struct Fields {
 
 // `rel` as a path that cannot leave the bundle (no absolute path, no '..', no backslash, no drive).
 void inside_path(const std::string& rel, const std::string& what) {
-  static const std::regex drive("^[A-Za-z]:");
+  bool drive = rel.size() >= 2 && std::isalpha(static_cast<unsigned char>(rel[0])) && rel[1] == ':';
   bool dotdot = false;
   std::stringstream parts(rel);
   for (std::string part; std::getline(parts, part, '/');) dotdot = dotdot || part == "..";
-  if (rel.empty() || rel[0] == '/' || rel.find('\\') != std::string::npos || dotdot || std::regex_search(rel, drive))
+  if (rel.empty() || rel[0] == '/' || rel.find('\\') != std::string::npos || dotdot || drive)
     throw bundle_error(what + ": '" + rel + "' must be a path relative to the bundle, inside it (no absolute path, "
                        "no '..'): a bundle is self-contained");
+}
+
+bool is_hex64(const std::string& text) {
+  return text.size() == 64 && text.find_first_not_of("0123456789abcdef") == std::string::npos;
+}
+
+// graph keys of artifacts.onnx: the single graph and the split halves, at each exported precision
+const std::set<std::string>& graph_keys() {
+  static const std::set<std::string> keys = [] {
+    std::set<std::string> out;
+    for (const char* part : {"model", "model_a", "model_b"})
+      for (const char* precision : {"", "_fp16", "_int8", "_int8_static"}) out.insert(std::string(part) + precision);
+    return out;
+  }();
+  return keys;
 }
 
 Record record(const Fields& f, const std::string& name, const json& value, bool derived) {
@@ -94,9 +110,8 @@ Record record(const Fields& f, const std::string& name, const json& value, bool 
   Record r;
   r.path = f.text(name + ".path", Fields::get(obj, "path"));
   inside_path(r.path, f.where + ": field '" + name + ".path'");
-  static const std::regex hex64("[0-9a-f]{64}");
   const json& sha = Fields::get(obj, "sha256");
-  if (!sha.is_string() || !std::regex_match(sha.get<std::string>(), hex64))
+  if (!sha.is_string() || !is_hex64(sha.get<std::string>()))
     throw f.fail(name + ".sha256", "must be a sha256 hex digest, got " + short_json(sha) +
                  " (every file of a bundle is checksummed)");
   r.sha256 = sha.get<std::string>();
@@ -283,8 +298,7 @@ BundleConfig read_config(const std::string& bundle) {
   const json& onnx = artifacts.contains("onnx") ? f.object("artifacts.onnx", artifacts["onnx"]) : json::object();
   for (const auto& item : onnx.items()) {
     std::string name = "artifacts.onnx." + item.key();
-    static const std::regex key_re("model(_a|_b)?(_fp16|_int8|_int8_static)?");
-    if (!std::regex_match(item.key(), key_re)) throw f.fail(name, "is not a graph name (model, model_a, model_b, with "
+    if (!graph_keys().count(item.key())) throw f.fail(name, "is not a graph name (model, model_a, model_b, with "
                                                                "_fp16, _int8 or _int8_static)");
     config.graphs[item.key()] = record(f, name, item.value(), true);
     f.text(name + ".precision", Fields::get(item.value(), "precision"), GRAPH_PRECISIONS);
