@@ -51,6 +51,19 @@ def score_info(config: BundleConfig) -> str:
             f"{score.sigma:g}, image score {score.image_score}")
 
 
+def c_runtime_info(package: Path | None = None) -> dict[str, str]:
+    """Where this install's C runtime (libaminet, docs/c-api.md) lies, if the package carries it:
+    `cmake --install build --prefix <package folder>` puts it in lib/, include/aminet/, lib/cmake/aminet/."""
+    root = package or Path(__file__).resolve().parent
+    library = sorted((root / "lib").glob("libaminet.so*")) + sorted((root / "lib").glob("aminet.dll"))
+    header = root / "include" / "aminet" / "aminet.h"
+    cmake_dir = root / "lib" / "cmake" / "aminet"
+    if not library or not header.is_file():
+        return {"library": "not carried by this install (build it with CMake: docs/c-api.md)"}
+    return {"library": str(library[0]), "headers": str(header.parent.parent),
+            "cmake": f"{cmake_dir} (aminet_DIR for find_package(aminet))" if cmake_dir.is_dir() else "not installed"}
+
+
 def bundle_info(bundle: str | Path, config: BundleConfig) -> dict[str, str]:
     """What a bundle holds (graphs, engines, calibration) and the backend `auto` picks on each device."""
     from aminet_edge.runtime.backends import BackendUnavailableError, auto_reason, select_backend
@@ -104,6 +117,7 @@ def collect_info(bundle: str | Path | None = None, verify: bool = False) -> dict
                    "plain": "neither bf16 nor VNNI"}[cpu_kind()]
     config = read_config(bundle) if bundle is not None else None
     info["inference backends"] = inference_backends(bundle, config)
+    info["c runtime"] = c_runtime_info()
     if bundle is not None and config is not None:
         info["bundle"] = bundle_info(bundle, config)
         if verify:

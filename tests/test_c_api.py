@@ -341,10 +341,19 @@ def examples(build_dir: Path, prefix: Path) -> dict[str, Path]:
     return out
 
 
-def test_install_layout(prefix: Path) -> None:
+def test_install_layout_and_info(prefix: Path, tmp_path: Path) -> None:
+    """`cmake --install` lays out lib/, include/aminet/ and lib/cmake/aminet/; `aminet-edge info` names
+    them for a package folder that carries them, and says so for one that does not."""
+    from aminet_edge.info import c_runtime_info
+
     for rel in ("include/aminet/aminet.h", "include/aminet/aminet.hpp", "lib/cmake/aminet/aminetConfig.cmake",
                 "lib/cmake/aminet/aminetConfigVersion.cmake", "lib/libaminet.so"):
         assert (prefix / rel).exists(), rel
+    info = c_runtime_info(prefix)
+    assert info["library"].startswith(str(prefix / "lib" / "libaminet.so"))
+    assert info["headers"] == str(prefix / "include")
+    assert info["cmake"].startswith(str(prefix / "lib" / "cmake" / "aminet"))
+    assert "not carried by this install" in c_runtime_info(tmp_path)["library"]
 
 
 @pytest.mark.parametrize("lang", ["c", "cpp"])
