@@ -194,6 +194,9 @@ def load_library(folder: Path) -> C.CDLL:
     lib.aminet_results_get.argtypes = [C.c_void_p, C.c_size_t]
     lib.aminet_results_get.restype = C.POINTER(CResult)
     lib.aminet_results_release.argtypes = [C.c_void_p]
+    lib.aminet_options_create.argtypes = [C.POINTER(C.c_void_p)]
+    lib.aminet_options_set.argtypes = [C.c_void_p, C.c_char_p, C.c_char_p]
+    lib.aminet_options_release.argtypes = [C.c_void_p]
     return lib
 
 
@@ -297,6 +300,28 @@ def test_ctypes_version_and_backend_errors(lib: C.CDLL, bundle: Path) -> None:
     assert lib.aminet_detector_create_abi(abi, str(bundle).encode(), b"onnxruntime", None, C.byref(det)) == 3
     assert "unknown backend 'onnxruntime'" in lib.aminet_last_error().decode()
     assert det.value is None
+
+
+def test_ctypes_bf16_where_the_cpu_has_it(lib: C.CDLL, bundle: Path) -> None:
+    """precision bf16 loads where OpenVINO reports native bf16 (as the Python backend decides), and is
+    refused naming the reason elsewhere."""
+    from aminet_edge.runtime.backends.openvino_backend import cpu_capabilities
+
+    opts, det = C.c_void_p(), C.c_void_p()
+    assert lib.aminet_options_create(C.byref(opts)) == 0
+    assert lib.aminet_options_set(opts, b"precision", b"bf16") == 0
+    status = lib.aminet_detector_create_abi(lib.aminet_abi_version(), str(bundle).encode(), b"openvino", opts,
+                                            C.byref(det))
+    if "BF16" in cpu_capabilities():
+        assert status == 0, lib.aminet_last_error().decode()
+        lib.aminet_detector_describe.argtypes = [C.c_void_p, C.POINTER(C.c_char_p)]
+        text = C.c_char_p()
+        assert lib.aminet_detector_describe(det, C.byref(text)) == 0
+        assert json.loads(text.value)["precision"] == "bf16"
+        lib.aminet_detector_release(det)
+    else:
+        assert status == 3 and "has no native bf16" in lib.aminet_last_error().decode()
+    lib.aminet_options_release(opts)
 
 
 def test_resize_is_bit_exact_with_pillow(build_dir: Path) -> None:

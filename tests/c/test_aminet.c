@@ -263,7 +263,16 @@ static void check_api(const char* bundle) {
   CHECK(aminet_options_set(opts, "precision", "fp8") == AMINET_OK, "precision is checked at create");
   expect_error(aminet_detector_create(bundle, "openvino", opts, &det), AMINET_ERR_INVALID_ARGUMENT,
                "precision must be one of fp32, bf16, int8", "bad precision");
+  CHECK(aminet_options_set(opts, "precision", "int8") == AMINET_OK, "precision int8");
+  expect_error(aminet_detector_create(bundle, "openvino", opts, &det), AMINET_ERR_BUNDLE,
+               "model_int8_static.onnx not found: export it with `aminet-edge export", "int8 graph not exported");
+  CHECK(strstr(aminet_last_error(), "--precision int8 --calibration-data DATA`") != NULL, "int8 hint: %s",
+        aminet_last_error());
   CHECK(aminet_options_set(opts, "precision", "fp32") == AMINET_OK, "precision fp32");
+  CHECK(aminet_options_set(opts, "device", "NOSUCHDEVICE") == AMINET_OK, "device");
+  expect_error(aminet_detector_create(bundle, "openvino", opts, &det), AMINET_ERR_BACKEND_UNAVAILABLE,
+               "OpenVINO device 'NOSUCHDEVICE' is not present here (available: CPU", "absent device");
+  CHECK(aminet_options_set(opts, "device", "cpu") == AMINET_OK, "device cpu");
   CHECK(aminet_options_set(opts, "threads", "1") == AMINET_OK, "threads 1");
   CHECK(aminet_detector_create(bundle, "openvino", opts, &det) == AMINET_OK, "create: %s", aminet_last_error());
   aminet_options_release(opts);
