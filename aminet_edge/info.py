@@ -53,7 +53,8 @@ def score_info(config: BundleConfig) -> str:
 
 def c_runtime_info(package: Path | None = None) -> dict[str, str]:
     """Where this install's C runtime (libaminet, docs/c-api.md) lies, if the package carries it:
-    `cmake --install build --prefix <package folder>` puts it in lib/, include/aminet/, lib/cmake/aminet/."""
+    `cmake --install build --component runtime --prefix <package folder>` puts it in lib/, include/aminet/,
+    lib/cmake/aminet/."""
     root = package or Path(__file__).resolve().parent
     library = sorted((root / "lib").glob("libaminet.so*")) + sorted((root / "lib").glob("aminet.dll"))
     header = root / "include" / "aminet" / "aminet.h"

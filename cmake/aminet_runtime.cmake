@@ -50,21 +50,21 @@ if(AMINET_SANITIZE)
   target_link_options(aminet PRIVATE ${AMINET_SANITIZER_FLAGS})
 endif()
 
-# cmake --install: lib/libaminet.so, include/aminet/aminet.h(pp), lib/cmake/aminet/aminetConfig.cmake, so
-# that find_package(aminet) gives aminet::aminet. With --prefix <the aminet_edge package folder>,
-# `aminet-edge info` finds them (aminet_edge/info.py).
+# cmake --install (component "runtime"): lib/libaminet.so, include/aminet/aminet.h(pp),
+# lib/cmake/aminet/aminetConfig.cmake, so that find_package(aminet) gives aminet::aminet. With
+# `--component runtime --prefix <the aminet_edge package folder>`, `aminet-edge info` finds them.
 include(CMakePackageConfigHelpers)
-install(TARGETS aminet EXPORT aminetTargets LIBRARY DESTINATION ${CMAKE_INSTALL_LIBDIR}
-  RUNTIME DESTINATION ${CMAKE_INSTALL_BINDIR})
+install(TARGETS aminet EXPORT aminetTargets LIBRARY DESTINATION ${CMAKE_INSTALL_LIBDIR} COMPONENT runtime
+  RUNTIME DESTINATION ${CMAKE_INSTALL_BINDIR} COMPONENT runtime)
 install(FILES csrc/include/aminet/aminet.h csrc/include/aminet/aminet.hpp
-  DESTINATION ${CMAKE_INSTALL_INCLUDEDIR}/aminet)
-install(EXPORT aminetTargets NAMESPACE aminet:: DESTINATION ${CMAKE_INSTALL_LIBDIR}/cmake/aminet)
+  DESTINATION ${CMAKE_INSTALL_INCLUDEDIR}/aminet COMPONENT runtime)
+install(EXPORT aminetTargets NAMESPACE aminet:: DESTINATION ${CMAKE_INSTALL_LIBDIR}/cmake/aminet COMPONENT runtime)
 configure_package_config_file(cmake/aminetConfig.cmake.in ${CMAKE_CURRENT_BINARY_DIR}/aminetConfig.cmake
   INSTALL_DESTINATION ${CMAKE_INSTALL_LIBDIR}/cmake/aminet)
 write_basic_package_version_file(${CMAKE_CURRENT_BINARY_DIR}/aminetConfigVersion.cmake VERSION ${AMINET_VERSION}
   COMPATIBILITY SameMinorVersion)
 install(FILES ${CMAKE_CURRENT_BINARY_DIR}/aminetConfig.cmake ${CMAKE_CURRENT_BINARY_DIR}/aminetConfigVersion.cmake
-  DESTINATION ${CMAKE_INSTALL_LIBDIR}/cmake/aminet)
+  DESTINATION ${CMAKE_INSTALL_LIBDIR}/cmake/aminet COMPONENT runtime)
 add_library(aminet::aminet ALIAS aminet)
 
 enable_language(C)

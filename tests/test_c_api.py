@@ -343,10 +343,10 @@ def test_resize_is_bit_exact_with_pillow(build_dir: Path) -> None:
 # ---- install and examples ------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def prefix(build_dir: Path) -> Path:
-    """`cmake --install` of the build into <build>/prefix."""
+    """`cmake --install` of the runtime component into <build>/prefix."""
     out = build_dir / "prefix"
     if not (out / "lib" / "cmake" / "aminet" / "aminetConfig.cmake").is_file():
-        cmake("--install", str(build_dir), "--prefix", str(out))
+        cmake("--install", str(build_dir), "--component", "runtime", "--prefix", str(out))
     return out
 
 
