@@ -19,6 +19,7 @@ headers are missing (scripts/test.sh installs the Debian packages).
 from __future__ import annotations
 
 import ctypes as C
+import fcntl
 import hashlib
 import json
 import os
@@ -31,7 +32,7 @@ import numpy as np
 import pytest
 
 pytest.importorskip("torch")  # the shared bundle is trained by test_detector
-pytest.importorskip("openvino")
+openvino = pytest.importorskip("openvino")
 
 from c_api_vectors import frame, write_vectors  # noqa: E402
 from test_detector import generated_images, shared_bundle  # noqa: E402
@@ -46,8 +47,6 @@ RTOL = 1e-5
 
 def _missing_tools() -> str | None:
     """Why libaminet cannot be built here, or None."""
-    import openvino
-
     if shutil.which("cmake") is None or shutil.which("c++") is None or shutil.which("cc") is None:
         return "cmake and a C/C++ compiler are needed to build libaminet"
     if not (Path(openvino.__file__).parent / "cmake" / "OpenVINOConfig.cmake").is_file():
@@ -78,22 +77,24 @@ def cmake(*args: str) -> subprocess.CompletedProcess[str]:
 
 def build(options: tuple[str, ...] = (), target: str = "all") -> Path:
     """Configure and build libaminet and its C tests (or `target`) in <tmp>/aminet-capi-<hash>; reused
-    while the sources and `options` are unchanged. Returns the build folder."""
+    while the sources, `options` and the OpenVINO version are unchanged (a file lock keeps two sessions
+    from building one folder at once). Returns the build folder."""
     reason = _missing_tools()
     if reason:
         pytest.skip(reason)
-    folder = Path(tempfile.gettempdir()) / f"aminet-capi-{source_hash(' '.join(options))}"
+    folder = Path(tempfile.gettempdir()) / f"aminet-capi-{source_hash(' '.join(options) + openvino.__version__)}"
     done = folder / "built.ok"
-    if done.is_file():
-        return folder
-    shutil.rmtree(folder, ignore_errors=True)
-    configure = ["cmake", "-S", str(ROOT), "-B", str(folder), "-DCMAKE_BUILD_TYPE=Release", "-DAMINET_BUILD_CUDA=OFF",
-                 "-DAMINET_COPY_INPLACE=OFF", *options]
-    run = cmake(*configure[1:])
-    cmake("--build", str(folder), "-j2", "--target", target)
-    if not (folder / "libaminet.so").exists():
-        pytest.fail(f"libaminet was not built; the configure log says:\n{run.stdout[-3000:]}")
-    done.write_text("ok\n")
+    with open(f"{folder}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if done.is_file():
+            return folder
+        shutil.rmtree(folder, ignore_errors=True)
+        run = cmake("-S", str(ROOT), "-B", str(folder), "-DCMAKE_BUILD_TYPE=Release", "-DAMINET_BUILD_CUDA=OFF",
+                    "-DAMINET_COPY_INPLACE=OFF", *options)
+        cmake("--build", str(folder), "-j2", "--target", target)
+        if not (folder / "libaminet.so").exists():
+            pytest.fail(f"libaminet was not built; the configure log says:\n{run.stdout[-3000:]}")
+        done.write_text("ok\n")
     return folder
 
 
