@@ -436,3 +436,60 @@ def test_csharp_example_under_mono(prefix: Path, bundle: Path, python_detector: 
                              env=env, timeout=120)
     assert missing.returncode == 1
     assert f"Bundle: bundle directory {tmp_path / 'no-bundle'}: not found" in missing.stderr
+
+
+def nan_bundle(bundle: Path, out: Path) -> Path:
+    """A copy of `bundle` whose recorded model.onnx maps a pixel equal to the preprocessing mean to NaN
+    (amap = x / x on the red channel, score = its sum): a frame of grey 127 comes out non-finite."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    from aminet_edge.bundle import make_record, read_config, write_config
+
+    out.mkdir()
+    os.link(bundle / "weights.safetensors", out / "weights.safetensors")
+    shutil.copy(bundle / "config.json", out / "config.json")
+    const = lambda name, values: helper.make_tensor(name, TensorProto.INT64, [len(values)], values)  # noqa: E731
+    nodes = [
+        helper.make_node("Slice", ["images", "zero", "one", "one"], ["red"]),
+        helper.make_node("Div", ["red", "red"], ["ratio"]),
+        helper.make_node("Squeeze", ["ratio", "one"], ["amap"]),
+        helper.make_node("ReduceSum", ["amap", "hw"], ["score"], keepdims=0),
+        helper.make_node("AveragePool", ["ratio"], ["pooled"], kernel_shape=[16, 16], strides=[16, 16]),
+        helper.make_node("Reshape", ["pooled", "tokens"], ["flat"]),
+        helper.make_node("Greater", ["flat", "half"], ["mask"]),
+    ]
+    graph = helper.make_graph(
+        nodes, "nan", [helper.make_tensor_value_info("images", TensorProto.FLOAT, ["batch", 3, 64, 64])],
+        [helper.make_tensor_value_info("amap", TensorProto.FLOAT, ["batch", 64, 64]),
+         helper.make_tensor_value_info("score", TensorProto.FLOAT, ["batch"]),
+         helper.make_tensor_value_info("mask", TensorProto.BOOL, ["batch", 16])],
+        [const("zero", [0]), const("one", [1]), const("hw", [1, 2]), const("tokens", [-1, 16]),
+         helper.make_tensor("half", TensorProto.FLOAT, [], [0.5])])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), out / "model.onnx")
+    config = read_config(out)
+    old = config.artifacts["onnx"]["model"]
+    meta = {k: v for k, v in old.items() if k not in ("path", "sha256", "bytes")}
+    config.artifacts["onnx"] = {"model": make_record(out, out / "model.onnx", **meta)}
+    write_config(out, config)
+    return out
+
+
+def test_non_finite_output_is_the_frames_error_in_both(lib: C.CDLL, bundle: Path, tmp_path: Path) -> None:
+    """A frame the model maps to NaN gets AMINET_ERR_INFERENCE with the Python Detector's message; the
+    frames beside it are predicted."""
+    path = nan_bundle(bundle, tmp_path / "nan")
+    grey = frame("grey", np.full((40, 50, 3), 127, np.uint8))
+    bright = np.random.default_rng(4).integers(150, 256, (60, 70, 3), dtype=np.uint8)  # nowhere near the mean
+    surface = frame("surface", bright)
+    want = Detector.load(path, backend="openvino", cache=False).predict([surface.array, grey.array])
+    assert want[0].ok and not want[1].ok
+    det = C.c_void_p()
+    assert lib.aminet_detector_create_abi(lib.aminet_abi_version(), str(path).encode(), b"openvino", None,
+                                          C.byref(det)) == 0, lib.aminet_last_error().decode()
+    got = c_predict(lib, det, [surface, grey])
+    lib.aminet_detector_release(det)
+    assert got[0]["status"] == 0 and got[0]["score"] == pytest.approx(want[0].score, rel=RTOL)
+    assert got[1]["status"] == 5  # AMINET_ERR_INFERENCE
+    assert got[1]["message"] == str(want[1].error) == (
+        "input[1]: the model produced a non-finite score or map for this image")
