@@ -78,7 +78,9 @@ class Call:
     pixel_threshold: float = math.nan
 
 
-def calls(images: dict[str, Frame], det: Detector) -> list[Call]:
+def calls(det: Detector) -> list[Call]:
+    """The vector calls: plain RGB, BGR, other layouts with a bad frame, the model-size map, each decision
+    override, a single bad frame, and more frames than one batch."""
     rgb = [f"rgb{i}" for i in range(6)]
     value = float(det.thresholds.image) * 1.001
     return [
@@ -190,8 +192,9 @@ def broken_bundles(bundle: Path, root: Path) -> list[tuple[str, str, str, str]]:
 
 def python_refuses(path: str, backend: str, fragment: str) -> None:
     """Assert the Python Detector refuses the bundle with `fragment` in its message."""
+    options = {"cache": False} if backend == "openvino" else {}
     try:
-        Detector.load(path, backend=backend, cache=False) if backend == "openvino" else Detector.load(path, backend=backend)
+        Detector.load(path, backend=backend, **options)
     except (ValueError, BackendUnavailableError) as exc:
         assert fragment in str(exc), f"Python's message {str(exc)!r} lacks {fragment!r}"
         return
@@ -213,7 +216,7 @@ def write_vectors(bundle: Path, out: Path, det: Detector) -> Path:
     for f in images.values():
         f.buffer.tofile(out / f"{f.name}.u8")
         lines.append(f"frame {f.name} {out / f.name}.u8 {f.width} {f.height} {f.buffer.shape[1]} {f.channels} {f.order}")
-    for call in calls(images, det):
+    for call in calls(det):
         got = python_results(det, call, images)
         lines.append(f"call {call.name} {call.map} {call.threshold} {call.sensitivity!r} {call.pixel_threshold!r} "
                      f"{len(call.frames)} {' '.join(call.frames)}")

@@ -7,8 +7,8 @@
  * - every object is an opaque handle created by a *_create call and freed by its *_release call
  *   (release accepts NULL);
  * - every call that can fail returns an aminet_status; on failure, aminet_last_error() gives the
- *   message of the calling thread's last failed call (valid until that thread's next call), and every
- *   output pointer is left NULL;
+ *   message of the calling thread's last failed call (valid until that thread's next failure), and
+ *   every output pointer is set to NULL;
  * - a detector may be shared by any number of threads: each concurrent predict call runs on its own
  *   inference request, and results are bit-identical whatever the thread count;
  * - ABI version: aminet_detector_create passes the header's AMINET_ABI_VERSION; a library older than the
