@@ -7,8 +7,8 @@ Both run the bundle's fp32 model.onnx on OpenVINO's CPU plugin with the same set
 process so that its peak resident memory (getrusage ru_maxrss) is its own: the C side is
 bench/c_runtime_bench.c linked to libaminet (no Python in the process), the Python side
 `Detector.predict` on numpy arrays. Every timing is the whole predict call (preprocess, inference, map
-resized to the input size, mask) per image; median of --repeats after one warm-up, the two sides run
-back to back in one run. libaminet is built with CMake into build-bench/ (reused). The bundle defaults to
+resized to the input size, mask) per image; both processes stay loaded and their passes alternate
+(C, Python, C, ...), so a shared machine's load hits them alike; median of --repeats after one warm-up. libaminet is built with CMake into build-bench/ (reused). The bundle defaults to
 bench/runtime.py's (cpu preset, built on first use).
 """
 
@@ -45,8 +45,8 @@ def build_bench() -> Path:
     return exe
 
 
-def python_worker(bundle: str, frames: str, size: int, batch: int, repeats: int, threads: int) -> None:
-    """The Python side, in its own process: prints the same JSON line as the C bench."""
+def python_worker(bundle: str, frames: str, size: int, batch: int, threads: int) -> None:
+    """The Python side, in its own process, speaking c_runtime_bench.c's protocol on stdin / stdout."""
     from aminet_edge.runtime import Detector
 
     pixels = np.fromfile(frames, np.uint8).reshape(FRAMES, size, size, 3)
@@ -54,16 +54,41 @@ def python_worker(bundle: str, frames: str, size: int, batch: int, repeats: int,
     det = Detector.load(bundle, backend="openvino", threads=threads, batch_size=batch, cache=False)
     load_ms = (time.perf_counter() - t0) * 1e3
     items = list(pixels)
-    times = []
-    for r in range(-1, repeats):
+
+    def one_pass() -> float:
         start = time.perf_counter()
         for s in range(0, FRAMES, batch):
             chunk = items[s:s + batch]
             det.predict(chunk if batch > 1 else chunk[0])
-        if r >= 0:
-            times.append((time.perf_counter() - start) * 1e3 / FRAMES)
+        return (time.perf_counter() - start) * 1e3 / FRAMES
+
+    one_pass()
+    print("ready", flush=True)
+    for _ in sys.stdin:
+        print(f"{one_pass():.4f}", flush=True)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(json.dumps({"batch": batch, "ms_per_image": float(np.median(times)), "load_ms": load_ms, "peak_rss_mib": peak}))
+    print(json.dumps({"load_ms": load_ms, "peak_rss_mib": peak}), flush=True)
+
+
+def interleaved(commands: list[list[str]], repeats: int) -> list[tuple[float, dict]]:
+    """Start each command (a bench process), alternate `repeats` passes between them; returns each one's
+    median ms per image and its final JSON line."""
+    procs = [subprocess.Popen(c, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True) for c in commands]
+    for p in procs:
+        assert p.stdout is not None and p.stdout.readline().strip() == "ready", f"{p.args} did not start"
+    times: list[list[float]] = [[] for _ in procs]
+    for _ in range(repeats):
+        for p, t in zip(procs, times):
+            assert p.stdin is not None and p.stdout is not None
+            p.stdin.write("go\n")
+            p.stdin.flush()
+            t.append(float(p.stdout.readline()))
+    out = []
+    for p, t in zip(procs, times):
+        rest, _ = p.communicate()
+        assert p.returncode == 0, f"{p.args} failed"
+        out.append((float(np.median(t)), json.loads(rest.splitlines()[-1])))
+    return out
 
 
 def main() -> None:
@@ -73,11 +98,11 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--size", type=int, default=512, help="frame side in pixels")
-    parser.add_argument("--python-worker", nargs=6, help=argparse.SUPPRESS)
+    parser.add_argument("--python-worker", nargs=5, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.python_worker:
-        bundle, frames, size, batch, repeats, threads = args.python_worker
-        python_worker(bundle, frames, int(size), int(batch), int(repeats), int(threads))
+        bundle, frames, size, batch, threads = args.python_worker
+        python_worker(bundle, frames, int(size), int(batch), int(threads))
         return
     if args.bundle:
         bundle = Path(args.bundle)
@@ -91,13 +116,12 @@ def main() -> None:
     rows = []
     for batch in args.batches:
         common = [str(bundle), str(frames)]
-        c = subprocess.run([str(exe), *common, str(args.size), str(args.size), str(FRAMES), str(batch),
-                            str(args.repeats), str(args.threads)], check=True, capture_output=True, text=True)
-        py = subprocess.run([sys.executable, __file__, "--python-worker", *common, str(args.size), str(batch),
-                             str(args.repeats), str(args.threads)], check=True, capture_output=True, text=True)
-        cr, pr = json.loads(c.stdout.splitlines()[-1]), json.loads(py.stdout.splitlines()[-1])
-        rows.append(f"| {batch} | {pr['ms_per_image']:.2f} | {cr['ms_per_image']:.2f} | "
-                    f"{pr['ms_per_image'] / cr['ms_per_image']:.2f}x | {pr['peak_rss_mib']:.0f} | {cr['peak_rss_mib']:.0f} |")
+        (c_ms, c), (py_ms, py) = interleaved(
+            [[str(exe), *common, str(args.size), str(args.size), str(FRAMES), str(batch), str(args.threads)],
+             [sys.executable, __file__, "--python-worker", *common, str(args.size), str(batch), str(args.threads)]],
+            args.repeats)
+        rows.append(f"| {batch} | {py_ms:.2f} | {c_ms:.2f} | {py_ms / c_ms:.2f}x | {py['peak_rss_mib']:.0f} | "
+                    f"{c['peak_rss_mib']:.0f} |")
     head = ("| batch | Python Detector ms/img | libaminet ms/img | speed-up | Python peak RSS MiB | "
             "libaminet peak RSS MiB |\n|---|---|---|---|---|---|")
     note = (f"\nbundle {bundle}, openvino fp32, {args.threads} threads, {FRAMES} frames {args.size}x{args.size} uint8 RGB, "

@@ -1,9 +1,11 @@
-/* Latency of libaminet's aminet_predict at one batch size, for bench/c_runtime.py.
- * Usage: c_runtime_bench BUNDLE FRAMES WIDTH HEIGHT COUNT BATCH REPEATS THREADS
+/* Latency of libaminet's aminet_predict at one batch size, driven by bench/c_runtime.py.
+ * Usage: c_runtime_bench BUNDLE FRAMES WIDTH HEIGHT COUNT BATCH THREADS
  *   FRAMES: COUNT packed RGB uint8 frames of WIDTH x HEIGHT, back to back.
- * Each repeat predicts all COUNT frames in calls of BATCH (maps at the input size, as the Python
- * Detector returns them); prints one JSON line: median ms per image over REPEATS after one warm-up
- * repeat, and the process's peak resident memory (getrusage ru_maxrss). */
+ * After loading and one warm-up pass it prints "ready"; then for every line read from stdin it predicts
+ * all COUNT frames in calls of BATCH (maps at the input size, as the Python Detector returns them) and
+ * prints the ms per image of that pass; at end of input it prints one JSON line with the load time and
+ * the process's peak resident memory (getrusage ru_maxrss). The driver alternates passes with the
+ * Python side's, so both see the same machine load. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -18,18 +20,12 @@ static double now_ms(void) {
   return t.tv_sec * 1e3 + t.tv_nsec / 1e6;
 }
 
-static int by_value(const void* a, const void* b) {
-  double x = *(const double*)a, y = *(const double*)b;
-  return (x > y) - (x < y);
-}
-
 int main(int argc, char** argv) {
-  if (argc != 9) {
-    fprintf(stderr, "usage: %s BUNDLE FRAMES WIDTH HEIGHT COUNT BATCH REPEATS THREADS\n", argv[0]);
+  if (argc != 8) {
+    fprintf(stderr, "usage: %s BUNDLE FRAMES WIDTH HEIGHT COUNT BATCH THREADS\n", argv[0]);
     return 2;
   }
   int width = atoi(argv[3]), height = atoi(argv[4]), count = atoi(argv[5]), batch = atoi(argv[6]);
-  int repeats = atoi(argv[7]);
   size_t frame_bytes = (size_t)width * height * 3;
   unsigned char* pixels = malloc(frame_bytes * count);
   FILE* f = fopen(argv[2], "rb");
@@ -42,7 +38,7 @@ int main(int argc, char** argv) {
   aminet_options_create(&opts);
   char batch_text[16];
   snprintf(batch_text, sizeof batch_text, "%d", batch);
-  if (aminet_options_set(opts, "threads", argv[8]) != AMINET_OK || aminet_options_set(opts, "batch_size", batch_text) != AMINET_OK) {
+  if (aminet_options_set(opts, "threads", argv[7]) != AMINET_OK || aminet_options_set(opts, "batch_size", batch_text) != AMINET_OK) {
     fprintf(stderr, "%s\n", aminet_last_error());
     return 2;
   }
@@ -56,8 +52,8 @@ int main(int argc, char** argv) {
   aminet_image* images = calloc((size_t)count, sizeof *images);
   for (int i = 0; i < count; ++i)
     images[i] = (aminet_image){pixels + frame_bytes * i, width, height, (int64_t)width * 3, 3, AMINET_RGB};
-  double* ms = calloc((size_t)repeats, sizeof *ms);
-  for (int r = -1; r < repeats; ++r) {
+  char line[64];
+  for (int pass = -1; pass == -1 || fgets(line, sizeof line, stdin); ++pass) {
     double start = now_ms();
     for (int s = 0; s < count; s += batch) {
       aminet_results* res = NULL;
@@ -68,16 +64,15 @@ int main(int argc, char** argv) {
       }
       aminet_results_release(res);
     }
-    if (r >= 0) ms[r] = (now_ms() - start) / count;
+    if (pass == -1) printf("ready\n");
+    else printf("%.4f\n", (now_ms() - start) / count);
+    fflush(stdout);
   }
-  qsort(ms, (size_t)repeats, sizeof *ms, by_value);
   struct rusage usage;
   getrusage(RUSAGE_SELF, &usage);
-  printf("{\"batch\": %d, \"ms_per_image\": %.4f, \"load_ms\": %.1f, \"peak_rss_mib\": %.1f}\n", batch,
-         ms[repeats / 2], load_ms, usage.ru_maxrss / 1024.0);
+  printf("{\"load_ms\": %.1f, \"peak_rss_mib\": %.1f}\n", load_ms, usage.ru_maxrss / 1024.0);
   aminet_detector_release(det);
   aminet_options_release(opts);
-  free(ms);
   free(images);
   free(pixels);
   return 0;
