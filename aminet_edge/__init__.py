@@ -18,7 +18,7 @@ def __getattr__(name: str) -> Any:
 
         return Detector
     if name == "train":
-        from aminet_edge.train.trainer import train
+        from aminet_edge.training.trainer import train
 
         return train
     if name == "build_engine":

@@ -6,10 +6,13 @@ Layout (all paths in config.json are relative to the bundle and must stay inside
     model[_a|_b][_fp16|_int8].onnx      exported graphs (onnx_name), after `aminet-edge export`
     model_int8_static.onnx              OpenVINO's int8 graph (`export --precision int8 --calibration-data`)
     engines/<backend>-<target>-<precision>[-model_a|-model_b].engine   TensorRT engines (engine_name)
+    cache/                              the runtime's caches, not artifacts (never recorded or verified):
+                                        openvino/ compiled models, auto_backend.json `auto`'s measured choice
 
 config.json "artifacts" records every file: {"weights": record, "onnx": {key: record}, "engines": [record]};
 each record has "path", "sha256" (hex, of the file), "bytes", and graphs and engines also the
-"weights_sha256" of the weights they were made from. What is checked, and when:
+"weights_sha256" of the weights they were made from; an int8 graph's record may carry "validation"
+({"accepted": bool, ...figures}: int8_accepted). What is checked, and when:
 - at read (read_config): every field's type and range, with one BundleError naming the field
   (validate_config); records' paths inside the bundle; graphs and engines of this bundle's input size.
 - at use (weights_file, graph_file, engine_records + verify_record): the file is recorded (a file found
@@ -441,10 +444,26 @@ def write_config(bundle: str | Path, config: BundleConfig) -> Path:
     path = Path(bundle) / CONFIG_FILE
     data = config.to_json()
     validate_config(json.loads(json.dumps(data)), f"{path} (being written)")  # never write what cannot load
+    write_atomic(path, (json.dumps(data, indent=2, sort_keys=False) + "\n").encode())
+    return path
+
+
+def write_atomic(path: str | Path, data: bytes) -> Path:
+    """Write `data` to `path` atomically: a temporary file in the same folder, flushed and fsynced, then
+    renamed over `path` (a crash leaves the old file or the new one, never a torn one). Creates the folder.
+    The temporary file is removed when the write fails; OSError is raised as is."""
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
-    tmp.replace(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     return path
 
 
@@ -570,6 +589,16 @@ def graph_record(bundle: str | Path, config: BundleConfig, part: str, precision:
 def has_graph(config: BundleConfig, part: str, precision: str) -> bool:
     """Whether graph `part` at `precision` is recorded (schema 1 bundles record none usable)."""
     return not config.legacy and graph_key(part, precision) in (config.artifacts.get("onnx") or {})
+
+
+def int8_accepted(config: BundleConfig, part: str, precision: str) -> bool:
+    """Whether int8 graph `part` at `precision` ("int8", "int8_static") is recorded with a passed accuracy
+    check: its record's "validation" object has "accepted": true (written by the export that validated it
+    on held-out normal images). Only such graphs are candidates of `Detector.load(backend="auto")`."""
+    if not has_graph(config, part, precision):
+        return False
+    validation = config.artifacts["onnx"][graph_key(part, precision)].get("validation")
+    return isinstance(validation, dict) and validation.get("accepted") is True
 
 
 def graph_file(bundle: str | Path, config: BundleConfig, part: str, precision: str = "fp32",

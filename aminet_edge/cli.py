@@ -46,7 +46,7 @@ class _EchoHandler(logging.Handler):
 
 
 def _log_to_stderr() -> None:
-    for name in ("aminet_edge.train", "aminet_edge.evaluation"):
+    for name in ("aminet_edge.training", "aminet_edge.evaluation"):
         logger = logging.getLogger(name)
         if not any(isinstance(h, _EchoHandler) for h in logger.handlers):
             logger.addHandler(_EchoHandler())
@@ -122,7 +122,8 @@ def main() -> None:
 @click.option("--workers", type=click.IntRange(min=0), default=0, show_default=True,
               help="DataLoader processes decoding and resizing images.")
 @click.option("--compile", "compile_", is_flag=True,
-              help="torch.compile the losses (forward and backward); its speed-up is not yet measured on a GPU.")
+              help="Run the losses (forward and backward) through torch.compile; off by default, its gain "
+                   "is not yet measured on a GPU.")
 @click.option("--gpu-cache-gb", type=click.FloatRange(min=0), default=None,
               help="GPU memory the feature cache may use, GiB [default: half the free memory]; "
                    "larger caches stay in host memory with pinned, asynchronous copies. 0: always host.")
@@ -135,7 +136,7 @@ def train_cmd(data: tuple[str, ...], out: str, preset: str, backbone: str | None
               allow_changed_settings: bool, device: str, precision: str, workers: int, compile_: bool,
               gpu_cache_gb: float | None, quiet: bool) -> None:
     """Train on the normal images of DATA (one root, or several for a unified model)."""
-    from aminet_edge.train.trainer import train
+    from aminet_edge.training.trainer import train
 
     overrides: dict[str, Any] = {
         "backbone": backbone, "image_size": image_size, "embed_dim": embed_dim, "num_heads": heads,
@@ -204,7 +205,7 @@ def set_mask_cmd(run: str, data: tuple[str, ...], mask: str, guide_quantile: flo
 
     Graphs and engines of RUN are deleted (they hold the old mask): export them again.
     """
-    from aminet_edge.train.guide import set_mask
+    from aminet_edge.training.guide import set_mask
 
     _run(set_mask, run, list(data), mask.replace("-", "_"), guide_quantile, guide_bank_size, device=device,
          progress=not quiet, workers=workers, score_map=score_map)

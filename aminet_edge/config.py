@@ -23,14 +23,15 @@ Deliberate departures from the code (models/model_MAE.py, train_mvtec.py):
 - the distance's 1 - cos(t, c) is computed as ||t / |t| - c / |c|| ||^2 / 2: the same value for nonzero
   vectors, but 1 - t.c / (|t| |c|) (the code's form) cancels in float32 for trained tokens (norm ~800,
   1 - cos ~1e-4 to their centre) and flipped 0.6 % of magnetic tile's mask decisions against float64;
-  this form flips none (BENCHMARKS.md, textures). A zero vector gives 1/2 instead of 1.
+  this form flips none (BENCHMARKS.md, "OpenVINO on CPU: precision and accuracy"). A zero vector gives 1/2 instead of 1.
 - feature jitter is off by default (feature_jitter); the code always jitters in training.
 - optional, not the default: mask="nearest_normal" replaces the clustering mask at test time by a
-  nearest-normal guide (ModelConfig.mask; BENCHMARKS.md, textures); the clustering branch is still trained.
+  nearest-normal guide (ModelConfig.mask; BENCHMARKS.md, "Test-time masks on textures"); the clustering
+  branch is still trained.
 - optional, not the default: score map "reconstruction+guide" adds the guide's token distances, upsampled
   and smoothed as the reconstruction map, weighted by guide_weight (calibrated on held-out normal images:
   their mean reconstruction map / mean guide-distance map, so neither term dominates); needs
-  mask="nearest_normal" (ScoreConfig.map; BENCHMARKS.md, textures).
+  mask="nearest_normal" (ScoreConfig.map; BENCHMARKS.md, "Accuracy on MVTec bottle and magnetic tile").
 - the clustering patch embedding gets the same xavier-uniform init as the inpainting one; the code
   initialises only the inpainting one so and leaves the clustering one (auxi_embed) at PyTorch's default
   Conv2d init.

@@ -19,7 +19,7 @@ def run_demo(out: str | Path, epochs: int = 20, seed: int = 0, progress: bool = 
     """
     from aminet_edge.data.synthetic import make_synthetic_dataset
     from aminet_edge.evaluation.evaluate import evaluate_bundle
-    from aminet_edge.train.trainer import train
+    from aminet_edge.training.trainer import train
 
     out = Path(out)
     data = make_synthetic_dataset(out / "data", seed=seed)

@@ -55,11 +55,35 @@ def make_generator(device: torch.device, seed: int) -> torch.Generator:
     return torch.Generator(device=device).manual_seed(seed)
 
 
+# scaled_dot_product_attention's CUDA kernels: flash, memory-efficient and cuDNN have non-deterministic
+# backward passes (atomic adds) that use_deterministic_algorithms(warn_only=True) still lets run; math
+# (matmuls and softmax, as the model is written) is deterministic
+SDPA_KERNELS = ("flash", "mem_efficient", "cudnn", "math")
+
+
+@contextmanager
+def math_attention(only: bool = True) -> Iterator[None]:
+    """Within: scaled_dot_product_attention on CUDA may use the math kernel alone (`only`), or every kernel
+    torch has (only=False: flash and memory-efficient too, faster, not repeatable). Torch's global kernel
+    flags are restored on exit."""
+    cuda = torch.backends.cuda
+    names = [n for n in SDPA_KERNELS if hasattr(cuda, f"enable_{n}_sdp")]  # cuDNN's flag: torch >= 2.3
+    saved = {n: getattr(cuda, f"{n}_sdp_enabled")() for n in names}
+    for n in names:
+        getattr(cuda, f"enable_{n}_sdp")(n == "math" or not only)
+    try:
+        yield
+    finally:
+        for n, on in saved.items():
+            getattr(cuda, f"enable_{n}_sdp")(on)
+
+
 @contextmanager
 def repeatable(device: torch.device) -> Iterator[None]:
     """Within: one seed gives one result on one GPU (deterministic cuDNN convolutions, cuBLAS workspace,
-    attention backward). Ops without a deterministic CUDA kernel still run, with torch's warning.
-    Global torch flags are restored on exit. The CPU needs nothing (its kernels are deterministic).
+    the math attention kernel: `math_attention`). Ops without a deterministic CUDA kernel still run, with
+    torch's warning. Global torch flags are restored on exit. The CPU needs nothing (its kernels are
+    deterministic).
     """
     if device.type != "cuda":
         yield
@@ -71,7 +95,8 @@ def repeatable(device: torch.device) -> Iterator[None]:
     torch.use_deterministic_algorithms(True, warn_only=True)
     cudnn.deterministic, cudnn.benchmark = True, False
     try:
-        yield
+        with math_attention():
+            yield
     finally:
         torch.use_deterministic_algorithms(saved[0], warn_only=saved[1])
         cudnn.deterministic, cudnn.benchmark = saved[2], saved[3]

@@ -1,5 +1,6 @@
 """What `aminet-edge info [RUN] [--verify]` prints: versions, op backends, inference backends, GPU, and a
-bundle's graphs, engines and automatic backend choice; with verify, every recorded file's checksum."""
+bundle's graphs, engines and automatic backend choice (on CPU the table `auto` measured here, read from the
+bundle's cache: info itself times nothing); with verify, every recorded file's checksum."""
 
 from __future__ import annotations
 
@@ -65,9 +66,41 @@ def c_runtime_info(package: Path | None = None) -> dict[str, str]:
             "cmake": f"{cmake_dir} (aminet_DIR for find_package(aminet))" if cmake_dir.is_dir() else "not installed"}
 
 
+def measured_auto(bundle: str | Path, config: BundleConfig) -> str:
+    """What `auto` runs on this CPU and why: the choice measured here (runtime.backends.auto) or, before the
+    first Detector.load, the candidates it will time. Measures nothing."""
+    from aminet_edge.runtime.backends import auto
+
+    choice = auto.cached_choice(bundle, config, "cpu")
+    if choice is None:
+        found = ", ".join(map(str, auto.candidates(bundle, config))) or "none (the table's fallback: torch)"
+        return (f"not measured on this machine yet: the first Detector.load times {found} (~{auto.BUDGET_S:g} s; "
+                f"{auto.ENV}=table skips it)")
+    return f"{choice.backend} {choice.precision}: {choice.reason}, measured here {choice.measured_at}"
+
+
+def auto_table(bundle: str | Path, config: BundleConfig) -> dict[str, str] | None:
+    """The measured table of `auto` on this CPU, one line per candidate, and the key it is valid for; None
+    before the first measurement (or with AMINET_AUTO=table)."""
+    from aminet_edge.runtime.backends import auto
+
+    choice = auto.cached_choice(bundle, config, "cpu") if auto.mode() == "measure" else None
+    if choice is None:
+        return None
+    rows = {f"{r.backend} {r.precision}": r.describe() + (" <- chosen" if (r.backend, r.precision) ==
+                                                            (choice.backend, choice.precision) else "")
+            for r in choice.table}
+    key = choice.key
+    libs = ", ".join(f"{k} {v}" for k, v in key["libraries"].items())
+    rows["valid for"] = (f"{key['cpu']} ({key['cores']} cores; {', '.join(key['cpu_flags']) or 'no SIMD flags read'}), "
+                         f"{libs}, the graphs' sha256 as recorded; any change measures again")
+    rows["kept in"] = str(Path(bundle) / auto.CACHE_FILE)
+    return rows
+
+
 def bundle_info(bundle: str | Path, config: BundleConfig) -> dict[str, str]:
     """What a bundle holds (graphs, engines, calibration) and the backend `auto` picks on each device."""
-    from aminet_edge.runtime.backends import BackendUnavailableError, auto_reason, select_backend
+    from aminet_edge.runtime.backends import BackendUnavailableError, auto, auto_reason, select_backend
 
     artifacts = config.artifacts or {}
     graphs = sorted(str(e.get("path", k)) for k, e in (artifacts.get("onnx") or {}).items() if isinstance(e, dict))
@@ -79,6 +112,9 @@ def bundle_info(bundle: str | Path, config: BundleConfig) -> dict[str, str]:
            "engines": str(len(artifacts.get("engines") or [])),
            "calibrated": "yes" if config.calibration is not None else "no"}
     for device in ("cpu", "cuda"):
+        if device == "cpu" and auto.mode() == "measure":
+            out["auto on cpu"] = measured_auto(bundle, config)
+            continue
         try:
             name, _ = select_backend(bundle, config, device)
             if name.startswith("onnxruntime"):
@@ -90,7 +126,8 @@ def bundle_info(bundle: str | Path, config: BundleConfig) -> dict[str, str]:
                 from aminet_edge.runtime.backends.openvino_backend import cpu_capabilities, resolve_precision
 
                 name += f" ({resolve_precision(None, cpu_capabilities())})"
-            out[f"auto on {device}"] = f"{name}; {auto_reason(device, config)}"
+            out[f"auto on {device}"] = f"{name}; " + (f"{auto.ENV}=table: " if device == "cpu" else "") + \
+                auto_reason(device, config)
         except BackendUnavailableError as exc:
             out[f"auto on {device}"] = f"none ({exc})".splitlines()[0][:200]
     return out
@@ -121,6 +158,9 @@ def collect_info(bundle: str | Path | None = None, verify: bool = False) -> dict
     info["c runtime"] = c_runtime_info()
     if bundle is not None and config is not None:
         info["bundle"] = bundle_info(bundle, config)
+        table = auto_table(bundle, config)
+        if table is not None:
+            info["auto measured on this cpu"] = table
         if verify:
             info["verify"] = verify_bundle(bundle, config)
     gpu = "none"

@@ -17,7 +17,7 @@ from common import append_result  # noqa: E402
 
 from aminet_edge.config import PRESETS, TrainConfig  # noqa: E402
 from aminet_edge.evaluation.evaluate import evaluate_bundle  # noqa: E402
-from aminet_edge.train.trainer import train  # noqa: E402
+from aminet_edge.training.trainer import train  # noqa: E402
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 

@@ -12,8 +12,10 @@ from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 
-# raw results; AMINET_BENCH_RESULTS redirects them (bench/gpu_check.py: into its report folder)
-RESULTS = Path(os.environ.get("AMINET_BENCH_RESULTS") or Path(__file__).resolve().parent / "results")
+# raw results go to bench/out/ (ignored by git), so a benchmark run never changes the source tree;
+# AMINET_BENCH_RESULTS=bench/results adds a run to the project's committed record (bench/gpu_check.py
+# points it at its report folder)
+RESULTS = Path(os.environ.get("AMINET_BENCH_RESULTS") or Path(__file__).resolve().parent / "out")
 
 
 def median_seconds(fn: Callable[[], object], repeats: int = 5, warmup: int = 1) -> float:
@@ -29,7 +31,8 @@ def median_seconds(fn: Callable[[], object], repeats: int = 5, warmup: int = 1) 
 
 
 def append_result(name: str, table: str) -> Path:
-    """Print `table` and append it, with the command line, date and machine, to bench/results/<name>.md."""
+    """Print `table` and append it, with the command line, date and machine, to RESULTS/<name>.md
+    (bench/out/ unless AMINET_BENCH_RESULTS says otherwise); returns that path."""
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"{name}.md"
     command = "python " + " ".join(shlex.quote(a) for a in sys.argv)
@@ -38,4 +41,5 @@ def append_result(name: str, table: str) -> Path:
     with path.open("a") as f:
         f.write(header + table.rstrip() + "\n")
     print(table)
+    print(f"appended to {path}", file=sys.stderr)
     return path

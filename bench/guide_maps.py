@@ -27,7 +27,7 @@ from aminet_edge.data.datasets import load_dataset  # noqa: E402
 from aminet_edge.data.images import read_mask  # noqa: E402
 from aminet_edge.evaluation.metrics import evaluate  # noqa: E402
 from aminet_edge.model.pipeline import load_pipeline  # noqa: E402
-from aminet_edge.train.trainer import recorded_split  # noqa: E402
+from aminet_edge.training.trainer import recorded_split  # noqa: E402
 
 
 def main() -> None:

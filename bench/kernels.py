@@ -30,7 +30,7 @@ def _parse() -> argparse.Namespace:
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     p.add_argument("--peak-gbs", type=float, default=0.0, help="GPU peak memory bandwidth in GB/s")
     p.add_argument("--batches", default="1,8")
-    p.add_argument("--no-append", action="store_true", help="print only; do not append to bench/results")
+    p.add_argument("--no-append", action="store_true", help="print only; do not append to the results file (bench/out/)")
     p.add_argument("--json", type=Path, default=None, help="also write the rows as JSON here")
     return p.parse_args()
 

@@ -11,7 +11,9 @@ the model's size (decoded camera frames; no resize). Each variant is a Detector 
 Per variant and batch: latency = median wall time of one predict call (whole call: upload, model,
 one copy back, host post-processing), throughput = batch / latency; ratios vs torch eager at the same
 batch. Goals (issue 10): batch 1 <= 1.5 ms and >= 3x eager; batch 32 >= 3,000 images/s.
-Variants that cannot run here (CUDA graphs on the CPU, bf16 before SM 80) are listed with the reason.
+Variants that cannot run here by design (CUDA graphs on the CPU, bf16 before SM 80) are listed as skipped
+with the reason; a variant that fails to load or run is listed as failed, and the exit status is 1 when
+any failed or no variant gave a figure.
 """
 
 from __future__ import annotations
@@ -41,13 +43,14 @@ VARIANTS: tuple[tuple[str, dict[str, Any]], ...] = (  # (label, backend options)
 
 
 def make_bundle(path: Path, preset: str) -> Path:
-    """A bundle of `preset` with random weights (no calibration: the Detector gets explicit thresholds)."""
+    """A loadable bundle of `preset` with random weights, written by the product's own save path (weights
+    recorded in config.json); no calibration: the Detector gets explicit thresholds."""
     import torch
 
-    from aminet_edge.bundle import BundleConfig, write_config
+    from aminet_edge.bundle import BundleConfig
     from aminet_edge.config import PRESETS, ScoreConfig
     from aminet_edge.model.features import build_feature_extractor
-    from aminet_edge.model.pipeline import build_modules, save_pipeline_weights
+    from aminet_edge.model.pipeline import build_modules, save_bundle
 
     torch.manual_seed(0)
     model = PRESETS[preset]
@@ -56,10 +59,18 @@ def make_bundle(path: Path, preset: str) -> Path:
     config = BundleConfig(model=model, in_channels=probe.channels, score=ScoreConfig(),
                           mean=(mean[0], mean[1], mean[2]), std=(std[0], std[1], std[2]))
     extractor, aminet = build_modules(config)
-    path.mkdir(parents=True, exist_ok=True)
-    save_pipeline_weights(path, extractor, aminet)
-    write_config(path, config)
-    return path
+    return save_bundle(path, config, extractor, aminet)
+
+
+def not_applicable(options: dict[str, Any], device: str) -> str | None:
+    """Why a variant cannot run on `device` by design (not a failure), else None."""
+    import torch
+
+    if options.get("cuda_graph") and device != "cuda":
+        return "CUDA graphs need a CUDA device"
+    if options.get("precision") == "bf16" and device == "cuda" and not torch.cuda.is_bf16_supported():
+        return f"bf16 needs an SM 80+ GPU ({torch.cuda.get_device_name(0)})"
+    return None
 
 
 def synchronize(device: str) -> None:
@@ -76,7 +87,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 32])
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--json", type=Path, default=None, help="also write the figures as JSON here")
-    parser.add_argument("--no-append", action="store_true", help="print only; do not append to bench/results")
+    parser.add_argument("--no-append", action="store_true", help="print only; do not append to the results file (bench/out/)")
     args = parser.parse_args(argv)
 
     import torch
@@ -89,6 +100,7 @@ def main(argv: list[str] | None = None) -> dict:
     rng = np.random.default_rng(0)
     rows: list[dict] = []
     skipped: dict[str, str] = {}
+    failed: dict[str, str] = {}
     with tempfile.TemporaryDirectory(prefix="aminet-runtime-cuda-") as tmp:
         bundle = make_bundle(Path(tmp) / "bundle", args.preset)
         from aminet_edge.bundle import read_config
@@ -96,12 +108,17 @@ def main(argv: list[str] | None = None) -> dict:
         size = read_config(bundle).model.image_size
         frames = [rng.integers(0, 256, (size, size, 3), dtype=np.uint8) for _ in range(max(args.batches))]
         for label, options in VARIANTS:
+            reason = not_applicable(options, args.device)
+            if reason is not None:
+                skipped[label] = reason
+                print(f"{label}: skipped ({reason})", flush=True)
+                continue
             try:
                 det = Detector.load(bundle, backend="torch", device=args.device, threshold=1.0,
                                     pixel_threshold=1.0, batch_size=max(args.batches), **options)
-            except (ValueError, ImportError, RuntimeError) as exc:
-                skipped[label] = f"{type(exc).__name__}: {exc}"
-                print(f"{label}: skipped ({skipped[label]})", flush=True)
+            except Exception as exc:  # noqa: BLE001 - reported as this variant's failure
+                failed[label] = f"load: {type(exc).__name__}: {exc}"
+                print(f"{label}: FAILED ({failed[label]})", flush=True)
                 continue
             try:
                 for b in args.batches:
@@ -115,9 +132,9 @@ def main(argv: list[str] | None = None) -> dict:
                                  "images_per_s": b / seconds})
                     print(f"{label:52s} batch {b:3d}: {seconds * 1e3:9.2f} ms/call {b / seconds:10.1f} img/s",
                           flush=True)
-            except RuntimeError as exc:  # a capture or kernel failure: report it, keep the other variants
-                skipped[label] = f"failed: {type(exc).__name__}: {exc}"
-                print(f"{label}: {skipped[label]}", flush=True)
+            except Exception as exc:  # noqa: BLE001 - a capture or kernel failure: keep the other variants
+                failed[label] = f"predict: {type(exc).__name__}: {exc}"
+                print(f"{label}: FAILED ({failed[label]})", flush=True)
             finally:
                 det.close()
     eager = {r["batch"]: r["ms_per_call"] for r in rows if r["variant"] == VARIANTS[0][0]}
@@ -132,10 +149,12 @@ def main(argv: list[str] | None = None) -> dict:
     lines.append(f"{where}; torch {torch.__version__}; preset {args.preset} (random weights); uint8 frames at model "
                  f"size; median of {args.repeats}")
     for label, reason in skipped.items():
-        lines.append(f"- {label}: {reason}")
+        lines.append(f"- {label}: skipped: {reason}")
+    for label, reason in failed.items():
+        lines.append(f"- {label}: FAILED: {reason}")
     table = "\n".join(lines)
     result = {"where": where, "torch": torch.__version__, "preset": args.preset, "repeats": args.repeats,
-              "rows": rows, "skipped": skipped}
+              "rows": rows, "skipped": skipped, "failed": failed}
     if args.json:
         args.json.write_text(json.dumps(result, indent=1))
     if args.no_append:
@@ -146,4 +165,5 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    outcome = main()
+    sys.exit(1 if outcome["failed"] or not outcome["rows"] else 0)

@@ -3,7 +3,7 @@
 Masks: the adaptive mask at several lambda; lambda calibrated on held-out normal images to a target share
 of masked tokens; per-cluster boundaries fixed from held-out normal tokens (instead of each image's own
 statistics); the nearest-normal guide (ModelConfig.mask = "nearest_normal", built by the product's
-aminet_edge.train.guide) at several held-out quantiles and bank sizes; and, as a ceiling that needs the
+aminet_edge.training.guide) at several held-out quantiles and bank sizes; and, as a ceiling that needs the
 labels, the ground-truth defect tokens (alone, and added to the adaptive mask). Maps: reconstruction (the
 paper's), token-to-cluster distance, their sum. No retraining: features and cluster assignments are
 computed once (and kept in --feature-cache). Test and held-out features are held as float16 here, so a
@@ -36,9 +36,9 @@ from aminet_edge.model.pipeline import load_pipeline  # noqa: E402
 from aminet_edge.ops import reference  # noqa: E402
 from aminet_edge.data.batches import load_batches  # noqa: E402
 from aminet_edge.model.guide import token_features  # noqa: E402
-from aminet_edge.train.calibrate import mask_lambda_for_share  # noqa: E402
-from aminet_edge.train.guide import build_guide, pooled_tokens  # noqa: E402
-from aminet_edge.train.trainer import recorded_split  # noqa: E402
+from aminet_edge.training.calibrate import mask_lambda_for_share  # noqa: E402
+from aminet_edge.training.guide import build_guide, pooled_tokens  # noqa: E402
+from aminet_edge.training.trainer import recorded_split  # noqa: E402
 
 
 def features(pipeline, paths, config):  # type: ignore[no-untyped-def]

@@ -2,10 +2,13 @@
 step, model-FLOPs utilisation, and the wall time a 300-epoch run on a 209-image category would take.
 
 Usage: python bench/train_throughput.py [--preset cpu] [--images 32] [--batch 8] [--device auto]
-       [--precision auto] [--compile] [--json out.json]
-Both modes run the same optimisation step as training (aminet_edge.train.step.TrainStep: autocast,
+       [--precision auto] [--compile] [--attention-cost] [--json out.json]
+Both modes run the same optimisation step as training (aminet_edge.training.step.TrainStep: autocast,
 GradScaler for fp16, fused AdamW on CUDA, under the same deterministic-kernel settings) on the same
 images; the cached mode reads features computed once, the uncached mode recomputes them each step.
+--attention-cost: the cached mode again with attention restricted to the math kernel (what repeatable
+training uses on CUDA: aminet_edge.device.math_attention) and with every kernel torch has (flash,
+memory-efficient: faster, not repeatable); the ratio is what repeatability costs.
 
 FLOPs: counted by torch.utils.flop_counter on one AMI-Net forward + backward (matmuls, convolutions,
 attention; the frozen backbone is not part of a cached training step, the optimizer is not counted).
@@ -28,11 +31,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import append_result  # noqa: E402
 
 from aminet_edge.config import PRESETS, TrainConfig  # noqa: E402
-from aminet_edge.device import describe_device, make_generator, repeatable, resolve_device  # noqa: E402
+from aminet_edge.device import (describe_device, make_generator, math_attention, repeatable,  # noqa: E402
+                                resolve_device)
 from aminet_edge.model.aminet import AMINet  # noqa: E402
 from aminet_edge.model.features import build_feature_extractor  # noqa: E402
-from aminet_edge.train.precision import autocast, resolve_precision  # noqa: E402
-from aminet_edge.train.step import TrainStep  # noqa: E402
+from aminet_edge.training.precision import autocast, resolve_precision  # noqa: E402
+from aminet_edge.training.step import TrainStep  # noqa: E402
 
 # Dense (no sparsity) bf16 tensor-core peaks in TFLOP/s, from NVIDIA's datasheets (H100/H200: "H100 Tensor
 # Core GPU" and "H200" datasheets, SXM 1,979 / PCIe 1,513 with sparsity; A100 datasheet; L40S and L4
@@ -58,6 +62,8 @@ def main() -> None:
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     parser.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp16", "fp32"])
     parser.add_argument("--compile", action="store_true", help="torch.compile the losses, as train --compile")
+    parser.add_argument("--attention-cost", action="store_true",
+                        help="also time cached epochs with the math attention kernel alone vs every kernel")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args()
     cfg = PRESETS[args.preset]
@@ -99,6 +105,12 @@ def main() -> None:
         epoch(cache)  # warm-up (and compilation with --compile)
         cached = max(epoch(cache) for _ in range(2))
         uncached = max(epoch(None) for _ in range(2))
+        attention = {}
+        if args.attention_cost:
+            for label, only in (("math", True), ("any", False)):
+                with math_attention(only):
+                    epoch(cache)  # warm-up: another kernel
+                    attention[label] = max(epoch(cache) for _ in range(2))
 
     achieved = flops_per_image * cached / 1e12
     peak = bf16_peak_tflops(name) if dev.type == "cuda" else None
@@ -113,6 +125,10 @@ def main() -> None:
         f"{name} | {precision}{' compiled' if args.compile else ''} | {threads} | {args.batch} | {args.images} | "
         f"{cache_s:.1f} | {cached:.2f} | {uncached:.2f} | {cached / uncached:.2f}x | {flops_per_image / 1e9:.1f} | "
         f"{achieved:.3f} | {mfu} | {hours:.2f} |"])
+    if attention:
+        table += (f"\n\nattention kernels, cached img/s: math alone (repeatable) {attention['math']:.2f}, any "
+                  f"(flash / memory-efficient allowed) {attention['any']:.2f}: math costs "
+                  f"{100 * (1 - attention['math'] / attention['any']):.1f} % of the throughput")
     append_result("train_throughput", table)
     if args.json:
         args.json.write_text(json.dumps({
@@ -120,7 +136,8 @@ def main() -> None:
             "batch": args.batch, "images": args.images, "cache_build_s": cache_s, "cached_img_s": cached,
             "uncached_img_s": uncached, "gflop_per_image": flops_per_image / 1e9, "achieved_tflops": achieved,
             "bf16_peak_tflops": peak, "mfu": achieved / peak if peak else None,
-            "hours_300_epochs_209_images": hours}, indent=2) + "\n")
+            "hours_300_epochs_209_images": hours, "attention_cached_img_s": attention or None},
+            indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -2,8 +2,10 @@
 
     python examples/embed.py [BUNDLE] [FOLDER] [--device cuda]
 
-The defaults are what `aminet-edge demo` (scripts/demo.sh) writes. Needs the runtime only (numpy,
-Pillow and a backend: onnxruntime for an exported bundle, TensorRT on a GPU); torch is not imported.
+The defaults are what `aminet-edge demo` (scripts/demo.sh) writes; export its graphs first
+(`aminet-edge export runs/demo/bundle`, where torch is installed). Needs the runtime only (numpy, Pillow
+and a backend: onnxruntime or OpenVINO for the exported graphs, TensorRT on a GPU); torch is not
+imported. A bundle without graphs runs only where torch is installed (the torch backend).
 """
 
 import argparse
@@ -19,7 +21,10 @@ parser.add_argument("--sensitivity", type=float, default=0.5, help="0 flags leas
 args = parser.parse_args()
 
 # ---- the embed: these lines are all an application needs ----
-detector = Detector.load(args.bundle, device=args.device, sensitivity=args.sensitivity)  # fastest backend here
+try:
+    detector = Detector.load(args.bundle, device=args.device, sensitivity=args.sensitivity)  # fastest backend here
+except (ImportError, ValueError, RuntimeError, OSError) as exc:  # bundle, backend or argument problem
+    raise SystemExit(f"cannot load {args.bundle}: {exc}")
 images = sorted(p for p in Path(args.folder).rglob("*") if p.suffix.lower() in {".png", ".jpg", ".jpeg", ".bmp"})
 if not images:
     raise SystemExit(f"no images under {args.folder}")

@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{data} ({time.perf_counter() - t:.1f} s)")
 
     t = step(f"2. train preset {args.preset!r}, {args.epochs} epoch(s)")
-    from aminet_edge.train.trainer import train
+    from aminet_edge.training.trainer import train
 
     bundle = train(data, args.out / "bundle", model=PRESETS[args.preset],
                    train_cfg=TrainConfig(epochs=args.epochs, lr=5e-4, seed=args.seed),  # 5e-4: the demo's rate

@@ -53,7 +53,7 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def quick_train(data: Path, out: Path, seed: int = 0, **kw) -> Path:  # type: ignore[no-untyped-def]
     from aminet_edge.config import ModelConfig, TrainConfig
-    from aminet_edge.train.trainer import train
+    from aminet_edge.training.trainer import train
 
     model = ModelConfig(backbone="efficientnet_lite0", image_size=64, embed_dim=32, num_heads=4, inpaint_depth=1,
                         num_clusters=4)
@@ -295,8 +295,9 @@ def test_load_hashes_each_file_it_uses_once(copy: Path, monkeypatch: pytest.Monk
     monkeypatch.setattr(bundle_mod, "sha256_file", counting)
     Detector.load(copy, backend=backend)
     assert sorted(hashed) == files
+    Detector.load(copy)  # auto: measures (each candidate checks its own files) unless the copy's cache holds it
     hashed.clear()
-    Detector.load(copy)  # auto: the availability checks hash nothing; the chosen backend's files once
+    Detector.load(copy)  # auto, measured: the availability checks hash nothing; the chosen backend's files once
     assert len(hashed) == len(set(hashed)) >= 1
 
 

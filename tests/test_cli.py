@@ -58,6 +58,7 @@ def test_errors_are_one_line(tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
     res = runner.invoke(main, ["train", str(tmp_path / "empty"), "--out", str(tmp_path / "o"), "--preset", "tiny"])
     assert res.exit_code == 1 and "no known data layout" in res.output and "Traceback" not in res.output
+    assert not (tmp_path / "o").exists()
     res = runner.invoke(main, ["evaluate", str(tmp_path / "empty"), str(tmp_path / "empty")])
     assert res.exit_code == 1 and "not an aminet-edge bundle" in res.output
 
@@ -69,8 +70,24 @@ def test_wide_resnet_without_weights_says_how(tmp_path: Path, monkeypatch) -> No
     data = make_synthetic_dataset(tmp_path / "d", n_train=2, n_test_good=0, n_test_defect=0, size=32)
     res = CliRunner().invoke(main, ["train", str(data), "--out", str(tmp_path / "o"), "--epochs", "1"])
     assert res.exit_code == 1 and "--weights PATH" in res.output
+    assert not (tmp_path / "o").exists()  # a run that could not start leaves no bundle folder behind
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("kept")
+    res = CliRunner().invoke(main, ["train", str(data), "--out", str(tmp_path / "mine"), "--epochs", "1"])
+    assert res.exit_code == 1 and [p.name for p in (tmp_path / "mine").iterdir()] == ["notes.txt"]
 
 
 def test_module_entry_point_and_info() -> None:
     out = subprocess.run([sys.executable, "-m", "aminet_edge", "info"], capture_output=True, text=True, check=True)
     assert "op backends:" in out.stdout and "reference: available" in out.stdout
+
+
+def test_predict_on_a_folder_of_folders_suggests_recursive(tmp_path: Path) -> None:
+    data = make_synthetic_dataset(tmp_path / "d", n_train=2, n_test_good=1, n_test_defect=1, size=32)
+    (tmp_path / "run").mkdir()  # never opened: the inputs are checked first
+    res = CliRunner().invoke(main, ["predict", str(tmp_path / "run"), str(data / "test"), "--out", str(tmp_path / "o")])
+    assert res.exit_code == 1 and "Traceback" not in res.output
+    assert f"no images found in {data / 'test'} (4 in their subfolders: add --recursive)" in res.output
+    run = str(tmp_path / "run")
+    res = CliRunner().invoke(main, ["predict", run, run, "--out", str(tmp_path / "o")])
+    assert res.exit_code == 1 and res.output.rstrip().endswith(f"no images found in {tmp_path / 'run'}")

@@ -108,21 +108,35 @@ def test_compiles_for_default_architectures(source: str, tmp_path: Path) -> None
     assert proc.returncode == 0, proc.stderr
 
 
-@pytest.fixture(scope="module")
-def built_library(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """libaminet_cuda.so for sm_87 (or the local GPU's architecture when one is visible)."""
-    if NVCC is None:
-        pytest.skip("nvcc not found: the CUDA kernels cannot be compiled here")
-    arch = "-arch=sm_87"
+def library_arch() -> str:
+    """nvcc's -arch for the test library: the visible GPU's compute capability as torch reports it (an
+    explicit sm_XY: -arch=native needs a driver nvcc can query), else Jetson Orin's sm_87."""
     try:
         import torch
-
-        if torch.cuda.is_available():
-            arch = "-arch=native"
     except ImportError:
-        pass
+        return "-arch=sm_87"
+    if not torch.cuda.is_available():
+        return "-arch=sm_87"
+    major, minor = torch.cuda.get_device_capability(0)
+    return f"-arch=sm_{major}{minor}"
+
+
+def test_library_arch_follows_the_visible_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    torch = pytest.importorskip("torch")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert library_arch() == "-arch=sm_87"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda index=None: (9, 0))
+    assert library_arch() == "-arch=sm_90"  # H100 / H200: compiled by test_compiles_for_default_architectures
+
+
+@pytest.fixture(scope="module")
+def built_library(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """libaminet_cuda.so for sm_87 (or the local GPU's architecture when one is visible: `library_arch`)."""
+    if NVCC is None:
+        pytest.skip("nvcc not found: the CUDA kernels cannot be compiled here")
     lib = tmp_path_factory.mktemp("cuda") / "libaminet_cuda.so"
-    proc = _nvcc([arch, "-shared", "-Xcompiler", "-fPIC,-fvisibility=hidden", "-cudart", "static", *SOURCES,
+    proc = _nvcc([library_arch(), "-shared", "-Xcompiler", "-fPIC,-fvisibility=hidden", "-cudart", "static", *SOURCES,
                   "-o", str(lib)])
     assert proc.returncode == 0, proc.stderr
     return lib

@@ -72,10 +72,10 @@ def _preprocessed(images: list[np.ndarray], config: BundleConfig) -> torch.Tenso
 
 
 def _guide(extractor, config: BundleConfig):  # type: ignore[no-untyped-def]
-    """The nearest-normal guide built as training builds it (aminet_edge.train.guide.build_guide, its
+    """The nearest-normal guide built as training builds it (aminet_edge.training.guide.build_guide, its
     summary in config.train["guide"]): bank from 8 scratch-free generated surfaces, threshold from 4
     others (not the images compared in tests)."""
-    from aminet_edge.train.guide import build_guide, pooled_tokens
+    from aminet_edge.training.guide import build_guide, pooled_tokens
 
     with torch.no_grad():
         fit, held = (pooled_tokens([extractor(_preprocessed(normal_images(n, seed), config))],
@@ -287,11 +287,12 @@ def test_int8_graph_is_the_default_once_exported(bundle: Path, tmp_path: Path) -
         Detector.load(copy, backend="onnxruntime", precision="int4")
 
 
-def test_auto_picks_the_fastest_available_and_says_why(bundle: Path, tmp_path: Path) -> None:
-    from aminet_edge.runtime.backends import SPLIT_MIN_CHANNELS, auto_order
+def test_auto_table_picks_the_first_available_and_says_why(bundle: Path, tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """AMINET_AUTO=table: the CPU-flag table's order (the measured choice: tests/test_auto_backend.py)."""
+    from aminet_edge.runtime.backends import SPLIT_MIN_CHANNELS, auto_order, cpu_kind
 
-    from aminet_edge.runtime.backends import cpu_kind
-
+    monkeypatch.setenv("AMINET_AUTO", "table")
     config = read_config(bundle)
     available = available_cpu_backends(bundle)
     det = Detector.load(bundle)
@@ -654,11 +655,12 @@ def test_predict_write_errors_are_reported_not_raised(bundle: Path, tmp_path: Pa
     assert "2 overlay(s) not written" in res.output
 
 
-def test_info_on_a_bundle(bundle: Path, tmp_path: Path) -> None:
+def test_info_on_a_bundle(bundle: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from click.testing import CliRunner
 
     from aminet_edge.cli import main
 
+    monkeypatch.setenv("AMINET_AUTO", "table")  # the table's pick (the measured one: tests/test_auto_backend.py)
     res = CliRunner().invoke(main, ["info", str(bundle)])
     assert res.exit_code == 0, res.output
     assert "inference backends:" in res.output and "  onnxruntime@cpu: available" in res.output

@@ -19,13 +19,13 @@ from aminet_edge.cli import main
 from aminet_edge.config import LossConfig, ModelConfig, TrainConfig
 from aminet_edge.data.batches import load_batches
 from aminet_edge.data.synthetic import make_synthetic_dataset
-from aminet_edge.device import make_generator, resolve_device
+from aminet_edge.device import make_generator, math_attention, repeatable, resolve_device
 from aminet_edge.model.aminet import AMINet
 from aminet_edge.model.features import build_feature_extractor
-from aminet_edge.train.cache import CACHE_GPU_FRACTION, cache_nbytes, cache_placement
-from aminet_edge.train.checkpoint import CHECKPOINT_FILE
-from aminet_edge.train.precision import autocast, grad_scaler, resolve_precision
-from aminet_edge.train.trainer import load_training_samples, split_holdout, train
+from aminet_edge.training.cache import CACHE_GPU_FRACTION, cache_nbytes, cache_placement
+from aminet_edge.training.checkpoint import CHECKPOINT_FILE
+from aminet_edge.training.precision import autocast, grad_scaler, resolve_precision
+from aminet_edge.training.trainer import load_training_samples, split_holdout, train
 
 SMALL = ModelConfig(backbone="efficientnet_lite0", image_size=64, embed_dim=32, num_heads=4, inpaint_depth=1,
                     num_clusters=4, feature_jitter=True)  # jitter on: the generator drives masks and noise
@@ -135,6 +135,40 @@ def test_generator_device() -> None:
         net.losses(feat, LossConfig(), torch.Generator())
 
 
+# ---- repeatable(): the math attention kernel on CUDA ---------------------------------------------
+def sdpa_flags() -> dict[str, bool]:
+    cuda = torch.backends.cuda
+    return {"flash": cuda.flash_sdp_enabled(), "mem_efficient": cuda.mem_efficient_sdp_enabled(),
+            "cudnn": cuda.cudnn_sdp_enabled(), "math": cuda.math_sdp_enabled()}
+
+
+def test_repeatable_chooses_the_math_attention_kernel_on_cuda(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Training on CUDA (repeatable) leaves scaled_dot_product_attention the math kernel alone (flash,
+    memory-efficient and cuDNN have non-deterministic backward passes); the CPU's flags are left alone, every
+    flag comes back on exit, also after an error, and the benchmark's opt-out re-enables the fused kernels.
+    Flags only: no GPU is touched (tests/test_train_cuda.py checks the runs themselves at L = 256)."""
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)  # repeatable sets it; restored after the test
+    before = sdpa_flags()
+    assert all(before.values())  # torch's defaults
+    with repeatable(torch.device("cpu")):
+        assert sdpa_flags() == before
+    math_only = {"flash": False, "mem_efficient": False, "cudnn": False, "math": True}
+    with repeatable(CUDA0):
+        assert sdpa_flags() == math_only and torch.are_deterministic_algorithms_enabled()
+        g = torch.Generator().manual_seed(0)
+        q, k, v = (torch.randn(2, 4, 256, 16, generator=g) for _ in range(3))  # L = 256 tokens
+        want = torch.softmax(q @ k.transpose(-2, -1) / 4.0, dim=-1) @ v
+        torch.testing.assert_close(torch.nn.functional.scaled_dot_product_attention(q, k, v), want)
+        with math_attention(only=False):  # bench/train_throughput.py --attention fused
+            assert sdpa_flags() == before
+        assert sdpa_flags() == math_only
+    assert sdpa_flags() == before and not torch.are_deterministic_algorithms_enabled()
+    with pytest.raises(RuntimeError, match="inside"), math_attention():
+        assert sdpa_flags() == math_only
+        raise RuntimeError("inside")
+    assert sdpa_flags() == before
+
+
 # ---- DataLoader workers -------------------------------------------------------------------------
 WORKERS_CHECK = """
 import sys
@@ -146,7 +180,7 @@ import torch
 from aminet_edge.data.batches import load_batches
 from aminet_edge.data.images import preprocess, read_image
 from aminet_edge.model.features import build_feature_extractor
-from aminet_edge.train.cache import build_feature_cache
+from aminet_edge.training.cache import build_feature_cache
 
 data, tmp = Path(sys.argv[1]), Path(sys.argv[2])
 paths = sorted(str(p) for p in (data / "train" / "good").glob("*.png"))[:5]
@@ -205,7 +239,7 @@ def test_cpu_training_equals_the_plain_loop(data: Path, tmp_path: Path, caplog: 
     from safetensors.torch import load_file
 
     device = "cpu" if torch.cuda.is_available() else "auto"  # without a GPU, auto must be the CPU
-    with caplog.at_level("INFO", logger="aminet_edge.train"):
+    with caplog.at_level("INFO", logger="aminet_edge.training"):
         bundle = train(data, tmp_path / "run", model=SMALL, train_cfg=CFG, pretrained=False, progress=False,
                        device=device)
     assert "training on cpu, precision fp32" in caplog.text

@@ -57,11 +57,14 @@ def run_without(blocked: list[str], script: Path, args: list[str]) -> subprocess
 
 
 def auto_backend(bundle: Path) -> str:
-    """What Detector.load(bundle) picks here (openvino or onnxruntime, by the CPU: backends.auto_order)."""
+    """What Detector.load(bundle) picked here: the choice the example's first load measured and kept in the
+    bundle's cache (backends.auto)."""
     from aminet_edge.bundle import read_config
-    from aminet_edge.runtime.backends import select_backend
+    from aminet_edge.runtime.backends.auto import cached_choice
 
-    return select_backend(bundle, read_config(bundle), "cpu")[0]
+    choice = cached_choice(bundle, read_config(bundle))
+    assert choice is not None, f"no measured choice in {bundle}: did the example load with backend='auto'?"
+    return choice.backend
 
 
 @pytest.fixture(scope="module")
@@ -76,11 +79,18 @@ def workspace(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     return {"root": root, "data": root / "data", "bundle": root / "bundle", "stdout": proc.stdout}
 
 
-def test_examples_have_help() -> None:
+def test_examples_have_help_with_the_options_their_docstrings_show() -> None:
+    import ast
+    import re
+
     for name in ("embed.py", "camera_loop.py", "train_export_predict.py"):
         proc = run([str(EXAMPLES / name), "--help"])
         assert proc.returncode == 0, proc.stderr
         assert proc.stdout.startswith("usage:") and "--" in proc.stdout, name
+        usage = (ast.get_docstring(ast.parse((EXAMPLES / name).read_text())) or "").split("\n\n")[1]
+        assert usage.lstrip().startswith(f"python examples/{name}"), usage
+        shown = set(re.findall(r"--[a-z][a-z-]*", usage))
+        assert shown and shown <= set(re.findall(r"--[a-z][a-z-]*", proc.stdout)), (name, shown)
 
 
 # ---- embed.py -----------------------------------------------------------------------------------------
@@ -97,6 +107,24 @@ def test_embed_prints_one_decision_per_image_without_torch(workspace: dict[str, 
     for line in decisions:
         float(line.split()[1])  # the normalised score
     assert lines[-1].startswith(f"{len(images)} images; backend: {auto_backend(workspace['bundle'])}"), lines[-1]
+
+
+def test_embed_with_its_defaults_runs_on_the_demo_layout_without_torch(workspace: dict[str, Any],
+                                                                       tmp_path: Path) -> None:
+    """As its docstring says: `aminet-edge demo` writes runs/demo/{bundle,data}, exported, then
+    `python examples/embed.py` with no arguments, in a process where importing torch fails."""
+    demo = tmp_path / "runs" / "demo"
+    demo.mkdir(parents=True)
+    shutil.copytree(workspace["bundle"], demo / "bundle")
+    (demo / "data").symlink_to(workspace["data"])
+    code = (f"import runpy, sys\nsys.modules['torch'] = None\nsys.argv = [{str(EXAMPLES / 'embed.py')!r}]\n"
+            "runpy.run_path(sys.argv[0], run_name='__main__')\nassert sys.modules['torch'] is None\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=TIMEOUT, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    images = sorted((workspace["data"] / "test").rglob("*.png"))
+    assert [line.split()[-1] for line in proc.stdout.splitlines()[:-1]] == [
+        str(Path("runs/demo/data/test") / p.relative_to(workspace["data"] / "test")) for p in images]
+    assert proc.stdout.splitlines()[-1].startswith(f"{len(images)} images; backend: ")
 
 
 def test_embed_says_when_the_folder_has_no_images(workspace: dict[str, Any], tmp_path: Path) -> None:

@@ -22,7 +22,7 @@ from aminet_edge.data.synthetic import make_synthetic_dataset
 from aminet_edge.model.guide import NearestNormalGuide, token_features
 from aminet_edge.model.pipeline import load_pipeline
 from aminet_edge.ops import reference
-from aminet_edge.train.guide import PROJECTION_DIM, build_guide, greedy_coreset, set_mask
+from aminet_edge.training.guide import PROJECTION_DIM, build_guide, greedy_coreset, set_mask
 
 sys.path.insert(0, str(Path(__file__).parent))
 from test_train import SMALL, run  # noqa: E402
@@ -42,7 +42,7 @@ def guided(data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def train_guided(data: Path, out: Path) -> Path:
-    from aminet_edge.train.trainer import train
+    from aminet_edge.training.trainer import train
 
     return train(data, out, model=GUIDED, train_cfg=TrainConfig(epochs=1, batch_size=4, lr=1e-3),
                  pretrained=False, progress=False)
@@ -140,7 +140,7 @@ def test_training_builds_the_guide_into_the_bundle(guided: Path, data: Path) -> 
 
 def test_guide_needs_held_out_images(data: Path, tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="held-out normal images"):
-        from aminet_edge.train.trainer import train
+        from aminet_edge.training.trainer import train
 
         train(data, tmp_path / "run", model=GUIDED, train_cfg=TrainConfig(epochs=1, holdout_fraction=0.0),
               pretrained=False, progress=False)

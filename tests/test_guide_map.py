@@ -25,8 +25,8 @@ from aminet_edge.cli import main
 from aminet_edge.config import ScoreConfig, TrainConfig
 from aminet_edge.data.batches import load_batches
 from aminet_edge.model.pipeline import load_pipeline
-from aminet_edge.train.guide import set_mask
-from aminet_edge.train.trainer import recorded_split, train
+from aminet_edge.training.guide import set_mask
+from aminet_edge.training.trainer import recorded_split, train
 
 sys.path.insert(0, str(Path(__file__).parent))
 from test_guide import GUIDED, data, guided  # noqa: E402,F401  (module fixtures)

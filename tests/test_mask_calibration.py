@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from aminet_edge.train.calibrate import mask_lambda_for_share
+from aminet_edge.training.calibrate import mask_lambda_for_share
 
 
 def test_lambda_for_share_is_the_z_score_quantile() -> None:

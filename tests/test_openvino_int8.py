@@ -10,7 +10,7 @@ onnxruntime path, measured on these inputs (6 generated images, 64 px, 256 token
   the reconstruction the map is measured against.
 Without 7-bit weights (quantize_static's overflow fix) this CPU (AVX2, no VNNI) saturated: scores moved by
 up to 3.4 %, maps by 1.8 % with correlation 0.95; these bounds catch that. On trained bundles and real
-data: bench/openvino_accuracy.py (BENCHMARKS.md, issue 15).
+data: bench/openvino_accuracy.py (BENCHMARKS.md, "OpenVINO on CPU: precision and accuracy").
 """
 
 from __future__ import annotations

@@ -28,8 +28,8 @@ from test_detector import generated_images, shared_bundle  # noqa: E402
 from aminet_edge.bundle import read_config  # noqa: E402
 from aminet_edge.runtime import Detector, InputError  # noqa: E402
 from aminet_edge.runtime.detector import resize_map  # noqa: E402
-from aminet_edge.serving import (QueuePolicy, RemoteDetector, RequestTimeoutError, ServerBusyError,  # noqa: E402
-                                 ServerUnavailableError, TritonServer, write_repository)
+from aminet_edge.serving import (QueuePolicy, RemoteDetector, ServerBusyError, ServerUnavailableError,  # noqa: E402
+                                 TritonServer, write_repository)
 from aminet_edge.serving.protocol import map_hw  # noqa: E402
 from aminet_edge.serving.repository import check_repository, parse_config  # noqa: E402
 from aminet_edge.serving.server import ServerError, find_tritonserver  # noqa: E402
@@ -203,14 +203,41 @@ def test_bad_images_over_the_wire(main_server: TritonServer, detector: Detector,
         RemoteDetector(main_server.url).predict(arrays[0])
 
 
-def test_timeouts_are_reported_per_frame(main_server: TritonServer) -> None:
-    remote = RemoteDetector(main_server.url, timeout=30)
-    remote.timeout = 1e-4  # too short for an answer, nearly always: under load one frame in four was seen
-    # to get through (the client's socket timeout covers each network step, not the whole request)
-    got = remote.predict(generated_images(4))
-    timed_out = [r for r in got if not r.ok]
-    assert len(got) == 4 and len(timed_out) >= 3, got
-    assert all(isinstance(r.error, RequestTimeoutError) for r in timed_out), got
+def _infer_raw(server: TritonServer, shape: list[int], data: bytes, sides: int = 1) -> tuple[int, str]:
+    """POST one binary-data inference request as any HTTP client may send it: (HTTP status, body)."""
+    import json
+    import urllib.error
+    import urllib.request
+
+    header = json.dumps({"inputs": [
+        {"name": "IMAGE", "shape": shape, "datatype": "UINT8", "parameters": {"binary_data_size": len(data)}},
+        {"name": "MAP_MAX_SIDE", "shape": [sides, 1], "datatype": "INT32", "data": [0] * sides}],
+        "outputs": [{"name": "SCORE"}]}).encode()
+    request = urllib.request.Request(f"{server.url}/v2/models/aminet/infer", data=header + data, headers={
+        "Inference-Header-Content-Length": str(len(header)), "Content-Type": "application/octet-stream"})
+    try:
+        with urllib.request.urlopen(request, timeout=60) as reply:
+            return reply.status, reply.read().decode(errors="replace")
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode(errors="replace")
+
+
+def test_requests_the_model_does_not_accept_get_a_400(main_server: TritonServer, tmp_path: Path) -> None:
+    """One image per request: two images in one IMAGE tensor are refused (not answered for the first);
+    bytes that are no image, and a declared size the data does not have, are 400s naming the problem."""
+    from PIL import Image
+
+    path = tmp_path / "frame.png"
+    Image.fromarray(generated_images()[0]).save(path)
+    png = path.read_bytes()
+    assert _infer_raw(main_server, [1, len(png)], png)[0] == 200
+    status, body = _infer_raw(main_server, [2, len(png)], png + png, sides=2)
+    assert status == 400 and "one image per request" in body and "[2, " in body, (status, body)
+    status, body = _infer_raw(main_server, [1, 12], b"not an image")
+    assert status == 400 and "no image format recognised in its 12 bytes" in body and "_io." not in body, body
+    status, body = _infer_raw(main_server, [1, 2 ** 62], b"1234")
+    assert status == 400 and "byte size" in body, body
+    assert main_server.process is not None and main_server.process.poll() is None and main_server.ready()
 
 
 def test_full_queue_gives_back_pressure_errors(small_server: TritonServer) -> None:

@@ -17,8 +17,8 @@ from aminet_edge.data.synthetic import make_synthetic_dataset
 from aminet_edge.evaluation.evaluate import evaluate_bundle
 from aminet_edge.model.features import build_feature_extractor
 from aminet_edge.model.pipeline import load_pipeline
-from aminet_edge.train.cache import build_feature_cache
-from aminet_edge.train.trainer import train
+from aminet_edge.training.cache import build_feature_cache
+from aminet_edge.training.trainer import train
 
 SMALL = ModelConfig(backbone="efficientnet_lite0", image_size=64, embed_dim=32, num_heads=4, inpaint_depth=1,
                     num_clusters=4)
@@ -171,7 +171,7 @@ def test_steps_are_adamw_on_fresh_gradients_and_calibration_is_held_out(
     from torch.optim.optimizer import register_optimizer_step_post_hook, register_optimizer_step_pre_hook
 
     from aminet_edge.model.aminet import AMINet
-    from aminet_edge.train import trainer
+    from aminet_edge.training import trainer
 
     seen: dict[str, list[str]] = {}
     real_cache, real_calibrate = trainer.build_feature_cache, trainer.calibrate

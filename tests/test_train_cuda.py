@@ -1,15 +1,18 @@
 """Training and evaluation on a CUDA GPU (all marked gpu; skipped with the reason where torch sees none).
 
 What each proves: one seed gives one result on the GPU (twice the same weights); --resume on the GPU
-ends where an uninterrupted run ends; the host-memory cache (pinned staging, non_blocking copies) trains
-exactly like the on-GPU cache; bf16 and fp16 (with gradient scaling) follow the fp32 losses; torch.compile
-follows eager; evaluation on the GPU agrees with the CPU; a GPU checkpoint cannot resume on the CPU; the
-nearest-normal guide builds on the GPU as on the CPU.
+ends where an uninterrupted run ends; both also at the paper's L = 256 tokens, where the fused attention
+kernels' non-deterministic backward passes would show (repeatable training keeps the math kernel); the
+host-memory cache (pinned staging, non_blocking copies) trains exactly like the on-GPU cache; bf16 and
+fp16 (with gradient scaling) follow the fp32 losses; torch.compile follows eager; evaluation on the GPU
+agrees with the CPU; a GPU checkpoint cannot resume on the CPU; the nearest-normal guide builds on the GPU
+as on the CPU.
 The CPU side of the same plumbing: tests/test_device.py.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
 
@@ -26,14 +29,15 @@ from aminet_edge.bundle import read_config  # noqa: E402
 from aminet_edge.config import ModelConfig, TrainConfig  # noqa: E402
 from aminet_edge.data.synthetic import make_synthetic_dataset  # noqa: E402
 from aminet_edge.evaluation.evaluate import evaluate_bundle  # noqa: E402
-from aminet_edge.train.checkpoint import CHECKPOINT_FILE  # noqa: E402
-from aminet_edge.train.trainer import train  # noqa: E402
+from aminet_edge.training.checkpoint import CHECKPOINT_FILE  # noqa: E402
+from aminet_edge.training.trainer import train  # noqa: E402
 
 pytestmark = [pytest.mark.gpu,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU visible to torch")]
 
 SMALL = ModelConfig(backbone="efficientnet_lite0", image_size=64, embed_dim=64, num_heads=4, inpaint_depth=2,
                     num_clusters=4, feature_jitter=True)
+PAPER_TOKENS = dataclasses.replace(SMALL, image_size=256)  # L = (256 / 4 / 4) ** 2 = 256 tokens, as the paper's
 
 
 @pytest.fixture(scope="module")
@@ -42,10 +46,11 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
                                   size=64)
 
 
-def run(data: Path, out: Path, epochs: int = 3, **kw) -> Path:  # type: ignore[no-untyped-def]
+def run(data: Path, out: Path, epochs: int = 3, model: ModelConfig = SMALL,  # type: ignore[no-untyped-def]
+        **kw) -> Path:
     kw.setdefault("device", "cuda")
     kw.setdefault("precision", "fp32")
-    return train(data, out, model=SMALL, train_cfg=TrainConfig(epochs=epochs, batch_size=4, lr=1e-3),
+    return train(data, out, model=model, train_cfg=TrainConfig(epochs=epochs, batch_size=4, lr=1e-3),
                  pretrained=False, progress=False, **kw)
 
 
@@ -75,6 +80,20 @@ def test_cuda_run_repeats_and_resumes(data: Path, tmp_path: Path) -> None:
     assert_same_weights(a, run(data, tmp_path / "c", resume=True))
     with pytest.raises(ValueError, match="resume with --device cuda"):
         run(data, tmp_path / "c", device="cpu", resume=True)
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_repeats_and_resumes_at_256_tokens(data: Path, tmp_path: Path, precision: str) -> None:
+    """At L = 256 tokens flash / memory-efficient attention would pick backward kernels with atomic adds
+    (L = 16 above is too short for them to differ): two runs, and a run resumed after its first epoch,
+    must still end with the same weights. bf16 is what `--precision auto` trains with on sm80+."""
+    assert PAPER_TOKENS.grid_size ** 2 == 256
+    if precision == "bf16" and torch.cuda.get_device_capability() < (8, 0):
+        pytest.skip("bf16 needs sm80+")
+    a = run(data, tmp_path / "a", model=PAPER_TOKENS, precision=precision)
+    assert_same_weights(a, run(data, tmp_path / "b", model=PAPER_TOKENS, precision=precision))
+    run(data, tmp_path / "c", epochs=1, model=PAPER_TOKENS, precision=precision)
+    assert_same_weights(a, run(data, tmp_path / "c", model=PAPER_TOKENS, precision=precision, resume=True))
 
 
 def test_host_cache_with_pinned_copies_equals_gpu_cache(data: Path, tmp_path: Path) -> None:
@@ -128,7 +147,7 @@ def test_nearest_normal_guide_on_cuda_matches_cpu(data: Path, tmp_path: Path) ->
     import shutil
 
     from aminet_edge.model.pipeline import load_pipeline
-    from aminet_edge.train.guide import set_mask
+    from aminet_edge.training.guide import set_mask
 
     guided = train(data, tmp_path / "guided", model=dataclasses.replace(SMALL, mask="nearest_normal"),
                    train_cfg=TrainConfig(epochs=1, batch_size=4, lr=1e-3), pretrained=False, progress=False,

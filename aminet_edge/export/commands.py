@@ -15,7 +15,9 @@ from aminet_edge.cli import device_option
               help="fp16: backbone and transformers in float16, mask statistics and score map in float32 "
                    "(for TensorRT). int8: the fp32 graphs plus copies with the inpainting transformer's "
                    "MatMuls in int8, for CPUs (onnxruntime picks them up by default); with "
-                   "--calibration-data also OpenVINO's int8 graph.")
+                   "--calibration-data also OpenVINO's int8 graph. Each int8 graph is then validated on "
+                   "the bundle's held-out normal images (<= 0.5 % mask tokens changed, same decisions): "
+                   "only accepted ones are timed by backend 'auto'.")
 @click.option("--calibration-data", "calibration_data", multiple=True, type=click.Path(exists=True, file_okay=False),
               help="With --precision int8: a data set (any layout `train` reads; its normal training images "
                    "are used, e.g. the ones trained on) to calibrate OpenVINO's int8 graph "
@@ -35,6 +37,40 @@ def export_cmd(run: str, precision: str, calibration_data: tuple[str, ...], no_s
         raise click.ClickException(str(exc)) from exc
     for part, path in paths.items():
         click.echo(f"{part}: {path}")
+    if precision == "int8":
+        _validate_int8(run)
+
+
+def held_out_images(run: str) -> tuple[list[str], str]:
+    """The bundle's held-out normal images (re-derived from its recorded training data and split) and
+    where they come from; ([], why not) when the data is not at hand or none were held out."""
+    from aminet_edge.bundle import read_config
+    from aminet_edge.training.trainer import recorded_split
+
+    config = read_config(run)
+    roots = config.train.get("roots") if isinstance(config.train, dict) else None
+    if not roots:
+        return [], "config.json records no training data (train.roots)"
+    try:
+        _, held = recorded_split(run, config.train, roots)
+    except (ValueError, OSError) as exc:
+        return [], str(exc)
+    if not held:
+        return [], "the bundle was trained without held-out images (few-shot, or fewer than 10 images)"
+    return [s.path for s in held], f"{len(held)} held-out normal images of {', '.join(map(str, roots))}"
+
+
+def _validate_int8(run: str) -> None:
+    """Validate the int8 graphs on the bundle's held-out normals and print each verdict (runtime.int8_validation)."""
+    from aminet_edge.runtime.int8_validation import validate_int8
+
+    images, source = held_out_images(run)
+    if not images:
+        click.echo(f"int8 graphs not validated ({source}): `Detector.load(backend='auto')` will not time them; "
+                   "they run only when asked for (precision='int8')", err=True)
+        return
+    for key, verdict in validate_int8(run, images).items():
+        click.echo(f"{key}: " + (verdict if isinstance(verdict, str) else f"{verdict.summary()} on {source}"))
 
 
 @click.command("build-engine")

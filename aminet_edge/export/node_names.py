@@ -12,7 +12,7 @@ guide (aminet_edge.model.guide, "/guide/...") is a module but not a network: its
   the inpainting transformer blocks and their norm), so everything the mask is computed from stays
   float32 as well: the mask's decisions are sensitive (a trained bottle bundle: tokens of norm ~860,
   nearest-centre R ~0.13, 1 - cos ~1e-4), and int8 in the backbone and clustering transformer changed
-  41 % of MVTec bottle's mask tokens (BENCHMARKS.md, issue 15).
+  41 % of MVTec bottle's mask tokens (BENCHMARKS.md, "OpenVINO on CPU: precision and accuracy").
 Torch-free and onnx-free: the runtime reads it too.
 """
 

@@ -10,7 +10,8 @@ aminet_edge/runtime/backends/onnxruntime_backend.py).
 What stays float32: the backbone, both token embeddings, the clustering block, the adaptive mask or the
 nearest-normal guide (whose bank product is a Gemm outside the blocks) (so the tokens chosen for
 inpainting equal the fp32 graph's), the fused head and the score map.
-The accuracy effect is measured by bench/export.py on MVTec bottle (see BENCHMARKS.md).
+The accuracy effect is measured by bench/export.py on MVTec bottle (BENCHMARKS.md, "Export: graphs,
+precisions, engines").
 Needs the onnxruntime package (its quantisation tool); the result runs on onnxruntime only, never TensorRT.
 
 OpenVINO's (`model_int8_static.onnx`): NNCF post-training quantisation of the fp32 single graph, scales
@@ -21,7 +22,7 @@ their norm). Kept float32 (NNCF's ignored scope): the backbone and the clusterin
 changed 41 % of the mask's tokens on MVTec bottle: node_names says why), the adaptive mask or the
 nearest-normal guide, the inpainting head, the score map and the token glue. Needs nncf (the `openvino` extra) and onnxruntime
 (NNCF collects the statistics with it). Accuracy and speed: bench/openvino_accuracy.py,
-bench/runtime.py (BENCHMARKS.md, issue 15).
+bench/runtime.py (BENCHMARKS.md, "OpenVINO on CPU: precision and accuracy", "CPU inference end to end").
 """
 
 from __future__ import annotations

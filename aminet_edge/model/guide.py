@@ -2,9 +2,10 @@
 
 A token is masked when its backbone feature (the mean over its K x K feature cells) is further from every
 token of a bank of normal training tokens than `threshold`, the held-out normal tokens' `guide_quantile`
-of the same distance (aminet_edge.train.guide builds both). On magnetic tile the paper's clustering mask
+of the same distance (aminet_edge.training.guide builds both). On magnetic tile the paper's clustering mask
 leaves large low-contrast defects visible, so they are inpainted as themselves; this mask finds them
-(BENCHMARKS.md, textures). Deterministic, label-free; exported as a matrix product, ArgMin, Gather and a norm.
+(BENCHMARKS.md, "Test-time masks on textures"). Deterministic, label-free; exported as a matrix product,
+ArgMin, Gather and a norm.
 """
 
 from __future__ import annotations

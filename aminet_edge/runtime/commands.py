@@ -139,7 +139,9 @@ def predict_cmd(run: str, images: tuple[str, ...], out: str, backend: str, devic
 
     paths = expand_inputs(images, recursive)
     if not paths:
-        raise click.ClickException(f"no images found in {', '.join(images)}")
+        nested = [] if recursive else expand_inputs(images, True)
+        hint = f" ({len(nested)} in their subfolders: add --recursive)" if nested else ""
+        raise click.ClickException(f"no images found in {', '.join(images)}{hint}")
     out_dir = Path(out)
     prepare_out(out_dir, overwrite)
     detector = _load(run, backend, device, threshold, sensitivity, batch_size,

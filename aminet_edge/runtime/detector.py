@@ -1,7 +1,7 @@
 """`Detector`: load a bundle once, then `predict` images with any available backend. Torch-free.
 
     from aminet_edge import Detector
-    det = Detector.load("runs/bottle")                 # backend="auto": fastest available, logged
+    det = Detector.load("runs/bottle")                 # backend="auto": fastest measured here, logged
     r = det.predict("part_0001.png")                   # -> Result
     r.score, r.normalized_score, r.is_anomaly, r.anomaly_map, r.mask
     results = det.predict([frame_bgr, "b.png"], bgr=True)  # -> list[Result]; a bad item gets .error
@@ -48,7 +48,7 @@ from typing import Any
 import numpy as np
 
 from aminet_edge.bundle import BundleConfig, BundleError, Calibration, read_config
-from aminet_edge.runtime.backends import Backend, create_backend, select_backend
+from aminet_edge.runtime.backends import Backend, create_backend
 from aminet_edge.runtime.inputs import InputError, Limits, batch_items, describe, split_batch, to_frame, to_rgb
 from aminet_edge.runtime.result import Result, Thresholds, Timing
 
@@ -238,12 +238,13 @@ class Detector:
              limits: Limits | None = None, **backend_options: Any) -> "Detector":
         """Load `bundle` (a directory written by `aminet-edge train` / `export`) for inference.
 
-        backend: "auto" (fastest available on `device`, see backends.auto_order: on cpu OpenVINO first
-            unless the CPU has VNNI but no bf16 (then onnxruntime's int8 graph), split graphs first for
-            wide features (>= 512 channels, WideResNet), single graph first for the EfficientNet-Lite
-            presets; cuda -> tensorrt, torch, onnxruntime), or "openvino", "openvino-split", "torch",
-            "onnxruntime", "onnxruntime-split", "tensorrt". The choice and why is in `.backend` /
-            `.backend_reason` and logged on logger "aminet_edge.runtime".
+        backend: "auto" or "openvino", "openvino-split", "torch", "onnxruntime", "onnxruntime-split",
+            "tensorrt" (forces that one). "auto" on cpu times the accurate candidates (fp32 graphs and
+            validated int8 ones) once per bundle, machine and library versions, ~2 s, and keeps the fastest
+            in bundle/cache/auto_backend.json (backends.auto; AMINET_AUTO=table skips the timing and takes
+            the CPU-flag table's order, backends.auto_order); on cuda: tensorrt, torch, onnxruntime. The
+            choice and why is in `.backend` / `.precision` / `.backend_reason` and logged on logger
+            "aminet_edge.runtime".
         device: "cpu" or "cuda".
         threshold / sensitivity / pixel_threshold: the default decision rule (module docstring); each
             `predict` call may override them.
@@ -262,16 +263,13 @@ class Detector:
         config = read_config(bundle)
         # thresholds first: a bad threshold argument should not cost a model load
         resolve_thresholds(config.calibration, threshold, pixel_threshold, sensitivity)
-        reason = f"requested backend={backend!r}"
         if backend == "auto":
-            backend, skipped = select_backend(bundle, config, device)
-            from aminet_edge.runtime.backends import auto_order, auto_reason
+            from aminet_edge.runtime.backends.auto import choose_backend
 
-            reason = (f"auto: fastest available on {device} (order {', '.join(auto_order(device, config))}: "
-                      f"{auto_reason(device, config)})")
-            if skipped:
-                reason += " (skipped " + "; ".join(f"{k}: {v}" for k, v in skipped.items()) + ")"
-        instance = create_backend(backend, bundle, config, device, **backend_options)
+            instance, reason = choose_backend(bundle, config, device, backend_options)
+        else:
+            instance = create_backend(backend, bundle, config, device, **backend_options)
+            reason = f"requested backend={backend!r}"
         detector = cls(instance, config, bundle, threshold, sensitivity, pixel_threshold, batch_size, limits, reason)
         log.info("aminet-edge Detector: %s [%s] for %s", instance.describe(), reason, bundle)
         return detector

@@ -14,8 +14,10 @@ Every frame ends in a Result or an error, never silence:
 - InputError: the image is unusable (checked here where possible, else by the server) - not retried;
 - ServerBusyError: every server's queue is full (back-pressure: Triton rejects at once; a frame
   refused by one server is offered to the next);
-- RequestTimeoutError: no answer within `timeout` seconds (a request still queued then is dropped by the
-  server: the client's timeout travels with it);
+- RequestTimeoutError: no answer within `timeout` seconds of the frame's start: a deadline for the whole
+  request (connect, send, queue, inference, receive, failover to the next URL), not a limit per network
+  step, so a server that answers slowly byte by byte still ends in this error on time (a request still
+  queued at the deadline is dropped by the server: the remaining time travels with it);
 - ServerUnavailableError: no URL answered (refused, reset, restarting), after trying each once;
 - RemoteError: the server failed for another reason (its message included).
 Connection failures and an unhealthy model instance move the frame to the next URL; a URL that failed is
@@ -72,6 +74,16 @@ def _tritonclient() -> Any:
     return httpclient
 
 
+def _deadline_timer(seconds: float) -> Any:
+    """A started gevent.Timeout: tritonclient's HTTP client does its socket I/O on gevent, so the timer
+    interrupts the request at whatever step it is in when `seconds` have passed."""
+    import gevent  # type: ignore[import-untyped]  # a dependency of tritonclient[http] (geventhttpclient)
+
+    timer = gevent.Timeout(seconds)
+    timer.start()
+    return timer
+
+
 def _address(url: str) -> str:
     return url.split("://", 1)[1].rstrip("/") if "://" in url else url.rstrip("/")
 
@@ -81,7 +93,8 @@ class RemoteDetector:
 
     urls: one URL ("http://host:8000" or "host:8000", Triton's HTTP port) or several (round-robin).
     model: the served model's name. threshold / sensitivity / pixel_threshold: as `Detector.load`.
-    timeout: seconds per request (connect and answer). concurrency: requests in flight from one
+    timeout: seconds from a frame's start to its answer (a deadline for the whole request; then
+    RequestTimeoutError). concurrency: requests in flight from one
     `predict_batch` / `predict(list)` call. map_max_side: None = anomaly maps at the input's resolution
     (the server sends the S x S map, resized here as Detector does); k = the server sends the map already
     resized to longest side k (less bandwidth), and Results carry that smaller map and mask.
@@ -185,12 +198,13 @@ class RemoteDetector:
     def _one(self, x: Any, position: int, index: int | None, bgr: bool, thresholds: Thresholds) -> Result:
         """One image end to end; never raises for the image's own or the server's failure."""
         source = describe(x, index)
+        deadline = time.monotonic() + self.timeout
         t0 = time.perf_counter()
         try:
             data = encode_image(x, index, bgr, self.limits)
             encode_ms = (time.perf_counter() - t0) * 1e3
             t1 = time.perf_counter()
-            url, outputs = self._send(data, source, index)
+            url, outputs = self._send(data, source, index, deadline)
             ms = (time.perf_counter() - t1) * 1e3
         except (InputError, ServerBusyError, RequestTimeoutError, ServerUnavailableError, RemoteError) as exc:
             return Result(source=source, index=position, error=exc, backend=self.backend)
@@ -210,7 +224,8 @@ class RemoteDetector:
             down = {u for u, t in self._down.items() if now - t < self.down_for}
         return [u for u in order if u not in down] + [u for u in order if u in down]
 
-    def _send(self, data: bytes, source: str, index: int | None) -> tuple[str, tuple[Any, ...]]:
+    def _send(self, data: bytes, source: str, index: int | None, deadline: float) -> tuple[str, tuple[Any, ...]]:
+        """Send to each URL in turn until one answers; RequestTimeoutError once `deadline` (monotonic) passes."""
         http = self._http
         image = np.frombuffer(data, np.uint8)[None]
         side = np.array([[self.map_max_side or 0]], np.int32)
@@ -222,10 +237,17 @@ class RemoteDetector:
             inputs[0].set_data_from_numpy(image, binary_data=True)
             inputs[1].set_data_from_numpy(side, binary_data=True)
             outputs = [http.InferRequestedOutput(n, binary_data=True) for n in OUTPUTS]
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise RequestTimeoutError(f"{source}: no answer within {self.timeout:g} s (tried "
+                                          f"{', '.join(reasons) or 'no URL'})")
+            timer = _deadline_timer(remaining)
             try:
                 reply = self._client(url).infer(self.model, inputs, outputs=outputs,
-                                                timeout=int(self.timeout * 1e6))  # queue time limit, in us
-            except TimeoutError as exc:  # socket / gevent timeout
+                                                timeout=max(1, int(remaining * 1e6)))  # queue limit, us
+            except (TimeoutError, type(timer)) as exc:  # the deadline, or a socket step's timeout
+                if isinstance(exc, type(timer)) and exc is not timer:
+                    raise
                 self._drop(url)
                 raise RequestTimeoutError(f"{source}: no answer from {url} within {self.timeout:g} s") from exc
             except OSError as exc:  # refused, reset, broken pipe: the server is down or restarting
@@ -249,6 +271,8 @@ class RemoteDetector:
                     reasons[url] = f"{type(exc).__name__}: {message}"
                     continue
                 raise RemoteError(f"{source}: {url}: {message}") from exc
+            finally:
+                timer.close()
             try:
                 return url, (float(reply.as_numpy("SCORE").reshape(-1)[0]), reply.as_numpy("AMAP")[0],
                              reply.as_numpy("TOKEN_MASK")[0], reply.as_numpy("IMAGE_SIZE").reshape(-1))

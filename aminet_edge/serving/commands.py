@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import signal
 import tempfile
-import time
 from pathlib import Path
 
 import click
@@ -46,9 +45,9 @@ def triton_repo_cmd(run: str, out: str, target: str, max_batch: int, instances: 
     try:
         notes = write_repository(run, out, target, max_batch=max_batch, instances=instances, model_name=model_name,
                                  policy=QueuePolicy(max_delay_us, queue_size))
-    except (BundleError, ValueError, ImportError) as exc:
+    except (BundleError, ValueError, ImportError, OSError) as exc:
         raise click.ClickException(str(exc)) from exc
-    click.echo(describe_repository(out))
+    click.echo(describe_repository(out, model_name))
     for note in notes:
         click.echo(f"note: {note}")
     click.echo(f"repository: {out}")
@@ -68,10 +67,11 @@ def _interrupt(signum: int, frame: object) -> None:
               help="Write the cpu repository here and keep it [default: a temporary folder].")
 def serve_cmd(run: str, host: str, http_port: int, grpc_port: int, max_batch: int, instances: int,
               queue_size: int, max_delay_us: int, repository: str | None) -> None:
-    """Serve bundle RUN on Triton (cpu repository) in the foreground until Ctrl-C or SIGTERM."""
+    """Serve bundle RUN on Triton (cpu repository) in the foreground until Ctrl-C or SIGTERM; a server
+    that exits is restarted (logged), and it stops when this process dies."""
     from aminet_edge.bundle import BundleError
     from aminet_edge.serving.repository import QueuePolicy, write_repository
-    from aminet_edge.serving.server import ServerError, TritonServer
+    from aminet_edge.serving.server import ServerError, TritonServer, supervise
 
     with tempfile.TemporaryDirectory(prefix="aminet-serve-") as tmp:
         repo = Path(repository) if repository else Path(tmp) / "repository"
@@ -79,7 +79,7 @@ def serve_cmd(run: str, host: str, http_port: int, grpc_port: int, max_batch: in
             write_repository(run, repo, "cpu", max_batch=max_batch, instances=instances,
                              policy=QueuePolicy(max_delay_us, queue_size))
             server = TritonServer(repo, host=host, http_port=http_port, grpc_port=grpc_port)
-        except (BundleError, ValueError, ImportError, ServerError) as exc:
+        except (BundleError, ValueError, ImportError, OSError, ServerError) as exc:
             raise click.ClickException(str(exc)) from exc
         click.echo(f"starting {server.binary} (log: {server.log_path})", err=True)
         try:
@@ -88,13 +88,13 @@ def serve_cmd(run: str, host: str, http_port: int, grpc_port: int, max_batch: in
             server.close()
             raise click.ClickException(str(exc)) from exc
         signal.signal(signal.SIGTERM, _interrupt)  # `systemctl stop` / docker stop: stop the server too
+        pid = server.process.pid if server.process is not None else None
         click.echo(f"healthy: model {MODEL_NAME!r} at {server.url} (HTTP), {host}:{grpc_port} (gRPC); "
-                   f"RemoteDetector({server.url!r}); Ctrl-C stops")
+                   f"RemoteDetector({server.url!r}); tritonserver pid {pid}; Ctrl-C stops")
         try:
-            while server.process is not None and server.process.poll() is None:
-                time.sleep(0.5)
-            status = server.process.returncode if server.process is not None else 0
-            raise click.ClickException(f"tritonserver exited with status {status}:\n{server.log_tail()}")
+            supervise(server, lambda message: click.echo(message, err=True))
+        except ServerError as exc:
+            raise click.ClickException(str(exc)) from exc
         except KeyboardInterrupt:
             click.echo("stopping", err=True)
         finally:

@@ -18,7 +18,9 @@ so a served model and an in-process `Detector` decide identically. Bytes travel 
 Triton BYTES: the Python backend stub shipped with tritonserver 2.51 misreads BYTES (and `as_numpy()`)
 under NumPy 2, while DLPack hand-over is exact (aminet_edge.serving.triton_model).
 
-Errors for one image come back as the request's error with the message "InputError: <problem>"
+One request carries one image: IMAGE of shape [1, N]; a request with more (e.g. [2, N]) is refused
+with an InputError rather than answered for its first image.
+Errors for one image come back as the request's error, HTTP 400, with the message "InputError: <problem>"
 (`INPUT_ERROR`); the client turns it into that image's `InputError`. Torch-free.
 """
 
@@ -115,6 +117,9 @@ def decode_image(data: bytes, limits: Limits = Limits(), source: str = "image") 
         raise
     except ImageReadError as exc:
         raise InputError(source, str(exc).removeprefix(f"{source}: ")) from exc
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+    except UnidentifiedImageError as exc:  # its message names the in-memory buffer, not the problem
+        raise InputError(source, f"not a readable image: no image format recognised in its {len(data)} bytes "
+                                 f"(send an image file's bytes or a .npy array)") from exc
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
         raise InputError(source, f"not a readable image ({type(exc).__name__}: {exc})") from exc
 

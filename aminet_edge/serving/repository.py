@@ -14,12 +14,20 @@ Both serve the same contract (aminet_edge.serving.protocol), so `RemoteDetector`
 Back-pressure: the dynamic batcher's queue holds at most `queue_size` requests per model; beyond that
 Triton rejects a request at once ("Exceeds maximum queue size"), which the client reports as
 `ServerBusyError` for that frame instead of letting memory grow.
+
+Ownership: the repository folder may hold other models and the user's files. Every file and folder the
+writer creates is recorded in `OUT/aminet-edge-repository.json` (per model name) before it is written,
+and each file is written atomically (aminet_edge.files). Rewriting a model deletes only the files recorded
+for it; a model folder holding anything not recorded for that model is refused, never replaced, and so
+is an OUT that is, contains or lies inside the bundle.
 """
 
 from __future__ import annotations
 
 import importlib.util
 import json
+import os
+import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,11 +35,175 @@ from typing import Any
 
 from aminet_edge.bundle import (CONFIG_FILE, REEXPORT, BundleConfig, BundleError, engine_records, graph_file,
                                 has_graph, read_config, verify_record)
+from aminet_edge.files import atomic_replace, atomic_write_text, remove_owned
 from aminet_edge.serving.protocol import BUNDLE_PARAMETER, MODEL_NAME
 from aminet_edge.serving.triton_model import BUNDLE_DIR
 
 TARGETS = ("cpu", "gpu")
 PLAN_FILE = "model.plan"
+OWNER_FILE = "aminet-edge-repository.json"  # at the repository's root: what the writer wrote there
+STEPS = ("", "_pre", "_trt", "_post")  # model folders NAME + step (cpu: NAME only)
+_MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
+
+
+def check_model_name(name: str) -> str:
+    """`name` if it is a plain identifier (1-64 of A-Z a-z 0-9 _ -, starting with a letter or digit: it
+    becomes folder names, never a path); ValueError saying the rule otherwise."""
+    if not isinstance(name, str) or not _MODEL_NAME.fullmatch(name):
+        raise ValueError(f"model name must be 1-64 letters, digits, '_' or '-', starting with a letter or digit "
+                         f"(it becomes a folder name), got {name!r}")
+    return name
+
+
+def _temporaries(rel: str) -> re.Pattern[str]:
+    """The names aminet_edge.files gives the temporary of file `rel` (a crash may leave one)."""
+    name = rel.rsplit("/", 1)[-1]
+    return re.compile(re.escape(f".{name}.") + r"[0-9a-f]+\.tmp")
+
+
+class RepositoryFiles:
+    """The files and folders written for model `name` into repository `out`, recorded in OWNER_FILE
+    before each is created (a crash leaves nothing unrecorded but temporaries of recorded files).
+
+    OWNER_FILE: {"written_by": "aminet-edge", "models": {name: {"files": [...], "dirs": [...]}}}, paths
+    relative to `out`. Only recorded paths are ever deleted, and only through folders that are not links.
+    """
+
+    def __init__(self, out: Path, name: str) -> None:
+        self.out, self.name = out, name
+        self.models = self._read()
+
+    def _read(self) -> dict[str, dict[str, list[str]]]:
+        path = self.out / OWNER_FILE
+        if not path.exists():
+            return {}
+        try:
+            data = json.loads(path.read_text())
+            models = data["models"]
+            for entry in models.values():
+                if not (isinstance(entry["files"], list) and isinstance(entry["dirs"], list)):
+                    raise TypeError("files and dirs must be lists")
+                for rel in [*entry["files"], *entry["dirs"]]:
+                    if not isinstance(rel, str) or Path(rel).is_absolute() or ".." in Path(rel).parts or not rel:
+                        raise ValueError(f"path {rel!r} is not inside the repository")
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise BundleError(f"{path}: not a record written by aminet-edge ({type(exc).__name__}: {exc}); "
+                              f"it says which files may be replaced, so nothing was written: remove the "
+                              f"repository folder yourself or choose another") from exc
+        return {str(k): {"files": list(v["files"]), "dirs": list(v["dirs"])} for k, v in models.items()}
+
+    def _save(self) -> None:
+        atomic_write_text(self.out / OWNER_FILE, json.dumps({"written_by": "aminet-edge", "models": self.models},
+                                                            indent=1, sort_keys=True) + "\n")
+
+    @property
+    def _mine(self) -> dict[str, list[str]]:
+        return self.models.setdefault(self.name, {"files": [], "dirs": []})
+
+    def claim(self, folders: list[str], shared: list[str]) -> None:
+        """Refuse (BundleError) if one of these top-level folders exists holding anything not recorded for
+        this model (a link, a file, a folder of someone else's), or one of the `shared` files (in folders
+        other models use too) exists unrecorded."""
+        files = set(self._mine["files"])
+        files |= set(self._leftovers())
+        for rel in shared:
+            if rel not in files and (self._inside(rel) is None or os.path.lexists(self.out / rel)):
+                raise BundleError(f"{self.out / rel} exists and aminet-edge did not write it for model "
+                                  f"{self.name!r}: nothing was replaced; remove it or choose another "
+                                  f"--model-name / output folder")
+        for folder in folders:
+            top = self.out / folder
+            if not (top.exists() or top.is_symlink()):
+                continue
+            if top.is_symlink() or not top.is_dir():
+                raise BundleError(f"{top} exists and is not a folder aminet-edge wrote; remove it or choose "
+                                  f"another --model-name / output folder")
+            for root, dirs, names in os.walk(top):
+                for entry in [*names, *(d for d in dirs if (Path(root) / d).is_symlink())]:
+                    rel = (Path(root) / entry).relative_to(self.out).as_posix()
+                    if rel not in files:
+                        raise BundleError(f"{top} holds {self.out / rel}, which aminet-edge did not write for "
+                                          f"model {self.name!r}: nothing was replaced; remove it or choose "
+                                          f"another --model-name / output folder")
+
+    def _inside(self, rel: str) -> Path | None:
+        """out/rel if no folder on the way from `out` is a link (else None: never delete through a link)."""
+        path = self.out
+        for part in Path(rel).parts[:-1]:
+            path = path / part
+            if path.is_symlink() or (path.exists() and not path.is_dir()):
+                return None
+        return path / Path(rel).name
+
+    def _leftovers(self) -> list[str]:
+        """Temporaries of this model's recorded files that an interrupted write left beside them."""
+        found = []
+        for rel in self._mine["files"]:
+            path = self._inside(rel)
+            if path is not None and path.parent.is_dir():
+                pattern = _temporaries(rel)
+                found += [(path.parent / n).relative_to(self.out).as_posix()
+                          for n in os.listdir(path.parent) if pattern.fullmatch(n)]
+        return found
+
+    def remove_previous(self) -> None:
+        """Delete the files recorded for this model (and temporaries of them), then its recorded folders
+        that are left empty; forget them."""
+        mine = self._mine
+        remove_owned(self.out, [*mine["files"], *self._leftovers()], f"rewriting model {self.name!r}")
+        for rel in sorted(mine["dirs"], key=lambda r: -len(Path(r).parts)):
+            path = self._inside(rel)
+            if path is not None and path.is_dir() and not path.is_symlink() and not any(path.iterdir()):
+                path.rmdir()
+        self.models[self.name] = {"files": [], "dirs": []}
+        self._save()
+
+    def mkdir(self, folder: Path) -> Path:
+        """Create `folder` (inside out) and the folders above it, recording each one created."""
+        rel = folder.relative_to(self.out)
+        path = self.out
+        for part in rel.parts:
+            path = path / part
+            if path.is_symlink() or (path.exists() and not path.is_dir()):
+                raise BundleError(f"{path} is a link or a file where aminet-edge writes a folder: nothing "
+                                  f"is written through it; remove it or choose another output folder")
+            if not path.is_dir():
+                self._mine["dirs"].append(path.relative_to(self.out).as_posix())
+                self._save()
+                path.mkdir()
+        return folder
+
+    def _record(self, path: Path) -> Path:
+        self.mkdir(path.parent)
+        rel = path.relative_to(self.out).as_posix()
+        if rel not in self._mine["files"]:
+            self._mine["files"].append(rel)
+            self._save()
+        return path
+
+    def write(self, path: Path, text: str, executable: bool = False) -> Path:
+        def produce(tmp: Path) -> None:
+            tmp.write_text(text)
+            if executable:
+                tmp.chmod(tmp.stat().st_mode | 0o111)
+
+        return atomic_replace(self._record(path), produce)
+
+    def copy(self, src: Path, path: Path) -> Path:
+        def produce(tmp: Path) -> None:
+            with open(src, "rb") as s, open(tmp, "wb") as d:
+                shutil.copyfileobj(s, d, 1 << 20)
+
+        return atomic_replace(self._record(path), produce)
+
+
+def _refuse_overlap(run: Path, out: Path) -> None:
+    """BundleError if `out` is, contains or lies inside the bundle folder `run` (links resolved)."""
+    r, o = run.resolve(), out.resolve()
+    relation = ("is" if r == o else "contains" if o in r.parents else "lies inside" if r in o.parents else None)
+    if relation:
+        raise BundleError(f"{out}: the repository folder {relation} the bundle {run}; choose a folder outside "
+                          f"the bundle (a repository is never written over, around or into a bundle)")
 
 
 @dataclass(frozen=True)
@@ -89,35 +261,27 @@ OUTPUTS = [_tensor("SCORE", "TYPE_FP32", [1]), _tensor("AMAP", "TYPE_FP32", [-1,
            _tensor("TOKEN_MASK", "TYPE_BOOL", [-1]), _tensor("IMAGE_SIZE", "TYPE_INT32", [2])]
 
 
-def _copy_bundle(run: Path, config: BundleConfig, dest: Path, graphs: bool) -> None:
+def _copy_bundle(files: RepositoryFiles, run: Path, config: BundleConfig, dest: Path, graphs: bool) -> None:
     """config.json and (graphs=True) every recorded CPU graph (fp32, int8; verified against its sha256
     first) into dest, at the same paths: the runtime there checks them against the same records."""
-    dest.mkdir(parents=True, exist_ok=True)
-    shutil.copy2(run / CONFIG_FILE, dest / CONFIG_FILE)
     if graphs:
         for record in (config.artifacts.get("onnx") or {}).values():
             if record.get("precision") == "fp16":
                 continue
             src = verify_record(run, config, record, "graph", REEXPORT.format(bundle=run))
-            (dest / record["path"]).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(src, dest / record["path"])
+            files.copy(src, dest / record["path"])
+    files.copy(run / CONFIG_FILE, dest / CONFIG_FILE)
 
 
-def _write(path: Path, text: str) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text)
-    return path
-
-
-def _cpu(run: Path, out: Path, config: BundleConfig, name: str, max_batch: int, instances: int,
+def _cpu(run: Path, files: RepositoryFiles, config: BundleConfig, name: str, max_batch: int, instances: int,
          policy: QueuePolicy, backend: str) -> None:
     if not any(has_graph(config, part, p) for part in ("model", "model_b") for p in ("fp32", "int8")):
         raise BundleError(f"{run}: no exported graph recorded; run `aminet-edge export {run}` first "
                           f"(`--precision int8` for the fastest CPU graph)")
-    model = out / name
-    _copy_bundle(run, config, model / "1" / BUNDLE_DIR, graphs=True)
-    _write(model / "1" / "model.py", _shim("AminetModel"))
-    _write(model / "config.pbtxt",
+    model = files.out / name
+    _copy_bundle(files, run, config, model / "1" / BUNDLE_DIR, graphs=True)
+    files.write(model / "1" / "model.py", _shim("AminetModel"))
+    files.write(model / "config.pbtxt",
            f'name: "{name}"\nbackend: "python"\nmax_batch_size: {max_batch}\n'
            + _io("input", [IMAGE_IN, SIDE_IN]) + _io("output", OUTPUTS) + _batching(policy)
            + f"instance_group [ {{ kind: KIND_CPU count: {instances} }} ]\n"
@@ -159,8 +323,9 @@ def _plan_source(run: Path, config: BundleConfig) -> tuple[Path | None, Path, in
     return None, graph_file(run, config, "model", precision), 0
 
 
-def _gpu(run: Path, out: Path, config: BundleConfig, name: str, max_batch: int, instances: int,
+def _gpu(run: Path, files: RepositoryFiles, config: BundleConfig, name: str, max_batch: int, instances: int,
          policy: QueuePolicy) -> list[str]:
+    out = files.out
     notes = []
     s, grid = config.model.image_size, config.model.grid_size
     engine, onnx_path, engine_max = _plan_source(run, config)
@@ -175,40 +340,38 @@ def _gpu(run: Path, out: Path, config: BundleConfig, name: str, max_batch: int, 
     trt, pre, post = f"{name}_trt", f"{name}_pre", f"{name}_post"
     dtype = {k: ONNX_TO_TRITON[v[0]] for k, v in io.items() if k in ("images", "amap", "score", "mask")}
     # the plan: the engine's own IO, batch dimension implicit (dynamic profile)
-    plan_dir = out / trt / "1"
-    plan_dir.mkdir(parents=True, exist_ok=True)
+    plan_dir = files.mkdir(out / trt / "1")
     if engine is not None:
-        shutil.copy2(engine, plan_dir / PLAN_FILE)
+        files.copy(engine, plan_dir / PLAN_FILE)
         notes.append(f"{trt}/1/{PLAN_FILE}: {engine.name} (standard TensorRT; it runs only on the GPU model and "
                      f"TensorRT version it was built with: build it inside the Triton container you deploy)")
     else:
         build = out / trt / "build"
-        build.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(onnx_path, build / onnx_path.name)
-        _write(build / "build_plan.sh",
+        files.copy(onnx_path, build / onnx_path.name)
+        files.write(build / "build_plan.sh",
                "#!/usr/bin/env bash\n# Build the plan inside the Triton container that will serve it (same "
                "TensorRT, same GPU).\nset -euo pipefail\ncd \"$(dirname \"$0\")\"\n"
                f"trtexec --onnx={onnx_path.name} --saveEngine=../1/{PLAN_FILE} --stronglyTyped "
                f"--minShapes=images:1x3x{s}x{s} --optShapes=images:{max_batch}x3x{s}x{s} "
-               f"--maxShapes=images:{max_batch}x3x{s}x{s}\n").chmod(0o755)
+               f"--maxShapes=images:{max_batch}x3x{s}x{s}\n", executable=True)
         notes.append(f"{trt}/1/{PLAN_FILE} is not included (the bundle has no standard-TensorRT engine): run "
                      f"{trt}/build/build_plan.sh inside the Triton container")
-    _write(out / trt / "config.pbtxt",
+    files.write(out / trt / "config.pbtxt",
            f'name: "{trt}"\nplatform: "tensorrt_plan"\nmax_batch_size: {max_batch}\n'
            + _io("input", [_tensor("images", dtype["images"], [3, s, s])])
            + _io("output", [_tensor("amap", dtype["amap"], [s, s]),
                             _tensor("score", dtype["score"], [1], " reshape: { shape: [ ] }"),
                             _tensor("mask", dtype["mask"], [grid * grid])])
            + _batching(policy) + f"instance_group [ {{ kind: KIND_GPU count: {instances} }} ]\n")
-    _copy_bundle(run, config, out / pre / "1" / BUNDLE_DIR, graphs=False)
-    _write(out / pre / "1" / "model.py", _shim("PreprocessModel"))
-    _write(out / pre / "config.pbtxt",
+    _copy_bundle(files, run, config, out / pre / "1" / BUNDLE_DIR, graphs=False)
+    files.write(out / pre / "1" / "model.py", _shim("PreprocessModel"))
+    files.write(out / pre / "config.pbtxt",
            f'name: "{pre}"\nbackend: "python"\nmax_batch_size: {max_batch}\n'
            + _io("input", [IMAGE_IN]) + _io("output", [_tensor("images", dtype["images"], [3, s, s]),
                                                         _tensor("IMAGE_SIZE", "TYPE_INT32", [2])])
            + _batching(policy) + "instance_group [ { kind: KIND_CPU count: 2 } ]\n")
-    _write(out / post / "1" / "model.py", _shim("PostprocessModel"))
-    _write(out / post / "config.pbtxt",
+    files.write(out / post / "1" / "model.py", _shim("PostprocessModel"))
+    files.write(out / post / "config.pbtxt",
            f'name: "{post}"\nbackend: "python"\nmax_batch_size: {max_batch}\n'
            + _io("input", [_tensor("amap", dtype["amap"], [s, s]), _tensor("IMAGE_SIZE", "TYPE_INT32", [2]),
                            SIDE_IN]) + _io("output", [_tensor("AMAP", "TYPE_FP32", [-1, -1])])
@@ -224,18 +387,23 @@ def _gpu(run: Path, out: Path, config: BundleConfig, name: str, max_batch: int, 
              step(post, {"amap": "amap", "IMAGE_SIZE": "IMAGE_SIZE", "MAP_MAX_SIDE": "MAP_MAX_SIDE"},
                   {"AMAP": "AMAP"})]
     outputs = [o.replace("TYPE_BOOL", dtype["mask"]) if "TOKEN_MASK" in o else o for o in OUTPUTS]
-    _write(out / name / "config.pbtxt",
+    files.write(out / name / "config.pbtxt",
            f'name: "{name}"\nplatform: "ensemble"\nmax_batch_size: {max_batch}\n'
            + _io("input", [IMAGE_IN.replace(" allow_ragged_batch: true", ""), SIDE_IN]) + _io("output", outputs)
            + "ensemble_scheduling {\n  step [\n" + ",\n".join(steps) + "\n  ]\n}\n" + _params(bundle_parameter(run)))
-    (out / name / "1").mkdir(parents=True, exist_ok=True)  # an ensemble needs an (empty) version folder
+    files.mkdir(out / name / "1")  # an ensemble needs an (empty) version folder
     ds = deepstream_config(config, trt, max_batch)
     if ds is None:
         notes.append("no DeepStream config: nvinferserver normalises with one scale factor, and this bundle's "
                      f"std {config.std} differs per channel")
     else:
-        _write(out / "deepstream" / "config_infer_aminet.txt", ds)
+        files.write(out / deepstream_path(name), ds)
     return notes
+
+
+def deepstream_path(name: str) -> str:
+    """The DeepStream config of model `name`, relative to the repository."""
+    return f"deepstream/config_infer_{name}.txt"
 
 
 def deepstream_config(config: BundleConfig, trt_model: str, max_batch: int) -> str | None:
@@ -265,8 +433,9 @@ def deepstream_config(config: BundleConfig, trt_model: str, max_batch: int) -> s
 def write_repository(run: str | Path, out: str | Path, target: str = "cpu", *, max_batch: int = 8,
                      instances: int = 1, model_name: str = MODEL_NAME, policy: QueuePolicy = QueuePolicy(),
                      backend: str = "auto") -> list[str]:
-    """Write a Triton model repository for bundle `run` into `out` (created; an existing model folder of
-    the same names is replaced). Returns notes for the user (what is missing, what was adjusted).
+    """Write a Triton model repository for bundle `run` into `out` (created if missing; see "Ownership" in
+    the module docstring for what may be replaced). Returns notes for the user (what is missing, what was
+    adjusted). model_name: a plain identifier (`check_model_name`), the top model's folder.
 
     max_batch: largest batch the dynamic batcher forms; instances: model instances (cpu: processes, each
     with cpu_count // instances onnxruntime threads; gpu: plan instances on the GPU); backend: the cpu
@@ -276,17 +445,22 @@ def write_repository(run: str | Path, out: str | Path, target: str = "cpu", *, m
         raise ValueError(f"target must be one of {', '.join(TARGETS)}, got {target!r}")
     if max_batch < 1 or instances < 1:
         raise ValueError(f"max_batch and instances must be >= 1, got {max_batch} and {instances}")
+    check_model_name(model_name)
     run, out = Path(run), Path(out)
+    _refuse_overlap(run, out)
     config = read_config(run)
+    if out.exists() and not out.is_dir():
+        raise BundleError(f"{out}: exists and is not a folder")
     out.mkdir(parents=True, exist_ok=True)
-    for sub in ("", "_pre", "_trt", "_post"):
-        if (out / f"{model_name}{sub}").exists():
-            shutil.rmtree(out / f"{model_name}{sub}")
+    files = RepositoryFiles(out, model_name)
+    files.claim([model_name + step for step in (STEPS if target == "gpu" else STEPS[:1])],
+                [deepstream_path(model_name)] if target == "gpu" else [])
+    files.remove_previous()
     if target == "cpu":
-        _cpu(run, out, config, model_name, max_batch, instances, policy, backend)
+        _cpu(run, files, config, model_name, max_batch, instances, policy, backend)
         notes = []
     else:
-        notes = _gpu(run, out, config, model_name, max_batch, instances, policy)
+        notes = _gpu(run, files, config, model_name, max_batch, instances, policy)
     check_repository(out, model_name)
     return notes
 
@@ -322,11 +496,13 @@ def parse_config(path: str | Path) -> Any:
 
 
 def check_repository(out: str | Path, model_name: str = MODEL_NAME) -> dict[str, Any]:
-    """Parse every config.pbtxt of the repository and check that the ensemble's tensors connect:
-    each step's inputs exist in its model, are produced earlier (or are ensemble inputs), with equal
-    types. Returns {model: parsed config} (empty if the parser is not installed). BundleError if not."""
+    """Parse the config.pbtxt of model `model_name` and its steps (other models in the repository are
+    not ours to judge) and check that the ensemble's tensors connect: each step's inputs exist in its
+    model, are produced earlier (or are ensemble inputs), with equal types. Returns {model: parsed config}
+    (empty if the parser is not installed). BundleError if not."""
     out = Path(out)
-    configs = {p.parent.name: parse_config(p) for p in sorted(out.glob("*/config.pbtxt"))}
+    paths = [out / (model_name + step) / "config.pbtxt" for step in STEPS]
+    configs = {p.parent.name: parse_config(p) for p in paths if p.is_file()}
     if not configs or any(c is None for c in configs.values()):
         return {}
     for name, cfg in configs.items():
@@ -355,11 +531,12 @@ def check_repository(out: str | Path, model_name: str = MODEL_NAME) -> dict[str,
     return configs
 
 
-def describe_repository(out: str | Path) -> str:
-    """One line per model: name, backend/platform, max batch, instances."""
+def describe_repository(out: str | Path, model_name: str = MODEL_NAME) -> str:
+    """One line per model of `model_name` (it and its steps): name, backend/platform, max batch, instances."""
     lines = []
-    for name, cfg in check_repository(out).items():
+    for name, cfg in check_repository(out, model_name).items():
         kind = cfg.backend or cfg.platform
         count = sum(g.count for g in cfg.instance_group) or 1
         lines.append(f"{name}: {kind}, max_batch_size {cfg.max_batch_size}, instances {count}")
-    return "\n".join(lines) or json.dumps(sorted(p.parent.name for p in Path(out).glob("*/config.pbtxt")))
+    folders = [model_name + step for step in STEPS if (Path(out) / (model_name + step)).is_dir()]
+    return "\n".join(lines) or json.dumps(folders)

@@ -11,11 +11,19 @@ The wheel carries tritonserver 2.51 with the Python backend and one backend stub
 dependencies: only the binary is used. The stub embeds the interpreter's libpython, so that library's
 folder goes first on LD_LIBRARY_PATH (a pyenv Python otherwise picks the system's libpython of another
 patch version and fails at model init).
+
+Supervision: the server dies with its parent (Linux: PR_SET_PDEATHSIG, so a `serve` killed with SIGKILL
+takes tritonserver with it; its Python stubs exit when tritonserver is gone), and `supervise` restarts a
+server that exits while serving (tritonserver 2.51 aborts on some malformed HTTP requests, e.g. JSON
+data declaring a shape of 2^62 elements), saying so with the log's cause. A server that fails or
+crashes keeps its log file, and errors quote the log's error lines, not just its end.
 """
 
 from __future__ import annotations
 
+import ctypes
 import os
+import re
 import shutil
 import signal
 import socket
@@ -25,6 +33,7 @@ import sysconfig
 import tempfile
 import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 PYTRITON_VERSION = "0.7.0"  # the wheel scripts/install_tritonserver.sh installs (tritonserver 2.51)
@@ -83,17 +92,51 @@ def backend_directory(binary: Path, workdir: Path) -> Path:
 
 
 def server_environment() -> dict[str, str]:
-    """Our environment with this interpreter's libpython folder first on LD_LIBRARY_PATH, and the folder
-    this aminet_edge is imported from first on PYTHONPATH (the model shim honours it), so the server runs
-    the same aminet_edge as the caller."""
+    """Our environment with this interpreter's libpython folder first on LD_LIBRARY_PATH, and on
+    PYTHONPATH (the model shim honours it) the folder this aminet_edge is imported from, then every
+    folder of this interpreter's sys.path: the stub's embedded interpreter computes its own path from
+    the base installation, without a virtual environment's or an editable install's site-packages,
+    so the served model imports the same aminet_edge, onnxruntime and openvino as the caller."""
     import aminet_edge
 
     env = dict(os.environ)
     libdir = sysconfig.get_config_var("LIBDIR") or ""
     env["LD_LIBRARY_PATH"] = os.pathsep.join(p for p in (libdir, env.get("LD_LIBRARY_PATH", "")) if p)
     package_root = str(Path(aminet_edge.__file__).resolve().parent.parent)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH", "")) if p)
+    paths = [package_root, *(p for p in sys.path if p and os.path.isdir(p)),
+             *env.get("PYTHONPATH", "").split(os.pathsep)]
+    env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(p for p in paths if p))
     return env
+
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _death_signal() -> Callable[[], None] | None:
+    """A preexec_fn making the child get SIGKILL when its parent dies (Linux prctl; None elsewhere).
+    prctl is looked up here, in the parent: the child between fork and exec only calls it."""
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+    return lambda: prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
+
+
+# glog error lines of a CPU-only tritonserver that are not problems
+_LOG_NOISE = ("CudaDriverHelper has not been initialized",)
+
+
+def log_problems(text: str) -> list[str]:
+    """The lines of a tritonserver log that say what went wrong: error lines (their Python traceback
+    locations dropped), fatal signals, C++ exceptions, and the final `error:` line."""
+    found = []
+    for line in text.splitlines():
+        if re.match(r"E\d{4} ", line) and not any(n in line for n in _LOG_NOISE):
+            message = line.split("] ", 1)[-1].strip().strip('"').replace("\\n", "\n")
+            found.append(message.split("\n\nAt:")[0].strip())
+        elif line.startswith(("error:", "Signal (", "terminate called")) or "what():" in line:
+            found.append(line.strip())
+    return list(dict.fromkeys(found))
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -107,8 +150,10 @@ class TritonServer:
     """A tritonserver process serving `repository`; use as a context manager or start()/stop().
 
     host: address to bind (default 127.0.0.1: this machine only); http_port / grpc_port: None = a free
-    port. `url` is the HTTP address for RemoteDetector. Output goes to `log_path` (default: a file in
-    the server's temporary folder; `log_tail()` returns its end, which errors quote).
+    port. `url` is the HTTP address for RemoteDetector. Output goes to `log_path` (default: a temporary
+    file, deleted by `close()` unless the server failed to start or exited on its own: then it is kept
+    for the user, and errors name it and quote its `log_problems`). The process dies with the thread
+    that started it (PR_SET_PDEATHSIG): start it from the thread that lives as long as the server.
     """
 
     def __init__(self, repository: str | Path, host: str = "127.0.0.1", http_port: int | None = None,
@@ -120,9 +165,15 @@ class TritonServer:
         self.grpc_port = grpc_port or free_port(host)
         self.binary = Path(binary) if binary else find_tritonserver()
         self._tmp = Path(tempfile.mkdtemp(prefix="aminet-triton-"))
-        self.log_path = Path(log_path) if log_path else self._tmp / "tritonserver.log"
+        self._own_log = log_path is None
+        if log_path is None:
+            fd, log_path = tempfile.mkstemp(prefix="aminet-tritonserver-", suffix=".log")
+            os.close(fd)
+        self.log_path = Path(log_path)
+        self.keep_log = not self._own_log  # set when the server fails: its log is what the user needs
         self.extra_args = list(extra_args or [])
         self.process: subprocess.Popen[bytes] | None = None
+        self._log_start = 0  # the log's size when the process started: failure() reads from there
 
     @property
     def url(self) -> str:
@@ -137,22 +188,39 @@ class TritonServer:
                 "--allow-metrics=false", "--exit-timeout-secs=5", "--strict-readiness=true", *self.extra_args]
 
     def start(self, timeout: float = 120.0) -> "TritonServer":
-        """Start the process and wait until /v2/health/ready answers 200; ServerError (with the log's end)
-        if it exits or is not ready within `timeout` seconds."""
+        """Start the process and wait until /v2/health/ready answers 200; ServerError (with the log's error
+        lines) if it exits or is not ready within `timeout` seconds."""
+        self._log_start = self.log_path.stat().st_size if self.log_path.exists() else 0
         log = self.log_path.open("ab")
         self.process = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT,
-                                        env=server_environment(), start_new_session=True)
+                                        env=server_environment(), start_new_session=True,
+                                        preexec_fn=_death_signal())
         log.close()
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise ServerError(f"tritonserver exited with status {self.process.returncode} during start-up:\n"
-                                  f"{self.log_tail()}")
+                status = self.process.returncode
+                self.kill()
+                raise ServerError(f"tritonserver exited with {describe_status(status)} during start-up:\n"
+                                  f"{self.failure()}")
             if self.ready():
                 return self
             time.sleep(0.2)
         self.stop()
-        raise ServerError(f"tritonserver not ready after {timeout:.0f} s:\n{self.log_tail()}")
+        raise ServerError(f"tritonserver not ready after {timeout:.0f} s:\n{self.failure()}")
+
+    def failure(self) -> str:
+        """What the log says went wrong since the last start (its error lines, else its last lines), and
+        where the whole log is; marks the log to be kept."""
+        self.keep_log = True
+        try:
+            with self.log_path.open("rb") as f:
+                f.seek(self._log_start)
+                text = f.read().decode(errors="replace")
+        except OSError:
+            text = ""
+        problems = log_problems(text) or [line for line in text.splitlines() if line.strip()][-5:]
+        return "".join(f"  {p}\n" for p in problems[-12:]) + f"(full log: {self.log_path})"
 
     def ready(self) -> bool:
         try:
@@ -179,24 +247,58 @@ class TritonServer:
         self.process = None
 
     def kill(self) -> None:
-        """Kill at once (SIGKILL to the group), as a crash would."""
-        if self.process is not None and self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGKILL)
+        """Kill at once (SIGKILL to the group: the Python stubs too), as a crash would."""
+        if self.process is not None:
+            try:
+                os.killpg(self.process.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
             self.process.wait()
         self.process = None
 
-    def log_tail(self, chars: int = 3000) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")[-chars:]
-        except OSError:
-            return ""
-
     def close(self) -> None:
+        """Stop; remove the temporary folder, and the log unless it is kept (see the class docstring)."""
         self.stop()
         shutil.rmtree(self._tmp, ignore_errors=True)
+        if self._own_log and not self.keep_log:
+            self.log_path.unlink(missing_ok=True)
 
     def __enter__(self) -> "TritonServer":
         return self.start() if self.process is None else self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def describe_status(status: int) -> str:
+    """A Popen return code in words: "status 1" or "signal SIGKILL"."""
+    if status < 0:
+        try:
+            return f"signal {signal.Signals(-status).name}"
+        except ValueError:
+            return f"signal {-status}"
+    return f"status {status}"
+
+
+def supervise(server: TritonServer, say: Callable[[str], None], max_crashes: int = 5, window_s: float = 300.0,
+              start_timeout: float = 120.0) -> None:
+    """Keep a started `server` serving until interrupted (KeyboardInterrupt propagates): when its process
+    exits, `say` why (exit status, the log's error lines, the log's path) and start it again on the same
+    ports. ServerError when it cannot start again, or exits `max_crashes` times within `window_s` seconds
+    (a crash loop: restarting would not help)."""
+    crashes: list[float] = []
+    while True:
+        if server.process is None:
+            raise ServerError("supervise needs a started server")
+        pid = server.process.pid
+        status = server.process.wait()
+        now = time.monotonic()
+        crashes = [t for t in crashes if now - t < window_s] + [now]
+        cause = server.failure()
+        server.kill()  # its Python stubs too
+        if len(crashes) >= max_crashes:
+            raise ServerError(f"tritonserver exited {len(crashes)} times within {window_s:.0f} s, last with "
+                              f"{describe_status(status)}; not restarting:\n{cause}")
+        say(f"tritonserver (pid {pid}) exited with {describe_status(status)}; restarting it:\n{cause}")
+        server.start(timeout=start_timeout)
+        say(f"tritonserver restarted (pid {server.process.pid}), healthy at {server.url}")

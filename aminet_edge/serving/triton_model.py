@@ -63,8 +63,25 @@ def _tensor(name: str, array: np.ndarray) -> Any:
 
 
 def _error(message: str) -> Any:
+    """A failed response (HTTP 500)."""
     pb = _pb()
     return pb.InferenceResponse(error=pb.TritonError(message))
+
+
+def _input_error(exc: InputError) -> Any:
+    """A failed response for a bad request (INVALID_ARG: HTTP 400), "InputError: <problem>"."""
+    pb = _pb()
+    return pb.InferenceResponse(error=pb.TritonError(INPUT_ERROR + exc.problem, pb.TritonError.INVALID_ARG))
+
+
+def _image_bytes(request: Any) -> bytes:
+    """The request's one image (IMAGE [1, N] uint8) as bytes. InputError for more than one: the protocol
+    is one image per request (the dynamic batcher forms the batches), and every image gets its answer."""
+    image = _array(request, "IMAGE")
+    if image.ndim != 2 or image.shape[0] != 1:
+        raise InputError("image", f"IMAGE has shape {list(image.shape)}; one image per request, shape [1, N] "
+                                  f"(send each image as its own request: the server batches requests)")
+    return image.tobytes()
 
 
 def _parameters(args: dict[str, Any]) -> tuple[dict[str, Any], dict[str, str]]:
@@ -114,13 +131,13 @@ class AminetModel:
         images, slots, sides = [], [], []
         for i, request in enumerate(requests):
             try:
-                data = _array(request, "IMAGE").reshape(-1).tobytes()
+                data = _image_bytes(request)
                 side = _map_max_side(request)
                 if side < 0:
                     raise InputError("image", f"MAP_MAX_SIDE must be >= 0, got {side}")
                 images.append(decode_image(data, self.limits))
             except InputError as exc:
-                responses[i] = _error(INPUT_ERROR + exc.problem)
+                responses[i] = _input_error(exc)
                 continue
             slots.append(i)
             sides.append(side)
@@ -133,7 +150,7 @@ class AminetModel:
                 return responses
             for i, side, raw in zip(slots, sides, raws):
                 if isinstance(raw, InputError):
-                    responses[i] = _error(INPUT_ERROR + raw.problem)
+                    responses[i] = _input_error(raw)
                     continue
                 amap = raw.amap
                 if side:
@@ -168,10 +185,9 @@ class PreprocessModel:
         responses = []
         for request in requests:
             try:
-                rgb = to_rgb(decode_image(_array(request, "IMAGE").reshape(-1).tobytes(), self.limits), None,
-                             False, self.limits)
+                rgb = to_rgb(decode_image(_image_bytes(request), self.limits), None, False, self.limits)
             except InputError as exc:
-                responses.append(_error(INPUT_ERROR + exc.problem))
+                responses.append(_input_error(exc))
                 continue
             tensor = preprocess(rgb, self.config.model.image_size, self.config.mean, self.config.std)
             responses.append(pb.InferenceResponse([

@@ -17,8 +17,11 @@ run here, and if not why" without running anything (and, for CPU, without import
 | tensorrt          | cuda      | tensorrt (Jetson/datacenter) or tensorrt_rtx (RTX), pycuda or     |
 |                   |           | cuda-python, an engine for this GPU in bundle/engines            |
 
-`auto_order(device, config)` is fastest first, measured by bench/runtime.py (see BENCHMARKS.md); on CPU it
-depends on the CPU's bf16 / VNNI instructions and the feature width, and `auto_reason` says why.
+`auto_order(device, config)` is a table, fastest first as measured by bench/runtime.py on the machines
+BENCHMARKS.md names; on CPU it depends on the CPU's bf16 / VNNI instructions and the feature width, and
+`auto_reason` says why. On CPU, `Detector.load(backend="auto")` does not trust it: it times the accurate
+candidates on the machine it runs on and keeps the fastest in the bundle's cache (`auto`, the sibling module);
+the table gives the order they are timed in, and the choice itself where AMINET_AUTO=table or on CUDA.
 """
 
 from __future__ import annotations
@@ -50,7 +53,7 @@ CUDA_ORDER = ("tensorrt", "torch", "onnxruntime")
 SPLIT_MIN_CHANNELS = 512
 # OpenVINO vs onnxruntime on CPU is decided by the CPU's instructions (cpu-preset bundle, same graphs):
 #   native bf16 (AVX512_BF16 / AMX): OpenVINO's bf16 16.0 ms/img vs onnxruntime int8 24-25 at batch 1
-#     (Xeon with AMX, issue 15); bf16 is opt-in now (it moves the maps, BENCHMARKS.md OpenVINO section),
+#     (Xeon with AMX); bf16 is opt-in (it moves the maps, BENCHMARKS.md "OpenVINO on CPU: precision and accuracy"),
 #     and OpenVINO fp32 is 38 ms/img at batch 8 vs onnxruntime int8 40 (AMD EPYC with AVX512_BF16) -> openvino first;
 #   int8 dot products (AVX512_VNNI / AVX_VNNI) without bf16: onnxruntime's int8 graph runs on VNNI, OpenVINO
 #     only fp32 (45 ms/img fp32 vs 24-25 int8 on that Xeon) -> onnxruntime first;

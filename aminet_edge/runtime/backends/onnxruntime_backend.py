@@ -12,7 +12,8 @@ aminet_edge.export.quantize) or "fp16"; default (None) int8 when the bundle has 
 int8 graphs quantise activations with one scale per tensor computed at run time, so a batch's images
 would change each other's scores (by up to 0.5 % on MVTec bottle); they run one image per call instead
 (`_run`), which makes every result independent of its batch; the price is batching's gain on the
-quantised part (BENCHMARKS.md: int8 single graph 29.8 ms per image at batch 8 vs 32.3 at batch 1).
+quantised part (BENCHMARKS.md, "CPU inference end to end", Xeon: int8 single graph 29.8 ms per image at
+batch 8 vs 32.3 at batch 1).
 Imports onnxruntime and numpy only (never torch).
 """
 

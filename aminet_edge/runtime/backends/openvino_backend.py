@@ -24,8 +24,8 @@ precision (of what runs; fp32 and bf16 read the fp32 graphs, int8 its own):
 - None (default): "fp32" on every CPU. bf16 is opt-in: even where the plugin keeps the marked nodes
   float32, the backbone's bf16 features move the maps by ~6e-4 and flip ~6 % of the test bundle's mask
   tokens (the split path, whose kernels are float32), beyond the fp32 agreement users rely on.
-  int8 is never the default: the issue's rule (faster here with AUROC within 0.002 of fp32 and <= 0.5 %
-  of mask tokens changed) was not met on this AVX2 CPU (BENCHMARKS.md, issue 15).
+  int8 is never this backend's default; `Detector.load(backend="auto")` times it only when its graph's
+  record says it passed validation (bundle.int8_accepted; BENCHMARKS.md, "OpenVINO on CPU: precision and accuracy").
 Compiled models are cached in <bundle>/cache/openvino (OpenVINO CACHE_DIR: a cache, not a bundle
 artifact). OpenVINO keys each blob by a hash of the model (rt_info included), the compile options and
 its own version, so a stale or foreign blob is never used, only ignored; a read-only bundle runs uncached.

@@ -1,7 +1,7 @@
 """Training: feature cache -> AdamW on the AMI-Net losses -> calibration on held-out normals -> bundle.
 
 Runs on one device (`aminet_edge.device`): the models, the feature cache when it fits
-(`aminet_edge.train.cache`), the random generator and the calibration all live there.
+(`aminet_edge.training.cache`), the random generator and the calibration all live there.
 """
 
 from __future__ import annotations
@@ -24,16 +24,16 @@ from aminet_edge.device import describe_device, make_generator, repeatable, reso
 from aminet_edge.model.aminet import AMINet
 from aminet_edge.model.features import FeatureExtractor, build_feature_extractor
 from aminet_edge.model.pipeline import Pipeline, save_bundle
-from aminet_edge.train.cache import (FeatureBatches, build_feature_cache, cache_nbytes, cache_placement,
+from aminet_edge.training.cache import (FeatureBatches, build_feature_cache, cache_nbytes, cache_placement,
                                     weights_digest)
 from aminet_edge.model.guide import NearestNormalGuide
-from aminet_edge.train.calibrate import calibrate, calibrate_score
-from aminet_edge.train.guide import FEATURE_CHUNK, build_guide, image_tokens, pooled_tokens
-from aminet_edge.train.checkpoint import CHECKPOINT_FILE, load_checkpoint, save_checkpoint
-from aminet_edge.train.precision import resolve_precision
-from aminet_edge.train.step import TrainStep
+from aminet_edge.training.calibrate import calibrate, calibrate_score
+from aminet_edge.training.guide import FEATURE_CHUNK, build_guide, image_tokens, pooled_tokens
+from aminet_edge.training.checkpoint import CHECKPOINT_FILE, load_checkpoint, save_checkpoint
+from aminet_edge.training.precision import resolve_precision
+from aminet_edge.training.step import TrainStep
 
-log = logging.getLogger("aminet_edge.train")
+log = logging.getLogger("aminet_edge.training")
 SETTINGS_FILE = "checkpoint.json"  # the settings the checkpoint is trained with (see check_resume)
 MIN_HOLDOUT = 3  # a mean and std from fewer normal scores are not a threshold
 TEST_TIME_MASK = ("mask", "guide_quantile", "guide_bank_size")  # ModelConfig fields used after training only
@@ -157,10 +157,11 @@ def train(
     on the CPU, and on one GPU model with one torch version. Out-of-range settings raise ValueError
     naming the field before anything is written.
     device: "auto" (first CUDA GPU, else CPU), "cpu", "cuda" or "cuda:N".
-    precision: "auto", "bf16", "fp16" or "fp32" (aminet_edge.train.precision; auto = bf16 on sm80+
+    precision: "auto", "bf16", "fp16" or "fp32" (aminet_edge.training.precision; auto = bf16 on sm80+
     GPUs, fp16 with gradient scaling on older ones, fp32 on the CPU).
     workers: DataLoader processes decoding images (feature cache and calibration).
-    compile: torch.compile the losses' forward (unmeasured: off by default).
+    compile: run the losses (forward and backward) through torch.compile; off by default, its gain is
+    not yet measured on a GPU.
     gpu_cache_gb: GPU memory the feature cache may take, in GiB (None: half the free memory; 0: keep
     it in pinned-staged host memory).
     """
@@ -183,7 +184,6 @@ def train(
     out = Path(out)
     if resume and not (out / CHECKPOINT_FILE).is_file():
         check_resume(out, {}, allow_changed_settings)  # raises: nothing to resume from
-    out.mkdir(parents=True, exist_ok=True)
     roots = [data] if isinstance(data, (str, Path)) else list(data)
     samples = load_training_samples(roots, few_shot=few_shot, seed=train_cfg.seed)
     fit, held = split_holdout(samples, train_cfg.holdout_fraction, train_cfg.seed)
@@ -201,6 +201,7 @@ def train(
                           std=extractor.std, backbone_source=extractor.weights_source)
     aminet = AMINet(model, extractor.channels).to(dev)
     settings = training_settings(model, train_cfg, fit, few_shot, weights_digest(extractor))
+    out.mkdir(parents=True, exist_ok=True)  # once data and backbone weights are found: a bad start leaves no folder
     if resume:
         check_resume(out, settings, allow_changed_settings)
     else:

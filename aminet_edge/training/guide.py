@@ -22,7 +22,7 @@ from aminet_edge.evaluation.knn_baseline import nearest_distance
 from aminet_edge.model.features import FeatureExtractor
 from aminet_edge.model.guide import NearestNormalGuide, token_features
 
-log = logging.getLogger("aminet_edge.train")
+log = logging.getLogger("aminet_edge.training")
 PROJECTION_DIM = 32  # coreset selection runs in a random projection of this width
 FEATURE_CHUNK = 32  # images pooled / searched per step (bounds the (chunk * L, M) distance block)
 
@@ -107,8 +107,8 @@ def set_mask(bundle: str | Path, data: Sequence[str | Path], mask: str, quantile
     """
     from aminet_edge.device import resolve_device
     from aminet_edge.model.pipeline import load_pipeline, save_bundle
-    from aminet_edge.train.calibrate import calibrate, calibrate_score
-    from aminet_edge.train.trainer import recorded_split
+    from aminet_edge.training.calibrate import calibrate, calibrate_score
+    from aminet_edge.training.trainer import recorded_split
 
     if mask not in MASKS:
         raise ValueError(f"mask must be one of {', '.join(MASKS)}, got {mask!r}")

@@ -15,7 +15,7 @@ import torch
 
 from aminet_edge.bundle import BundleError
 from aminet_edge.model.aminet import AMINet
-from aminet_edge.train.step import TrainStep
+from aminet_edge.training.step import TrainStep
 
 CHECKPOINT_FILE = "checkpoint.pt"
 

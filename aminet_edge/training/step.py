@@ -9,15 +9,15 @@ import torch
 
 from aminet_edge.config import TrainConfig
 from aminet_edge.model.aminet import AMINet
-from aminet_edge.train.precision import autocast, grad_scaler
+from aminet_edge.training.precision import autocast, grad_scaler
 
 
 class TrainStep:
     """AdamW on the AMI-Net losses under the resolved `precision` ("bf16", "fp16" or "fp32").
 
-    CUDA: fused AdamW (one kernel per step instead of one per tensor). fp16: GradScaler. compile:
-    the losses' forward through torch.compile (default inductor backend; off by default, and its gain
-    is unmeasured until a GPU run). On the CPU in fp32 this is exactly the plain loop
+    CUDA: fused AdamW (one kernel per step instead of one per tensor). fp16: GradScaler. compile: the
+    losses (forward and backward) through torch.compile (default inductor backend); off by default, its
+    gain is not yet measured on a GPU. On the CPU in fp32 this is exactly the plain loop
     `loss.backward(); opt.step()` of earlier versions (same numbers, bit for bit).
     """
 
