@@ -27,6 +27,9 @@ if(_aminet_missing)
   return()
 endif()
 
+message(STATUS "libaminet: backend openvino (OpenVINO ${OpenVINO_VERSION}); the tensorrt backend is not part "
+               "of libaminet yet (asking for it returns AMINET_ERR_BACKEND_UNAVAILABLE)")
+
 # one version, the Python package's
 file(STRINGS ${CMAKE_CURRENT_SOURCE_DIR}/aminet_edge/__init__.py _aminet_version_line REGEX "^__version__ = ")
 string(REGEX REPLACE "^__version__ = \"([^\"]+)\".*" "\\1" AMINET_VERSION "${_aminet_version_line}")
