@@ -52,6 +52,20 @@ def score_info(config: BundleConfig) -> str:
             f"{score.sigma:g}, image score {score.image_score}")
 
 
+def c_runtime_info(package: Path | None = None) -> dict[str, str]:
+    """Where this install's C runtime (libaminet, docs/c-api.md) lies, if the package carries it:
+    `cmake --install build --component runtime --prefix <package folder>` puts it in lib/, include/aminet/,
+    lib/cmake/aminet/."""
+    root = package or Path(__file__).resolve().parent
+    library = sorted((root / "lib").glob("libaminet.so*")) + sorted((root / "lib").glob("aminet.dll"))
+    header = root / "include" / "aminet" / "aminet.h"
+    cmake_dir = root / "lib" / "cmake" / "aminet"
+    if not library or not header.is_file():
+        return {"library": "not carried by this install (build it with CMake: docs/c-api.md)"}
+    return {"library": str(library[0]), "headers": str(header.parent.parent),
+            "cmake": f"{cmake_dir} (aminet_DIR for find_package(aminet))" if cmake_dir.is_dir() else "not installed"}
+
+
 def measured_auto(bundle: str | Path, config: BundleConfig) -> str:
     """What `auto` runs on this CPU and why: the choice measured here (runtime.backends.auto) or, before the
     first Detector.load, the candidates it will time. Measures nothing."""
@@ -141,6 +155,7 @@ def collect_info(bundle: str | Path | None = None, verify: bool = False) -> dict
                    "plain": "neither bf16 nor VNNI"}[cpu_kind()]
     config = read_config(bundle) if bundle is not None else None
     info["inference backends"] = inference_backends(bundle, config)
+    info["c runtime"] = c_runtime_info()
     if bundle is not None and config is not None:
         info["bundle"] = bundle_info(bundle, config)
         table = auto_table(bundle, config)

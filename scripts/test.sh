@@ -17,4 +17,13 @@ scripts/install_tritonserver.sh || echo "warning: tritonserver not installed; th
 # the deployment scripts under export/ are linted by shellcheck (Debian package; its tests skip if absent)
 command -v shellcheck >/dev/null || { apt-get update -qq && apt-get install -y -qq shellcheck >/dev/null; } \
   || echo "warning: shellcheck could not be installed; the shell-lint tests will skip"
+# libaminet (the C runtime, tests/test_c_api.py) needs nlohmann/json and OpenSSL's headers, its examples
+# libpng (Debian packages; the tests skip, saying so, where they are absent)
+{ [ -f /usr/include/nlohmann/json.hpp ] && [ -f /usr/include/openssl/evp.h ] && [ -f /usr/include/png.h ]; } \
+  || { apt-get update -qq && apt-get install -y -qq nlohmann-json3-dev libssl-dev libpng-dev >/dev/null; } \
+  || echo "warning: nlohmann-json3-dev / libssl-dev / libpng-dev could not be installed; the C runtime tests will skip"
+# the C# example of the C runtime is compiled and run with Mono (Debian packages; its test skips without them)
+command -v mcs >/dev/null && command -v mono >/dev/null \
+  || { apt-get update -qq && apt-get install -y -qq mono-mcs mono-runtime >/dev/null; } \
+  || echo "warning: mono-mcs / mono-runtime could not be installed; the C# example's test will skip"
 python -m pytest -q -rs "$@"

@@ -1,0 +1,351 @@
+// config.json checks and graph verification, the rules of aminet_edge/bundle.py (messages follow its
+// wording, so both implementations name a problem alike; docs/c-api.md lists what the C side checks).
+#include "bundle.h"
+
+#include <openssl/evp.h>
+
+#include <algorithm>
+#include <cctype>
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+#include <memory>
+#include <set>
+#include <sstream>
+
+#include <nlohmann/json.hpp>
+
+#include "error.h"
+
+namespace aminet {
+namespace {
+
+namespace fs = std::filesystem;
+using json = nlohmann::json;
+
+constexpr int SCHEMA_VERSION = 2;
+constexpr int LEGACY_SCHEMA = 1;
+const char* const CONFIG_FILE = "config.json";
+const char* const WEIGHTS_FILE = "weights.safetensors";
+const std::set<std::string> GRAPH_PRECISIONS = {"fp32", "fp16", "int8", "int8_static"};
+
+std::string reexport(const std::string& bundle) {
+  return "re-export the bundle: `aminet-edge export " + bundle + "` (and rebuild its engines)";
+}
+
+std::string short_json(const json& value) {
+  std::string text = value.dump();
+  return text.size() <= 40 ? text : text.substr(0, 37) + "...";
+}
+
+// Reads config.json's fields for one `where` (the file's path), each failure one BundleError.
+struct Fields {
+  std::string where;
+
+  Error fail(const std::string& name, const std::string& problem) const {
+    return bundle_error(where + ": field '" + name + "' " + problem);
+  }
+  const json& object(const std::string& name, const json& value) const {
+    if (!value.is_object()) throw fail(name, "must be a JSON object, got " + std::string(value.type_name()) + " " + short_json(value));
+    return value;
+  }
+  double number(const std::string& name, const json& value, bool positive = false) const {
+    if (!value.is_number()) throw fail(name, "must be a number, got " + short_json(value));
+    double v = value.get<double>();
+    if (!std::isfinite(v)) throw fail(name, "must be finite, got " + short_json(value));
+    if (positive && !(v > 0)) throw fail(name, "must be > 0, got " + short_json(value));
+    return v;
+  }
+  int64_t integer(const std::string& name, const json& value, std::optional<int64_t> minimum = {}) const {
+    if (!value.is_number_integer()) throw fail(name, "must be an integer, got " + short_json(value));
+    int64_t v = value.get<int64_t>();
+    if (minimum && v < *minimum) throw fail(name, "must be >= " + std::to_string(*minimum) + ", got " + std::to_string(v));
+    return v;
+  }
+  std::string text(const std::string& name, const json& value, const std::set<std::string>& choices = {}) const {
+    if (!value.is_string()) throw fail(name, "must be a string, got " + short_json(value));
+    std::string v = value.get<std::string>();
+    if (!choices.empty() && !choices.count(v)) {
+      std::string list;
+      for (const auto& c : choices) list += (list.empty() ? "" : ", ") + c;
+      throw fail(name, "must be one of " + list + ", got '" + v + "'");
+    }
+    return v;
+  }
+  static const json& get(const json& obj, const char* key) {
+    static const json null;
+    auto it = obj.find(key);
+    return it == obj.end() ? null : *it;
+  }
+};
+
+// `rel` as a path that cannot leave the bundle (no absolute path, no '..', no backslash, no drive).
+void inside_path(const std::string& rel, const std::string& what) {
+  bool drive = rel.size() >= 2 && std::isalpha(static_cast<unsigned char>(rel[0])) && rel[1] == ':';
+  bool dotdot = false;
+  std::stringstream parts(rel);
+  for (std::string part; std::getline(parts, part, '/');) dotdot = dotdot || part == "..";
+  if (rel.empty() || rel[0] == '/' || rel.find('\\') != std::string::npos || dotdot || drive)
+    throw bundle_error(what + ": '" + rel + "' must be a path relative to the bundle, inside it (no absolute path, "
+                       "no '..'): a bundle is self-contained");
+}
+
+bool is_hex64(const std::string& text) {
+  return text.size() == 64 && text.find_first_not_of("0123456789abcdef") == std::string::npos;
+}
+
+// graph keys of artifacts.onnx: the single graph and the split halves, at each exported precision
+const std::set<std::string>& graph_keys() {
+  static const std::set<std::string> keys = [] {
+    std::set<std::string> out;
+    for (const char* part : {"model", "model_a", "model_b"})
+      for (const char* precision : {"", "_fp16", "_int8", "_int8_static"}) out.insert(std::string(part) + precision);
+    return out;
+  }();
+  return keys;
+}
+
+Record record(const Fields& f, const std::string& name, const json& value, bool derived) {
+  const json& obj = f.object(name, value);
+  Record r;
+  r.path = f.text(name + ".path", Fields::get(obj, "path"));
+  inside_path(r.path, f.where + ": field '" + name + ".path'");
+  const json& sha = Fields::get(obj, "sha256");
+  if (!sha.is_string() || !is_hex64(sha.get<std::string>()))
+    throw f.fail(name + ".sha256", "must be a sha256 hex digest, got " + short_json(sha) +
+                 " (every file of a bundle is checksummed)");
+  r.sha256 = sha.get<std::string>();
+  r.bytes = f.integer(name + ".bytes", Fields::get(obj, "bytes"), 0);
+  if (derived) {
+    r.weights_sha256 = f.text(name + ".weights_sha256", Fields::get(obj, "weights_sha256"));
+    f.integer(name + ".input_size", Fields::get(obj, "input_size"));
+  }
+  return r;
+}
+
+// A graph or engine record made for this configuration (input size, mask, score map), as bundle.py.
+void check_made_for(const Fields& f, const std::string& name, const json& rec, int image_size,
+                    const std::string& mask, const std::string& score_map, double guide_weight) {
+  int64_t size = rec["input_size"].get<int64_t>();
+  if (size != image_size)
+    throw f.fail(name + ".input_size", std::to_string(size) + " differs from model.image_size " +
+                 std::to_string(image_size) + ": the file was made for another configuration; " + reexport("RUN"));
+  const json& made_mask = Fields::get(rec, "mask");
+  std::string made_for = made_mask.is_string() ? made_mask.get<std::string>() : "adaptive";
+  if (made_for != mask)
+    throw f.fail(name + ".mask", "the file computes the '" + made_for + "' mask but model.mask is '" + mask +
+                 "': it was made for another configuration; " + reexport("RUN"));
+  const json& made_map = Fields::get(rec, "score_map");
+  const json& made_weight = Fields::get(rec, "guide_weight");
+  std::string map = made_map.is_string() ? made_map.get<std::string>() : "reconstruction";
+  double weight = made_weight.is_number() ? made_weight.get<double>() : 0.0;
+  if (map != score_map || weight != guide_weight)
+    throw f.fail(name + ".score_map", "the file computes score map '" + map + "' (guide_weight " + made_weight.dump() +
+                 ") but score is '" + score_map + "': it was made for another configuration; " + reexport("RUN"));
+}
+
+std::string os_problem(const std::error_code& ec) {
+  if (ec == std::errc::permission_denied)
+    return "permission denied (check the file's owner and mode; the process must be able to read it)";
+  if (ec == std::errc::too_many_symbolic_link_levels) return "symbolic link loop";
+  if (ec == std::errc::no_such_file_or_directory) return "not found";
+  if (ec == std::errc::is_a_directory) return "is a directory, not a file";
+  return "cannot be read (" + ec.message() + ")";
+}
+
+std::string read_file(const fs::path& path, std::error_code& ec) {
+  ec.clear();
+  if (fs::is_directory(path, ec)) {
+    ec = std::make_error_code(std::errc::is_a_directory);
+    return {};
+  }
+  std::ifstream in(path, std::ios::binary);
+  if (!in) {
+    ec = std::error_code(errno ? errno : ENOENT, std::generic_category());
+    return {};
+  }
+  std::ostringstream out;
+  out << in.rdbuf();
+  return out.str();
+}
+
+// bundle / rel, refused when it resolves (through symbolic links) outside the bundle.
+fs::path artifact_path(const std::string& bundle, const std::string& rel) {
+  fs::path root(bundle), path = root / rel;
+  std::error_code ec;
+  fs::path real = fs::weakly_canonical(path, ec);
+  fs::path real_root = ec ? fs::path() : fs::weakly_canonical(root, ec);
+  if (ec) throw bundle_error(path.string() + ": " + os_problem(ec));
+  auto mismatch = std::mismatch(real_root.begin(), real_root.end(), real.begin(), real.end());
+  if (mismatch.first != real_root.end())
+    throw bundle_error(path.string() + " resolves to " + real.string() + ", outside the bundle " + real_root.string() +
+                       ": a bundle is self-contained (copy the file into it instead of linking)");
+  return path;
+}
+
+}  // namespace
+
+std::string sha256_hex(const std::string& bytes) {
+  std::unique_ptr<EVP_MD_CTX, decltype(&EVP_MD_CTX_free)> ctx(EVP_MD_CTX_new(), EVP_MD_CTX_free);
+  unsigned char digest[EVP_MAX_MD_SIZE];
+  unsigned int size = 0;
+  if (!ctx || EVP_DigestInit_ex(ctx.get(), EVP_sha256(), nullptr) != 1 ||
+      EVP_DigestUpdate(ctx.get(), bytes.data(), bytes.size()) != 1 ||
+      EVP_DigestFinal_ex(ctx.get(), digest, &size) != 1)
+    throw Error(AMINET_ERR_INTERNAL, "OpenSSL could not compute a sha256");
+  static const char* hex = "0123456789abcdef";
+  std::string out;
+  for (unsigned int i = 0; i < size; ++i) {
+    out += hex[digest[i] >> 4];
+    out += hex[digest[i] & 15];
+  }
+  return out;
+}
+
+BundleConfig read_config(const std::string& bundle) {
+  fs::path root(bundle), path = root / CONFIG_FILE;
+  std::error_code ec;
+  fs::file_status status = fs::status(root, ec);
+  if (ec || !fs::exists(status)) {
+    if (!ec) ec = std::make_error_code(std::errc::no_such_file_or_directory);
+    throw bundle_error("bundle directory " + bundle + ": " + os_problem(ec));
+  }
+  if (!fs::is_directory(status)) throw bundle_error("bundle directory " + bundle + ": not a directory");
+  std::string raw = read_file(path, ec);
+  if (ec == std::errc::no_such_file_or_directory)
+    throw bundle_error(path.string() + " not found: not an aminet-edge bundle (train one with `aminet-edge train`)");
+  if (ec) throw bundle_error(path.string() + ": " + os_problem(ec));
+  json data;
+  try {
+    data = json::parse(raw);
+  } catch (const json::exception& exc) {
+    throw bundle_error(path.string() + ": not valid JSON (" + exc.what() + ")");
+  }
+  Fields f{path.string()};
+  if (!data.is_object())
+    throw bundle_error(f.where + ": not an aminet-edge bundle config (a JSON " + data.type_name() + ", expected an object)");
+  const json& version = Fields::get(data, "schema_version");
+  if (!version.is_number_integer())
+    throw bundle_error(f.where + ": no integer 'schema_version' (got " + short_json(version) + "); not an aminet-edge bundle");
+  BundleConfig config;
+  int64_t schema = version.get<int64_t>();
+  if (schema > SCHEMA_VERSION)
+    throw bundle_error(f.where + ": schema_version " + std::to_string(schema) + " is newer than this aminet-edge "
+                       "understands (" + std::to_string(SCHEMA_VERSION) + "); upgrade aminet-edge (bundle written by " +
+                       Fields::get(data, "aminet_edge_version").dump() + ")");
+  if (schema < LEGACY_SCHEMA)
+    throw f.fail("schema_version", "must be 1..2, got " + std::to_string(schema));
+  config.schema_version = static_cast<int>(schema);
+  static const std::set<std::string> known = {"schema_version", "aminet_edge_version", "model", "in_channels", "score",
+                                              "preprocess", "calibration", "train", "backbone_source", "artifacts"};
+  for (const auto& item : data.items())
+    if (!known.count(item.key()))
+      throw f.fail(item.key(), "is not a bundle config field (a typo? known: aminet_edge_version, artifacts, "
+                   "backbone_source, calibration, in_channels, model, preprocess, schema_version, score, train)");
+  for (const char* key : {"model", "in_channels", "score", "preprocess"})
+    if (!data.contains(key)) throw bundle_error(f.where + ": missing key(s) " + key);
+
+  const json& model = f.object("model", data["model"]);
+  config.image_size = static_cast<int>(f.integer("model.image_size", Fields::get(model, "image_size"), 1));
+  config.mask = model.contains("mask") ? f.text("model.mask", model["mask"], {"adaptive", "nearest_normal"}) : "adaptive";
+  f.integer("in_channels", data["in_channels"], 1);
+
+  const json& score = f.object("score", data["score"]);
+  std::string score_map = score.contains("map") ? f.text("score.map", score["map"], {"reconstruction", "reconstruction+guide"})
+                                                : "reconstruction";
+  double guide_weight = score.contains("guide_weight") ? f.number("score.guide_weight", score["guide_weight"]) : 0.0;
+
+  const json& pre = f.object("preprocess", data["preprocess"]);
+  for (const auto& item : pre.items())
+    if (item.key() != "image_size" && item.key() != "mean" && item.key() != "std")
+      throw f.fail("preprocess." + item.key(), "is not a preprocess field (image_size, mean, std)");
+  int64_t size = f.integer("preprocess.image_size", Fields::get(pre, "image_size"));
+  if (size != config.image_size)
+    throw f.fail("preprocess.image_size", std::to_string(size) + " differs from model.image_size " +
+                 std::to_string(config.image_size));
+  for (const char* name : {"mean", "std"}) {
+    const json& values = Fields::get(pre, name);
+    if (!values.is_array() || values.size() != 3)
+      throw f.fail(std::string("preprocess.") + name, "must be 3 numbers (R, G, B), got " + short_json(values));
+    auto& out = std::string(name) == "mean" ? config.mean : config.std;
+    for (int i = 0; i < 3; ++i)
+      out[i] = static_cast<float>(f.number("preprocess." + std::string(name) + "[" + std::to_string(i) + "]",
+                                           values[i], std::string(name) == "std"));
+  }
+
+  const json& cal = Fields::get(data, "calibration");
+  if (!cal.is_null()) {
+    f.object("calibration", cal);
+    Calibration c;
+    for (const char* key : {"image_threshold", "pixel_threshold"})
+      if (!cal.contains(key)) throw f.fail(std::string("calibration.") + key, "is missing");
+    c.image_threshold = f.number("calibration.image_threshold", cal["image_threshold"], true);
+    c.pixel_threshold = f.number("calibration.pixel_threshold", cal["pixel_threshold"], true);
+    for (auto [key, slot] : {std::pair{"f1_image_threshold", &c.f1_image_threshold},
+                             std::pair{"f1_pixel_threshold", &c.f1_pixel_threshold}}) {
+      const json& v = Fields::get(cal, key);
+      if (!v.is_null()) *slot = f.number(std::string("calibration.") + key, v, true);
+    }
+    config.calibration = c;
+  }
+
+  const json& artifacts = data.contains("artifacts") ? f.object("artifacts", data["artifacts"]) : json::object();
+  if (config.schema_version < SCHEMA_VERSION) return config;  // schema 1: no records to check (graphs refused)
+  for (const auto& item : artifacts.items())
+    if (item.key() != "weights" && item.key() != "onnx" && item.key() != "engines")
+      throw f.fail("artifacts." + item.key(), "is not an artifact kind (weights, onnx, engines)");
+  if (artifacts.contains("weights")) config.weights = record(f, "artifacts.weights", artifacts["weights"], false);
+  const json& onnx = artifacts.contains("onnx") ? f.object("artifacts.onnx", artifacts["onnx"]) : json::object();
+  for (const auto& item : onnx.items()) {
+    std::string name = "artifacts.onnx." + item.key();
+    if (!graph_keys().count(item.key())) throw f.fail(name, "is not a graph name (model, model_a, model_b, with "
+                                                               "_fp16, _int8 or _int8_static)");
+    config.graphs[item.key()] = record(f, name, item.value(), true);
+    f.text(name + ".precision", Fields::get(item.value(), "precision"), GRAPH_PRECISIONS);
+    check_made_for(f, name, item.value(), config.image_size, config.mask, score_map, guide_weight);
+  }
+  const json& engines = Fields::get(artifacts, "engines");
+  if (!engines.is_null() && !engines.is_array())
+    throw f.fail("artifacts.engines", std::string("must be a JSON list of engine records, got ") + engines.type_name());
+  for (size_t i = 0; engines.is_array() && i < engines.size(); ++i) {
+    std::string name = "artifacts.engines[" + std::to_string(i) + "]";
+    record(f, name, engines[i], true);
+    check_made_for(f, name, engines[i], config.image_size, config.mask, score_map, guide_weight);
+  }
+  return config;
+}
+
+std::string read_graph(const std::string& bundle, const BundleConfig& config, const std::string& precision) {
+  std::string key = precision == "fp32" ? "model" : "model_" + precision;
+  std::string fix = reexport(bundle);
+  if (config.schema_version < SCHEMA_VERSION)
+    throw bundle_error(bundle + ": schema 1 bundle (written before aminet-edge recorded checksums): its ONNX graphs "
+                       "cannot be verified and may be stale; " + fix);
+  auto it = config.graphs.find(key);
+  if (it == config.graphs.end()) {
+    fs::path path = fs::path(bundle) / (key + ".onnx");
+    std::error_code ec;
+    bool stray = fs::exists(path, ec);
+    std::string flag = precision == "fp32" ? "" : precision == "int8_static" ? " --precision int8 --calibration-data DATA"
+                                                                              : " --precision " + precision;
+    throw bundle_error(path.string() + (stray ? " is not recorded in config.json (left from an earlier training or export?)"
+                                              : " not found") + ": export it with `aminet-edge export " + bundle + flag + "`");
+  }
+  const Record& rec = it->second;
+  fs::path path = artifact_path(bundle, rec.path);
+  if (rec.weights_sha256 && (!config.weights || *rec.weights_sha256 != config.weights->sha256))
+    throw bundle_error(path.string() + ": this graph was made from other weights than the bundle's " +
+                       std::string(WEIGHTS_FILE) + " (left from an earlier training?); " + fix);
+  std::error_code ec;
+  std::string bytes = read_file(path, ec);
+  if (ec) throw bundle_error(path.string() + ": graph " + os_problem(ec) + "; " + fix);
+  if (static_cast<int64_t>(bytes.size()) != rec.bytes)
+    throw bundle_error(path.string() + ": graph is " + std::to_string(bytes.size()) + " bytes, " +
+                       std::to_string(rec.bytes) + " were recorded (truncated or replaced); " + fix);
+  if (sha256_hex(bytes) != rec.sha256)
+    throw bundle_error(path.string() + ": graph's sha256 differs from the one recorded in config.json (file changed "
+                       "or corrupt); " + fix);
+  return bytes;
+}
+
+}  // namespace aminet
