@@ -68,8 +68,14 @@ def install(tmp: str | Path, path: str | Path) -> Path:
 
 
 def atomic_replace(path: str | Path, produce: Callable[[Path], object]) -> Path:
-    """Write `path` atomically with `produce(tmp)`, which writes the whole content to the path it gets."""
-    return install(write_temp(path, produce), path)
+    """Write `path` atomically with `produce(tmp)`, which writes the whole content to the path it gets.
+    When the rename fails, the temporary is removed and `path` is as it was."""
+    tmp = write_temp(path, produce)
+    try:
+        return install(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> Path:

@@ -92,7 +92,7 @@ def test_train_refuses_a_folder_that_is_not_a_bundle(tmp_path: Path) -> None:
     res = CliRunner().invoke(main, ["train", str(data), "--out", str(out), "--preset", "tiny", "--epochs", "1"])
     assert res.exit_code == 1 and "not a readable bundle, so nothing is written into it" in res.output
     assert (out / "model.onnx").exists()
-    from aminet_edge.train.trainer import train
+    from aminet_edge.training.trainer import train
 
     with pytest.raises(BundleError, match="000.png exists and is not a directory"):
         train(data, data / "train" / "good" / "000.png", pretrained=False)
@@ -100,7 +100,7 @@ def test_train_refuses_a_folder_that_is_not_a_bundle(tmp_path: Path) -> None:
 
 def test_owned_bundle_accepts_a_new_empty_or_checkpoint_folder(tmp_path: Path) -> None:
     from aminet_edge.bundle import owned_bundle
-    from aminet_edge.train.trainer import TRAINING_FILES
+    from aminet_edge.training.trainer import TRAINING_FILES
 
     assert owned_bundle(tmp_path / "new") is None and owned_bundle(tmp_path) is None
     for name in (*TRAINING_FILES, ".weights.safetensors.0a1b2c3d.tmp"):  # a crashed run: checkpoint, temp file

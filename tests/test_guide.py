@@ -184,7 +184,7 @@ def test_set_mask_rebuilds_the_guide_for_new_settings(guided: Path, data: Path, 
     import shutil
 
     from aminet_edge.data.batches import load_batches
-    from aminet_edge.train.trainer import recorded_split
+    from aminet_edge.training.trainer import recorded_split
 
     bundle = Path(shutil.copytree(guided, tmp_path / "b"))
     before = read_config(bundle)
