@@ -561,7 +561,7 @@ def verify_record(bundle: str | Path, config: BundleConfig, record: dict[str, An
     weights = config.artifacts.get("weights")
     if "weights_sha256" in record and (not weights or record["weights_sha256"] != weights["sha256"]):
         raise BundleError(f"{path}: this {what} was made from other weights than the bundle's "
-                          f"{WEIGHTS_FILE} (left from an earlier training?); {fix}")
+                          f"weights (left from an earlier training?); {fix}")
     try:
         st = os.stat(path)
     except OSError as exc:

@@ -134,7 +134,8 @@ def _copy(bundle: Path, dst: Path) -> dict:
     dst.mkdir(parents=True)
     for name in ("config.json", "model.onnx"):
         shutil.copy(bundle / name, dst / name)
-    os.link(bundle / "weights.safetensors", dst / "weights.safetensors")
+    weights = json.loads((bundle / "config.json").read_text())["artifacts"]["weights"]["path"]
+    os.link(bundle / weights, dst / weights)
     return json.loads((dst / "config.json").read_text())
 
 
@@ -185,6 +186,16 @@ def broken_bundles(bundle: Path, root: Path) -> list[tuple[str, str, str, str]]:
     _write(root / "badfield", config)
     out.append((str(root / "badfield"), "openvino", "AMINET_ERR_BUNDLE",
                 "field 'preprocess.image_size' 32 differs from model.image_size"))
+
+    for case, part, key, value, fragment in [
+            ("sigma", "score", "sigma", 2.0, "the file computes score.sigma = 4.0 but config.json says 2.0"),
+            ("lambda", "model", "mask_lambda", 1.5, "the file computes model.mask_lambda = 0.5 but config.json says 1.5"),
+            ("maxscore", "score", "image_score", "max", "the file computes score.image_score = "),
+            ("mean", "preprocess", "mean", [10.0, 0.5, 0.5], "field 'preprocess.mean[0]' must be")]:
+        config = _copy(bundle, root / case)  # config.json edited after the export, or out of range
+        config[part][key] = value
+        _write(root / case, config)
+        out.append((str(root / case), "openvino", "AMINET_ERR_BUNDLE", fragment))
 
     out.append((str(bundle), "no-such-backend", "AMINET_ERR_BACKEND_UNAVAILABLE", "unknown backend 'no-such-backend'"))
     return out

@@ -26,7 +26,7 @@ using json = nlohmann::json;
 constexpr int SCHEMA_VERSION = 2;
 constexpr int LEGACY_SCHEMA = 1;
 const char* const CONFIG_FILE = "config.json";
-const char* const WEIGHTS_FILE = "weights.safetensors";
+constexpr double MAX_SIGMA = 64.0;  // config.py MAX_SIGMA
 const std::set<std::string> GRAPH_PRECISIONS = {"fp32", "fp16", "int8", "int8_static"};
 
 std::string reexport(const std::string& bundle) {
@@ -124,8 +124,18 @@ Record record(const Fields& f, const std::string& name, const json& value, bool 
 }
 
 // A graph or engine record made for this configuration (input size, mask, score map), as bundle.py.
+// `computes`: the settings a file bakes in beyond mask and map (bundle.py COMPUTES), as
+// (record key, config field, config value, value of records that predate the key).
+struct Computed {
+  const char* key;
+  const char* field;
+  json value;
+  json before;
+};
+
 void check_made_for(const Fields& f, const std::string& name, const json& rec, int image_size,
-                    const std::string& mask, const std::string& score_map, double guide_weight) {
+                    const std::string& mask, const std::string& score_map, double guide_weight,
+                    const std::vector<Computed>& computes) {
   int64_t size = rec["input_size"].get<int64_t>();
   if (size != image_size)
     throw f.fail(name + ".input_size", std::to_string(size) + " differs from model.image_size " +
@@ -142,6 +152,13 @@ void check_made_for(const Fields& f, const std::string& name, const json& rec, i
   if (map != score_map || weight != guide_weight)
     throw f.fail(name + ".score_map", "the file computes score map '" + map + "' (guide_weight " + made_weight.dump() +
                  ") but score is '" + score_map + "': it was made for another configuration; " + reexport("RUN"));
+  for (const Computed& c : computes) {
+    const json& made = rec.contains(c.key) ? rec[c.key] : c.before;
+    if (made != c.value)
+      throw f.fail(name + "." + c.key, std::string("the file computes ") + c.field + " = " + made.dump() +
+                   " but config.json says " + c.value.dump() + ": it was made for another configuration "
+                   "(config.json edited?); put the value back, or " + reexport("RUN"));
+  }
 }
 
 std::string os_problem(const std::error_code& ec) {
@@ -254,6 +271,16 @@ BundleConfig read_config(const std::string& bundle) {
   std::string score_map = score.contains("map") ? f.text("score.map", score["map"], {"reconstruction", "reconstruction+guide"})
                                                 : "reconstruction";
   double guide_weight = score.contains("guide_weight") ? f.number("score.guide_weight", score["guide_weight"]) : 0.0;
+  // defaults as config.py's ModelConfig / ScoreConfig; ranges as bundle.py checks them
+  json mask_lambda = model.contains("mask_lambda") ? json(f.number("model.mask_lambda", model["mask_lambda"])) : json(0.5);
+  json sigma = score.contains("sigma") ? json(f.number("score.sigma", score["sigma"], true)) : json(4.0);
+  if (sigma.get<double>() > MAX_SIGMA)
+    throw f.fail("score.sigma", "must be a number in (0, 64] (pixels), got " + sigma.dump());
+  json image_score = score.contains("image_score") ? json(f.text("score.image_score", score["image_score"], {"std", "max"}))
+                                                   : json("std");
+  const std::vector<Computed> computes = {{"mask_lambda", "model.mask_lambda", mask_lambda, json(0.5)},
+                                          {"sigma", "score.sigma", sigma, json(4.0)},
+                                          {"image_score", "score.image_score", image_score, json("std")}};
 
   const json& pre = f.object("preprocess", data["preprocess"]);
   for (const auto& item : pre.items())
@@ -269,8 +296,14 @@ BundleConfig read_config(const std::string& bundle) {
       throw f.fail(std::string("preprocess.") + name, "must be 3 numbers (R, G, B), got " + short_json(values));
     auto& out = std::string(name) == "mean" ? config.mean : config.std;
     for (int i = 0; i < 3; ++i)
-      out[i] = static_cast<float>(f.number("preprocess." + std::string(name) + "[" + std::to_string(i) + "]",
-                                           values[i], std::string(name) == "std"));
+    {
+      std::string where = "preprocess." + std::string(name) + "[" + std::to_string(i) + "]";
+      double v = f.number(where, values[i], std::string(name) == "std");
+      if (v > 1 || v < 0)  // pixel values scaled to [0, 1]: mean in [0, 1], std in (0, 1]
+        throw f.fail(where, "must be in " + std::string(std::string(name) == "std" ? "(0, 1]" : "[0, 1]") +
+                     " (pixel values scaled to [0, 1]), got " + values[i].dump());
+      out[i] = static_cast<float>(v);
+    }
   }
 
   const json& cal = Fields::get(data, "calibration");
@@ -302,7 +335,7 @@ BundleConfig read_config(const std::string& bundle) {
                                                                "_fp16, _int8 or _int8_static)");
     config.graphs[item.key()] = record(f, name, item.value(), true);
     f.text(name + ".precision", Fields::get(item.value(), "precision"), GRAPH_PRECISIONS);
-    check_made_for(f, name, item.value(), config.image_size, config.mask, score_map, guide_weight);
+    check_made_for(f, name, item.value(), config.image_size, config.mask, score_map, guide_weight, computes);
   }
   const json& engines = Fields::get(artifacts, "engines");
   if (!engines.is_null() && !engines.is_array())
@@ -310,7 +343,7 @@ BundleConfig read_config(const std::string& bundle) {
   for (size_t i = 0; engines.is_array() && i < engines.size(); ++i) {
     std::string name = "artifacts.engines[" + std::to_string(i) + "]";
     record(f, name, engines[i], true);
-    check_made_for(f, name, engines[i], config.image_size, config.mask, score_map, guide_weight);
+    check_made_for(f, name, engines[i], config.image_size, config.mask, score_map, guide_weight, computes);
   }
   return config;
 }
@@ -334,8 +367,8 @@ std::string read_graph(const std::string& bundle, const BundleConfig& config, co
   const Record& rec = it->second;
   fs::path path = artifact_path(bundle, rec.path);
   if (rec.weights_sha256 && (!config.weights || *rec.weights_sha256 != config.weights->sha256))
-    throw bundle_error(path.string() + ": this graph was made from other weights than the bundle's " +
-                       std::string(WEIGHTS_FILE) + " (left from an earlier training?); " + fix);
+    throw bundle_error(path.string() + ": this graph was made from other weights than the bundle's weights"
+                       " (left from an earlier training?); " + fix);
   std::error_code ec;
   std::string bytes = read_file(path, ec);
   if (ec) throw bundle_error(path.string() + ": graph " + os_problem(ec) + "; " + fix);
