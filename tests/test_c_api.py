@@ -35,6 +35,7 @@ pytest.importorskip("torch")  # the shared bundle is trained by test_detector
 openvino = pytest.importorskip("openvino")
 
 from c_api_vectors import frame, write_vectors  # noqa: E402
+from c_build_tools import missing_c_runtime_tools  # noqa: E402
 from test_detector import generated_images, shared_bundle  # noqa: E402
 
 from aminet_edge.runtime import Detector  # noqa: E402
@@ -43,18 +44,6 @@ ROOT = Path(__file__).resolve().parents[1]
 SOURCES = ["CMakeLists.txt", "cmake", "csrc/include/aminet", "csrc/runtime", "tests/c", "aminet_edge/__init__.py",
            "examples/c", "examples/cpp"]
 RTOL = 1e-5
-
-
-def _missing_tools() -> str | None:
-    """Why libaminet cannot be built here, or None."""
-    if shutil.which("cmake") is None or shutil.which("c++") is None or shutil.which("cc") is None:
-        return "cmake and a C/C++ compiler are needed to build libaminet"
-    if not (Path(openvino.__file__).parent / "cmake" / "OpenVINOConfig.cmake").is_file():
-        return "this openvino install ships no OpenVINOConfig.cmake"
-    for header, package in (("nlohmann/json.hpp", "nlohmann-json3-dev"), ("openssl/evp.h", "libssl-dev")):
-        if not any((Path(d) / header).is_file() for d in ("/usr/include", "/usr/local/include")):
-            return f"{header} not found: install {package} (scripts/test.sh does on Debian)"
-    return None
 
 
 def source_hash(extra: str = "") -> str:
@@ -79,7 +68,7 @@ def build(options: tuple[str, ...] = (), target: str = "all") -> Path:
     """Configure and build libaminet and its C tests (or `target`) in <tmp>/aminet-capi-<hash>; reused
     while the sources, `options` and the OpenVINO version are unchanged (a file lock keeps two sessions
     from building one folder at once). Returns the build folder."""
-    reason = _missing_tools()
+    reason = missing_c_runtime_tools()
     if reason:
         pytest.skip(reason)
     folder = Path(tempfile.gettempdir()) / f"aminet-capi-{source_hash(' '.join(options) + openvino.__version__)}"
