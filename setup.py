@@ -24,7 +24,8 @@ ROOT = os.path.dirname(os.path.abspath(__file__))
 
 
 def _openvino_cmake_dir() -> str | None:
-    """OpenVINOConfig.cmake's folder of the openvino this Python imports, if any."""
+    """OpenVINOConfig.cmake's folder of the openvino this Python imports, if any (build isolation hides the
+    installed one: then CMake asks the python on PATH, or OpenVINO_DIR is set in the environment)."""
     try:
         import openvino
     except ImportError:
@@ -62,7 +63,7 @@ class OptionalBuildExt(build_ext):
         args = [cmake, "-S", ROOT, "-B", folder, "-DCMAKE_BUILD_TYPE=Release", "-DAMINET_BUILD_CUDA=OFF",
                 "-DAMINET_COPY_INPLACE=OFF", "-DAMINET_WHEEL_LAYOUT=ON",
                 "-DCMAKE_INSTALL_LIBDIR=lib", "-DCMAKE_INSTALL_INCLUDEDIR=include"]
-        openvino_dir = _openvino_cmake_dir()
+        openvino_dir = os.environ.get("OpenVINO_DIR") or _openvino_cmake_dir()
         if openvino_dir:
             args.append(f"-DOpenVINO_DIR={openvino_dir}")
         steps = [args, [cmake, "--build", folder, "--target", "aminet", "-j", str(os.cpu_count() or 1)],
