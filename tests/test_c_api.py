@@ -359,6 +359,8 @@ def examples(build_dir: Path, prefix: Path) -> dict[str, Path]:
 def test_install_layout_and_info(prefix: Path, tmp_path: Path) -> None:
     """`cmake --install` lays out lib/, include/aminet/ and lib/cmake/aminet/; `aminet-edge info` names
     them for a package folder that carries them, and says so for one that does not."""
+    import aminet_edge
+    from aminet_edge import c_library
     from aminet_edge.info import c_runtime_info
 
     for rel in ("include/aminet/aminet.h", "include/aminet/aminet.hpp", "lib/cmake/aminet/aminetConfig.cmake",
@@ -368,7 +370,10 @@ def test_install_layout_and_info(prefix: Path, tmp_path: Path) -> None:
     assert info["library"].startswith(str(prefix / "lib" / "libaminet.so"))
     assert info["headers"] == str(prefix / "include")
     assert info["cmake"].startswith(str(prefix / "lib" / "cmake" / "aminet"))
+    assert info["loads"] == f"yes, version {aminet_edge.__version__}"
     assert "not carried by this install" in c_runtime_info(tmp_path)["library"]
+    with pytest.raises(FileNotFoundError, match="does not carry the C runtime"):
+        c_library.load(tmp_path)
 
 
 @pytest.mark.parametrize("lang", ["c", "cpp"])
