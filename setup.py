@@ -1,20 +1,42 @@
-"""Build script: the Python package, the `aminet-edge` console script and the optional C++ CPU kernels.
+"""Build script: the Python package, the `aminet-edge` console script, the optional C++ CPU kernels and
+the optional C runtime libaminet.
 
 The pybind11 extension `aminet_edge._cpu_kernels` is built when a C++ compiler is present; a failed
 build leaves a pure-Python install (the dispatcher then reports the C++ backend as unavailable).
-CUDA kernels are not built here: see CMakeLists.txt (needs nvcc).
+A wheel or a non-editable install also builds libaminet (docs/c-api.md) with CMake when CMake, OpenVINO's
+CMake config, nlohmann_json and OpenSSL are found, and installs it into the package: aminet_edge/lib/,
+aminet_edge/include/aminet/, aminet_edge/lib/cmake/aminet/ (`aminet-edge info --cmakedir`). Otherwise it
+says why and leaves it out. AMINET_REQUIRE_EXT=1 makes a failed kernel build fail the build,
+AMINET_REQUIRE_RUNTIME=1 a missing libaminet. CUDA kernels are not built here: see CMakeLists.txt.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
+import sys
 
 from setuptools import find_packages, setup
 from setuptools.command.build_ext import build_ext
 
+ROOT = os.path.dirname(os.path.abspath(__file__))
+
+
+def _openvino_cmake_dir() -> str | None:
+    """OpenVINOConfig.cmake's folder of the openvino this Python imports, if any (build isolation hides the
+    installed one: then CMake asks the python on PATH, or OpenVINO_DIR is set in the environment)."""
+    try:
+        import openvino
+    except ImportError:
+        return None
+    folder = os.path.join(os.path.dirname(openvino.__file__), "cmake")
+    return folder if os.path.isfile(os.path.join(folder, "OpenVINOConfig.cmake")) else None
+
 
 class OptionalBuildExt(build_ext):
-    """Build extensions, but never fail the install over them (AMINET_REQUIRE_EXT=1 makes it fail)."""
+    """Build extensions, but never fail the install over them (AMINET_REQUIRE_EXT=1 makes it fail); then
+    libaminet (AMINET_REQUIRE_RUNTIME=1 makes its absence fail)."""
 
     def run(self) -> None:
         try:
@@ -23,6 +45,40 @@ class OptionalBuildExt(build_ext):
             if os.environ.get("AMINET_REQUIRE_EXT") == "1":
                 raise
             print(f"warning: C++ kernels not built ({exc}); the 'cpp' backend will be unavailable")
+        problem = self.build_c_runtime()
+        if problem is None:
+            return
+        if os.environ.get("AMINET_REQUIRE_RUNTIME") == "1":
+            raise RuntimeError(f"libaminet (the C runtime) not built: {problem}")
+        print(f"warning: libaminet (the C runtime) not built: {problem}; this build carries no C library")
+
+    def build_c_runtime(self) -> str | None:
+        """Configure, build and install libaminet into <build_lib>/aminet_edge; the reason it was not, or None."""
+        if self.inplace or getattr(self, "editable_mode", False):
+            return "an editable or in-place build leaves it to CMake (docs/c-api.md, Building)"
+        cmake = shutil.which("cmake")
+        if cmake is None:
+            return "cmake not found (pip install cmake, or apt-get install cmake)"
+        folder = os.path.join(os.path.abspath(self.build_temp), "aminet-runtime")
+        args = [cmake, "-S", ROOT, "-B", folder, "-DCMAKE_BUILD_TYPE=Release", "-DAMINET_BUILD_CUDA=OFF",
+                "-DAMINET_COPY_INPLACE=OFF", "-DAMINET_WHEEL_LAYOUT=ON",
+                "-DCMAKE_INSTALL_LIBDIR=lib", "-DCMAKE_INSTALL_INCLUDEDIR=include"]
+        openvino_dir = os.environ.get("OpenVINO_DIR") or _openvino_cmake_dir()
+        if openvino_dir:
+            args.append(f"-DOpenVINO_DIR={openvino_dir}")
+        steps = [args, [cmake, "--build", folder, "--target", "aminet", "-j", str(os.cpu_count() or 1)],
+                 [cmake, "--install", folder, "--component", "runtime", "--prefix",
+                  os.path.join(os.path.abspath(self.build_lib), "aminet_edge")]]
+        for step in steps:
+            print(" ".join(step))
+            run = subprocess.run(step, capture_output=True, text=True)
+            sys.stdout.write(run.stdout)
+            skipped = [line for line in run.stdout.splitlines() if "libaminet is not built" in line]
+            if skipped:
+                return skipped[0].split("libaminet is not built: ", 1)[-1]
+            if run.returncode != 0:
+                return f"`{' '.join(step[:2])}` failed: {run.stderr.strip()[-2000:]}"
+        return None
 
     def build_extension(self, ext) -> None:  # type: ignore[no-untyped-def]
         try:

@@ -232,12 +232,23 @@ def demo_cmd(out: str, epochs: int, device: str, quiet: bool) -> None:
 @click.argument("run", required=False, type=click.Path(exists=True, file_okay=False))
 @click.option("--verify", is_flag=True, help="Check every file RUN records (size, sha256, weights it was made "
                                              "from) and list unrecorded graphs/engines; exit 1 on any problem.")
-def info_cmd(run: str | None, verify: bool) -> None:
+@click.option("--cmakedir", is_flag=True, help="Print only the CMake folder of this install's C library "
+                                               "(aminet_DIR for find_package(aminet)); exit 1 if it carries none.")
+def info_cmd(run: str | None, verify: bool, cmakedir: bool) -> None:
     """Versions, op kernels and inference backends available, GPU if any; with RUN, what that bundle
     holds and which backend `Detector.load(RUN)` would pick here."""
     from aminet_edge.bundle import BundleError
     from aminet_edge.info import collect_info
 
+    if cmakedir:
+        from aminet_edge import c_library
+
+        found = c_library.find()
+        if found is None or found.cmake_dir is None:
+            raise click.ClickException(f"this install carries no C library CMake config in {c_library.PACKAGE} "
+                                       "(docs/c-api.md: build the wheel, or cmake --install into the package)")
+        click.echo(str(found.cmake_dir))
+        return
     if verify and run is None:
         raise click.UsageError("--verify needs a bundle: aminet-edge info RUN --verify")
     try:

@@ -53,17 +53,26 @@ def score_info(config: BundleConfig) -> str:
 
 
 def c_runtime_info(package: Path | None = None) -> dict[str, str]:
-    """Where this install's C runtime (libaminet, docs/c-api.md) lies, if the package carries it:
-    `cmake --install build --component runtime --prefix <package folder>` puts it in lib/, include/aminet/,
-    lib/cmake/aminet/."""
-    root = package or Path(__file__).resolve().parent
-    library = sorted((root / "lib").glob("libaminet.so*")) + sorted((root / "lib").glob("aminet.dll"))
-    header = root / "include" / "aminet" / "aminet.h"
-    cmake_dir = root / "lib" / "cmake" / "aminet"
-    if not library or not header.is_file():
+    """Where this install's C runtime (libaminet, docs/c-api.md) lies, if the package carries it (the wheel
+    does; so does `cmake --install build --component runtime --prefix <package folder>`), and whether it
+    loads here (its version, or the loader's message, e.g. the libopenvino it needs)."""
+    import ctypes
+
+    from aminet_edge import c_library
+
+    found = c_library.find(package)
+    if found is None:
         return {"library": "not carried by this install (build it with CMake: docs/c-api.md)"}
-    return {"library": str(library[0]), "headers": str(header.parent.parent),
-            "cmake": f"{cmake_dir} (aminet_DIR for find_package(aminet))" if cmake_dir.is_dir() else "not installed"}
+    try:
+        lib = c_library.load(package)
+        lib.aminet_version.restype = ctypes.c_char_p
+        loads = f"yes, version {lib.aminet_version().decode()}"
+    except OSError as exc:
+        loads = f"no ({exc})"
+    return {"library": str(found.library), "headers": str(found.include),
+            "cmake": f"{found.cmake_dir} (aminet_DIR for find_package(aminet); aminet-edge info --cmakedir)"
+            if found.cmake_dir else "not installed",
+            "loads": loads}
 
 
 def measured_auto(bundle: str | Path, config: BundleConfig) -> str:

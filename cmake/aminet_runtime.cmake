@@ -46,8 +46,17 @@ target_compile_definitions(aminet PRIVATE AMINET_BUILDING_LIBRARY AMINET_VERSION
 # round as Pillow and numpy do (parity to float32 rounding, docs/c-api.md)
 target_compile_options(aminet PRIVATE -ffp-contract=off -Wall -Wextra)
 target_link_libraries(aminet PRIVATE openvino::runtime nlohmann_json::nlohmann_json OpenSSL::Crypto)
-set_target_properties(aminet PROPERTIES CXX_VISIBILITY_PRESET hidden VISIBILITY_INLINES_HIDDEN ON
-  VERSION ${AMINET_VERSION} SOVERSION 0 INSTALL_RPATH_USE_LINK_PATH ON)
+set_target_properties(aminet PROPERTIES CXX_VISIBILITY_PRESET hidden VISIBILITY_INLINES_HIDDEN ON)
+# AMINET_WHEEL_LAYOUT (setup.py sets it): one file libaminet.so, no version symlinks (a wheel cannot hold
+# symlinks), whose RUNPATH is $ORIGIN/../../openvino/libs: from aminet_edge/lib/, the openvino wheel's
+# libraries in the same site-packages. Otherwise libaminet.so.<version> with its SONAME link, and the
+# OpenVINO folder it was linked with as RUNPATH.
+option(AMINET_WHEEL_LAYOUT "Install libaminet for the Python wheel: unversioned, RUNPATH relative to openvino/libs" OFF)
+if(AMINET_WHEEL_LAYOUT)
+  set_target_properties(aminet PROPERTIES INSTALL_RPATH "$ORIGIN/../../openvino/libs")
+else()
+  set_target_properties(aminet PROPERTIES VERSION ${AMINET_VERSION} SOVERSION 0 INSTALL_RPATH_USE_LINK_PATH ON)
+endif()
 if(AMINET_SANITIZE)
   target_compile_options(aminet PRIVATE ${AMINET_SANITIZER_FLAGS})
   target_link_options(aminet PRIVATE ${AMINET_SANITIZER_FLAGS})

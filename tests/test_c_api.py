@@ -35,6 +35,7 @@ pytest.importorskip("torch")  # the shared bundle is trained by test_detector
 openvino = pytest.importorskip("openvino")
 
 from c_api_vectors import frame, write_vectors  # noqa: E402
+from c_build_tools import missing_c_runtime_tools  # noqa: E402
 from test_detector import generated_images, shared_bundle  # noqa: E402
 
 from aminet_edge.runtime import Detector  # noqa: E402
@@ -43,18 +44,6 @@ ROOT = Path(__file__).resolve().parents[1]
 SOURCES = ["CMakeLists.txt", "cmake", "csrc/include/aminet", "csrc/runtime", "tests/c", "aminet_edge/__init__.py",
            "examples/c", "examples/cpp"]
 RTOL = 1e-5
-
-
-def _missing_tools() -> str | None:
-    """Why libaminet cannot be built here, or None."""
-    if shutil.which("cmake") is None or shutil.which("c++") is None or shutil.which("cc") is None:
-        return "cmake and a C/C++ compiler are needed to build libaminet"
-    if not (Path(openvino.__file__).parent / "cmake" / "OpenVINOConfig.cmake").is_file():
-        return "this openvino install ships no OpenVINOConfig.cmake"
-    for header, package in (("nlohmann/json.hpp", "nlohmann-json3-dev"), ("openssl/evp.h", "libssl-dev")):
-        if not any((Path(d) / header).is_file() for d in ("/usr/include", "/usr/local/include")):
-            return f"{header} not found: install {package} (scripts/test.sh does on Debian)"
-    return None
 
 
 def source_hash(extra: str = "") -> str:
@@ -79,7 +68,7 @@ def build(options: tuple[str, ...] = (), target: str = "all") -> Path:
     """Configure and build libaminet and its C tests (or `target`) in <tmp>/aminet-capi-<hash>; reused
     while the sources, `options` and the OpenVINO version are unchanged (a file lock keeps two sessions
     from building one folder at once). Returns the build folder."""
-    reason = _missing_tools()
+    reason = missing_c_runtime_tools()
     if reason:
         pytest.skip(reason)
     folder = Path(tempfile.gettempdir()) / f"aminet-capi-{source_hash(' '.join(options) + openvino.__version__)}"
@@ -370,6 +359,8 @@ def examples(build_dir: Path, prefix: Path) -> dict[str, Path]:
 def test_install_layout_and_info(prefix: Path, tmp_path: Path) -> None:
     """`cmake --install` lays out lib/, include/aminet/ and lib/cmake/aminet/; `aminet-edge info` names
     them for a package folder that carries them, and says so for one that does not."""
+    import aminet_edge
+    from aminet_edge import c_library
     from aminet_edge.info import c_runtime_info
 
     for rel in ("include/aminet/aminet.h", "include/aminet/aminet.hpp", "lib/cmake/aminet/aminetConfig.cmake",
@@ -379,7 +370,10 @@ def test_install_layout_and_info(prefix: Path, tmp_path: Path) -> None:
     assert info["library"].startswith(str(prefix / "lib" / "libaminet.so"))
     assert info["headers"] == str(prefix / "include")
     assert info["cmake"].startswith(str(prefix / "lib" / "cmake" / "aminet"))
+    assert info["loads"] == f"yes, version {aminet_edge.__version__}"
     assert "not carried by this install" in c_runtime_info(tmp_path)["library"]
+    with pytest.raises(FileNotFoundError, match="does not carry the C runtime"):
+        c_library.load(tmp_path)
 
 
 @pytest.mark.parametrize("lang", ["c", "cpp"])

@@ -23,6 +23,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
+from c_build_tools import missing_c_runtime_tools
 
 ROOT = Path(__file__).resolve().parent.parent
 EXPORT = ROOT / "export"
@@ -459,8 +460,10 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     dist = tmp / "dist"
     sdist = run([sys.executable, "setup.py", "-q", "sdist", "-d", str(dist)], cwd=src, timeout=120)
     assert sdist.returncode == 0, sdist.stderr
+    # libaminet is required in the wheel wherever it can be built here (tests/c_build_tools.py)
+    require = {"AMINET_REQUIRE_EXT": "1", "AMINET_REQUIRE_RUNTIME": "0" if missing_c_runtime_tools() else "1"}
     wheel_build = run([sys.executable, "-m", "pip", "wheel", ".", "--no-deps", "--no-build-isolation", "-w",
-                       str(dist)], cwd=src, env={"AMINET_REQUIRE_EXT": "1"}, timeout=300)
+                       str(dist)], cwd=src, env=require, timeout=300)
     assert wheel_build.returncode == 0, wheel_build.stdout + wheel_build.stderr
     return {"sdist": next(dist.glob("*.tar.gz")), "wheel": next(dist.glob("*.whl")), "tmp": tmp}
 
@@ -527,3 +530,94 @@ def test_wheel_installs_in_a_fresh_venv_and_imports_without_torch(built: dict[st
     cli = run([str(venv / "bin" / "aminet-edge"), "--help"], cwd=built["tmp"])
     assert cli.returncode == 0, cli.stderr
     assert "build-engine" in cli.stdout
+
+
+# the venv's own aminet_edge (not a source tree on PYTHONPATH), no library folders from the environment
+VENV_ENV = {"PYTHONPATH": "", "LD_LIBRARY_PATH": ""}
+C_RUNTIME_FILES = ("aminet_edge/lib/libaminet.so", "aminet_edge/include/aminet/aminet.h",
+                   "aminet_edge/include/aminet/aminet.hpp", "aminet_edge/lib/cmake/aminet/aminetConfig.cmake",
+                   "aminet_edge/lib/cmake/aminet/aminetConfigVersion.cmake",
+                   "aminet_edge/lib/cmake/aminet/aminetTargets.cmake")
+
+
+@pytest.fixture(scope="module")
+def c_runtime_venv(built: dict[str, Path]) -> dict[str, Path]:
+    """The wheel installed with --no-deps into a fresh venv that sees this machine's packages (openvino,
+    numpy...) through --system-site-packages: nothing is downloaded. {"python", "package", "library"}."""
+    reason = missing_c_runtime_tools()
+    if reason:
+        pytest.skip(f"the wheel carries no libaminet here: {reason}")
+    venv = built["tmp"] / "venv-c"
+    made = run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)], timeout=120)
+    assert made.returncode == 0, made.stderr
+    py = venv / "bin" / "python"
+    install = run([str(py), "-m", "pip", "install", "--quiet", "--no-deps", str(built["wheel"])], timeout=300)
+    assert install.returncode == 0, install.stderr
+    where = run([str(py), "-c", "import aminet_edge, os; print(os.path.dirname(aminet_edge.__file__))"],
+                env=VENV_ENV, cwd=built["tmp"])
+    package = Path(where.stdout.strip())
+    assert package.is_relative_to(venv), where.stdout + where.stderr  # the installed copy, not the source tree
+    return {"python": py, "package": package, "library": package / "lib" / "libaminet.so", "venv": venv}
+
+
+def test_wheel_carries_the_c_runtime(built: dict[str, Path]) -> None:
+    """libaminet (one file: a wheel cannot hold the version symlinks), its headers and CMake package."""
+    if missing_c_runtime_tools():
+        pytest.skip(f"libaminet cannot be built here: {missing_c_runtime_tools()}")
+    names = set(zipfile.ZipFile(built["wheel"]).namelist())
+    missing = [n for n in C_RUNTIME_FILES if n not in names]
+    assert not missing, f"the wheel lacks {missing}"
+    assert not [n for n in names if n.startswith("aminet_edge/lib/libaminet.so.")]  # no copies of version links
+
+
+@pytest.mark.slow
+def test_wheel_c_runtime_loads_and_builds_the_c_example(c_runtime_venv: dict[str, Path], tmp_path: Path) -> None:
+    """From the fresh venv: the library's RUNPATH points at the openvino wheel's libraries beside the package;
+    with openvino elsewhere (the base site-packages) aminet_edge.c_library.load() still loads it (importing
+    openvino first) while a bare dlopen names the missing libopenvino; with openvino in the same
+    site-packages the bare dlopen works; `aminet-edge info --cmakedir` gives find_package(aminet) its folder
+    and examples/c builds against it and runs."""
+    import openvino
+
+    from aminet_edge import __version__
+
+    py, lib = c_runtime_venv["python"], c_runtime_venv["library"]
+    if shutil.which("readelf"):
+        dyn = run(["readelf", "-d", str(lib)]).stdout
+        assert "Library runpath: [$ORIGIN/../../openvino/libs]" in dyn, dyn
+        assert "Library soname: [libaminet.so]" in dyn, dyn
+    loader = run([str(py), "-c", "import ctypes\nfrom aminet_edge import c_library\nlib = c_library.load()\n"
+                  "lib.aminet_version.restype = ctypes.c_char_p\nprint(lib.aminet_version().decode())"],
+                 env=VENV_ENV, cwd=tmp_path)
+    assert loader.returncode == 0 and loader.stdout.strip() == __version__, loader.stdout + loader.stderr
+    bare = f"import ctypes\nlib = ctypes.CDLL({str(lib)!r})\nlib.aminet_version.restype = ctypes.c_char_p\n" \
+           "print(lib.aminet_version().decode())"
+    if not (lib.parent.parent.parent / "openvino").exists():
+        alone = run([str(py), "-c", bare], env=VENV_ENV, cwd=tmp_path)
+        assert alone.returncode != 0 and "libopenvino.so" in alone.stderr, alone.stdout + alone.stderr
+        # openvino beside the package, as `pip install aminet_edge-*.whl openvino` puts it (a link to this
+        # machine's copy rather than a download)
+        (lib.parent.parent.parent / "openvino").symlink_to(Path(openvino.__file__).parent, target_is_directory=True)
+    beside = run([str(py), "-c", bare], env=VENV_ENV, cwd=tmp_path)
+    assert beside.returncode == 0 and beside.stdout.strip() == __version__, beside.stdout + beside.stderr
+
+    cmakedir = run([str(c_runtime_venv["venv"] / "bin" / "aminet-edge"), "info", "--cmakedir"], env=VENV_ENV,
+                   cwd=tmp_path)
+    assert cmakedir.returncode == 0, cmakedir.stderr
+    folder = Path(cmakedir.stdout.strip())
+    assert folder == c_runtime_venv["package"] / "lib" / "cmake" / "aminet" and (folder / "aminetConfig.cmake").is_file()
+    info = run([str(py), "-c", "from aminet_edge.info import c_runtime_info\nprint(c_runtime_info())"], env=VENV_ENV,
+               cwd=tmp_path)
+    assert f"'loads': 'yes, version {__version__}'" in info.stdout, info.stdout + info.stderr
+    assert f"'headers': '{c_runtime_venv['package'] / 'include'}'" in info.stdout
+
+    if not any((Path(d) / "png.h").is_file() for d in ("/usr/include", "/usr/local/include")):
+        pytest.skip("png.h not found: examples/c decodes PNGs with libpng (install libpng-dev; scripts/test.sh does)")
+    build = tmp_path / "example-c"
+    for step in (["cmake", "-S", str(ROOT / "examples" / "c"), "-B", str(build), f"-Daminet_DIR={folder}"],
+                 ["cmake", "--build", str(build)]):
+        proc = run(step, timeout=120)
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    example = run([str(build / "predict_folder"), str(tmp_path / "no-bundle"), str(tmp_path)], env=VENV_ENV)
+    assert example.returncode == 2, example.stdout + example.stderr  # the library ran and refused the bundle
+    assert f"cannot load {tmp_path / 'no-bundle'}" in example.stderr and "no-bundle" in example.stderr.split(":", 1)[1]
