@@ -751,6 +751,17 @@ def owned_bundle(bundle: str | Path, also: tuple[str, ...] = ()) -> BundleConfig
     return None
 
 
+def refuse_output_overlap(bundle: str | Path, out: str | Path, what: str, kind: str = "folder") -> None:
+    """BundleError if the output `out` (a `kind`: "folder" or "file", named `what` in the message) is,
+    contains or lies inside the bundle folder `bundle` (links resolved): a bundle's files are written by
+    the verbs that record them only, never over by an output (`evaluate --json RUN/config.json`)."""
+    r, o = Path(bundle).resolve(), Path(out).resolve()
+    relation = "is" if r == o else "contains" if o in r.parents else "lies inside" if r in o.parents else None
+    if relation:
+        raise BundleError(f"{out}: {what} {relation} the bundle {bundle}; choose a {kind} outside the bundle "
+                          "(outputs are never written over, around or into a bundle)")
+
+
 def remove_recorded(bundle: str | Path, old: BundleConfig, reason: str) -> list[Path]:
     """Delete the files `old` (the config.json just replaced) records that the bundle's current
     config.json does not, each logged with `reason`; never a file outside the bundle or through a link."""

@@ -170,8 +170,11 @@ def evaluate_cmd(run: str, data: str, json_path: str | None, heatmaps: str | Non
                  report: str | None, baseline: str | None, bank_size: int | None, quiet: bool) -> None:
     """Score DATA's test split with the bundle RUN and print image/pixel metrics."""
     from aminet_edge.evaluation.evaluate import evaluate_bundle
+    from aminet_edge.bundle import refuse_output_overlap
     from aminet_edge.evaluation.report import write_report
 
+    if report:
+        _run(refuse_output_overlap, run, report, "--report", "file")
     metrics = _run(evaluate_bundle, run, data, json_path=json_path, heatmaps=heatmaps, progress=not quiet,
                    device=device, workers=workers, baseline=baseline, bank_cap=bank_size)
     if report:

@@ -1,0 +1,128 @@
+"""Outputs never overwrite what a user keeps: `evaluate --json/--report/--heatmaps` and `benchmark --json`
+aimed into the bundle are refused, `demo --out` writes only into a folder it owns, and `evaluate` storing
+its F1 thresholds keeps what another command recorded in the bundle while it ran."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("torch")  # the shared bundle is built with torch
+
+from click.testing import CliRunner  # noqa: E402
+from test_detector import shared_bundle  # noqa: E402
+
+from aminet_edge.bundle import CONFIG_FILE, read_config, verify_bundle, write_config  # noqa: E402
+from aminet_edge.cli import main  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return shared_bundle(tmp_path_factory)
+
+
+@pytest.fixture
+def run(bundle: Path, tmp_path: Path) -> Path:
+    return Path(shutil.copytree(bundle, tmp_path / "run", ignore=shutil.ignore_patterns("cache")))
+
+
+def _digests(folder: Path) -> dict[str, str]:
+    return {p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def _cli(*args: str) -> tuple[int, str]:
+    result = CliRunner().invoke(main, list(args))
+    return result.exit_code, result.output
+
+
+def test_outputs_into_the_bundle_are_refused(run: Path, tmp_path: Path) -> None:
+    before = _digests(run)
+    data = tmp_path / "data"
+    data.mkdir()
+    weights = read_config(run).artifacts["weights"]["path"]
+    for args in (("evaluate", str(run), str(data), "--json", str(run / CONFIG_FILE)),
+                 ("evaluate", str(run), str(data), "--json", str(run / weights)),
+                 ("evaluate", str(run), str(data), "--report", str(run / CONFIG_FILE)),
+                 ("evaluate", str(run), str(data), "--heatmaps", str(run)),
+                 ("evaluate", str(run), str(data), "--heatmaps", str(tmp_path)),
+                 ("benchmark", str(run), "--iterations", "1", "--warmup", "0", "--json", str(run / CONFIG_FILE))):
+        code, output = _cli(*args)
+        assert code == 1 and "outside the bundle" in output, (args, output)
+        assert "Traceback" not in output
+    assert _digests(run) == before
+    read_config(run)  # still loads
+
+
+def test_demo_leaves_a_folder_it_did_not_write(tmp_path: Path) -> None:
+    from aminet_edge.demo import check_demo_folder
+    from aminet_edge.data.synthetic import MARKER
+
+    user = tmp_path / "project"
+    user.mkdir()
+    (user / "report.md").write_text("my notes")
+    (user / "metrics.json").write_text('{"mine": 1}')
+    code, output = _cli("demo", "--out", str(user), "--epochs", "1", "--quiet")
+    assert code == 1 and "not a folder an earlier demo wrote" in output and "metrics.json" in output, output
+    assert sorted(p.name for p in user.iterdir()) == ["metrics.json", "report.md"]
+    assert (user / "report.md").read_text() == "my notes"
+    (user / "report.md").unlink()
+    (user / "metrics.json").unlink()
+    (user / "notes.txt").write_text("mine")
+    with pytest.raises(ValueError, match="notes.txt"):
+        check_demo_folder(user)
+    (user / "notes.txt").unlink()
+    check_demo_folder(user)  # empty: accepted
+    (user / "data").mkdir()
+    (user / "data" / MARKER).write_text("{}")
+    (user / "report.md").write_text("an earlier demo's")
+    check_demo_folder(user)  # an earlier demo's folder: accepted
+
+
+def _test_data(root: Path) -> Path:
+    from aminet_edge.data.synthetic import make_synthetic_dataset
+
+    return make_synthetic_dataset(root, n_train=2, n_test_good=2, n_test_defect=1, size=64)
+
+
+@pytest.mark.parametrize("meanwhile", ["export", "retrain"])
+def test_evaluate_keeps_what_was_recorded_while_it_ran(run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                       meanwhile: str) -> None:
+    """An export finishing while evaluate runs keeps its graph records (evaluate used to write back the
+    config.json it read at its start: the graphs became unrecorded strays); a bundle retrained meanwhile
+    gets no F1 thresholds of the model that was evaluated."""
+    import aminet_edge.evaluation.evaluate as ev
+
+    data = _test_data(tmp_path / "data")
+    exported = (run / CONFIG_FILE).read_bytes()
+    config = read_config(run)
+    assert config.artifacts["onnx"]
+    if meanwhile == "export":  # evaluate starts on the bundle before its export, which finishes meanwhile
+        config.artifacts = {"weights": config.artifacts["weights"]}
+        write_config(run, config)
+    computed = ev.evaluate
+    retrained: list[bytes] = []
+
+    def concurrent(*args, **kwargs):  # type: ignore[no-untyped-def]
+        if meanwhile == "export":
+            (run / CONFIG_FILE).write_bytes(exported)
+        else:  # another model: other calibration
+            other = read_config(run)
+            other.calibration.image_threshold *= 2
+            write_config(run, other)
+            retrained.append((run / CONFIG_FILE).read_bytes())
+        return computed(*args, **kwargs)
+
+    monkeypatch.setattr(ev, "evaluate", concurrent)
+    metrics = ev.evaluate_bundle(run, data, progress=False, device="cpu")
+    after = read_config(run)
+    assert set(verify_bundle(run, after).values()) == {"ok"}
+    if meanwhile == "export":
+        assert after.artifacts == json.loads(exported)["artifacts"]
+        assert after.calibration.f1_image_threshold == pytest.approx(metrics["f1_thresholds"]["image"])
+    else:
+        assert (run / CONFIG_FILE).read_bytes() == retrained[0]  # the F1 thresholds of the old model not stored
