@@ -430,6 +430,17 @@ def _check_artifacts(config: BundleConfig, where: str) -> None:
         _record(where, f"artifacts.engines[{i}]", rec, {
             "backend": ENGINE_BACKENDS, "precision": ENGINE_PRECISIONS, "graph": GRAPHS, "target": str,
             "builder_version": str, "compute_capabilities": list, **derived})
+    # one file, one kind of record (else the check of one stands for the other): only graphs share a file
+    # (a split int8 export records the fp32 model_a as model_a_int8 too), with one content
+    seen: dict[PurePosixPath, tuple[str, dict[str, Any]]] = {}
+    for name, rec in [*((("artifacts.weights", artifacts["weights"]),) if "weights" in artifacts else ()),
+                      *(("artifacts.onnx." + k, r) for k, r in artifacts.get("onnx", {}).items()),
+                      *((f"artifacts.engines[{i}]", r) for i, r in enumerate(engines))]:
+        first, other = seen.setdefault(PurePosixPath(rec["path"]), (name, rec))
+        graphs = first.startswith("artifacts.onnx.") and name.startswith("artifacts.onnx.")
+        if first != name and not (graphs and other["sha256"] == rec["sha256"]):
+            raise _fail(where, f"{name}.path", f"{rec['path']!r} is the file {first} records: each file of a "
+                        "bundle has one record; " + REEXPORT.format(bundle="RUN"))
     for name, rec in [*(("artifacts.onnx." + k, r) for k, r in artifacts.get("onnx", {}).items()),
                       *((f"artifacts.engines[{i}]", r) for i, r in enumerate(engines))]:
         if rec["input_size"] != config.model.image_size:

@@ -126,3 +126,37 @@ def test_evaluate_keeps_what_was_recorded_while_it_ran(run: Path, tmp_path: Path
         assert after.calibration.f1_image_threshold == pytest.approx(metrics["f1_thresholds"]["image"])
     else:
         assert (run / CONFIG_FILE).read_bytes() == retrained[0]  # the F1 thresholds of the old model not stored
+
+
+def test_build_engine_never_overwrites_a_file_it_did_not_build(run: Path, tmp_path: Path) -> None:
+    """`build-engine --out RUN/<weights>` replaced the weights by an engine (and recorded the engine at the
+    weights' path, so that `info --verify` said the weights were fine)."""
+    from aminet_edge.export import trt_compat
+
+    if not trt_compat.is_installed("tensorrt_rtx"):
+        pytest.skip("tensorrt_rtx not installed (pip install tensorrt-rtx)")
+    config = read_config(run)
+    (run / "notes.txt").write_text("user notes")
+    before = _digests(run)
+    for name in (config.artifacts["weights"]["path"], config.artifacts["onnx"]["model"]["path"], CONFIG_FILE,
+                 "notes.txt"):
+        code, output = _cli("build-engine", str(run), "--target", "rtx", "--precision", "fp32", "--arch", "86",
+                            "--out", str(run / name))
+        assert code == 1 and "is never overwritten" in output, (name, output)
+    assert _digests(run) == before
+    engine = run / "engines" / "mine.engine"  # a new path, then the engine it recorded there: built (again)
+    for _ in range(2):
+        code, output = _cli("build-engine", str(run), "--target", "rtx", "--precision", "fp32", "--arch", "86",
+                            "--batch", "1", "1", "1", "--out", str(engine))
+        assert code == 0, output
+    assert set(verify_bundle(run).values()) == {"ok"}
+
+
+def test_two_records_of_one_file_are_refused(run: Path) -> None:
+    from aminet_edge.bundle import BundleError
+
+    data = json.loads((run / CONFIG_FILE).read_text())
+    data["artifacts"]["onnx"]["model"]["path"] = data["artifacts"]["weights"]["path"]
+    (run / CONFIG_FILE).write_text(json.dumps(data))
+    with pytest.raises(BundleError, match="artifacts.onnx.model.path'.* is the file artifacts.weights records"):
+        read_config(run)
