@@ -88,7 +88,7 @@ def main() -> None:
               help="Model size preset; the options below override it.")
 @click.option("--backbone", help="wide_resnet50_2 (paper) or efficientnet_lite0/1/2.")
 @click.option("--weights", type=click.Path(exists=True, dir_okay=False), help="Backbone weights file.")
-@click.option("--image-size", type=click.IntRange(min=16), help="Input side in pixels, a multiple of 16.")
+@click.option("--image-size", type=click.IntRange(min=16), help="Input side in pixels, a multiple of 16, at most 1024.")
 @click.option("--embed-dim", type=click.IntRange(min=4))
 @click.option("--heads", type=click.IntRange(min=1))
 @click.option("--depth", type=click.IntRange(min=1), help="Inpainting transformer blocks.")

@@ -43,5 +43,9 @@ def test_model_config_rejects_non_positive_size() -> None:
     for size in (0, -16):
         with pytest.raises(ValueError, match="image_size"):
             ModelConfig(image_size=size).validate()
+    # a mistyped size (25600 for 256) must be an error, not a training killed out of memory
+    with pytest.raises(ValueError, match="image_size=25600 is above the maximum 1024"):
+        ModelConfig(image_size=25600).validate()
+    ModelConfig(image_size=1024).validate()
     with pytest.raises(ValueError, match="w_cos"):
         from_dict(TrainConfig, {"loss": {"w_cos": -1.0}}).validate()
