@@ -364,10 +364,35 @@ def validate_config(data: Any, where: str = CONFIG_FILE) -> BundleConfig:
         backbone_source=_text(where, "backbone_source", data.get("backbone_source", "")),
         artifacts=_object(where, "artifacts", data.get("artifacts", {})),
         version=_text(where, "aminet_edge_version", data.get("aminet_edge_version", "")), schema_version=version)
+    _check_train(config.train, where)
     _check_guide(config, where)
     if not config.legacy:
         _check_artifacts(config, where)
     return config
+
+
+def _check_train(train: dict[str, Any], where: str) -> None:
+    """The training record's fields that set-mask and export re-derive the training split from (seed,
+    holdout_fraction, few_shot, images, held_out, split: {"fit", "held_out": [[name, sha256], ...]}), where
+    present: their types and ranges."""
+    if "seed" in train:
+        _integer(where, "train.seed", train["seed"])
+    if "holdout_fraction" in train and not 0 <= _number(where, "train.holdout_fraction", train["holdout_fraction"]) < 1:
+        raise _fail(where, "train.holdout_fraction", f"must be in [0, 1), got {train['holdout_fraction']!r}")
+    if train.get("few_shot") is not None:
+        _integer(where, "train.few_shot", train["few_shot"], minimum=1)
+    for name in ("images", "held_out"):
+        if name in train:
+            _integer(where, f"train.{name}", train[name], minimum=0)
+    if "split" in train:
+        split = _object(where, "train.split", train["split"])
+        for part in ("fit", "held_out"):
+            entries = split.get(part)
+            if not isinstance(entries, list) or not all(
+                    isinstance(e, list) and len(e) == 2 and isinstance(e[0], str) and _HEX64.fullmatch(str(e[1]))
+                    for e in entries):
+                raise _fail(where, f"train.split.{part}", "must be a list of [image name, sha256 hex digest] "
+                            f"pairs, got {_short(entries)}")
 
 
 def _check_guide(config: BundleConfig, where: str) -> None:
