@@ -808,11 +808,15 @@ def remove_recorded(bundle: str | Path, old: BundleConfig, reason: str) -> list[
     return removed
 
 
-def install_artifacts(bundle: str | Path, staged: dict[Path, Path],
-                      record: Callable[[BundleConfig], None]) -> BundleConfig:
+def install_artifacts(bundle: str | Path, staged: dict[Path, Path], record: Callable[[BundleConfig], None],
+                      made: BundleConfig) -> BundleConfig:
     """Put graph or engine files in place and record them, so that a crash at any instant leaves a
     loadable bundle. staged: {temporary file (aminet_edge.files.write_temp): its final path in the bundle};
-    record(config): adds their records to config.artifacts (the files are in place when it runs).
+    record(config): adds their records to config.artifacts (the files are in place when it runs);
+    made: the config the files were made from. When the bundle's weights or what its graphs compute
+    (input size, graph_computes) changed since (a training or set-mask finished meanwhile), nothing is
+    installed (the temporary files are deleted) and BundleError says to export again: the files would be
+    recorded as computing what they do not.
 
     A final path already recorded and holding the same content keeps its file (nothing renamed); one
     recorded with other content (or missing) is first un-recorded (config.json written), then replaced: a crash in between
@@ -820,6 +824,15 @@ def install_artifacts(bundle: str | Path, staged: dict[Path, Path],
     written last."""
     bundle = Path(bundle)
     config = read_config(bundle)
+
+    def makes(c: BundleConfig) -> tuple[Any, ...]:
+        return (c.artifacts.get("weights") or {}).get("sha256"), c.model.image_size, graph_computes(c)
+
+    if makes(config) != makes(made):
+        for tmp in staged:
+            Path(tmp).unlink(missing_ok=True)
+        raise BundleError(f"{bundle} changed while its files were made (retrained, set-mask or config.json "
+                          f"edited meanwhile): nothing was installed; " + REEXPORT.format(bundle=bundle))
     by_path = {r["path"]: r for r in [*(config.artifacts.get("onnx") or {}).values(),
                                       *(config.artifacts.get("engines") or [])]}
     moves, replaced = [], set()

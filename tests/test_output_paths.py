@@ -4,6 +4,7 @@ its F1 thresholds keeps what another command recorded in the bundle while it ran
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import shutil
@@ -160,3 +161,31 @@ def test_two_records_of_one_file_are_refused(run: Path) -> None:
     (run / CONFIG_FILE).write_text(json.dumps(data))
     with pytest.raises(BundleError, match="artifacts.onnx.model.path'.* is the file artifacts.weights records"):
         read_config(run)
+
+
+def test_export_refuses_a_bundle_changed_while_it_exported(run: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A set-mask or config edit finishing while `export` runs: the graphs (computing the config they were
+    exported from) were recorded as computing the new config, so every check passed and the graph backends
+    silently disagreed with torch. Now nothing is installed and config.json is the other command's."""
+    import aminet_edge.export.onnx_export as onnx_export
+    from aminet_edge.bundle import BundleError
+
+    exported = onnx_export._export
+    changed: list[bytes] = []
+
+    def concurrent(*args, **kwargs):  # type: ignore[no-untyped-def]
+        if not changed:  # sigma edited (the graph records dropped, as set-mask does) after export read config.json
+            config = read_config(run)
+            config.score = dataclasses.replace(config.score, sigma=2.0)
+            config.artifacts = {"weights": config.artifacts["weights"]}
+            write_config(run, config)
+            changed.append((run / CONFIG_FILE).read_bytes())
+        return exported(*args, **kwargs)
+
+    monkeypatch.setattr(onnx_export, "_export", concurrent)
+    graphs = {p.name: p.read_bytes() for p in run.glob("*.onnx")}
+    with pytest.raises(BundleError, match="changed while its files were made"):
+        onnx_export.export_onnx(run, "fp32", split=False)
+    assert (run / CONFIG_FILE).read_bytes() == changed[0]
+    assert {p.name: p.read_bytes() for p in run.glob("*.onnx")} == graphs  # nothing installed
+    assert not [p for p in run.iterdir() if p.name.endswith(".tmp")]

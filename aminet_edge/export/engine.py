@@ -263,7 +263,7 @@ def build_engine(bundle: str | Path, target: str = "auto", precision: str = "fp1
             weights_sha256=made.artifacts["weights"]["sha256"], build_seconds=round(seconds, 2))
         now.artifacts["engines"] = [e for e in now.artifacts.get("engines", []) if e["path"] != rel] + [rec]
 
-    install_artifacts(bundle, {write_temp(path, lambda tmp: tmp.write_bytes(data)): path}, record)
+    install_artifacts(bundle, {write_temp(path, lambda tmp: tmp.write_bytes(data)): path}, record, made)
     return path
 
 
