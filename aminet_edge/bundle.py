@@ -765,14 +765,18 @@ def stray_files(bundle: str | Path, config: BundleConfig) -> list[Path]:
 def owned_bundle(bundle: str | Path, also: tuple[str, ...] = ()) -> BundleConfig | None:
     """The config of the bundle at `bundle` when it is one, None when there is nothing there yet (or only
     the files named in `also`, e.g. a training's checkpoint). BundleError, before anything is written,
-    when `bundle` is a file, an unreadable bundle, or a folder holding other files (temporary files a
-    crashed write left, aminet_edge.files.TEMP_NAME, do not count): aminet-edge writes
-    into (and deletes recorded files of) a directory it owns only."""
+    when `bundle` is a file, an unreadable bundle, a folder holding other files (temporary files a crashed
+    write left, aminet_edge.files.TEMP_NAME, do not count), or one of `also` that is not a regular file
+    (a folder, a link): aminet-edge writes into (and deletes recorded files of) a directory it owns only."""
     root = Path(bundle)
     if not os.path.lexists(root):
         return None
     if not root.is_dir():
         raise BundleError(f"{root} exists and is not a directory: choose another output folder")
+    for name in also:  # the caller writes (replaces) these: each must be a regular file if present
+        if os.path.lexists(root / name) and not stat.S_ISREG(os.lstat(root / name).st_mode):
+            raise BundleError(f"{root / name} is not a regular file (a folder or a link) where aminet-edge writes "
+                              f"its {name}: it is left alone; move it away or choose another output folder")
     if os.path.lexists(root / CONFIG_FILE):
         try:
             return read_config(root)

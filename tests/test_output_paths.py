@@ -84,10 +84,10 @@ def test_demo_leaves_a_folder_it_did_not_write(tmp_path: Path) -> None:
     check_demo_folder(user)  # an earlier demo's folder: accepted
 
 
-def _test_data(root: Path) -> Path:
+def _test_data(root: Path, n_train: int = 2) -> Path:
     from aminet_edge.data.synthetic import make_synthetic_dataset
 
-    return make_synthetic_dataset(root, n_train=2, n_test_good=2, n_test_defect=1, size=64)
+    return make_synthetic_dataset(root, n_train=n_train, n_test_good=2, n_test_defect=1, size=64)
 
 
 @pytest.mark.parametrize("meanwhile", ["export", "retrain"])
@@ -189,3 +189,24 @@ def test_export_refuses_a_bundle_changed_while_it_exported(run: Path, monkeypatc
     assert (run / CONFIG_FILE).read_bytes() == changed[0]
     assert {p.name: p.read_bytes() for p in run.glob("*.onnx")} == graphs  # nothing installed
     assert not [p for p in run.iterdir() if p.name.endswith(".tmp")]
+
+
+@pytest.mark.parametrize("kind", ["folder", "link"])
+def test_train_leaves_a_checkpoint_name_that_is_no_file(run: Path, tmp_path: Path, kind: str) -> None:
+    """checkpoint.pt replaced by a folder (or a link to a user's file) in the output: train ended in an
+    IsADirectoryError traceback (or would write through the link); now one line, and nothing touched."""
+    (run / "checkpoint.pt").unlink(missing_ok=True)
+    victim = tmp_path / "victim.txt"
+    victim.write_text("user data")
+    if kind == "folder":
+        (run / "checkpoint.pt").mkdir()
+        (run / "checkpoint.pt" / "keep.txt").write_text("user data")
+    else:
+        (run / "checkpoint.pt").symlink_to(victim)
+    before = _digests(run)
+    data = _test_data(tmp_path / "data", n_train=12)
+    for extra in ((), ("--resume",)) if kind == "link" else ((),):  # --resume: "no checkpoint" for a folder
+        code, output = _cli("train", str(data), "--out", str(run), "--preset", "tiny", "--image-size", "64",
+                            "--epochs", "1", "--quiet", *extra)
+        assert code == 1 and "checkpoint.pt is not a regular file" in output and "Traceback" not in output, output
+    assert _digests(run) == before and victim.read_text() == "user data"
