@@ -72,6 +72,10 @@ def evaluate_bundle(bundle: str | Path, data: str | Path, json_path: str | Path 
         refuse_output_overlap(bundle, json_path, "--json", "file")
     if heatmaps is not None:
         refuse_output_overlap(bundle, heatmaps, "--heatmaps")
+        root, out = Path(data).resolve(), Path(heatmaps).resolve()
+        if out == root or root in out.parents:  # its PNGs would be read as images of the data set next time
+            raise ValueError(f"{heatmaps}: --heatmaps lies in the data set {data}, whose next evaluation would read "
+                             "the heatmaps as test images; choose a folder outside it")
     pipeline, config = load_pipeline(bundle)
     split = load_dataset(data)
     test = split.test
