@@ -30,7 +30,7 @@ def test_paper_defaults() -> None:
 
 @pytest.mark.parametrize("field, value", [
     ("epochs", 0), ("epochs", -1), ("epochs", 1.5), ("batch_size", 0), ("lr", 0.0), ("lr", -1e-4),
-    ("lr", math.nan), ("lr", math.inf), ("betas", (0.9, 1.0)), ("weight_decay", -0.1),
+    ("lr", math.nan), ("lr", math.inf), ("lr", 1e300), ("betas", (0.9, 1.0)), ("weight_decay", -0.1),
     ("holdout_fraction", 1.0), ("holdout_fraction", -0.1), ("cache_dtype", "int8"),
 ])
 def test_train_config_ranges(field: str, value: object) -> None:

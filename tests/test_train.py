@@ -180,6 +180,9 @@ def test_bad_data_root(tmp_path: Path) -> None:
     ({"train_cfg": TrainConfig(batch_size=0)}, "batch_size"), ({"train_cfg": TrainConfig(lr=0.0)}, "lr"),
     ({"few_shot": 0}, "few_shot"), ({"checkpoint_every": 0}, "checkpoint_every"),
     ({"model": ModelConfig(image_size=0)}, "image_size"),
+    # huge values: a torch overflow after the output folder was made, an OverflowError traceback, an OOM kill
+    ({"train_cfg": TrainConfig(lr=1e300)}, "lr"), ({"gpu_cache_gb": 1e300}, "gpu_cache_gb"),
+    ({"model": ModelConfig(image_size=25600)}, "image_size"),
 ])
 def test_out_of_range_settings_write_nothing(data: Path, tmp_path: Path, kw: dict, field: str) -> None:
     args = {"model": SMALL, "train_cfg": TrainConfig(epochs=1), "pretrained": False, "progress": False} | kw
