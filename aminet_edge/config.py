@@ -153,7 +153,7 @@ class TrainConfig:
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
         if not (math.isfinite(self.lr) and 0 < self.lr <= MAX_LR):
-            raise ValueError(f"lr must be a number in (0, {MAX_LR:g}], got {self.lr!r}")
+            raise ValueError(f"lr must be a finite number in (0, {MAX_LR:g}], got {self.lr!r}")
         if len(self.betas) != 2 or not all(math.isfinite(b) and 0 <= b < 1 for b in self.betas):
             raise ValueError(f"betas must be two numbers in [0, 1), got {self.betas!r}")
         if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
