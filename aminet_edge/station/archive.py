@@ -1,0 +1,97 @@
+"""The NG archive: each NG frame's image and overlay as PNGs, kept within a count and a size.
+
+Layout: ARCHIVE/<camera>/<YYYYMMDD>/<result id>_<part id>.png and ..._overlay.png (image | heatmap |
+predicted mask, `aminet_edge.evaluation.heatmaps.save_result_overlay`). Every file is written atomically
+(temp file in the same folder, fsync, rename) and recorded in the result store before retention runs.
+Retention deletes the oldest recorded files until both limits hold; it deletes only files that the store
+records and that resolve inside ARCHIVE, so nothing a user put there (or anywhere else) is touched.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from aminet_edge.runtime.result import Result
+from aminet_edge.station.store import ResultStore
+
+log = logging.getLogger("aminet_edge.station")
+
+
+def _safe(part: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in part)[:80] or "part"
+
+
+def write_png_atomic(path: Path, pixels: np.ndarray) -> int:
+    """Write (H, W, 3) uint8 `pixels` as a PNG at `path` atomically; returns its size in bytes."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".png")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            Image.fromarray(pixels).save(f, format="PNG", compress_level=1)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path.stat().st_size
+
+
+class NgArchive:
+    """Archive of NG images under `root`, limited to `max_files` files and `max_bytes` (0 = no limit)."""
+
+    def __init__(self, root: str | Path, store: ResultStore, max_files: int, max_bytes: int) -> None:
+        self.root = Path(root).resolve()
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.store, self.max_files, self.max_bytes = store, max_files, max_bytes
+        self.deleted = 0
+        self._lock = threading.Lock()
+
+    def save(self, result_id: int, camera: str, part_id: str, when: float, image: np.ndarray,
+             result: Result) -> Path:
+        """Archive one NG frame: `image` (H, W, 3) float32 RGB in [0, 1] and its overlay; returns the image path."""
+        from aminet_edge.evaluation.heatmaps import result_overlay
+
+        folder = self.root / camera / time.strftime("%Y%m%d", time.gmtime(when))
+        stem = f"{result_id:09d}_{_safe(part_id)}"
+        main = folder / f"{stem}.png"
+        size = write_png_atomic(main, (np.clip(image, 0, 1) * 255 + 0.5).astype(np.uint8))
+        self.store.add_file(result_id, main, size, main=True)
+        overlay = folder / f"{stem}_overlay.png"
+        self.store.add_file(result_id, overlay, write_png_atomic(overlay, result_overlay(image, result)), main=False)
+        self.enforce()
+        return main
+
+    def enforce(self) -> None:
+        """Delete the oldest recorded files until the count and size limits hold."""
+        with self._lock:
+            files, size = self.store.archive_usage()
+            while (self.max_files and files > self.max_files) or (self.max_bytes and size > self.max_bytes):
+                batch = self.store.oldest_files(max(1, files - self.max_files) if self.max_files else 16)
+                if not batch:
+                    return
+                for row_id, path, nbytes in batch:
+                    if not ((self.max_files and files > self.max_files) or (self.max_bytes and size > self.max_bytes)):
+                        return
+                    self._delete(Path(path))
+                    self.store.forget_file(row_id, path)
+                    files, size = files - 1, size - nbytes
+
+    def _delete(self, path: Path) -> None:
+        resolved = path.resolve()
+        if not resolved.is_relative_to(self.root):  # a record pointing elsewhere is dropped, never followed
+            log.warning("archive record %s lies outside %s: record dropped, file left alone", path, self.root)
+            return
+        try:
+            resolved.unlink()
+            self.deleted += 1
+        except FileNotFoundError:
+            pass
