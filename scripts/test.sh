@@ -17,4 +17,8 @@ scripts/install_tritonserver.sh || echo "warning: tritonserver not installed; th
 # the deployment scripts under export/ are linted by shellcheck (Debian package; its tests skip if absent)
 command -v shellcheck >/dev/null || { apt-get update -qq && apt-get install -y -qq shellcheck >/dev/null; } \
   || echo "warning: shellcheck could not be installed; the shell-lint tests will skip"
+# the station's MQTT tests run a real broker (Debian package; those tests skip if absent)
+command -v mosquitto >/dev/null || [ -x /usr/sbin/mosquitto ] \
+  || { apt-get update -qq && apt-get install -y -qq mosquitto >/dev/null; } \
+  || echo "warning: mosquitto could not be installed; the station's MQTT tests will skip"
 python -m pytest -q -rs "$@"

@@ -1,0 +1,192 @@
+"""Station outputs against real servers and clients started by the tests: a mosquitto broker (stopped and
+started again mid-run), a local HTTP server failing on purpose, an asyncua client driving the PLC handshake,
+a pymodbus client doing the same over Modbus/TCP. Plus the on-disk outbox's bound.
+
+Every wait polls a condition with a deadline; faults are injected (broker stopped, HTTP 503), never timed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+pytest.importorskip("torch")  # the shared bundle is built with torch
+
+from test_station import (bundle, detector, folder_camera, images, stored, toml_config,  # noqa: E402,F401
+                          wait_for, write_images)
+
+from aminet_edge.runtime import Detector  # noqa: E402
+from aminet_edge.station import Station, load_config  # noqa: E402
+from aminet_edge.station.outbox import Outbox  # noqa: E402
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def accepts(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+        return True
+    except OSError:
+        return False
+
+
+# ---- the outbox's bound ---------------------------------------------------------------------------
+def test_outbox_drops_the_oldest_beyond_its_bound_and_persists(tmp_path: Path) -> None:
+    box = Outbox(tmp_path / "q.db", max_messages=3)
+    for i in range(5):
+        box.put({"id": i})
+    assert (box.depth, box.dropped) == (3, 2)
+    seq, message = box.peek()  # type: ignore[misc]
+    assert message == {"id": 2}
+    box.ack(seq)
+    box.close()
+    again = Outbox(tmp_path / "q.db", max_messages=3)  # a restart keeps the queue and the count
+    assert (again.depth, again.dropped) == (2, 2) and again.peek()[1] == {"id": 3}  # type: ignore[index]
+    again.close()
+
+
+# ---- MQTT through a real broker --------------------------------------------------------------------
+class Mosquitto:
+    """A mosquitto broker on a free port with persistence in `folder` (so a persistent subscriber's
+    session and queued messages survive a broker restart, as on a production broker)."""
+
+    def __init__(self, folder: Path) -> None:
+        binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+        if not Path(binary).is_file():
+            pytest.skip("mosquitto is not installed (apt-get install mosquitto; scripts/test.sh does)")
+        self.binary, self.port = binary, free_port()
+        self.conf = folder / "mosquitto.conf"
+        # as root, mosquitto would switch to its own user, which cannot enter pytest's private temp folders
+        user = "user root\n" if os.geteuid() == 0 else ""
+        self.conf.write_text(f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence true\n"
+                             f"persistence_location {folder}/\nlog_dest file {folder}/mosquitto.log\n{user}")
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> "Mosquitto":
+        self.proc = subprocess.Popen([self.binary, "-c", str(self.conf)])
+        wait_for(lambda: accepts(self.port), f"mosquitto on port {self.port}")
+        return self
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(timeout=30)
+        self.proc = None
+
+
+class Subscriber:
+    """A persistent-session QoS 1 subscriber (what a line's consumer should be) collecting messages."""
+
+    def __init__(self, port: int) -> None:
+        import paho.mqtt.client as mqtt
+
+        self.messages: list[tuple[str, dict[str, Any]]] = []
+        self.subscribed = threading.Event()
+        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="line-consumer", clean_session=False)
+        self.client.reconnect_delay_set(0.05, 0.5)
+        self.client.on_connect = lambda c, *_: c.subscribe("aminet/+/result", qos=1)
+        self.client.on_subscribe = lambda *_: self.subscribed.set()
+        self.client.on_message = lambda _c, _u, m: self.messages.append((m.topic, json.loads(m.payload)))
+        self.client.connect("127.0.0.1", port)
+        self.client.loop_start()
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+def test_mqtt_broker_stopped_mid_run_every_result_arrives_in_order(tmp_path: Path, bundle: Path,
+                                                                   detector: Detector,
+                                                                   images: list[np.ndarray]) -> None:
+    """The broker stops after the first results: inspection goes on (all results stored, messages wait
+    on disk), the broker starts again and every result arrives, in id order; a duplicate is only ever
+    the same message again (same id and part id): at-least-once."""
+    pytest.importorskip("paho.mqtt.client")
+    broker = Mosquitto(tmp_path).start()
+    sub = Subscriber(broker.port)
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    outputs = f"[outputs.mqtt]\nhost = \"127.0.0.1\"\nport = {broker.port}\ntopic = \"aminet/{{camera}}/result\"\n"
+    cfg = load_config(toml_config(tmp_path, folder_camera("top", bundle, inbox), outputs=outputs))
+    try:
+        wait_for(sub.subscribed.is_set, "the subscription")
+        with Station(cfg, detectors={"top": detector}) as station:
+            write_images(inbox, images[:3], [f"a{i}.png" for i in range(3)])
+            wait_for(lambda: len({m["id"] for _, m in sub.messages}) == 3, "3 messages")
+            broker.stop()
+            write_images(inbox, images, [f"b{i}.png" for i in range(6)])
+            wait_for(lambda: sum(station.state()["cameras"]["top"]["counts"].values()) == 9, "9 stored results")
+            state = station.state()["outputs"]["mqtt"]
+            assert state["queued"] >= 5 and state["failures"] >= 1  # waiting on disk, inspection not stalled
+            broker.start()
+            wait_for(lambda: len({m["id"] for _, m in sub.messages}) == 9, "all 9 messages after the restart")
+            assert station.state()["outputs"]["mqtt"]["dropped"] == 0
+        rows = stored(cfg.store)
+    finally:
+        sub.close()
+        broker.stop()
+    first_seen: dict[int, dict[str, Any]] = {}
+    for topic, message in sub.messages:
+        assert topic == "aminet/top/result"
+        if message["id"] in first_seen:
+            assert message == first_seen[message["id"]]  # a re-send is the same message
+        first_seen.setdefault(message["id"], message)
+    assert list(first_seen) == [r["id"] for r in rows]  # every result, in order
+    for row in rows:
+        got = first_seen[row["id"]]
+        assert (got["part_id"], got["score"], got["decision"]) == (row["part_id"], row["score"], row["decision"])
+
+
+# ---- webhook ---------------------------------------------------------------------------------------
+class Receiver(BaseHTTPRequestHandler):
+    fail_first = 3
+    calls: list[int] = []
+    bodies: list[dict[str, Any]] = []
+
+    def do_POST(self) -> None:  # noqa: N802 - http.server's name
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        type(self).calls.append(body["id"])
+        if len(type(self).calls) <= type(self).fail_first:
+            self.send_response(503)
+        else:
+            type(self).bodies.append(body)
+            self.send_response(200)
+        self.end_headers()
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+def test_webhook_retries_in_order_after_failures(tmp_path: Path, bundle: Path, detector: Detector,
+                                                 images: list[np.ndarray]) -> None:
+    Receiver.calls, Receiver.bodies = [], []
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Receiver)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    inbox = tmp_path / "inbox"
+    write_images(inbox, images[:4])
+    outputs = f"[outputs.webhook]\nurl = \"http://127.0.0.1:{server.server_port}/results\"\n"
+    cfg = load_config(toml_config(tmp_path, folder_camera("top", bundle, inbox), outputs=outputs))
+    try:
+        with Station(cfg, detectors={"top": detector}) as station:
+            wait_for(lambda: len(Receiver.bodies) == 4, "4 delivered posts")
+            state = station.state()["outputs"]["webhook"]
+    finally:
+        server.shutdown()
+    rows = stored(cfg.store)
+    assert [b["id"] for b in Receiver.bodies] == [r["id"] for r in rows]
+    assert Receiver.calls[:3] == [rows[0]["id"]] * 3  # the failed message is retried before any later one
+    assert state["failures"] == 3 and state["delivered"] == 4 and state["queued"] == 0
