@@ -190,3 +190,87 @@ def test_webhook_retries_in_order_after_failures(tmp_path: Path, bundle: Path, d
     assert [b["id"] for b in Receiver.bodies] == [r["id"] for r in rows]
     assert Receiver.calls[:3] == [rows[0]["id"]] * 3  # the failed message is retried before any later one
     assert state["failures"] == 3 and state["delivered"] == 4 and state["queued"] == 0
+
+
+# ---- OPC UA: a real asyncua client as the PLC ------------------------------------------------------
+async def _plc_over_opcua(url: str, namespace: str, camera: str, parts: list[str],
+                          handshake: Any) -> dict[str, Any]:
+    """Drive the handshake as a PLC would (docs/station.md): per part wait idle, write TriggerPartId, raise
+    Trigger, wait ResultReady, read the verdict, acknowledge, wait ResultReady low, drop Acknowledge.
+    After the first result, one extra Trigger edge before acknowledging must be ignored."""
+    import asyncio
+
+    from asyncua import Client, ua
+
+    async with Client(url) as client:
+        idx = await client.get_namespace_index(namespace)
+
+        def node(name: str) -> Any:
+            return client.get_node(ua.NodeId(f"{camera}.{name}", idx))
+
+        async def until(name: str, value: bool) -> None:
+            for _ in range(6000):  # up to 60 s
+                if bool(await node(name).read_value()) == value:
+                    return
+                await asyncio.sleep(0.01)
+            raise AssertionError(f"{name} never became {value}")
+
+        async def write(name: str, value: Any, kind: str) -> None:
+            await node(name).write_value(ua.DataValue(ua.Variant(value, getattr(ua.VariantType, kind))))
+
+        seen: list[dict[str, Any]] = []
+        for k, part in enumerate(parts):
+            await until("Busy", False)
+            await until("ResultReady", False)
+            await write("TriggerPartId", part, "String")
+            await write("Trigger", True, "Boolean")
+            await until("ResultReady", True)
+            got = {name: await node(name).read_value() for name in
+                   ("OK", "NG", "Error", "Busy", "PartId", "Score", "Decision", "ResultId", "CountOK", "CountNG",
+                    "CountError")}
+            seen.append(got)
+            await write("Trigger", False, "Boolean")
+            if k == 0:  # a new trigger before acknowledging is ignored (each level held until the station saw it)
+                for level in (False, True, False):
+                    await write("Trigger", level, "Boolean")
+                    for _ in range(6000):
+                        if handshake()["plc_trigger"] == level:
+                            break
+                        await asyncio.sleep(0.01)
+            await write("Acknowledge", True, "Boolean")
+            await until("ResultReady", False)
+            cleared = [bool(await node(n).read_value()) for n in ("OK", "NG", "Error")]
+            assert cleared == [False, False, False]
+            await write("Acknowledge", False, "Boolean")
+        return {"results": seen}
+
+
+def test_opcua_plc_handshake_with_a_real_client(tmp_path: Path, bundle: Path, detector: Detector,
+                                                images: list[np.ndarray]) -> None:
+    """An asyncua client triggers 4 parts through the handshake: each verdict it reads (OK/NG bits,
+    PartId, Score, counters) is the stored result and Detector.predict's on the frame the trigger took."""
+    pytest.importorskip("asyncua")
+    import asyncio
+
+    inbox = tmp_path / "inbox"
+    paths = write_images(inbox, images[:4])
+    port = free_port()
+    outputs = f"[outputs.opcua]\nendpoint = \"opc.tcp://127.0.0.1:{port}/aminet/\"\n"
+    cfg = load_config(toml_config(tmp_path, folder_camera("top", bundle, inbox, 'trigger = "software"'),
+                                  outputs=outputs))
+    parts = [f"P-{i:04d}" for i in range(4)]
+    with Station(cfg, detectors={"top": detector}) as station:
+        plc = asyncio.run(_plc_over_opcua(f"opc.tcp://127.0.0.1:{port}/aminet/", cfg.opcua.namespace, "top",
+                                          parts, lambda: station.state()["outputs"]["opcua"]["handshake"]["top"]))
+        ignored = station.state()["outputs"]["opcua"]["handshake"]["top"]["ignored_triggers"]
+    rows = stored(cfg.store)
+    want = detector.predict([str(p) for p in paths])
+    assert [r["part_id"] for r in rows] == parts and [r["origin"] for r in rows] == ["opcua"] * 4
+    assert ignored == 1 and len(rows) == 4  # the extra trigger made no result
+    ok = ng = 0
+    for got, row, ref in zip(plc["results"], rows, want):
+        ok, ng = ok + (not ref.is_anomaly), ng + ref.is_anomaly
+        assert (got["OK"], got["NG"], got["Error"], got["Busy"]) == (not ref.is_anomaly, ref.is_anomaly, False, False)
+        assert (got["PartId"], got["ResultId"], got["Decision"]) == (row["part_id"], row["id"], row["decision"])
+        assert got["Score"] == ref.score == row["score"]
+        assert (got["CountOK"], got["CountNG"], got["CountError"]) == (ok, ng, 0)

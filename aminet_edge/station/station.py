@@ -253,8 +253,16 @@ class Station:
     # -- life cycle -----------------------------------------------------------------------------
     def start(self) -> "Station":
         """Start the outputs, then the cameras."""
-        for out in self.outputs.values():
-            out.start()
+        started = []
+        try:
+            for out in self.outputs.values():
+                out.start()
+                started.append(out)
+        except BaseException:
+            for out in started:
+                out.stop()
+            self.store.close()
+            raise
         for cam in self.cameras.values():
             cam.start()
         self._started = True
