@@ -22,9 +22,13 @@ and free-run frames update the last-result values and counters only.
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
+
+log = logging.getLogger("aminet_edge.station")
 
 
 @dataclass(frozen=True)
@@ -90,3 +94,129 @@ class Handshake:
                 return None
             self.bits = Bits(ready=True, ok=decision == "OK", ng=decision == "NG", error=decision == "ERROR")
             return self.bits
+
+
+def bit_order(bits: Bits) -> tuple[str, ...]:
+    """The order to publish `bits` in, which a PLC may rely on: a set ResultReady after the OK / NG / Error
+    it announces, a cleared one before them."""
+    return ("ok", "ng", "error", "busy", "ready") if bits.ready else ("ready", "busy", "ok", "ng", "error")
+
+
+class HandshakeServer:
+    """Base of the protocol servers (OPC UA, Modbus): an asyncio loop in its own thread, the cameras'
+    handshakes polled every `poll_s`, results shown as they come. Subclasses implement `_serve` (start the
+    server), `_shutdown`, `_inputs(camera) -> (trigger, acknowledge, part_id)`, `_write_bit(camera, name,
+    value)` and `_write_result(camera, message, counts)`.
+
+    Nothing is queued: the server holds the latest values, so a client that is gone misses nothing it could
+    read later and never holds a result back. `publish` hands the result to the loop and returns at once.
+    """
+
+    name = "handshake"
+    origin = "handshake"
+    poll_s = 0.005
+
+    def __init__(self, counts: dict[str, dict[str, int]], trigger: Callable[[str, str | None, str], None]) -> None:
+        import asyncio
+
+        self.counts = {cam: dict(c) for cam, c in counts.items()}
+        self.handshakes = {cam: Handshake(cam, self.origin, trigger) for cam in counts}
+        self._shown = {cam: Bits() for cam in counts}
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name=f"aminet-{self.name}", daemon=True)
+        self._poller: Any = None
+        self._bit_locks: dict[str, Any] = {}
+
+    async def _serve(self) -> None:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    async def _shutdown(self) -> None:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    async def _inputs(self, camera: str) -> tuple[bool, bool, str]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    async def _write_bit(self, camera: str, name: str, value: bool) -> None:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    async def _write_result(self, camera: str, message: dict[str, Any], counts: dict[str, int]) -> None:
+        raise NotImplementedError  # pragma: no cover - abstract
+
+    # -- from the station's threads --------------------------------------------------------------------
+    def _call(self, coro: Any, timeout: float) -> Any:
+        import asyncio
+
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout=timeout)
+
+    def start(self) -> None:
+        import asyncio
+
+        self._thread.start()
+        self._call(self._setup(), 60)
+        self._poller = asyncio.run_coroutine_threadsafe(self._poll(), self._loop)
+
+    async def _setup(self) -> None:
+        import asyncio
+
+        self._bit_locks = {cam: asyncio.Lock() for cam in self.handshakes}
+        await self._serve()
+
+    def publish(self, message: dict[str, Any]) -> None:
+        """Show a result (returns at once; the server's loop writes it)."""
+        import asyncio
+
+        asyncio.run_coroutine_threadsafe(self._show(message), self._loop)
+
+    def flush(self, timeout: float) -> bool:
+        """Let the writes already handed over finish (nothing is queued beyond them)."""
+        import asyncio
+
+        try:
+            self._call(asyncio.sleep(0), max(timeout, 0.1))
+            return True
+        except Exception:  # noqa: BLE001 - a stuck loop: report not flushed
+            return False
+
+    def stop(self) -> None:
+        if self._poller is not None:
+            self._poller.cancel()
+        try:
+            self._call(self._shutdown(), 10)
+        except Exception as exc:  # noqa: BLE001 - stopping anyway
+            log.warning("%s server did not stop cleanly: %s", self.name, exc)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout=10)
+
+    def state(self) -> dict[str, Any]:
+        return {"handshake": {cam: hs.state() for cam, hs in self.handshakes.items()}}
+
+    # -- in the server's loop ------------------------------------------------------------------------
+    async def _show(self, m: dict[str, Any]) -> None:
+        cam = m["camera"]
+        self.counts[cam][m["decision"]] += 1
+        await self._write_result(cam, m, self.counts[cam])
+        if self.handshakes[cam].result(m["decision"], m["origin"]) is not None:
+            await self._sync_bits(cam)
+
+    async def _sync_bits(self, cam: str) -> None:
+        """Publish the handshake's current bits in `bit_order`; serialised per camera, so the PLC never
+        sees an older state again."""
+        async with self._bit_locks[cam]:
+            bits = self.handshakes[cam].bits
+            if bits == self._shown[cam]:
+                return
+            for name in bit_order(bits):
+                await self._write_bit(cam, name, getattr(bits, name))
+            self._shown[cam] = bits
+
+    async def _poll(self) -> None:
+        import asyncio
+
+        while True:
+            for cam, hs in self.handshakes.items():
+                try:
+                    hs.poll(*await self._inputs(cam))
+                    await self._sync_bits(cam)
+                except Exception as exc:  # noqa: BLE001 - keep serving the other cameras
+                    log.error("%s handshake of %s: %s", self.name, cam, exc)
+            await asyncio.sleep(self.poll_s)
