@@ -17,6 +17,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -57,10 +58,10 @@ def images() -> list[np.ndarray]:
 
 
 @pytest.fixture(scope="module")
-def detector(bundle: Path, images: list[np.ndarray]) -> Detector:
+def detector(bundle: Path, images: list[np.ndarray]) -> Iterator[Detector]:
     """A Detector whose raw threshold sits between the generated images' scores (both OK and NG occur)."""
     probe = Detector.load(bundle, backend="onnxruntime", batch_size=1)
-    scores = sorted(r.score for r in probe.predict(images))
+    scores = sorted(r.score for r in probe.predict_batch(images))
     probe.close()
     det = Detector.load(bundle, backend="onnxruntime", batch_size=1, threshold=(scores[2] + scores[3]) / 2)
     yield det
@@ -162,7 +163,7 @@ def test_folder_camera_results_match_detector_and_are_stored(tmp_path: Path, bun
     rows = stored(cfg.store)
     by_ref = {r["ref"]: r for r in rows}
     assert len(rows) == 7 and set(by_ref) == {str(p) for p in paths} | {str(inbox / "zz_broken.png")}
-    want = detector.predict([str(p) for p in paths])
+    want = detector.predict_batch([str(p) for p in paths])
     sha = detector.config.artifacts["weights"]["sha256"]
     for path, ref in zip(paths, want):
         row = by_ref[str(path)]
@@ -338,7 +339,7 @@ def test_video_file_free_run_and_software_trigger(tmp_path: Path, bundle: Path, 
     cap = cv2.VideoCapture(str(video))
     while (ok_frame := cap.read())[0]:
         decoded.append(ok_frame[1])
-    want = detector.predict(decoded, bgr=True)
+    want = detector.predict_batch(decoded, bgr=True)
     assert [r["part_id"] for r in free] == [f"line-{i:06d}" for i in range(4)]
     assert [r["score"] for r in free] == [w.score for w in want]
     assert [r["part_id"] for r in trig] == [f"P-{i}" for i in range(5)]

@@ -264,7 +264,7 @@ def test_opcua_plc_handshake_with_a_real_client(tmp_path: Path, bundle: Path, de
                                           parts, lambda: station.state()["outputs"]["opcua"]["handshake"]["top"]))
         ignored = station.state()["outputs"]["opcua"]["handshake"]["top"]["ignored_triggers"]
     rows = stored(cfg.store)
-    want = detector.predict([str(p) for p in paths])
+    want = detector.predict_batch([str(p) for p in paths])
     assert [r["part_id"] for r in rows] == parts and [r["origin"] for r in rows] == ["opcua"] * 4
     assert ignored == 1 and len(rows) == 4  # the extra trigger made no result
     ok = ng = 0
@@ -339,7 +339,7 @@ def test_modbus_plc_handshake_with_a_real_client(tmp_path: Path, bundle: Path, d
     with Station(cfg, detectors={"top": detector}):
         plc = asyncio.run(_plc_over_modbus(port, parts))
     rows = stored(cfg.store)
-    want = detector.predict([str(p) for p in paths])
+    want = detector.predict_batch([str(p) for p in paths])
     assert [r["part_id"] for r in rows] == [str(p) for p in parts] and {r["origin"] for r in rows} == {"modbus"}
     ok = ng = 0
     for got, row, ref, part in zip(plc, rows, want, parts):

@@ -183,7 +183,8 @@ class _Table:
     def __init__(self, data: Any, where: str, origin: str) -> None:
         if not isinstance(data, dict):
             raise StationConfigError(f"{origin}: {where}: must be a table, got {type(data).__name__}")
-        self.data, self.where, self.origin, self.used = data, where, origin, set()
+        self.data, self.where, self.origin = data, where, origin
+        self.used: set[str] = set()
 
     def key(self, name: str) -> str:
         return f"{self.where}.{name}" if self.where else name

@@ -28,7 +28,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from aminet_edge.station.archive import NgArchive
 from aminet_edge.station.config import CameraConfig, StationConfig
@@ -42,6 +42,20 @@ RECONNECT_MAX_S = 30.0
 _POLL_S = 0.1  # how often idle threads look at the stop flag
 
 
+class Output(Protocol):
+    """What the station needs of an output (mqtt, webhook, opcua, modbus)."""
+
+    def start(self) -> None: ...
+
+    def publish(self, message: dict[str, Any]) -> None: ...  # returns at once
+
+    def flush(self, timeout: float) -> bool: ...
+
+    def stop(self) -> None: ...
+
+    def state(self) -> dict[str, Any]: ...
+
+
 def load_detector(cam: CameraConfig) -> Any:
     """The camera's Detector (bundle) or RemoteDetector (Triton url)."""
     if cam.url is not None:
@@ -50,6 +64,7 @@ def load_detector(cam: CameraConfig) -> Any:
         return RemoteDetector(cam.url, threshold=cam.threshold, sensitivity=cam.sensitivity)
     from aminet_edge.runtime import Detector
 
+    assert cam.bundle is not None  # config: exactly one of bundle / url
     return Detector.load(cam.bundle, backend=cam.backend, device=cam.device, threshold=cam.threshold,
                          sensitivity=cam.sensitivity)
 
@@ -211,7 +226,7 @@ class Station:
         self._started = False
         self.store = ResultStore(config.store)
         self.archive = NgArchive(config.archive, self.store, config.archive_max_files, config.archive_max_bytes)
-        self.outputs: dict[str, Any] = {}
+        self.outputs: dict[str, Output] = {}
         detectors = dict(detectors or {})
         self._owned: list[Any] = []  # the detectors loaded here (closed by stop)
         try:
@@ -227,8 +242,9 @@ class Station:
             self.store.close()
             raise
 
-    def _make_outputs(self) -> dict[str, Any]:
-        cfg, outputs = self.config, {}  # type: ignore[var-annotated]
+    def _make_outputs(self) -> dict[str, Output]:
+        cfg = self.config
+        outputs: dict[str, Output] = {}
         if cfg.mqtt is not None:
             from aminet_edge.station.mqtt import MqttOutput
 

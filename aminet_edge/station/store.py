@@ -122,7 +122,8 @@ class ResultStore:
 
     def query(self, since: float | None = None, camera: str | None = None) -> Iterator[dict[str, Any]]:
         """Rows as dicts in id order, optionally from time `since` (epoch s) and of one camera."""
-        where, args = [], []  # type: ignore[var-annotated]
+        where: list[str] = []
+        args: list[float | str] = []
         if since is not None:
             where.append("time >= ?")
             args.append(since)
