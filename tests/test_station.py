@@ -159,6 +159,8 @@ def test_folder_camera_results_match_detector_and_are_stored(tmp_path: Path, bun
     cfg = load_config(toml_config(tmp_path, folder_camera("top", bundle, inbox)))
     with Station(cfg, detectors={"top": detector}) as station:
         wait_for(lambda: sum(station.state()["cameras"]["top"]["counts"].values()) == 7, "7 results")
+        n_ng = station.state()["cameras"]["top"]["counts"]["NG"]
+        wait_for(lambda: station.state()["archive"]["files"] == 2 * n_ng, "the NG images archived")
         state = station.state()
     rows = stored(cfg.store)
     by_ref = {r["ref"]: r for r in rows}
@@ -237,6 +239,7 @@ def test_archive_retention_deletes_only_recorded_files_inside_it(tmp_path: Path,
     store.close()
     with Station(cfg, detectors={"top": det}) as station:
         wait_for(lambda: station.state()["cameras"]["top"]["counts"]["NG"] == 4, "4 NG results")
+        wait_for(lambda: station.state()["archive"]["deleted"] == 6, "retention to delete 6 files")
         state = station.state()["archive"]
     det.close()
     rows = stored(cfg.store)
@@ -245,7 +248,7 @@ def test_archive_retention_deletes_only_recorded_files_inside_it(tmp_path: Path,
     assert [p.name for p in kept] == [Path(newest["image_path"]).name, Path(newest["image_path"]).stem + "_overlay.png"]
     assert [r["image_path"] is None for r in rows] == [r is not newest for r in rows]
     assert user_file.read_bytes() == b"user data" and outside.read_bytes() == b"not the archive's"
-    assert state == {"files": 2, "bytes": sum(p.stat().st_size for p in kept), "deleted": 6}
+    assert state == {"files": 2, "bytes": sum(p.stat().st_size for p in kept), "deleted": 6, "skipped": 0}
 
 
 # ---- back-pressure and faults ---------------------------------------------------------------------

@@ -5,16 +5,23 @@ predicted mask, `aminet_edge.evaluation.heatmaps.save_result_overlay`). Every fi
 (temp file in the same folder, fsync, rename) and recorded in the result store before retention runs.
 Retention deletes the oldest recorded files until both limits hold; it deletes only files that the store
 records and that resolve inside ARCHIVE, so nothing a user put there (or anywhere else) is touched.
+
+Writing a PNG pair with fsync costs ~100 ms on a plain disk, more than a model call, so it runs in the
+archive's own thread behind a bounded queue (QUEUE frames): inspection never waits for the disk. When the
+queue is full the NG image is not archived (its result is stored and sent as usual), logged and counted
+in `skipped`.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import queue
 import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -23,6 +30,8 @@ from aminet_edge.runtime.result import Result
 from aminet_edge.station.store import ResultStore
 
 log = logging.getLogger("aminet_edge.station")
+
+QUEUE = 64
 
 
 def _safe(part: str) -> str:
@@ -46,29 +55,66 @@ def write_png_atomic(path: Path, pixels: np.ndarray) -> int:
 
 
 class NgArchive:
-    """Archive of NG images under `root`, limited to `max_files` files and `max_bytes` (0 = no limit)."""
+    """Archive of NG images under `root`, limited to `max_files` files and `max_bytes` (0 = no limit).
+
+    `submit` queues a frame and returns at once; `close` writes what is queued and stops the thread.
+    """
 
     def __init__(self, root: str | Path, store: ResultStore, max_files: int, max_bytes: int) -> None:
         self.root = Path(root).resolve()
         self.root.mkdir(parents=True, exist_ok=True)
         self.store, self.max_files, self.max_bytes = store, max_files, max_bytes
         self.deleted = 0
+        self.skipped = 0
         self._lock = threading.Lock()
+        self._queue: queue.Queue[tuple[Path, int, Any, Result] | None] = queue.Queue(QUEUE)
+        self._thread = threading.Thread(target=self._run, name="aminet-archive", daemon=True)
+        self._thread.start()
 
-    def save(self, result_id: int, camera: str, part_id: str, when: float, image: np.ndarray,
-             result: Result) -> Path:
-        """Archive one NG frame: `image` (H, W, 3) float32 RGB in [0, 1] and its overlay; returns the image path."""
+    def path_for(self, result_id: int, camera: str, part_id: str, when: float) -> Path:
+        """Where result `result_id`'s image goes; its overlay is beside it, named ..._overlay.png."""
+        folder = self.root / camera / time.strftime("%Y%m%d", time.gmtime(when))
+        return folder / f"{result_id:09d}_{_safe(part_id)}.png"
+
+    def submit(self, result_id: int, camera: str, part_id: str, when: float, image: Any,
+               result: Result) -> Path | None:
+        """Queue an NG frame (`image`: a file path or an (H, W, 3) BGR uint8 array) for archiving; returns
+        the image's path-to-be, or None when the queue is full (the frame is skipped and counted)."""
+        path = self.path_for(result_id, camera, part_id, when)
+        try:
+            self._queue.put_nowait((path, result_id, image, result))
+        except queue.Full:
+            self.skipped += 1
+            log.warning("archive: queue full (%d frames), NG image of result %d not archived", QUEUE, result_id)
+            return None
+        return path
+
+    def close(self) -> None:
+        """Write the queued frames, then stop the thread."""
+        self._queue.put(None)
+        self._thread.join()
+
+    def _run(self) -> None:
+        from aminet_edge.data.images import read_image, to_rgb_float
+
+        while (item := self._queue.get()) is not None:
+            path, result_id, image, result = item
+            try:
+                rgb = read_image(image) if isinstance(image, (str, Path)) else to_rgb_float(image, bgr=True)
+                self.save(path, result_id, rgb, result)
+            except Exception as exc:  # noqa: BLE001 - a full disk or a vanished file must not stop the archive
+                log.error("archive: NG image of result %d not archived: %s", result_id, exc)
+
+    def save(self, path: Path, result_id: int, image: np.ndarray, result: Result) -> None:
+        """Write one NG frame at `path`: `image` (H, W, 3) float32 RGB in [0, 1] and its overlay; record
+        both, then apply retention."""
         from aminet_edge.evaluation.heatmaps import result_overlay
 
-        folder = self.root / camera / time.strftime("%Y%m%d", time.gmtime(when))
-        stem = f"{result_id:09d}_{_safe(part_id)}"
-        main = folder / f"{stem}.png"
-        size = write_png_atomic(main, (np.clip(image, 0, 1) * 255 + 0.5).astype(np.uint8))
-        self.store.add_file(result_id, main, size, main=True)
-        overlay = folder / f"{stem}_overlay.png"
+        size = write_png_atomic(path, (np.clip(image, 0, 1) * 255 + 0.5).astype(np.uint8))
+        self.store.add_file(result_id, path, size, main=True)
+        overlay = path.with_name(f"{path.stem}_overlay.png")
         self.store.add_file(result_id, overlay, write_png_atomic(overlay, result_overlay(image, result)), main=False)
         self.enforce()
-        return main
 
     def enforce(self) -> None:
         """Delete the oldest recorded files until the count and size limits hold."""

@@ -239,6 +239,7 @@ class Station:
                             for cam in config.cameras}
             self.outputs = self._make_outputs()
         except BaseException:
+            self.archive.close()
             self.store.close()
             raise
 
@@ -277,6 +278,7 @@ class Station:
         except BaseException:
             for out in started:
                 out.stop()
+            self.archive.close()
             self.store.close()
             raise
         for cam in self.cameras.values():
@@ -320,6 +322,7 @@ class Station:
             close: Callable[[], None] | None = getattr(detector, "close", None)
             if close is not None:
                 close()
+        self.archive.close()
         self.store.close()
         return flushed
 
@@ -334,7 +337,8 @@ class Station:
         files, size = self.store.archive_usage()
         return {"cameras": {n: c.state() for n, c in self.cameras.items()},
                 "outputs": {n: o.state() for n, o in self.outputs.items()},
-                "archive": {"files": files, "bytes": size, "deleted": self.archive.deleted}}
+                "archive": {"files": files, "bytes": size, "deleted": self.archive.deleted,
+                            "skipped": self.archive.skipped}}
 
     # -- one frame's outcome --------------------------------------------------------------------
     def _record(self, cam: Camera, frame: Frame, result: Any, error: str | None) -> Record:
@@ -347,11 +351,9 @@ class Station:
             record.score, record.normalized = float(result.score), float(result.normalized_score)
         self.store.add(record)
         if decision == "NG" and cam.cfg.archive_ng:
-            try:
-                record.image_path = str(self.archive.save(record.id, cam.cfg.name, frame.part_id, frame.time,
-                                                          _rgb(frame), result))
-            except Exception as exc:  # noqa: BLE001 - a full disk must not stop inspection
-                log.error("camera %s: NG image of result %d not archived: %s", cam.cfg.name, record.id, exc)
+            bgr_image = frame.image if frame.bgr or isinstance(frame.image, (str, Path)) else frame.image[..., ::-1]
+            path = self.archive.submit(record.id, cam.cfg.name, frame.part_id, frame.time, bgr_image, result)
+            record.image_path = None if path is None else str(path)
         message = record.message()
         cam.counts[decision] += 1
         cam.last = message
@@ -361,12 +363,3 @@ class Station:
             except Exception as exc:  # noqa: BLE001 - one output's failure must not affect the others
                 log.error("camera %s: output %s refused result %d: %s", cam.cfg.name, name, record.id, exc)
         return record
-
-
-def _rgb(frame: Frame) -> Any:
-    """The frame as (H, W, 3) float32 RGB in [0, 1] (for the archive)."""
-    from aminet_edge.data.images import read_image, to_rgb_float
-
-    if isinstance(frame.image, (str, Path)):
-        return read_image(frame.image)
-    return to_rgb_float(frame.image, bgr=frame.bgr)

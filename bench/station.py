@@ -1,0 +1,217 @@
+"""Inspection station under load: a soak with simulated cameras, and the station's overhead per frame.
+
+Usage:
+  python bench/station.py soak [--minutes 30] [--cameras 4] [--preset tiny] [--backend auto]
+  python bench/station.py overhead [--frames 300] [--preset tiny] [--backend auto]
+
+soak: N cameras, each a generated video looped forever (free-run), each with its own Detector, all sent
+to MQTT through a mosquitto broker started here (when installed) and read back by a subscriber. RSS is
+read every minute; at the end the station is stopped (flush) and the script checks that every stored
+result reached the subscriber (no lost result) and that no camera dropped a frame.
+overhead: the same frames through `Detector.predict` alone, one at a time, and through a one-camera
+station (free-run video file, store, no outputs); the difference in wall time per frame is the station's
+overhead (decoding runs in the acquire thread, in parallel with the model). Throughput ratio printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import append_result  # noqa: E402
+from runtime import DEFAULT_BUNDLE, ensure_bundle  # noqa: E402
+from soak import rss_mb  # noqa: E402
+
+
+def write_video(path: Path, n: int, size: tuple[int, int] = (256, 256), seed: int = 0) -> list[np.ndarray]:
+    """A generated MJPG video of `n` textured frames (every 7th with a bright scratch); returns the BGR
+    frames as decoded back (what the station will see)."""
+    import cv2
+
+    rng = np.random.default_rng(seed)
+    h, w = size
+    yy, xx = np.mgrid[0:h, 0:w]
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 25, (w, h))
+    for i in range(n):
+        base = 0.5 + 0.2 * np.sin(xx / (3 + i % 5)) * np.cos(yy / 5)
+        img = np.clip(base[..., None] + rng.normal(0, 0.05, (h, w, 3)), 0, 1)
+        if i % 7 == 3:
+            img[h // 3:h // 3 + 8, w // 4:3 * w // 4] = (0.1, 0.2, 1.0)
+        writer.write((img * 255).astype(np.uint8))
+    writer.release()
+    cap, frames = cv2.VideoCapture(str(path)), []
+    while (got := cap.read())[0]:
+        frames.append(got[1])
+    return frames
+
+
+def config_text(tmp: Path, bundle: Path, video: Path, cameras: int, backend: str, loop: bool,
+                mqtt_port: int | None) -> Path:
+    out = f"[outputs.mqtt]\nhost = \"127.0.0.1\"\nport = {mqtt_port}\nclient_id = \"bench-station\"\n" if mqtt_port else ""
+    cams = "".join(f"[[cameras]]\nname = \"cam{k}\"\nbundle = \"{bundle}\"\nbackend = \"{backend}\"\nqueue = 4\n"
+                   f"[cameras.source]\ntype = \"video\"\npath = \"{video}\"\nloop = {str(loop).lower()}\n"
+                   for k in range(cameras))
+    path = tmp / "station.toml"
+    path.write_text(f"[station]\nstore = \"results.db\"\narchive_max_files = 200\nflush_timeout = 60\n{out}{cams}")
+    return path
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def start_broker(tmp: Path) -> tuple[subprocess.Popen[bytes], int] | None:
+    binary = shutil.which("mosquitto") or ("/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").is_file() else None)
+    if binary is None:
+        print("mosquitto not installed: soak without MQTT")
+        return None
+    port = free_port()
+    conf = tmp / "mosquitto.conf"
+    conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\nuser root\nmax_queued_messages 0\n")
+    proc = subprocess.Popen([binary, "-c", str(conf)], stderr=subprocess.DEVNULL)
+    for _ in range(500):
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            return proc, port
+        except OSError:
+            time.sleep(0.02)
+    raise RuntimeError("mosquitto did not start")
+
+
+def soak(args: argparse.Namespace, bundle: Path, tmp: Path) -> None:
+    import paho.mqtt.client as mqtt
+
+    from aminet_edge.station import Station, load_config
+    from aminet_edge.station.store import ResultStore
+
+    video = tmp / "camera.avi"
+    write_video(video, 50)
+    broker = start_broker(tmp)
+    ids: set[int] = set()
+    sub = None
+    if broker is not None:
+        subscribed = threading.Event()
+        sub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="bench-sub")
+        sub.on_connect = lambda c, *_: c.subscribe("aminet/+/result", qos=1)
+        sub.on_subscribe = lambda *_: subscribed.set()
+        sub.on_message = lambda _c, _u, m: ids.add(json.loads(m.payload)["id"])
+        sub.connect("127.0.0.1", broker[1])
+        sub.loop_start()
+        if not subscribed.wait(30):  # the subscription is in place before the first result
+            raise RuntimeError("the MQTT subscription was not confirmed")
+    cfg = load_config(config_text(tmp, bundle, video, args.cameras, args.backend, True,
+                                  broker[1] if broker else None))
+    station = Station(cfg).start()
+    checkpoints: list[tuple[float, float, int]] = []
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < args.minutes * 60:  # the first checkpoint comes after warm-up
+        time.sleep(min(60.0, args.minutes * 60 / 10))
+        total = sum(sum(c["counts"].values()) for c in station.state()["cameras"].values())
+        checkpoints.append((time.monotonic() - t0, rss_mb(), total))
+    state = station.state()
+    flushed = station.stop()
+    store = ResultStore(cfg.store)
+    stored = {r["id"] for r in store.query()}
+    store.close()
+    if sub is not None:
+        deadline = time.monotonic() + 60
+        while not stored <= ids and time.monotonic() < deadline:
+            time.sleep(0.1)
+        sub.disconnect()
+        sub.loop_stop()
+        broker[0].terminate()  # type: ignore[index]
+    lost = len(stored - ids) if sub is not None else "n/a (no broker)"
+    dropped = sum(c["dropped"] for c in state["cameras"].values())
+    errors = sum(c["counts"]["ERROR"] for c in state["cameras"].values())
+    base, final = checkpoints[0][1], checkpoints[-1][1]
+    half = checkpoints[len(checkpoints) // 2][1]
+    seconds = checkpoints[-1][0]
+    lines = [
+        f"Station soak: {args.cameras} simulated cameras (a 256x256 MJPG video looped, free-run, one Detector "
+        f"each, backend {args.backend}, preset {args.preset}) for {seconds / 60:.1f} min"
+        + (", MQTT to a local mosquitto" if sub else "") + f": {len(stored)} results "
+        f"({len(stored) / seconds:.1f}/s), {errors} ERROR, {dropped} dropped, lost on MQTT: {lost}, "
+        f"outputs flushed: {flushed}.",
+        "",
+        "| RSS at first checkpoint MiB | RSS at end MiB | growth MiB | growth over 2nd half MiB |",
+        "|---|---|---|---|",
+        f"| {base:.1f} | {final:.1f} | {final - base:+.1f} | {final - half:+.1f} |",
+        "",
+        "checkpoints (s: MiB, results): " + ", ".join(f"{t:.0f}: {m:.1f}, {n}" for t, m, n in checkpoints),
+    ]
+    append_result("station", "\n".join(lines))
+
+
+def overhead(args: argparse.Namespace, bundle: Path, tmp: Path) -> None:
+    from aminet_edge.runtime import Detector
+    from aminet_edge.station import Station, load_config
+
+    video = tmp / "camera.avi"
+    frames = write_video(video, args.frames)
+    det = Detector.load(bundle, backend=args.backend, batch_size=1)
+    for f in frames[:10]:
+        det.predict(f, bgr=True)
+    rows = []
+    for rep in range(args.repeats):
+        t = time.perf_counter()
+        for f in frames:
+            det.predict(f, bgr=True)
+        alone = time.perf_counter() - t
+        run = tmp / f"run{rep}"
+        run.mkdir()
+        cfg = load_config(config_text(run, bundle, video, 1, args.backend, False, None))
+        station = Station(cfg, detectors={"cam0": det})
+        t = time.perf_counter()
+        station.start()
+        station.wait()
+        through = time.perf_counter() - t
+        station.stop()
+        rows.append((alone, through))
+    alone, through = (float(np.median([r[i] for r in rows])) for i in (0, 1))
+    n = len(frames)
+    lines = [
+        f"Station overhead: {n} frames 256x256 of a video file, backend {det.backend}, preset {args.preset}, "
+        f"median of {args.repeats} runs.",
+        "",
+        "| Detector.predict alone ms/frame | station (1 camera, free-run, store) ms/frame | overhead ms/frame | "
+        "throughput station / predict |",
+        "|---|---|---|---|",
+        f"| {alone / n * 1e3:.2f} | {through / n * 1e3:.2f} | {(through - alone) / n * 1e3:+.2f} | "
+        f"{alone / through:.3f} |",
+    ]
+    det.close()
+    append_result("station", "\n".join(lines))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("mode", choices=["soak", "overhead"])
+    parser.add_argument("--minutes", type=float, default=30.0, help="soak duration")
+    parser.add_argument("--cameras", type=int, default=4)
+    parser.add_argument("--frames", type=int, default=300, help="overhead: frames per run")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--backend", default="auto")
+    parser.add_argument("--bundle", type=Path, default=DEFAULT_BUNDLE)
+    parser.add_argument("--preset", default="tiny")
+    args = parser.parse_args()
+    bundle = ensure_bundle(args.bundle, args.preset)
+    with tempfile.TemporaryDirectory(prefix="aminet-station-bench-") as tmp:
+        (soak if args.mode == "soak" else overhead)(args, bundle, Path(tmp))
+
+
+if __name__ == "__main__":
+    main()
