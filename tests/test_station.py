@@ -12,6 +12,7 @@ import csv
 import io
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -367,3 +368,43 @@ def test_sigterm_flushes_and_exits_cleanly(tmp_path: Path, bundle: Path, images:
         proc.kill() if proc.poll() is None else None
     assert proc.returncode == 0, err
     assert '"stopped": true' in err
+
+
+# ---- GenICam: a GigE Vision camera simulated by Aravis on 127.0.0.1 ---------------------------------
+def test_genicam_camera_software_trigger(tmp_path: Path, bundle: Path) -> None:
+    """arv-fake-gv-camera-0.8 is a GigE Vision camera on the loopback interface: each trigger takes one of
+    its frames (TriggerSoftware) under the trigger's part id. Every frame is NG (threshold ~0), so the
+    archive holds the exact frames: Detector.predict on them gives the stored scores."""
+    fake = shutil.which("arv-fake-gv-camera-0.8")
+    if fake is None:
+        pytest.skip("Aravis' fake GigE Vision camera is not installed (apt-get install aravis-tools)")
+    try:
+        from aminet_edge.station.sources import _aravis
+
+        _aravis()
+    except ImportError as exc:
+        pytest.skip(str(exc))
+    serial = f"T{os.getpid()}"
+    proc = subprocess.Popen([fake, "-i", "127.0.0.1", "-s", serial], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    det = Detector.load(bundle, backend="onnxruntime", batch_size=1, threshold=1e-12)
+    cam = (f"[[cameras]]\nname = \"gige\"\nbundle = \"{bundle}\"\ntrigger = \"software\"\n"
+           f"[cameras.source]\ntype = \"genicam\"\npath = \"Aravis-Fake-{serial}\"\n")
+    cfg = load_config(toml_config(tmp_path, cam))
+    try:
+        with Station(cfg, detectors={"gige": det}) as station:
+            wait_for(lambda: station.state()["cameras"]["gige"]["source"] == "running", "the camera to open")
+            for i in range(3):
+                station.trigger("gige", f"G-{i}")
+            wait_for(lambda: station.state()["archive"]["files"] == 6, "3 archived frames")
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    rows = stored(cfg.store)
+    assert [r["part_id"] for r in rows] == ["G-0", "G-1", "G-2"] and {r["decision"] for r in rows} == {"NG"}
+    assert all(r["ref"].startswith(f"Aravis-Fake-{serial}#") for r in rows)
+    frames = [np.asarray(Image.open(r["image_path"])) for r in rows]
+    assert frames[0].shape == (512, 512, 3)  # the fake camera's Mono8 512 x 512, grey replicated
+    want = det.predict_batch([f[..., 0] for f in frames])
+    assert [r["score"] for r in rows] == [w.score for w in want]
+    det.close()

@@ -67,7 +67,7 @@ class NgArchive:
         self.deleted = 0
         self.skipped = 0
         self._lock = threading.Lock()
-        self._queue: queue.Queue[tuple[Path, int, Any, Result] | None] = queue.Queue(QUEUE)
+        self._queue: queue.Queue[tuple[Path, int, Any, bool, Result] | None] = queue.Queue(QUEUE)
         self._thread = threading.Thread(target=self._run, name="aminet-archive", daemon=True)
         self._thread.start()
 
@@ -76,13 +76,13 @@ class NgArchive:
         folder = self.root / camera / time.strftime("%Y%m%d", time.gmtime(when))
         return folder / f"{result_id:09d}_{_safe(part_id)}.png"
 
-    def submit(self, result_id: int, camera: str, part_id: str, when: float, image: Any,
+    def submit(self, result_id: int, camera: str, part_id: str, when: float, image: Any, bgr: bool,
                result: Result) -> Path | None:
-        """Queue an NG frame (`image`: a file path or an (H, W, 3) BGR uint8 array) for archiving; returns
-        the image's path-to-be, or None when the queue is full (the frame is skipped and counted)."""
+        """Queue an NG frame (`image`: a file path or an (H, W[, C]) array, `bgr` its channel order) for
+        archiving; returns the image's path-to-be, or None when the queue is full (skipped and counted)."""
         path = self.path_for(result_id, camera, part_id, when)
         try:
-            self._queue.put_nowait((path, result_id, image, result))
+            self._queue.put_nowait((path, result_id, image, bgr, result))
         except queue.Full:
             self.skipped += 1
             log.warning("archive: queue full (%d frames), NG image of result %d not archived", QUEUE, result_id)
@@ -98,9 +98,9 @@ class NgArchive:
         from aminet_edge.data.images import read_image, to_rgb_float
 
         while (item := self._queue.get()) is not None:
-            path, result_id, image, result = item
+            path, result_id, image, bgr, result = item
             try:
-                rgb = read_image(image) if isinstance(image, (str, Path)) else to_rgb_float(image, bgr=True)
+                rgb = read_image(image) if isinstance(image, (str, Path)) else to_rgb_float(image, bgr=bgr)
                 self.save(path, result_id, rgb, result)
             except Exception as exc:  # noqa: BLE001 - a full disk or a vanished file must not stop the archive
                 log.error("archive: NG image of result %d not archived: %s", result_id, exc)

@@ -17,7 +17,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
-SOURCE_TYPES = ("folder", "video", "stream")
+SOURCE_TYPES = ("folder", "video", "stream", "genicam")
 TRIGGERS = ("free-run", "software")
 BACKPRESSURE = ("block", "drop-oldest")
 OUTPUT_NAMES = ("mqtt", "webhook", "opcua", "modbus")
@@ -70,7 +70,8 @@ archive_ng = true              # keep NG images and overlays in the archive
 grab_timeout = 5.0             # software trigger: seconds to wait for the frame, else an ERROR result
 
 [cameras.source]
-type = "folder"                # folder (watched), video (a file), stream (RTSP URL or USB camera index)
+type = "folder"                # folder (watched), video (a file), stream (RTSP URL or USB camera index),
+                               # genicam (GigE Vision / USB3 Vision through Aravis: path = device id)
 path = "inbox/top"
 pattern = "*.png"              # folder: file names to take (glob)
 settle = 0.2                   # folder: seconds a file's size must stay unchanged before it is read
@@ -94,7 +95,8 @@ class StationConfigError(ValueError):
 @dataclass(frozen=True)
 class SourceConfig:
     """Where a camera's frames come from. folder: path, pattern, settle (s), poll (s); video: path, loop;
-    stream: path (an RTSP/HTTP URL, or a USB camera index as a string of digits)."""
+    stream: path (an RTSP/HTTP URL, or a USB camera index as a string of digits); genicam: path (the
+    Aravis device id, "" = the first camera found)."""
 
     type: str
     path: str
@@ -209,7 +211,7 @@ class _Table:
         value = self.get(name, str, default, "a string")
         if choices and value not in choices and value is not default:
             raise self.fail(name, f"must be one of {', '.join(choices)}, got {value!r}")
-        if isinstance(value, str) and not value.strip() and not choices:
+        if isinstance(value, str) and not value.strip() and not choices and name in self.data:
             raise self.fail(name, "must not be empty")
         return value
 
@@ -253,12 +255,12 @@ def _name(t: _Table) -> str:
 
 def _source(t: _Table, base: Path, check_paths: bool) -> SourceConfig:
     kind = t.text("type", choices=SOURCE_TYPES)
-    path = t.text("path")
+    path = t.text("path", "" if kind == "genicam" else ...)
     src = SourceConfig(type=kind, path=path, pattern=t.text("pattern", "*"),
                        settle=t.number("settle", 0.2, 0.0, 3600.0), poll=t.number("poll", 0.05, 0.001, 60.0),
                        loop=t.flag("loop", False))
     t.done()
-    if kind != "stream":
+    if kind in ("folder", "video"):
         full = _path(base, path)
         src = SourceConfig(**{**src.__dict__, "path": str(full)})
         if check_paths and kind == "folder" and not full.is_dir():

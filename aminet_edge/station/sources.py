@@ -1,4 +1,5 @@
-"""Frame sources of a camera: a watched folder, a video file, an RTSP / USB stream (OpenCV).
+"""Frame sources of a camera: a watched folder, a video file, an RTSP / USB stream (OpenCV), a GenICam
+camera (GigE Vision / USB3 Vision, through Aravis).
 
 A source hands out `Grab`s (the image plus what it was); the camera turns each into a `Frame` with a part
 id and a timestamp: from the trigger in software-trigger mode, else from the grab (file stem, frame number)
@@ -18,6 +19,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
+
+import numpy as np
 
 from aminet_edge.station.config import SourceConfig
 
@@ -167,8 +170,101 @@ class VideoSource:
         return Grab(frame, f"{self.path}#{n}", f"{self._stem}-{n:06d}", bgr=True)
 
 
-def make_source(cfg: SourceConfig, done: set[str] | None = None) -> Source:
-    """The source of `cfg.type`; `done` = refs already in the store (a folder skips them)."""
+def _aravis() -> tuple[Any, Any]:
+    try:
+        import gi
+
+        gi.require_version("Aravis", "0.8")
+        from gi.repository import Aravis, GLib
+    except (ImportError, ValueError) as exc:
+        raise ImportError("GenICam cameras need Aravis 0.8 and PyGObject (Debian: apt install gir1.2-aravis-0.8 "
+                          "libgirepository1.0-dev libcairo2-dev; pip install 'PyGObject<3.51')") from exc
+    return Aravis, GLib
+
+
+_ARAVIS_BUFFERS = 8
+
+
+class GenICamSource:
+    """A GenICam camera through Aravis: `path` is its device id as Aravis lists it (e.g.
+    "Basler-21234567", `arv-tool-0.8` prints them; "" = the first camera found). Pixel formats Mono8,
+    Mono16 and RGB8 (set the camera's PixelFormat beforehand; Bayer formats are refused). Free-run: the
+    camera's continuous acquisition; software trigger: TriggerSoftware, one frame per grab. A camera whose
+    control connection is lost raises OSError (the station reconnects)."""
+
+    FORMATS = {"Mono8": (np.uint8, 1), "Mono16": (np.uint16, 1), "RGB8": (np.uint8, 3)}
+
+    def __init__(self, cfg: SourceConfig, triggered: bool) -> None:
+        self.device, self.triggered = cfg.path, triggered
+        self.exhausted = False
+        self._camera: Any = None
+        self._stream: Any = None
+        self._lost = False
+        self._count = 0
+
+    def open(self) -> None:
+        aravis, glib = _aravis()
+        try:
+            aravis.update_device_list()
+            camera = aravis.Camera.new(self.device or None)
+            fmt = camera.get_pixel_format_as_string()
+            if fmt not in self.FORMATS:
+                raise OSError(f"GenICam camera {self.device!r}: pixel format {fmt} is not supported "
+                              f"(use {', '.join(self.FORMATS)})")
+            if self.triggered:
+                camera.set_trigger("Software")
+            else:
+                camera.set_acquisition_mode(aravis.AcquisitionMode.CONTINUOUS)
+            stream = camera.create_stream(None, None)
+            for _ in range(_ARAVIS_BUFFERS):
+                stream.push_buffer(aravis.Buffer.new_allocate(camera.get_payload()))
+            self._lost = False
+            camera.get_device().connect("control-lost", lambda *_: setattr(self, "_lost", True))
+            camera.start_acquisition()
+        except glib.Error as exc:
+            raise OSError(f"GenICam camera {self.device or '(first found)'}: {exc.message}") from exc
+        self._camera, self._stream, self._format = camera, stream, self.FORMATS[fmt]
+
+    def close(self) -> None:
+        if self._camera is not None:
+            try:
+                self._camera.stop_acquisition()
+            except Exception:  # noqa: BLE001 - a camera already gone
+                pass
+        self._camera = self._stream = None
+
+    def grab(self, timeout: float) -> Grab | None:
+        if self._camera is None or self._lost:
+            raise OSError(f"GenICam camera {self.device or '(first found)'}: control connection lost")
+        aravis, glib = _aravis()
+        try:
+            if self.triggered:
+                self._camera.software_trigger()
+            buf = self._stream.timeout_pop_buffer(int(timeout * 1e6))
+        except glib.Error as exc:
+            raise OSError(f"GenICam camera {self.device}: {exc.message}") from exc
+        if buf is None:
+            return None
+        try:
+            if buf.get_status() != aravis.BufferStatus.SUCCESS:
+                return None  # an incomplete frame (lost packets): no image this time
+            dtype, channels = self._format
+            h, w = buf.get_image_height(), buf.get_image_width()
+            shape = (h, w, channels) if channels > 1 else (h, w)
+            image = np.frombuffer(buf.get_data(), dtype=dtype)[:h * w * channels].reshape(shape).copy()
+            frame_id = buf.get_frame_id()
+        finally:
+            self._stream.push_buffer(buf)
+        self._count += 1
+        name = self.device or "genicam"
+        return Grab(image, f"{name}#{frame_id}", f"{name}-{self._count:06d}")
+
+
+def make_source(cfg: SourceConfig, done: set[str] | None = None, triggered: bool = False) -> Source:
+    """The source of `cfg.type`; `done` = refs already in the store (a folder skips them); `triggered`:
+    the camera takes software triggers (a GenICam camera is then put in TriggerSoftware mode)."""
     if cfg.type == "folder":
         return FolderSource(cfg, done)
+    if cfg.type == "genicam":
+        return GenICamSource(cfg, triggered)
     return VideoSource(cfg)

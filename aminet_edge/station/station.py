@@ -27,7 +27,6 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any, Protocol
 
 from aminet_edge.station.archive import NgArchive
@@ -235,7 +234,8 @@ class Station:
                     detectors[cam.name] = load_detector(cam)
                     self._owned.append(detectors[cam.name])
             self.cameras = {cam.name: Camera(cam, detectors[cam.name],
-                                             make_source(cam.source, self.store.refs(cam.name)), self)
+                                             make_source(cam.source, self.store.refs(cam.name),
+                                                         cam.trigger == "software"), self)
                             for cam in config.cameras}
             self.outputs = self._make_outputs()
         except BaseException:
@@ -351,8 +351,8 @@ class Station:
             record.score, record.normalized = float(result.score), float(result.normalized_score)
         self.store.add(record)
         if decision == "NG" and cam.cfg.archive_ng:
-            bgr_image = frame.image if frame.bgr or isinstance(frame.image, (str, Path)) else frame.image[..., ::-1]
-            path = self.archive.submit(record.id, cam.cfg.name, frame.part_id, frame.time, bgr_image, result)
+            path = self.archive.submit(record.id, cam.cfg.name, frame.part_id, frame.time, frame.image, frame.bgr,
+                                       result)
             record.image_path = None if path is None else str(path)
         message = record.message()
         cam.counts[decision] += 1
