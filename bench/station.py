@@ -58,9 +58,10 @@ def write_video(path: Path, n: int, size: tuple[int, int] = (256, 256), seed: in
 
 
 def config_text(tmp: Path, bundle: Path, video: Path, cameras: int, backend: str, loop: bool,
-                mqtt_port: int | None) -> Path:
+                mqtt_port: int | None, archive: bool = True) -> Path:
     out = f"[outputs.mqtt]\nhost = \"127.0.0.1\"\nport = {mqtt_port}\nclient_id = \"bench-station\"\n" if mqtt_port else ""
     cams = "".join(f"[[cameras]]\nname = \"cam{k}\"\nbundle = \"{bundle}\"\nbackend = \"{backend}\"\nqueue = 4\n"
+                   f"archive_ng = {str(archive).lower()}\n"
                    f"[cameras.source]\ntype = \"video\"\npath = \"{video}\"\nloop = {str(loop).lower()}\n"
                    for k in range(cameras))
     path = tmp / "station.toml"
@@ -173,18 +174,20 @@ def overhead(args: argparse.Namespace, bundle: Path, tmp: Path) -> None:
         alone = time.perf_counter() - t
         run = tmp / f"run{rep}"
         run.mkdir()
-        cfg = load_config(config_text(run, bundle, video, 1, args.backend, False, None))
+        cfg = load_config(config_text(run, bundle, video, 1, args.backend, False, None, not args.no_archive))
         station = Station(cfg, detectors={"cam0": det})
         t = time.perf_counter()
         station.start()
         station.wait()
         through = time.perf_counter() - t
+        ng = station.state()["cameras"]["cam0"]["counts"]["NG"]
         station.stop()
         rows.append((alone, through))
     alone, through = (float(np.median([r[i] for r in rows])) for i in (0, 1))
     n = len(frames)
     lines = [
-        f"Station overhead: {n} frames 256x256 of a video file, backend {det.backend}, preset {args.preset}, "
+        f"Station overhead: {n} frames 256x256 of a video file ({ng} NG, "
+        f"{'not archived' if args.no_archive else 'archived'}), backend {det.backend}, preset {args.preset}, "
         f"median of {args.repeats} runs.",
         "",
         "| Detector.predict alone ms/frame | station (1 camera, free-run, store) ms/frame | overhead ms/frame | "
@@ -204,6 +207,7 @@ def main() -> None:
     parser.add_argument("--cameras", type=int, default=4)
     parser.add_argument("--frames", type=int, default=300, help="overhead: frames per run")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--no-archive", action="store_true", help="overhead: NG images not archived")
     parser.add_argument("--backend", default="auto")
     parser.add_argument("--bundle", type=Path, default=DEFAULT_BUNDLE)
     parser.add_argument("--preset", default="tiny")
