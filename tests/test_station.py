@@ -408,3 +408,34 @@ def test_genicam_camera_software_trigger(tmp_path: Path, bundle: Path) -> None:
     want = det.predict_batch([f[..., 0] for f in frames])
     assert [r["score"] for r in rows] == [w.score for w in want]
     det.close()
+
+
+def test_a_missing_source_is_retried_and_reported(tmp_path: Path, bundle: Path, detector: Detector,
+                                                  images: list[np.ndarray]) -> None:
+    """The watched folder does not exist at start: the camera reports `reconnecting` and counts it, then
+    picks the folder up once it appears (a camera that drops is reopened with back-off)."""
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    cfg = load_config(toml_config(tmp_path, folder_camera("top", bundle, inbox)))
+    inbox.rmdir()
+    with Station(cfg, detectors={"top": detector}) as station:
+        cam = lambda: station.state()["cameras"]["top"]  # noqa: E731
+        wait_for(lambda: cam()["source"].startswith("reconnecting") and cam()["reconnects"] >= 1, "a reconnect")
+        assert "watched folder is missing" in cam()["source"]
+        write_images(inbox, images[:2])
+        wait_for(lambda: sum(cam()["counts"].values()) == 2, "2 results after the folder appeared")
+        assert cam()["source"] == "running"
+
+
+def test_cli_check_and_config_errors(tmp_path: Path, bundle: Path) -> None:
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    good = toml_config(tmp_path, folder_camera("top", bundle, inbox))
+    run = [sys.executable, "-m", "aminet_edge", "station"]
+    ok = subprocess.run([*run, str(good), "--check"], capture_output=True, text=True)
+    assert ok.returncode == 0 and "ok (1 camera(s))" in ok.stdout
+    bad = tmp_path / "bad.toml"
+    bad.write_text(good.read_text().replace('type = "folder"', 'type = "floppy"'))
+    err = subprocess.run([*run, str(bad)], capture_output=True, text=True)
+    assert err.returncode == 1 and "cameras[0].source.type: must be one of" in err.stderr
+    assert "Traceback" not in err.stderr
