@@ -439,3 +439,15 @@ def test_cli_check_and_config_errors(tmp_path: Path, bundle: Path) -> None:
     err = subprocess.run([*run, str(bad)], capture_output=True, text=True)
     assert err.returncode == 1 and "cameras[0].source.type: must be one of" in err.stderr
     assert "Traceback" not in err.stderr
+
+
+def test_the_export_kit_station_config_and_unit() -> None:
+    """export/service/station.toml is a valid config; the systemd unit in docs/station.md is the kit's file."""
+    import re
+
+    root = Path(__file__).resolve().parents[1]
+    cfg = load_config(root / "export/service/station.toml", check_paths=False)
+    assert [c.source.type for c in cfg.cameras] == ["folder"] and cfg.store == Path("/var/lib/aminet/station/results.db")
+    doc = (root / "docs/station.md").read_text()
+    block = re.search(r"```ini\n(.*?)```", doc, re.S)
+    assert block is not None and block.group(1) == (root / "export/service/aminet-station.service").read_text()
