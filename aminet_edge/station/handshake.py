@@ -178,6 +178,8 @@ class HandshakeServer:
             return False
 
     def stop(self) -> None:
+        if not self._thread.is_alive():
+            return
         if self._poller is not None:
             self._poller.cancel()
         try:

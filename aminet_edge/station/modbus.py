@@ -1,7 +1,8 @@
 """Modbus/TCP output (pymodbus server) for PLCs without OPC UA: the last result, counters and the PLC
 handshake of each camera in holding registers (device id 1, function codes 3 / 6 / 16).
 
-Camera k (0-based, in the config's order) owns registers 32*k ... 32*k + 31 (0-based addresses):
+Camera k (0-based, in the config's order among the cameras that send to Modbus) owns registers
+32*k ... 32*k + 31 (0-based addresses):
     +0   control, PLC writes:   bit 0 Trigger, bit 1 Acknowledge
     +1   status, station writes: bit 0 Busy, bit 1 ResultReady, bit 2 OK, bit 3 NG, bit 4 Error
     +2   trigger part id, PLC writes: uint32, high word first (0 = none: the frame's own id is used)

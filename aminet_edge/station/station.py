@@ -257,15 +257,16 @@ class Station:
         if cfg.opcua is not None:
             from aminet_edge.station.opcua import OpcuaOutput
 
-            outputs["opcua"] = OpcuaOutput(cfg.opcua, self._counts(), self.trigger)
+            outputs["opcua"] = OpcuaOutput(cfg.opcua, self._counts("opcua"), self.trigger)
         if cfg.modbus is not None:
             from aminet_edge.station.modbus import ModbusOutput
 
-            outputs["modbus"] = ModbusOutput(cfg.modbus, self._counts(), self.trigger)
+            outputs["modbus"] = ModbusOutput(cfg.modbus, self._counts("modbus"), self.trigger)
         return outputs
 
-    def _counts(self) -> dict[str, dict[str, int]]:
-        return {name: dict(cam.counts) for name, cam in self.cameras.items()}
+    def _counts(self, output: str) -> dict[str, dict[str, int]]:
+        """The counters of the cameras that send to `output` (the protocol servers show only those)."""
+        return {name: dict(cam.counts) for name, cam in self.cameras.items() if output in cam.cfg.outputs}
 
     # -- life cycle -----------------------------------------------------------------------------
     def start(self) -> "Station":
