@@ -59,7 +59,8 @@ def write_video(path: Path, n: int, size: tuple[int, int] = (256, 256), seed: in
 
 def config_text(tmp: Path, bundle: Path, video: Path, cameras: int, backend: str, loop: bool,
                 mqtt_port: int | None, archive: bool = True) -> Path:
-    out = f"[outputs.mqtt]\nhost = \"127.0.0.1\"\nport = {mqtt_port}\nclient_id = \"bench-station\"\n" if mqtt_port else ""
+    out = (f"[outputs.mqtt]\nhost = \"127.0.0.1\"\nport = {mqtt_port}\nclient_id = \"bench-station\"\n"
+           if mqtt_port else "")
     cams = "".join(f"[[cameras]]\nname = \"cam{k}\"\nbundle = \"{bundle}\"\nbackend = \"{backend}\"\nqueue = 4\n"
                    f"archive_ng = {str(archive).lower()}\n"
                    f"[cameras.source]\ntype = \"video\"\npath = \"{video}\"\nloop = {str(loop).lower()}\n"

@@ -447,7 +447,8 @@ def test_the_export_kit_station_config_and_unit() -> None:
 
     root = Path(__file__).resolve().parents[1]
     cfg = load_config(root / "export/service/station.toml", check_paths=False)
-    assert [c.source.type for c in cfg.cameras] == ["folder"] and cfg.store == Path("/var/lib/aminet/station/results.db")
+    assert [c.source.type for c in cfg.cameras] == ["folder"]
+    assert cfg.store == Path("/var/lib/aminet/station/results.db")
     doc = (root / "docs/station.md").read_text()
     block = re.search(r"```ini\n(.*?)```", doc, re.S)
     assert block is not None and block.group(1) == (root / "export/service/aminet-station.service").read_text()

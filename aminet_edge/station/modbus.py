@@ -32,7 +32,7 @@ log = logging.getLogger("aminet_edge.station")
 
 BLOCK = 32
 DEVICE_ID = 1
-CONTROL, STATUS, TRIGGER_PART, RESULT_ID, RESULT_PART, NORMALIZED, SCORE, COUNTS, DECISION = 0, 1, 2, 4, 6, 8, 10, 12, 18
+CONTROL, STATUS, RESULT_ID, COUNTS = 0, 1, 4, 12  # offsets in a camera's block (the map above)
 STATUS_BITS = {"busy": 0, "ready": 1, "ok": 2, "ng": 3, "error": 4}
 DECISION_CODES = {"OK": 1, "NG": 2, "ERROR": 3}
 _READ, _WRITE = 3, 16  # function codes: read / write holding registers
