@@ -3,6 +3,8 @@
 Usage:
   python bench/station.py soak [--minutes 30] [--cameras 4] [--preset tiny] [--backend auto]
   python bench/station.py overhead [--frames 300] [--preset tiny] [--backend auto]
+  python bench/station.py throughput [--frames 100] [--cameras 4]
+  python bench/station.py latency [--frames 50]
 
 soak: N cameras, each a generated video looped forever (free-run), each with its own Detector, all sent
 to MQTT through a mosquitto broker started here (when installed) and read back by a subscriber. RSS is
@@ -11,6 +13,10 @@ result reached the subscriber (no lost result) and that no camera dropped a fram
 overhead: the same frames through `Detector.predict` alone, one at a time, and through a one-camera
 station (free-run video file, store, no outputs); the difference in wall time per frame is the station's
 overhead (decoding runs in the acquire thread, in parallel with the model). Throughput ratio printed.
+throughput: N cameras (free-run, one Detector each) over the same video against one Detector's
+`predict_batch` (batch 8) on all their frames.
+latency: a software-triggered camera driven over OPC UA by an asyncua client acting as the PLC: from
+writing Trigger to reading ResultReady = 1 (the client polls; its read round trip is included).
 """
 
 from __future__ import annotations
@@ -224,21 +230,130 @@ def overhead(args: argparse.Namespace, bundle: Path, tmp: Path) -> None:
     append_result("station", "\n".join(lines))
 
 
+def throughput(args: argparse.Namespace, bundle: Path, tmp: Path) -> None:
+    from aminet_edge.runtime import Detector
+    from aminet_edge.station import Station, load_config
+
+    video = tmp / "camera.avi"
+    frames = write_video(video, args.frames)
+    det = Detector.load(bundle, backend=args.backend, batch_size=8)
+    det.predict_batch(frames[:16], bgr=True)
+    rows = []
+    for rep in range(args.repeats):
+        t = time.perf_counter()
+        det.predict_batch(frames * args.cameras, bgr=True)
+        batch = time.perf_counter() - t
+        run = tmp / f"run{rep}"
+        run.mkdir()
+        station = Station(load_config(config_text(run, bundle, video, args.cameras, args.backend, False, None,
+                                                  not args.no_archive)))
+        t = time.perf_counter()
+        station.start()
+        station.wait()
+        through = time.perf_counter() - t
+        station.stop()
+        rows.append((batch, through))
+    batch, through = (float(np.median([r[i] for r in rows])) for i in (0, 1))
+    n = len(frames) * args.cameras
+    lines = [
+        f"Station throughput: {args.cameras} cameras x {len(frames)} frames 256x256 (free-run video files, one "
+        f"Detector each, {'no archive' if args.no_archive else 'NG archived'}) vs one Detector.predict_batch "
+        f"(batch 8) on all {n} frames, backend {det.backend}, preset {args.preset}, median of {args.repeats}.",
+        "",
+        "| predict_batch frames/s | station frames/s | station / predict_batch |",
+        "|---|---|---|",
+        f"| {n / batch:.1f} | {n / through:.1f} | {batch / through:.3f} |",
+    ]
+    det.close()
+    append_result("station", "\n".join(lines))
+
+
+def latency(args: argparse.Namespace, bundle: Path, tmp: Path) -> None:
+    import asyncio
+
+    from PIL import Image
+
+    from aminet_edge.runtime import Detector
+    from aminet_edge.station import Station, load_config
+
+    frames = write_video(tmp / "camera.avi", args.frames)
+    inbox = tmp / "inbox"
+    inbox.mkdir()
+    for i, f in enumerate(frames):
+        Image.fromarray(np.ascontiguousarray(f[:, :, ::-1])).save(inbox / f"part_{i:05d}.png")
+    det = Detector.load(bundle, backend=args.backend, batch_size=1)
+    t = time.perf_counter()
+    for i in range(len(frames)):
+        det.predict(str(inbox / f"part_{i:05d}.png"))
+    predict_ms = (time.perf_counter() - t) / len(frames) * 1e3
+    port = free_port()
+    config = tmp / "station.toml"
+    config.write_text(f"[station]\nstore = \"results.db\"\n[outputs.opcua]\n"
+                      f"endpoint = \"opc.tcp://127.0.0.1:{port}/aminet/\"\n"
+                      f"[[cameras]]\nname = \"cam0\"\nbundle = \"{bundle}\"\ntrigger = \"software\"\n"
+                      f"archive_ng = {str(not args.no_archive).lower()}\n"
+                      f"[cameras.source]\ntype = \"folder\"\npath = \"{inbox}\"\nsettle = 0\n")
+    cfg = load_config(config)
+
+    async def plc() -> list[float]:
+        from asyncua import Client, ua
+
+        async with Client(f"opc.tcp://127.0.0.1:{port}/aminet/") as client:
+            idx = await client.get_namespace_index(cfg.opcua.namespace)  # type: ignore[union-attr]
+
+            def node(name: str) -> Any:
+                return client.get_node(ua.NodeId(f"cam0.{name}", idx))
+
+            async def write(name: str, value: bool) -> None:
+                await node(name).write_value(ua.DataValue(ua.Variant(value, ua.VariantType.Boolean)))
+
+            async def until(name: str, value: bool) -> None:
+                while bool(await node(name).read_value()) != value:
+                    pass
+
+            out = []
+            for _ in frames:
+                await until("ResultReady", False)
+                t0 = time.perf_counter()
+                await write("Trigger", True)
+                await until("ResultReady", True)
+                out.append(time.perf_counter() - t0)
+                await write("Trigger", False)
+                await write("Acknowledge", True)
+                await until("ResultReady", False)
+                await write("Acknowledge", False)
+            return out
+
+    with Station(cfg, detectors={"cam0": det}):
+        ms = np.array(asyncio.run(plc())) * 1e3
+    lines = [
+        f"Trigger to OPC UA ResultReady: {len(ms)} parts through the handshake (asyncua client as the PLC, "
+        f"polling), 256x256 PNGs from a watched folder, backend {det.backend}, preset {args.preset}.",
+        "",
+        "| trigger to ResultReady p50 ms | p99 ms | Detector.predict on the same files ms (mean) |",
+        "|---|---|---|",
+        f"| {np.percentile(ms, 50):.2f} | {np.percentile(ms, 99):.2f} | {predict_ms:.2f} |",
+    ]
+    det.close()
+    append_result("station", "\n".join(lines))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("mode", choices=["soak", "overhead"])
+    parser.add_argument("mode", choices=["soak", "overhead", "throughput", "latency"])
     parser.add_argument("--minutes", type=float, default=30.0, help="soak duration")
     parser.add_argument("--cameras", type=int, default=4)
-    parser.add_argument("--frames", type=int, default=300, help="overhead: frames per run")
+    parser.add_argument("--frames", type=int, default=300, help="overhead, throughput, latency: frames per run")
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--no-archive", action="store_true", help="overhead: NG images not archived")
+    parser.add_argument("--no-archive", action="store_true", help="NG images not archived")
     parser.add_argument("--backend", default="auto")
     parser.add_argument("--bundle", type=Path, default=DEFAULT_BUNDLE)
     parser.add_argument("--preset", default="tiny")
     args = parser.parse_args()
     bundle = ensure_bundle(args.bundle, args.preset)
     with tempfile.TemporaryDirectory(prefix="aminet-station-bench-") as tmp:
-        (soak if args.mode == "soak" else overhead)(args, bundle, Path(tmp))
+        {"soak": soak, "overhead": overhead, "throughput": throughput, "latency": latency}[args.mode](
+            args, bundle, Path(tmp))
 
 
 if __name__ == "__main__":
