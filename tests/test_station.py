@@ -452,3 +452,20 @@ def test_the_export_kit_station_config_and_unit() -> None:
     doc = (root / "docs/station.md").read_text()
     block = re.search(r"```ini\n(.*?)```", doc, re.S)
     assert block is not None and block.group(1) == (root / "export/service/aminet-station.service").read_text()
+
+
+def test_a_stream_that_stops_is_reopened(tmp_path: Path, bundle: Path, detector: Detector,
+                                         images: list[np.ndarray]) -> None:
+    """A `stream` source (live: RTSP / USB) that stops delivering is closed and reopened with back-off; a
+    video file opened as a stream ends after 2 frames, so the camera reconnects and sees them again."""
+    cv2 = pytest.importorskip("cv2")
+    video = write_video(tmp_path / "live.avi", [cv2.resize(img, (64, 64)) for img in images[:2]])
+    cam = (f"[[cameras]]\nname = \"live\"\nbundle = \"{bundle}\"\n"
+           f"[cameras.source]\ntype = \"stream\"\npath = \"{video}\"\n")
+    cfg = load_config(toml_config(tmp_path, cam))
+    with Station(cfg, detectors={"live": detector}) as station:
+        state = lambda: station.state()["cameras"]["live"]  # noqa: E731
+        wait_for(lambda: state()["reconnects"] >= 1 and sum(state()["counts"].values()) >= 4, "a reconnect, 4 frames")
+    rows = stored(cfg.store)
+    assert [r["part_id"] for r in rows[:4]] == ["camera-000000", "camera-000001", "camera-000002", "camera-000003"]
+    assert rows[0]["score"] == rows[2]["score"] and rows[1]["score"] == rows[3]["score"]  # the same frames again

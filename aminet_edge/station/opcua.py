@@ -84,8 +84,8 @@ class OpcuaOutput(HandshakeServer):
                 await variable(obj, cam, name, False, "Boolean")
             for name, value, kind in _PLC:
                 await variable(obj, cam, name, value, kind, writable=True)
-        await server.start()
         self._server = server
+        await server.start()
         log.info("OPC UA server on %s (namespace %d: %s)", self.cfg.endpoint, idx, self.cfg.namespace)
 
     async def _shutdown(self) -> None:
@@ -93,8 +93,10 @@ class OpcuaOutput(HandshakeServer):
             await self._server.stop()
 
     async def _write(self, cam: str, name: str, value: Any, kind: str) -> None:
+        # the server's own address space directly (no session round trip): subscribed clients are notified
         ua = self.asyncua.ua
-        await self._nodes[f"{cam}.{name}"].write_value(ua.DataValue(ua.Variant(value, getattr(ua.VariantType, kind))))
+        await self._server.write_attribute_value(self._nodes[f"{cam}.{name}"].nodeid,
+                                                 ua.DataValue(ua.Variant(value, getattr(ua.VariantType, kind))))
 
     async def _write_bit(self, cam: str, name: str, value: bool) -> None:
         await self._write(cam, _BITS[name], value, "Boolean")
@@ -107,8 +109,11 @@ class OpcuaOutput(HandshakeServer):
         for name, key in _COUNTS:
             await self._write(cam, name, counts[key], "UInt64")
 
+    def _read(self, cam: str, name: str) -> Any:
+        return self._server.read_attribute_value(self._nodes[f"{cam}.{name}"].nodeid).Value.Value
+
     async def _inputs(self, cam: str) -> tuple[bool, bool, str]:
         # Trigger before Acknowledge: a PLC writes Acknowledge = 0 before Trigger = 1 (handshake.py)
-        trigger = bool(await self._nodes[f"{cam}.Trigger"].read_value())
-        ack = bool(await self._nodes[f"{cam}.Acknowledge"].read_value())
-        return trigger, ack, str(await self._nodes[f"{cam}.TriggerPartId"].read_value() or "")
+        trigger = bool(self._read(cam, "Trigger"))
+        ack = bool(self._read(cam, "Acknowledge"))
+        return trigger, ack, str(self._read(cam, "TriggerPartId") or "")
