@@ -309,7 +309,7 @@ def latency(args: argparse.Namespace, bundle: Path, tmp: Path) -> None:
 
             async def until(name: str, value: bool) -> None:
                 while bool(await node(name).read_value()) != value:
-                    pass
+                    await asyncio.sleep(0.0005)  # the client shares the station's process: leave it the GIL
 
             out = []
             for _ in frames:
@@ -324,15 +324,18 @@ def latency(args: argparse.Namespace, bundle: Path, tmp: Path) -> None:
                 await write("Acknowledge", False)
             return out
 
-    with Station(cfg, detectors={"cam0": det}):
+    with Station(cfg, detectors={"cam0": det}) as station:
         ms = np.array(asyncio.run(plc())) * 1e3
+        inside = np.array([r["latency_ms"] for r in station.store.query()])
     lines = [
         f"Trigger to OPC UA ResultReady: {len(ms)} parts through the handshake (asyncua client as the PLC, "
         f"polling), 256x256 PNGs from a watched folder, backend {det.backend}, preset {args.preset}.",
         "",
-        "| trigger to ResultReady p50 ms | p99 ms | Detector.predict on the same files ms (mean) |",
-        "|---|---|---|",
-        f"| {np.percentile(ms, 50):.2f} | {np.percentile(ms, 99):.2f} | {predict_ms:.2f} |",
+        "| trigger to ResultReady p50 ms | p99 ms | station: trigger seen to result stored p50 ms | "
+        "Detector.predict on the same files ms (mean) |",
+        "|---|---|---|---|",
+        f"| {np.percentile(ms, 50):.2f} | {np.percentile(ms, 99):.2f} | {np.percentile(inside, 50):.2f} | "
+        f"{predict_ms:.2f} |",
     ]
     det.close()
     append_result("station", "\n".join(lines))
