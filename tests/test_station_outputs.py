@@ -112,28 +112,36 @@ class Subscriber:
 def test_mqtt_broker_stopped_mid_run_every_result_arrives_in_order(tmp_path: Path, bundle: Path,
                                                                    detector: Detector,
                                                                    images: list[np.ndarray]) -> None:
-    """The broker stops after the first results: inspection goes on (all results stored, messages wait
-    on disk), the broker starts again and every result arrives, in id order; a duplicate is only ever
-    the same message again (same id and part id): at-least-once."""
+    """Two cameras publish; the broker stops after the first results: inspection goes on (all results
+    stored, messages wait on disk), the broker starts again and every result arrives, in store id order
+    across both cameras' topics; a duplicate is only ever the same message again (same id and part id):
+    at-least-once."""
     pytest.importorskip("paho.mqtt.client")
     broker = Mosquitto(tmp_path).start()
     sub = Subscriber(broker.port)
-    inbox = tmp_path / "inbox"
-    inbox.mkdir()
+    top, side = tmp_path / "top", tmp_path / "side"
+    top.mkdir()
+    side.mkdir()
     outputs = f"[outputs.mqtt]\nhost = \"127.0.0.1\"\nport = {broker.port}\ntopic = \"aminet/{{camera}}/result\"\n"
-    cfg = load_config(toml_config(tmp_path, folder_camera("top", bundle, inbox), outputs=outputs))
+    cams = folder_camera("top", bundle, top) + folder_camera("side", bundle, side)
+    cfg = load_config(toml_config(tmp_path, cams, outputs=outputs))
+
+    def stored_count(station: Station) -> int:
+        return sum(sum(c["counts"].values()) for c in station.state()["cameras"].values())
+
     try:
         wait_for(sub.subscribed.is_set, "the subscription")
-        with Station(cfg, detectors={"top": detector}) as station:
-            write_images(inbox, images[:3], [f"a{i}.png" for i in range(3)])
+        with Station(cfg, detectors={"top": detector, "side": detector}) as station:
+            write_images(top, images[:3], [f"a{i}.png" for i in range(3)])
             wait_for(lambda: len({m["id"] for _, m in sub.messages}) == 3, "3 messages")
             broker.stop()
-            write_images(inbox, images, [f"b{i}.png" for i in range(6)])
-            wait_for(lambda: sum(station.state()["cameras"]["top"]["counts"].values()) == 9, "9 stored results")
+            write_images(top, images, [f"b{i}.png" for i in range(6)])
+            write_images(side, images[:4], [f"s{i}.png" for i in range(4)])
+            wait_for(lambda: stored_count(station) == 13, "13 stored results")
             state = station.state()["outputs"]["mqtt"]
-            assert state["queued"] >= 5 and state["failures"] >= 1  # waiting on disk, inspection not stalled
+            assert state["queued"] >= 9 and state["failures"] >= 1  # waiting on disk, inspection not stalled
             broker.start()
-            wait_for(lambda: len({m["id"] for _, m in sub.messages}) == 9, "all 9 messages after the restart")
+            wait_for(lambda: len({m["id"] for _, m in sub.messages}) == 13, "all 13 messages after the restart")
             assert station.state()["outputs"]["mqtt"]["dropped"] == 0
         rows = stored(cfg.store)
     finally:
@@ -141,11 +149,12 @@ def test_mqtt_broker_stopped_mid_run_every_result_arrives_in_order(tmp_path: Pat
         broker.stop()
     first_seen: dict[int, dict[str, Any]] = {}
     for topic, message in sub.messages:
-        assert topic == "aminet/top/result"
+        assert topic == f"aminet/{message['camera']}/result"
         if message["id"] in first_seen:
             assert message == first_seen[message["id"]]  # a re-send is the same message
         first_seen.setdefault(message["id"], message)
     assert list(first_seen) == [r["id"] for r in rows]  # every result, in order
+    assert {m["camera"] for m in first_seen.values()} == {"top", "side"}
     for row in rows:
         got = first_seen[row["id"]]
         assert (got["part_id"], got["score"], got["decision"]) == (row["part_id"], row["score"], row["decision"])

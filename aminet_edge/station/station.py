@@ -223,6 +223,8 @@ class Station:
         self.config = config
         self._stopping = threading.Event()
         self._started = False
+        # one frame at a time from store to outputs: ids, queue order and counters agree across threads
+        self._record_lock = threading.Lock()
         self.store = ResultStore(config.store)
         self.archive = NgArchive(config.archive, self.store, config.archive_max_files, config.archive_max_bytes)
         self.outputs: dict[str, Output] = {}
@@ -343,24 +345,26 @@ class Station:
 
     # -- one frame's outcome --------------------------------------------------------------------
     def _record(self, cam: Camera, frame: Frame, result: Any, error: str | None) -> Record:
-        """Store, archive and send one frame's outcome (from the camera's threads)."""
+        """Store, archive and send one frame's outcome (from the camera's threads; serialised, so every
+        output receives the results in store id order)."""
         decision = "ERROR" if result is None else ("NG" if result.is_anomaly else "OK")
         record = Record(time=frame.time, camera=cam.cfg.name, part_id=frame.part_id, ref=frame.ref,
                         origin=frame.origin, decision=decision, latency_ms=(time.time() - frame.time) * 1e3,
                         backend=str(getattr(cam.detector, "backend", "")), weights_sha256=cam.weights, error=error)
         if result is not None:
             record.score, record.normalized = float(result.score), float(result.normalized_score)
-        self.store.add(record)
-        if decision == "NG" and cam.cfg.archive_ng:
-            path = self.archive.submit(record.id, cam.cfg.name, frame.part_id, frame.time, frame.image, frame.bgr,
-                                       result)
-            record.image_path = None if path is None else str(path)
-        message = record.message()
-        cam.counts[decision] += 1
-        cam.last = message
-        for name in cam.cfg.outputs:
-            try:
-                self.outputs[name].publish(message)
-            except Exception as exc:  # noqa: BLE001 - one output's failure must not affect the others
-                log.error("camera %s: output %s refused result %d: %s", cam.cfg.name, name, record.id, exc)
+        with self._record_lock:
+            self.store.add(record)
+            if decision == "NG" and cam.cfg.archive_ng:
+                path = self.archive.submit(record.id, cam.cfg.name, frame.part_id, frame.time, frame.image,
+                                           frame.bgr, result)
+                record.image_path = None if path is None else str(path)
+            message = record.message()
+            cam.counts[decision] += 1
+            cam.last = message
+            for name in cam.cfg.outputs:
+                try:
+                    self.outputs[name].publish(message)
+                except Exception as exc:  # noqa: BLE001 - one output's failure must not affect the others
+                    log.error("camera %s: output %s refused result %d: %s", cam.cfg.name, name, record.id, exc)
         return record
