@@ -353,21 +353,27 @@ def test_video_file_free_run_and_software_trigger(tmp_path: Path, bundle: Path, 
 
 
 def test_sigterm_flushes_and_exits_cleanly(tmp_path: Path, bundle: Path, images: list[np.ndarray]) -> None:
-    """The CLI under SIGTERM (systemctl stop): every image already in the folder is in the store, exit 0."""
+    """The CLI under SIGTERM (systemctl stop): every image already in the folder is in the store, exit 0.
+    It runs where torch cannot be imported (an edge device): the station needs the runtime only."""
     inbox = tmp_path / "inbox"
     write_images(inbox, images[:3])
-    config = toml_config(tmp_path, folder_camera("top", bundle, inbox, 'backend = "onnxruntime"'))
-    proc = subprocess.Popen([sys.executable, "-m", "aminet_edge", "station", str(config)], stderr=subprocess.PIPE,
-                            text=True)
+    (inbox / "bad.png").write_bytes(b"not a png")  # an ERROR row; the others are NG (threshold ~0), archived
+    config = toml_config(tmp_path, folder_camera("top", bundle, inbox, 'backend = "onnxruntime"\nthreshold = 1e-12'))
+    child = ("import sys; sys.modules['torch'] = None; from aminet_edge.cli import main; "
+             f"sys.argv = ['aminet-edge', 'station', {str(config)!r}]; main()")
+    proc = subprocess.Popen([sys.executable, "-c", child], stderr=subprocess.PIPE, text=True)
     try:
         store = tmp_path / "st" / "results.db"
-        wait_for(lambda: store.is_file() and len(stored(store)) == 3, "3 stored results")
+        wait_for(lambda: store.is_file() and len(stored(store)) == 4, "4 stored results")
         proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=DEADLINE_S)
     finally:
         proc.kill() if proc.poll() is None else None
     assert proc.returncode == 0, err
     assert '"stopped": true' in err
+    rows = stored(store)
+    assert [r["decision"] for r in rows].count("NG") == 3 and [r["decision"] for r in rows].count("ERROR") == 1
+    assert all(Path(r["image_path"]).is_file() for r in rows if r["decision"] == "NG")  # archive flushed at stop
 
 
 # ---- GenICam: a GigE Vision camera simulated by Aravis on 127.0.0.1 ---------------------------------
