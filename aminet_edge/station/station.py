@@ -141,6 +141,8 @@ class Camera:
                     self.source.close()
                     opened = False
                     self._source_failed(exc, backoff)
+                    stop.wait(backoff)
+                    backoff = min(2 * backoff, RECONNECT_MAX_S)
         finally:
             self.source.close()
             with self._cond:
@@ -164,11 +166,15 @@ class Camera:
             part_id, when, origin = self._triggers.get(timeout=_POLL_S)
         except queue.Empty:
             return False
-        grab = self.source.grab(self.cfg.grab_timeout)
+        no_frame_id = part_id or f"{self.cfg.name}-{int(when * 1000)}"  # a trigger without id, and no frame
+        try:
+            grab = self.source.grab(self.cfg.grab_timeout)
+        except OSError as exc:  # the trigger still gets its answer, then the source is reopened
+            self._put(Frame(None, "trigger", no_frame_id, when, origin, error=f"the source failed: {exc}"))
+            raise
         if grab is None:
             error = f"no frame from the source within {self.cfg.grab_timeout:g} s of the trigger"
-            self._put(Frame(None, "trigger", part_id or f"{self.cfg.name}-{int(when * 1000)}", when, origin,
-                            error=error))
+            self._put(Frame(None, "trigger", no_frame_id, when, origin, error=error))
         else:
             self._put(Frame(grab.image, grab.ref, part_id or grab.part_id, when, origin, grab.bgr))
         return True
@@ -198,7 +204,10 @@ class Camera:
                     return
                 frame = self._frames.popleft()
                 self._cond.notify_all()
-            self._inspect(frame)
+            try:
+                self._inspect(frame)
+            except Exception as exc:  # noqa: BLE001 - e.g. the store's disk full: log it, keep the camera alive
+                log.error("camera %s: the result of %s was not recorded: %s", self.cfg.name, frame.ref, exc)
 
     def _inspect(self, frame: Frame) -> None:
         if frame.error is not None:
