@@ -377,10 +377,11 @@ def test_sigterm_flushes_and_exits_cleanly(tmp_path: Path, bundle: Path, images:
 
 
 # ---- GenICam: a GigE Vision camera simulated by Aravis on 127.0.0.1 ---------------------------------
-def test_genicam_camera_software_trigger(tmp_path: Path, bundle: Path) -> None:
+def test_genicam_camera_software_trigger_and_free_run(tmp_path: Path, bundle: Path) -> None:
     """arv-fake-gv-camera-0.8 is a GigE Vision camera on the loopback interface: each trigger takes one of
     its frames (TriggerSoftware) under the trigger's part id. Every frame is NG (threshold ~0), so the
-    archive holds the exact frames: Detector.predict on them gives the stored scores."""
+    archive holds the exact frames: Detector.predict on them gives the stored scores. Then the same camera
+    in free-run (continuous acquisition)."""
     fake = shutil.which("arv-fake-gv-camera-0.8")
     if fake is None:
         pytest.skip("Aravis' fake GigE Vision camera is not installed (apt-get install aravis-tools)")
@@ -403,10 +404,16 @@ def test_genicam_camera_software_trigger(tmp_path: Path, bundle: Path) -> None:
             for i in range(3):
                 station.trigger("gige", f"G-{i}")
             wait_for(lambda: station.state()["archive"]["files"] == 6, "3 archived frames")
+        rows = stored(cfg.store)
+        free = tmp_path / "free"
+        free.mkdir()
+        free_cfg = load_config(toml_config(free, cam.replace('trigger = "software"', 'trigger = "free-run"')))
+        with Station(free_cfg, detectors={"gige": det}) as station:  # continuous acquisition
+            wait_for(lambda: sum(station.state()["cameras"]["gige"]["counts"].values()) >= 3, "3 free-run frames")
+        assert {r["origin"] for r in stored(free_cfg.store)} == {"free-run"}
     finally:
         proc.terminate()
         proc.wait(timeout=30)
-    rows = stored(cfg.store)
     assert [r["part_id"] for r in rows] == ["G-0", "G-1", "G-2"] and {r["decision"] for r in rows} == {"NG"}
     assert all(r["ref"].startswith(f"Aravis-Fake-{serial}#") for r in rows)
     frames = [np.asarray(Image.open(r["image_path"])) for r in rows]

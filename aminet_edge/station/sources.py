@@ -189,7 +189,7 @@ class GenICamSource:
     """A GenICam camera through Aravis: `path` is its device id as Aravis lists it (e.g.
     "Basler-21234567", `arv-tool-0.8` prints them; "" = the first camera found). Pixel formats Mono8,
     Mono16 and RGB8 (set the camera's PixelFormat beforehand; Bayer formats are refused). Free-run: the
-    camera's continuous acquisition; software trigger: TriggerSoftware, one frame per grab. A camera whose
+    camera's continuous acquisition, triggers off; software trigger: TriggerSoftware, one frame per grab. A camera whose
     control connection is lost raises OSError (the station reconnects)."""
 
     FORMATS = {"Mono8": (np.uint8, 1), "Mono16": (np.uint16, 1), "RGB8": (np.uint8, 3)}
@@ -213,7 +213,8 @@ class GenICamSource:
                               f"(use {', '.join(self.FORMATS)})")
             if self.triggered:
                 camera.set_trigger("Software")
-            else:
+            else:  # triggers off (a previous run may have left TriggerSoftware on): the camera's frame rate
+                camera.clear_triggers()
                 camera.set_acquisition_mode(aravis.AcquisitionMode.CONTINUOUS)
             stream = camera.create_stream(None, None)
             for _ in range(_ARAVIS_BUFFERS):
