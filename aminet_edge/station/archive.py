@@ -111,33 +111,51 @@ class NgArchive:
         from aminet_edge.evaluation.heatmaps import result_overlay
 
         size = write_png_atomic(path, (np.clip(image, 0, 1) * 255 + 0.5).astype(np.uint8))
-        self.store.add_file(result_id, path, size, main=True)
         overlay = path.with_name(f"{path.stem}_overlay.png")
-        self.store.add_file(result_id, overlay, write_png_atomic(overlay, result_overlay(image, result)), main=False)
-        self.enforce()
+        overlay_size = write_png_atomic(overlay, result_overlay(image, result))
+        with self._lock:
+            self.store.add_file(result_id, path, size, main=True)
+            self.store.add_file(result_id, overlay, overlay_size, main=False)
+            self._enforce()
 
     def enforce(self) -> None:
         """Delete the oldest recorded files until the count and size limits hold."""
         with self._lock:
-            files, size = self.store.archive_usage()
-            while (self.max_files and files > self.max_files) or (self.max_bytes and size > self.max_bytes):
-                batch = self.store.oldest_files(max(1, files - self.max_files) if self.max_files else 16)
-                if not batch:
-                    return
-                for row_id, path, nbytes in batch:
-                    if not ((self.max_files and files > self.max_files) or (self.max_bytes and size > self.max_bytes)):
-                        return
-                    self._delete(Path(path))
-                    self.store.forget_file(row_id, path)
-                    files, size = files - 1, size - nbytes
+            self._enforce()
 
-    def _delete(self, path: Path) -> None:
+    def _enforce(self) -> None:
+        """enforce, with self._lock held."""
+        files, size = self.store.archive_usage()
+
+        def over() -> bool:
+            return bool((self.max_files and files > self.max_files) or (self.max_bytes and size > self.max_bytes))
+
+        while over():
+            batch = self.store.oldest_files(max(1, files - self.max_files) if self.max_files else 16)
+            if not batch:
+                return
+            for row_id, path, nbytes in batch:
+                if not over():
+                    return
+                removed = self._delete(Path(path))
+                self.store.forget_file(row_id, path)
+                self.deleted += removed
+                files, size = files - 1, size - nbytes
+
+    def usage(self) -> dict[str, int]:
+        """{"files", "bytes", "deleted", "skipped"}, consistent with each other (not mid-retention)."""
+        with self._lock:
+            files, size = self.store.archive_usage()
+            return {"files": files, "bytes": size, "deleted": self.deleted, "skipped": self.skipped}
+
+    def _delete(self, path: Path) -> bool:
+        """Delete an archived file if it lies inside the archive; True if a file was deleted."""
         resolved = path.resolve()
         if not resolved.is_relative_to(self.root):  # a record pointing elsewhere is dropped, never followed
             log.warning("archive record %s lies outside %s: record dropped, file left alone", path, self.root)
-            return
+            return False
         try:
             resolved.unlink()
-            self.deleted += 1
+            return True
         except FileNotFoundError:
-            pass
+            return False

@@ -346,11 +346,9 @@ class Station:
 
     def state(self) -> dict[str, Any]:
         """{"cameras": {name: camera state}, "outputs": {name: output state}, "archive": {...}} (JSON-ready)."""
-        files, size = self.store.archive_usage()
         return {"cameras": {n: c.state() for n, c in self.cameras.items()},
                 "outputs": {n: o.state() for n, o in self.outputs.items()},
-                "archive": {"files": files, "bytes": size, "deleted": self.archive.deleted,
-                            "skipped": self.archive.skipped}}
+                "archive": self.archive.usage()}
 
     # -- one frame's outcome --------------------------------------------------------------------
     def _record(self, cam: Camera, frame: Frame, result: Any, error: str | None) -> Record:
