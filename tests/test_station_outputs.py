@@ -357,3 +357,18 @@ def test_modbus_plc_handshake_with_a_real_client(tmp_path: Path, bundle: Path, d
         assert (got["id"], got["part"], got["decision"]) == (row["id"], part, 2 if ref.is_anomaly else 1)
         assert got["score"] == np.float32(ref.score) and got["normalized"] == np.float32(ref.normalized_score)
         assert got["counts"] == (ok, ng, 0)
+
+
+def test_a_port_in_use_is_a_clear_start_error(tmp_path: Path, bundle: Path, detector: Detector) -> None:
+    pytest.importorskip("pymodbus")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        inbox = tmp_path / "inbox"
+        inbox.mkdir()
+        outputs = f"[outputs.modbus]\nhost = \"127.0.0.1\"\nport = {port}\n"
+        cfg = load_config(toml_config(tmp_path, folder_camera("top", bundle, inbox), outputs=outputs))
+        station = Station(cfg, detectors={"top": detector})
+        with pytest.raises(OSError, match=f"Modbus/TCP server on 127.0.0.1:{port} did not start"):
+            station.start()

@@ -77,7 +77,10 @@ def run_cmd(config: str, check: bool) -> None:
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
-    station.start()
+    try:
+        station.start()
+    except OSError as exc:  # e.g. an output's port already in use
+        raise click.ClickException(f"the station could not start: {exc}") from exc
     click.echo(f"station running: {', '.join(station.cameras)}; outputs: {', '.join(station.outputs) or 'none'}",
                err=True)
     station.wait(stop=stop)

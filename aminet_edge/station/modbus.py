@@ -85,16 +85,13 @@ class ModbusOutput(HandshakeServer):
         self._task = asyncio.create_task(self._server.serve_forever())
         for cam, counts in self.counts.items():
             await self._set(cam, COUNTS, [*u32(counts["OK"]), *u32(counts["NG"]), *u32(counts["ERROR"])])
-        for _ in range(1000):  # listening once a connection is accepted
-            try:
-                _, writer = await asyncio.open_connection(self.cfg.host if self.cfg.host != "0.0.0.0" else "127.0.0.1",
-                                                          self.cfg.port)
-                writer.close()
+        for _ in range(1000):  # listening, or failed (e.g. the port in use)
+            if self._task.done():
+                raise OSError(f"Modbus/TCP server on {self.cfg.host}:{self.cfg.port} did not start: "
+                              f"{self._task.exception()}")
+            if self._server.is_active():
                 break
-            except OSError:
-                if self._task.done():
-                    self._task.result()  # raises the server's error (e.g. the port in use)
-                await asyncio.sleep(0.01)
+            await asyncio.sleep(0.01)
         log.info("Modbus/TCP server on %s:%d (device id %d)", self.cfg.host, self.cfg.port, DEVICE_ID)
 
     async def _shutdown(self) -> None:
