@@ -49,9 +49,14 @@ def bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return shared_bundle(tmp_path_factory)
 
 
+# the server's model and the in-process Detector run the same backend: `auto` measures, and two processes
+# timing the candidates on a busy machine may choose differently (results then differ in the last bits)
+BACKEND = "onnxruntime-split"
+
+
 @pytest.fixture(scope="module")
 def detector(bundle: Path) -> Detector:
-    det = Detector.load(bundle, batch_size=1)
+    det = Detector.load(bundle, batch_size=1, backend=BACKEND)
     yield det
     det.close()
 
@@ -70,7 +75,7 @@ def _serve(repo: Path) -> TritonServer:
 @pytest.fixture(scope="module")
 def main_server(bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> TritonServer:
     tmp = tmp_path_factory.mktemp("serving")
-    write_repository(bundle, tmp / "written", max_batch=4)
+    write_repository(bundle, tmp / "written", max_batch=4, backend=BACKEND)
     shutil.move(tmp / "written", tmp / "moved")  # self-contained: nothing points back at the bundle
     server = _serve(tmp / "moved")
     yield server
@@ -81,7 +86,7 @@ def main_server(bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> Trito
 @pytest.fixture(scope="module")
 def small_server(bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> TritonServer:
     repo = tmp_path_factory.mktemp("serving_small") / "repo"
-    write_repository(bundle, repo, max_batch=1, policy=QueuePolicy(max_delay_us=0, queue_size=2))
+    write_repository(bundle, repo, max_batch=1, policy=QueuePolicy(max_delay_us=0, queue_size=2), backend=BACKEND)
     server = _serve(repo)
     yield server
     server.stop(timeout=3)
