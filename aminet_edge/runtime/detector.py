@@ -234,7 +234,7 @@ class Detector:
     # -- construction ---------------------------------------------------------------------------
     @classmethod
     def load(cls, bundle: str | Path, backend: str = "auto", device: str = "cpu", threshold: ThresholdSpec = "normal",
-             sensitivity: float = 0.5, *, pixel_threshold: float | None = None, batch_size: int = 8,
+             sensitivity: float | None = None, *, pixel_threshold: float | None = None, batch_size: int = 8,
              limits: Limits | None = None, **backend_options: Any) -> "Detector":
         """Load `bundle` (a directory written by `aminet-edge train` / `export`) for inference.
 
@@ -247,7 +247,8 @@ class Detector:
             "aminet_edge.runtime".
         device: "cpu" or "cuda".
         threshold / sensitivity / pixel_threshold: the default decision rule (module docstring); each
-            `predict` call may override them.
+            `predict` call may override them. sensitivity None: the bundle's (calibration.sensitivity,
+            0.5 unless set on the line), else 0.5.
         batch_size: images per backend call in `predict` / `predict_batch` (capped by the backend's max).
         limits: image size limits (inputs.Limits).
         backend_options: passed to the backend, e.g. threads=4 (openvino, onnxruntime, torch),
@@ -261,6 +262,8 @@ class Detector:
         """
         bundle = Path(bundle)
         config = read_config(bundle)
+        if sensitivity is None:
+            sensitivity = config.calibration.sensitivity if config.calibration is not None else 0.5
         # thresholds first: a bad threshold argument should not cost a model load
         resolve_thresholds(config.calibration, threshold, pixel_threshold, sensitivity)
         if backend == "auto":
@@ -294,6 +297,18 @@ class Detector:
     def backend_description(self) -> str:
         """One line: the backend and what runs underneath."""
         return self._backend.describe()
+
+    @property
+    def sensitivity(self) -> float:
+        """The default sensitivity in force (module docstring)."""
+        return float(self._sensitivity)
+
+    def set_sensitivity(self, sensitivity: float) -> Thresholds:
+        """Change the default sensitivity for the calls that follow (in-flight calls keep theirs); returns
+        the new thresholds. ValueError outside [0, 1]. Persist it with `bundle.write_sensitivity`."""
+        thresholds = resolve_thresholds(self.config.calibration, self._threshold, self._pixel_threshold, sensitivity)
+        self._sensitivity, self.thresholds = float(sensitivity), thresholds
+        return thresholds
 
     # -- prediction -----------------------------------------------------------------------------
     def predict(self, x: Any, *, bgr: bool = False, threshold: ThresholdSpec | None = None,
