@@ -11,8 +11,12 @@ from __future__ import annotations
 import io
 import json
 import math
+import os
 import re
 import shutil
+import signal
+import subprocess
+import sys
 import tempfile
 import urllib.error
 import urllib.request
@@ -71,13 +75,16 @@ class Line:
     def __init__(self, root: Path, bundle: Path) -> None:
         self.bundle = root / "bundle"
         shutil.copytree(bundle, self.bundle, ignore=shutil.ignore_patterns("cache"))
-        self.inbox = root / "inbox"
+        self.inbox, self.side_inbox = root / "inbox", root / "side"
         self.inbox.mkdir()
-        path = toml_config(root, folder_camera("top", self.bundle, self.inbox),
+        self.side_inbox.mkdir()
+        cameras = folder_camera("top", self.bundle, self.inbox) + folder_camera("side", self.bundle, self.side_inbox)
+        path = toml_config(root, cameras,
                            station=f"[web]\nport = 0\ntoken = \"{TOKEN}\"\nng_thumbnails = 4\n")
         self.config = load_config(path)
         self.detector = Detector.load(self.bundle, backend="onnxruntime", batch_size=1)
-        self.station = Station(self.config, {"top": self.detector}).start()
+        self.side = Detector.load(self.bundle, backend="onnxruntime", batch_size=1)
+        self.station = Station(self.config, {"top": self.detector, "side": self.side}).start()
         assert self.config.web is not None
         self.view = LiveView(self.station, self.config.web).start()
         self.url = self.view.url
@@ -98,6 +105,7 @@ class Line:
         self.view.stop()
         self.station.stop()
         self.detector.close()
+        self.side.close()
 
 
 @pytest.fixture(scope="module")
@@ -239,6 +247,7 @@ def test_pause_and_resume(line: Line) -> None:
 def test_screenshot_shows_the_decision(line: Line, browser: Any) -> None:
     for i in (1, 3, 5, 0, 4):  # a few parts, NG ones among them, for the trend and the thumbnails
         last = line.push(i)
+    write_images(line.side_inbox, line.images[::-1], [f"side-{i}.png" for i in range(len(line.images))])
     browser.get(line.url)
     wait_for(lambda: last in text_of(browser, "#camera-top .part"), f"{last} on the page")
     wait_for(lambda: browser.execute_script(
@@ -251,8 +260,8 @@ def test_screenshot_shows_the_decision(line: Line, browser: Any) -> None:
     pixels = np.asarray(Image.open(io.BytesIO(png)).convert("L"), dtype=np.float64)
     assert pixels.std() > 20  # not blank: text, the frame and its heatmap
     target = Path(__file__).parent.parent / "docs" / "station-live.png"
-    if target.parent.is_dir() and __import__("os").environ.get("AMINET_WRITE_SCREENSHOT"):
-        Image.open(io.BytesIO(png)).convert("RGB").quantize(128).save(target, optimize=True)
+    if target.parent.is_dir() and os.environ.get("AMINET_WRITE_SCREENSHOT"):  # docs/station-live.png
+        Image.open(io.BytesIO(png)).convert("RGB").quantize(64).save(target, optimize=True)
 
 
 def test_page_weight_and_no_external_resources(line: Line) -> None:
@@ -266,3 +275,31 @@ def test_page_weight_and_no_external_resources(line: Line) -> None:
     total = len(html) + sum(len(get(a)) for a in assets)
     assert total < 500_000, f"the page weighs {total} bytes"
     assert not re.search(r"https?://", get("live.js").decode() + get("live.css").decode())
+
+
+def test_cli_serves_the_live_view_and_stops_on_sigterm(tmp_path: Path, line: Line) -> None:
+    """`aminet-edge station CONFIG --web 127.0.0.1:0` (port 0: any free one) prints where the view is;
+    SIGTERM ends both. A bad --web names the option."""
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    config = toml_config(tmp_path, folder_camera("top", line.bundle, inbox, 'backend = "onnxruntime"'))
+    cmd = [sys.executable, "-m", "aminet_edge", "station", str(config), "--web"]
+    bad = subprocess.run([*cmd, "localhost"], capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "--web" in bad.stderr and "give HOST:PORT" in bad.stderr
+    proc = subprocess.Popen([*cmd, "127.0.0.1:0"], stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stderr is not None
+        for text in proc.stderr:  # until the start line (or the end of the output: the process failed)
+            if "live view:" in text:
+                break
+        url = text.rsplit("live view: ", 1)[-1].strip()
+        assert url.startswith("http://127.0.0.1:"), text
+        with urllib.request.urlopen(url + "api/state", timeout=30) as resp:
+            state = json.load(resp)
+        assert list(state["cameras"]) == ["top"] and state["web"]["writable"] is False
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill() if proc.poll() is None else None
+    assert proc.returncode == 0, err
+    assert '"stopped": true' in err

@@ -49,9 +49,10 @@ async function drawTrend(name) {
   g.clearRect(0, 0, w, h);
   const vals = rows.flatMap(r => [r[1], r[2]]).filter(v => v !== null);
   if (!vals.length) return;
-  const top = Math.max(...vals) * 1.1 || 1;
+  const hi = Math.max(...vals), lo = Math.min(...vals), span = (hi - lo) || hi || 1;
+  const top = hi + 0.1 * span, bottom = Math.max(0, lo - 0.1 * span);
   const x = i => pad + (w - 2 * pad) * (rows.length < 2 ? 0.5 : i / (rows.length - 1));
-  const y = v => h - pad - (h - 2 * pad) * v / top;
+  const y = v => h - pad - (h - 2 * pad) * (v - bottom) / (top - bottom);
   g.strokeStyle = "#d62828"; g.setLineDash([6, 4]); g.beginPath();   // the threshold in force at each result
   rows.forEach((r, i) => { if (r[2] !== null) g.lineTo(x(i), y(r[2])); });
   g.stroke(); g.setLineDash([]);
