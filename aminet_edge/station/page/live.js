@@ -38,7 +38,6 @@ function showResult(m) {
   d.className = "decision " + m.decision;
   $(".part", c.node).textContent = `${m.part_id} · #${m.id}` + (m.score === null ? "" : ` · score ${m.score.toPrecision(4)}`);
   $(".frame", c.node).src = `/api/cameras/${encodeURIComponent(m.camera)}/frame.jpg?id=${m.id}`;
-  drawTrend(m.camera);
   if (m.decision === "NG") refreshNg(m.camera);
 }
 
@@ -95,6 +94,7 @@ function showState(s) {
     if (!c.sensEdited && cam.sensitivity !== null) $(".sens", c.node).value = cam.sensitivity;
     $(".controls", c.node).title = s.web.writable ? "" : "read-only: no token is configured";
     if (c.ngIds === "") refreshNg(name);
+    drawTrend(name);  // once a second, with the state
     if (cam.last && !$(".frame", c.node).src) showResult(cam.last);
     const lat = cam.latency_ms ? `${fmt(cam.latency_ms.p50)} / ${fmt(cam.latency_ms.p99)} ms` : "—";
     const up = cam.source === "running" || cam.source === "finished";
