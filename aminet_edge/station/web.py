@@ -46,7 +46,7 @@ TREND = 300  # results per camera in the score trend
 LATENCIES = 1000  # results per camera behind latency p50 / p99
 PUSH_S = 0.25  # a person reads 4 updates a second per camera; each costs the station a frame encoding
 STATE_S = 1.0
-FRAME_SIDE = 320  # pixels, the longer side of each panel of the live frame
+FRAME_SIDE = 192  # pixels, the longer side of each panel of the live frame (the page shows ~200)
 
 
 @dataclass
