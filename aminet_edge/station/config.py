@@ -310,7 +310,8 @@ def _camera(t: _Table, base: Path, outputs: tuple[str, ...], check_paths: bool) 
     cam = CameraConfig(
         name=name, source=_source(source_table, base, check_paths), bundle=bundle, url=url,
         backend=t.text("backend", "auto"), device=t.text("device", "cpu"), threshold=threshold,
-        sensitivity=None if "sensitivity" not in t.data else t.number("sensitivity", 0.5, 0.0, 1.0), trigger=t.text("trigger", "free-run", TRIGGERS),
+        sensitivity=None if "sensitivity" not in t.data else t.number("sensitivity", 0.5, 0.0, 1.0),
+        trigger=t.text("trigger", "free-run", TRIGGERS),
         queue=t.integer("queue", 4, 1, 10000), backpressure=t.text("backpressure", "block", BACKPRESSURE),
         archive_ng=t.flag("archive_ng", True), outputs=tuple(wanted),
         grab_timeout=t.number("grab_timeout", 5.0, 0.001, 3600.0))
@@ -351,7 +352,8 @@ def parse_config(data: dict[str, Any], base: Path, origin: str = "<config>",
     web = None
     if (t := root.table("web")) is not None:
         web = WebConfig(host=t.text("host", "127.0.0.1"), port=t.integer("port", 8090, 0, 65535),
-                        token=t.get("token", str, "", "a string"), ng_thumbnails=t.integer("ng_thumbnails", 12, 0, 1000))
+                        token=t.get("token", str, "", "a string"),
+                        ng_thumbnails=t.integer("ng_thumbnails", 12, 0, 1000))
         if web.token and len(web.token) < 16:
             raise t.fail("token", f"must be 16 characters or more (or \"\" for a read-only page), got {len(web.token)}")
         t.done()

@@ -9,7 +9,8 @@ server-sent event stream, served by aiohttp in its own thread (`aminet-edge stat
     GET  /api/cameras/{camera}/trend        the last TREND results: [[id, score, image threshold, decision], ...]
     GET  /api/cameras/{camera}/ng           the last `ng_thumbnails` NG results that have an archived image
     GET  /api/results/{id}/image, /overlay  an archived NG image, its overlay (PNG)
-    POST /api/cameras/{camera}/sensitivity  {"sensitivity": s}: Station.set_sensitivity (audited with the client's address)
+    POST /api/cameras/{camera}/sensitivity  {"sensitivity": s}: Station.set_sensitivity (audited, with the
+                                            client's address)
     POST /api/cameras/{camera}/pause, /resume
 
 Changes (POST) need `Authorization: Bearer <[web] token>`: no token sent -> 401, a wrong one -> 403
