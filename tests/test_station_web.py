@@ -18,6 +18,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -162,10 +163,22 @@ def test_page_loads_with_its_camera_and_health(line: Line, browser: Any) -> None
     assert "CPU: load" in text_of(browser, "#health-host")
 
 
+def read_events(url: str, parts: list[str]) -> None:
+    """A second event-stream client beside the page: the part ids of the `result` events it receives."""
+    with urllib.request.urlopen(url + "api/events", timeout=120) as stream:
+        for line in stream:
+            if line.startswith(b"data:") and b'"part_id"' in line and b'"cameras"' not in line:
+                parts.append(json.loads(line[5:])["part_id"])
+
+
 def test_a_pushed_frame_appears_with_its_decision(line: Line, browser: Any) -> None:
     browser.get(line.url)
+    wait_for(lambda: text_of(browser, "#link") == "live", "the event stream to open")
+    streamed: list[str] = []
+    threading.Thread(target=read_events, args=(line.url, streamed), daemon=True).start()
     part = line.push(1)
     wait_for(lambda: part in text_of(browser, "#camera-top .part"), f"{part} on the page")
+    wait_for(lambda: part in streamed, f"{part} on a second event stream")  # every stream is woken
     row = wait_for(lambda: line.row(part), f"{part} in the store")
     expected = line.detector.predict(line.images[1])  # the independent reference: the same model, same image
     assert row["decision"] == ("NG" if expected.is_anomaly else "OK")

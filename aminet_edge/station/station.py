@@ -361,6 +361,10 @@ class Station:
         from the camera's thread with the station's record lock held: it must return at once."""
         self._listeners.append(listener)
 
+    def remove_listener(self, listener: Callable[[Camera, Frame, Any, dict[str, Any]], None]) -> None:
+        with self._record_lock:
+            self._listeners.remove(listener)
+
     def wait(self, timeout: float | None = None, stop: threading.Event | None = None) -> bool:
         """Block until every camera finished (sources exhausted), `stop` is set, or `timeout` s passed;
         True when every camera finished."""

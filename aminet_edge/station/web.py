@@ -83,8 +83,8 @@ class LiveView:
         self.views = {name: _View() for name in station.cameras}
         self.url = ""
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._changed: asyncio.Event | None = None
-        self._stopping = asyncio.Event()  # replaced in the server's loop
+        self._changed = asyncio.Event()  # both replaced in the server's loop
+        self._stopping = asyncio.Event()
         self._flagged = False
         self._ready = threading.Event()
         self._error: BaseException | None = None
@@ -103,8 +103,11 @@ class LiveView:
         return self
 
     def stop(self) -> None:
-        if self._loop is not None and self._thread.is_alive():
-            self._loop.call_soon_threadsafe(self._stopping.set)
+        """Close the event streams and the server; the station goes on without the view."""
+        self.station.remove_listener(self._on_result)
+        loop, self._loop = self._loop, None
+        if loop is not None and self._thread.is_alive():
+            loop.call_soon_threadsafe(self._stopping.set)
             self._thread.join()
 
     def _serve(self) -> None:
@@ -149,14 +152,16 @@ class LiveView:
         view.trend.append((message["id"], message["score"], threshold, message["decision"]))
         if message["latency_ms"] is not None:
             view.latencies.append(message["latency_ms"])
-        if not self._flagged and self._loop is not None:
+        loop = self._loop
+        if not self._flagged and loop is not None:
             self._flagged = True
-            self._loop.call_soon_threadsafe(self._flag)
+            loop.call_soon_threadsafe(self._flag)
 
     def _flag(self) -> None:
+        """Wake every event stream waiting (each waits on the event it saw; the next ones get a new one)."""
         self._flagged = False
-        assert self._changed is not None
-        self._changed.set()
+        changed, self._changed = self._changed, asyncio.Event()
+        changed.set()
 
     # -- handlers -------------------------------------------------------------------------------
     async def _page(self, request: Any) -> Any:
@@ -186,11 +191,11 @@ class LiveView:
     async def _events(self, request: Any) -> Any:
         resp = self.web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
         await resp.prepare(request)
-        assert self._changed is not None
         sent: dict[str, int] = {}
         next_state = 0.0
         try:
             while not self._stopping.is_set():
+                changed = self._changed  # a result recorded from here on sets it
                 for name, view in self.views.items():
                     if view.message is not None and sent.get(name) != view.message["id"]:
                         sent[name] = view.message["id"]
@@ -198,9 +203,8 @@ class LiveView:
                 if time.monotonic() >= next_state:
                     next_state = time.monotonic() + STATE_S
                     await resp.write(f"event: state\ndata: {json.dumps(self.health())}\n\n".encode())
-                self._changed.clear()
                 try:
-                    await asyncio.wait_for(self._changed.wait(), STATE_S)
+                    await asyncio.wait_for(changed.wait(), STATE_S)
                 except asyncio.TimeoutError:
                     pass
                 await asyncio.sleep(PUSH_S)  # at most one push per PUSH_S, whatever the frame rate
