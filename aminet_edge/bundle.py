@@ -105,7 +105,8 @@ class Calibration:
     image_threshold: the image score above which an image is anomalous; pixel_threshold: the map value
     above which a pixel is in the binary mask. `*_source` says how each was chosen: "normal" (from
     held-out normal images only) or "f1" (F1-optimal on labelled images). sensitivity: the operating point
-    set on the line (`write_sensitivity`, the station's live view), `Detector.load`'s default; in [0, 1].
+    set on the line (`write_sensitivity`, from the station's live view), in [0, 1]: the station loads a camera
+    with it unless its config sets one; `Detector.load` and the C runtime take theirs as an argument (0.5).
     """
 
     image_threshold: float

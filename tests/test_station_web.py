@@ -40,6 +40,7 @@ from aminet_edge.runtime import Detector  # noqa: E402
 from aminet_edge.runtime.detector import resolve_thresholds  # noqa: E402
 from aminet_edge.station import Station, StationConfigError, load_config  # noqa: E402
 from aminet_edge.station.config import WebConfig  # noqa: E402
+from aminet_edge.station.station import load_detector  # noqa: E402
 from aminet_edge.station.web import LiveView, parse_address  # noqa: E402
 
 TOKEN = "test-token-0123456789abcdef"
@@ -218,9 +219,10 @@ def test_sensitivity_from_the_page_reaches_detector_bundle_and_audit(line: Line,
     part = line.push(2)
     row = wait_for(lambda: line.row(part), f"{part} in the store")
     assert row["score"] / row["normalized"] == pytest.approx(expected.image, rel=1e-6)
-    # a restarted station loads it from the bundle
-    with Detector.load(line.bundle, backend="onnxruntime") as again:
-        assert again.sensitivity == 0.8
+    # a restarted station loads it from the bundle (its config sets no sensitivity)
+    assert line.config.cameras[0].sensitivity is None
+    with load_detector(line.config.cameras[0]) as again:
+        assert again.sensitivity == 0.8 and again.thresholds == expected
 
 
 def test_changes_without_the_token_are_refused(line: Line, browser: Any, tmp_path: Path) -> None:

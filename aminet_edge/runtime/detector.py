@@ -234,7 +234,7 @@ class Detector:
     # -- construction ---------------------------------------------------------------------------
     @classmethod
     def load(cls, bundle: str | Path, backend: str = "auto", device: str = "cpu", threshold: ThresholdSpec = "normal",
-             sensitivity: float | None = None, *, pixel_threshold: float | None = None, batch_size: int = 8,
+             sensitivity: float = 0.5, *, pixel_threshold: float | None = None, batch_size: int = 8,
              limits: Limits | None = None, **backend_options: Any) -> "Detector":
         """Load `bundle` (a directory written by `aminet-edge train` / `export`) for inference.
 
@@ -247,8 +247,7 @@ class Detector:
             "aminet_edge.runtime".
         device: "cpu" or "cuda".
         threshold / sensitivity / pixel_threshold: the default decision rule (module docstring); each
-            `predict` call may override them. sensitivity None: the bundle's (calibration.sensitivity,
-            0.5 unless set on the line), else 0.5.
+            `predict` call may override them.
         batch_size: images per backend call in `predict` / `predict_batch` (capped by the backend's max).
         limits: image size limits (inputs.Limits).
         backend_options: passed to the backend, e.g. threads=4 (openvino, onnxruntime, torch),
@@ -262,8 +261,6 @@ class Detector:
         """
         bundle = Path(bundle)
         config = read_config(bundle)
-        if sensitivity is None:
-            sensitivity = config.calibration.sensitivity if config.calibration is not None else 0.5
         # thresholds first: a bad threshold argument should not cost a model load
         resolve_thresholds(config.calibration, threshold, pixel_threshold, sensitivity)
         if backend == "auto":

@@ -66,11 +66,16 @@ def load_detector(cam: CameraConfig) -> Any:
 
         return RemoteDetector(cam.url, threshold=cam.threshold,
                               sensitivity=0.5 if cam.sensitivity is None else cam.sensitivity)
+    from aminet_edge.bundle import read_config
     from aminet_edge.runtime import Detector
 
     assert cam.bundle is not None  # config: exactly one of bundle / url
+    sensitivity = cam.sensitivity
+    if sensitivity is None:  # the value last set on the line (live view), kept in the bundle's calibration
+        calibration = read_config(cam.bundle).calibration
+        sensitivity = 0.5 if calibration is None else calibration.sensitivity
     return Detector.load(cam.bundle, backend=cam.backend, device=cam.device, threshold=cam.threshold,
-                         sensitivity=cam.sensitivity)
+                         sensitivity=sensitivity)
 
 
 def weights_sha256(detector: Any) -> str:
