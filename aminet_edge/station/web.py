@@ -63,7 +63,7 @@ class _View:
 
 
 def parse_address(text: str) -> tuple[str, int]:
-    """"HOST:PORT" (or "[v6]:PORT", or ":PORT" for 127.0.0.1) -> (host, port); ValueError naming the problem."""
+    """`HOST:PORT` (or `[v6]:PORT`, or `:PORT` for 127.0.0.1) -> (host, port); ValueError naming the problem."""
     host, sep, port = text.rpartition(":")
     if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
         raise ValueError(f"{text!r}: give HOST:PORT, e.g. 127.0.0.1:8090")
