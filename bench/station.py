@@ -5,6 +5,7 @@ Usage:
   python bench/station.py overhead [--frames 300] [--preset tiny] [--backend auto]
   python bench/station.py throughput [--frames 100] [--cameras 4]
   python bench/station.py latency [--frames 50]
+  python bench/station.py web [--frames 100] [--cameras 4]
 
 soak: N cameras, each a generated video looped forever (free-run), each with its own Detector, all sent
 to MQTT through a mosquitto broker started here (when installed) and read back by a subscriber. RSS is
@@ -17,6 +18,9 @@ throughput: N cameras (free-run, one Detector each) over the same video against 
 `predict_batch` (batch 8) on all their frames.
 latency: a software-triggered camera driven over OPC UA by an asyncua client acting as the PLC: from
 writing Trigger to reading ResultReady = 1 (the client polls; its read round trip is included).
+web: N cameras at full rate (free-run video files) without the live view, then with the live view open in a
+headless Chromium on the same machine (Selenium, Debian's chromium-driver), runs interleaved, median of
+--repeats: the ratio of throughputs is the cost of watching.
 """
 
 from __future__ import annotations
@@ -341,9 +345,103 @@ def latency(args: argparse.Namespace, bundle: Path, tmp: Path) -> None:
     append_result("station", "\n".join(lines))
 
 
+# as tests/test_station_web.py starts it: no network, a fresh profile
+CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                  "--window-size=1280,1000")
+
+
+def _page_requests(url: str, stop: threading.Event, connected: threading.Event) -> None:
+    """What the page asks of the view, without rendering it: the event stream, and each pushed result's
+    frame (JPEG) and, once a second, the cameras' trends."""
+    import urllib.request
+
+    with urllib.request.urlopen(url + "api/events", timeout=60) as stream:
+        event = None
+        connected.set()
+        for line in stream:
+            if stop.is_set():
+                return
+            text = line.decode()
+            if text.startswith("event:"):
+                event = text.split()[1]
+            elif text.startswith("data:") and event == "result":
+                camera = json.loads(text[5:])["camera"]
+                urllib.request.urlopen(f"{url}api/cameras/{camera}/frame.jpg", timeout=60).read()
+            elif text.startswith("data:") and event == "state":
+                for camera in json.loads(text[5:])["cameras"]:
+                    urllib.request.urlopen(f"{url}api/cameras/{camera}/trend", timeout=60).read()
+
+
+def web(args: argparse.Namespace, bundle: Path, tmp: Path) -> None:
+    from selenium import webdriver
+
+    from aminet_edge.station import Station, load_config
+    from aminet_edge.station.config import WebConfig
+    from aminet_edge.station.web import LiveView
+
+    video = tmp / "camera.avi"
+    frames = write_video(video, args.frames)
+    options = webdriver.ChromeOptions()
+    options.binary_location = shutil.which("chromium") or "chromium"
+    for flag in (*CHROMIUM_FLAGS, f"--user-data-dir={tmp / 'chromium'}"):
+        options.add_argument(flag)
+    service = webdriver.ChromeService(executable_path=shutil.which("chromedriver") or "chromedriver")
+    browser = webdriver.Chrome(options=options, service=service)
+    modes = ("without the view", "view + the page's requests (no rendering)", "view + page open in Chromium")
+    seconds: dict[str, list[float]] = {m: [] for m in modes}
+    try:
+        for rep in range(args.repeats):
+            for k, mode in enumerate(modes):
+                run = tmp / f"run{rep}-{k}"
+                run.mkdir()
+                station = Station(load_config(config_text(run, bundle, video, args.cameras, args.backend, False,
+                                                          None, not args.no_archive)))
+                view = LiveView(station, WebConfig(port=0)).start() if k else None
+                stop, connected = threading.Event(), threading.Event()
+                if view is not None and k == 1:
+                    threading.Thread(target=_page_requests, args=(view.url, stop, connected), daemon=True).start()
+                    connected.wait(60)
+                if view is not None and k == 2:  # the page open, its event stream connected, before the first frame
+                    browser.get(view.url)
+                    deadline = time.monotonic() + 60
+                    while browser.execute_script("return document.querySelector('#link').textContent") != "live":
+                        if time.monotonic() > deadline:
+                            raise RuntimeError("the live view's page did not connect")
+                        time.sleep(0.05)
+                t = time.perf_counter()
+                station.start()
+                station.wait()
+                seconds[mode].append(time.perf_counter() - t)
+                stop.set()
+                if view is not None and k == 2:
+                    shown = browser.execute_script("return document.querySelectorAll('.camera').length")
+                    assert shown == args.cameras, f"the page showed {shown} cameras"
+                    browser.get("about:blank")
+                if view is not None:
+                    view.stop()
+                station.stop()
+    finally:
+        browser.quit()
+    n = len(frames) * args.cameras
+    base = float(np.median(seconds[modes[0]]))
+    lines = [
+        f"Station throughput with the live view: {args.cameras} cameras x {len(frames)} frames 256x256 "
+        f"(free-run video files, one Detector each, backend {args.backend}, "
+        f"{'no archive' if args.no_archive else 'NG archived'}), the three cases interleaved, median of "
+        f"{args.repeats}; client and browser on the same machine as the station.",
+        "",
+        "| case | frames/s | / without the view |",
+        "|---|---|---|",
+        *(f"| {m} | {n / float(np.median(seconds[m])):.1f} | {base / float(np.median(seconds[m])):.3f} |"
+          for m in modes),
+    ]
+    append_result("station", "\n".join(lines))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("mode", choices=["soak", "overhead", "throughput", "latency"])
+    parser.add_argument("mode", choices=["soak", "overhead", "throughput", "latency", "web"])
     parser.add_argument("--minutes", type=float, default=30.0, help="soak duration")
     parser.add_argument("--cameras", type=int, default=4)
     parser.add_argument("--frames", type=int, default=300, help="overhead, throughput, latency: frames per run")
@@ -355,7 +453,7 @@ def main() -> None:
     args = parser.parse_args()
     bundle = ensure_bundle(args.bundle, args.preset)
     with tempfile.TemporaryDirectory(prefix="aminet-station-bench-") as tmp:
-        {"soak": soak, "overhead": overhead, "throughput": throughput, "latency": latency}[args.mode](
+        {"soak": soak, "overhead": overhead, "throughput": throughput, "latency": latency, "web": web}[args.mode](
             args, bundle, Path(tmp))
 
 

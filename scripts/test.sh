@@ -38,4 +38,9 @@ command -v mosquitto >/dev/null || [ -x /usr/sbin/mosquitto ] \
          gir1.2-aravis-0.8 aravis-tools libgirepository1.0-dev libcairo2-dev pkg-config >/dev/null; }; } \
        && python -m pip install -q "PyGObject<3.51"; } \
   || echo "warning: Aravis / PyGObject could not be installed; the GenICam test will skip"
+# the station's live view is tested in a real headless Chromium through Selenium (Debian packages; those
+# tests skip if absent)
+{ command -v chromium >/dev/null && command -v chromedriver >/dev/null; } \
+  || { apt-get update -qq && apt-get install -y -qq chromium chromium-driver >/dev/null; } \
+  || echo "warning: chromium / chromium-driver could not be installed; the live view's browser tests will skip"
 python -m pytest -q -rs "$@"

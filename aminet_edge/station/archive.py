@@ -54,6 +54,13 @@ def write_png_atomic(path: Path, pixels: np.ndarray) -> int:
     return path.stat().st_size
 
 
+def frame_rgb(image: Any, bgr: bool) -> np.ndarray:
+    """A frame (a file path, or an (H, W[, C]) array in `bgr` or RGB order) as (H, W, 3) float32 RGB in [0, 1]."""
+    from aminet_edge.data.images import read_image, to_rgb_float
+
+    return read_image(image) if isinstance(image, (str, Path)) else to_rgb_float(image, bgr=bgr)
+
+
 class NgArchive:
     """Archive of NG images under `root`, limited to `max_files` files and `max_bytes` (0 = no limit).
 
@@ -95,13 +102,10 @@ class NgArchive:
         self._thread.join()
 
     def _run(self) -> None:
-        from aminet_edge.data.images import read_image, to_rgb_float
-
         while (item := self._queue.get()) is not None:
             path, result_id, image, bgr, result = item
             try:
-                rgb = read_image(image) if isinstance(image, (str, Path)) else to_rgb_float(image, bgr=bgr)
-                self.save(path, result_id, rgb, result)
+                self.save(path, result_id, frame_rgb(image, bgr), result)
             except Exception as exc:  # noqa: BLE001 - a full disk or a vanished file must not stop the archive
                 log.error("archive: NG image of result %d not archived: %s", result_id, exc)
 

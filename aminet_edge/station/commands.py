@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import signal
 import threading
@@ -64,12 +65,25 @@ def _config(path: str, check_paths: bool = True) -> Any:
 @station_cmd.command("run")
 @click.argument("config", type=click.Path(exists=True, dir_okay=False))
 @click.option("--check", is_flag=True, help="Validate CONFIG and exit.")
-def run_cmd(config: str, check: bool) -> None:
-    """Run the station of CONFIG until SIGTERM / SIGINT, or until every source is exhausted (video files)."""
+@click.option("--web", "web_address", metavar="HOST:PORT",
+              help="Serve the live view there (overrides CONFIG's [web] host and port; 127.0.0.1:8090 by default).")
+def run_cmd(config: str, check: bool, web_address: str | None) -> None:
+    """Run the station of CONFIG until SIGTERM / SIGINT, or until every source is exhausted (video files).
+    With --web or a [web] table in CONFIG, also its live view (docs/station.md, "Live view")."""
     from aminet_edge.cli import _run
+    from aminet_edge.station.config import WebConfig
     from aminet_edge.station.station import Station
 
     cfg = _config(config)
+    web_cfg = cfg.web
+    if web_address is not None:
+        from aminet_edge.station.web import parse_address
+
+        try:
+            host, port = parse_address(web_address)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="--web") from exc
+        web_cfg = dataclasses.replace(web_cfg or WebConfig(), host=host, port=port)
     if check:
         click.echo(f"{config}: ok ({len(cfg.cameras)} camera(s))")
         return
@@ -81,10 +95,21 @@ def run_cmd(config: str, check: bool) -> None:
         station.start()
     except OSError as exc:  # e.g. an output's port already in use
         raise click.ClickException(f"the station could not start: {exc}") from exc
-    click.echo(f"station running: {', '.join(station.cameras)}; outputs: {', '.join(station.outputs) or 'none'}",
-               err=True)
+    view = None
+    if web_cfg is not None:
+        from aminet_edge.station.web import LiveView
+
+        try:
+            view = LiveView(station, web_cfg).start()
+        except (OSError, ImportError) as exc:  # the port in use; aiohttp missing
+            station.stop()
+            raise click.ClickException(f"the station could not start: {exc}") from exc
+    click.echo(f"station running: {', '.join(station.cameras)}; outputs: {', '.join(station.outputs) or 'none'}"
+               + (f"; live view: {view.url}" if view is not None else ""), err=True)
     station.wait(stop=stop)
     flushed = station.stop()
+    if view is not None:
+        view.stop()
     click.echo(json.dumps({"stopped": True, "flushed": flushed}), err=True)
 
 

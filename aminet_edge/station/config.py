@@ -36,6 +36,12 @@ outbox_max = 100000            # messages one output may hold while it is down; 
                                # dropped and counted (the result itself stays in the store)
 flush_timeout = 10.0           # seconds SIGTERM waits for the outputs to deliver their queues
 
+[web]                          # the live view (also: aminet-edge station CONFIG --web HOST:PORT)
+host = "127.0.0.1"             # the address it listens on; another one opens it to the network
+port = 8090
+token = ""                     # changes (sensitivity, pause/resume) need this token; "" = read-only page
+ng_thumbnails = 12             # NG parts shown per camera
+
 # Outputs, each optional. A camera sends to all of them unless it lists its own (cameras.outputs).
 [outputs.mqtt]                 # QoS 1, JSON, one topic per camera, at-least-once (deduplicate by "id")
 host = "127.0.0.1"
@@ -60,7 +66,8 @@ bundle = "runs/bottle"         # a trained bundle; or url = "http://10.0.0.5:800
 backend = "auto"               # Detector backend (auto, openvino, onnxruntime, tensorrt, torch, ...)
 device = "cpu"                 # cpu or cuda
 threshold = "normal"           # normal, f1 or a raw score
-sensitivity = 0.5              # 0 flags least, 0.5 = calibrated threshold, 1 flags most
+sensitivity = 0.5              # 0 flags least, 0.5 = calibrated threshold, 1 flags most; leave it out to
+                               # use the bundle's (the value last set from the live view, else 0.5)
 trigger = "free-run"           # free-run: every frame the source gives; software: one frame per trigger
                                # (OPC UA / Modbus handshake or Station.trigger), part id from the trigger
 queue = 4                      # frames waiting between acquisition and inspection
@@ -117,7 +124,7 @@ class CameraConfig:
     backend: str = "auto"
     device: str = "cpu"
     threshold: str | float = "normal"
-    sensitivity: float = 0.5
+    sensitivity: float | None = None  # None: the bundle's (calibration.sensitivity)
     trigger: str = "free-run"
     queue: int = 4
     backpressure: str = "block"
@@ -154,6 +161,16 @@ class ModbusConfig:
 
 
 @dataclass(frozen=True)
+class WebConfig:
+    """The live view (aminet_edge.station.web): where it listens, the token that allows changes ("" = none)."""
+
+    host: str = "127.0.0.1"
+    port: int = 8090
+    token: str = ""
+    ng_thumbnails: int = 12
+
+
+@dataclass(frozen=True)
 class StationConfig:
     """The whole station; paths are absolute (resolved against the config file's folder)."""
 
@@ -169,6 +186,7 @@ class StationConfig:
     webhook: WebhookConfig | None = None
     opcua: OpcuaConfig | None = None
     modbus: ModbusConfig | None = None
+    web: WebConfig | None = None
     source: str = "<config>"
 
     def camera(self, name: str) -> CameraConfig:
@@ -292,7 +310,8 @@ def _camera(t: _Table, base: Path, outputs: tuple[str, ...], check_paths: bool) 
     cam = CameraConfig(
         name=name, source=_source(source_table, base, check_paths), bundle=bundle, url=url,
         backend=t.text("backend", "auto"), device=t.text("device", "cpu"), threshold=threshold,
-        sensitivity=t.number("sensitivity", 0.5, 0.0, 1.0), trigger=t.text("trigger", "free-run", TRIGGERS),
+        sensitivity=None if "sensitivity" not in t.data else t.number("sensitivity", 0.5, 0.0, 1.0),
+        trigger=t.text("trigger", "free-run", TRIGGERS),
         queue=t.integer("queue", 4, 1, 10000), backpressure=t.text("backpressure", "block", BACKPRESSURE),
         archive_ng=t.flag("archive_ng", True), outputs=tuple(wanted),
         grab_timeout=t.number("grab_timeout", 5.0, 0.001, 3600.0))
@@ -330,6 +349,14 @@ def parse_config(data: dict[str, Any], base: Path, origin: str = "<config>",
         modbus = ModbusConfig(host=t.text("host", "0.0.0.0"), port=t.integer("port", 5020, 1, 65535))
         t.done()
     outs.done()
+    web = None
+    if (t := root.table("web")) is not None:
+        web = WebConfig(host=t.text("host", "127.0.0.1"), port=t.integer("port", 8090, 0, 65535),
+                        token=t.get("token", str, "", "a string"),
+                        ng_thumbnails=t.integer("ng_thumbnails", 12, 0, 1000))
+        if web.token and len(web.token) < 16:
+            raise t.fail("token", f"must be 16 characters or more (or \"\" for a read-only page), got {len(web.token)}")
+        t.done()
     configured = tuple(n for n, c in zip(OUTPUT_NAMES, (mqtt, webhook, opcua, modbus)) if c is not None)
     cams_data = root.get("cameras", list, ..., "an array of [[cameras]] tables")
     if not cams_data:
@@ -347,7 +374,7 @@ def parse_config(data: dict[str, Any], base: Path, origin: str = "<config>",
         archive_max_files=st.integer("archive_max_files", 10000),
         archive_max_bytes=int(st.number("archive_max_mb", 2048.0) * (1 << 20)),
         outbox_max=st.integer("outbox_max", 100000, 1), flush_timeout=st.number("flush_timeout", 10.0, 0, 3600),
-        mqtt=mqtt, webhook=webhook, opcua=opcua, modbus=modbus, source=origin)
+        mqtt=mqtt, webhook=webhook, opcua=opcua, modbus=modbus, web=web, source=origin)
     st.done()
     root.done()
     return cfg

@@ -16,7 +16,11 @@
   next start), then everything closes. A restart resumes: counters come from the store, a folder source
   skips the files the store already has, the outboxes send what they still hold.
 
-`state()` is the per-camera and per-output state a status view polls (a plain dict, JSON-ready).
+`state()` is the per-camera and per-output state a status view polls (a plain dict, JSON-ready);
+`add_listener` gives a view each frame's outcome as it is recorded (the live view, station/web.py).
+`pause` / `resume` a camera (a paused free-run camera grabs nothing; a paused software-triggered one
+answers each trigger with an ERROR result), `set_sensitivity` changes a camera's decision rule at once,
+keeps it in the bundle's calibration and audits it in the store.
 """
 
 from __future__ import annotations
@@ -60,12 +64,18 @@ def load_detector(cam: CameraConfig) -> Any:
     if cam.url is not None:
         from aminet_edge.serving import RemoteDetector
 
-        return RemoteDetector(cam.url, threshold=cam.threshold, sensitivity=cam.sensitivity)
+        return RemoteDetector(cam.url, threshold=cam.threshold,
+                              sensitivity=0.5 if cam.sensitivity is None else cam.sensitivity)
+    from aminet_edge.bundle import read_config
     from aminet_edge.runtime import Detector
 
     assert cam.bundle is not None  # config: exactly one of bundle / url
+    sensitivity = cam.sensitivity
+    if sensitivity is None:  # the value last set on the line (live view), kept in the bundle's calibration
+        calibration = read_config(cam.bundle).calibration
+        sensitivity = 0.5 if calibration is None else calibration.sensitivity
     return Detector.load(cam.bundle, backend=cam.backend, device=cam.device, threshold=cam.threshold,
-                         sensitivity=cam.sensitivity)
+                         sensitivity=sensitivity)
 
 
 def weights_sha256(detector: Any) -> str:
@@ -84,6 +94,7 @@ class Camera:
         self.reconnects = 0
         self.source_status = "starting"
         self.last: dict[str, Any] | None = None
+        self.paused = False
         self._frames: deque[Frame] = deque()
         self._cond = threading.Condition()
         self._triggers: queue.Queue[tuple[str | None, float, str]] = queue.Queue()
@@ -113,9 +124,12 @@ class Camera:
     def state(self) -> dict[str, Any]:
         with self._cond:
             waiting = len(self._frames)
+        thresholds = getattr(self.detector, "thresholds", None)
         return {"source": self.source_status, "trigger": self.cfg.trigger, "queued": waiting,
                 "counts": dict(self.counts), "dropped": self.dropped, "reconnects": self.reconnects,
-                "last": self.last}
+                "last": self.last, "paused": self.paused, "backend": str(getattr(self.detector, "backend", "")),
+                "model": self.cfg.bundle or self.cfg.url, "sensitivity": getattr(self.detector, "sensitivity", None),
+                "threshold": None if thresholds is None else thresholds.image}
 
     # -- acquisition ----------------------------------------------------------------------------
     def _acquire(self) -> None:
@@ -132,6 +146,9 @@ class Camera:
                         backoff = min(2 * backoff, RECONNECT_MAX_S)
                         continue
                     opened, backoff, self.source_status = True, RECONNECT_FIRST_S, "running"
+                if self.paused and self.cfg.trigger == "free-run":
+                    stop.wait(_POLL_S)
+                    continue
                 try:
                     if self.source.exhausted or not self._step():
                         if self.source.exhausted:
@@ -167,6 +184,9 @@ class Camera:
         except queue.Empty:
             return False
         no_frame_id = part_id or f"{self.cfg.name}-{int(when * 1000)}"  # a trigger without id, and no frame
+        if self.paused:
+            self._put(Frame(None, "trigger", no_frame_id, when, origin, error="the camera is paused"))
+            return True
         try:
             grab = self.source.grab(self.cfg.grab_timeout)
         except OSError as exc:  # the trigger still gets its answer, then the source is reopened
@@ -237,6 +257,8 @@ class Station:
         self.store = ResultStore(config.store)
         self.archive = NgArchive(config.archive, self.store, config.archive_max_files, config.archive_max_bytes)
         self.outputs: dict[str, Output] = {}
+        self._listeners: list[Callable[[Camera, Frame, Any, dict[str, Any]], None]] = []
+        self._settings_lock = threading.Lock()
         detectors = dict(detectors or {})
         self._owned: list[Any] = []  # the detectors loaded here (closed by stop)
         try:
@@ -304,6 +326,49 @@ class Station:
         if camera not in self.cameras:
             raise KeyError(f"no camera named {camera!r} (cameras: {', '.join(self.cameras)})")
         self.cameras[camera].trigger(part_id, origin)
+
+    def camera(self, name: str) -> Camera:
+        """The camera named `name`; KeyError naming the cameras there are."""
+        if name not in self.cameras:
+            raise KeyError(f"no camera named {name!r} (cameras: {', '.join(self.cameras)})")
+        return self.cameras[name]
+
+    def pause(self, camera: str) -> None:
+        """Stop taking frames from `camera` (frames already taken are inspected); `resume` goes on."""
+        self.camera(camera).paused = True
+
+    def resume(self, camera: str) -> None:
+        self.camera(camera).paused = False
+
+    def set_sensitivity(self, camera: str, sensitivity: float, address: str = "api") -> tuple[float, float]:
+        """Apply `sensitivity` (in [0, 1]) to `camera`'s detector for the frames that follow, keep it in its
+        bundle's calibration (config.json, written atomically) and audit it in the store (table
+        sensitivity_changes, with `address`: who asked). Returns (old, new). ValueError: out of range, or
+        a camera whose model is served remotely (its bundle is not here to keep the value in)."""
+        from aminet_edge.bundle import write_sensitivity
+        from aminet_edge.runtime.detector import sensitivity_factor
+
+        cam = self.camera(camera)
+        sensitivity_factor(sensitivity)  # range check before anything changes
+        if cam.cfg.bundle is None or not hasattr(cam.detector, "set_sensitivity"):
+            raise ValueError(f"camera {camera!r} has no local bundle (url = {cam.cfg.url}): set its sensitivity "
+                             "in the config")
+        with self._settings_lock:
+            old = float(cam.detector.sensitivity)
+            write_sensitivity(cam.cfg.bundle, sensitivity)
+            cam.detector.set_sensitivity(sensitivity)
+            self.store.add_sensitivity_change(time.time(), camera, old, float(sensitivity), address)
+        log.info("camera %s: sensitivity %g -> %g (from %s)", camera, old, sensitivity, address)
+        return old, float(sensitivity)
+
+    def add_listener(self, listener: Callable[[Camera, Frame, Any, dict[str, Any]], None]) -> None:
+        """Call `listener(camera, frame, result or None, message)` for each frame once it is stored and sent,
+        from the camera's thread with the station's record lock held: it must return at once."""
+        self._listeners.append(listener)
+
+    def remove_listener(self, listener: Callable[[Camera, Frame, Any, dict[str, Any]], None]) -> None:
+        with self._record_lock:
+            self._listeners.remove(listener)
 
     def wait(self, timeout: float | None = None, stop: threading.Event | None = None) -> bool:
         """Block until every camera finished (sources exhausted), `stop` is set, or `timeout` s passed;
@@ -374,4 +439,9 @@ class Station:
                     self.outputs[name].publish(message)
                 except Exception as exc:  # noqa: BLE001 - one output's failure must not affect the others
                     log.error("camera %s: output %s refused result %d: %s", cam.cfg.name, name, record.id, exc)
+            for listener in self._listeners:
+                try:
+                    listener(cam, frame, result, message)
+                except Exception as exc:  # noqa: BLE001 - a view's failure must not affect the inspection
+                    log.error("camera %s: a listener failed on result %d: %s", cam.cfg.name, record.id, exc)
         return record

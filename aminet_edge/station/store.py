@@ -13,6 +13,8 @@ Table `results` (one row per frame, in the order the station decided them):
     weights_sha256  TEXT, the bundle's weights the model was made from
     error           TEXT, why a frame gave no verdict (NULL when OK/NG)
     image_path      TEXT, the archived NG image (NULL when not archived or since deleted by retention)
+Table `sensitivity_changes`: the audit of sensitivity changes made while running (the live view):
+    id, time (epoch s, UTC), camera, old, new (REAL), address TEXT (the client's IP address)
 Table `archive_files`: every file the NG archive wrote (path, bytes, result id); retention deletes the
 oldest of these only, and only inside the archive folder.
 
@@ -41,6 +43,9 @@ CREATE TABLE IF NOT EXISTS results (
 CREATE INDEX IF NOT EXISTS results_time ON results (time);
 CREATE INDEX IF NOT EXISTS results_camera_time ON results (camera, time);
 CREATE INDEX IF NOT EXISTS results_camera_ref ON results (camera, ref);
+CREATE TABLE IF NOT EXISTS sensitivity_changes (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, time REAL NOT NULL, camera TEXT NOT NULL, old REAL NOT NULL,
+    new REAL NOT NULL, address TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS archive_files (
     id INTEGER PRIMARY KEY AUTOINCREMENT, result_id INTEGER NOT NULL, path TEXT NOT NULL UNIQUE,
     bytes INTEGER NOT NULL);
@@ -135,6 +140,36 @@ class ResultStore:
             rows = self._db.execute(sql + " ORDER BY id", args).fetchall()
         for row in rows:
             yield dict(zip(COLUMNS, row))
+
+    def last_ng(self, camera: str, limit: int) -> list[dict[str, Any]]:
+        """The `limit` latest NG rows of `camera` that still have an archived image, newest first."""
+        with self._lock:
+            rows = self._db.execute(f"SELECT {', '.join(COLUMNS)} FROM results WHERE camera = ? AND decision = 'NG' "
+                                    "AND image_path IS NOT NULL ORDER BY id DESC LIMIT ?", (camera, limit)).fetchall()
+        return [dict(zip(COLUMNS, row)) for row in rows]
+
+    def row(self, result_id: int) -> dict[str, Any] | None:
+        """The row of result `result_id`, None if there is none."""
+        with self._lock:
+            row = self._db.execute(f"SELECT {', '.join(COLUMNS)} FROM results WHERE id = ?", (result_id,)).fetchone()
+        return None if row is None else dict(zip(COLUMNS, row))
+
+    def add_sensitivity_change(self, when: float, camera: str, old: float, new: float, address: str) -> int:
+        """Audit one sensitivity change (table `sensitivity_changes`); returns its id."""
+        with self._lock:
+            cur = self._db.execute("INSERT INTO sensitivity_changes (time, camera, old, new, address) "
+                                   "VALUES (?, ?, ?, ?, ?)", (when, camera, old, new, address))
+        return int(cur.lastrowid or 0)
+
+    def sensitivity_changes(self, camera: str | None = None) -> list[dict[str, Any]]:
+        """The audited sensitivity changes in order, optionally of one camera."""
+        sql = "SELECT id, time, camera, old, new, address FROM sensitivity_changes"
+        args: tuple[str, ...] = ()
+        if camera is not None:
+            sql, args = sql + " WHERE camera = ?", (camera,)
+        with self._lock:
+            rows = self._db.execute(sql + " ORDER BY id", args).fetchall()
+        return [dict(zip(("id", "time", "camera", "old", "new", "address"), r)) for r in rows]
 
     # -- archive file records (aminet_edge.station.archive owns the files) -----------------------
     def add_file(self, result_id: int, path: Path, size: int, main: bool) -> None:
