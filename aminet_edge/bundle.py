@@ -104,7 +104,9 @@ class Calibration:
 
     image_threshold: the image score above which an image is anomalous; pixel_threshold: the map value
     above which a pixel is in the binary mask. `*_source` says how each was chosen: "normal" (from
-    held-out normal images only) or "f1" (F1-optimal on labelled images).
+    held-out normal images only) or "f1" (F1-optimal on labelled images). sensitivity: the operating point
+    set on the line (`write_sensitivity`, from the station's live view), in [0, 1]: the station loads a camera
+    with it unless its config sets one; `Detector.load` and the C runtime take theirs as an argument (0.5).
     """
 
     image_threshold: float
@@ -115,6 +117,7 @@ class Calibration:
     normal_pixel_stats: dict[str, float] = field(default_factory=dict)  # mean, std, max, q999
     f1_image_threshold: float | None = None
     f1_pixel_threshold: float | None = None
+    sensitivity: float = 0.5
 
 
 @dataclass
@@ -301,6 +304,8 @@ def _calibration(data: Any, where: str) -> Calibration | None:
             _number(where, f"calibration.{name}", value, positive=True)
     for name in ("image_source", "pixel_source"):
         _text(where, f"calibration.{name}", getattr(cal, name), ("normal", "f1"))
+    if not 0.0 <= cal.sensitivity <= 1.0:
+        raise _fail(where, "calibration.sensitivity", f"must be in [0, 1], got {cal.sensitivity!r}")
     for name in ("normal_image_scores", "normal_pixel_stats"):
         for k, v in getattr(cal, name).items():
             if not isinstance(v, bool):  # held_out is a flag; the rest are finite numbers
@@ -532,6 +537,18 @@ def write_config(bundle: str | Path, config: BundleConfig) -> Path:
     data = config.to_json()
     validate_config(json.loads(json.dumps(data)), f"{path} (being written)")  # never write what cannot load
     return atomic_write_text(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
+
+
+def write_sensitivity(bundle: str | Path, sensitivity: float) -> float:
+    """Keep `sensitivity` (in [0, 1]) in `bundle`'s calibration (config.json rewritten atomically); returns
+    the value it replaces. BundleError when the bundle has no calibration."""
+    config = read_config(bundle)
+    if config.calibration is None:
+        raise BundleError(f"{Path(bundle) / CONFIG_FILE}: no calibration to keep a sensitivity in")
+    old = config.calibration.sensitivity
+    config.calibration = dataclasses.replace(config.calibration, sensitivity=float(sensitivity))
+    write_config(bundle, config)
+    return old
 
 
 # ---- paths and checksums ------------------------------------------------------------------------------

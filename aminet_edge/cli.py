@@ -35,6 +35,7 @@ LAZY_COMMANDS = {
     "benchmark": "aminet_edge.runtime.commands:benchmark_cmd",
     "triton-repo": "aminet_edge.serving.commands:triton_repo_cmd",
     "serve": "aminet_edge.serving.commands:serve_cmd",
+    "station": "aminet_edge.station.commands:station_cmd",
 }
 
 

@@ -50,8 +50,9 @@ def write_temp(path: str | Path, produce: Callable[[Path], object]) -> Path:
     os.close(fd)
     try:
         produce(tmp)
-        if stat.S_IMODE(os.stat(tmp).st_mode) != mode:  # a writer that replaced the file (safetensors: 0600)
-            os.chmod(tmp, mode)
+        now = stat.S_IMODE(os.stat(tmp).st_mode)
+        if now | mode != now:  # a writer that replaced the file narrower (safetensors: 0600); bits it added stay
+            os.chmod(tmp, now | mode)
         _fsync(tmp)
     except BaseException:
         tmp.unlink(missing_ok=True)

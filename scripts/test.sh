@@ -26,4 +26,21 @@ command -v shellcheck >/dev/null || { apt-get update -qq && apt-get install -y -
 command -v mcs >/dev/null && command -v mono >/dev/null \
   || { apt-get update -qq && apt-get install -y -qq mono-mcs mono-runtime >/dev/null; } \
   || echo "warning: mono-mcs / mono-runtime could not be installed; the C# example's test will skip"
+# the station's MQTT tests run a real broker (Debian package; those tests skip if absent)
+command -v mosquitto >/dev/null || [ -x /usr/sbin/mosquitto ] \
+  || { apt-get update -qq && apt-get install -y -qq mosquitto >/dev/null; } \
+  || echo "warning: mosquitto could not be installed; the station's MQTT tests will skip"
+# the GenICam test runs Aravis' simulated GigE Vision camera (aravis-tools) through PyGObject, which builds
+# against the introspection and cairo headers; PyGObject 3.51+ needs girepository-2.0 (glib >= 2.80), newer
+# than Debian 12's, hence the bound (the test skips if any of it is missing)
+{ command -v arv-fake-gv-camera-0.8 >/dev/null && python -c "import gi" 2>/dev/null; } \
+  || { { command -v arv-fake-gv-camera-0.8 >/dev/null || { apt-get update -qq && apt-get install -y -qq \
+         gir1.2-aravis-0.8 aravis-tools libgirepository1.0-dev libcairo2-dev pkg-config >/dev/null; }; } \
+       && python -m pip install -q "PyGObject<3.51"; } \
+  || echo "warning: Aravis / PyGObject could not be installed; the GenICam test will skip"
+# the station's live view is tested in a real headless Chromium through Selenium (Debian packages; those
+# tests skip if absent)
+{ command -v chromium >/dev/null && command -v chromedriver >/dev/null; } \
+  || { apt-get update -qq && apt-get install -y -qq chromium chromium-driver >/dev/null; } \
+  || echo "warning: chromium / chromium-driver could not be installed; the live view's browser tests will skip"
 python -m pytest -q -rs "$@"

@@ -99,6 +99,7 @@ def both_sizes(d: dict, size: int) -> None:  # type: ignore[type-arg]
     (lambda d: d["calibration"].update(pixel_threshold=0), "'calibration.pixel_threshold' must be > 0"),
     (lambda d: d["calibration"].update(f1_image_threshold=NAN), "'calibration.f1_image_threshold' must be finite"),
     (lambda d: d["calibration"].update(image_source="magic"), "'calibration.image_source' must be one of"),
+    (lambda d: d["calibration"].update(sensitivity=1.5), "'calibration.sensitivity' must be in \\[0, 1\\]"),
     (lambda d: d["calibration"]["normal_image_scores"].update(mean=NAN),
      "'calibration.normal_image_scores.mean' must be finite"),
     (lambda d: d.update(calibration=[]), "'calibration' must be a JSON object, got list"),

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
+
+OVERLAY_MAX_SIDE = 1024  # overlays of larger inputs are downscaled (three panels side by side)
 
 
 def jet(values: np.ndarray) -> np.ndarray:
@@ -51,3 +54,21 @@ def save_overlay(path: str | Path, image: np.ndarray, amap: np.ndarray, truth: n
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(overlay_panels(image, amap, vmin, vmax, truth, pred_mask)).save(path)
     return path
+
+
+def result_overlay(image: np.ndarray, result: Any, max_side: int = OVERLAY_MAX_SIDE) -> np.ndarray:
+    """`overlay_panels` of a Detector Result: (h, 3w, 3) uint8, downscaled to `max_side` at most.
+
+    image: (H, W, 3) float RGB in [0, 1] at the Result's map resolution. The pixel threshold sits at
+    mid-scale of the colours: red above it, blue well below.
+    """
+    from aminet_edge.data.images import resize_plane, resize_rgb
+
+    amap, mask = result.anomaly_map, result.mask
+    h, w = amap.shape
+    scale = max_side / max(h, w)
+    if scale < 1:
+        hw = (max(1, round(h * scale)), max(1, round(w * scale)))
+        image, amap = resize_rgb(image, hw), resize_plane(amap, hw)
+        mask = amap > result.thresholds.pixel
+    return overlay_panels(image, amap, 0.0, 2.0 * result.thresholds.pixel, None, mask)

@@ -18,7 +18,6 @@ import numpy as np
 from aminet_edge.runtime.backends import BACKENDS
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".pgm", ".ppm", ".pnm"}
-OVERLAY_MAX_SIDE = 1024  # overlays of larger inputs are downscaled (three panels side by side)
 
 
 def _threshold(value: str) -> str | float:
@@ -98,19 +97,13 @@ def overlay_path(overlay_dir: Path, source: str, used: set[str]) -> Path:
 
 
 def _overlay(path: Path, source: str, result: Any) -> None:
-    from aminet_edge.data.images import read_image, resize_plane, resize_rgb
-    from aminet_edge.evaluation.heatmaps import save_overlay
+    from PIL import Image
 
-    image = read_image(source)
-    amap, mask = result.anomaly_map, result.mask
-    h, w = amap.shape
-    scale = OVERLAY_MAX_SIDE / max(h, w)
-    if scale < 1:
-        hw = (max(1, round(h * scale)), max(1, round(w * scale)))
-        image, amap = resize_rgb(image, hw), resize_plane(amap, hw)
-        mask = amap > result.thresholds.pixel
-    # the pixel threshold sits at mid-scale: red above it, blue well below
-    save_overlay(path, image, amap, None, vmin=0.0, vmax=2.0 * result.thresholds.pixel, pred_mask=mask)
+    from aminet_edge.data.images import read_image
+    from aminet_edge.evaluation.heatmaps import result_overlay
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(result_overlay(read_image(source), result)).save(path)
 
 
 @click.command("predict")

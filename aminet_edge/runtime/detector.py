@@ -295,6 +295,18 @@ class Detector:
         """One line: the backend and what runs underneath."""
         return self._backend.describe()
 
+    @property
+    def sensitivity(self) -> float:
+        """The default sensitivity in force (module docstring)."""
+        return float(self._sensitivity)
+
+    def set_sensitivity(self, sensitivity: float) -> Thresholds:
+        """Change the default sensitivity for the calls that follow (in-flight calls keep theirs); returns
+        the new thresholds. ValueError outside [0, 1]. Persist it with `bundle.write_sensitivity`."""
+        thresholds = resolve_thresholds(self.config.calibration, self._threshold, self._pixel_threshold, sensitivity)
+        self._sensitivity, self.thresholds = float(sensitivity), thresholds
+        return thresholds
+
     # -- prediction -----------------------------------------------------------------------------
     def predict(self, x: Any, *, bgr: bool = False, threshold: ThresholdSpec | None = None,
                 sensitivity: float | None = None, pixel_threshold: float | None = None) -> Result | list[Result]:

@@ -238,11 +238,14 @@ def _params(params: dict[str, str]) -> str:
 
 
 def bundle_parameter(run: Path) -> dict[str, str]:
-    """The bundle's config.json (without training record and artifact list) as the served model's
-    `aminet_bundle` parameter: clients read thresholds and model sizes from it (RemoteDetector)."""
+    """The bundle's config.json (without training record, and of the artifacts only the weights' record)
+    as the served model's `aminet_bundle` parameter: clients read thresholds and model sizes from it
+    (RemoteDetector), and which weights it is (the station stores their sha256 with every result)."""
     data = json.loads((run / CONFIG_FILE).read_text())
     data.pop("train", None)
-    data.pop("artifacts", None)
+    weights = (data.pop("artifacts", None) or {}).get("weights")
+    if weights is not None:
+        data["artifacts"] = {"weights": weights}
     return {BUNDLE_PARAMETER: json.dumps(data, separators=(",", ":"))}
 
 
