@@ -211,3 +211,34 @@ def test_train_leaves_a_checkpoint_name_that_is_no_file(run: Path, tmp_path: Pat
                             "--epochs", "1", "--quiet", *extra)
         assert code == 1 and "checkpoint.pt is not a regular file" in output and "Traceback" not in output, output
     assert _digests(run) == before and victim.read_text() == "user data"
+
+
+def test_station_archive_never_overwrites_an_archived_image(tmp_path: Path) -> None:
+    """A station restarted the same day with a new result store (results.db deleted or moved, the archive
+    kept) numbers its results from 1 again: its NG images replaced the earlier ones of the same ids."""
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from aminet_edge.station.archive import NgArchive
+    from aminet_edge.station.store import ResultStore
+
+    image = np.full((16, 16, 3), 0.5, np.float32)
+    result = SimpleNamespace(anomaly_map=np.zeros((16, 16), np.float32), mask=np.zeros((16, 16), bool),
+                             thresholds=SimpleNamespace(pixel=1.0))
+    paths = []
+    for db in ("first.db", "second.db"):
+        store = ResultStore(tmp_path / db)
+        archive = NgArchive(tmp_path / "archive", store, 0, 0)
+        path = archive.path_for(1, "cam", "part", 0.0)
+        archive.save(path, 1, image if db == "first.db" else 1 - image * 0.5, result)  # type: ignore[arg-type]
+        with pytest.raises(FileExistsError, match="exists .archived by a station with another result store"):
+            archive.save(path, 1, image, result)  # type: ignore[arg-type]  # a name taken meanwhile
+        paths.append(path)
+        archive.close()
+        store.close()
+        if db == "first.db":
+            kept = path.read_bytes()
+    assert paths[1].name == "000000001_part-2.png" and paths[0].read_bytes() == kept
+    assert sorted(p.name for p in paths[0].parent.iterdir()) == [
+        "000000001_part-2.png", "000000001_part-2_overlay.png", "000000001_part.png", "000000001_part_overlay.png"]
