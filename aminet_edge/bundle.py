@@ -369,10 +369,35 @@ def validate_config(data: Any, where: str = CONFIG_FILE) -> BundleConfig:
         backbone_source=_text(where, "backbone_source", data.get("backbone_source", "")),
         artifacts=_object(where, "artifacts", data.get("artifacts", {})),
         version=_text(where, "aminet_edge_version", data.get("aminet_edge_version", "")), schema_version=version)
+    _check_train(config.train, where)
     _check_guide(config, where)
     if not config.legacy:
         _check_artifacts(config, where)
     return config
+
+
+def _check_train(train: dict[str, Any], where: str) -> None:
+    """The training record's fields that set-mask and export re-derive the training split from (seed,
+    holdout_fraction, few_shot, images, held_out, split: {"fit", "held_out": [[name, sha256], ...]}), where
+    present: their types and ranges."""
+    if "seed" in train:
+        _integer(where, "train.seed", train["seed"])
+    if "holdout_fraction" in train and not 0 <= _number(where, "train.holdout_fraction", train["holdout_fraction"]) < 1:
+        raise _fail(where, "train.holdout_fraction", f"must be in [0, 1), got {train['holdout_fraction']!r}")
+    if train.get("few_shot") is not None:
+        _integer(where, "train.few_shot", train["few_shot"], minimum=1)
+    for name in ("images", "held_out"):
+        if name in train:
+            _integer(where, f"train.{name}", train[name], minimum=0)
+    if "split" in train:
+        split = _object(where, "train.split", train["split"])
+        for part in ("fit", "held_out"):
+            entries = split.get(part)
+            if not isinstance(entries, list) or not all(
+                    isinstance(e, list) and len(e) == 2 and isinstance(e[0], str) and _HEX64.fullmatch(str(e[1]))
+                    for e in entries):
+                raise _fail(where, f"train.split.{part}", "must be a list of [image name, sha256 hex digest] "
+                            f"pairs, got {_short(entries)}")
 
 
 def _check_guide(config: BundleConfig, where: str) -> None:
@@ -435,6 +460,17 @@ def _check_artifacts(config: BundleConfig, where: str) -> None:
         _record(where, f"artifacts.engines[{i}]", rec, {
             "backend": ENGINE_BACKENDS, "precision": ENGINE_PRECISIONS, "graph": GRAPHS, "target": str,
             "builder_version": str, "compute_capabilities": list, **derived})
+    # one file, one kind of record (else the check of one stands for the other): only graphs share a file
+    # (a split int8 export records the fp32 model_a as model_a_int8 too), with one content
+    seen: dict[PurePosixPath, tuple[str, dict[str, Any]]] = {}
+    for name, rec in [*((("artifacts.weights", artifacts["weights"]),) if "weights" in artifacts else ()),
+                      *(("artifacts.onnx." + k, r) for k, r in artifacts.get("onnx", {}).items()),
+                      *((f"artifacts.engines[{i}]", r) for i, r in enumerate(engines))]:
+        first, other = seen.setdefault(PurePosixPath(rec["path"]), (name, rec))
+        graphs = first.startswith("artifacts.onnx.") and name.startswith("artifacts.onnx.")
+        if first != name and not (graphs and other["sha256"] == rec["sha256"]):
+            raise _fail(where, f"{name}.path", f"{rec['path']!r} is the file {first} records: each file of a "
+                        "bundle has one record; " + REEXPORT.format(bundle="RUN"))
     for name, rec in [*(("artifacts.onnx." + k, r) for k, r in artifacts.get("onnx", {}).items()),
                       *((f"artifacts.engines[{i}]", r) for i, r in enumerate(engines))]:
         if rec["input_size"] != config.model.image_size:
@@ -746,14 +782,18 @@ def stray_files(bundle: str | Path, config: BundleConfig) -> list[Path]:
 def owned_bundle(bundle: str | Path, also: tuple[str, ...] = ()) -> BundleConfig | None:
     """The config of the bundle at `bundle` when it is one, None when there is nothing there yet (or only
     the files named in `also`, e.g. a training's checkpoint). BundleError, before anything is written,
-    when `bundle` is a file, an unreadable bundle, or a folder holding other files (temporary files a
-    crashed write left, aminet_edge.files.TEMP_NAME, do not count): aminet-edge writes
-    into (and deletes recorded files of) a directory it owns only."""
+    when `bundle` is a file, an unreadable bundle, a folder holding other files (temporary files a crashed
+    write left, aminet_edge.files.TEMP_NAME, do not count), or one of `also` that is not a regular file
+    (a folder, a link): aminet-edge writes into (and deletes recorded files of) a directory it owns only."""
     root = Path(bundle)
     if not os.path.lexists(root):
         return None
     if not root.is_dir():
         raise BundleError(f"{root} exists and is not a directory: choose another output folder")
+    for name in also:  # the caller writes (replaces) these: each must be a regular file if present
+        if os.path.lexists(root / name) and not stat.S_ISREG(os.lstat(root / name).st_mode):
+            raise BundleError(f"{root / name} is not a regular file (a folder or a link) where aminet-edge writes "
+                              f"its {name}: it is left alone; move it away or choose another output folder")
     if os.path.lexists(root / CONFIG_FILE):
         try:
             return read_config(root)
@@ -768,6 +808,17 @@ def owned_bundle(bundle: str | Path, also: tuple[str, ...] = ()) -> BundleConfig
     return None
 
 
+def refuse_output_overlap(bundle: str | Path, out: str | Path, what: str, kind: str = "folder") -> None:
+    """BundleError if the output `out` (a `kind`: "folder" or "file", named `what` in the message) is,
+    contains or lies inside the bundle folder `bundle` (links resolved): a bundle's files are written by
+    the verbs that record them only, never over by an output (`evaluate --json RUN/config.json`)."""
+    r, o = Path(bundle).resolve(), Path(out).resolve()
+    relation = "is" if r == o else "contains" if o in r.parents else "lies inside" if r in o.parents else None
+    if relation:
+        raise BundleError(f"{out}: {what} {relation} the bundle {bundle}; choose a {kind} outside the bundle "
+                          "(outputs are never written over, around or into a bundle)")
+
+
 def remove_recorded(bundle: str | Path, old: BundleConfig, reason: str) -> list[Path]:
     """Delete the files `old` (the config.json just replaced) records that the bundle's current
     config.json does not, each logged with `reason`; never a file outside the bundle or through a link."""
@@ -778,11 +829,15 @@ def remove_recorded(bundle: str | Path, old: BundleConfig, reason: str) -> list[
     return removed
 
 
-def install_artifacts(bundle: str | Path, staged: dict[Path, Path],
-                      record: Callable[[BundleConfig], None]) -> BundleConfig:
+def install_artifacts(bundle: str | Path, staged: dict[Path, Path], record: Callable[[BundleConfig], None],
+                      made: BundleConfig) -> BundleConfig:
     """Put graph or engine files in place and record them, so that a crash at any instant leaves a
     loadable bundle. staged: {temporary file (aminet_edge.files.write_temp): its final path in the bundle};
-    record(config): adds their records to config.artifacts (the files are in place when it runs).
+    record(config): adds their records to config.artifacts (the files are in place when it runs);
+    made: the config the files were made from. When the bundle's weights or what its graphs compute
+    (input size, graph_computes) changed since (a training or set-mask finished meanwhile), nothing is
+    installed (the temporary files are deleted) and BundleError says to export again: the files would be
+    recorded as computing what they do not.
 
     A final path already recorded and holding the same content keeps its file (nothing renamed); one
     recorded with other content (or missing) is first un-recorded (config.json written), then replaced: a crash in between
@@ -790,6 +845,15 @@ def install_artifacts(bundle: str | Path, staged: dict[Path, Path],
     written last."""
     bundle = Path(bundle)
     config = read_config(bundle)
+
+    def makes(c: BundleConfig) -> tuple[Any, ...]:
+        return (c.artifacts.get("weights") or {}).get("sha256"), c.model.image_size, graph_computes(c)
+
+    if makes(config) != makes(made):
+        for tmp in staged:
+            Path(tmp).unlink(missing_ok=True)
+        raise BundleError(f"{bundle} changed while its files were made (retrained, set-mask or config.json "
+                          f"edited meanwhile): nothing was installed; " + REEXPORT.format(bundle=bundle))
     by_path = {r["path"]: r for r in [*(config.artifacts.get("onnx") or {}).values(),
                                       *(config.artifacts.get("engines") or [])]}
     moves, replaced = [], set()

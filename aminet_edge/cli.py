@@ -89,7 +89,7 @@ def main() -> None:
               help="Model size preset; the options below override it.")
 @click.option("--backbone", help="wide_resnet50_2 (paper) or efficientnet_lite0/1/2.")
 @click.option("--weights", type=click.Path(exists=True, dir_okay=False), help="Backbone weights file.")
-@click.option("--image-size", type=click.IntRange(min=16), help="Input side in pixels, a multiple of 16.")
+@click.option("--image-size", type=click.IntRange(min=16), help="Input side in pixels, a multiple of 16, at most 1024.")
 @click.option("--embed-dim", type=click.IntRange(min=4))
 @click.option("--heads", type=click.IntRange(min=1))
 @click.option("--depth", type=click.IntRange(min=1), help="Inpainting transformer blocks.")
@@ -171,8 +171,11 @@ def evaluate_cmd(run: str, data: str, json_path: str | None, heatmaps: str | Non
                  report: str | None, baseline: str | None, bank_size: int | None, quiet: bool) -> None:
     """Score DATA's test split with the bundle RUN and print image/pixel metrics."""
     from aminet_edge.evaluation.evaluate import evaluate_bundle
+    from aminet_edge.bundle import refuse_output_overlap
     from aminet_edge.evaluation.report import write_report
 
+    if report:
+        _run(refuse_output_overlap, run, report, "--report", "file")
     metrics = _run(evaluate_bundle, run, data, json_path=json_path, heatmaps=heatmaps, progress=not quiet,
                    device=device, workers=workers, baseline=baseline, bank_cap=bank_size)
     if report:

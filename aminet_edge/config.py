@@ -52,6 +52,10 @@ ImageScore = Literal["std", "max"]
 MASKS = ("adaptive", "nearest_normal")  # ModelConfig.mask: the paper's, or this project's variant
 SCORE_MAPS = ("reconstruction", "reconstruction+guide")  # ScoreConfig.map: the paper's, or this project's variant
 MAX_SIGMA = 64.0  # ScoreConfig.sigma's upper bound, pixels: a wider Gaussian blurs any map of this model flat
+# ModelConfig.image_size's upper bound, pixels: attention memory grows as (image_size / 16) ** 4 (4096 px
+# needs ~17 GB per head), and a mistyped size must be an error, not a process killed out of memory
+MAX_IMAGE_SIZE = 1024
+MAX_LR = 1.0  # TrainConfig.lr's upper bound: AdamW moves every weight by about lr per step (1e300: a torch overflow)
 PIXEL_RANGE = (0.0, 1.0)  # preprocess mean and std are in units of pixel values scaled to [0, 1]
 CACHE_DTYPES = ("float32", "float16", "bfloat16")  # feature-cache dtypes (TrainConfig.cache_dtype)
 
@@ -95,6 +99,9 @@ class ModelConfig:
             raise ValueError(
                 f"image_size={self.image_size} must be a multiple of 4 * patch_size = {4 * self.patch_size}"
             )
+        if self.image_size > MAX_IMAGE_SIZE:
+            raise ValueError(f"image_size={self.image_size} is above the maximum {MAX_IMAGE_SIZE} px (the model's "
+                             "attention memory grows as (image_size / 16) ** 4): resize or tile larger images")
         if self.embed_dim % self.num_heads:
             raise ValueError(f"embed_dim={self.embed_dim} is not divisible by num_heads={self.num_heads}")
         if self.embed_dim % 4:
@@ -145,8 +152,8 @@ class TrainConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
-        if not (math.isfinite(self.lr) and self.lr > 0):
-            raise ValueError(f"lr must be a finite number > 0, got {self.lr!r}")
+        if not (math.isfinite(self.lr) and 0 < self.lr <= MAX_LR):
+            raise ValueError(f"lr must be a finite number in (0, {MAX_LR:g}], got {self.lr!r}")
         if len(self.betas) != 2 or not all(math.isfinite(b) and 0 <= b < 1 for b in self.betas):
             raise ValueError(f"betas must be two numbers in [0, 1), got {self.betas!r}")
         if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):

@@ -123,6 +123,14 @@ def both_sizes(d: dict, size: int) -> None:  # type: ignore[type-arg]
     (lambda d: d.update(artifacts={"engines": [dict(ENGINE, backend="openvino")]}),
      "'artifacts.engines\\[0\\].backend' must be one of tensorrt, tensorrt_rtx"),
     (lambda d: d.update(artifacts={"weights": dict(GRAPH, path="C:/w.safetensors")}), "relative to the bundle"),
+    (lambda d: both_sizes(d, 4096), "'model' inconsistent: image_size=4096 is above the maximum 1024"),
+    # the training record set-mask and export re-derive the split from (a wrong type was a deep TypeError)
+    (lambda d: d["train"].update(seed="x"), "'train.seed' must be an integer, got 'x'"),
+    (lambda d: d["train"].update(holdout_fraction=5), "'train.holdout_fraction' must be in \\[0, 1\\), got 5"),
+    (lambda d: d["train"].update(few_shot=-3), "'train.few_shot' must be >= 1, got -3"),
+    (lambda d: d["train"].update(images=None), "'train.images' must be an integer, got None"),
+    (lambda d: d["train"].update(split={"fit": [1, 2], "held_out": []}), "'train.split.fit' must be a list of"),
+    (lambda d: d["train"].update(split={"fit": [], "held_out": [["a.png", None]]}), "'train.split.held_out' must be"),
 ])
 def test_bad_bundles_are_named(tmp_path: Path, change, message: str) -> None:  # type: ignore[no-untyped-def]
     """Every field is checked at read, and the one BundleError names the file and the field."""

@@ -30,7 +30,7 @@ def test_paper_defaults() -> None:
 
 @pytest.mark.parametrize("field, value", [
     ("epochs", 0), ("epochs", -1), ("epochs", 1.5), ("batch_size", 0), ("lr", 0.0), ("lr", -1e-4),
-    ("lr", math.nan), ("lr", math.inf), ("betas", (0.9, 1.0)), ("weight_decay", -0.1),
+    ("lr", math.nan), ("lr", math.inf), ("lr", 1e300), ("betas", (0.9, 1.0)), ("weight_decay", -0.1),
     ("holdout_fraction", 1.0), ("holdout_fraction", -0.1), ("cache_dtype", "int8"),
 ])
 def test_train_config_ranges(field: str, value: object) -> None:
@@ -43,5 +43,9 @@ def test_model_config_rejects_non_positive_size() -> None:
     for size in (0, -16):
         with pytest.raises(ValueError, match="image_size"):
             ModelConfig(image_size=size).validate()
+    # a mistyped size (25600 for 256) must be an error, not a training killed out of memory
+    with pytest.raises(ValueError, match="image_size=25600 is above the maximum 1024"):
+        ModelConfig(image_size=25600).validate()
+    ModelConfig(image_size=1024).validate()
     with pytest.raises(ValueError, match="w_cos"):
         from_dict(TrainConfig, {"loss": {"w_cos": -1.0}}).validate()

@@ -167,3 +167,29 @@ def test_export_int8_validates_on_the_recorded_held_out_split(tmp_path: Path) ->
     verdict = "accepted" if record["accepted"] else "refused"
     assert f"model_int8: {verdict}: {100 * record['mask_tokens_changed']:.3f} % of mask tokens changed" in res.output
     assert f"of {held} held-out normal images changed" in res.output and f"images of {data}" in res.output
+
+
+def test_a_graph_replaced_while_validated_gets_no_verdict(int8_bundle: Path, tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """A re-export finishing while the int8 graphs are validated: its new, unvalidated model_int8 got the
+    old graph's verdict ("accepted": auto then timed it); the other graph's verdict is still recorded."""
+    import aminet_edge.runtime.int8_validation as validation
+
+    bundle = Path(shutil.copytree(int8_bundle, tmp_path / "bundle", ignore=shutil.ignore_patterns("cache")))
+    compared = validation.compare
+    replaced: list[str] = []
+
+    def concurrent(*args, **kwargs):  # type: ignore[no-untyped-def]
+        if not replaced:
+            config = read_config(bundle)
+            config.artifacts["onnx"]["model_int8"]["sha256"] = "0" * 64  # another graph in its place
+            write_config(bundle, config)
+            replaced.append("model_int8")
+        return compared(*args, **kwargs)
+
+    monkeypatch.setattr(validation, "compare", concurrent)
+    results = validate_int8(bundle, generated_images()[:2])
+    assert not isinstance(results["model_int8"], str)  # validated: the graph it loaded
+    graphs = read_config(bundle).artifacts["onnx"]
+    assert "validation" not in graphs["model_int8"]
+    assert graphs["model_b_int8"]["validation"] == dataclasses.asdict(results["model_b_int8"])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
 
 import numpy as np
@@ -153,6 +154,21 @@ def test_disk_cache_is_reused(data: Path, tmp_path: Path) -> None:
     assert calls
 
 
+def test_a_damaged_disk_cache_is_computed_again(data: Path, tmp_path: Path) -> None:
+    """A cache whose record was cut short (a crash mid-write) or whose array has another shape is computed
+    again with a warning naming it, not a JSON error naming no file (train was stuck until it was found)."""
+    torch.manual_seed(0)
+    ext = build_feature_extractor("efficientnet_lite0", image_size=64, pretrained=False)
+    paths = sorted(str(p) for p in (data / "train" / "good").glob("*.png"))[:2]
+    first = build_feature_cache(ext, paths, 64, ext.mean, ext.std, "float32", tmp_path, progress=False).clone()
+    (meta,), (array,) = tmp_path.glob("features-*.json"), tmp_path.glob("features-*.npy")
+    for damage in (lambda: meta.write_text('{"compl'), lambda: np.save(array, np.zeros((2, 3), np.float32))):
+        damage()
+        again = build_feature_cache(ext, paths, 64, ext.mean, ext.std, "float32", tmp_path, progress=False)
+        assert torch.equal(again, first)
+        assert json.loads(meta.read_text())["complete"] is True and np.load(array).shape == tuple(first.shape)
+
+
 def test_bad_data_root(tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
     with pytest.raises(ValueError, match="no known data layout"):
@@ -164,6 +180,9 @@ def test_bad_data_root(tmp_path: Path) -> None:
     ({"train_cfg": TrainConfig(batch_size=0)}, "batch_size"), ({"train_cfg": TrainConfig(lr=0.0)}, "lr"),
     ({"few_shot": 0}, "few_shot"), ({"checkpoint_every": 0}, "checkpoint_every"),
     ({"model": ModelConfig(image_size=0)}, "image_size"),
+    # huge values: a torch overflow after the output folder was made, an OverflowError traceback, an OOM kill
+    ({"train_cfg": TrainConfig(lr=1e300)}, "lr"), ({"gpu_cache_gb": 1e300}, "gpu_cache_gb"),
+    ({"model": ModelConfig(image_size=25600)}, "image_size"),
 ])
 def test_out_of_range_settings_write_nothing(data: Path, tmp_path: Path, kw: dict, field: str) -> None:
     args = {"model": SMALL, "train_cfg": TrainConfig(epochs=1), "pretrained": False, "progress": False} | kw

@@ -12,7 +12,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from aminet_edge.bundle import BundleConfig, write_config
+from aminet_edge.bundle import BundleConfig, read_config, refuse_output_overlap, write_config
 from aminet_edge.files import atomic_write_text
 from aminet_edge.data.datasets import Sample, Split, load_dataset
 from aminet_edge.data.images import read_image, read_mask, resize_rgb
@@ -68,6 +68,14 @@ def evaluate_bundle(bundle: str | Path, data: str | Path, json_path: str | Path 
     dev = resolve_device(device)
     if baseline is not None and baseline not in BASELINES:
         raise ValueError(f"unknown baseline {baseline!r}; known: {', '.join(BASELINES)}")
+    if json_path is not None:
+        refuse_output_overlap(bundle, json_path, "--json", "file")
+    if heatmaps is not None:
+        refuse_output_overlap(bundle, heatmaps, "--heatmaps")
+        root, out = Path(data).resolve(), Path(heatmaps).resolve()
+        if out == root or root in out.parents:  # its PNGs would be read as images of the data set next time
+            raise ValueError(f"{heatmaps}: --heatmaps lies in the data set {data}, whose next evaluation would read "
+                             "the heatmaps as test images; choose a folder outside it")
     pipeline, config = load_pipeline(bundle)
     split = load_dataset(data)
     test = split.test
@@ -102,9 +110,7 @@ def evaluate_bundle(bundle: str | Path, data: str | Path, json_path: str | Path 
             thresholds["pixel"] = f1_max(pixel_labels.reshape(-1), maps[has_mask].reshape(-1))[1]
         metrics["f1_thresholds"] = thresholds
         if store_thresholds and config.calibration is not None:
-            config.calibration = replace(config.calibration, f1_image_threshold=thresholds["image"],
-                                         f1_pixel_threshold=thresholds.get("pixel"))
-            write_config(bundle, config)
+            _store_f1_thresholds(bundle, config, thresholds)
     if heatmaps is not None:
         out = Path(heatmaps)
         out.mkdir(parents=True, exist_ok=True)
@@ -118,6 +124,24 @@ def evaluate_bundle(bundle: str | Path, data: str | Path, json_path: str | Path 
     if json_path is not None:
         atomic_write_text(json_path, json.dumps(metrics, indent=2) + "\n")
     return metrics
+
+
+def _store_f1_thresholds(bundle: str | Path, evaluated: BundleConfig, thresholds: dict[str, float]) -> None:
+    """Record the F1 thresholds in the bundle's config.json as it is now (an export or engine build that
+    ran meanwhile keeps its records), unless what was evaluated changed meanwhile (weights, model, score or
+    calibration: retrained, set-mask or edited), where they would belong to another model (logged)."""
+    def decided(config: BundleConfig) -> tuple:  # what the thresholds belong to (an earlier F1 store aside)
+        cal = config.calibration and replace(config.calibration, f1_image_threshold=None, f1_pixel_threshold=None)
+        return config.artifacts.get("weights"), config.model, config.score, cal
+
+    current = read_config(bundle)
+    if current.calibration is None or decided(current) != decided(evaluated):
+        log.warning("%s changed while it was evaluated (retrained, set-mask or config.json edited): the F1 "
+                    "thresholds were not stored; evaluate it again", bundle)
+        return
+    current.calibration = replace(current.calibration, f1_image_threshold=thresholds["image"],
+                                  f1_pixel_threshold=thresholds.get("pixel"))
+    write_config(bundle, current)
 
 
 def _mask_coverage(test: list[Sample], token_masks: np.ndarray, masks: np.ndarray,

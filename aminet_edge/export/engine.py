@@ -20,14 +20,15 @@ against tensorrt-stubs 10.13 (tests/test_engine.py), never run: it needs the Ten
 
 from __future__ import annotations
 
+import os
 import time
 import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from aminet_edge.bundle import (ENGINE_DIR, GRAPHS, BundleConfig, BundleError, artifact_path, engine_name, engine_record,
-                                graph_computes, graph_file, has_graph, install_artifacts, make_record, read_config,
-                                relative_path, verify_record)
+                                engine_records, graph_computes, graph_file, has_graph, install_artifacts, make_record,
+                                read_config, relative_path, verify_record)
 from aminet_edge.export import trt_compat
 from aminet_edge.export.trt_compat import BackendNotInstalledError
 from aminet_edge.files import write_temp
@@ -206,7 +207,8 @@ def build_engine(bundle: str | Path, target: str = "auto", precision: str = "fp1
     (None: TensorRT's default, the device memory).
     compute_capabilities: TensorRT-RTX AOT targets as SM numbers (default 80, 86, 89, 120; 75 rejected);
     standard TensorRT accepts only the GPU present.
-    out: engine path inside the bundle, default bundle/engines/engine_name(backend, target, precision, graph).
+    out: engine path inside the bundle, default bundle/engines/engine_name(backend, target, precision, graph);
+    a file there must be an engine the bundle records (BundleError: nothing else is overwritten).
     graph: "model" (single graph) or "model_a" / "model_b" (the split halves; build both).
     hardware_compatible: standard TensorRT on a dGPU only, AMPERE_PLUS compatibility level.
     Returns the engine path. Its record (path, backend, builder version, target, precision, graph, compute
@@ -234,6 +236,9 @@ def build_engine(bundle: str | Path, target: str = "auto", precision: str = "fp1
                                      "compute capabilities instead")
     path = Path(out) if out is not None else bundle / ENGINE_DIR / engine_name(backend, resolved, precision, graph)
     rel = relative_path(bundle, path)  # refuses an engine outside the bundle before the build
+    if os.path.lexists(path) and rel not in {r["path"] for r in engine_records(bundle, read_config(bundle))}:
+        raise BundleError(f"{path} exists and is not an engine {bundle} records (its weights, a graph, config.json "
+                          "or another file): it is never overwritten; choose another --out")
     if not has_graph(read_config(bundle), graph, precision):
         from aminet_edge.export.onnx_export import export_onnx
 
@@ -258,7 +263,7 @@ def build_engine(bundle: str | Path, target: str = "auto", precision: str = "fp1
             weights_sha256=made.artifacts["weights"]["sha256"], build_seconds=round(seconds, 2))
         now.artifacts["engines"] = [e for e in now.artifacts.get("engines", []) if e["path"] != rel] + [rec]
 
-    install_artifacts(bundle, {write_temp(path, lambda tmp: tmp.write_bytes(data)): path}, record)
+    install_artifacts(bundle, {write_temp(path, lambda tmp: tmp.write_bytes(data)): path}, record, made)
     return path
 
 

@@ -190,6 +190,7 @@ def export_onnx(bundle: str | Path, precision: str = "fp32", opset: int = OPSET,
             config = read_config(bundle)
             calib = calibration_inputs(calibration_data, config.model.image_size, config.mean, config.std)
         paths = export_onnx(bundle, "fp32", opset, split, device)
+        made = read_config(bundle)  # the fp32 graphs the int8 ones are made from are recorded in it
         fp32_single = paths["model"]
         staged = {}
         for part in ("model", "model_b") if split else ("model",):
@@ -197,11 +198,11 @@ def export_onnx(bundle: str | Path, precision: str = "fp32", opset: int = OPSET,
             staged[part] = (write_temp(target, lambda tmp: quantize_graph(src, tmp)), target)  # noqa: B023 (called here)
             paths[part] = target
         # model_a has no inpainting block: the int8 pair records the fp32 model_a as its first half
-        _install(bundle, staged, precision, opset, {"model_a": paths["model_a"]} if split else {})
+        _install(bundle, staged, precision, opset, made, {"model_a": paths["model_a"]} if split else {})
         if calib:
             static = bundle / onnx_name("model", "int8_static")
             _install(bundle, {"model": (write_temp(static, lambda tmp: quantize_static(fp32_single, tmp, calib)),
-                                        static)}, "int8_static", opset)
+                                        static)}, "int8_static", opset, made)
             paths["model_int8_static"] = static
         return paths
     pipeline, config = load_pipeline(bundle, ops_backend="reference")
@@ -228,15 +229,16 @@ def export_onnx(bundle: str | Path, precision: str = "fp32", opset: int = OPSET,
             for tmp, _ in staged.values():
                 tmp.unlink(missing_ok=True)
             raise
-    _install(bundle, staged, precision, opset)
+    _install(bundle, staged, precision, opset, config)
     return paths
 
 
-def _install(bundle: Path, staged: dict[str, tuple[Path, Path]], precision: str, opset: int,
+def _install(bundle: Path, staged: dict[str, tuple[Path, Path]], precision: str, opset: int, made: BundleConfig,
              in_place: dict[str, Path] | None = None) -> None:
-    """Put the graphs {part: (temporary file, final path)} in place and record them, and the graphs
-    `in_place` {part: path} already in the bundle, in config.json artifacts["onnx"] under
-    graph_key(part, precision) (bundle.install_artifacts: crash-safe)."""
+    """Put the graphs {part: (temporary file, final path)} made from the config `made` in place and record
+    them, and the graphs `in_place` {part: path} already in the bundle, in config.json artifacts["onnx"]
+    under graph_key(part, precision) (bundle.install_artifacts: crash-safe; refused when the bundle
+    changed since `made`)."""
 
     def record(config: BundleConfig) -> None:
         if config.legacy:
@@ -249,4 +251,4 @@ def _install(bundle: Path, staged: dict[str, tuple[Path, Path]], precision: str,
                 bundle, path, precision=precision, opset=opset, input_size=config.model.image_size,
                 **graph_computes(config), weights_sha256=weights)
 
-    install_artifacts(bundle, {tmp: final for tmp, final in staged.values()}, record)
+    install_artifacts(bundle, {tmp: final for tmp, final in staged.values()}, record, made)

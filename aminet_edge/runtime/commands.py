@@ -256,6 +256,13 @@ def benchmark_cmd(run: str, backends: tuple[str, ...], batches: tuple[int, ...],
                   warmup: int, image_dir: str | None, threads: int | None, precisions: tuple[str, ...],
                   json_path: str | None) -> None:
     """Latency (p50/p90/p99 per predict call) and throughput of RUN for each backend and batch size."""
+    if json_path:
+        from aminet_edge.bundle import BundleError, refuse_output_overlap
+
+        try:
+            refuse_output_overlap(run, json_path, "--json", "file")
+        except BundleError as exc:
+            raise click.ClickException(str(exc)) from exc
     images = None
     if image_dir is not None:
         from aminet_edge.data.images import read_image

@@ -106,9 +106,15 @@ def validate_int8(bundle: str | Path, images: Sequence[Any], record: bool = True
         results[key] = verdict
         log.info("%s: %s", key, verdict.summary())
     if record and any(isinstance(v, Validation) for v in results.values()):
-        config = read_config(bundle)  # re-read: nothing else of config.json changes
+        now = read_config(bundle)  # as it is now: what another command recorded meanwhile is kept
+        graphs = now.artifacts.get("onnx") or {}
         for key, result in results.items():
-            if isinstance(result, Validation):
-                config.artifacts["onnx"][key]["validation"] = asdict(result)
-        write_config(bundle, config)
+            if not isinstance(result, Validation):
+                continue
+            if graphs.get(key, {}).get("sha256") != config.artifacts["onnx"][key]["sha256"]:
+                log.warning("%s: %s was replaced while it was validated: its verdict is not recorded; validate it "
+                            "again (`aminet-edge export %s --precision int8`)", bundle, key, bundle)
+                continue
+            graphs[key]["validation"] = asdict(result)
+        write_config(bundle, now)
     return results

@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from aminet_edge.bundle import (CONFIG_FILE, REEXPORT, BundleConfig, BundleError, engine_records, graph_file,
-                                has_graph, read_config, verify_record)
+                                has_graph, read_config, refuse_output_overlap, verify_record)
 from aminet_edge.files import atomic_replace, atomic_write_text, remove_owned
 from aminet_edge.serving.protocol import BUNDLE_PARAMETER, MODEL_NAME
 from aminet_edge.serving.triton_model import BUNDLE_DIR
@@ -195,15 +195,6 @@ class RepositoryFiles:
                 shutil.copyfileobj(s, d, 1 << 20)
 
         return atomic_replace(self._record(path), produce)
-
-
-def _refuse_overlap(run: Path, out: Path) -> None:
-    """BundleError if `out` is, contains or lies inside the bundle folder `run` (links resolved)."""
-    r, o = run.resolve(), out.resolve()
-    relation = ("is" if r == o else "contains" if o in r.parents else "lies inside" if r in o.parents else None)
-    if relation:
-        raise BundleError(f"{out}: the repository folder {relation} the bundle {run}; choose a folder outside "
-                          f"the bundle (a repository is never written over, around or into a bundle)")
 
 
 @dataclass(frozen=True)
@@ -450,7 +441,7 @@ def write_repository(run: str | Path, out: str | Path, target: str = "cpu", *, m
         raise ValueError(f"max_batch and instances must be >= 1, got {max_batch} and {instances}")
     check_model_name(model_name)
     run, out = Path(run), Path(out)
-    _refuse_overlap(run, out)
+    refuse_output_overlap(run, out, "the repository folder")
     config = read_config(run)
     if out.exists() and not out.is_dir():
         raise BundleError(f"{out}: exists and is not a folder")

@@ -39,7 +39,9 @@ def _safe(part: str) -> str:
 
 
 def write_png_atomic(path: Path, pixels: np.ndarray) -> int:
-    """Write (H, W, 3) uint8 `pixels` as a PNG at `path` atomically; returns its size in bytes."""
+    """Write (H, W, 3) uint8 `pixels` as a PNG at a new `path` atomically; returns its size in bytes.
+    FileExistsError when `path` exists: an archived image (e.g. of a result store started afresh, whose
+    result numbers begin again) is never replaced."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".png")
     try:
@@ -47,10 +49,9 @@ def write_png_atomic(path: Path, pixels: np.ndarray) -> int:
             Image.fromarray(pixels).save(f, format="PNG", compress_level=1)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
+        os.link(tmp, path)  # never over an existing file (os.replace would be)
+    finally:
         Path(tmp).unlink(missing_ok=True)
-        raise
     return path.stat().st_size
 
 
@@ -79,9 +80,15 @@ class NgArchive:
         self._thread.start()
 
     def path_for(self, result_id: int, camera: str, part_id: str, when: float) -> Path:
-        """Where result `result_id`'s image goes; its overlay is beside it, named ..._overlay.png."""
+        """Where result `result_id`'s image goes; its overlay is beside it, named ..._overlay.png. A name
+        taken (by a station with another result store, whose numbers began again) gets a suffix -2, -3..."""
         folder = self.root / camera / time.strftime("%Y%m%d", time.gmtime(when))
-        return folder / f"{result_id:09d}_{_safe(part_id)}.png"
+        stem, k = f"{result_id:09d}_{_safe(part_id)}", 1
+        path = folder / f"{stem}.png"
+        while os.path.lexists(path) or os.path.lexists(folder / f"{path.stem}_overlay.png"):
+            k += 1
+            path = folder / f"{stem}-{k}.png"
+        return path
 
     def submit(self, result_id: int, camera: str, part_id: str, when: float, image: Any, bgr: bool,
                result: Result) -> Path | None:
@@ -114,8 +121,12 @@ class NgArchive:
         both, then apply retention."""
         from aminet_edge.evaluation.heatmaps import result_overlay
 
-        size = write_png_atomic(path, (np.clip(image, 0, 1) * 255 + 0.5).astype(np.uint8))
         overlay = path.with_name(f"{path.stem}_overlay.png")
+        for existing in (path, overlay):
+            if os.path.lexists(existing):
+                raise FileExistsError(f"{existing} exists (archived by a station with another result store?): "
+                                      "left alone")
+        size = write_png_atomic(path, (np.clip(image, 0, 1) * 255 + 0.5).astype(np.uint8))
         overlay_size = write_png_atomic(overlay, result_overlay(image, result))
         with self._lock:
             self.store.add_file(result_id, path, size, main=True)

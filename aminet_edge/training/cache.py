@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -21,7 +22,10 @@ from tqdm import tqdm
 
 from aminet_edge import config
 from aminet_edge.data.batches import load_batches
+from aminet_edge.files import atomic_write_text
 from aminet_edge.model.features import FeatureExtractor
+
+log = logging.getLogger("aminet_edge.training")
 
 CACHE_DTYPES = {name: getattr(torch, name) for name in config.CACHE_DTYPES}
 CACHE_GPU_FRACTION = 0.5  # of free GPU memory: the rest is for activations (paper preset, batch 8: a few GB)
@@ -96,8 +100,9 @@ def build_feature_cache(extractor: FeatureExtractor, paths: Sequence[str | Path]
         cache_dir = Path(cache_dir)
         cache_dir.mkdir(parents=True, exist_ok=True)
         file, meta = cache_dir / f"features-{key}.npy", cache_dir / f"features-{key}.json"
-        if file.is_file() and meta.is_file() and json.loads(meta.read_text()).get("complete"):
-            return torch.from_numpy(np.load(file, mmap_mode="r+")).to(place)
+        kept = _kept(file, meta, shape, np.dtype(dtype))
+        if kept is not None:
+            return torch.from_numpy(kept).to(place)
         store = np.lib.format.open_memmap(file, mode="w+", dtype=np.dtype(dtype), shape=shape)
     else:
         store = torch.empty(shape, dtype=CACHE_DTYPES[dtype], device=place)
@@ -114,9 +119,27 @@ def build_feature_cache(extractor: FeatureExtractor, paths: Sequence[str | Path]
     bar.close()
     if isinstance(store, np.ndarray):
         store.flush()
-        meta.write_text(json.dumps({"complete": True, "paths": [str(p) for p in paths], "shape": list(shape)}))
+        atomic_write_text(meta, json.dumps({"complete": True, "paths": [str(p) for p in paths], "shape": list(shape)}))
         return torch.from_numpy(store).to(place)
     return store
+
+
+def _kept(file: Path, meta: Path, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray | None:
+    """The cached features in `file` (memory-mapped) when `meta` marks them complete and they have `shape`
+    and `dtype`; None when absent, or (with a warning: they are computed again and replaced) unreadable,
+    incomplete or of another shape (a write cut short, an edited file)."""
+    if not (file.is_file() and meta.is_file()):
+        return None
+    try:
+        if json.loads(meta.read_text()).get("complete") is not True:
+            raise ValueError("not marked complete")
+        kept = np.load(file, mmap_mode="r+")
+        if kept.shape != shape or kept.dtype != dtype:
+            raise ValueError(f"holds {kept.dtype} {kept.shape}, expected {dtype} {shape}")
+        return kept
+    except (OSError, ValueError, AttributeError) as exc:
+        log.warning("feature cache %s not used (%s): computing the features again", file, exc)
+        return None
 
 
 class FeatureBatches:

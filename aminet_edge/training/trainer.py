@@ -39,6 +39,7 @@ SETTINGS_FILE = "checkpoint.json"  # the settings the checkpoint is trained with
 MIN_HOLDOUT = 3  # a mean and std from fewer normal scores are not a threshold
 MIN_IMAGES = MIN_HOLDOUT  # fewest normal images a bundle is trained (and, below 10, calibrated) on
 FULL_HOLDOUT = 10  # from this many images on, MIN_HOLDOUT or more are held out for calibration
+MAX_GPU_CACHE_GB = 1 << 20  # a bound on `gpu_cache_gb` (1 PiB): 1e300 GiB overflowed the byte count
 TRAINING_FILES = (CHECKPOINT_FILE, SETTINGS_FILE)  # what a training writes into its output before the bundle
 TEST_TIME_MASK = ("mask", "guide_quantile", "guide_bank_size")  # ModelConfig fields used after training only
 
@@ -233,8 +234,8 @@ def train(
         raise ValueError("allow_changed_settings (--allow-changed-settings) applies with resume (--resume) only")
     dev = resolve_device(device)
     prec = resolve_precision(precision, dev)
-    if gpu_cache_gb is not None and gpu_cache_gb < 0:
-        raise ValueError(f"gpu_cache_gb must be >= 0, got {gpu_cache_gb}")
+    if gpu_cache_gb is not None and not 0 <= gpu_cache_gb <= MAX_GPU_CACHE_GB:
+        raise ValueError(f"gpu_cache_gb must be in [0, {MAX_GPU_CACHE_GB}] GiB, got {gpu_cache_gb}")
     out = Path(out)
     if resume and not (out / CHECKPOINT_FILE).is_file():
         check_resume(out, {}, allow_changed_settings)  # raises: nothing to resume from
