@@ -191,7 +191,8 @@ def broken_bundles(bundle: Path, root: Path) -> list[tuple[str, str, str, str]]:
             ("sigma", "score", "sigma", 2.0, "the file computes score.sigma = 4.0 but config.json says 2.0"),
             ("lambda", "model", "mask_lambda", 1.5, "the file computes model.mask_lambda = 0.5 but config.json says 1.5"),
             ("maxscore", "score", "image_score", "max", "the file computes score.image_score = "),
-            ("mean", "preprocess", "mean", [10.0, 0.5, 0.5], "field 'preprocess.mean[0]' must be")]:
+            ("mean", "preprocess", "mean", [10.0, 0.5, 0.5], "field 'preprocess.mean[0]' must be"),
+            ("huge", "model", "image_size", 100000, "100000 is above the maximum 1024 px")]:
         config = _copy(bundle, root / case)  # config.json edited after the export, or out of range
         config[part][key] = value
         _write(root / case, config)

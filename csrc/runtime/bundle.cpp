@@ -27,6 +27,7 @@ constexpr int SCHEMA_VERSION = 2;
 constexpr int LEGACY_SCHEMA = 1;
 const char* const CONFIG_FILE = "config.json";
 constexpr double MAX_SIGMA = 64.0;  // config.py MAX_SIGMA
+constexpr int64_t MAX_IMAGE_SIZE = 1024;  // config.py MAX_IMAGE_SIZE
 const std::set<std::string> GRAPH_PRECISIONS = {"fp32", "fp16", "int8", "int8_static"};
 
 std::string reexport(const std::string& bundle) {
@@ -263,7 +264,11 @@ BundleConfig read_config(const std::string& bundle) {
     if (!data.contains(key)) throw bundle_error(f.where + ": missing key(s) " + key);
 
   const json& model = f.object("model", data["model"]);
-  config.image_size = static_cast<int>(f.integer("model.image_size", Fields::get(model, "image_size"), 1));
+  int64_t image_size = f.integer("model.image_size", Fields::get(model, "image_size"), 1);
+  if (image_size > MAX_IMAGE_SIZE)
+    throw f.fail("model.image_size", std::to_string(image_size) + " is above the maximum " +
+                 std::to_string(MAX_IMAGE_SIZE) + " px");
+  config.image_size = static_cast<int>(image_size);
   config.mask = model.contains("mask") ? f.text("model.mask", model["mask"], {"adaptive", "nearest_normal"}) : "adaptive";
   f.integer("in_channels", data["in_channels"], 1);
 
