@@ -634,6 +634,37 @@ def test_predict_skips_hidden_files_and_never_deletes_through_a_link(bundle: Pat
     assert (victim / "part.png").is_file()
 
 
+def test_predict_overwrite_deletes_only_the_overlays_it_recorded(bundle: Path, tmp_path: Path) -> None:
+    """--overwrite deletes the overlays the earlier run recorded in OUT/predict-overlays.json; a user's file
+    that a hand-edited results.jsonl (or manifest) lists as an overlay is left, with a warning."""
+    from click.testing import CliRunner
+    from PIL import Image
+
+    from aminet_edge.runtime.commands import predict_cmd
+
+    image = tmp_path / "part.png"
+    Image.fromarray(generated_images()[0]).save(image)
+    out = tmp_path / "out"
+    args = [str(image), "--out", str(out), "--backend", "onnxruntime", "--quiet"]
+    res = CliRunner().invoke(predict_cmd, [str(bundle), *args])
+    assert res.exit_code == 0, res.output
+    assert json.loads((out / "predict-overlays.json").read_text()) == {"overlays": ["part.png"]}
+    keep, outside = out / "overlays" / "notes.png", tmp_path / "keep.png"
+    keep.write_bytes(b"user data")
+    outside.write_bytes(b"user data")
+    record = json.loads((out / "results.jsonl").read_text())
+    extra = [{**record, "overlay": str(keep)}, {**record, "overlay": str(out / "overlays" / ".." / ".." / "keep.png")}]
+    with (out / "results.jsonl").open("a") as f:
+        f.writelines(json.dumps(r) + "\n" for r in extra)
+    (out / "predict-overlays.json").write_text(json.dumps({"overlays": ["part.png", "../../keep.png", "sub/x.png"]}))
+    res = CliRunner().invoke(predict_cmd, [str(bundle), *args, "--overwrite", "--no-overlays"])
+    assert res.exit_code == 0, res.output
+    assert keep.read_bytes() == b"user data" and outside.read_bytes() == b"user data"
+    assert not (out / "overlays" / "part.png").exists()  # the earlier run's own overlay
+    assert f"left {keep} in place" in res.output
+    assert json.loads((out / "predict-overlays.json").read_text()) == {"overlays": []}
+
+
 def test_predict_overlays_never_overwrite(bundle: Path, tmp_path: Path) -> None:
     """Same stems in two folders, a name that is also another's suffixed name, a PNG already in overlays/."""
     from click.testing import CliRunner

@@ -104,6 +104,24 @@ def test_model_names_are_plain_identifiers(run: Path, name: str) -> None:
     assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*")) == ["other", "other/keep.txt"]
 
 
+def test_instances_and_max_batch_are_bounded(run: Path) -> None:
+    """--instances above 64 and --max-batch above 1024 are refused before anything is written (serve would
+    start that many model instances); the bounds themselves are accepted and reach config.pbtxt."""
+    out = run.parent / "models"
+    for args, message in ((["--instances", "100000"], "--instances (instances) must be between 1 and 64, got 100000"),
+                          (["--instances", "65"], "--instances (instances) must be between 1 and 64, got 65"),
+                          (["--max-batch", "100000000"],
+                           "--max-batch (max_batch) must be between 1 and 1024, got 100000000"),
+                          (["--max-batch", "1025"], "--max-batch (max_batch) must be between 1 and 1024, got 1025")):
+        code, output = _cli("triton-repo", str(run), str(out), *args)
+        assert code == 1 and message in output and "Traceback" not in output, output
+        assert not out.exists()
+    code, output = _cli("triton-repo", str(run), str(out), "--instances", "64", "--max-batch", "1024")
+    assert code == 0, output
+    config = (out / "aminet" / "config.pbtxt").read_text()
+    assert "max_batch_size: 1024" in config and "count: 64" in config, config
+
+
 def test_rewrites_delete_only_what_was_written_and_recorded(run: Path) -> None:
     out = run.parent / "models"
     (out / "other" / "1").mkdir(parents=True)

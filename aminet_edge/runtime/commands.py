@@ -55,10 +55,34 @@ def expand_inputs(inputs: tuple[str, ...], recursive: bool = False) -> list[str]
     return paths
 
 
+MANIFEST = "predict-overlays.json"  # in OUT: {"overlays": [names in OUT/overlays/ this run wrote]}
+
+
+def _recorded_overlays(out_dir: Path) -> list[str]:
+    """The overlay names OUT/predict-overlays.json records (plain PNG file names; anything else dropped)."""
+    try:
+        names = json.loads((out_dir / MANIFEST).read_text()).get("overlays", [])
+    except FileNotFoundError:
+        return []
+    except (OSError, ValueError, AttributeError) as exc:
+        click.echo(f"warning: {out_dir / MANIFEST} unreadable ({exc}): no earlier overlay is deleted", err=True)
+        return []
+    return [n for n in names if isinstance(n, str) and n.endswith(".png") and Path(n).name == n
+            and "\\" not in n] if isinstance(names, list) else []
+
+
+def _record_overlays(out_dir: Path, names: list[str]) -> None:
+    """Write OUT/predict-overlays.json atomically: the overlays this run wrote, the only ones --overwrite deletes."""
+    from aminet_edge.files import atomic_write_text
+
+    atomic_write_text(out_dir / MANIFEST, json.dumps({"overlays": names}, indent=1) + "\n")
+
+
 def prepare_out(out_dir: Path, overwrite: bool) -> None:
     """Create `out_dir` for a predict run. An earlier run's results.jsonl is never lost silently: it is
-    refused (ClickException) unless `overwrite`, which deletes it and the overlays it lists (regular files
-    in OUT/overlays/ only, never through a symbolic link)."""
+    refused (ClickException) unless `overwrite`, which deletes it and the overlays that run recorded writing
+    in OUT/predict-overlays.json (plain names of regular files directly in OUT/overlays/, never through a
+    symbolic link). An overlay results.jsonl lists that the manifest does not is left in place, with a warning."""
     from aminet_edge.files import remove_owned
 
     results = out_dir / "results.jsonl"
@@ -68,17 +92,19 @@ def prepare_out(out_dir: Path, overwrite: bool) -> None:
             if not overwrite:
                 raise click.ClickException(f"{results} exists (an earlier run's results): pass --overwrite to "
                                            "replace that run, or choose another --out")
-            owned = []  # only files the earlier run wrote and listed, in this folder's own overlays/
+            owned = _recorded_overlays(out_dir)
             for line in results.read_text(errors="replace").splitlines():
                 try:
                     overlay = json.loads(line).get("overlay")
                 except (ValueError, AttributeError):
                     continue
-                if isinstance(overlay, str) and \
-                        Path(os.path.abspath(overlay)).parent == Path(os.path.abspath(out_dir / "overlays")):
-                    owned.append(f"overlays/{Path(overlay).name}")
-            remove_owned(out_dir, owned, "an earlier predict run's overlay (--overwrite)")  # never through a link
+                if isinstance(overlay, str) and Path(overlay).name not in owned and os.path.lexists(overlay):
+                    click.echo(f"warning: left {overlay} in place: listed in {results} but not recorded in "
+                               f"{out_dir / MANIFEST} as written by predict", err=True)
+            remove_owned(out_dir, [f"overlays/{name}" for name in owned],
+                         "an earlier predict run's overlay (--overwrite)")  # never through a link
             results.unlink()
+        _record_overlays(out_dir, [])
     except OSError as exc:
         raise click.ClickException(f"--out {out_dir}: cannot prepare the output folder "
                                    f"({exc.strerror or exc}: {exc.filename or out_dir})") from exc
@@ -131,7 +157,8 @@ def predict_cmd(run: str, images: tuple[str, ...], out: str, backend: str, devic
 
     Writes OUT/results.jsonl (one JSON object per image: score, normalized_score, is_anomaly, thresholds,
     backend time, or the error) and OUT/overlays/*.png (never overwriting a file: clashing names get a
-    suffix). An earlier run's results.jsonl in OUT is refused unless --overwrite. An overlay that cannot
+    suffix), recording the overlays it wrote in OUT/predict-overlays.json. An earlier run's results.jsonl
+    in OUT is refused unless --overwrite (which deletes only that run's recorded overlays). An overlay that cannot
     be written is that image's "overlay_error"; the run goes on. Exits with status 1 if any image or
     overlay failed, after listing each failure and its reason.
     """
@@ -175,6 +202,8 @@ def predict_cmd(run: str, images: tuple[str, ...], out: str, backend: str, devic
                         failures.append((part[k], str(result.error)))
                     jsonl.write(json.dumps(record) + "\n")
                     jsonl.flush()  # an interrupted run keeps every result written so far
+                if overlays:
+                    _record_overlays(out_dir, sorted(f"{name}.png" for name in used_names))
                 bar.update(len(part))
     except OSError as exc:
         raise click.ClickException(f"cannot write {out_dir / 'results.jsonl'} ({exc.strerror or exc}); the "

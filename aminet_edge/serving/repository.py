@@ -43,6 +43,11 @@ TARGETS = ("cpu", "gpu")
 PLAN_FILE = "model.plan"
 OWNER_FILE = "aminet-edge-repository.json"  # at the repository's root: what the writer wrote there
 STEPS = ("", "_pre", "_trt", "_post")  # model folders NAME + step (cpu: NAME only)
+# Upper bounds (checked in write_repository, which the CLI and the Python API both call): each instance is a
+# process (cpu) or plan context (gpu) holding the whole model and each batch slot a full image buffer, so more
+# only exhausts memory when `serve` starts; one machine or GPU saturates far below either.
+MAX_INSTANCES = 64
+MAX_BATCH = 1024
 _MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
 
 
@@ -437,8 +442,11 @@ def write_repository(run: str | Path, out: str | Path, target: str = "cpu", *, m
     """
     if target not in TARGETS:
         raise ValueError(f"target must be one of {', '.join(TARGETS)}, got {target!r}")
-    if max_batch < 1 or instances < 1:
-        raise ValueError(f"max_batch and instances must be >= 1, got {max_batch} and {instances}")
+    for option, value, bound in (("--max-batch (max_batch)", max_batch, MAX_BATCH),
+                                 ("--instances (instances)", instances, MAX_INSTANCES)):
+        if not 1 <= value <= bound:
+            raise ValueError(f"{option} must be between 1 and {bound}, got {value} (more only exhausts memory "
+                             "when the server starts)")
     check_model_name(model_name)
     run, out = Path(run), Path(out)
     refuse_output_overlap(run, out, "the repository folder")
