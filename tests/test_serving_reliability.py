@@ -10,7 +10,6 @@ is a local HTTP server that answers one byte at a time for far longer than the d
 
 from __future__ import annotations
 
-import hashlib
 import http.server
 import json
 import os
@@ -31,6 +30,7 @@ import pytest
 pytest.importorskip("torch")  # the shared bundle is built with torch
 
 from test_detector import generated_images, shared_bundle  # noqa: E402
+from test_output_paths import _cli, _digests  # noqa: E402
 
 from aminet_edge.bundle import BundleError  # noqa: E402
 from aminet_edge.serving.repository import OWNER_FILE, bundle_parameter, write_repository  # noqa: E402
@@ -48,20 +48,6 @@ def bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def run(bundle: Path, tmp_path: Path) -> Path:
     """A copy of the shared bundle (the tests aim at folders around it) in tmp_path/project/run."""
     return Path(shutil.copytree(bundle, tmp_path / "project" / "run", ignore=shutil.ignore_patterns("cache")))
-
-
-def _digests(folder: Path) -> dict[str, str]:
-    return {p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file()}
-
-
-def _cli(*args: str) -> tuple[int, str]:
-    from click.testing import CliRunner
-
-    from aminet_edge.cli import main
-
-    result = CliRunner().invoke(main, list(args))
-    return result.exit_code, result.output
 
 
 def _binary() -> Path:
