@@ -237,3 +237,38 @@ def test_gpu_repository_refuses_a_tiled_bundle(tiled_bundle: Path, tmp_path: Pat
     with pytest.raises(ValueError, match="--target cpu"):
         write_repository(tiled_bundle, tmp_path / "repo", target="gpu")
     assert not (tmp_path / "repo").exists()
+
+
+def test_frame_taking_backend_tiles_the_frames(tiled_bundle: Path) -> None:
+    """A backend that resizes on its device (torch device_preprocess, the CUDA default; here on the CPU)
+    gets the tiles' frames and agrees with the host-preprocessed tiles (torch's antialiased bilinear is
+    PIL's up to float rounding: RTOL, as tests/test_torch_backend.py's device-preprocessing check)."""
+    images = generated_images()[1:4]
+    host = Detector.load(tiled_bundle, backend="torch", device_preprocess=False).predict(images)
+    frames = Detector.load(tiled_bundle, backend="torch", device_preprocess=True)
+    assert frames._frames
+    for g, w in zip(frames.predict(images), host):
+        assert g.tiles == w.tiles and g.anomaly_map.shape == w.anomaly_map.shape
+        np.testing.assert_allclose(g.anomaly_map, w.anomaly_map, rtol=RTOL, atol=RTOL * float(w.anomaly_map.max()))
+        np.testing.assert_array_equal(g.token_mask, w.token_mask)
+
+
+@pytest.mark.parametrize("args,problem", [(["--tile", "64", "--tile-overlap", "40"], "overlap must be in"),
+                                          (["--tile-overlap", "8"], "--tile-overlap needs --tile SIZE"),
+                                          (["--tile", "8"], "size must be in")])
+def test_cli_refuses_bad_tile_options_before_running(tiled_bundle: Path, tmp_path: Path, args: list[str],
+                                                     problem: str) -> None:
+    from click.testing import CliRunner
+
+    from aminet_edge.cli import main
+
+    for verb in (["train", str(tmp_path), "--out", str(tmp_path / "run")], ["evaluate", str(tiled_bundle), str(tmp_path)]):
+        result = CliRunner().invoke(main, [*verb, *args])
+        assert result.exit_code != 0 and problem in result.output, result.output
+    assert not (tmp_path / "run").exists()
+
+
+def test_info_says_how_the_bundle_tiles(tiled_bundle: Path) -> None:
+    from aminet_edge.info import bundle_info
+
+    assert bundle_info(tiled_bundle, read_config(tiled_bundle))["tiling"].startswith("48 px tiles, overlap >= 12 px")
