@@ -96,6 +96,6 @@ def stitch(maps: Sequence[np.ndarray], boxes: Sequence[Box], height: int, width:
 def stitch_and_score(maps: Sequence[np.ndarray], boxes: Sequence[Box], height: int, width: int,
                      tile: TileConfig, rule: str) -> tuple[np.ndarray, float]:
     """`stitch` the tiles' maps and take the image score `rule` ("std" / "max") over the stitched map:
-    ((height, width) float32, score)."""
+    ((height, width) float32, score), the score rounded to float32 as every backend's and the wire's."""
     full = stitch(maps, boxes, height, width, tile.overlap)
-    return full, image_score(full, rule)
+    return full, float(np.float32(image_score(full, rule)))
