@@ -221,7 +221,7 @@ def evaluate_cmd(run: str, data: str, json_path: str | None, heatmaps: str | Non
         write_report(metrics, report, f"Evaluation of {run} on {data}")
     summary = {k: v for k, v in metrics.items() if not isinstance(v, dict)}
     for key in ("mask_coverage", "baseline_knn", "tile"):
-        if key in metrics:
+        if isinstance(metrics.get(key), dict):
             summary[key] = {k: v for k, v in metrics[key].items() if not isinstance(v, dict)}
     click.echo(json.dumps(summary, indent=2))
 
