@@ -32,6 +32,9 @@ Deliberate departures from the code (models/model_MAE.py, train_mvtec.py):
   and smoothed as the reconstruction map, weighted by guide_weight (calibrated on held-out normal images:
   their mean reconstruction map / mean guide-distance map, so neither term dominates); needs
   mask="nearest_normal" (ScoreConfig.map; BENCHMARKS.md, "Accuracy on MVTec bottle and magnetic tile").
+- optional, not the default: native-resolution tiling (TileConfig, config.json "tile"): images are scored
+  in overlapping tiles of their own pixels, the tiles' maps blended into one map (aminet_edge.tiling); the
+  paper and the code resize every image to image_size.
 - the clustering patch embedding gets the same xavier-uniform init as the inpainting one; the code
   initialises only the inpainting one so and leaves the clustering one (auxi_embed) at PyTorch's default
   Conv2d init.

@@ -306,3 +306,11 @@ def test_tiled_training_calibrates_what_the_tiled_detector_scores(data: Path, tm
     assert untiled["tile"] is None and "not apply" in untiled["tile_note"]
     assert read_config(bundle).calibration.f1_image_threshold == metrics["f1_thresholds"]["image"]  # kept
     assert untiled["image_auroc"] != metrics["image_auroc"] or untiled["pixel_auroc"] != metrics["pixel_auroc"]
+    # set-mask re-derives the guide from the training tiles and re-calibrates tiled, as training did
+    from aminet_edge.training.guide import set_mask
+
+    set_mask(bundle, [data], "nearest_normal")
+    config = read_config(bundle)
+    assert config.tile == tile and config.train["guide"]["training_tokens"] == 9 * 9 * 16
+    scores = [r.score for r in Detector.load(bundle, backend="torch", ops_backend="reference").predict(held)]
+    assert config.calibration.image_threshold == pytest.approx(threshold_from_normal(np.array(scores)), rel=1e-5)

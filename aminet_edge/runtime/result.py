@@ -100,7 +100,7 @@ class Result:
                 "height": int(self.mask.shape[0]), "width": int(self.mask.shape[1]),
                 "backend": self.backend, "backend_ms": self.timing.backend_ms,
                 "batch_size": self.timing.batch_size,
-            })
+            } | ({} if self.tiles is None else {"tiles": len(self.tiles)}))
         else:
             out["error"] = str(self.error)
             out["error_type"] = type(self.error).__name__
