@@ -66,7 +66,8 @@ def elongate(data: Path, out: Path, k: int) -> Path:
                 masks = [read_mask(s.mask_path) if s.mask_path else np.zeros(read_image(s.path).shape[:2], bool)
                          for s in chunk]
                 (out / "ground_truth" / kind).mkdir(parents=True, exist_ok=True)
-                Image.fromarray(_concat(masks).astype(np.uint8) * 255).save(out / "ground_truth" / kind / f"{name}_mask.png")
+                mask = Image.fromarray(_concat(masks).astype(np.uint8) * 255)
+                mask.save(out / "ground_truth" / kind / f"{name}_mask.png")
     return out
 
 

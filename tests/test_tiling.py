@@ -262,7 +262,8 @@ def test_cli_refuses_bad_tile_options_before_running(tiled_bundle: Path, tmp_pat
 
     from aminet_edge.cli import main
 
-    for verb in (["train", str(tmp_path), "--out", str(tmp_path / "run")], ["evaluate", str(tiled_bundle), str(tmp_path)]):
+    for verb in (["train", str(tmp_path), "--out", str(tmp_path / "run")],
+                 ["evaluate", str(tiled_bundle), str(tmp_path)]):
         result = CliRunner().invoke(main, [*verb, *args])
         assert result.exit_code != 0 and problem in result.output, result.output
     assert not (tmp_path / "run").exists()

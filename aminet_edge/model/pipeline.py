@@ -116,10 +116,8 @@ class Pipeline(nn.Module):
         at model resolution, on the host. `workers` DataLoader processes decode the images. With `tile`
         (`infer_tiled`): the stitched maps at each image's own resolution, a list of (H_i, W_i)."""
         if tile is not None:
-            scores, maps, _ = self.infer_tiled(paths, mean, std, tile, batch_size, progress, workers)
-            return scores, maps
-        scores, maps, _ = self.infer_paths(paths, mean, std, batch_size, progress, workers)
-        return scores, maps
+            return self.infer_tiled(paths, mean, std, tile, batch_size, progress, workers)[:2]
+        return self.infer_paths(paths, mean, std, batch_size, progress, workers)[:2]
 
     @torch.no_grad()
     def infer_tiled(self, paths: Sequence[str | Path], mean: Sequence[float], std: Sequence[float], tile: TileConfig,

@@ -63,7 +63,7 @@ from aminet_edge.tiling import Box, crop, grid, stitch_and_score
 log = logging.getLogger("aminet_edge.runtime")
 
 ThresholdSpec = str | float
-TileSpec = str | TileConfig | tuple[int, int] | None  # Detector.load's tile: "bundle", a TileConfig, (size, overlap), None
+TileSpec = str | TileConfig | tuple[int, int] | None  # Detector.load's tile: "bundle", TileConfig, (size, overlap), None
 
 
 def resolve_tile(config: BundleConfig, tile: TileSpec = "bundle", warn: bool = True) -> TileConfig | None:
@@ -178,7 +178,8 @@ def decide(source: str, index: int, amap: np.ndarray, score: Any, token_mask: np
     """One image's Result from the model's raw outputs: the decision rule of the module docstring.
 
     amap: (h, w) float32 raw map (the model's S x S, or a map already resized by a server); score: the raw
-    image score; token_mask: (L,) or (g, g) bool, or (T, g, g) of a tiled image (kept as is); map_hw: (H, W) of the Result's anomaly_map and mask
+    image score; token_mask: (L,) or (g, g) bool, or (T, g, g) of a tiled image (kept as is); map_hw: (H, W)
+    of the Result's anomaly_map and mask
     (the input's resolution, bilinear resize_map). A non-finite score or map gives an error Result.
     Shared by `Detector` and `aminet_edge.serving.RemoteDetector`, so both decide identically.
     """

@@ -274,7 +274,8 @@ def train(
         (out / CHECKPOINT_FILE).unlink(missing_ok=True)  # an earlier run's state must not meet these settings
     atomic_write_text(out / SETTINGS_FILE, json.dumps(settings, indent=1) + "\n")
 
-    nbytes = cache_nbytes(tile_count([s.path for s in fit], tile), extractor.channels, model.feature_size, train_cfg.cache_dtype)
+    nbytes = cache_nbytes(tile_count([s.path for s in fit], tile), extractor.channels, model.feature_size,
+                          train_cfg.cache_dtype)
     place = cache_placement(nbytes, dev, None if gpu_cache_gb is None else int(gpu_cache_gb * 2**30))
     log.info("feature cache: %.2f GiB of %s on %s", nbytes / 2**30, train_cfg.cache_dtype,
              "the GPU" if place.type == "cuda" else "the host")
