@@ -136,7 +136,7 @@ def evaluate_bundle(bundle: str | Path, data: str | Path, json_path: str | Path 
     if heatmaps is not None:
         out = Path(heatmaps)
         out.mkdir(parents=True, exist_ok=True)
-        cal = config.calibration
+        cal = config.calibration if tiling == config.tile else None  # thresholds of other maps: no prediction
         vmax = float(np.quantile(maps, 0.999))
         for s, amap, m in tqdm(list(zip(test, maps, masks)), desc="heatmaps", disable=not progress):
             image = resize_rgb(read_image(s.path), size)
