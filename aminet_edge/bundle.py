@@ -1,7 +1,8 @@
 """The bundle: one directory a deployed detector needs, its layout, schema and every check made on it.
 
 Layout (all paths in config.json are relative to the bundle and must stay inside it):
-    config.json                         schema SCHEMA_VERSION: model, preprocess, score, calibration, artifacts
+    config.json                         schema SCHEMA_VERSION: model, preprocess, score, calibration, artifacts,
+                                        tile (absent or null: untiled; config.TileConfig)
     weights-<sha256[:16]>.safetensors   backbone + AMI-Net weights, named by their content (weights_name;
                                         bundles written before content-addressed weights: weights.safetensors)
     model[_a|_b][_fp16|_int8].onnx      exported graphs (onnx_name), after `aminet-edge export`
@@ -52,7 +53,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from aminet_edge.config import MASKS, MAX_SIGMA, PIXEL_RANGE, ModelConfig, ScoreConfig, to_dict
+from aminet_edge.config import MASKS, MAX_SIGMA, PIXEL_RANGE, ModelConfig, ScoreConfig, TileConfig, to_dict
 from aminet_edge.files import TEMP_NAME, atomic_write_text, install, remove_owned
 
 SCHEMA_VERSION = 2  # 2: sha256 of every file in "artifacts" (weights included); 1: no checksums
@@ -134,6 +135,7 @@ class BundleConfig:
     train: dict[str, Any] = field(default_factory=dict)  # TrainConfig as trained, plus data and timing
     backbone_source: str = ""  # where the backbone weights came from
     artifacts: dict[str, Any] = field(default_factory=dict)  # weights, onnx graphs, engines (module docstring)
+    tile: TileConfig | None = None  # native-resolution tiling (config.TileConfig); None: whole image resized
     version: str = ""
     schema_version: int = SCHEMA_VERSION
 
@@ -143,6 +145,7 @@ class BundleConfig:
         return self.schema_version < SCHEMA_VERSION
 
     def to_json(self) -> dict[str, Any]:
+        """config.json's content; "tile" only when set, so untiled bundles read in earlier versions too."""
         return {
             "schema_version": self.schema_version,
             "aminet_edge_version": self.version,
@@ -154,7 +157,7 @@ class BundleConfig:
             "train": self.train,
             "backbone_source": self.backbone_source,
             "artifacts": self.artifacts,
-        }
+        } | ({} if self.tile is None else {"tile": to_dict(self.tile)})
 
     @classmethod
     def from_json(cls, data: Any, where: str = CONFIG_FILE) -> "BundleConfig":
@@ -278,6 +281,17 @@ def _score(data: Any, where: str, mask: str) -> ScoreConfig:
     return score
 
 
+def _tile(data: Any, where: str) -> TileConfig | None:
+    if data is None:
+        return None
+    tile = TileConfig(**_fields(TileConfig, data, where, "tile", required=("size",)))
+    try:
+        tile.validate()
+    except ValueError as exc:
+        raise BundleError(f"{where}: field 'tile' inconsistent: {exc}") from exc
+    return tile
+
+
 # What a graph or engine computes beyond its weights and input size: the config fields baked into it,
 # as its record names them. Records written before a field was recorded computed its default then.
 COMPUTES = {"mask": ("model", "mask"), "mask_lambda": ("model", "mask_lambda"), "score_map": ("score", "map"),
@@ -352,7 +366,7 @@ def validate_config(data: Any, where: str = CONFIG_FILE) -> BundleConfig:
     if version < LEGACY_SCHEMA:
         raise _fail(where, "schema_version", f"must be {LEGACY_SCHEMA}..{SCHEMA_VERSION}, got {version}")
     known = {"schema_version", "aminet_edge_version", "model", "in_channels", "score", "preprocess",
-             "calibration", "train", "backbone_source", "artifacts"}
+             "calibration", "train", "backbone_source", "artifacts", "tile"}
     unknown = sorted(set(data) - known)
     if unknown:
         raise _fail(where, unknown[0], "is not a bundle config field (a typo? known: " + ", ".join(sorted(known)) + ")")
@@ -367,7 +381,7 @@ def validate_config(data: Any, where: str = CONFIG_FILE) -> BundleConfig:
         calibration=_calibration(data.get("calibration"), where),
         train=_object(where, "train", data.get("train", {})),
         backbone_source=_text(where, "backbone_source", data.get("backbone_source", "")),
-        artifacts=_object(where, "artifacts", data.get("artifacts", {})),
+        artifacts=_object(where, "artifacts", data.get("artifacts", {})), tile=_tile(data.get("tile"), where),
         version=_text(where, "aminet_edge_version", data.get("aminet_edge_version", "")), schema_version=version)
     _check_train(config.train, where)
     _check_guide(config, where)

@@ -60,6 +60,35 @@ def device_option(default: str = "auto"):  # type: ignore[no-untyped-def]
                         help="auto (first CUDA GPU, else the CPU), cpu, cuda or cuda:N.")
 
 
+def tile_options(what: str):  # type: ignore[no-untyped-def]
+    """`--tile SIZE --tile-overlap PX` (config.TileConfig), the same on every verb that scores images."""
+    def wrap(fn):  # type: ignore[no-untyped-def]
+        fn = click.option("--tile-overlap", type=click.IntRange(min=0), default=None,
+                          help="Least overlap of neighbouring tiles, px [default with --tile: SIZE / 4].")(fn)
+        return click.option("--tile", "tile_size", type=click.IntRange(min=0), default=None,
+                            help=f"Score images at their own resolution in SIZE x SIZE px tiles, blended into one "
+                                 f"map; {what}")(fn)
+    return wrap
+
+
+def tile_config(size: int | None, overlap: int | None) -> Any:
+    """--tile / --tile-overlap as a TileConfig, None for --tile 0, "bundle" when neither is given."""
+    from aminet_edge.config import TileConfig
+
+    if size is None:
+        if overlap is not None:
+            raise CliError("--tile-overlap needs --tile SIZE")
+        return "bundle"
+    if size == 0:
+        return None
+    tile = TileConfig(size, size // 4 if overlap is None else overlap)
+    try:
+        tile.validate()
+    except ValueError as exc:
+        raise CliError(f"--tile / --tile-overlap: {exc}") from exc
+    return tile
+
+
 class LazyGroup(click.Group):
     """A click group that imports the LAZY_COMMANDS modules on first use."""
 
@@ -128,6 +157,7 @@ def main() -> None:
 @click.option("--gpu-cache-gb", type=click.FloatRange(min=0), default=None,
               help="GPU memory the feature cache may use, GiB [default: half the free memory]; "
                    "larger caches stay in host memory with pinned, asynchronous copies. 0: always host.")
+@tile_options("the training samples are the tiles, and the bundle records the tiling [default: off].")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def train_cmd(data: tuple[str, ...], out: str, preset: str, backbone: str | None, weights: str | None,
               image_size: int | None, embed_dim: int | None, heads: int | None, depth: int | None,
@@ -135,7 +165,7 @@ def train_cmd(data: tuple[str, ...], out: str, preset: str, backbone: str | None
               guide_bank_size: int | None, score_map: str, epochs: int, batch_size: int, lr: float, seed: int,
               few_shot: int | None, cache_dir: str | None, cache_dtype: str, resume: bool,
               allow_changed_settings: bool, device: str, precision: str, workers: int, compile_: bool,
-              gpu_cache_gb: float | None, quiet: bool) -> None:
+              gpu_cache_gb: float | None, tile_size: int | None, tile_overlap: int | None, quiet: bool) -> None:
     """Train on the normal images of DATA (one root, or several for a unified model)."""
     from aminet_edge.training.trainer import train
 
@@ -149,8 +179,13 @@ def train_cmd(data: tuple[str, ...], out: str, preset: str, backbone: str | None
                 backbone_weights=weights,
                 few_shot=few_shot, cache_dir=cache_dir, resume=resume,
                 allow_changed_settings=allow_changed_settings, progress=not quiet, device=device,
-                precision=precision, workers=workers, compile=compile_, gpu_cache_gb=gpu_cache_gb)
+                precision=precision, workers=workers, compile=compile_, gpu_cache_gb=gpu_cache_gb,
+                tile=_untiled_if_bundle(tile_config(tile_size, tile_overlap)))
     click.echo(f"bundle written: {path}")
+
+
+def _untiled_if_bundle(tile: Any) -> Any:
+    return None if tile == "bundle" else tile
 
 
 @main.command("evaluate")
@@ -166,9 +201,12 @@ def train_cmd(data: tuple[str, ...], out: str, preset: str, backbone: str | None
               help="Also evaluate the nearest-neighbour baseline on the bundle's backbone.")
 @click.option("--bank-size", type=click.IntRange(min=1),
               help="Most patches in the kNN baseline's memory bank (default 50,000).")
+@tile_options("0: untiled [default: the bundle's]. Other than the bundle's: AUROC / AUPRO only (its thresholds "
+              "were calibrated otherwise; no F1 thresholds stored).")
 @click.option("--quiet", is_flag=True)
 def evaluate_cmd(run: str, data: str, json_path: str | None, heatmaps: str | None, device: str, workers: int,
-                 report: str | None, baseline: str | None, bank_size: int | None, quiet: bool) -> None:
+                 report: str | None, baseline: str | None, bank_size: int | None, tile_size: int | None,
+                 tile_overlap: int | None, quiet: bool) -> None:
     """Score DATA's test split with the bundle RUN and print image/pixel metrics."""
     from aminet_edge.evaluation.evaluate import evaluate_bundle
     from aminet_edge.bundle import refuse_output_overlap
@@ -177,12 +215,13 @@ def evaluate_cmd(run: str, data: str, json_path: str | None, heatmaps: str | Non
     if report:
         _run(refuse_output_overlap, run, report, "--report", "file")
     metrics = _run(evaluate_bundle, run, data, json_path=json_path, heatmaps=heatmaps, progress=not quiet,
-                   device=device, workers=workers, baseline=baseline, bank_cap=bank_size)
+                   device=device, workers=workers, baseline=baseline, bank_cap=bank_size,
+                   tile=tile_config(tile_size, tile_overlap))
     if report:
         write_report(metrics, report, f"Evaluation of {run} on {data}")
     summary = {k: v for k, v in metrics.items() if not isinstance(v, dict)}
-    for key in ("mask_coverage", "baseline_knn"):
-        if key in metrics:
+    for key in ("mask_coverage", "baseline_knn", "tile"):
+        if isinstance(metrics.get(key), dict):
             summary[key] = {k: v for k, v in metrics[key].items() if not isinstance(v, dict)}
     click.echo(json.dumps(summary, indent=2))
 

@@ -32,6 +32,9 @@ Deliberate departures from the code (models/model_MAE.py, train_mvtec.py):
   and smoothed as the reconstruction map, weighted by guide_weight (calibrated on held-out normal images:
   their mean reconstruction map / mean guide-distance map, so neither term dominates); needs
   mask="nearest_normal" (ScoreConfig.map; BENCHMARKS.md, "Accuracy on MVTec bottle and magnetic tile").
+- optional, not the default: native-resolution tiling (TileConfig, config.json "tile"): images are scored
+  in overlapping tiles of their own pixels, the tiles' maps blended into one map (aminet_edge.tiling); the
+  paper and the code resize every image to image_size.
 - the clustering patch embedding gets the same xavier-uniform init as the inpainting one; the code
   initialises only the inpainting one so and leaves the clustering one (auxi_embed) at PyTorch's default
   Conv2d init.
@@ -197,6 +200,39 @@ class ScoreConfig:
             raise ValueError(f"map {self.map!r} needs the nearest-normal mask, but the mask is {mask!r}")
         if calibrated and self.guide_weight == 0:
             raise ValueError(f"map {self.map!r} needs a calibrated guide_weight > 0 (`aminet-edge set-mask`)")
+
+
+MIN_TILE = 16  # TileConfig.size's lower bound, pixels: below, a tile holds no texture the backbone can see
+MAX_TILE = 20_000  # TileConfig.size's upper bound, pixels: the largest image side the runtime accepts
+
+
+@dataclass(frozen=True)
+class TileConfig:
+    """Native-resolution tiling (this project's; neither the paper nor the code tiles).
+
+    size: tile side in the input image's own pixels; each tile is resized to ModelConfig.image_size (no
+    resize when size == image_size). overlap: least overlap of neighbouring tiles, pixels. The tiles are
+    a regular grid, evenly spaced, the first and last row / column on the image's edges (no padding); a
+    side shorter than `size` gets one tile spanning it (that tile is then resized with a changed aspect).
+    Each tile's map is blended into the full-resolution map with weights ramping linearly over `overlap`
+    px from each tile edge that lies inside the image, normalised by the summed weights (aminet_edge.tiling).
+    """
+
+    size: int
+    overlap: int = 0  # at most size // 2: more would score each pixel in more than 2 x 2 tiles
+
+    def validate(self) -> None:
+        """Raise ValueError naming the first field out of range."""
+        for name in ("size", "overlap"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise ValueError(f"tile {name} must be an integer (pixels), got {value!r}")
+        if not MIN_TILE <= self.size <= MAX_TILE:
+            raise ValueError(f"tile size must be in [{MIN_TILE}, {MAX_TILE}] px, got {self.size}")
+        if not 0 <= self.overlap <= self.size // 2:
+            raise ValueError(f"tile overlap must be in [0, {self.size // 2}] px (half the tile size {self.size}), got "
+                             f"{self.overlap}: more would score each pixel in more than 4 tiles (an overlap >= the "
+                             "size never advances)")
 
 
 def uses_guide_map(score_map: str) -> bool:

@@ -117,6 +117,8 @@ def bundle_info(bundle: str | Path, config: BundleConfig) -> dict[str, str]:
                     f"depth {config.model.inpaint_depth}",
            "mask": mask_info(config),
            "score map": score_info(config),
+           "tiling": (f"{config.tile.size} px tiles, overlap >= {config.tile.overlap} px, resized to "
+                      f"{config.model.image_size} px" if config.tile else "off (whole image resized)"),
            "graphs": ", ".join(dict.fromkeys(graphs)) or "none (run `aminet-edge export`)",
            "engines": str(len(artifacts.get("engines") or [])),
            "calibrated": "yes" if config.calibration is not None else "no"}

@@ -46,6 +46,8 @@ CHILD = textwrap.dedent("""
         out[name] = {"backend": det.backend, "scores": [r.score for r in results],
                      "token_masks": [r.token_mask.astype(int).tolist() for r in results],
                      "map_max": [float(r.anomaly_map.max()) for r in results]}
+    tiled = Detector.load(bundle, backend=backends[0], tile=(48, 12)).predict(images)  # aminet_edge.tiling
+    out["tiled_scores"] = [r.score for r in tiled]
     auto = Detector.load(bundle)
     out["auto"] = auto.backend
     try:
@@ -86,6 +88,8 @@ def test_predict_without_torch(tmp_path_factory: pytest.TempPathFactory, tmp_pat
         np.testing.assert_allclose(got["scores"], [r.score for r in want], rtol=RTOL)
         assert got["token_masks"] == [r.token_mask.astype(int).tolist() for r in want]
         np.testing.assert_allclose(got["map_max"], [float(r.anomaly_map.max()) for r in want], rtol=RTOL)
+    tiled = detector(bundle, "torch", ops_backend="reference", tile=(48, 12)).predict(images)
+    np.testing.assert_allclose(out["tiled_scores"], [r.score for r in tiled], rtol=RTOL)
 
 
 def test_import_does_not_load_torch() -> None:

@@ -25,7 +25,7 @@ pytest.importorskip("tritonclient.http", reason="tritonclient is not installed (
 
 from test_detector import generated_images, shared_bundle  # noqa: E402
 
-from aminet_edge.bundle import read_config  # noqa: E402
+from aminet_edge.bundle import read_config, write_config  # noqa: E402
 from aminet_edge.runtime import Detector, InputError  # noqa: E402
 from aminet_edge.runtime.detector import resize_map  # noqa: E402
 from aminet_edge.serving import (QueuePolicy, RemoteDetector, ServerBusyError, ServerUnavailableError,  # noqa: E402
@@ -340,3 +340,28 @@ def test_station_camera_on_a_triton_url(main_server: TritonServer, detector: Det
         (f"part_{i}", w.score, "NG" if w.is_anomaly else "OK") for i, w in enumerate(want)]
     assert {r["backend"] for r in rows} == {"triton:aminet"}
     assert {r["weights_sha256"] for r in rows} == {detector.config.artifacts["weights"]["sha256"]}
+
+
+def test_tiled_bundle_is_served_tiled(bundle: Path, tmp_path: Path) -> None:
+    """A bundle with config.json "tile": the cpu repository's model tiles as the in-process Detector does
+    (one request at a time, batch 1: bit-identical), the tiles' token grids come back (T, g, g)."""
+    from aminet_edge.config import TileConfig
+
+    tiled = tmp_path / "tiled"
+    shutil.copytree(bundle, tiled, ignore=shutil.ignore_patterns("cache"))
+    config = read_config(tiled)
+    config.tile = TileConfig(48, 12)
+    write_config(tiled, config)
+    write_repository(tiled, tmp_path / "repo", max_batch=1, backend=BACKEND)
+    server = _serve(tmp_path / "repo")
+    try:
+        local = Detector.load(tiled, batch_size=1, backend=BACKEND)
+        remote = RemoteDetector(server.url)
+        for image in generated_images()[3:5]:
+            got, want = remote.predict(image), local.predict(image)
+            assert got.score == want.score and got.tiles == want.tiles and len(got.tiles) > 1
+            np.testing.assert_array_equal(got.anomaly_map, want.anomaly_map)
+            np.testing.assert_array_equal(got.token_mask, want.token_mask)
+    finally:
+        server.stop(timeout=3)
+        server.close()

@@ -265,3 +265,52 @@ def test_steps_are_adamw_on_fresh_gradients_and_calibration_is_held_out(
     trained, held = set(seen["trained"]), set(seen["calibrated"])
     assert len(held) == config.train["held_out"] == config.calibration.normal_image_scores["n"] == 3
     assert not trained & held and trained | held == every
+
+
+def test_tiled_training_calibrates_what_the_tiled_detector_scores(data: Path, tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """--tile: the training samples are every tile of the training images (9 images x 3 x 3 tiles of 32 px,
+    overlap 8, on 64 px images), the bundle records the tiling, its thresholds are the held-out images
+    scored as the tiled runtime Detector scores them, and evaluate follows the bundle (a tiling other than
+    the bundle's is a measurement: noted, F1 thresholds not stored)."""
+    from aminet_edge.config import TileConfig
+    from aminet_edge.evaluation.metrics import threshold_from_normal
+    from aminet_edge.runtime import Detector
+    from aminet_edge.training import trainer
+
+    cached: list[int] = []
+    real_cache = trainer.build_feature_cache
+
+    def cache(*args, **kwargs):  # type: ignore[no-untyped-def]
+        feats = real_cache(*args, **kwargs)
+        cached.append(len(feats))
+        return feats
+
+    monkeypatch.setattr(trainer, "build_feature_cache", cache)
+    tile = TileConfig(32, 8)
+    bundle = run(data, tmp_path / "run", epochs=1, tile=tile)
+    config = read_config(bundle)
+    assert config.tile == tile and config.train["images"] == 9 and cached == [9 * 9]
+    held = [data / name for name, _ in config.train["split"]["held_out"]]
+    results = Detector.load(bundle, backend="torch", ops_backend="reference").predict(held)
+    assert all(r.anomaly_map.shape == (64, 64) and r.token_mask.shape == (9, 4, 4) for r in results)
+    cal = config.calibration
+    assert cal.image_threshold == pytest.approx(threshold_from_normal(np.array([r.score for r in results])), rel=1e-5)
+    peaks = np.array([r.anomaly_map.max() for r in results])
+    assert cal.pixel_threshold == pytest.approx(threshold_from_normal(peaks), rel=1e-5)
+
+    metrics = evaluate_bundle(bundle, data, progress=False)
+    assert metrics["tile"] == {"size": 32, "overlap": 8} and "tile_note" not in metrics
+    assert read_config(bundle).calibration.f1_image_threshold == metrics["f1_thresholds"]["image"]
+    untiled = evaluate_bundle(bundle, data, progress=False, tile=None)
+    assert untiled["tile"] is None and "not apply" in untiled["tile_note"]
+    assert read_config(bundle).calibration.f1_image_threshold == metrics["f1_thresholds"]["image"]  # kept
+    assert untiled["image_auroc"] != metrics["image_auroc"] or untiled["pixel_auroc"] != metrics["pixel_auroc"]
+    # set-mask re-derives the guide from the training tiles and re-calibrates tiled, as training did
+    from aminet_edge.training.guide import set_mask
+
+    set_mask(bundle, [data], "nearest_normal")
+    config = read_config(bundle)
+    assert config.tile == tile and config.train["guide"]["training_tokens"] == 9 * 9 * 16
+    scores = [r.score for r in Detector.load(bundle, backend="torch", ops_backend="reference").predict(held)]
+    assert config.calibration.image_threshold == pytest.approx(threshold_from_normal(np.array(scores)), rel=1e-5)

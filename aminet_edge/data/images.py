@@ -7,6 +7,7 @@ defect; a model input is (3, S, S) float32, resized to a square S x S (no crop) 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -44,6 +45,18 @@ def read_image(path: str | Path) -> np.ndarray:
     Raises ImageReadError for a missing, empty, corrupt or unusable file.
     """
     return pil_to_rgb_float(_decoded(path, "image"), str(path))
+
+
+def image_size_of(path: str | Path) -> tuple[int, int]:
+    """(height, width) of an image file in pixels, as `read_image` returns it, from its header only.
+    ImageReadError for a missing or unreadable file."""
+    try:
+        with Image.open(path) as im:
+            return im.height, im.width
+    except FileNotFoundError:
+        raise ImageReadError(f"{path}: file not found") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise ImageReadError(f"{path}: not a readable image ({type(exc).__name__}: {exc})") from exc
 
 
 def pil_to_rgb_float(im: Image.Image, name: str = "image") -> np.ndarray:
@@ -113,6 +126,32 @@ def resize_plane(plane: np.ndarray, size: tuple[int, int], resample: int = Image
     """
     img = Image.fromarray(np.ascontiguousarray(plane, dtype=np.float32), mode="F")
     return np.asarray(img.resize((size[1], size[0]), resample), dtype=np.float32)
+
+
+@lru_cache(maxsize=64)
+def _linear_taps(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Indices and weights of 1-D linear interpolation, pixel centres aligned (align_corners=False)."""
+    x = (np.arange(n_out, dtype=np.float64) + 0.5) * (n_in / n_out) - 0.5
+    x = np.clip(x, 0.0, n_in - 1)
+    i0 = np.floor(x).astype(np.intp)
+    i1 = np.minimum(i0 + 1, n_in - 1)
+    w1 = (x - i0).astype(np.float32)
+    return i0, i1, (1.0 - w1).astype(np.float32), w1
+
+
+def resize_map(amap: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Bilinear resize of an (h, w) float32 map to (height, width), pixel centres aligned, edges clamped.
+
+    Same convention as OpenCV INTER_LINEAR / PIL BILINEAR when enlarging; plain (not area-averaged) when
+    shrinking, which is harmless for the Gaussian-smoothed map. Returns a new C-contiguous array.
+    """
+    h, w = amap.shape
+    if (h, w) == (height, width):
+        return np.array(amap, dtype=np.float32, copy=True)
+    r0, r1, rw0, rw1 = _linear_taps(h, height)
+    c0, c1, cw0, cw1 = _linear_taps(w, width)
+    rows = amap[r0] * rw0[:, None] + amap[r1] * rw1[:, None]  # (height, w)
+    return np.ascontiguousarray(rows[:, c0] * cw0 + rows[:, c1] * cw1, dtype=np.float32)
 
 
 def resize_rgb(image: np.ndarray, size: int | tuple[int, int]) -> np.ndarray:

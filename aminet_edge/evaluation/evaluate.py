@@ -13,6 +13,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from aminet_edge.bundle import BundleConfig, read_config, refuse_output_overlap, write_config
+from aminet_edge.config import TileConfig, to_dict
 from aminet_edge.files import atomic_write_text
 from aminet_edge.data.datasets import Sample, Split, load_dataset
 from aminet_edge.data.images import read_image, read_mask, resize_rgb
@@ -46,7 +47,7 @@ BASELINES = ("knn",)
 def evaluate_bundle(bundle: str | Path, data: str | Path, json_path: str | Path | None = None,
                     heatmaps: str | Path | None = None, batch_size: int = 8, store_thresholds: bool = True,
                     progress: bool = True, device: str = "auto", workers: int = 0, baseline: str | None = None,
-                    bank_cap: int | None = None) -> dict:
+                    bank_cap: int | None = None, tile: str | TileConfig | None = "bundle") -> dict:
     """Score `data`'s test split with the bundle and compute image/pixel metrics.
 
     Maps are compared with ground-truth masks at the model's input resolution (masks resized nearest).
@@ -61,6 +62,11 @@ def evaluate_bundle(bundle: str | Path, data: str | Path, json_path: str | Path 
     memory bank from `data`'s training images, at most `bank_cap` patches (None: knn_baseline.BANK_CAP).
     device: "auto" (first CUDA GPU, else CPU), "cpu", "cuda" or "cuda:N"; the model runs there in
     float32, as at calibration. workers: DataLoader processes decoding the images. Returns the metrics dict.
+    tile: "bundle" (config.json's tiling), None (untiled) or a TileConfig. Tiled, each image is scored at
+    its own resolution (Pipeline.infer_tiled) and its stitched map resized to the model's input size for
+    the pixel metrics; "mask_coverage" is left out (the token masks are per tile). A tiling other than the
+    bundle's is a measurement only: AUROC / AUPRO do not depend on thresholds, but the bundle's thresholds
+    were calibrated otherwise, so no F1 thresholds are stored and "tile_note" says so.
     """
     from aminet_edge.device import describe_device, resolve_device
     from aminet_edge.model.pipeline import load_pipeline
@@ -83,8 +89,17 @@ def evaluate_bundle(bundle: str | Path, data: str | Path, json_path: str | Path 
         raise ValueError(f"{data}: no test images found")
     log.info("evaluating on %s", describe_device(dev))
     size = config.model.image_size
-    scores, maps, token_masks = pipeline.to(dev).infer_paths([s.path for s in test], config.mean, config.std,
-                                                             batch_size, progress, workers)
+    tiling = config.tile if tile == "bundle" else tile
+    if isinstance(tiling, str):
+        raise ValueError(f"tile must be 'bundle', None or a TileConfig, got {tiling!r}")
+    if tiling is None:
+        scores, maps, token_masks = pipeline.to(dev).infer_paths([s.path for s in test], config.mean, config.std,
+                                                                 batch_size, progress, workers)
+    else:
+        tiling.validate()
+        scores, tiled_maps, _ = pipeline.to(dev).infer_tiled([s.path for s in test], config.mean, config.std, tiling,
+                                                             batch_size, progress, workers, map_size=size)
+        maps = np.stack(tiled_maps)
     labels = np.array([s.label for s in test], dtype=np.int64)
     masks = np.stack([_test_mask(s, size) for s in test])
     has_mask = np.array([s.label == 0 or s.mask_path is not None for s in test])
@@ -92,12 +107,19 @@ def evaluate_bundle(bundle: str | Path, data: str | Path, json_path: str | Path 
                        pixel_rows=has_mask)
     metrics["images"] = int(len(test))
     metrics["mask"], metrics["score_map"] = config.model.mask, config.score.map
+    metrics["tile"] = None if tiling is None else to_dict(tiling)
+    if tiling != config.tile:
+        store_thresholds = False
+        metrics["tile_note"] = (f"scored with tiling {metrics['tile'] or 'off'} but the bundle's thresholds were "
+                                f"calibrated with {to_dict(config.tile) if config.tile else 'tiling off'}: they do "
+                                "not apply to these scores (AUROC / AUPRO do not depend on them); F1 thresholds "
+                                "not stored")
     missing = int(sum(s.label == 1 and s.mask_path is None for s in test))
     if missing:
         metrics["pixel_note"] = (f"pixel metrics need ground-truth masks: {missing} of {int(labels.sum())} "
                                  "defective test image(s) have none" + ("" if "pixel_auroc" not in metrics
                                                                         else " (pixel metrics use the others)"))
-    coverage = _mask_coverage(test, token_masks, masks, has_mask)
+    coverage = None if tiling is not None else _mask_coverage(test, token_masks, masks, has_mask)
     if coverage is not None:
         metrics["mask_coverage"] = coverage
     if baseline == "knn":
@@ -114,7 +136,7 @@ def evaluate_bundle(bundle: str | Path, data: str | Path, json_path: str | Path 
     if heatmaps is not None:
         out = Path(heatmaps)
         out.mkdir(parents=True, exist_ok=True)
-        cal = config.calibration
+        cal = config.calibration if tiling == config.tile else None  # thresholds of other maps: no prediction
         vmax = float(np.quantile(maps, 0.999))
         for s, amap, m in tqdm(list(zip(test, maps, masks)), desc="heatmaps", disable=not progress):
             image = resize_rgb(read_image(s.path), size)

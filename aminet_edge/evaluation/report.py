@@ -48,6 +48,10 @@ def write_report(metrics: dict, path: str | Path, title: str) -> Path:
     parts = [f"# {title}", "", metrics_table(metrics), ""]
     if "mask" in metrics:
         parts += [f"Test-time mask: {metrics['mask']}; score map: {metrics['score_map']}.", ""]
+    tile = metrics.get("tile")
+    if tile:
+        parts += [f"Tiled: {tile['size']} px tiles, overlap >= {tile['overlap']} px (kNN baseline untiled)."
+                  + (f" {metrics['tile_note']}." if "tile_note" in metrics else ""), ""]
     knn = metrics.get("baseline_knn")
     if knn:
         sub = "" if knn["bank_patches"] == knn["train_patches"] else ", a uniform random subsample"

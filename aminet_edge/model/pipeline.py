@@ -18,7 +18,7 @@ from tqdm import tqdm
 
 from aminet_edge.bundle import (SCHEMA_VERSION, WEIGHTS_FILE, BundleConfig, BundleError, make_record, owned_bundle,
                                 read_config, remove_recorded, sha256_file, weights_file, weights_name, write_config)
-from aminet_edge.config import ScoreConfig, uses_guide_map
+from aminet_edge.config import ScoreConfig, TileConfig, uses_guide_map
 from aminet_edge.files import install, write_temp
 from aminet_edge.model.aminet import AMINet
 from aminet_edge.model.features import FeatureExtractor, build_feature_extractor
@@ -110,12 +110,52 @@ class Pipeline(nn.Module):
 
     @torch.no_grad()
     def score_paths(self, paths: Sequence[str | Path], mean: Sequence[float], std: Sequence[float],
-                    batch_size: int = 8, progress: bool = False,
-                    workers: int = 0) -> tuple[np.ndarray, np.ndarray]:
+                    batch_size: int = 8, progress: bool = False, workers: int = 0,
+                    tile: TileConfig | None = None) -> tuple[np.ndarray, np.ndarray | list[np.ndarray]]:
         """Run on image files on the pipeline's device: image scores (N,) float32 and maps (N, S, S) float32
-        at model resolution, on the host. `workers` DataLoader processes decode the images."""
-        scores, maps, _ = self.infer_paths(paths, mean, std, batch_size, progress, workers)
-        return scores, maps
+        at model resolution, on the host. `workers` DataLoader processes decode the images. With `tile`
+        (`infer_tiled`): the stitched maps at each image's own resolution, a list of (H_i, W_i)."""
+        if tile is not None:
+            return self.infer_tiled(paths, mean, std, tile, batch_size, progress, workers)[:2]
+        return self.infer_paths(paths, mean, std, batch_size, progress, workers)[:2]
+
+    @torch.no_grad()
+    def infer_tiled(self, paths: Sequence[str | Path], mean: Sequence[float], std: Sequence[float], tile: TileConfig,
+                    batch_size: int = 8, progress: bool = False, workers: int = 0, map_size: int | None = None
+                    ) -> tuple[np.ndarray, list[np.ndarray], list[np.ndarray]]:
+        """Tiled inference on image files (aminet_edge.tiling, as the runtime's `Detector` tiles): scores
+        (N,) float32, each the bundle's image score over its stitched map; the stitched maps, (H_i, W_i)
+        float32 at the image's resolution, or (map_size, map_size) resized after scoring; token masks
+        (T_i, L) bool per image, one row per tile. batch_size: tiles per forward pass."""
+        from aminet_edge.data.batches import load_batches
+        from aminet_edge.data.images import image_size_of, resize_map
+        from aminet_edge.tiling import grid, stitch_and_score
+
+        device = self.aminet.pos_embed.device
+        sizes = [image_size_of(p) for p in paths]
+        boxes = [grid(h, w, tile) for h, w in sizes]
+        scores: list[float] = []
+        maps: list[np.ndarray] = []
+        masks: list[np.ndarray] = []
+        tile_maps: list[np.ndarray] = []
+        tile_masks: list[np.ndarray] = []
+        bar = tqdm(total=len(paths), desc="scoring tiled", unit="img", disable=not progress)
+        for batch in load_batches(paths, self.aminet.cfg.image_size, mean, std, batch_size, workers,
+                                  pin_memory=device.type == "cuda", tile=tile):
+            amap, _, mask = self(batch.to(device, non_blocking=True))
+            tile_maps += list(amap.cpu().numpy())
+            tile_masks += list(mask.cpu().numpy())
+            while len(maps) < len(paths) and len(tile_maps) >= len(boxes[len(maps)]):
+                k = len(maps)
+                t = len(boxes[k])
+                full, score = stitch_and_score(tile_maps[:t], boxes[k], *sizes[k], tile, self.score.image_score)
+                scores.append(score)
+                maps.append(full if map_size is None else resize_map(full, map_size, map_size))
+                masks.append(np.stack(tile_masks[:t]))
+                del tile_maps[:t], tile_masks[:t]
+                bar.update(1)
+        bar.close()
+        return np.asarray(scores, np.float32), maps, masks
 
     @torch.no_grad()
     def infer_paths(self, paths: Sequence[str | Path], mean: Sequence[float], std: Sequence[float],

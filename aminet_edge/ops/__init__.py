@@ -28,7 +28,7 @@ from aminet_edge.ops import cpu as _cpu
 from aminet_edge.ops import cuda as _cuda
 
 BACKENDS = ("reference", "cpp", "triton", "cuda")
-OPS = ("adaptive_mask", "score_map")
+OPS = ("adaptive_mask", "score_map")  # plus `image_score`, score_map's last step alone (numpy, for stitched maps)
 _AUTO_ORDER = {"cuda": ("triton", "cuda", "reference"), "cpu": ("cpp", "reference"), "numpy": ("cpp",)}
 _last: dict[str, str] = {}
 
@@ -266,6 +266,16 @@ def _check_token_args(feat: Any, token_map: Any, token_weight: Any) -> tuple[Any
     if len(ts) != 3 or ts[0] != feat.shape[0] or min(ts) < 1:
         raise ValueError(f"token_map must be (B, gh, gw) with feat's B = {feat.shape[0]} and gh, gw >= 1, got {ts}")
     return token_map, weight
+
+
+def image_score(amap: np.ndarray, rule: str = "std") -> float:
+    """score_map's image score of one finished map: amap (H, W) (any float dtype; summed in float64) ->
+    its population std (rule "std") or maximum ("max"), as reference.score_map takes it of the maps it
+    makes. Used where the map is assembled outside score_map (tiles stitched by aminet_edge.tiling)."""
+    if rule not in ("std", "max"):
+        raise ValueError(f"image_score must be 'std' or 'max', got {rule!r}")
+    flat = np.asarray(amap, np.float64).reshape(-1)
+    return float(flat.std() if rule == "std" else flat.max())
 
 
 def score_map(

@@ -27,6 +27,12 @@ BundleError / EngineError at load, never later: every config field is validated,
 backend opens is checked against its recorded size and sha256 (aminet_edge.bundle; docs/deployment.md,
 "Reliability"). A missing package raises BackendUnavailableError naming the extra.
 
+Tiling (config.json "tile", `Detector.load(tile=...)`; aminet_edge.tiling): each image is cut into
+overlapping tiles of its own pixels, every tile of every image of a call goes through the backend in
+one batch (split at the backend's max batch), the tiles' maps are blended into one map at the input's
+resolution and the image score is the bundle's rule (std or max) over that whole map. Result.token_mask
+is then (T, g, g), one token grid per tile in Result.tiles order (row-major tiles).
+
 Thread safety: one Detector may be shared by threads. Decoding, preprocessing and post-processing run
 in the calling thread; the backend call is serialised by a lock, so results equal serial use exactly.
 Determinism: the same input through the same Detector and batch size gives bit-identical results.
@@ -41,20 +47,46 @@ import time
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from aminet_edge.bundle import BundleConfig, BundleError, Calibration, read_config
+from aminet_edge.config import TileConfig
+from aminet_edge.data.images import resize_map
 from aminet_edge.runtime.backends import Backend, create_backend
 from aminet_edge.runtime.inputs import InputError, Limits, batch_items, describe, split_batch, to_frame, to_rgb
 from aminet_edge.runtime.result import Result, Thresholds, Timing
+from aminet_edge.tiling import Box, crop, grid, stitch_and_score
 
 log = logging.getLogger("aminet_edge.runtime")
 
 ThresholdSpec = str | float
+TileSpec = str | TileConfig | tuple[int, int] | None  # Detector.load's tile: "bundle", TileConfig, (size, overlap), None
+
+
+def resolve_tile(config: BundleConfig, tile: TileSpec = "bundle", warn: bool = True) -> TileConfig | None:
+    """The tiling in force: the bundle's ("bundle"), none (None) or the one given (TileConfig or (size,
+    overlap) px); ValueError for a bad one. Tiling other than the bundle's is logged: the calibrated
+    thresholds were measured on maps made the bundle's way and do not transfer."""
+    if isinstance(tile, str):
+        if tile != "bundle":
+            raise ValueError(f"tile must be 'bundle', None, a TileConfig or (size, overlap), got {tile!r}")
+        return config.tile
+    if tile is not None and not isinstance(tile, TileConfig):
+        try:
+            size, overlap = tile
+        except (TypeError, ValueError):
+            raise ValueError(f"tile must be 'bundle', None, a TileConfig or (size, overlap), got {tile!r}") from None
+        tile = TileConfig(size, overlap)
+    if tile is not None:
+        tile.validate()
+    if warn and tile != config.tile:
+        log.warning("tiling %s differs from the bundle's (%s): its calibrated thresholds do not apply to these "
+                    "maps and scores; pass threshold= / pixel_threshold= or retrain with this tiling",
+                    tile or "off", config.tile or "off")
+    return tile
 
 
 def sensitivity_factor(sensitivity: float) -> float:
@@ -121,37 +153,13 @@ def override_thresholds(default: Thresholds, calibration: Calibration | None,
         base_sensitivity if sensitivity is None else sensitivity)
 
 
-@lru_cache(maxsize=64)
-def _linear_taps(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Indices and weights of 1-D linear interpolation, pixel centres aligned (align_corners=False)."""
-    x = (np.arange(n_out, dtype=np.float64) + 0.5) * (n_in / n_out) - 0.5
-    x = np.clip(x, 0.0, n_in - 1)
-    i0 = np.floor(x).astype(np.intp)
-    i1 = np.minimum(i0 + 1, n_in - 1)
-    w1 = (x - i0).astype(np.float32)
-    return i0, i1, (1.0 - w1).astype(np.float32), w1
-
-
-def resize_map(amap: np.ndarray, height: int, width: int) -> np.ndarray:
-    """Bilinear resize of an (h, w) float32 map to (height, width), pixel centres aligned, edges clamped.
-
-    Same convention as OpenCV INTER_LINEAR / PIL BILINEAR when enlarging; plain (not area-averaged) when
-    shrinking, which is harmless for the Gaussian-smoothed map. Returns a new C-contiguous array.
-    """
-    h, w = amap.shape
-    if (h, w) == (height, width):
-        return np.array(amap, dtype=np.float32, copy=True)
-    r0, r1, rw0, rw1 = _linear_taps(h, height)
-    c0, c1, cw0, cw1 = _linear_taps(w, width)
-    rows = amap[r0] * rw0[:, None] + amap[r1] * rw1[:, None]  # (height, w)
-    return np.ascontiguousarray(rows[:, c0] * cw0 + rows[:, c1] * cw1, dtype=np.float32)
-
-
 @dataclass(frozen=True)
 class RawOutput:
     """One image's model outputs before the decision rule: amap (S, S) float32 raw map units, the raw
     score, token_mask (L,) bool, the input's height / width (px), and timing (ms; backend_ms is the
-    whole backend call of batch_size images)."""
+    whole backend call of batch_size images). Tiled: amap is the stitched (height, width) map, score its
+    image score, token_mask (T, g, g), tiles the T boxes, backend_ms this image's tiles' share of the
+    backend calls that ran them (batch_size 1)."""
 
     amap: np.ndarray
     score: float
@@ -161,15 +169,17 @@ class RawOutput:
     preprocess_ms: float
     backend_ms: float
     batch_size: int
+    tiles: tuple[Box, ...] | None = None
 
 
 def decide(source: str, index: int, amap: np.ndarray, score: Any, token_mask: np.ndarray,
            map_hw: tuple[int, int], thresholds: Thresholds, backend: str, preprocess_ms: float = 0.0,
-           backend_ms: float = 0.0, batch: int = 1) -> Result:
+           backend_ms: float = 0.0, batch: int = 1, tiles: tuple[Box, ...] | None = None) -> Result:
     """One image's Result from the model's raw outputs: the decision rule of the module docstring.
 
     amap: (h, w) float32 raw map (the model's S x S, or a map already resized by a server); score: the raw
-    image score; token_mask: (L,) or (g, g) bool; map_hw: (H, W) of the Result's anomaly_map and mask
+    image score; token_mask: (L,) or (g, g) bool, or (T, g, g) of a tiled image (kept as is); map_hw: (H, W)
+    of the Result's anomaly_map and mask
     (the input's resolution, bilinear resize_map). A non-finite score or map gives an error Result.
     Shared by `Detector` and `aminet_edge.serving.RemoteDetector`, so both decide identically.
     """
@@ -181,22 +191,27 @@ def decide(source: str, index: int, amap: np.ndarray, score: Any, token_mask: np
         return Result(source=source, index=index, error=error, backend=backend)
     full = resize_map(np.asarray(amap, np.float32), int(map_hw[0]), int(map_hw[1]))
     mask = full > np.float32(thresholds.pixel)
-    side = math.isqrt(int(np.size(token_mask)))
+    tokens = np.array(token_mask, dtype=bool)
+    if tokens.ndim != 3:
+        side = math.isqrt(int(tokens.size))
+        tokens = tokens.reshape(side, side)
     timing = Timing(preprocess_ms, backend_ms, (time.perf_counter() - t0) * 1e3, batch)
     return Result(source=source, index=index, score=score, normalized_score=score / thresholds.image,
                   is_anomaly=bool(score > thresholds.image), anomaly_map=full, mask=mask,
-                  token_mask=np.array(token_mask, dtype=bool).reshape(side, side),
-                  thresholds=thresholds, timing=timing, backend=backend)
+                  token_mask=tokens, thresholds=thresholds, timing=timing, backend=backend, tiles=tiles)
 
 
 @dataclass
 class _Prepared:
     index: int
     source: str
-    tensor: np.ndarray  # (3, S, S) float32, or for a frame-taking backend the (H, W, 3) frame (inputs.to_frame)
+    # (3, S, S) float32, or for a frame-taking backend the (H, W, 3) frame (inputs.to_frame): the whole
+    # image, or one per tile of `tiles`
+    tensors: list[np.ndarray]
     height: int
     width: int
     preprocess_ms: float
+    tiles: tuple[Box, ...] | None = None
 
 
 class Detector:
@@ -204,12 +219,12 @@ class Detector:
 
     Attributes: backend (name of the backend in use, e.g. "onnxruntime-split"), device, backend_reason
     (why `auto` chose it), bundle, config (BundleConfig), image_size, thresholds (defaults in force),
-    batch_size, limits.
+    batch_size, limits, tile (TileConfig in force or None).
     """
 
     def __init__(self, backend: Backend, config: BundleConfig, bundle: Path, threshold: ThresholdSpec = "normal",
                  sensitivity: float = 0.5, pixel_threshold: float | None = None, batch_size: int = 8,
-                 limits: Limits | None = None, backend_reason: str = "") -> None:
+                 limits: Limits | None = None, backend_reason: str = "", tile: TileSpec = "bundle") -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self._backend = backend
@@ -226,6 +241,7 @@ class Detector:
         self.grid_size = config.model.grid_size
         self.batch_size = int(batch_size)
         self.limits = limits or Limits()
+        self.tile = resolve_tile(config, tile)
         self._threshold = threshold
         self._pixel_threshold = pixel_threshold
         self._sensitivity = sensitivity
@@ -235,7 +251,7 @@ class Detector:
     @classmethod
     def load(cls, bundle: str | Path, backend: str = "auto", device: str = "cpu", threshold: ThresholdSpec = "normal",
              sensitivity: float = 0.5, *, pixel_threshold: float | None = None, batch_size: int = 8,
-             limits: Limits | None = None, **backend_options: Any) -> "Detector":
+             limits: Limits | None = None, tile: TileSpec = "bundle", **backend_options: Any) -> "Detector":
         """Load `bundle` (a directory written by `aminet-edge train` / `export`) for inference.
 
         backend: "auto" or "openvino", "openvino-split", "torch", "onnxruntime", "onnxruntime-split",
@@ -250,6 +266,9 @@ class Detector:
             `predict` call may override them.
         batch_size: images per backend call in `predict` / `predict_batch` (capped by the backend's max).
         limits: image size limits (inputs.Limits).
+        tile: "bundle" (config.json's tiling, the default), None (whole image resized), a TileConfig or
+            (size, overlap) px: native-resolution tiling (module docstring). Other than the bundle's, the
+            calibrated thresholds do not apply (logged).
         backend_options: passed to the backend, e.g. threads=4 (openvino, onnxruntime, torch),
             ops_backend="reference" (torch), precision="fp32" / "int8" (onnxruntime; default int8 when the
             bundle was exported with `--precision int8`) or "fp32" / "bf16" / "int8" (openvino; default bf16 mixed
@@ -263,6 +282,8 @@ class Detector:
         config = read_config(bundle)
         # thresholds first: a bad threshold argument should not cost a model load
         resolve_thresholds(config.calibration, threshold, pixel_threshold, sensitivity)
+        if tile != "bundle":
+            resolve_tile(config, tile, warn=False)  # a bad tile argument should not cost a model load either
         if backend == "auto":
             from aminet_edge.runtime.backends.auto import choose_backend
 
@@ -270,7 +291,8 @@ class Detector:
         else:
             instance = create_backend(backend, bundle, config, device, **backend_options)
             reason = f"requested backend={backend!r}"
-        detector = cls(instance, config, bundle, threshold, sensitivity, pixel_threshold, batch_size, limits, reason)
+        detector = cls(instance, config, bundle, threshold, sensitivity, pixel_threshold, batch_size, limits, reason,
+                       tile)
         log.info("aminet-edge Detector: %s [%s] for %s", instance.describe(), reason, bundle)
         return detector
 
@@ -370,16 +392,18 @@ class Detector:
         t0 = time.perf_counter()
         source = describe(x, index)
         try:
-            if self._frames:  # the backend resizes and normalises on its device
-                rgb = tensor = to_frame(x, index, bgr, self.limits)
-            else:
-                rgb = to_rgb(x, index, bgr, self.limits)
-                tensor = np.ascontiguousarray(preprocess(rgb, self.image_size, self.config.mean, self.config.std),
-                                              dtype=np.float32)
+            rgb = (to_frame if self._frames else to_rgb)(x, index, bgr, self.limits)
         except InputError as exc:
             return Result(source=source, index=position, error=exc, backend=self.backend)
-        return _Prepared(position, source, tensor, int(rgb.shape[0]), int(rgb.shape[1]),
-                         (time.perf_counter() - t0) * 1e3)
+        tiles = None if self.tile is None else tuple(grid(rgb.shape[0], rgb.shape[1], self.tile))
+        parts = [rgb] if tiles is None else [crop(rgb, box) for box in tiles]
+        if self._frames:  # the backend resizes and normalises on its device
+            tensors = [np.ascontiguousarray(part) for part in parts]
+        else:
+            tensors = [np.ascontiguousarray(preprocess(part, self.image_size, self.config.mean, self.config.std),
+                                            dtype=np.float32) for part in parts]
+        return _Prepared(position, source, tensors, int(rgb.shape[0]), int(rgb.shape[1]),
+                         (time.perf_counter() - t0) * 1e3, tiles)
 
     def _prepare(self, items: Sequence[Any], offset: int, bgr: bool) -> list[_Prepared | Result]:
         return [self._prepare_one(x, offset + i, offset + i, bgr) for i, x in enumerate(items)]
@@ -427,16 +451,45 @@ class Detector:
         return out, ms
 
     def _raw(self, prepared: list[_Prepared]) -> list[RawOutput]:
+        if self.tile is not None:
+            return self._raw_tiled(prepared, self.tile)
         step = min(len(prepared), self._backend.max_batch or len(prepared))
         raws: list[RawOutput] = []
         for s in range(0, len(prepared), step):
             chunk = prepared[s:s + step]
-            out, backend_ms = self._infer([p.tensor for p in chunk])
+            out, backend_ms = self._infer([p.tensors[0] for p in chunk])
             raws += [RawOutput(out.amap[j], float(out.score[j]), out.mask[j], p.height, p.width, p.preprocess_ms,
                                backend_ms, len(chunk)) for j, p in enumerate(chunk)]
         return raws
 
+    def _raw_tiled(self, prepared: list[_Prepared], tile: TileConfig) -> list[RawOutput]:
+        """All tiles of all `prepared` images through the backend as one batch (max-batch chunks), then
+        each image's tile maps stitched and scored (aminet_edge.tiling)."""
+        tensors = [t for p in prepared for t in p.tensors]
+        owner = [k for k, p in enumerate(prepared) for _ in p.tensors]
+        step = min(len(tensors), self._backend.max_batch or len(tensors))
+        amaps: list[np.ndarray] = []
+        masks: list[np.ndarray] = []
+        share = [0.0] * len(prepared)
+        for s in range(0, len(tensors), step):
+            n = len(tensors[s:s + step])
+            out, backend_ms = self._infer(tensors[s:s + step])
+            amaps += [np.asarray(out.amap[j], np.float32) for j in range(n)]
+            masks += [np.asarray(out.mask[j], bool) for j in range(n)]
+            for k in owner[s:s + n]:
+                share[k] += backend_ms / n
+        raws, start, g = [], 0, self.grid_size
+        for k, p in enumerate(prepared):
+            tiles = p.tiles or ()
+            end = start + len(tiles)
+            amap, score = stitch_and_score(amaps[start:end], tiles, p.height, p.width, tile,
+                                           self.config.score.image_score)
+            tokens = np.stack(masks[start:end]).reshape(len(tiles), g, g)
+            raws.append(RawOutput(amap, score, tokens, p.height, p.width, p.preprocess_ms, share[k], 1, p.tiles))
+            start = end
+        return raws
+
     def _run(self, prepared: list[_Prepared], thresholds: Thresholds) -> list[Result]:
         return [decide(p.source, p.index, r.amap, r.score, r.token_mask, (r.height, r.width), thresholds,
-                       self.backend, r.preprocess_ms, r.backend_ms, r.batch_size)
+                       self.backend, r.preprocess_ms, r.backend_ms, r.batch_size, r.tiles)
                 for p, r in zip(prepared, self._raw(prepared))]

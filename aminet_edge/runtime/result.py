@@ -51,7 +51,9 @@ class Result:
     anomaly_map: (H, W) float32 at the input's resolution (bilinear resize of the model's S x S map, raw
         map units, comparable with thresholds.pixel).
     mask: (H, W) bool, anomaly_map > thresholds.pixel.
-    token_mask: (g, g) bool, the tokens the test-time mask (adaptive or nearest-normal) chose to inpaint (g = grid side).
+    token_mask: (g, g) bool, the tokens the test-time mask (adaptive or nearest-normal) chose to inpaint (g = grid
+        side); for a tiled image (T, g, g), tile t's tokens covering the box tiles[t].
+    tiles: None, or for a tiled image the T tiles (aminet_edge.tiling.Box: y, x, height, width in input pixels).
     error: None, or the exception (InputError for a bad image) that stopped this image; then the
         arrays are None, score is NaN and is_anomaly is False. Single-image `predict` raises instead.
     """
@@ -68,6 +70,7 @@ class Result:
     timing: Timing | None = None
     backend: str = ""
     error: BaseException | None = field(default=None)
+    tiles: tuple[Any, ...] | None = None
 
     @property
     def ok(self) -> bool:
@@ -97,7 +100,7 @@ class Result:
                 "height": int(self.mask.shape[0]), "width": int(self.mask.shape[1]),
                 "backend": self.backend, "backend_ms": self.timing.backend_ms,
                 "batch_size": self.timing.batch_size,
-            })
+            } | ({} if self.tiles is None else {"tiles": len(self.tiles)}))
         else:
             out["error"] = str(self.error)
             out["error_type"] = type(self.error).__name__

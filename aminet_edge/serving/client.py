@@ -41,6 +41,7 @@ from aminet_edge.bundle import BundleConfig
 from aminet_edge.runtime.detector import ThresholdSpec, decide, override_thresholds, resolve_thresholds
 from aminet_edge.runtime.inputs import InputError, Limits, batch_items, describe, split_batch
 from aminet_edge.runtime.result import Result, Thresholds
+from aminet_edge.tiling import grid
 from aminet_edge.serving.protocol import BUNDLE_PARAMETER, INPUT_ERROR, MODEL_NAME, OUTPUTS, encode_image
 
 
@@ -211,8 +212,13 @@ class RemoteDetector:
         score, amap, token_mask, size = outputs
         height, width = (int(v) for v in size)
         map_hw = (height, width) if self.map_max_side is None else amap.shape
+        tiles = None
+        if self.config.tile is not None:  # T tiles' token grids, flattened on the wire
+            g = self.config.model.grid_size
+            token_mask = np.asarray(token_mask).reshape(-1, g, g)
+            tiles = tuple(grid(height, width, self.config.tile))
         result = decide(source, position, amap, score, token_mask, map_hw, thresholds, f"triton:{url}",
-                        encode_ms, ms, 1)
+                        encode_ms, ms, 1, tiles)
         return result
 
     def _order(self) -> list[str]:

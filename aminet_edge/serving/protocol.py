@@ -6,11 +6,13 @@ One request = one image (Triton's dynamic batcher groups requests from all camer
 |--------------|-----|--------|--------------------|------------------------------------------------------------|
 | IMAGE        | in  | UINT8  | [-1] (ragged)      | the image: an image file's bytes (PNG, JPEG, BMP, TIFF...) |
 |              |     |        |                    | or an array in NumPy's .npy format (allow_pickle=False)     |
-| MAP_MAX_SIDE | in  | INT32  | [1]                | 0: send the model's S x S map; k > 0: the map resized to   |
+| MAP_MAX_SIDE | in  | INT32  | [1]                | 0: send the model's S x S map (tiled bundle: the stitched  |
+|              |     |        |                    | map at the input's H x W); k > 0: the map resized to       |
 |              |     |        |                    | the input's aspect, longest side min(k, input's)           |
 | SCORE        | out | FP32   | [1]                | raw image score                                            |
 | AMAP         | out | FP32   | [-1, -1]           | raw anomaly map (S x S, or as MAP_MAX_SIDE asked)           |
-| TOKEN_MASK   | out | BOOL   | [-1]               | (L,) tokens the test-time mask inpainted                    |
+| TOKEN_MASK   | out | BOOL   | [-1]               | (L,) tokens the test-time mask inpainted (tiled: (T * L,),  |
+|              |     |        |                    | tile after tile)                                           |
 | IMAGE_SIZE   | out | INT32  | [2]                | the decoded input's (H, W) in pixels                        |
 
 The decision (thresholds, sensitivity, mask) is the client's, with `aminet_edge.runtime.detector.decide`,

@@ -451,6 +451,10 @@ def write_repository(run: str | Path, out: str | Path, target: str = "cpu", *, m
     run, out = Path(run), Path(out)
     refuse_output_overlap(run, out, "the repository folder")
     config = read_config(run)
+    if target == "gpu" and config.tile is not None:
+        raise ValueError(f"{run} scores images in tiles ({config.tile}), which the gpu ensemble (one S x S plan input "
+                         "per request) does not: use --target cpu (its model tiles as a Detector does, on any device "
+                         "its backend runs on)")
     if out.exists() and not out.is_dir():
         raise BundleError(f"{out}: exists and is not a folder")
     out.mkdir(parents=True, exist_ok=True)

@@ -159,7 +159,7 @@ class AminetModel:
                     amap = resize_map(amap, *map_hw(raw.height, raw.width, side))
                 responses[i] = pb.InferenceResponse([
                     _tensor("SCORE", np.array([raw.score], np.float32)), _tensor("AMAP", amap.astype(np.float32)),
-                    _tensor("TOKEN_MASK", np.asarray(raw.token_mask, bool)),
+                    _tensor("TOKEN_MASK", np.asarray(raw.token_mask, bool).reshape(-1)),
                     _tensor("IMAGE_SIZE", np.array([raw.height, raw.width], np.int32))])
         return responses
 

@@ -21,7 +21,8 @@ import torch
 from tqdm import tqdm
 
 from aminet_edge import config
-from aminet_edge.data.batches import load_batches
+from aminet_edge.config import TileConfig
+from aminet_edge.data.batches import load_batches, tile_count
 from aminet_edge.files import atomic_write_text
 from aminet_edge.model.features import FeatureExtractor
 
@@ -42,15 +43,17 @@ def weights_digest(module: torch.nn.Module) -> str:
 
 
 def _cache_key(paths: Sequence[str | Path], extractor: FeatureExtractor, image_size: int, mean: Sequence[float],
-               std: Sequence[float], dtype: str) -> str:
+               std: Sequence[float], dtype: str, tile: TileConfig | None = None) -> str:
     """Everything the cached features depend on: the images (path, size, mtime), the backbone's name and
-    weights, and the preprocessing (size, mean/std, cache dtype)."""
+    weights, and the preprocessing (size, mean/std, cache dtype, tiling)."""
     h = hashlib.sha256()
     for p in paths:
         st = Path(p).stat()
         h.update(f"{Path(p).resolve()}|{st.st_size}|{st.st_mtime_ns}\n".encode())
     prep = [float(v) for v in (*mean, *std)]
     h.update(f"{extractor.name}|{weights_digest(extractor)}|{image_size}|{prep!r}|{dtype}".encode())
+    if tile is not None:  # untiled keys stay as they were
+        h.update(f"|tile {tile.size} {tile.overlap}".encode())
     return h.hexdigest()[:16]
 
 
@@ -78,8 +81,10 @@ def cache_placement(nbytes: int, device: torch.device, budget_bytes: int | None 
 def build_feature_cache(extractor: FeatureExtractor, paths: Sequence[str | Path], image_size: int,
                         mean: Sequence[float], std: Sequence[float], dtype: str = "float32",
                         cache_dir: str | Path | None = None, batch_size: int = 8, progress: bool = True,
-                        workers: int = 0, place: torch.device | None = None) -> torch.Tensor:
-    """Features of every image, (N, C, S/4, S/4) in `dtype`, stored on `place` (default: the CPU).
+                        workers: int = 0, place: torch.device | None = None,
+                        tile: TileConfig | None = None) -> torch.Tensor:
+    """Features of every image, (N, C, S/4, S/4) in `dtype`, stored on `place` (default: the CPU); with
+    `tile`, of every tile of every image (N = data.batches.tile_count).
 
     The extractor runs on its own device; images are decoded in `workers` DataLoader processes.
     With `cache_dir`, features live in a .npy memmap there (float32/float16 only) and a later call with
@@ -90,13 +95,13 @@ def build_feature_cache(extractor: FeatureExtractor, paths: Sequence[str | Path]
         raise ValueError(f"cache dtype must be one of {sorted(CACHE_DTYPES)}, got {dtype!r}")
     place = place or torch.device("cpu")
     on = next(extractor.parameters()).device
-    n, side = len(paths), image_size // 4
+    n, side = tile_count(paths, tile), image_size // 4
     shape = (n, extractor.channels, side, side)
     store: np.ndarray | torch.Tensor
     if cache_dir is not None:
         if dtype == "bfloat16":
             raise ValueError("a disk cache holds float32 or float16 (numpy has no bfloat16)")
-        key = _cache_key(paths, extractor, image_size, mean, std, dtype)
+        key = _cache_key(paths, extractor, image_size, mean, std, dtype, tile)
         cache_dir = Path(cache_dir)
         cache_dir.mkdir(parents=True, exist_ok=True)
         file, meta = cache_dir / f"features-{key}.npy", cache_dir / f"features-{key}.json"
@@ -108,7 +113,8 @@ def build_feature_cache(extractor: FeatureExtractor, paths: Sequence[str | Path]
         store = torch.empty(shape, dtype=CACHE_DTYPES[dtype], device=place)
     done = 0
     bar = tqdm(total=n, desc="caching features", unit="img", disable=not progress)
-    for batch in load_batches(paths, image_size, mean, std, batch_size, workers, pin_memory=on.type == "cuda"):
+    for batch in load_batches(paths, image_size, mean, std, batch_size, workers, pin_memory=on.type == "cuda",
+                              tile=tile):
         feats = extractor(batch.to(on, non_blocking=True))
         if isinstance(store, np.ndarray):
             store[done:done + len(batch)] = feats.cpu().numpy().astype(store.dtype)

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from aminet_edge.bundle import Calibration
-from aminet_edge.config import ScoreConfig, uses_guide_map
+from aminet_edge.config import ScoreConfig, TileConfig, uses_guide_map
 from aminet_edge.data.datasets import Sample
 from aminet_edge.evaluation.metrics import threshold_from_normal
 from aminet_edge.model.pipeline import Pipeline
@@ -18,17 +18,17 @@ from aminet_edge.ops import reference
 
 @torch.no_grad()
 def guide_weight(pipeline: Pipeline, normals: Sequence[Sample], mean: Sequence[float], std: Sequence[float],
-                 workers: int = 0) -> float:
+                 workers: int = 0, tile: TileConfig | None = None) -> float:
     """ScoreConfig.guide_weight of the "reconstruction+guide" map: the normal images' mean reconstruction
     map over their mean smoothed guide-distance map, so that both terms weigh alike on normal parts.
-    The pipeline must hold the nearest-normal guide; runs on its device."""
+    The pipeline must hold the nearest-normal guide; runs on its device. tile: over the images' tiles."""
     from aminet_edge.data.batches import load_batches
 
     cfg, sigma = pipeline.aminet.cfg, pipeline.score.sigma
     hw = (cfg.image_size, cfg.image_size)
     device = pipeline.aminet.pos_embed.device
     rec_sum = guide_sum = 0.0
-    for batch in load_batches([s.path for s in normals], cfg.image_size, mean, std, 8, workers):
+    for batch in load_batches([s.path for s in normals], cfg.image_size, mean, std, 8, workers, tile=tile):
         feat, recon, _, dist = pipeline.restore(batch.to(device))
         if dist is None:
             raise ValueError("the guide map's weight needs the nearest-normal guide")
@@ -41,25 +41,28 @@ def guide_weight(pipeline: Pipeline, normals: Sequence[Sample], mean: Sequence[f
 
 
 def calibrate_score(pipeline: Pipeline, normals: Sequence[Sample], mean: Sequence[float], std: Sequence[float],
-                    workers: int = 0) -> ScoreConfig:
-    """The pipeline's ScoreConfig with guide_weight calibrated on `normals` when its map adds the guide's
-    distances (`guide_weight`), else unchanged; set on the pipeline too."""
+                    workers: int = 0, tile: TileConfig | None = None) -> ScoreConfig:
+    """The pipeline's ScoreConfig with guide_weight calibrated on `normals` (their tiles with `tile`) when
+    its map adds the guide's distances (`guide_weight`), else unchanged; set on the pipeline too."""
     if uses_guide_map(pipeline.score.map):
         pipeline.score = dataclasses.replace(pipeline.score, guide_weight=guide_weight(pipeline, normals, mean,
-                                                                                       std, workers))
+                                                                                       std, workers, tile))
     return pipeline.score
 
 
 def calibrate(pipeline: Pipeline, normals: Sequence[Sample], mean: Sequence[float], std: Sequence[float],
-              held_out: bool, progress: bool = False, workers: int = 0) -> Calibration:
+              held_out: bool, progress: bool = False, workers: int = 0, tile: TileConfig | None = None) -> Calibration:
     """Image threshold from normal image scores; pixel threshold from each normal map's maximum.
 
     Both use `threshold_from_normal`. held_out False (few-shot) means the images were also trained on.
-    Runs on the pipeline's device; `workers` DataLoader processes decode the images.
+    Runs on the pipeline's device; `workers` DataLoader processes decode the images. tile: the images
+    are scored tiled (Pipeline.infer_tiled, the stitched maps at their own resolution), as a `Detector`
+    of a bundle with this tiling scores them, so its thresholds mean the same thing.
     """
-    scores, maps = pipeline.score_paths([s.path for s in normals], mean, std, progress=progress, workers=workers)
-    peaks = maps.reshape(len(maps), -1).max(1)
-    flat = maps.reshape(-1)
+    scores, maps = pipeline.score_paths([s.path for s in normals], mean, std, progress=progress, workers=workers,
+                                        tile=tile)
+    peaks = np.array([m.max() for m in maps])
+    flat = np.concatenate([np.ravel(m) for m in maps])
     return Calibration(
         image_threshold=float(threshold_from_normal(scores)),
         pixel_threshold=float(threshold_from_normal(peaks)),

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from aminet_edge.config import MASKS, ModelConfig
+from aminet_edge.config import MASKS, ModelConfig, TileConfig
 from aminet_edge.evaluation.knn_baseline import nearest_distance
 from aminet_edge.model.features import FeatureExtractor
 from aminet_edge.model.guide import NearestNormalGuide, token_features
@@ -60,14 +60,15 @@ def pooled_tokens(feature_batches: Iterable[torch.Tensor], patch_size: int) -> t
 
 
 def image_tokens(extractor: FeatureExtractor, paths: Sequence[str | Path], model: ModelConfig, mean: Sequence[float],
-                 std: Sequence[float], device: torch.device, workers: int = 0) -> torch.Tensor:
-    """`pooled_tokens` of the backbone features of image files (normalised with mean / std), on `device`:
-    (N * L, C) float32 (N = 0: (0, C))."""
+                 std: Sequence[float], device: torch.device, workers: int = 0,
+                 tile: TileConfig | None = None) -> torch.Tensor:
+    """`pooled_tokens` of the backbone features of image files (normalised with mean / std; their tiles
+    with `tile`), on `device`: (N * L, C) float32 (N images or tiles; 0: (0, C))."""
     from aminet_edge.data.batches import load_batches
 
     with torch.no_grad():
         batches = (extractor(b.to(device)) for b in load_batches(
-            paths, model.image_size, mean, std, FEATURE_CHUNK, workers))
+            paths, model.image_size, mean, std, FEATURE_CHUNK, workers, tile=tile))
         return pooled_tokens(batches, model.patch_size) if paths else torch.empty(0, extractor.channels, device=device)
 
 
@@ -131,7 +132,7 @@ def set_mask(bundle: str | Path, data: Sequence[str | Path], mask: str, quantile
         guide, summary = None, None
     elif guide is None or model != replace(config.model, mask=mask):  # no guide yet, or other quantile / bank
         fit_tokens, held_tokens = (image_tokens(pipeline.extractor, [s.path for s in part], model, config.mean,
-                                                config.std, dev, workers) for part in (fit, held))
+                                                config.std, dev, workers, config.tile) for part in (fit, held))
         guide, summary = build_guide(fit_tokens, held_tokens, model, tr["seed"])
     else:
         log.info("nearest-normal guide kept (bank %d tokens, threshold %.4g)", len(guide.bank), float(guide.threshold))
@@ -139,9 +140,9 @@ def set_mask(bundle: str | Path, data: Sequence[str | Path], mask: str, quantile
     pipeline.aminet.cfg = model
     pipeline.score = score
     config.model = model
-    config.score = calibrate_score(pipeline, held, config.mean, config.std, workers)
+    config.score = calibrate_score(pipeline, held, config.mean, config.std, workers, config.tile)
     config.calibration = calibrate(pipeline, held or fit, config.mean, config.std, held_out=bool(held),
-                                   progress=progress, workers=workers)
+                                   progress=progress, workers=workers, tile=config.tile)
     config.train = {k: v for k, v in tr.items() if k != "guide"} | ({"guide": summary} if summary else {})
     return save_bundle(bundle, config, pipeline.extractor.cpu(), pipeline.aminet.cpu(),
                        None if guide is None else guide.cpu())

@@ -18,7 +18,8 @@ import torch
 from tqdm import tqdm
 
 from aminet_edge.bundle import BundleConfig, owned_bundle, sha256_file
-from aminet_edge.config import ModelConfig, ScoreConfig, TrainConfig, to_dict
+from aminet_edge.config import ModelConfig, ScoreConfig, TileConfig, TrainConfig, to_dict
+from aminet_edge.data.batches import tile_count
 from aminet_edge.data.datasets import Sample, load_dataset, select_few_shot
 from aminet_edge.device import describe_device, make_generator, repeatable, resolve_device
 from aminet_edge.files import atomic_write_text
@@ -136,7 +137,7 @@ def recorded_split(bundle: str | Path, train_record: dict[str, Any], roots: Sequ
 
 
 def training_settings(model: ModelConfig, train_cfg: TrainConfig, fit: Sequence[Sample], few_shot: int | None,
-                      backbone_digest: str) -> dict[str, Any]:
+                      backbone_digest: str, tile: TileConfig | None = None) -> dict[str, Any]:
     """What a checkpoint's training state depends on, as flat JSON-ready {name: value}: model and
     optimisation settings (epochs excluded: resuming to train longer is the point), the training images
     and the backbone's weights (sha256)."""
@@ -147,6 +148,8 @@ def training_settings(model: ModelConfig, train_cfg: TrainConfig, fit: Sequence[
     settings |= {f"train.loss.{k}": v for k, v in to_dict(train_cfg.loss).items()}
     settings |= {"few_shot": few_shot, "training images": [str(Path(s.path).resolve()) for s in fit],
                  "backbone weights sha256": backbone_digest}
+    if tile is not None:  # untiled checkpoints recorded no tiling and resume as before
+        settings["tile"] = to_dict(tile)
     return settings
 
 
@@ -197,6 +200,7 @@ def train(
     workers: int = 0,
     compile: bool = False,
     gpu_cache_gb: float | None = None,
+    tile: TileConfig | None = None,
 ) -> Path:
     """Train AMI-Net on normal images and write a bundle to `out`; returns the bundle path.
 
@@ -219,6 +223,9 @@ def train(
     not yet measured on a GPU.
     gpu_cache_gb: GPU memory the feature cache may take, in GiB (None: half the free memory; 0: keep
     it in pinned-staged host memory).
+    tile: native-resolution tiling (config.TileConfig): the training samples are every tile of every
+    training image, thresholds are calibrated on the held-out images scored tiled, and the bundle records
+    it (config.json "tile") so that `Detector`, evaluate and serving tile alike.
     """
     model = model or ModelConfig()
     train_cfg = train_cfg or TrainConfig()
@@ -226,6 +233,8 @@ def train(
     model.validate()
     train_cfg.validate()
     score.validate(model.mask, calibrated=False)
+    if tile is not None:
+        tile.validate()
     if few_shot is not None and (isinstance(few_shot, bool) or not isinstance(few_shot, int) or few_shot < 1):
         raise ValueError(f"few_shot must be an integer >= 1 (or None for all images), got {few_shot!r}")
     if isinstance(checkpoint_every, bool) or not isinstance(checkpoint_every, int) or checkpoint_every < 1:
@@ -255,9 +264,9 @@ def train(
     extractor = build_feature_extractor(model.backbone, weights=backbone_weights,
                                         image_size=model.image_size, pretrained=pretrained).to(dev)
     config = BundleConfig(model=model, in_channels=extractor.channels, score=score, mean=extractor.mean,
-                          std=extractor.std, backbone_source=extractor.weights_source)
+                          std=extractor.std, backbone_source=extractor.weights_source, tile=tile)
     aminet = AMINet(model, extractor.channels).to(dev)
-    settings = training_settings(model, train_cfg, fit, few_shot, weights_digest(extractor))
+    settings = training_settings(model, train_cfg, fit, few_shot, weights_digest(extractor), tile)
     out.mkdir(parents=True, exist_ok=True)  # once data and backbone weights are found: a bad start leaves no folder
     if resume:
         check_resume(out, settings, allow_changed_settings)
@@ -265,7 +274,8 @@ def train(
         (out / CHECKPOINT_FILE).unlink(missing_ok=True)  # an earlier run's state must not meet these settings
     atomic_write_text(out / SETTINGS_FILE, json.dumps(settings, indent=1) + "\n")
 
-    nbytes = cache_nbytes(len(fit), extractor.channels, model.feature_size, train_cfg.cache_dtype)
+    nbytes = cache_nbytes(tile_count([s.path for s in fit], tile), extractor.channels, model.feature_size,
+                          train_cfg.cache_dtype)
     place = cache_placement(nbytes, dev, None if gpu_cache_gb is None else int(gpu_cache_gb * 2**30))
     log.info("feature cache: %.2f GiB of %s on %s", nbytes / 2**30, train_cfg.cache_dtype,
              "the GPU" if place.type == "cuda" else "the host")
@@ -279,7 +289,7 @@ def train(
         t0 = time.perf_counter()
         feats = build_feature_cache(extractor, [s.path for s in fit], model.image_size, extractor.mean,
                                     extractor.std, train_cfg.cache_dtype, cache_dir, progress=progress,
-                                    workers=workers, place=place)
+                                    workers=workers, place=place, tile=tile)
         cache_seconds = time.perf_counter() - t0
         batches = FeatureBatches(feats, dev, train_cfg.batch_size)
 
@@ -308,12 +318,12 @@ def train(
     aminet.eval()
     guide, guide_summary = None, None
     if model.mask == "nearest_normal":
-        guide, guide_summary = _guide_from_cache(feats, extractor, held, model, train_cfg.seed, dev, workers)
+        guide, guide_summary = _guide_from_cache(feats, extractor, held, model, train_cfg.seed, dev, workers, tile)
         guide.to(dev)
     pipeline = Pipeline(extractor, aminet, score, guide=guide).eval()
-    config.score = calibrate_score(pipeline, held, extractor.mean, extractor.std, workers)
+    config.score = calibrate_score(pipeline, held, extractor.mean, extractor.std, workers, tile)
     config.calibration = calibrate(pipeline, held or fit, extractor.mean, extractor.std, held_out=bool(held),
-                                   progress=progress, workers=workers)
+                                   progress=progress, workers=workers, tile=tile)
     config.train = {
         **to_dict(train_cfg), "roots": [str(r) for r in roots], "few_shot": few_shot,
         "images": len(fit), "held_out": len(held), "split": split_record(fit, held, roots), "device": device_name, "precision": prec,
@@ -325,10 +335,12 @@ def train(
 
 
 def _guide_from_cache(feats: torch.Tensor, extractor: FeatureExtractor, held: Sequence[Sample], model: ModelConfig,
-                      seed: int, dev: torch.device, workers: int) -> tuple[NearestNormalGuide, dict[str, Any]]:
-    """The nearest-normal guide: bank from the feature cache (N, C, h, w), threshold from the held-out images."""
+                      seed: int, dev: torch.device, workers: int,
+                      tile: TileConfig | None = None) -> tuple[NearestNormalGuide, dict[str, Any]]:
+    """The nearest-normal guide: bank from the feature cache (N, C, h, w), threshold from the held-out
+    images (their tiles with `tile`, as the cache holds the training images' tiles)."""
     chunk = FEATURE_CHUNK
     fit_tokens = pooled_tokens((feats[i:i + chunk].to(dev) for i in range(0, len(feats), chunk)), model.patch_size)
     held_tokens = image_tokens(extractor, [s.path for s in held], model, extractor.mean, extractor.std, dev,
-                               workers)
+                               workers, tile)
     return build_guide(fit_tokens, held_tokens, model, seed)
