@@ -313,7 +313,8 @@ def step_build_cuda(r: Runner, step: Step, budget: float) -> None:
     lib = (r.work / "libaminet_cuda.so") if r.dry_run else ROOT / "aminet_edge" / "libaminet_cuda.so"
     cmd = [nvcc, "-std=c++17", "-O3", f"-arch=sm_{cap}", "-shared", "-Xcompiler", "-fPIC,-fvisibility=hidden",
            "-cudart", "static", "-I", str(ROOT / "csrc/include"), "-I", str(ROOT / "csrc/cuda"),
-           str(ROOT / "csrc/cuda/adaptive_mask.cu"), str(ROOT / "csrc/cuda/score_map.cu"), "-o", str(lib)]
+           str(ROOT / "csrc/cuda/adaptive_mask.cu"), str(ROOT / "csrc/cuda/nearest_distance.cu"),
+           str(ROOT / "csrc/cuda/score_map.cu"), "-o", str(lib)]
     check(r.sh(step, cmd, budget), "nvcc")
     step.figures.update(arch=f"sm_{cap}", bytes=lib.stat().st_size)
     if not r.dry_run:
