@@ -100,7 +100,7 @@ def _noncontiguous() -> dict:
 CASES = {
     "random_fp16": lambda: _random((3, 37, 33), 1000, seed=1),  # C not a multiple of 16, M of no tile
     "random_fp32": lambda: _random((2, 50, 176), 777, seed=2, bank_dtype=torch.float32),
-    "guide_shape": lambda: _random((1, 256, 176), 2048, seed=3),  # B * L = 256 tokens, the cpu preset's C
+    "guide_shape": lambda: _random((1, 256, 176), 600, seed=3),  # B * L = 256 tokens, the cpu preset's C
     "two_dims": lambda: _random((45, 17), 129, seed=4),
     "one_query": lambda: _random((176,), 500, seed=8),  # (C,) -> ()
     "one_row": lambda: _random((2, 9, 20), 1, seed=9),  # M = 1
@@ -367,7 +367,7 @@ def test_mixed_kinds_and_unknown_backend_are_refused() -> None:
         ops.nearest_distance(np.zeros((3, 8), np.float32), torch.zeros(10, 8))
     with pytest.raises(ValueError, match="unknown backend"):
         ops.nearest_distance(torch.zeros(3, 8), torch.zeros(10, 8), backend="fast")
-    assert ops.select_backend("nearest_distance", "numpy") in ("cpp",)
+    assert ops.select_backend("nearest_distance", "numpy") == "cpp"
 
 
 if __name__ == WORKER:

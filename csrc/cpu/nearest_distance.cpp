@@ -5,7 +5,7 @@
 // the bank), scheduled by OpenMP; the bank is split into chunks only as far as needed to give every
 // thread work (B * L = 256 queries are one group). Per item, the bank is visited in strips of NR rows:
 // a strip is widened to float32 (fp16 banks), transposed to (C, NR) and its squared norms summed
-// (11-22 KB, stays in L1), then every MR-query panel of the group runs against it: an MR x NR block of
+// (C = 176: 5.5-22 KB, in L1), then every MR-query panel of the group runs against it: an MR x NR block of
 // dot products in registers, each a sequential FMA chain over C (so a score does not depend on the
 // blocking or the thread count), and each query keeps a running (score, index) per lane of the strip.
 // Items reduce their lanes per query (lowest index on ties); a final pass reduces the chunks in bank
@@ -18,15 +18,14 @@
 // picks at run time (__builtin_cpu_supports), so one build runs anywhere and uses the widest vectors
 // present; elsewhere (aarch64 NEON) the baseline build is the vector build. AMINET_NEAREST_ISA=avx2 or
 // baseline caps the choice (read once per process; for tests and comparisons). Measured on 1 Zen 4 core
-// (C = 176): AVX-512 ~98 GFLOP/s, AVX2 ~90, SSE2 ~10 (bench/kernels.py has the op's timings).
+// (C = 176): AVX-512 ~98 GFLOP/s, AVX2 ~90 (Zen 4 splits 512-bit FMAs in two), SSE2 ~30 (bench/kernels.py has the op's timings).
 #include <omp.h>
 #include <stdint.h>
-
 #include <string.h>
 
 #include <algorithm>
-#include <limits>
 #include <cstdlib>
+#include <limits>
 #include <string>
 #include <vector>
 
