@@ -5,7 +5,8 @@ Usage: python bench/kernels.py [--repeats 10] [--threads N] [--device cpu|cuda] 
 adaptive_mask: B = 1 and 8, P = 8, L = 256, D = 768; score_map: B = 1 and 8, C = 1792, 64 x 64 -> 256 x 256,
 sigma 4; nearest_distance (the guide's bank search): B = 1 and 8, L = 256 queries per image, C = 176 (the cpu
 preset), a float16 bank of M = 16,384 and 65,536 rows, with its arithmetic rate 2 N M C / time in GFLOP/s
-(against `--peak-gflops`, the machine's fp32 peak, when given). Every backend runs through the public dispatcher (aminet_edge.ops) on the same float32 tensors;
+(against `--peak-gflops`, the machine's fp32 peak, when given) and, on the CPU, per second of CPU time of the
+process (all threads; robust to other load on a shared machine, where wall time is not). Every backend runs through the public dispatcher (aminet_edge.ops) on the same float32 tensors;
 time = median of `--repeats` runs after a warm-up. CPU: torch and the C++ kernels use the same thread
 count (`--threads`, default torch's). CUDA (--device cuda): events around each call, plus the bytes each
 op must move (inputs read once, outputs written once) over the time, against the GPU's peak bandwidth
@@ -19,7 +20,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import sys
+import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -66,9 +69,19 @@ def main() -> None:
     peak = args.peak_gbs or (_peak_gbs(torch, dev) if gpu else 0.0)
     copy_gbs = 0.0
 
+    cpu_s: dict[str, float] = {}  # median CPU seconds (all threads) of the last `timed` call, CPU runs only
+
     def timed(fn) -> float:
         if not gpu:
-            return median_seconds(fn, repeats=args.repeats, warmup=2)
+            def counted() -> None:
+                t = time.process_time()
+                fn()
+                spent.append(time.process_time() - t)
+
+            spent: list[float] = []
+            wall = median_seconds(counted, repeats=args.repeats, warmup=2)
+            cpu_s["last"] = statistics.median(spent[2:])
+            return wall
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
 
         def once() -> None:
@@ -119,8 +132,10 @@ def main() -> None:
             if op not in selected:
                 continue
             ref_s = timed(lambda: call("reference"))
+            ref_cpu = cpu_s.get("last", 0.0)
             for b in backends:
                 s = ref_s if b == "reference" else timed(lambda b=b: call(b))
+                busy = ref_cpu if b == "reference" else cpu_s.get("last", 0.0)
                 gbs = nbytes / s / 1e9
                 bw = f"{gbs:.1f} GB/s" + (f" ({100 * gbs / peak:.0f}% of peak {peak:.0f})" if peak else "")
                 if copy_gbs:
@@ -128,15 +143,21 @@ def main() -> None:
                 gflops = flops / s / 1e9
                 rate = "" if not flops else f"{gflops:.0f}" + (
                     f" ({100 * gflops / args.peak_gflops:.0f}% of peak {args.peak_gflops:.0f})" if args.peak_gflops else "")
+                if flops and busy:
+                    rate += f"; {flops / busy / 1e9:.0f} per CPU-second"
                 rows.append(f"| {op} | {shape} | {b} | {s * 1e3:.2f} | {ref_s / s:.1f}x | {bw} | {rate} |")
                 records.append({"op": op, "batch": B, "shape": shape, "backend": b, "ms": s * 1e3,
                                 "vs_reference": ref_s / s, "gb_per_s": gbs,
                                 "gflop_per_s": gflops if flops else None,
+                                "gflop_per_cpu_s": flops / busy / 1e9 if flops and busy else None,
                                 "pct_of_copy": 100 * gbs / copy_gbs if copy_gbs else None,
                                 "pct_of_peak": 100 * gbs / peak if peak else None})
         del tokens, centers, feat, recon, queries, cases
 
-    where = torch.cuda.get_device_name(dev) if gpu else f"CPU, torch threads {threads}, OpenMP threads {omp}"
+    # the load average says how far a shared machine's other work slowed the wall times (CPU-second rates less)
+    where = torch.cuda.get_device_name(dev) if gpu else (
+        f"CPU, torch threads {threads}, OpenMP threads {omp}, load average {os.getloadavg()[0]:.1f} on "
+        f"{os.cpu_count()} CPUs")
     table = "\n".join([
         f"kernels on {where}; torch {torch.__version__}; median of {args.repeats}",
         "",
