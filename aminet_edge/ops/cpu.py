@@ -2,7 +2,8 @@
 
 Torch-free (the edge runtime calls it with numpy arrays). Sources: csrc/cpu/{adaptive_mask,score_map,
 nearest_distance,bindings}.cpp with the math shared with CUDA in csrc/include/aminet/. OpenMP threads:
-OMP_NUM_THREADS.
+OMP_NUM_THREADS. nearest_distance's inner loop is built for AVX-512, AVX2 and the baseline instruction set
+and picked at run time; AMINET_NEAREST_ISA=avx2 or baseline caps the pick (tests, comparisons).
 
 Dtypes: float32 and float16 arrays go to the kernels as they are (fp16 is widened to float32 on load
 inside C++, no copy); any other dtype (float64, ints) is converted to float32 here first, and a
