@@ -374,9 +374,9 @@ def _check_nearest_args(queries: Any, bank: Any) -> tuple[int, ...]:
 def nearest_distance(queries: Any, bank: Any, backend: str = "auto") -> Any:
     """Euclidean distance from each query to its nearest bank row (the nearest-normal guide's search).
 
-    queries: (..., C) floating point (used as float32); bank: (M, C) float16 or float32, read as stored
-    (fp16 is widened inside the kernels, no float32 copy); numpy arrays or torch tensors, both the same
-    kind and on the same device. Semantics: reference.nearest_distance: the row minimising
+    queries: (..., C) floating point (used as float32); bank: (M, C) float16 or float32 (the fast backends
+    read it as stored, widening fp16 inside their kernels: no float32 copy of the bank per call); numpy
+    arrays or torch tensors, both the same kind and on the same device. Semantics: reference.nearest_distance: the row minimising
     ||b||^2 - 2 q.b (ties to the lowest index), then the exact ||q - b|| of that row. The fast backends
     never form the (N, M) score matrix and keep no per-bank state: the bank's squared norms are summed as
     each tile of the bank is loaded (M * C multiply-adds against the 2 * N * M * C of the products), so
