@@ -32,7 +32,7 @@ before it ran to its own:
     environment 10, build_cuda 30 (nvcc, one arch: ~6 s on 2 CPU cores), kernels 45 (kernels vs the
     reference and % of copy bandwidth; cold Triton compiles), runtime 85 (Detector.predict, paper-size
     model, batch 1 and 32, five variants), train_bench 45 (training images/s, MFU, the math attention
-    kernel's cost), pytest_gpu 170 (`pytest -m gpu tests/`, 88 cases, 100 s per test at most: kernels
+    kernel's cost), pytest_gpu 170 (`pytest -m gpu tests/`, 112 cases, 100 s per test at most: kernels
     vs reference first, then the CUDA backends, ~20 short GPU trainings incl. repeatability at L = 256
     and a cold torch.compile; three shared test bundles exported to ONNX, ~60 s on 2 CPU cores),
     train_bottle 45 (GPU-trained bottle model, --resume, evaluate), precision_accuracy 20 (fp16 / bf16
@@ -87,7 +87,7 @@ RETURN_LIMITS = {"files": 8, "file_bytes": 16 * 2**20, "total_bytes": 64 * 2**20
 LOG_LIMIT = 4 * 2**20  # gpu_check.log keeps its last LOG_LIMIT bytes
 REPORT_FILES = ("gpu_check.md", "gpu_check.json", "gpu_check.log")
 # the kernel tests' GPU cases (tests/triton_interpreter.BACKENDS): pytest_gpu must select them
-KERNEL_MODULES = ("tests/test_adaptive_mask.py", "tests/test_score_map.py")
+KERNEL_MODULES = ("tests/test_adaptive_mask.py", "tests/test_nearest_distance.py", "tests/test_score_map.py")
 
 
 @dataclass
@@ -313,7 +313,8 @@ def step_build_cuda(r: Runner, step: Step, budget: float) -> None:
     lib = (r.work / "libaminet_cuda.so") if r.dry_run else ROOT / "aminet_edge" / "libaminet_cuda.so"
     cmd = [nvcc, "-std=c++17", "-O3", f"-arch=sm_{cap}", "-shared", "-Xcompiler", "-fPIC,-fvisibility=hidden",
            "-cudart", "static", "-I", str(ROOT / "csrc/include"), "-I", str(ROOT / "csrc/cuda"),
-           str(ROOT / "csrc/cuda/adaptive_mask.cu"), str(ROOT / "csrc/cuda/score_map.cu"), "-o", str(lib)]
+           str(ROOT / "csrc/cuda/adaptive_mask.cu"), str(ROOT / "csrc/cuda/nearest_distance.cu"),
+           str(ROOT / "csrc/cuda/score_map.cu"), "-o", str(lib)]
     check(r.sh(step, cmd, budget), "nvcc")
     step.figures.update(arch=f"sm_{cap}", bytes=lib.stat().st_size)
     if not r.dry_run:

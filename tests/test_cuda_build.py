@@ -10,7 +10,7 @@ CUDA sources (csrc/cuda/); without nvcc these skip with that reason:
   is refused at load (its argument lists differ, so calls would read garbage).
 Triton kernels (aminet_edge/ops/triton/): compiled ahead of time to cubins for sm_87, sm_90 and sm_120
 with Triton's own ptxas, so the compiled path (not only the interpreter the op tests use) is checked.
-The gpu-marked test builds the library for the GPU present and runs both ops on torch CUDA tensors.
+The gpu-marked test builds the library for the GPU present and runs every op on torch CUDA tensors.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-SOURCES = ["csrc/cuda/adaptive_mask.cu", "csrc/cuda/score_map.cu"]
+SOURCES = ["csrc/cuda/adaptive_mask.cu", "csrc/cuda/nearest_distance.cu", "csrc/cuda/score_map.cu"]
 C_API = {
     "aminet_cuda_api_version",
     "aminet_cuda_device_count",
@@ -34,6 +34,8 @@ C_API = {
     "aminet_smoothing_matrix",
     "aminet_score_map_workspace_bytes",
     "aminet_score_map",
+    "aminet_nearest_distance_workspace_bytes",
+    "aminet_nearest_distance",
 }
 SMEM_LIMIT = 48 * 1024
 NVCC = shutil.which("nvcc")
@@ -165,6 +167,10 @@ def test_library_links_loads_and_exports_the_c_api(built_library: Path, monkeypa
         np.testing.assert_allclose(got, reference.smoothing_matrix(in_size, out_size, sigma).numpy(), atol=1e-6)
     with pytest.raises(ValueError, match="sizes"):
         cuda.smoothing_matrix(0, 8, 2.0)
+    # nearest_distance's workspace: a partial per query and bank chunk, never N x M
+    assert cuda.nearest_distance_workspace_bytes(256, 65536) == cuda.nearest_distance_workspace_bytes(256, 1 << 30)
+    assert 0 < cuda.nearest_distance_workspace_bytes(4096, 65536) < 4096 * 65536 * 4 // 100
+    assert cuda.nearest_distance_workspace_bytes(0, 10) == 0
     del torch
 
 
@@ -222,12 +228,20 @@ def test_cuda_kernels_run_on_torch_cuda_tensors(built_library: Path, monkeypatch
     torch.testing.assert_close(amap, ref_map, rtol=1e-4, atol=1e-5 * float(ref_map.abs().max()))
     torch.testing.assert_close(score, ref_score, rtol=1e-4, atol=0.0)
 
+    # the guide's bank search at its largest: B * L = 8 x 256 tokens against 65,536 x 176 float16 rows
+    bank = torch.randn(65536, 176, generator=g).half()
+    queries = bank[torch.randint(0, 65536, (8, 256), generator=g)].float() + 0.3 * torch.randn(8, 256, 176, generator=g)
+    dist = ops.nearest_distance(queries.cuda(), bank.cuda(), backend="cuda").cpu()
+    ref = torch.cat([reference.nearest_distance(chunk, bank) for chunk in queries.split(1)])
+    torch.testing.assert_close(dist, ref, rtol=1e-5, atol=1e-6 * float(ref.abs().max()))
+
 
 def _triton_specs() -> list[tuple]:
     """(kernel, signature, constexprs) of every Triton kernel, in the types the wrappers launch them with."""
     import inspect
 
     from aminet_edge.ops.triton import adaptive_mask as am
+    from aminet_edge.ops.triton import nearest_distance as nd
     from aminet_edge.ops.triton import score_map as sm
 
     def sig(kernel, types: dict) -> dict:
@@ -242,6 +256,14 @@ def _triton_specs() -> list[tuple]:
         specs.append((sm._cell_kernel, sig(sm._cell_kernel, dict(
             f_ptr=dt, r_ptr=dt, maps_ptr="*fp32", C=i32, HW=i32, BLOCK_C="constexpr", BLOCK_N="constexpr")),
             dict(BLOCK_C=8, BLOCK_N=128)))
+        blocks = dict(BLOCK_N=nd.BLOCK_N, BLOCK_M=nd.BLOCK_M, BLOCK_C=nd.BLOCK_C)
+        specs.append((nd._search_kernel, sig(nd._search_kernel, dict(
+            q_ptr="*fp32", b_ptr=dt, score_ptr="*fp32", index_ptr="*i32", N=i32, M=i32, C=i32, rows_per_chunk=i32,
+            BLOCK_N="constexpr", BLOCK_M="constexpr", BLOCK_C="constexpr")), blocks))
+        specs.append((nd._finish_kernel, sig(nd._finish_kernel, dict(
+            q_ptr="*fp32", b_ptr=dt, score_ptr="*fp32", index_ptr="*i32", dist_ptr="*fp32", row_ptr="*i64", N=i32,
+            C=i32, chunks=i32, BLOCK_N="constexpr", BLOCK_C="constexpr")),
+            dict(BLOCK_N=nd.BLOCK_N, BLOCK_C=nd.BLOCK_C)))
     specs.append((am._mask_kernel, sig(am._mask_kernel, dict(
         dist_ptr="*fp32", asg_ptr="*i64", mask_ptr="*i1", L=i32, P=i32, lam="fp32", BLOCK="constexpr")),
         dict(BLOCK=256)))

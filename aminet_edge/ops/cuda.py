@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 LIB_NAME = "libaminet_cuda.so"
-API_VERSION = 2  # AMINET_CUDA_API_VERSION of the C API these bindings declare
+API_VERSION = 3  # AMINET_CUDA_API_VERSION of the C API these bindings declare
 DTYPE_FLOAT32 = 0
 DTYPE_FLOAT16 = 1
 SCORE_STD = 0
@@ -61,6 +61,11 @@ def _load(path: str) -> ctypes.CDLL:
                                      _c_i64, _c_int, _c_ptr, _c_i64, _c_i64, _c_ptr, _c_ptr, ctypes.c_float, _c_ptr,
                                      _c_ptr, _c_ptr, _c_ptr]
     lib.aminet_score_map.restype = _c_int
+    lib.aminet_nearest_distance_workspace_bytes.argtypes = [_c_i64, _c_i64]
+    lib.aminet_nearest_distance_workspace_bytes.restype = ctypes.c_size_t
+    lib.aminet_nearest_distance.argtypes = [_c_ptr, _c_ptr, _c_int, _c_i64, _c_i64, _c_i64, _c_ptr, _c_ptr, _c_ptr,
+                                            _c_ptr]
+    lib.aminet_nearest_distance.restype = _c_int
     return lib
 
 
@@ -150,3 +155,21 @@ def score_map(feat: int, recon: int, dtype: int, B: int, C: int, h: int, w: int,
     err = lib.aminet_score_map(feat, recon, dtype, B, C, h, w, a_h, H, a_w, W, image_score, token_map or None, gh, gw,
                                a_hg or None, a_wg or None, token_weight, amap, score, workspace, stream or None)
     _check(lib, err, "aminet_score_map")
+
+
+def nearest_distance_workspace_bytes(N: int, M: int) -> int:
+    """Device workspace bytes `nearest_distance` needs for N queries against M bank rows (grows with N only)."""
+    return int(library().aminet_nearest_distance_workspace_bytes(N, M))
+
+
+def nearest_distance(queries: int, bank: int, dtype: int, N: int, M: int, C: int, out: int, workspace: int,
+                     stream: int = 0, *, index: int = 0) -> None:
+    """Launch nearest_distance on `stream`.
+
+    queries (N, C) float32 and bank (M, C) of DTYPE_FLOAT32 / DTYPE_FLOAT16: device pointers; out (N,) float32
+    distances to the nearest row; index: 0, or an (N,) int64 device buffer for the picked rows; workspace:
+    `nearest_distance_workspace_bytes(N, M)` bytes.
+    """
+    lib = library()
+    err = lib.aminet_nearest_distance(queries, bank, dtype, N, M, C, out, index or None, workspace, stream or None)
+    _check(lib, err, "aminet_nearest_distance")

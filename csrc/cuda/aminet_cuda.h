@@ -1,11 +1,11 @@
-/* C API of libaminet_cuda.so: AMI-Net's two fused ops on NVIDIA GPUs.
+/* C API of libaminet_cuda.so: AMI-Net's fused ops on NVIDIA GPUs.
  *
  * Callers own all memory: every tensor argument is a raw device pointer (torch .data_ptr(), pycuda
  * DeviceAllocation, cuda-python CUdeviceptr), C-contiguous; `stream` is a cudaStream_t passed as void*
  * (torch.cuda.current_stream().cuda_stream, pycuda Stream.handle; NULL = legacy default stream).
  * Launches are asynchronous on `stream`; the return value is a cudaError_t as int (0 = success;
  * aminet_cuda_error_string names it). Semantics: aminet_edge/ops/reference.py; math shared with the CPU
- * kernels: csrc/include/aminet/{adaptive_mask,score_map}.h. Built by CMakeLists.txt; loaded by
+ * kernels: csrc/include/aminet/{adaptive_mask,score_map,nearest_distance}.h. Built by CMakeLists.txt; loaded by
  * aminet_edge/ops/cuda.py through ctypes.
  */
 #ifndef AMINET_CUDA_H_
@@ -24,8 +24,8 @@
 extern "C" {
 #endif
 
-/* 2: aminet_score_map's optional token map, aminet_score_map_workspace_bytes' gw */
-#define AMINET_CUDA_API_VERSION 2
+/* 2: aminet_score_map's optional token map, aminet_score_map_workspace_bytes' gw; 3: aminet_nearest_distance */
+#define AMINET_CUDA_API_VERSION 3
 
 /* input dtypes (tokens/centers, feat/recon); outputs are always float32 / uint8 (bool) / int64 */
 #define AMINET_DTYPE_FLOAT32 0
@@ -67,6 +67,18 @@ AMINET_CUDA_EXPORT int aminet_score_map(const void* feat, const void* recon, int
                                         int64_t W, int image_score, const float* token_map, int64_t gh, int64_t gw,
                                         const float* a_hg, const float* a_wg, float token_weight, float* amap,
                                         float* score, void* workspace, void* stream);
+
+/* Device workspace aminet_nearest_distance needs for N queries against M bank rows, in bytes (0 when N or
+ * M < 1); it grows with N (a partial result per query and bank chunk), never with N * M. */
+AMINET_CUDA_EXPORT size_t aminet_nearest_distance_workspace_bytes(int64_t N, int64_t M);
+
+/* queries (N, C) float32, bank (M, C) of `dtype` (1 <= M < 2^31) -> out (N,) float32: the distance of each
+ * query to its nearest bank row (the row minimising ||b||^2 - 2 q.b, lowest index on ties, then the exact
+ * ||q - b||), and, unless index is NULL, that row (N,) int64. The bank's squared norms are summed on the
+ * fly: callers keep no per-bank state. workspace: aminet_nearest_distance_workspace_bytes(N, M) bytes of
+ * device memory, 16-byte aligned. */
+AMINET_CUDA_EXPORT int aminet_nearest_distance(const float* queries, const void* bank, int dtype, int64_t N, int64_t M,
+                                               int64_t C, float* out, int64_t* index, void* workspace, void* stream);
 
 #ifdef __cplusplus
 }
