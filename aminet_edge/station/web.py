@@ -36,6 +36,7 @@ import math
 import os
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -148,6 +149,8 @@ class LiveView:
     async def _main(self) -> None:
         web = self.web
         self._loop = asyncio.get_running_loop()
+        # one thread encodes (tiles, panels) and applies changes: the view never takes more than one core
+        self._loop.set_default_executor(ThreadPoolExecutor(1, thread_name_prefix="aminet-web-worker"))
         self._stopping = asyncio.Event()
         app = web.Application()
         app.add_routes([web.get("/", self._page), web.get("/{name:live\\.(js|css)}", self._page),
