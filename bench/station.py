@@ -355,15 +355,15 @@ CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic
 
 def _page_requests(url: str, stop: threading.Event, connected: threading.Event) -> None:
     """What the page asks of the view, without rendering it (as station/page/live.js does): the event
-    stream; each pushed result's tile; each camera's trend once; after an NG, its thumbnail list with the
-    next state."""
+    stream (results, their tiles inline, trend points); each camera's first tile and its trend once; after
+    an NG, its thumbnail list with the next state."""
     import urllib.request
 
     def get(path: str) -> None:
         urllib.request.urlopen(url + path, timeout=60).read()
 
     with urllib.request.urlopen(url + "api/events", timeout=60) as stream:
-        event, trends, ng = None, set(), set()
+        event, trends, tiles, ng = None, set(), set(), set()
         connected.set()
         for line in stream:
             if stop.is_set():
@@ -373,7 +373,9 @@ def _page_requests(url: str, stop: threading.Event, connected: threading.Event) 
                 event = text.split()[1]
             elif text.startswith("data:") and event == "result":
                 message = json.loads(text[5:])
-                get(f"api/cameras/{message['camera']}/frame.jpg?id={message['id']}")
+                if message["camera"] not in tiles:
+                    tiles.add(message["camera"])
+                    get(f"api/cameras/{message['camera']}/frame.jpg?id={message['id']}")
                 if message["decision"] == "NG":
                     ng.add(message["camera"])
             elif text.startswith("data:") and event == "state":

@@ -8,6 +8,8 @@ with a deadline; nothing is timed. Needs Debian's `chromium` and `chromium-drive
 
 from __future__ import annotations
 
+import asyncio
+import base64
 import io
 import json
 import math
@@ -116,16 +118,25 @@ def test_the_view_keeps_numbers_per_frame_and_pushes_the_latest(tmp_path: Path, 
             record = station._record(cam, Frame(image, f"ref{i}", f"p{i}", 0.0, "api"), result, None)
             expected.append([record.id, pytest.approx(result.score), pytest.approx(result.thresholds.image),
                              record.decision])
-        record = station._record(cam, Frame(None, "trigger", "p-error", 0.0, "api", error="no frame"), None, "no frame")
-        expected.append([record.id, None, None, "ERROR"])
         top = view.views["top"]
         assert top.tile is None and top.shown is None and view._publisher is None  # nothing made per frame
-        events = [(e.split("\n")[0], json.loads(e.split("\ndata: ")[1])) for e in
-                  view._news("top", top).decode().split("\n\n") if e]
-        assert [kind for kind, _ in events] == ["event: result", "event: trend"]
-        assert events[0][1]["id"] == record.id and events[0][1]["part_id"] == "p-error"  # the latest wins
-        assert events[1][1] == {"camera": "top", "points": expected}  # every result, in order
-        assert view._news("top", top) == b""  # nothing new, nothing pushed
+
+        def news() -> list[tuple[str, Any]]:
+            return [(e.split("\n")[0][len("event: "):], json.loads(e.split("\ndata: ")[1]))
+                    for e in asyncio.run(view._news("top", top)).decode().split("\n\n") if e]
+
+        events = news()
+        assert [kind for kind, _ in events] == ["result", "tile", "trend"]
+        assert events[0][1]["id"] == record.id and events[0][1]["part_id"] == f"p{len(expected) - 1}"  # the latest
+        assert events[1][1]["id"] == record.id
+        tile = Image.open(io.BytesIO(base64.b64decode(events[1][1]["jpeg"])))
+        h, w = line.images[-1].shape[:2]
+        assert tile.format == "JPEG" and tile.size == (w, h)  # within TILE_SIDE: the frame's own size
+        assert events[2][1] == {"camera": "top", "points": expected}  # every result, in order
+        record = station._record(cam, Frame(None, "trigger", "p-error", 0.0, "api", error="no frame"), None, "no frame")
+        assert news() == [("result", json.loads(json.dumps(record.message()))),
+                          ("trend", {"camera": "top", "points": [[record.id, None, None, "ERROR"]]})]
+        assert news() == []  # nothing new, nothing pushed
         stored = [r["latency_ms"] for r in station.store.query(camera="top")]
         assert view.health()["cameras"]["top"]["latency_ms"] == {
             "p50": pytest.approx(np.percentile(stored, 50)), "p99": pytest.approx(np.percentile(stored, 99))}

@@ -4,8 +4,9 @@ server-sent event stream, served by aiohttp in its own thread (`aminet-edge stat
     GET  /                                  the page
     GET  /api/state                         Station.state() + per camera latency p50/p99 (ms), the host's CPU load
     GET  /api/events                        server-sent events, every PUSH_S while a stream is open: `result` (the
-                                            latest result of each camera that has a new one), `trend` ({camera,
-                                            points}: the results since the last push) and, every STATE_S, `state`
+                                            latest result of each camera that has a new one), `tile` ({camera, id,
+                                            jpeg: its live tile, base64}), `trend` ({camera, points: the results
+                                            since the last push}) and, every STATE_S, `state`
     GET  /api/cameras/{camera}/frame.jpg    the live tile: the last pushed frame with its heatmap, TILE_SIDE px
     GET  /api/cameras/{camera}/panels.jpg   the same result full size: frame | heatmap | mask
     GET  /api/cameras/{camera}/trend        the last TREND results: [[id, score, image threshold, decision], ...]
@@ -21,13 +22,15 @@ Changes (POST) need `Authorization: Bearer <[web] token>`: no token sent -> 401,
 What watching costs the inspection: per frame, the listener keeps a reference to the latest result and
 writes one row of numbers (trend, latency) into a preallocated ring, whether or not a page is open; no
 wake-up, image or JSON. The server's thread reads those only while an event stream is open, at the page's
-display rate (PUSH_S: the latest result wins), once for all the streams; a tile is encoded when a browser
-asks for it, once per pushed result, from a strided view of the frame at the tile's size.
+display rate (PUSH_S: the latest result wins), once for all the streams, and encodes the tile of each pushed
+result once (in one worker thread), from a strided view of the frame at the tile's size; it travels in the
+stream, so a browser makes no request per update.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import hmac
 import io
 import json
@@ -203,7 +206,7 @@ class LiveView:
                 return
             except asyncio.TimeoutError:
                 pass
-            chunks = [self._news(name, view) for name, view in self.views.items()]
+            chunks = [await self._news(name, view) for name, view in self.views.items()]
             if time.monotonic() >= next_state:
                 next_state = time.monotonic() + STATE_S
                 chunks.append(_event("state", self.health()))
@@ -215,18 +218,34 @@ class LiveView:
                     self._streams.discard(stream)
                     _close(stream)
 
-    def _news(self, name: str, view: _View) -> bytes:
-        """The `result` and `trend` events of camera `name` since the last push (b"" if none)."""
+    async def _news(self, name: str, view: _View) -> bytes:
+        """The `result`, `tile` and `trend` events of camera `name` since the last push (b"" if none)."""
         out = b""
         latest = view.latest
         if latest is not None and (view.shown is None or view.shown[2]["id"] != latest[2]["id"]):
             view.shown = latest
             out += _event("result", latest[2])
+            if latest[0].image is not None:  # the tile travels with the event: no request per update
+                try:
+                    tile = await self._tile(view, latest)
+                except Exception as exc:  # noqa: BLE001 - e.g. an archived file gone: the page keeps its tile
+                    log.warning("camera %s: no live tile for result %d: %s", name, latest[2]["id"], exc)
+                else:
+                    out += _event("tile", {"camera": name, "id": latest[2]["id"],
+                                           "jpeg": base64.b64encode(tile).decode()})
         count = view.count
         if count > view.pushed:
             out += _event("trend", {"camera": name, "points": trend_points(view.rows(view.pushed, TREND))})
             view.pushed = count
         return out
+
+    async def _tile(self, view: _View, shown: Shown) -> bytes:
+        """The live tile of `shown`, encoded once (in the worker thread) however many ask for it."""
+        async with view.lock:
+            if view.tile is None or view.tile[0] != shown[2]["id"]:
+                tile = await asyncio.get_running_loop().run_in_executor(None, tile_jpeg, shown[0], shown[1])
+                view.tile = (shown[2]["id"], tile)
+            return view.tile[1]
 
     async def _events(self, request: Any) -> Any:
         resp = self.web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
@@ -291,14 +310,10 @@ class LiveView:
         if shown is None or shown[0].image is None:
             raise self.web.HTTPNotFound(text="no frame yet")
         frame, result, message = shown
-        loop = asyncio.get_running_loop()
         if request.match_info["kind"] == "panels":
-            data = await loop.run_in_executor(None, panels_jpeg, frame, result)
+            data = await asyncio.get_running_loop().run_in_executor(None, panels_jpeg, frame, result)
         else:
-            async with view.lock:  # the streams' browsers ask for the same tile at once: encoded once
-                if view.tile is None or view.tile[0] != message["id"]:
-                    view.tile = (message["id"], await loop.run_in_executor(None, tile_jpeg, frame, result))
-                data = view.tile[1]
+            data = await self._tile(view, shown)
         return self.web.Response(body=data, content_type="image/jpeg",
                                  headers={"Cache-Control": "no-store", "X-Result-Id": str(message["id"])})
 

@@ -42,7 +42,8 @@ function showResult(m) {
   d.textContent = m.decision;
   d.className = "decision " + m.decision;
   $(".part", c.node).textContent = `${m.part_id} · #${m.id}` + (m.score === null ? "" : ` · score ${m.score.toPrecision(4)}`);
-  $(".frame", c.node).src = `/api/cameras/${encodeURIComponent(m.camera)}/frame.jpg?id=${m.id}`;
+  const frame = $(".frame", c.node);  // the tile events update it; the first one shown is asked for
+  if (!frame.src) frame.src = `/api/cameras/${encodeURIComponent(m.camera)}/frame.jpg?id=${m.id}`;
   if (m.decision === "NG") c.ngStale = true;  // the thumbnails are refreshed with the next state (1 s)
 }
 
@@ -151,4 +152,8 @@ events.addEventListener("error", () => { $("#link").textContent = "reconnecting�
 events.addEventListener("result", e => showResult(JSON.parse(e.data)));
 events.addEventListener("state", e => showState(JSON.parse(e.data)));
 events.addEventListener("trend", e => addTrend(JSON.parse(e.data)));
+events.addEventListener("tile", e => {
+  const t = JSON.parse(e.data);
+  $(".frame", card(t.camera).node).src = "data:image/jpeg;base64," + t.jpeg;
+});
 refreshState();
