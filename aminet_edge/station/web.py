@@ -196,7 +196,8 @@ class LiveView:
     # -- the event streams ----------------------------------------------------------------------
     async def _publish(self) -> None:
         """While event streams are open: every PUSH_S, what changed since the last push (each camera's latest
-        result, its trend points) and every STATE_S the health, made once and queued to every stream."""
+        result and its tile, its trend points) and every STATE_S the health, made once and queued to every
+        stream."""
         for view in self.views.values():
             view.pushed = view.count  # a stream opening fetches the trend so far
         next_state = time.monotonic() + STATE_S
@@ -228,7 +229,7 @@ class LiveView:
             if latest[0].image is not None:  # the tile travels with the event: no request per update
                 try:
                     tile = await self._tile(view, latest)
-                except Exception as exc:  # noqa: BLE001 - e.g. an archived file gone: the page keeps its tile
+                except Exception as exc:  # noqa: BLE001 - e.g. a watched folder's file removed: the page keeps its tile
                     log.warning("camera %s: no live tile for result %d: %s", name, latest[2]["id"], exc)
                 else:
                     out += _event("tile", {"camera": name, "id": latest[2]["id"],
