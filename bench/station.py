@@ -376,8 +376,10 @@ def _page_requests(url: str, stop: threading.Event, connected: threading.Event) 
                 if message["camera"] not in tiles:
                     tiles.add(message["camera"])
                     get(f"api/cameras/{message['camera']}/frame.jpg?id={message['id']}")
-                if message["decision"] == "NG":
-                    ng.add(message["camera"])
+            elif text.startswith("data:") and event == "trend":
+                points = json.loads(text[5:])
+                if any(p[3] == "NG" for p in points["points"]):
+                    ng.add(points["camera"])
             elif text.startswith("data:") and event == "state":
                 for camera in json.loads(text[5:])["cameras"]:
                     if camera not in trends:

@@ -3,6 +3,7 @@
 "use strict";
 const $ = (sel, root = document) => root.querySelector(sel);
 const cards = {};
+const TREND = 300;  // points in a camera's trend (web.py TREND)
 const tokenInput = $("#token");
 tokenInput.value = sessionStorage.getItem("aminet-token") || "";
 tokenInput.addEventListener("change", () => sessionStorage.setItem("aminet-token", tokenInput.value));
@@ -44,7 +45,6 @@ function showResult(m) {
   $(".part", c.node).textContent = `${m.part_id} · #${m.id}` + (m.score === null ? "" : ` · score ${m.score.toPrecision(4)}`);
   const frame = $(".frame", c.node);  // the tile events update it; the first one shown is asked for
   if (!frame.src) frame.src = `/api/cameras/${encodeURIComponent(m.camera)}/frame.jpg?id=${m.id}`;
-  if (m.decision === "NG") c.ngStale = true;  // the thumbnails are refreshed with the next state (1 s)
 }
 
 // the trend: loaded once per connection, then extended by the `trend` events (the points since the last push)
@@ -60,10 +60,10 @@ async function loadTrend(name) {
 function addTrend(t) {
   const c = card(t.camera), last = c.trend.length ? c.trend[c.trend.length - 1][0] : -1;
   c.trend = c.trend.concat(t.points.filter(r => r[0] > last)).slice(-TREND);
+  if (t.points.some(r => r[3] === "NG")) c.ngStale = true;  // thumbnails refreshed with the next state (1 s)
   drawTrend(t.camera);
 }
 
-const TREND = 300;
 
 function drawTrend(name) {
   const rows = card(name).trend;
