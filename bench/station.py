@@ -400,11 +400,12 @@ def _cpu_s(stat: str) -> float:
 
 
 def view_threads_cpu() -> dict[int, float]:
-    """{thread id: CPU s} of this process's live-view threads (aminet-web, aminet-web-worker_N)."""
+    """{thread id: CPU s} of this process's live-view threads (aminet-web, its worker aminet-web-worker_N, and
+    any asyncio_N: only the view runs an event loop with a default executor in this benchmark)."""
     ids = {t.native_id: t.name for t in threading.enumerate()}
     out = {}
     for tid, name in ids.items():
-        if name.startswith("aminet-web"):
+        if name.startswith(("aminet-web", "asyncio_")):
             try:
                 out[tid] = _cpu_s(Path(f"/proc/self/task/{tid}/stat").read_text())
             except OSError:
