@@ -452,7 +452,8 @@ def web(args: argparse.Namespace, bundle: Path, tmp: Path) -> None:
     browser_cpu: dict[str, list[float]] = {m: [] for m in modes}  # CPU s of Chromium / s of run
     try:
         for rep in range(args.repeats):
-            for k, mode in enumerate(modes):
+            for k in [(rep + i) % len(modes) for i in range(len(modes))]:  # each case first in turn
+                mode = modes[k]
                 run = tmp / f"run{rep}-{k}"
                 run.mkdir()
                 station = Station(load_config(config_text(run, bundle, video, args.cameras, args.backend, False,
@@ -492,7 +493,8 @@ def web(args: argparse.Namespace, bundle: Path, tmp: Path) -> None:
     lines = [
         f"Station throughput with the live view: {args.cameras} cameras x {len(frames)} frames 256x256 "
         f"(free-run video files, one Detector each, backend {args.backend}, "
-        f"{'no archive' if args.no_archive else 'NG archived'}), the three cases interleaved, median of "
+        f"{'no archive' if args.no_archive else 'NG archived'}), the three cases interleaved (each first in "
+        f"turn), median of "
         f"{args.repeats}; client and browser on the same machine as the station.",
         "",
         "| case | frames/s | / without the view | view threads, % of a core | Chromium, % of a core |",
