@@ -18,15 +18,17 @@ throughput: N cameras (free-run, one Detector each) over the same video against 
 `predict_batch` (batch 8) on all their frames.
 latency: a software-triggered camera driven over OPC UA by an asyncua client acting as the PLC: from
 writing Trigger to reading ResultReady = 1 (the client polls; its read round trip is included).
-web: N cameras at full rate (free-run video files) without the live view, then with the live view open in a
-headless Chromium on the same machine (Selenium, Debian's chromium-driver), runs interleaved, median of
---repeats: the ratio of throughputs is the cost of watching.
+web: N cameras at full rate (free-run video files) without the live view, with it and a client making the
+page's requests, and with the page open in a headless Chromium on the same machine (Selenium, Debian's
+chromium-driver), runs interleaved, median of --repeats: the ratio of throughputs is the cost of watching;
+the CPU of the view's threads and of Chromium per second of run are printed beside it.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import socket
 import subprocess
@@ -352,12 +354,16 @@ CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic
 
 
 def _page_requests(url: str, stop: threading.Event, connected: threading.Event) -> None:
-    """What the page asks of the view, without rendering it: the event stream, and each pushed result's
-    frame (JPEG) and, once a second, the cameras' trends."""
+    """What the page asks of the view, without rendering it (as station/page/live.js does): the event
+    stream (results, their tiles inline, trend points); each camera's first tile and its trend once; after
+    an NG, its thumbnail list with the next state."""
     import urllib.request
 
+    def get(path: str) -> None:
+        urllib.request.urlopen(url + path, timeout=60).read()
+
     with urllib.request.urlopen(url + "api/events", timeout=60) as stream:
-        event = None
+        event, trends, tiles, ng = None, set(), set(), set()
         connected.set()
         for line in stream:
             if stop.is_set():
@@ -366,11 +372,63 @@ def _page_requests(url: str, stop: threading.Event, connected: threading.Event) 
             if text.startswith("event:"):
                 event = text.split()[1]
             elif text.startswith("data:") and event == "result":
-                camera = json.loads(text[5:])["camera"]
-                urllib.request.urlopen(f"{url}api/cameras/{camera}/frame.jpg", timeout=60).read()
+                message = json.loads(text[5:])
+                if message["camera"] not in tiles:
+                    tiles.add(message["camera"])
+                    get(f"api/cameras/{message['camera']}/frame.jpg?id={message['id']}")
+            elif text.startswith("data:") and event == "trend":
+                points = json.loads(text[5:])
+                if any(p[3] == "NG" for p in points["points"]):
+                    ng.add(points["camera"])
             elif text.startswith("data:") and event == "state":
                 for camera in json.loads(text[5:])["cameras"]:
-                    urllib.request.urlopen(f"{url}api/cameras/{camera}/trend", timeout=60).read()
+                    if camera not in trends:
+                        trends.add(camera)
+                        get(f"api/cameras/{camera}/trend")
+                for camera in ng:
+                    get(f"api/cameras/{camera}/ng")
+                ng.clear()
+
+
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def _cpu_s(stat: str) -> float:
+    """utime + stime + cutime + cstime (s) of a /proc/.../stat line."""
+    fields = stat.rsplit(")", 1)[1].split()
+    return sum(int(f) for f in fields[11:15]) / _TICK
+
+
+def view_threads_cpu() -> dict[int, float]:
+    """{thread id: CPU s} of this process's live-view threads (aminet-web, its worker aminet-web-worker_N, and
+    any asyncio_N: only the view runs an event loop with a default executor in this benchmark)."""
+    ids = {t.native_id: t.name for t in threading.enumerate()}
+    out = {}
+    for tid, name in ids.items():
+        if name.startswith(("aminet-web", "asyncio_")):
+            try:
+                out[tid] = _cpu_s(Path(f"/proc/self/task/{tid}/stat").read_text())
+            except OSError:
+                pass
+    return out
+
+
+def process_tree_cpu(pid: int) -> float:
+    """CPU s used so far by process `pid` and its descendants (Linux /proc)."""
+    stats: dict[int, tuple[int, str]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                text = (entry / "stat").read_text()
+            except OSError:
+                continue
+            stats[int(entry.name)] = (int(text.rsplit(")", 1)[1].split()[1]), text)
+    tree, grew = {pid}, True
+    while grew:
+        more = {p for p, (parent, _) in stats.items() if parent in tree} - tree
+        tree |= more
+        grew = bool(more)
+    return sum(_cpu_s(stats[p][1]) for p in tree if p in stats)
 
 
 def web(args: argparse.Namespace, bundle: Path, tmp: Path) -> None:
@@ -390,9 +448,12 @@ def web(args: argparse.Namespace, bundle: Path, tmp: Path) -> None:
     browser = webdriver.Chrome(options=options, service=service)
     modes = ("without the view", "view + the page's requests (no rendering)", "view + page open in Chromium")
     seconds: dict[str, list[float]] = {m: [] for m in modes}
+    view_cpu: dict[str, list[float]] = {m: [] for m in modes}  # CPU s of the view's threads / s of run
+    browser_cpu: dict[str, list[float]] = {m: [] for m in modes}  # CPU s of Chromium / s of run
     try:
         for rep in range(args.repeats):
-            for k, mode in enumerate(modes):
+            for k in [(rep + i) % len(modes) for i in range(len(modes))]:  # each case first in turn
+                mode = modes[k]
                 run = tmp / f"run{rep}-{k}"
                 run.mkdir()
                 station = Station(load_config(config_text(run, bundle, video, args.cameras, args.backend, False,
@@ -409,10 +470,14 @@ def web(args: argparse.Namespace, bundle: Path, tmp: Path) -> None:
                         if time.monotonic() > deadline:
                             raise RuntimeError("the live view's page did not connect")
                         time.sleep(0.05)
+                threads, chromium = view_threads_cpu(), process_tree_cpu(browser.service.process.pid)
                 t = time.perf_counter()
                 station.start()
                 station.wait()
-                seconds[mode].append(time.perf_counter() - t)
+                wall = time.perf_counter() - t
+                seconds[mode].append(wall)
+                view_cpu[mode].append(sum(c - threads.get(tid, 0.0) for tid, c in view_threads_cpu().items()) / wall)
+                browser_cpu[mode].append((process_tree_cpu(browser.service.process.pid) - chromium) / wall)
                 stop.set()
                 if view is not None and k == 2:
                     shown = browser.execute_script("return document.querySelectorAll('.camera').length")
@@ -428,13 +493,16 @@ def web(args: argparse.Namespace, bundle: Path, tmp: Path) -> None:
     lines = [
         f"Station throughput with the live view: {args.cameras} cameras x {len(frames)} frames 256x256 "
         f"(free-run video files, one Detector each, backend {args.backend}, "
-        f"{'no archive' if args.no_archive else 'NG archived'}), the three cases interleaved, median of "
+        f"{'no archive' if args.no_archive else 'NG archived'}), the three cases interleaved (each first in "
+        f"turn), median of "
         f"{args.repeats}; client and browser on the same machine as the station.",
         "",
-        "| case | frames/s | / without the view |",
-        "|---|---|---|",
-        *(f"| {m} | {n / float(np.median(seconds[m])):.1f} | {base / float(np.median(seconds[m])):.3f} |"
-          for m in modes),
+        "| case | frames/s | / without the view | view threads, % of a core | Chromium, % of a core |",
+        "|---|---|---|---|---|",
+        *(f"| {m} | {n / float(np.median(seconds[m])):.1f} | {base / float(np.median(seconds[m])):.3f} | "
+          f"{100 * float(np.median(view_cpu[m])):.1f} | {100 * float(np.median(browser_cpu[m])):.1f} |" for m in modes),
+        "",
+        "runs, s (interleaved): " + "; ".join(f"{m}: " + ", ".join(f"{x:.2f}" for x in seconds[m]) for m in modes),
     ]
     append_result("station", "\n".join(lines))
 

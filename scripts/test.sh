@@ -43,4 +43,9 @@ command -v mosquitto >/dev/null || [ -x /usr/sbin/mosquitto ] \
 { command -v chromium >/dev/null && command -v chromedriver >/dev/null; } \
   || { apt-get update -qq && apt-get install -y -qq chromium chromium-driver >/dev/null; } \
   || echo "warning: chromium / chromium-driver could not be installed; the live view's browser tests will skip"
+# the RTSP test serves a video (encoded by ffmpeg) with GStreamer's RTSP server through PyGObject (Debian
+# packages; the test skips if absent)
+dpkg -s ffmpeg gir1.2-gst-rtsp-server-1.0 gstreamer1.0-plugins-good >/dev/null 2>&1 \
+  || { apt-get update -qq && apt-get install -y -qq ffmpeg gir1.2-gst-rtsp-server-1.0 gstreamer1.0-plugins-good >/dev/null; } \
+  || echo "warning: ffmpeg / GStreamer's RTSP server could not be installed; the RTSP test will skip"
 python -m pytest -q -rs "$@"

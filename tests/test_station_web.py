@@ -8,6 +8,8 @@ with a deadline; nothing is timed. Needs Debian's `chromium` and `chromium-drive
 
 from __future__ import annotations
 
+import asyncio
+import base64
 import io
 import json
 import math
@@ -41,7 +43,7 @@ from aminet_edge.runtime.detector import resolve_thresholds  # noqa: E402
 from aminet_edge.station import Station, StationConfigError, load_config  # noqa: E402
 from aminet_edge.station.config import WebConfig  # noqa: E402
 from aminet_edge.station.station import load_detector  # noqa: E402
-from aminet_edge.station.web import LiveView, parse_address  # noqa: E402
+from aminet_edge.station.web import TILE_SIDE, LiveView, parse_address  # noqa: E402
 
 TOKEN = "test-token-0123456789abcdef"
 CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -68,6 +70,79 @@ def test_parse_address() -> None:
     assert parse_address("[::1]:80") == ("::1", 80)
     with pytest.raises(ValueError, match="give HOST:PORT"):
         parse_address("localhost")
+
+
+# ---- what the view does per frame, and its live tile (no browser) -------------------------------------
+def test_live_tile_is_the_heatmap_over_the_frame_at_tile_size() -> None:
+    """A 1000x1500 BGR frame (subsampled by a step of 5 before resizing) against the reference: the frame and
+    map area-resized by OpenCV to the tile's size, blended by `overlay_panels` (its middle panel)."""
+    cv2 = pytest.importorskip("cv2")
+    from aminet_edge.evaluation.heatmaps import overlay_panels
+    from aminet_edge.station.sources import Frame
+    from aminet_edge.station.web import tile_jpeg
+
+    h, w = 1000, 1500
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    rgb = np.stack([xx / w, yy / h, 0.5 + 0.3 * np.sin(xx / 150) * np.cos(yy / 120)], axis=2)
+    amap = np.exp(-(((xx - 1000) / 200) ** 2 + ((yy - 300) / 150) ** 2)).astype(np.float32)  # one hot spot
+    result = type("Result", (), {"anomaly_map": amap, "thresholds": type("T", (), {"pixel": 0.5})()})()
+    bgr8 = (rgb[:, :, ::-1] * 255 + 0.5).astype(np.uint8)
+    tile = np.asarray(Image.open(io.BytesIO(tile_jpeg(Frame(bgr8, "f", "p", 0.0, "api", bgr=True), result))),
+                      dtype=np.float64)
+    th, tw = round(h * TILE_SIDE / w), TILE_SIDE
+    assert tile.shape == (th, tw, 3)
+    small = cv2.resize(bgr8[:, :, ::-1].astype(np.float32) / 255, (tw, th), interpolation=cv2.INTER_AREA)
+    small_map = cv2.resize(amap, (tw, th), interpolation=cv2.INTER_AREA)
+    reference = overlay_panels(small, small_map, 0.0, 1.0)[:, tw:2 * tw].astype(np.float64)
+    diff = np.abs(tile - reference)
+    assert diff.mean() < 3.0 and np.percentile(diff, 99) < 16  # JPEG and resampling differences only
+    hot, cold = tile[round(300 * th / h), round(1000 * tw / w)], tile[th - 5, 5]
+    assert hot[0] > hot[2] + 60 and cold[2] > cold[0]  # red on the hot spot, blue where the map is low
+
+
+def test_the_view_keeps_numbers_per_frame_and_pushes_the_latest(tmp_path: Path, line: Line) -> None:
+    """Results recorded through a real Station while nobody watches: the view encodes nothing and starts no
+    task; the next push carries the latest result only, and every result as a trend point."""
+    from aminet_edge.station.sources import Frame
+
+    inbox = tmp_path / "in"
+    inbox.mkdir()
+    detector = Detector.load(line.bundle, backend="onnxruntime", batch_size=1)
+    station = Station(load_config(toml_config(tmp_path, folder_camera("top", line.bundle, inbox))), {"top": detector})
+    try:
+        view = LiveView(station, WebConfig(port=0))  # not started: no server, no event stream
+        cam = station.camera("top")
+        expected = []
+        for i, image in enumerate(line.images * 3):
+            result = detector.predict(image)
+            record = station._record(cam, Frame(image, f"ref{i}", f"p{i}", 0.0, "api"), result, None)
+            expected.append([record.id, pytest.approx(result.score), pytest.approx(result.thresholds.image),
+                             record.decision])
+        top = view.views["top"]
+        assert top.tile is None and top.shown is None and view._publisher is None  # nothing made per frame
+
+        def news() -> list[tuple[str, Any]]:
+            return [(e.split("\n")[0][len("event: "):], json.loads(e.split("\ndata: ")[1]))
+                    for e in asyncio.run(view._news("top", top)).decode().split("\n\n") if e]
+
+        events = news()
+        assert [kind for kind, _ in events] == ["result", "tile", "trend"]
+        assert events[0][1]["id"] == record.id and events[0][1]["part_id"] == f"p{len(expected) - 1}"  # the latest
+        assert events[1][1]["id"] == record.id
+        tile = Image.open(io.BytesIO(base64.b64decode(events[1][1]["jpeg"])))
+        h, w = line.images[-1].shape[:2]
+        assert tile.format == "JPEG" and tile.size == (w, h)  # within TILE_SIDE: the frame's own size
+        assert events[2][1] == {"camera": "top", "points": expected}  # every result, in order
+        record = station._record(cam, Frame(None, "trigger", "p-error", 0.0, "api", error="no frame"), None, "no frame")
+        assert news() == [("result", json.loads(json.dumps(record.message()))),
+                          ("trend", {"camera": "top", "points": [[record.id, None, None, "ERROR"]]})]
+        assert news() == []  # nothing new, nothing pushed
+        stored = [r["latency_ms"] for r in station.store.query(camera="top")]
+        assert view.health()["cameras"]["top"]["latency_ms"] == {
+            "p50": pytest.approx(np.percentile(stored, 50)), "p99": pytest.approx(np.percentile(stored, 99))}
+    finally:
+        station.stop()
+        detector.close()
 
 
 # ---- the running station and its browser -------------------------------------------------------------
@@ -185,12 +260,19 @@ def test_a_pushed_frame_appears_with_its_decision(line: Line, browser: Any) -> N
     assert row["decision"] == ("NG" if expected.is_anomaly else "OK")
     assert text_of(browser, "#camera-top .decision") == row["decision"]
     assert math.isclose(row["score"], expected.score, rel_tol=1e-5)
-    # the live frame (image | heatmap | mask) has loaded: three panels side by side
+    # the live tile (the frame with its heatmap, TILE_SIDE px at most) has loaded, with the frame's aspect
     size = wait_for(lambda: browser.execute_script(
         "const i = document.querySelector('#camera-top .frame'); return i.complete && i.naturalWidth ? "
         "[i.naturalWidth, i.naturalHeight] : null"), "the frame image to load")
     h, w = line.images[1].shape[:2]
-    assert size[0] == pytest.approx(3 * size[1] * w / h, rel=0.05)
+    assert max(size) <= TILE_SIDE and size[0] == pytest.approx(size[1] * w / h, rel=0.05)
+    # a click on it opens the shown result full size: image | heatmap | mask, three panels side by side
+    browser.find_element("css selector", "#camera-top .frame").click()
+    full = wait_for(lambda: browser.execute_script(
+        "const i = document.querySelector('#full-img'); return document.querySelector('#full').open && "
+        "i.complete && i.naturalWidth ? [i.naturalWidth, i.naturalHeight] : null"), "the full-size panels")
+    browser.execute_script("document.querySelector('#full').close()")
+    assert full == [3 * w, h]
     counts = line.station.state()["cameras"]["top"]["counts"]
     wait_for(lambda: f"OK {counts['OK']} · NG {counts['NG']}" in text_of(browser, "#camera-top .counts"),
              "the counters")

@@ -27,6 +27,17 @@ def _edges(mask: np.ndarray) -> np.ndarray:
     return mask & ~inner
 
 
+def heat_blend(image: np.ndarray, amap: np.ndarray, vmin: float, vmax: float, alpha: float = 0.5) -> np.ndarray:
+    """(H, W, 3) float32 in [0, 1]: the heatmap of `amap` (scaled by [vmin, vmax]) blended over `image`.
+
+    image: (H, W, 3) float in [0, 1]; amap: (H, W) scores.
+    """
+    if amap.shape != image.shape[:2]:
+        raise ValueError(f"map {amap.shape} and image {image.shape[:2]} sizes differ")
+    scaled = (amap - vmin) / max(vmax - vmin, 1e-12)
+    return np.clip((1 - alpha) * image + alpha * jet(scaled), 0, 1)
+
+
 def overlay_panels(image: np.ndarray, amap: np.ndarray, vmin: float, vmax: float,
                    truth: np.ndarray | None = None, pred: np.ndarray | None = None,
                    alpha: float = 0.5) -> np.ndarray:
@@ -34,10 +45,7 @@ def overlay_panels(image: np.ndarray, amap: np.ndarray, vmin: float, vmax: float
 
     image: (H, W, 3) float in [0, 1]; amap: (H, W) scores, scaled by [vmin, vmax] for the colours.
     """
-    if amap.shape != image.shape[:2]:
-        raise ValueError(f"map {amap.shape} and image {image.shape[:2]} sizes differ")
-    scaled = (amap - vmin) / max(vmax - vmin, 1e-12)
-    heat = (1 - alpha) * image + alpha * jet(scaled)
+    heat = heat_blend(image, amap, vmin, vmax, alpha)
     masks = image.copy()
     if pred is not None:
         masks[pred] = 0.6 * masks[pred] + 0.4 * np.array([1.0, 0.0, 0.0], np.float32)

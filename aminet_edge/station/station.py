@@ -113,7 +113,8 @@ class Camera:
 
     def join(self, timeout: float | None = None) -> None:
         for t in self._threads:
-            t.join(timeout)
+            if t.ident is not None:  # a station stopped before it started has nothing to wait for
+                t.join(timeout)
 
     def trigger(self, part_id: str | None, origin: str) -> None:
         """Request one frame (software trigger); time is taken now."""

@@ -3,9 +3,12 @@ server-sent event stream, served by aiohttp in its own thread (`aminet-edge stat
 
     GET  /                                  the page
     GET  /api/state                         Station.state() + per camera latency p50/p99 (ms), the host's CPU load
-    GET  /api/events                        server-sent events: `result` (a camera's latest message, at most one
-                                            per camera every PUSH_S) and `state` (every STATE_S)
-    GET  /api/cameras/{camera}/frame.jpg    the latest frame | heatmap over it | mask (JPEG, made on request)
+    GET  /api/events                        server-sent events, every PUSH_S while a stream is open: `result` (the
+                                            latest result of each camera that has a new one), `tile` ({camera, id,
+                                            jpeg: its live tile, base64}), `trend` ({camera, points: the results
+                                            since the last push}) and, every STATE_S, `state`
+    GET  /api/cameras/{camera}/frame.jpg    the live tile: the last pushed frame with its heatmap, TILE_SIDE px
+    GET  /api/cameras/{camera}/panels.jpg   the same result full size: frame | heatmap | mask
     GET  /api/cameras/{camera}/trend        the last TREND results: [[id, score, image threshold, decision], ...]
     GET  /api/cameras/{camera}/ng           the last `ng_thumbnails` NG results that have an archived image
     GET  /api/results/{id}/image, /overlay  an archived NG image, its overlay (PNG)
@@ -14,21 +17,29 @@ server-sent event stream, served by aiohttp in its own thread (`aminet-edge stat
     POST /api/cameras/{camera}/pause, /resume
 
 Changes (POST) need `Authorization: Bearer <[web] token>`: no token sent -> 401, a wrong one -> 403
-(compared in constant time), no token configured -> 403 (the page is read-only). The view costs the
-inspection one listener call per frame (a few references kept, an event flagged); images are encoded only
-when a browser asks for them.
+(compared in constant time), no token configured -> 403 (the page is read-only).
+
+What watching costs the inspection: per frame, the listener keeps a reference to the latest result and
+writes one row of numbers (trend, latency) into a preallocated ring, whether or not a page is open; no
+wake-up, image or JSON. The server's thread reads those only while an event stream is open, at the page's
+display rate (PUSH_S: the latest result wins), once for all the streams, and encodes the tile of each pushed
+result once (in one worker thread), from a strided view of the frame at the tile's size; it travels in the
+stream, so a browser makes no request per update.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import hmac
+import io
 import json
 import logging
+import math
 import os
 import threading
 import time
-from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -44,22 +55,47 @@ log = logging.getLogger("aminet_edge.station")
 PAGE = Path(__file__).with_name("page")
 PAGE_FILES = {"index.html": "text/html", "live.js": "text/javascript", "live.css": "text/css"}
 TREND = 300  # results per camera in the score trend
-LATENCIES = 1000  # results per camera behind latency p50 / p99
-PUSH_S = 0.25  # a person reads 4 updates a second per camera; each costs the station a frame encoding
+HISTORY = 1000  # results per camera kept for the trend and behind latency p50 / p99
+PUSH_S = 0.5  # the page's display rate: 2 updates a second per camera, the latest result wins
 STATE_S = 1.0
-FRAME_SIDE = 192  # pixels, the longer side of each panel of the live frame (the page shows ~200)
+TILE_SIDE = 200  # pixels, the longer side of the live tile (the page shows it 200 px high)
+CLIENT_LAG = 16  # pushes a slow event stream may fall behind before it is closed (its browser reconnects)
+DECISIONS = ("OK", "NG", "ERROR")
+_CODES = {d: i for i, d in enumerate(DECISIONS)}
+_ROW = np.dtype([("id", np.int64), ("score", np.float64), ("threshold", np.float64), ("decision", np.uint8),
+                 ("latency", np.float64)])
+
+Shown = tuple[Frame, Any, dict[str, Any]]  # a frame, its Result (None for an ERROR) and its message
 
 
 @dataclass
 class _View:
-    """What the page shows of one camera, updated by the station's listener (camera threads)."""
+    """What the page shows of one camera. `latest`, `history` and `count` are written by the station's
+    listener (camera threads, under the station's record lock); the rest by the server's thread."""
 
-    frame: Frame | None = None
-    result: Any = None
-    message: dict[str, Any] | None = None
-    trend: deque[tuple[int, float | None, float | None, str]] = field(default_factory=lambda: deque(maxlen=TREND))
-    latencies: deque[float] = field(default_factory=lambda: deque(maxlen=LATENCIES))
-    jpeg: tuple[int, bytes] | None = None  # (result id, encoded frame) of the last frame asked for
+    latest: Shown | None = None
+    history: np.ndarray = field(default_factory=lambda: np.zeros(HISTORY, _ROW))  # a ring of `count` rows
+    count: int = 0
+    shown: Shown | None = None  # the result last pushed to the event streams
+    pushed: int = 0  # history rows already pushed as trend points
+    tile: tuple[int, bytes] | None = None  # (result id, live tile) of `shown`
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)  # one tile encoding at a time
+
+    def rows(self, since: int = 0, limit: int = HISTORY) -> np.ndarray:
+        """A copy of the history rows numbered [max(since, count - limit), count), oldest first."""
+        end = self.count
+        return self.history[np.arange(max(since, end - min(limit, HISTORY)), end) % HISTORY]
+
+
+def trend_points(rows: np.ndarray) -> list[list[Any]]:
+    """History rows -> [[id, score, threshold, decision], ...] (None for a missing score or threshold)."""
+    return [[i, None if math.isnan(s) else s, None if math.isnan(t) else t, DECISIONS[d]]
+            for i, s, t, d in zip(rows["id"].tolist(), rows["score"].tolist(), rows["threshold"].tolist(),
+                                  rows["decision"].tolist())]
+
+
+def _event(kind: str, data: Any) -> bytes:
+    return f"event: {kind}\ndata: {json.dumps(data)}\n\n".encode()
 
 
 def parse_address(text: str) -> tuple[str, int]:
@@ -83,9 +119,9 @@ class LiveView:
         self.views = {name: _View() for name in station.cameras}
         self.url = ""
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._changed = asyncio.Event()  # both replaced in the server's loop
-        self._stopping = asyncio.Event()
-        self._flagged = False
+        self._stopping = asyncio.Event()  # replaced in the server's loop
+        self._streams: set[asyncio.Queue[bytes | None]] = set()  # one per open event stream
+        self._publisher: asyncio.Task[None] | None = None
         self._ready = threading.Event()
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._serve, name="aminet-web", daemon=True)
@@ -116,11 +152,13 @@ class LiveView:
     async def _main(self) -> None:
         web = self.web
         self._loop = asyncio.get_running_loop()
-        self._changed, self._stopping = asyncio.Event(), asyncio.Event()
+        # one thread encodes (tiles, panels) and applies changes: the view never takes more than one core
+        self._loop.set_default_executor(ThreadPoolExecutor(1, thread_name_prefix="aminet-web-worker"))
+        self._stopping = asyncio.Event()
         app = web.Application()
         app.add_routes([web.get("/", self._page), web.get("/{name:live\\.(js|css)}", self._page),
                         web.get("/api/state", self._state), web.get("/api/events", self._events),
-                        web.get("/api/cameras/{camera}/frame.jpg", self._frame),
+                        web.get("/api/cameras/{camera}/{kind:frame|panels}.jpg", self._frame),
                         web.get("/api/cameras/{camera}/trend", self._trend),
                         web.get("/api/cameras/{camera}/ng", self._ng),
                         web.get("/api/results/{id:\\d+}/{kind:image|overlay}", self._archived),
@@ -141,27 +179,98 @@ class LiveView:
             return
         self._ready.set()
         await self._stopping.wait()
-        self._changed.set()  # wakes the event streams, which see _stopping and end
+        for stream in list(self._streams):
+            _close(stream)
         await runner.cleanup()
 
     # -- from the camera threads ----------------------------------------------------------------
     def _on_result(self, cam: Camera, frame: Frame, result: Any, message: dict[str, Any]) -> None:
         view = self.views[cam.cfg.name]
-        view.frame, view.result, view.message = frame, result, message
-        threshold = None if result is None else float(result.thresholds.image)
-        view.trend.append((message["id"], message["score"], threshold, message["decision"]))
-        if message["latency_ms"] is not None:
-            view.latencies.append(message["latency_ms"])
-        loop = self._loop
-        if not self._flagged and loop is not None:
-            self._flagged = True
-            loop.call_soon_threadsafe(self._flag)
+        view.latest = (frame, result, message)
+        score, latency = message["score"], message["latency_ms"]
+        view.history[view.count % HISTORY] = (message["id"], math.nan if score is None else score,
+                                              math.nan if result is None else result.thresholds.image,
+                                              _CODES[message["decision"]], math.nan if latency is None else latency)
+        view.count += 1
 
-    def _flag(self) -> None:
-        """Wake every event stream waiting (each waits on the event it saw; the next ones get a new one)."""
-        self._flagged = False
-        changed, self._changed = self._changed, asyncio.Event()
-        changed.set()
+    # -- the event streams ----------------------------------------------------------------------
+    async def _publish(self) -> None:
+        """While event streams are open: every PUSH_S, what changed since the last push (each camera's latest
+        result and its tile, its trend points) and every STATE_S the health, made once and queued to every
+        stream."""
+        for view in self.views.values():
+            view.pushed = view.count  # a stream opening fetches the trend so far
+        next_state = time.monotonic() + STATE_S
+        while self._streams and not self._stopping.is_set():
+            try:
+                await asyncio.wait_for(self._stopping.wait(), PUSH_S)
+                return
+            except asyncio.TimeoutError:
+                pass
+            chunks = [await self._news(name, view) for name, view in self.views.items()]
+            if time.monotonic() >= next_state:
+                next_state = time.monotonic() + STATE_S
+                chunks.append(_event("state", self.health()))
+            data = b"".join(chunks)
+            for stream in list(self._streams) if data else []:
+                try:
+                    stream.put_nowait(data)
+                except asyncio.QueueFull:  # a client that does not read: closed (an EventSource reconnects)
+                    self._streams.discard(stream)
+                    _close(stream)
+
+    async def _news(self, name: str, view: _View) -> bytes:
+        """The `result`, `tile` and `trend` events of camera `name` since the last push (b"" if none)."""
+        out = b""
+        latest = view.latest
+        if latest is not None and (view.shown is None or view.shown[2]["id"] != latest[2]["id"]):
+            view.shown = latest
+            out += _event("result", latest[2])
+            if latest[0].image is not None:  # the tile travels with the event: no request per update
+                try:
+                    tile = await self._tile(view, latest)
+                except Exception as exc:  # noqa: BLE001 - e.g. a watched folder's file removed: the page keeps its tile
+                    log.warning("camera %s: no live tile for result %d: %s", name, latest[2]["id"], exc)
+                else:
+                    out += _event("tile", {"camera": name, "id": latest[2]["id"],
+                                           "jpeg": base64.b64encode(tile).decode()})
+        count = view.count
+        if count > view.pushed:
+            out += _event("trend", {"camera": name, "points": trend_points(view.rows(view.pushed, TREND))})
+            view.pushed = count
+        return out
+
+    async def _tile(self, view: _View, shown: Shown) -> bytes:
+        """The live tile of `shown`, encoded once (in the worker thread) however many ask for it."""
+        async with view.lock:
+            if view.tile is None or view.tile[0] != shown[2]["id"]:
+                tile = await asyncio.get_running_loop().run_in_executor(None, tile_jpeg, shown[0], shown[1])
+                view.tile = (shown[2]["id"], tile)
+            return view.tile[1]
+
+    async def _events(self, request: Any) -> Any:
+        resp = self.web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
+        await resp.prepare(request)
+        stream: asyncio.Queue[bytes | None] = asyncio.Queue(CLIENT_LAG)
+        greeting = [_event("state", self.health())]
+        for view in self.views.values():
+            if view.shown is None:
+                view.shown = view.latest
+            if view.shown is not None:
+                greeting.append(_event("result", view.shown[2]))
+        self._streams.add(stream)
+        if self._publisher is None or self._publisher.done():
+            self._publisher = asyncio.create_task(self._publish())
+        try:
+            data: bytes | None = b"".join(greeting)
+            while data is not None and not self._stopping.is_set():
+                await resp.write(data)
+                data = await stream.get()
+        except (ConnectionResetError, RuntimeError):  # the browser went away
+            pass
+        finally:
+            self._streams.discard(stream)
+        return resp
 
     # -- handlers -------------------------------------------------------------------------------
     async def _page(self, request: Any) -> Any:
@@ -173,7 +282,8 @@ class LiveView:
         """Station.state() plus latency p50/p99 per camera and the CPU load (JSON-ready)."""
         state = self.station.state()
         for name, cam in state["cameras"].items():
-            lat = np.asarray(self.views[name].latencies, dtype=np.float64)
+            lat = self.views[name].rows()["latency"]
+            lat = lat[~np.isnan(lat)]
             cam["latency_ms"] = ({"p50": float(np.percentile(lat, 50)), "p99": float(np.percentile(lat, 99))}
                                  if lat.size else None)
         now, used = time.monotonic(), time.process_time()
@@ -188,30 +298,6 @@ class LiveView:
     async def _state(self, request: Any) -> Any:
         return self.web.json_response(self.health())
 
-    async def _events(self, request: Any) -> Any:
-        resp = self.web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
-        await resp.prepare(request)
-        sent: dict[str, int] = {}
-        next_state = 0.0
-        try:
-            while not self._stopping.is_set():
-                changed = self._changed  # a result recorded from here on sets it
-                for name, view in self.views.items():
-                    if view.message is not None and sent.get(name) != view.message["id"]:
-                        sent[name] = view.message["id"]
-                        await resp.write(f"event: result\ndata: {json.dumps(view.message)}\n\n".encode())
-                if time.monotonic() >= next_state:
-                    next_state = time.monotonic() + STATE_S
-                    await resp.write(f"event: state\ndata: {json.dumps(self.health())}\n\n".encode())
-                try:
-                    await asyncio.wait_for(changed.wait(), STATE_S)
-                except asyncio.TimeoutError:
-                    pass
-                await asyncio.sleep(PUSH_S)  # at most one push per PUSH_S, whatever the frame rate
-        except (ConnectionResetError, RuntimeError):  # the browser went away
-            pass
-        return resp
-
     def _view(self, request: Any) -> tuple[str, _View]:
         name = request.match_info["camera"]
         if name not in self.views:
@@ -219,19 +305,22 @@ class LiveView:
         return name, self.views[name]
 
     async def _frame(self, request: Any) -> Any:
+        """The live tile of the result last pushed (or the latest), or (panels.jpg) that result full size."""
         _, view = self._view(request)
-        frame, result, message = view.frame, view.result, view.message
-        if frame is None or frame.image is None or message is None:
+        shown = view.shown or view.latest
+        if shown is None or shown[0].image is None:
             raise self.web.HTTPNotFound(text="no frame yet")
-        if view.jpeg is None or view.jpeg[0] != message["id"]:
-            data = await asyncio.get_running_loop().run_in_executor(None, _encode_frame, frame, result)
-            view.jpeg = (message["id"], data)
-        return self.web.Response(body=view.jpeg[1], content_type="image/jpeg",
-                                 headers={"Cache-Control": "no-store", "X-Result-Id": str(view.jpeg[0])})
+        frame, result, message = shown
+        if request.match_info["kind"] == "panels":
+            data = await asyncio.get_running_loop().run_in_executor(None, panels_jpeg, frame, result)
+        else:
+            data = await self._tile(view, shown)
+        return self.web.Response(body=data, content_type="image/jpeg",
+                                 headers={"Cache-Control": "no-store", "X-Result-Id": str(message["id"])})
 
     async def _trend(self, request: Any) -> Any:
         _, view = self._view(request)
-        return self.web.json_response(list(view.trend))
+        return self.web.json_response(trend_points(view.rows(0, TREND)))
 
     async def _ng(self, request: Any) -> Any:
         name, _ = self._view(request)
@@ -284,22 +373,53 @@ class LiveView:
         return self.web.json_response({"camera": name, "paused": action == "pause"})
 
 
-def _encode_frame(frame: Frame, result: Any) -> bytes:
-    """JPEG of the frame | heatmap | mask panels (the frame alone for a result without map)."""
-    import io
+def _close(stream: asyncio.Queue[bytes | None]) -> None:
+    """End an event stream: what it still holds is dropped, then the end mark."""
+    while not stream.empty():
+        stream.get_nowait()
+    stream.put_nowait(None)
 
+
+def _jpeg(pixels: np.ndarray, quality: int) -> bytes:
     from PIL import Image
 
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, format="JPEG", quality=quality)
+    return buf.getvalue()
+
+
+def tile_jpeg(frame: Frame, result: Any, side: int = TILE_SIDE) -> bytes:
+    """JPEG of the frame with its heatmap blended over it (the frame alone for a result without map), the
+    longer side `side` px at most. An array frame is first subsampled by an integer step to no less than
+    `side` px on its shorter side, so the cost follows the tile's size, not the camera's."""
+    from aminet_edge.data.images import resize_plane, resize_rgb
+    from aminet_edge.evaluation.heatmaps import heat_blend
+    from aminet_edge.station.archive import frame_rgb
+
+    image = frame.image
+    full = np.shape(image)[:2] if isinstance(image, np.ndarray) else None
+    step = max(1, min(full) // side) if full else 1
+    rgb = frame_rgb(image[::step, ::step] if step > 1 else image, frame.bgr)
+    amap = None if result is None else result.anomaly_map
+    amap = amap[::step, ::step] if amap is not None and amap.shape == (full or rgb.shape[:2]) else None
+    h, w = rgb.shape[:2]
+    scale = side / max(h, w)
+    if scale < 1:
+        hw = (max(1, round(h * scale)), max(1, round(w * scale)))
+        rgb = resize_rgb(rgb, hw)
+        amap = None if amap is None else resize_plane(amap, hw)
+    if amap is not None:
+        rgb = heat_blend(rgb, amap, 0.0, 2.0 * result.thresholds.pixel)
+    return _jpeg((np.clip(rgb, 0, 1) * 255 + 0.5).astype(np.uint8), 80)
+
+
+def panels_jpeg(frame: Frame, result: Any) -> bytes:
+    """JPEG of frame | heatmap | mask (`result_overlay`, full size up to its limit; the frame alone for a
+    result without map)."""
     from aminet_edge.evaluation.heatmaps import result_overlay
     from aminet_edge.station.archive import frame_rgb
 
     rgb = frame_rgb(frame.image, frame.bgr)
     if result is not None and result.anomaly_map is not None and result.anomaly_map.shape == rgb.shape[:2]:
-        pixels = result_overlay(rgb, result, max_side=FRAME_SIDE)
-    else:
-        img = Image.fromarray((np.clip(rgb, 0, 1) * 255 + 0.5).astype(np.uint8))
-        img.thumbnail((FRAME_SIDE, FRAME_SIDE))
-        pixels = np.asarray(img)
-    buf = io.BytesIO()
-    Image.fromarray(pixels).save(buf, format="JPEG", quality=85)
-    return buf.getvalue()
+        return _jpeg(result_overlay(rgb, result), 90)
+    return _jpeg((np.clip(rgb, 0, 1) * 255 + 0.5).astype(np.uint8), 90)

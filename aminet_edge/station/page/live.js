@@ -1,7 +1,9 @@
-// The station's live view: server-sent events from /api/events, the rest from the JSON API (station/web.py).
+// The station's live view: server-sent events from /api/events (at most 2 pushes a second), the rest from the
+// JSON API (station/web.py): the trend once per connection, the NG thumbnails at most once a second after an NG.
 "use strict";
 const $ = (sel, root = document) => root.querySelector(sel);
 const cards = {};
+const TREND = 300;  // points in a camera's trend (web.py TREND)
 const tokenInput = $("#token");
 tokenInput.value = sessionStorage.getItem("aminet-token") || "";
 tokenInput.addEventListener("change", () => sessionStorage.setItem("aminet-token", tokenInput.value));
@@ -15,8 +17,12 @@ function card(name) {
     change(name, "sensitivity", { sensitivity: Number($(".sens", node).value) }));
   $(".pause", node).addEventListener("click", () =>
     change(name, cards[name].paused ? "resume" : "pause", {}));
+  $(".frame", node).addEventListener("click", () => {  // the shown result full size: frame | heatmap | mask
+    $("#full-img").src = `/api/cameras/${encodeURIComponent(name)}/panels.jpg?t=${Date.now()}`;
+    $("#full").showModal();
+  });
   $("#cameras").appendChild(node);
-  cards[name] = { node, paused: false, ngIds: "", sensEdited: false };
+  cards[name] = { node, paused: false, ngIds: "", ngStale: true, sensEdited: false, trend: [], trendLoaded: false };
   $(".sens", node).addEventListener("input", () => { cards[name].sensEdited = true; });
   return cards[name];
 }
@@ -37,12 +43,30 @@ function showResult(m) {
   d.textContent = m.decision;
   d.className = "decision " + m.decision;
   $(".part", c.node).textContent = `${m.part_id} · #${m.id}` + (m.score === null ? "" : ` · score ${m.score.toPrecision(4)}`);
-  $(".frame", c.node).src = `/api/cameras/${encodeURIComponent(m.camera)}/frame.jpg?id=${m.id}`;
-  if (m.decision === "NG") refreshNg(m.camera);
+  const frame = $(".frame", c.node);  // the tile events update it; the first one shown is asked for
+  if (!frame.src) frame.src = `/api/cameras/${encodeURIComponent(m.camera)}/frame.jpg?id=${m.id}`;
 }
 
-async function drawTrend(name) {
+// the trend: loaded once per connection, then extended by the `trend` events (the points since the last push)
+async function loadTrend(name) {
+  const c = card(name);
+  c.trendLoaded = true;
   const rows = await (await fetch(`/api/cameras/${encodeURIComponent(name)}/trend`)).json();
+  const last = rows.length ? rows[rows.length - 1][0] : -1;
+  c.trend = rows.concat(c.trend.filter(r => r[0] > last)).slice(-TREND);
+  drawTrend(name);
+}
+
+function addTrend(t) {
+  const c = card(t.camera), last = c.trend.length ? c.trend[c.trend.length - 1][0] : -1;
+  c.trend = c.trend.concat(t.points.filter(r => r[0] > last)).slice(-TREND);
+  if (t.points.some(r => r[3] === "NG")) c.ngStale = true;  // thumbnails refreshed with the next state (1 s)
+  drawTrend(t.camera);
+}
+
+
+function drawTrend(name) {
+  const rows = card(name).trend;
   const canvas = $(".trend", card(name).node), g = canvas.getContext("2d");
   const w = canvas.width, h = canvas.height, pad = 4;
   g.clearRect(0, 0, w, h);
@@ -71,9 +95,12 @@ async function refreshNg(name) {
   const ids = rows.map(r => r.id).join(",");
   if (ids === c.ngIds) return;
   c.ngIds = ids;
-  const box = $(".ng", c.node);
-  box.replaceChildren(...rows.map(r => {
+  const box = $(".ng", c.node), kept = {};
+  for (const img of box.children) kept[img.dataset.id] = img;
+  box.replaceChildren(...rows.map(r => {  // thumbnails already shown are kept, not loaded again
+    if (kept[r.id]) return kept[r.id];
     const img = document.createElement("img");
+    img.dataset.id = r.id;
     img.src = `/api/results/${r.id}/image`;
     img.title = `${r.part_id} · #${r.id} · ${r.normalized.toFixed(2)}× threshold`;
     img.addEventListener("click", () => { $("#full-img").src = `/api/results/${r.id}/overlay`; $("#full").showModal(); });
@@ -93,8 +120,8 @@ function showState(s) {
       (total ? (100 * n.OK / total).toFixed(1) + " %" : "—") + ` · threshold ${fmt(cam.threshold, 5)}`;
     if (!c.sensEdited && cam.sensitivity !== null) $(".sens", c.node).value = cam.sensitivity;
     $(".controls", c.node).title = s.web.writable ? "" : "read-only: no token is configured";
-    if (c.ngIds === "") refreshNg(name);
-    drawTrend(name);  // once a second, with the state
+    if (c.ngStale) { c.ngStale = false; refreshNg(name); }
+    if (!c.trendLoaded) loadTrend(name);
     if (cam.last && !$(".frame", c.node).src) showResult(cam.last);
     const lat = cam.latency_ms ? `${fmt(cam.latency_ms.p50)} / ${fmt(cam.latency_ms.p99)} ms` : "—";
     const up = cam.source === "running" || cam.source === "finished";
@@ -117,8 +144,16 @@ function esc(t) { const d = document.createElement("div"); d.textContent = Strin
 async function refreshState() { showState(await (await fetch("/api/state")).json()); }
 
 const events = new EventSource("/api/events");
-events.addEventListener("open", () => { $("#link").textContent = "live"; });
+events.addEventListener("open", () => {  // (re)connected: the trends are loaded again
+  $("#link").textContent = "live";
+  for (const c of Object.values(cards)) c.trendLoaded = false;
+});
 events.addEventListener("error", () => { $("#link").textContent = "reconnecting…"; });
 events.addEventListener("result", e => showResult(JSON.parse(e.data)));
 events.addEventListener("state", e => showState(JSON.parse(e.data)));
+events.addEventListener("trend", e => addTrend(JSON.parse(e.data)));
+events.addEventListener("tile", e => {
+  const t = JSON.parse(e.data);
+  $(".frame", card(t.camera).node).src = "data:image/jpeg;base64," + t.jpeg;
+});
 refreshState();
