@@ -48,6 +48,7 @@ from typing import Any
 import numpy as np
 
 from aminet_edge.bundle import BundleConfig, BundleError, Calibration, read_config
+from aminet_edge.runtime import host_kernels
 from aminet_edge.runtime.backends import Backend, create_backend
 from aminet_edge.runtime.inputs import InputError, Limits, batch_items, describe, split_batch, to_frame, to_rgb
 from aminet_edge.runtime.result import Result, Thresholds, Timing
@@ -141,6 +142,9 @@ def resize_map(amap: np.ndarray, height: int, width: int) -> np.ndarray:
     h, w = amap.shape
     if (h, w) == (height, width):
         return np.array(amap, dtype=np.float32, copy=True)
+    k = host_kernels.kernels()
+    if k is not None:  # the same arithmetic in C++ (host_kernels), ~7x faster at 256 -> 512
+        return k.resize_map(np.ascontiguousarray(amap, dtype=np.float32), int(height), int(width))
     r0, r1, rw0, rw1 = _linear_taps(h, height)
     c0, c1, cw0, cw1 = _linear_taps(w, width)
     rows = amap[r0] * rw0[:, None] + amap[r1] * rw1[:, None]  # (height, w)
@@ -365,8 +369,6 @@ class Detector:
 
     def _prepare_one(self, x: Any, position: int, index: int | None, bgr: bool) -> _Prepared | Result:
         """Decode, validate and preprocess one input; an unusable input becomes an error Result."""
-        from aminet_edge.data.images import preprocess
-
         t0 = time.perf_counter()
         source = describe(x, index)
         try:
@@ -374,8 +376,7 @@ class Detector:
                 rgb = tensor = to_frame(x, index, bgr, self.limits)
             else:
                 rgb = to_rgb(x, index, bgr, self.limits)
-                tensor = np.ascontiguousarray(preprocess(rgb, self.image_size, self.config.mean, self.config.std),
-                                              dtype=np.float32)
+                tensor = host_kernels.preprocess(rgb, self.image_size, self.config.mean, self.config.std)
         except InputError as exc:
             return Result(source=source, index=position, error=exc, backend=self.backend)
         return _Prepared(position, source, tensor, int(rgb.shape[0]), int(rgb.shape[1]),
