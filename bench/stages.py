@@ -527,6 +527,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None, help="threads per backend (default: all cores)")
     parser.add_argument("--size", type=int, default=512, help="input frame side in pixels")
     parser.add_argument("--bundle", type=Path, default=None)
+    parser.add_argument("--before-bundle", type=Path, default=None,
+                        help="the same bundle exported by an earlier aminet-edge: its openvino paths run beside "
+                             "(graphs before / after)")
     args = parser.parse_args()
 
     bundle = ensure_bundle(args.bundle, args.preset)
@@ -551,6 +554,13 @@ def main() -> None:
         auto.close()
     default_det = next(d for label, d, _ in paths if label == default)
     paths.append((default + BEFORE, default_det, False))
+    base_of = {label: label.replace(BEFORE, "") for label, _, _ in paths}
+    if args.before_bundle is not None:
+        for label, backend, extra in PATHS:
+            if backend == "openvino":
+                old = f"{label} (graphs before)"
+                paths.append((old, Detector.load(args.before_bundle, backend=backend, **extra, **options), True))
+                base_of[old] = label
 
     samples: dict[tuple[str, int], list[dict[str, float]]] = defaultdict(list)
     for b in args.batches:
@@ -566,7 +576,7 @@ def main() -> None:
     shares: dict[tuple[str, int], dict[str, float]] = {}
     coverage: dict[str, dict[str, tuple[int, int]]] = {}
     for label, det, kernels in paths:
-        if not kernels:
+        if base_of.get(label, label) != label:
             continue
         backend = det._backend
         coverage[label] = int8_coverage(det)
@@ -587,8 +597,8 @@ def main() -> None:
                         backend.run(images)
                         wall += time.perf_counter() - t0
                 shares[(label, b)] = _shares(clock, wall)
-    for _, det, kernels in paths:
-        if kernels:
+    for label, det, _ in paths:
+        if not label.endswith(BEFORE):
             det.close()
 
     flops = stage_flops(bundle)
@@ -599,7 +609,7 @@ def main() -> None:
     med: dict[tuple[str, int], dict[str, float]] = {}
     for key, runs in samples.items():
         med[key] = {k: float(np.median([r[k] for r in runs])) for k in runs[0]}
-        sh = shares.get(key) or shares.get((key[0].replace(BEFORE, ""), key[1]), {})
+        sh = shares.get((base_of.get(key[0], key[0]), key[1]), {})
         for stage in GRAPH:
             med[key][stage] = med[key]["backend call"] * sh.get(stage, 0.0)
     labels = [label for label, _, _ in paths]
@@ -629,21 +639,24 @@ def main() -> None:
     lines.append("|---|---|---:|" + "---:|" * len(args.batches))
     floors = {}
     for label in labels:
-        base = label.replace(BEFORE, "")
-        cov = coverage.get(base, {})
+        cov = coverage.get(base_of.get(label, label), {})
         floors[label] = floor_ms(flops, peak, cov)
         covered = ", ".join(f"{k} {q}/{n}" for k, (q, n) in sorted(cov.items()) if q) or "none (fp32)"
         lines.append(f"| {label} | {covered} | {floors[label]:.1f} | "
                      + " | ".join(f"{med[(label, b)]['total'] / floors[label]:.1f}x" for b in args.batches) + " |")
     eager, ort8 = "torch eager", "onnxruntime int8"
     lines.append(f"\n### goals (default path: `Detector.load(backend=\"auto\")` picks {auto_label.split(': ')[1]})\n")
+    befores = [label for label in labels if label.endswith("(graphs before)")]
     lines.append("| batch | default ms/image | vs torch eager (goal >= 4x) | vs onnxruntime int8 (goal >= 1.5x) | "
-                 "x of its floor (goal <= 3x) | host kernels after/before |")
-    lines.append("|---|---:|---:|---:|---:|---:|")
+                 "x of its floor (goal <= 3x) | host kernels: before / after | "
+                 + "".join(f"{label}: before / after | " for label in befores))
+    lines.append("|---|---:|---:|---:|---:|---:|" + "---:|" * len(befores))
     for b in args.batches:
         d = med[(default, b)]["total"]
         lines.append(f"| {b} | {d:.1f} | {med[(eager, b)]['total'] / d:.2f}x | {med[(ort8, b)]['total'] / d:.2f}x | "
-                     f"{d / floors[default]:.1f}x | {med[(default + BEFORE, b)]['total'] / d:.2f}x faster |")
+                     f"{d / floors[default]:.1f}x | {med[(default + BEFORE, b)]['total'] / d:.2f}x | "
+                     + "".join(f"{med[(label, b)]['total'] / med[(base_of[label], b)]['total']:.2f}x | "
+                               for label in befores))
     note = (f"\npreset {args.preset}, {args.size}x{args.size} uint8 frames, bundle {bundle.name}, median of "
             f"{args.repeats} interleaved repeats per path; graph stages: the call's backend time split by "
             f"{args.profile_runs} profiled calls; load average (1 min) {load_start[0]:.1f} at the start, "
