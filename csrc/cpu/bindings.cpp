@@ -7,10 +7,10 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <array>
 #include <cmath>
 #include <cstring>
 #include <optional>
-#include <array>
 #include <string>
 #include <vector>
 
@@ -140,7 +140,9 @@ py::array_t<float> smoothing_matrix(int64_t in_size, int64_t out_size, double si
 
 // (H, W, 3) float32 RGB in [0, 1] -> (3, size, size) float32 model input: each channel resized by Pillow's
 // BILINEAR filter on mode "F" (csrc/runtime/preprocess.cpp, bit-identical to aminet_edge.data.images.
-// preprocess), then (x - mean) / std in float32; the three channels in parallel.
+// preprocess), then (x - mean) / std in float32. On the caller's thread only: threads here would compete
+// with the inference runtime's (OpenMP's spin-waiting workers made it ~10x slower on a loaded 2-core
+// machine, right after an OpenVINO call; bench/stages.py); predict_batch's prefetch overlaps it instead.
 py::array_t<float> preprocess_rgb(const py::array_t<float, py::array::c_style | py::array::forcecast>& rgb,
                                   int size, const std::array<float, 3>& mean, const std::array<float, 3>& std) {
   if (rgb.ndim() != 3 || rgb.shape(2) != 3) throw py::value_error("rgb must be (H, W, 3) float32");
@@ -149,17 +151,17 @@ py::array_t<float> preprocess_rgb(const py::array_t<float, py::array::c_style | 
   py::array_t<float> out({3, size, size});
   const float* in = rgb.data();
   float* o = out.mutable_data();
+  auto channel = [=](int c) {
+    const size_t n = static_cast<size_t>(H) * W;
+    std::vector<float> plane(n);
+    for (size_t i = 0; i < n; ++i) plane[i] = in[3 * i + c];
+    const std::vector<float> resized = aminet::resize_bilinear_pil(plane.data(), H, W, size, size);
+    float* oc = o + static_cast<size_t>(c) * size * size;
+    for (size_t i = 0; i < resized.size(); ++i) oc[i] = (resized[i] - mean[c]) / std[c];
+  };
   {
     py::gil_scoped_release release;
-#pragma omp parallel for schedule(static, 1)
-    for (int c = 0; c < 3; ++c) {
-      const size_t n = static_cast<size_t>(H) * W;
-      std::vector<float> plane(n);
-      for (size_t i = 0; i < n; ++i) plane[i] = in[3 * i + c];
-      const std::vector<float> resized = aminet::resize_bilinear_pil(plane.data(), H, W, size, size);
-      float* oc = o + static_cast<size_t>(c) * size * size;
-      for (size_t i = 0; i < resized.size(); ++i) oc[i] = (resized[i] - mean[c]) / std[c];
-    }
+    for (int c = 0; c < 3; ++c) channel(c);
   }
   return out;
 }
