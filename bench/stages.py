@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import glob
 import json
 import os
 import re
@@ -124,6 +123,9 @@ def graph_stages(path: Path) -> dict[str, str]:
         return seen
 
     outputs = {o.name for o in graph.output}
+    for name in outputs:  # OpenVINO names an output's producer after the output tensor
+        if name in producers:
+            out.setdefault(name, out[producers[name].name])
     if {"amap", "score"} <= outputs:
         for name in ancestors("score") - ancestors("amap"):
             if out.get(name) == "score map":
@@ -148,32 +150,59 @@ def stage_of(names: list[str], stages: dict[str, str]) -> str:
 
 
 # ---- profilers --------------------------------------------------------------------------------------------
-def openvino_profile(backend: Any, images: np.ndarray, runs: int) -> dict[str, float]:
-    """{stage: share of the call} of the openvino backend's single graph, from a PERF_COUNT compile."""
+def ov_profile(path: Path, feeds: dict[str, np.ndarray], threads: int, runs: int) -> tuple[dict[str, float], float]:
+    """({stage: seconds per call}, wall seconds per call) of one graph on OpenVINO's CPU plugin, compiled as
+    openvino_backend.compile_graph does (LATENCY, f32, the backend's threads) plus PERF_COUNT."""
     import openvino as ov
 
-    path = backend.paths[0]
     stages = graph_stages(path)
     core = ov.Core()
-    threads = backend.compiled[0].get_property("INFERENCE_NUM_THREADS")
-    model = core.read_model(str(path))
-    compiled = core.compile_model(model, "CPU", {"PERFORMANCE_HINT": "LATENCY", "PERF_COUNT": True,
-                                                 "INFERENCE_NUM_THREADS": int(threads),
-                                                 "INFERENCE_PRECISION_HINT": "f32"})  # as compile_graph
+    compiled = core.compile_model(core.read_model(str(path)), "CPU", {
+        "PERFORMANCE_HINT": "LATENCY", "PERF_COUNT": True, "INFERENCE_NUM_THREADS": int(threads),
+        "INFERENCE_PRECISION_HINT": "f32"})
     origin = {op.get_friendly_name(): op.get_rt_info()["originalLayersNames"].astype(str).split(",")
               for op in compiled.get_runtime_model().get_ops() if "originalLayersNames" in op.get_rt_info()}
     request = compiled.create_infer_request()
-    request.infer({"images": images})
+    request.infer(feeds)
     totals: dict[str, float] = defaultdict(float)
     wall = 0.0
     for _ in range(runs):
         t0 = time.perf_counter()
-        request.infer({"images": images})
+        request.infer(feeds)
         wall += time.perf_counter() - t0
         for info in request.get_profiling_info():
             names = [n for n in origin.get(info.node_name, []) if n] or [info.node_name]
             totals[stage_of(names, stages)] += info.real_time.total_seconds()
-    return _shares(totals, wall)
+    return {k: v / runs for k, v in totals.items()}, wall / runs
+
+
+def openvino_profile(backend: Any, images: np.ndarray, runs: int) -> dict[str, float]:
+    """{stage: share of the call} of the openvino backends: each graph's PERF_COUNT profile, the C++
+    kernels between the split graphs by perf_counter."""
+    threads = backend.compiled[0].get_property("INFERENCE_NUM_THREADS")
+    if not backend.split:
+        return _shares(*ov_profile(backend.paths[0], {"images": images}, threads, runs))
+    glue = backend.glue
+    a = dict(zip(glue.a_outputs, backend._infer(0, {"images": images}, glue.a_outputs)))
+    feeds_b = {"inpaint_tokens": a["inpaint_tokens"], "mask": glue.mask(a)}
+    (recon,) = backend._infer(1, feeds_b, ("recon",))
+    return split_shares(ov_profile(backend.paths[0], {"images": images}, threads, runs),
+                        ov_profile(backend.paths[1], feeds_b, threads, runs),
+                        _median_s(lambda: glue.mask(a), runs), _median_s(lambda: glue.score_map(a, recon), runs))
+
+
+def split_shares(part_a: tuple[dict[str, float], float], part_b: tuple[dict[str, float], float],
+                 mask_s: float, score_s: float) -> dict[str, float]:
+    """{stage: share} of a split backend call from its two graphs' profiles ({stage: s}, wall s) and the
+    seconds of its mask and score-map kernels."""
+    totals: dict[str, float] = defaultdict(float)
+    for seconds, wall in (part_a, part_b):
+        for k, v in seconds.items():
+            totals[k] += v
+        totals["runtime glue"] += max(0.0, wall - sum(seconds.values()))
+    totals["mask: adaptive mask"] += mask_s
+    totals["score map"] += score_s
+    return _shares(totals, sum(totals.values()))
 
 
 def ort_profile(path: Path, feeds: dict[str, np.ndarray], threads: int | None, runs: int,
@@ -230,19 +259,10 @@ def onnxruntime_profile(backend: Any, images: np.ndarray, threads: int | None, r
     mask = glue.mask(a)
     feeds_b = {"inpaint_tokens": a["inpaint_tokens"], "mask": mask}
     (recon,) = backend.session_b.run(["recon"], feeds_b)
-    sec_a, wall_a = ort_profile(backend.path_a, {"images": images}, threads, runs, False)
-    sec_b, wall_b = ort_profile(backend.path_b, feeds_b, threads, runs,
-                                backend.precision == "int8" and not backend.exact_batch)
-    kernel_mask = _median_s(lambda: glue.mask(a), runs)
-    kernel_score = _median_s(lambda: glue.score_map(a, recon), runs)
-    totals: dict[str, float] = defaultdict(float)
-    for seconds, wall in ((sec_a, wall_a), (sec_b, wall_b)):
-        for k, v in seconds.items():
-            totals[k] += v
-        totals["runtime glue"] += max(0.0, wall - sum(seconds.values()))
-    totals["mask: adaptive mask"] += kernel_mask
-    totals["score map"] += kernel_score
-    return _shares(totals, sum(totals.values()))
+    return split_shares(ort_profile(backend.path_a, {"images": images}, threads, runs, False),
+                        ort_profile(backend.path_b, feeds_b, threads, runs,
+                                    backend.precision == "int8" and not backend.exact_batch),
+                        _median_s(lambda: glue.mask(a), runs), _median_s(lambda: glue.score_map(a, recon), runs))
 
 
 def _median_s(fn: Callable[[], object], runs: int) -> float:
@@ -481,16 +501,17 @@ def int8_coverage(det: Detector) -> dict[str, tuple[int, int]]:
     int8 (OpenVINO: the executed precision; onnxruntime: quantised nodes of its graphs)."""
     backend = det._backend
     out: dict[str, list[int]] = defaultdict(lambda: [0, 0])
-    if backend.name == "openvino":
-        stages = graph_stages(backend.paths[0])
-        for op in backend.compiled[0].get_runtime_model().get_ops():
-            info = op.get_rt_info()
-            if info["layerType"].astype(str) not in _HEAVY:
-                continue
-            names = [n for n in info["originalLayersNames"].astype(str).split(",") if n] or [op.get_friendly_name()]
-            stage = stage_of(names, stages)
-            out[stage][1] += 1
-            out[stage][0] += info["runtimePrecision"].astype(str) in ("i8", "u8")
+    if backend.name.startswith("openvino"):
+        for path, compiled in zip(backend.paths, backend.compiled):
+            stages = graph_stages(path)
+            for op in compiled.get_runtime_model().get_ops():
+                info = op.get_rt_info()
+                if info["layerType"].astype(str) not in _HEAVY:
+                    continue
+                names = [n for n in info["originalLayersNames"].astype(str).split(",") if n] or [op.get_friendly_name()]
+                stage = stage_of(names, stages)
+                out[stage][1] += 1
+                out[stage][0] += info["runtimePrecision"].astype(str) in ("i8", "u8")
     elif backend.name.startswith("onnxruntime"):
         import onnx
 
@@ -560,7 +581,7 @@ def main() -> None:
             if backend == "openvino":
                 old = f"{label} (graphs before)"
                 paths.append((old, Detector.load(args.before_bundle, backend=backend, **extra, **options), True))
-                base_of[old] = label
+                base_of[old] = old  # its own graphs: profiled on their own
 
     samples: dict[tuple[str, int], list[dict[str, float]]] = defaultdict(list)
     for b in args.batches:
@@ -583,7 +604,7 @@ def main() -> None:
         for b in args.batches:
             images = np.stack([host_kernels.preprocess(detector_module.to_rgb(f), det.image_size, det.config.mean,
                                                        det.config.std) for f in frames[:b]])
-            if backend.name == "openvino":
+            if backend.name.startswith("openvino"):
                 shares[(label, b)] = openvino_profile(backend, images, args.profile_runs)
             elif backend.name.startswith("onnxruntime"):
                 shares[(label, b)] = onnxruntime_profile(backend, images, args.threads, args.profile_runs)
@@ -647,6 +668,7 @@ def main() -> None:
     eager, ort8 = "torch eager", "onnxruntime int8"
     lines.append(f"\n### goals (default path: `Detector.load(backend=\"auto\")` picks {auto_label.split(': ')[1]})\n")
     befores = [label for label in labels if label.endswith("(graphs before)")]
+    afters = [label.replace(" (graphs before)", "") for label in befores]
     lines.append("| batch | default ms/image | vs torch eager (goal >= 4x) | vs onnxruntime int8 (goal >= 1.5x) | "
                  "x of its floor (goal <= 3x) | host kernels: before / after | "
                  + "".join(f"{label}: before / after | " for label in befores))
@@ -655,8 +677,8 @@ def main() -> None:
         d = med[(default, b)]["total"]
         lines.append(f"| {b} | {d:.1f} | {med[(eager, b)]['total'] / d:.2f}x | {med[(ort8, b)]['total'] / d:.2f}x | "
                      f"{d / floors[default]:.1f}x | {med[(default + BEFORE, b)]['total'] / d:.2f}x | "
-                     + "".join(f"{med[(label, b)]['total'] / med[(base_of[label], b)]['total']:.2f}x | "
-                               for label in befores))
+                     + "".join(f"{med[(label, b)]['total'] / med[(after, b)]['total']:.2f}x | "
+                               for label, after in zip(befores, afters)))
     note = (f"\npreset {args.preset}, {args.size}x{args.size} uint8 frames, bundle {bundle.name}, median of "
             f"{args.repeats} interleaved repeats per path; graph stages: the call's backend time split by "
             f"{args.profile_runs} profiled calls; load average (1 min) {load_start[0]:.1f} at the start, "
