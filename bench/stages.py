@@ -101,12 +101,13 @@ def graph_stages(path: Path) -> dict[str, str]:
     out: dict[str, str] = {}
     has_backbone = any(n.name.startswith("/extractor/") for n in graph.node)
     region = "backbone" if has_backbone else "embeddings"
+    tail = "score map" if "amap" in {o.name for o in graph.output} else "head"  # model_b ends with the head
     for node in graph.node:
         stage = module_stage(node.name) if node.name.startswith("/") or "Quant" in node.op_type else None
         if stage is not None:
             region = _AFTER_MODULE[stage]
         elif node.op_type == "ConvTranspose":
-            stage, region = "head", "score map"
+            stage, region = "head", tail
         else:
             stage = region
         out[node.name] = stage
