@@ -70,6 +70,10 @@ PATHS = (  # (label, backend, options)
     ("onnxruntime int8", "onnxruntime", {"precision": "int8"}),
 )
 BEFORE = " (host steps Pillow/numpy)"
+# between variants: torch's OpenMP, onnxruntime's and OpenVINO's idle threads spin for a while after a call
+# and would slow the next variant's preprocessing (up to 7x on a loaded 2-core machine), which a Detector
+# running alone never meets
+PAUSE_S = 0.1
 
 # ---- graph node -> stage ----------------------------------------------------------------------------------
 _MODULE = [(re.compile(p), s) for p, s in (
@@ -435,7 +439,8 @@ def stage_flops(bundle: Path) -> dict[str, float]:
 
 
 def peak_flops(threads: int | None, seconds: float = 1.5) -> dict[str, tuple[float, str]]:
-    """{"fp32" / "int8": (best FLOP/s, which library)} of a 1024 x 2048 x 2048 GEMM on this machine."""
+    """{"fp32" / "int8": (best FLOP/s, which library)} of a 1024 x 2048 x 2048 GEMM on this machine: the
+    fastest run of each library for ~`seconds`."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
@@ -449,7 +454,7 @@ def peak_flops(threads: int | None, seconds: float = 1.5) -> dict[str, tuple[flo
     def rate(label: str, precision: str, fn: Callable[[], object]) -> None:
         fn()
         runs = max(3, int(seconds / max(_median_s(fn, 1), 1e-4)))
-        value = flops / _median_s(fn, runs)
+        value = flops / min(_median_s(fn, 1) for _ in range(runs))  # the best run: a peak, load aside
         if value > found.get(precision, (0.0, ""))[0]:
             found[precision] = (value, label)
 
@@ -591,6 +596,7 @@ def main() -> None:
             timed_predict(det, batch, kernels)  # warm-up
         for _ in range(args.repeats):
             for label, det, kernels in paths:
+                time.sleep(PAUSE_S)  # the previous variant's spinning threads park, as beside a lone Detector
                 samples[(label, b)].append(timed_predict(det, batch, kernels))
     load_timed = os.getloadavg()
 
