@@ -391,6 +391,30 @@ def timed_predict(det: Detector, frames: list[np.ndarray], use_kernels: bool) ->
     return {k: v * 1e3 / len(frames) for k, v in out.items()}
 
 
+def host_steps(det: Detector, frame: np.ndarray, runs: int = 30) -> list[tuple[str, float, float]]:
+    """[(step, Pillow/numpy ms, C++ kernel ms)]: the fastest of `runs` interleaved calls of each host step
+    (the best run shows the step's own cost on a shared machine; both give the same bits)."""
+    rgb = detector_module.to_rgb(frame)
+    amap = np.random.default_rng(0).random((det.image_size,) * 2, dtype=np.float32)
+    h, w = frame.shape[:2]
+    steps = (("resize to S + normalisation", lambda: host_kernels.preprocess(rgb, det.image_size, det.config.mean,
+                                                                             det.config.std)),
+             ("map resize to input size", lambda: detector_module.resize_map(amap, h, w)))
+    out = []
+    for name, fn in steps:
+        best = {True: np.inf, False: np.inf}
+        for _ in range(runs):
+            for kernels in (False, True):
+                with contextlib.ExitStack() as stack:
+                    if not kernels:
+                        stack.enter_context(patched(host_kernels, "kernels", lambda _: (lambda: None)))
+                    t0 = time.perf_counter()
+                    fn()
+                    best[kernels] = min(best[kernels], time.perf_counter() - t0)
+        out.append((name, best[False] * 1e3, best[True] * 1e3))
+    return out
+
+
 # ---- compute floor ----------------------------------------------------------------------------------------
 def stage_flops(bundle: Path) -> dict[str, float]:
     """FLOPs per image per compute stage at batch 1 (matmuls and convolutions), by torch's flop counter."""
@@ -629,6 +653,7 @@ def main() -> None:
         if not label.endswith(BEFORE):
             det.close()
 
+    host = host_steps(default_det, frames[0]) if host_kernels.kernels() is not None else []
     flops = stage_flops(bundle)
     peak = peak_flops(args.threads)
     load_end = os.getloadavg()
@@ -654,6 +679,11 @@ def main() -> None:
             lines.append(f"| {stage} | " + " | ".join(cells) + " |")
         lines.append("| **total (median of the whole call)** | "
                      + " | ".join(f"**{med[(label, b)]['total']:.1f}**" for label in labels) + " |")
+    if host:
+        lines.append("\n### host steps, one 512x512 frame: fastest of 30 interleaved calls\n")
+        lines.append("| step | Pillow / numpy ms | C++ kernel ms | before / after |")
+        lines.append("|---|---:|---:|---:|")
+        lines += [f"| {name} | {slow:.2f} | {fast:.2f} | {slow / fast:.2f}x |" for name, slow, fast in host]
     fp32_peak, int8_peak = peak["fp32"], peak.get("int8", peak["fp32"])
     total_flops = sum(flops.values())
     lines.append("\n### compute floor\n")
