@@ -4,9 +4,9 @@ Both give the same bits: `preprocess` is aminet_edge.data.images.preprocess (Pil
 "F" per channel, then (x - mean) / std) and the kernels' `resize_map` is runtime.detector.resize_map's
 numpy arithmetic, both from csrc/runtime/preprocess.cpp (the C runtime's, compiled without fused
 multiply-add). Single-threaded (threads here competed with the inference runtime's right after its
-call), without Pillow's per-channel copies and numpy's temporaries: at 512x512 -> 256x256 ~2.1 ms vs
-~2.7 ms for preprocess and ~0.2 ms vs ~1.4 ms for a 256 -> 512 map (best of runs on a 2-core EPYC;
-bench/stages.py). An extension built before these kernels existed falls back silently. Torch-free.
+call), without Pillow's per-channel copies and numpy's temporaries: at 512x512 -> 256x256 1.6 ms vs
+2.2 ms for preprocess and 0.21 ms vs 1.42 ms for a 256 -> 512 map (fastest of 30 calls on a 2-core EPYC;
+bench/stages.py, bench/results/stages.md). An extension built before these kernels existed falls back silently. Torch-free.
 """
 
 from __future__ import annotations
