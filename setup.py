@@ -99,13 +99,15 @@ def extensions() -> list:
     )
     if not sources:
         return []
+    sources.append(os.path.join("csrc", "runtime", "preprocess.cpp"))  # Pillow-exact resize, shared with libaminet
     return [
         Pybind11Extension(
             "aminet_edge._cpu_kernels",
             sources,
             include_dirs=[os.path.join("csrc", "include")],
             cxx_std=17,
-            extra_compile_args=["-O3", "-fopenmp"],
+            # -ffp-contract=off: preprocess.cpp must round as Pillow and numpy do (no fused multiply-add)
+            extra_compile_args=["-O3", "-fopenmp", "-ffp-contract=off"],
             extra_link_args=["-fopenmp"],
         )
     ]

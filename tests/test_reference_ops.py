@@ -156,6 +156,28 @@ def test_smoothing_matrix_equals_upsample_then_blur() -> None:
     torch.testing.assert_close(a @ m @ a.T, direct, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("sigma", [4.0, 0.0])
+def test_exported_upsample_smooth_is_two_matmuls(tmp_path, sigma: float) -> None:  # type: ignore[no-untyped-def]
+    """In an ONNX export upsample_smooth is A_h @ maps @ A_w.T with constant matrices (no Resize, no 1-D
+    Conv), and onnxruntime's result equals the eager interpolate + blur to float32 rounding."""
+    onnx = pytest.importorskip("onnx")
+    ort = pytest.importorskip("onnxruntime")
+
+    class Smooth(torch.nn.Module):
+        def forward(self, maps: torch.Tensor) -> torch.Tensor:
+            return reference.upsample_smooth(maps, (96, 70), sigma)
+
+    maps = torch.rand(3, 24, 17)
+    path = tmp_path / "smooth.onnx"
+    torch.onnx.export(Smooth(), (maps,), str(path), input_names=["maps"], output_names=["out"], opset_version=17,
+                      dynamo=False, dynamic_axes={"maps": {0: "batch"}})
+    ops = [n.op_type for n in onnx.load(str(path)).graph.node]
+    assert ops.count("MatMul") == 2 and "Resize" not in ops and "Conv" not in ops
+    got = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"maps": maps.numpy()})[0]
+    want = reference.upsample_smooth(maps, (96, 70), sigma).numpy()
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=2e-6 * float(np.abs(want).max()))
+
+
 def test_score_map_rejects_unknown_image_score() -> None:
     with pytest.raises(ValueError, match="image_score"):
         reference.score_map(torch.zeros(1, 2, 4, 4), torch.zeros(1, 2, 4, 4), (8, 8), 1.0, "mean")

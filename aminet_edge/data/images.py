@@ -148,6 +148,11 @@ def resize_map(amap: np.ndarray, height: int, width: int) -> np.ndarray:
     h, w = amap.shape
     if (h, w) == (height, width):
         return np.array(amap, dtype=np.float32, copy=True)
+    from aminet_edge.runtime import host_kernels  # here, not at the top: the runtime package imports this module
+
+    k = host_kernels.kernels()
+    if k is not None:  # the same arithmetic in C++ (host_kernels), ~7x faster at 256 -> 512
+        return k.resize_map(np.ascontiguousarray(amap, dtype=np.float32), int(height), int(width))
     r0, r1, rw0, rw1 = _linear_taps(h, height)
     c0, c1, cw0, cw1 = _linear_taps(w, width)
     rows = amap[r0] * rw0[:, None] + amap[r1] * rw1[:, None]  # (height, w)

@@ -55,6 +55,7 @@ import numpy as np
 from aminet_edge.bundle import BundleConfig, BundleError, Calibration, read_config
 from aminet_edge.config import TileConfig
 from aminet_edge.data.images import resize_map
+from aminet_edge.runtime import host_kernels
 from aminet_edge.runtime.backends import Backend, create_backend
 from aminet_edge.runtime.inputs import InputError, Limits, batch_items, describe, split_batch, to_frame, to_rgb
 from aminet_edge.runtime.result import Result, Thresholds, Timing
@@ -387,8 +388,6 @@ class Detector:
 
     def _prepare_one(self, x: Any, position: int, index: int | None, bgr: bool) -> _Prepared | Result:
         """Decode, validate and preprocess one input; an unusable input becomes an error Result."""
-        from aminet_edge.data.images import preprocess
-
         t0 = time.perf_counter()
         source = describe(x, index)
         try:
@@ -400,8 +399,8 @@ class Detector:
         if self._frames:  # the backend resizes and normalises on its device
             tensors = [np.ascontiguousarray(part) for part in parts]
         else:
-            tensors = [np.ascontiguousarray(preprocess(part, self.image_size, self.config.mean, self.config.std),
-                                            dtype=np.float32) for part in parts]
+            tensors = [host_kernels.preprocess(part, self.image_size, self.config.mean, self.config.std)
+                       for part in parts]
         return _Prepared(position, source, tensors, int(rgb.shape[0]), int(rgb.shape[1]),
                          (time.perf_counter() - t0) * 1e3, tiles)
 

@@ -7,13 +7,16 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <array>
 #include <cmath>
 #include <cstring>
 #include <optional>
 #include <string>
+#include <vector>
 
 #include "aminet/nearest_distance.h"
 #include "aminet/score_map.h"
+#include "../runtime/preprocess.h"
 
 namespace py = pybind11;
 
@@ -171,6 +174,52 @@ py::array_t<float> smoothing_matrix(int64_t in_size, int64_t out_size, double si
   return a;
 }
 
+
+// (H, W, 3) float32 RGB in [0, 1] -> (3, size, size) float32 model input: each channel resized by Pillow's
+// BILINEAR filter on mode "F" (csrc/runtime/preprocess.cpp, bit-identical to aminet_edge.data.images.
+// preprocess), then (x - mean) / std in float32. On the caller's thread only: threads here would compete
+// with the inference runtime's (OpenMP's spin-waiting workers made it ~10x slower on a loaded 2-core
+// machine, right after an OpenVINO call; bench/stages.py); predict_batch's prefetch overlaps it instead.
+py::array_t<float> preprocess_rgb(const py::array_t<float, py::array::c_style | py::array::forcecast>& rgb,
+                                  int size, const std::array<float, 3>& mean, const std::array<float, 3>& std) {
+  if (rgb.ndim() != 3 || rgb.shape(2) != 3) throw py::value_error("rgb must be (H, W, 3) float32");
+  if (size < 1 || rgb.shape(0) < 1 || rgb.shape(1) < 1) throw py::value_error("sizes must be >= 1");
+  const int H = static_cast<int>(rgb.shape(0)), W = static_cast<int>(rgb.shape(1));
+  py::array_t<float> out({3, size, size});
+  const float* in = rgb.data();
+  float* o = out.mutable_data();
+  auto channel = [=](int c) {
+    const size_t n = static_cast<size_t>(H) * W;
+    std::vector<float> plane(n);
+    for (size_t i = 0; i < n; ++i) plane[i] = in[3 * i + c];
+    const std::vector<float> resized = aminet::resize_bilinear_pil(plane.data(), H, W, size, size);
+    float* oc = o + static_cast<size_t>(c) * size * size;
+    for (size_t i = 0; i < resized.size(); ++i) oc[i] = (resized[i] - mean[c]) / std[c];
+  };
+  {
+    py::gil_scoped_release release;
+    for (int c = 0; c < 3; ++c) channel(c);
+  }
+  return out;
+}
+
+// (h, w) float32 map -> (out_h, out_w): aminet_edge.runtime.detector.resize_map's bilinear, bit-identical.
+py::array_t<float> resize_map(const py::array_t<float, py::array::c_style | py::array::forcecast>& amap, int out_h,
+                              int out_w) {
+  if (amap.ndim() != 2 || amap.shape(0) < 1 || amap.shape(1) < 1) throw py::value_error("amap must be (h, w)");
+  if (out_h < 1 || out_w < 1) throw py::value_error("out_h and out_w must be >= 1");
+  py::array_t<float> out({out_h, out_w});
+  const float* in = amap.data();
+  float* o = out.mutable_data();
+  const int h = static_cast<int>(amap.shape(0)), w = static_cast<int>(amap.shape(1));
+  {
+    py::gil_scoped_release release;
+    const std::vector<float> r = aminet::resize_map(in, h, w, out_h, out_w);
+    std::memcpy(o, r.data(), r.size() * sizeof(float));
+  }
+  return out;
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_cpu_kernels, m) {
@@ -191,5 +240,10 @@ PYBIND11_MODULE(_cpu_kernels, m) {
         py::arg("threads"), "bytes nearest_distance allocates for N queries against M x C with that many threads");
   m.def("smoothing_matrix", &smoothing_matrix, py::arg("in_size"), py::arg("out_size"), py::arg("sigma"),
         "(out_size, in_size) float32 A with A @ m = blur(upsample(m)), as reference.smoothing_matrix");
+  m.def("preprocess_rgb", &preprocess_rgb, py::arg("rgb"), py::arg("size"), py::arg("mean"), py::arg("std"),
+        "(H, W, 3) float32 RGB in [0, 1] -> (3, size, size) float32: Pillow BILINEAR ('F') resize per channel, "
+        "then (x - mean) / std, as aminet_edge.data.images.preprocess to the bit");
+  m.def("resize_map", &resize_map, py::arg("amap"), py::arg("out_h"), py::arg("out_w"),
+        "(h, w) float32 -> (out_h, out_w) float32, as aminet_edge.runtime.detector.resize_map to the bit");
   m.def("num_threads", []() { return omp_get_max_threads(); }, "OpenMP threads the kernels use");
 }
