@@ -452,8 +452,8 @@ def test_genicam_hardware_trigger_sets_the_camera_and_refuses_what_it_lacks(tmp_
                                                                            detector: Detector) -> None:
     """trigger = "hardware" on the simulated GigE Vision camera: after start, a second connection reads
     TriggerMode On, TriggerSource Line0, TriggerActivation RisingEdge from the camera (set otherwise before).
-    A line the camera lacks (Line1) and an edge it lacks (FallingEdge: it offers RisingEdge only) stop the
-    camera with a message naming the feature. (This simulator sends no frame in Line0 mode: it has no line
+    A line the camera lacks (Line1) stops the camera with a message naming the feature; an edge it lacks
+    (FallingEdge: it offers RisingEdge only) makes the CLI exit 1 with the same kind of message. (This simulator sends no frame in Line0 mode: it has no line
     input; see the in-process Fake device test for frames.)"""
     av = aravis()
     serial = f"H{os.getpid()}"
@@ -465,10 +465,13 @@ def test_genicam_hardware_trigger_sets_the_camera_and_refuses_what_it_lacks(tmp_
         camera = av.Camera.new(device)
         return {f: camera.get_string(f) for f in ("TriggerMode", "TriggerSource", "TriggerActivation")}
 
+    def listed() -> bool:
+        av.update_device_list()
+        return device in {av.get_device_id(i) for i in range(av.get_n_devices())}
+
     try:
-        camera = wait_for(lambda: device in {av.get_device_id(i) for i in range(av.update_device_list()
-                                                                                 or av.get_n_devices())}
-                          and av.Camera.new(device), "the simulated camera")
+        wait_for(listed, "the simulated camera")
+        camera = av.Camera.new(device)
         camera.set_string("TriggerMode", "Off")
         camera.set_string("TriggerSource", "Software")
         del camera  # gives the control channel back
@@ -477,17 +480,21 @@ def test_genicam_hardware_trigger_sets_the_camera_and_refuses_what_it_lacks(tmp_
         with Station(cfg, detectors={"hw": detector}) as station:
             wait_for(lambda: station.state()["cameras"]["hw"]["source"] == "running", "the camera to open")
             assert features() == {"TriggerMode": "On", "TriggerSource": "Line0", "TriggerActivation": "RisingEdge"}
-        for n, (line, activation, message) in enumerate([
-                ("Line1", "RisingEdge", "TriggerSource has no entry 'Line1' (it offers Line0, Software)"),
-                ("Line0", "FallingEdge", "TriggerActivation has no entry 'FallingEdge' (it offers RisingEdge)")]):
-            other = tmp_path / f"refused{n}"
-            other.mkdir()
-            cfg = load_config(toml_config(other, hardware_camera(bundle, device, line, activation)))
-            with Station(cfg, detectors={"hw": detector}) as station:
-                status = wait_for(lambda: station.state()["cameras"]["hw"]["source"].startswith("refused")
-                                  and station.state()["cameras"]["hw"]["source"], "the camera refused")
-                wait_for(lambda: station.cameras["hw"].finished, "the refused camera to stop")
-            assert status == f"refused: GenICam camera {device}: {message}"
+        (tmp_path / "line1").mkdir()
+        cfg = load_config(toml_config(tmp_path / "line1", hardware_camera(bundle, device, "Line1")))
+        with Station(cfg, detectors={"hw": detector}) as station:
+            wait_for(lambda: station.cameras["hw"].finished, "the refused camera to stop")
+            status = station.state()["cameras"]["hw"]["source"]
+        assert status == (f"refused: GenICam camera {device}: TriggerSource has no entry 'Line1' "
+                          "(it offers Line0, Software)")
+        (tmp_path / "falling").mkdir()
+        config = toml_config(tmp_path / "falling", hardware_camera(bundle, device, activation="FallingEdge")
+                             .replace("[cameras.source]", 'backend = "onnxruntime"\n[cameras.source]'))
+        cli = subprocess.run([sys.executable, "-m", "aminet_edge", "station", str(config)], capture_output=True,
+                             text=True, timeout=DEADLINE_S)
+        assert cli.returncode == 1 and "Traceback" not in cli.stderr, cli.stderr
+        assert (f"camera hw: refused: GenICam camera {device}: TriggerActivation has no entry 'FallingEdge' "
+                "(it offers RisingEdge)") in cli.stderr
     finally:
         proc.terminate()
         proc.wait(timeout=30)
@@ -498,7 +505,8 @@ def test_genicam_hardware_trigger_results_carry_the_frame_id_and_time(tmp_path: 
     arv-fake-gv-camera, without the network): in trigger mode it sends a frame per 1/25 s, as if its line
     were pulsed at 25 Hz (it does not look at TriggerSource). Each result's part id is the buffer's frame id
     (consecutive: the Fake device counts only frames it delivers), its image the camera's diagonal ramp
-    for that frame id ((x + y + id) % 255, computed here), its time the buffer's timestamp in epoch seconds."""
+    for that frame id ((x + y + id) % 255, computed here), its time the buffer's timestamp in epoch seconds.
+    Paused, the camera's frames become ERROR results (the part still gets an answer), ids still consecutive."""
     av = aravis()
     av.enable_interface("Fake")
     det = Detector.load(bundle, backend="onnxruntime", batch_size=1, threshold=1e-12)  # all NG: archived
@@ -507,12 +515,18 @@ def test_genicam_hardware_trigger_results_carry_the_frame_id_and_time(tmp_path: 
         before = time.time()
         with Station(cfg, detectors={"hw": det}) as station:
             wait_for(lambda: station.state()["cameras"]["hw"]["counts"]["NG"] >= 3, "3 frames")
+            station.pause("hw")
+            wait_for(lambda: station.state()["cameras"]["hw"]["counts"]["ERROR"] >= 1, "a frame while paused")
         after = time.time()
     finally:
         av.disable_interface("Fake")
         det.close()
     rows = stored(cfg.store)
-    assert len(rows) >= 3 and {r["origin"] for r in rows} == {"hardware"} and {r["decision"] for r in rows} == {"NG"}
+    assert {r["origin"] for r in rows} == {"hardware"}
+    decisions = [r["decision"] for r in rows]
+    n_ng = decisions.count("NG")
+    assert n_ng >= 3 and decisions == ["NG"] * n_ng + ["ERROR"] * (len(rows) - n_ng) and len(rows) > n_ng
+    assert {r["error"] for r in rows[n_ng:]} == {"the camera is paused"}
     ids = [int(r["part_id"]) for r in rows]
     assert ids == list(range(ids[0], ids[0] + len(ids)))
     assert all(r["ref"].startswith(f"Fake_1#{r['part_id']}@") for r in rows)
