@@ -108,9 +108,12 @@ def test_example_config_parses_and_the_cli_prints_it(tmp_path: Path) -> None:
     assert out == EXAMPLE_CONFIG
     (tmp_path / "ex.toml").write_text(out)
     cfg = load_config(tmp_path / "ex.toml", check_paths=False)
-    assert [c.name for c in cfg.cameras] == ["top", "side"]
+    assert [c.name for c in cfg.cameras] == ["top", "side", "line"]
     assert cfg.cameras[0].outputs == ("mqtt", "webhook", "opcua", "modbus")  # default: every configured output
     assert cfg.cameras[1].outputs == ("opcua", "mqtt") and cfg.cameras[1].trigger == "software"
+    line = cfg.cameras[2]
+    assert (line.trigger, line.trigger_line, line.trigger_activation, line.source.type) == (
+        "hardware", "Line0", "RisingEdge", "genicam")
     assert cfg.store == tmp_path / "station/results.db" and cfg.archive_max_bytes == 2048 << 20
 
 
@@ -127,6 +130,12 @@ def test_example_config_parses_and_the_cli_prints_it(tmp_path: Path) -> None:
     (lambda s: s.replace('archive_ng = true', 'archive_ng = 1'), "cameras[0].archive_ng: must be true or false"),
     (lambda s: s.replace('bundle = "runs/bottle"\ntrigger', 'trigger'), "cameras[1].bundle: give exactly one"),
     (lambda s: s.replace('[station]', '[station]\nstore = [1]'), "not valid TOML"),
+    (lambda s: s.replace('type = "genicam"', 'type = "stream"'), "cameras[2].trigger: \"hardware\" needs a genicam"),
+    (lambda s: s.replace('trigger_line = "Line0"', ''), "cameras[2].trigger_line: missing (required with"),
+    (lambda s: s.replace('trigger_line = "Line0"', 'trigger_line = "Software"'), "cameras[2].trigger_line: must name"),
+    (lambda s: s.replace('"RisingEdge"', '"AnyEdge"'), "cameras[2].trigger_activation: must be one of"),
+    (lambda s: s.replace('trigger = "software"', 'trigger = "software"\ntrigger_line = "Line0"'),
+     "cameras[1].trigger_line: only for trigger = \"hardware\""),
 ])
 def test_config_errors_name_the_key(tmp_path: Path, edit: Any, message: str) -> None:
     path = tmp_path / "bad.toml"
@@ -377,23 +386,33 @@ def test_sigterm_flushes_and_exits_cleanly(tmp_path: Path, bundle: Path, images:
 
 
 # ---- GenICam: a GigE Vision camera simulated by Aravis on 127.0.0.1 ---------------------------------
+def aravis() -> Any:
+    """Aravis' GObject module, or skip."""
+    try:
+        from aminet_edge.station.sources import _aravis
+
+        return _aravis()[0]
+    except ImportError as exc:
+        pytest.skip(str(exc))
+
+
+def fake_gige(serial: str) -> subprocess.Popen:
+    """arv-fake-gv-camera-0.8 on 127.0.0.1 (device id Aravis-Fake-<serial>), or skip."""
+    fake = shutil.which("arv-fake-gv-camera-0.8")
+    if fake is None:
+        pytest.skip("Aravis' fake GigE Vision camera is not installed (apt-get install aravis-tools)")
+    aravis()
+    return subprocess.Popen([fake, "-i", "127.0.0.1", "-s", serial], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+
+
 def test_genicam_camera_software_trigger_and_free_run(tmp_path: Path, bundle: Path) -> None:
     """arv-fake-gv-camera-0.8 is a GigE Vision camera on the loopback interface: each trigger takes one of
     its frames (TriggerSoftware) under the trigger's part id. Every frame is NG (threshold ~0), so the
     archive holds the exact frames: Detector.predict on them gives the stored scores. Then the same camera
     in free-run (continuous acquisition)."""
-    fake = shutil.which("arv-fake-gv-camera-0.8")
-    if fake is None:
-        pytest.skip("Aravis' fake GigE Vision camera is not installed (apt-get install aravis-tools)")
-    try:
-        from aminet_edge.station.sources import _aravis
-
-        _aravis()
-    except ImportError as exc:
-        pytest.skip(str(exc))
     serial = f"T{os.getpid()}"
-    proc = subprocess.Popen([fake, "-i", "127.0.0.1", "-s", serial], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    proc = fake_gige(serial)
     det = Detector.load(bundle, backend="onnxruntime", batch_size=1, threshold=1e-12)
     cam = (f"[[cameras]]\nname = \"gige\"\nbundle = \"{bundle}\"\ntrigger = \"software\"\n"
            f"[cameras.source]\ntype = \"genicam\"\npath = \"Aravis-Fake-{serial}\"\n")
@@ -421,6 +440,102 @@ def test_genicam_camera_software_trigger_and_free_run(tmp_path: Path, bundle: Pa
     want = det.predict_batch([f[..., 0] for f in frames])
     assert [r["score"] for r in rows] == [w.score for w in want]
     det.close()
+
+
+def hardware_camera(bundle: Path, device: str, line: str = "Line0", activation: str = "RisingEdge") -> str:
+    return (f"[[cameras]]\nname = \"hw\"\nbundle = \"{bundle}\"\ntrigger = \"hardware\"\n"
+            f"trigger_line = \"{line}\"\ntrigger_activation = \"{activation}\"\n"
+            f"[cameras.source]\ntype = \"genicam\"\npath = \"{device}\"\n")
+
+
+def test_genicam_hardware_trigger_sets_the_camera_and_refuses_what_it_lacks(tmp_path: Path, bundle: Path,
+                                                                           detector: Detector) -> None:
+    """trigger = "hardware" on the simulated GigE Vision camera: after start, a second connection reads
+    TriggerMode On, TriggerSource Line0, TriggerActivation RisingEdge from the camera (set otherwise before).
+    A line the camera lacks (Line1) stops the camera with a message naming the feature; an edge it lacks
+    (FallingEdge: it offers RisingEdge only) makes the CLI exit 1 with the same kind of message. (This simulator sends no frame in Line0 mode: it has no line
+    input; see the in-process Fake device test for frames.)"""
+    av = aravis()
+    serial = f"H{os.getpid()}"
+    device = f"Aravis-Fake-{serial}"
+    proc = fake_gige(serial)
+
+    def features() -> dict[str, str]:
+        av.update_device_list()
+        camera = av.Camera.new(device)
+        return {f: camera.get_string(f) for f in ("TriggerMode", "TriggerSource", "TriggerActivation")}
+
+    def listed() -> bool:
+        av.update_device_list()
+        return device in {av.get_device_id(i) for i in range(av.get_n_devices())}
+
+    try:
+        wait_for(listed, "the simulated camera")
+        camera = av.Camera.new(device)
+        camera.set_string("TriggerMode", "Off")
+        camera.set_string("TriggerSource", "Software")
+        del camera  # gives the control channel back
+        assert features()["TriggerSource"] == "Software"
+        cfg = load_config(toml_config(tmp_path, hardware_camera(bundle, device)))
+        with Station(cfg, detectors={"hw": detector}) as station:
+            wait_for(lambda: station.state()["cameras"]["hw"]["source"] == "running", "the camera to open")
+            assert features() == {"TriggerMode": "On", "TriggerSource": "Line0", "TriggerActivation": "RisingEdge"}
+        (tmp_path / "line1").mkdir()
+        cfg = load_config(toml_config(tmp_path / "line1", hardware_camera(bundle, device, "Line1")))
+        with Station(cfg, detectors={"hw": detector}) as station:
+            wait_for(lambda: station.cameras["hw"].finished, "the refused camera to stop")
+            status = station.state()["cameras"]["hw"]["source"]
+        assert status == (f"refused: GenICam camera {device}: TriggerSource has no entry 'Line1' "
+                          "(it offers Line0, Software)")
+        (tmp_path / "falling").mkdir()
+        config = toml_config(tmp_path / "falling", hardware_camera(bundle, device, activation="FallingEdge")
+                             .replace("[cameras.source]", 'backend = "onnxruntime"\n[cameras.source]'))
+        cli = subprocess.run([sys.executable, "-m", "aminet_edge", "station", str(config)], capture_output=True,
+                             text=True, timeout=DEADLINE_S)
+        assert cli.returncode == 1 and "Traceback" not in cli.stderr, cli.stderr
+        assert (f"camera hw: refused: GenICam camera {device}: TriggerActivation has no entry 'FallingEdge' "
+                "(it offers RisingEdge)") in cli.stderr
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def test_genicam_hardware_trigger_results_carry_the_frame_id_and_time(tmp_path: Path, bundle: Path) -> None:
+    """Frames in hardware-trigger mode from Aravis' in-process Fake device (the same simulated camera as
+    arv-fake-gv-camera, without the network): in trigger mode it sends a frame per 1/25 s, as if its line
+    were pulsed at 25 Hz (it does not look at TriggerSource). Each result's part id is the buffer's frame id
+    (consecutive: the Fake device counts only frames it delivers), its image the camera's diagonal ramp
+    for that frame id ((x + y + id) % 255, computed here), its time the buffer's timestamp in epoch seconds.
+    Paused, the camera's frames become ERROR results (the part still gets an answer), ids still consecutive."""
+    av = aravis()
+    av.enable_interface("Fake")
+    det = Detector.load(bundle, backend="onnxruntime", batch_size=1, threshold=1e-12)  # all NG: archived
+    cfg = load_config(toml_config(tmp_path, hardware_camera(bundle, "Fake_1")))
+    try:
+        before = time.time()
+        with Station(cfg, detectors={"hw": det}) as station:
+            wait_for(lambda: station.state()["cameras"]["hw"]["counts"]["NG"] >= 3, "3 frames")
+            station.pause("hw")
+            wait_for(lambda: station.state()["cameras"]["hw"]["counts"]["ERROR"] >= 1, "a frame while paused")
+        after = time.time()
+    finally:
+        av.disable_interface("Fake")
+        det.close()
+    rows = stored(cfg.store)
+    assert {r["origin"] for r in rows} == {"hardware"}
+    decisions = [r["decision"] for r in rows]
+    n_ng = decisions.count("NG")
+    assert n_ng >= 3 and decisions == ["NG"] * n_ng + ["ERROR"] * (len(rows) - n_ng) and len(rows) > n_ng
+    assert {r["error"] for r in rows[n_ng:]} == {"the camera is paused"}
+    ids = [int(r["part_id"]) for r in rows]
+    assert ids == list(range(ids[0], ids[0] + len(ids)))
+    assert all(r["ref"].startswith(f"Fake_1#{r['part_id']}@") for r in rows)
+    times = [r["time"] for r in rows]
+    assert before <= times[0] and times == sorted(times) and times[-1] <= after
+    y, x = np.mgrid[:512, :512]
+    for row in rows[:3]:
+        image = np.asarray(Image.open(row["image_path"]))[..., 0]
+        np.testing.assert_array_equal(image, (x + y + int(row["part_id"])) % 255)
 
 
 def test_a_missing_source_is_retried_and_reported(tmp_path: Path, bundle: Path, detector: Detector,

@@ -111,6 +111,10 @@ def run_cmd(config: str, check: bool, web_address: str | None) -> None:
     if view is not None:
         view.stop()
     click.echo(json.dumps({"stopped": True, "flushed": flushed}), err=True)
+    refused = [f"camera {name}: {cam.source_status}" for name, cam in station.cameras.items()
+               if cam.source_status.startswith("refused")]
+    if refused:  # e.g. a camera without the trigger line asked for: a config to fix, not a fault to retry
+        raise click.ClickException("; ".join(refused))
 
 
 @station_cmd.command("results")

@@ -7,6 +7,7 @@ parses it, so it cannot drift from the parser. Relative paths are taken from the
 from __future__ import annotations
 
 import math
+import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +19,8 @@ else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
 SOURCE_TYPES = ("folder", "video", "stream", "genicam")
-TRIGGERS = ("free-run", "software")
+TRIGGERS = ("free-run", "software", "hardware")
+ACTIVATIONS = ("RisingEdge", "FallingEdge")
 BACKPRESSURE = ("block", "drop-oldest")
 OUTPUT_NAMES = ("mqtt", "webhook", "opcua", "modbus")
 
@@ -69,7 +71,8 @@ threshold = "normal"           # normal, f1 or a raw score
 sensitivity = 0.5              # 0 flags least, 0.5 = calibrated threshold, 1 flags most; leave it out to
                                # use the bundle's (the value last set from the live view, else 0.5)
 trigger = "free-run"           # free-run: every frame the source gives; software: one frame per trigger
-                               # (OPC UA / Modbus handshake or Station.trigger), part id from the trigger
+                               # (OPC UA / Modbus handshake or Station.trigger), part id from the trigger;
+                               # hardware: one frame per pulse on a GenICam camera's input line (below)
 queue = 4                      # frames waiting between acquisition and inspection
 backpressure = "block"         # block: acquisition waits; drop-oldest: the oldest waiting frame is
                                # dropped, counted, and recorded as an ERROR result
@@ -92,6 +95,18 @@ outputs = ["opcua", "mqtt"]
 [cameras.source]
 type = "video"
 path = "side.mp4"
+
+[[cameras]]
+name = "line"
+bundle = "runs/bottle"
+trigger = "hardware"           # the camera triggers itself on a pulse of its input line: part id = the
+                               # camera's frame id, time = when the frame reached this machine
+trigger_line = "Line0"         # the input wired to the part sensor (the camera's TriggerSource entry)
+trigger_activation = "RisingEdge"  # or FallingEdge; leave it out to keep the camera's setting
+
+[cameras.source]
+type = "genicam"
+path = "Basler-21234567"       # the device id as arv-tool-0.8 lists it
 '''
 
 
@@ -126,6 +141,8 @@ class CameraConfig:
     threshold: str | float = "normal"
     sensitivity: float | None = None  # None: the bundle's (calibration.sensitivity)
     trigger: str = "free-run"
+    trigger_line: str = ""  # hardware: the camera's TriggerSource entry (e.g. "Line0")
+    trigger_activation: str = ""  # hardware: RisingEdge or FallingEdge; "" = the camera's setting
     queue: int = 4
     backpressure: str = "block"
     archive_ng: bool = True
@@ -288,6 +305,25 @@ def _source(t: _Table, base: Path, check_paths: bool) -> SourceConfig:
     return src
 
 
+def _line_trigger(t: _Table, trigger: str, source_type: str) -> tuple[str, str]:
+    """(trigger_line, trigger_activation) of a camera; both only with trigger = "hardware" on a genicam source."""
+    if trigger != "hardware":
+        for key in ("trigger_line", "trigger_activation"):
+            if key in t.data:
+                raise t.fail(key, f'only for trigger = "hardware" (this camera has trigger = "{trigger}")')
+        return "", ""
+    if source_type != "genicam":
+        raise t.fail("trigger", f'"hardware" needs a genicam source (a camera with input lines), not '
+                                f'{source_type!r}: use "free-run" or "software"')
+    if "trigger_line" not in t.data:
+        raise t.fail("trigger_line", 'missing (required with trigger = "hardware"): the camera input wired to '
+                                     'the part sensor, e.g. "Line0"')
+    line = t.text("trigger_line")
+    if line == "Software" or not re.fullmatch(r"[A-Za-z][A-Za-z0-9_]*", line):
+        raise t.fail("trigger_line", f'must name a camera input line such as "Line0", got {line!r}')
+    return line, t.text("trigger_activation", "", ACTIVATIONS)
+
+
 def _camera(t: _Table, base: Path, outputs: tuple[str, ...], check_paths: bool) -> CameraConfig:
     name = _name(t)
     bundle, url = t.get("bundle", str, None, "a string"), t.get("url", str, None, "a string")
@@ -307,11 +343,14 @@ def _camera(t: _Table, base: Path, outputs: tuple[str, ...], check_paths: bool) 
     source_table = t.table("source")
     if source_table is None:
         raise t.fail("source", "missing (required): a [cameras.source] table")
+    source = _source(source_table, base, check_paths)
+    trigger = t.text("trigger", "free-run", TRIGGERS)
+    line, activation = _line_trigger(t, trigger, source.type)
     cam = CameraConfig(
-        name=name, source=_source(source_table, base, check_paths), bundle=bundle, url=url,
+        name=name, source=source, bundle=bundle, url=url,
         backend=t.text("backend", "auto"), device=t.text("device", "cpu"), threshold=threshold,
         sensitivity=None if "sensitivity" not in t.data else t.number("sensitivity", 0.5, 0.0, 1.0),
-        trigger=t.text("trigger", "free-run", TRIGGERS),
+        trigger=trigger, trigger_line=line, trigger_activation=activation,
         queue=t.integer("queue", 4, 1, 10000), backpressure=t.text("backpressure", "block", BACKPRESSURE),
         archive_ng=t.flag("archive_ng", True), outputs=tuple(wanted),
         grab_timeout=t.number("grab_timeout", 5.0, 0.001, 3600.0))

@@ -2,10 +2,12 @@
 camera (GigE Vision / USB3 Vision, through Aravis).
 
 A source hands out `Grab`s (the image plus what it was); the camera turns each into a `Frame` with a part
-id and a timestamp: from the trigger in software-trigger mode, else from the grab (file stem, frame number)
-and the acquisition time. `grab(timeout)` returns None when nothing came within `timeout` seconds;
+id and a timestamp: from the trigger in software-trigger mode, else from the grab (file stem, frame number,
+a GenICam camera's frame id) and the grab's own time when it has one (else the acquisition time). `grab(timeout)` returns None when nothing came within `timeout` seconds;
 `exhausted` turns True when no frame will ever come (the end of a video file that does not loop). A source
-that fails raises OSError; the camera then closes it and opens it again with back-off.
+that fails raises OSError; the camera then closes it and opens it again with back-off. A source that cannot
+work as configured (a camera without the trigger feature or line asked for) raises `SourceRefused`: the
+camera stops, reporting why, since retrying cannot help.
 
 OpenCV (`opencv-python-headless`, ~50 MB) is used for video and streams: it decodes files, RTSP and USB
 (V4L2) cameras in one wheel; PyAV is smaller but has no USB capture on Linux without FFmpeg's v4l2 build.
@@ -22,24 +24,26 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from aminet_edge.station.config import SourceConfig
+from aminet_edge.station.config import CameraConfig, SourceConfig
 
 
 @dataclass(frozen=True)
 class Grab:
     """One acquired image: a file path or an (H, W, 3) uint8 array (`bgr`: OpenCV channel order),
-    `ref` what it is (a path, "video.mp4#17") and `part_id` the id it carries when no trigger gives one."""
+    `ref` what it is (a path, "video.mp4#17"), `part_id` the id it carries when no trigger gives one and
+    `time` when it was taken (epoch s; None: the station takes the time it received it)."""
 
     image: Any
     ref: str
     part_id: str
     bgr: bool = False
+    time: float | None = None
 
 
 @dataclass(frozen=True)
 class Frame:
     """A grab on its way through the station: with the part id and time (epoch s) from its trigger, and
-    the trigger's origin (free-run, api, opcua, modbus). `image` None: the trigger got no frame (`error`)."""
+    the trigger's origin (free-run, hardware, api, opcua, modbus). `image` None: the trigger got no frame (`error`)."""
 
     image: Any
     ref: str
@@ -48,6 +52,10 @@ class Frame:
     origin: str
     bgr: bool = False
     error: str | None = None
+
+
+class SourceRefused(Exception):
+    """The source cannot work as configured (e.g. the camera lacks a feature); the message names it."""
 
 
 class Source(Protocol):
@@ -188,14 +196,18 @@ _ARAVIS_BUFFERS = 8
 class GenICamSource:
     """A GenICam camera through Aravis: `path` is its device id as Aravis lists it (e.g.
     "Basler-21234567", `arv-tool-0.8` prints them; "" = the first camera found). Pixel formats Mono8,
-    Mono16 and RGB8 (set the camera's PixelFormat beforehand; Bayer formats are refused). Free-run: the
-    camera's continuous acquisition, triggers off; software trigger: TriggerSoftware, one frame per grab. A camera whose
-    control connection is lost raises OSError (the station reconnects)."""
+    Mono16 and RGB8 (set the camera's PixelFormat beforehand; Bayer formats are refused). `trigger`:
+    free-run: the camera's continuous acquisition, triggers off; software: TriggerSoftware, one frame per
+    grab; hardware: FrameStart triggered by the input `line` (its TriggerSource) on the `activation` edge
+    ("" = the camera's setting), each frame taken as the camera sends it, part id = the buffer's frame id,
+    time = the buffer's system timestamp (the host's clock when its first packet arrived), and the camera's
+    own timestamp (ns of its clock) kept in the ref. A camera whose control connection is lost raises
+    OSError (the station reconnects); one without the trigger features or line raises SourceRefused."""
 
     FORMATS = {"Mono8": (np.uint8, 1), "Mono16": (np.uint16, 1), "RGB8": (np.uint8, 3)}
 
-    def __init__(self, cfg: SourceConfig, triggered: bool) -> None:
-        self.device, self.triggered = cfg.path, triggered
+    def __init__(self, cfg: SourceConfig, trigger: str = "free-run", line: str = "", activation: str = "") -> None:
+        self.device, self.trigger, self.line, self.activation = cfg.path, trigger, line, activation
         self.exhausted = False
         self._camera: Any = None
         self._stream: Any = None
@@ -211,8 +223,10 @@ class GenICamSource:
             if fmt not in self.FORMATS:
                 raise OSError(f"GenICam camera {self.device!r}: pixel format {fmt} is not supported "
                               f"(use {', '.join(self.FORMATS)})")
-            if self.triggered:
+            if self.trigger == "software":
                 camera.set_trigger("Software")
+            elif self.trigger == "hardware":
+                self._line_trigger(camera, aravis)
             else:  # triggers off (a previous run may have left TriggerSoftware on): the camera's frame rate
                 camera.clear_triggers()
                 camera.set_acquisition_mode(aravis.AcquisitionMode.CONTINUOUS)
@@ -225,6 +239,27 @@ class GenICamSource:
         except glib.Error as exc:
             raise OSError(f"GenICam camera {self.device or '(first found)'}: {exc.message}") from exc
         self._camera, self._stream, self._format = camera, stream, self.FORMATS[fmt]
+
+    def _line_trigger(self, camera: Any, aravis: Any) -> None:
+        """Frame start on a pulse of `self.line`; SourceRefused names the feature or entry the camera lacks,
+        or the one that did not read back as written."""
+        wanted = {"TriggerSelector": "FrameStart", "TriggerMode": "On", "TriggerSource": self.line}
+        if self.activation:
+            wanted["TriggerActivation"] = self.activation
+        where = f"GenICam camera {self.device or '(first found)'}"
+        for feature, value in wanted.items():
+            if not camera.is_feature_available(feature):
+                raise SourceRefused(f"{where} has no {feature} feature, needed for trigger = \"hardware\"")
+            entries = camera.dup_available_enumerations_as_strings(feature)
+            if value not in entries:
+                raise SourceRefused(f"{where}: {feature} has no entry {value!r} (it offers {', '.join(entries)})")
+        camera.clear_triggers()  # e.g. an AcquisitionStart trigger left on by other software
+        for feature, value in wanted.items():
+            camera.set_string(feature, value)
+        for feature, value in wanted.items():
+            if (got := camera.get_string(feature)) != value:
+                raise SourceRefused(f"{where}: {feature} reads back {got!r} after writing {value!r}")
+        camera.set_acquisition_mode(aravis.AcquisitionMode.CONTINUOUS)
 
     def close(self) -> None:
         if self._camera is not None:
@@ -239,7 +274,7 @@ class GenICamSource:
             raise OSError(f"GenICam camera {self.device or '(first found)'}: control connection lost")
         aravis, glib = _aravis()
         try:
-            if self.triggered:
+            if self.trigger == "software":
                 self._camera.software_trigger()
             buf = self._stream.timeout_pop_buffer(int(timeout * 1e6))
         except glib.Error as exc:
@@ -253,19 +288,21 @@ class GenICamSource:
             h, w = buf.get_image_height(), buf.get_image_width()
             shape = (h, w, channels) if channels > 1 else (h, w)
             image = np.frombuffer(buf.get_data(), dtype=dtype)[:h * w * channels].reshape(shape).copy()
-            frame_id = buf.get_frame_id()
+            frame_id, camera_ns, host_ns = buf.get_frame_id(), buf.get_timestamp(), buf.get_system_timestamp()
         finally:
             self._stream.push_buffer(buf)
         self._count += 1
         name = self.device or "genicam"
-        return Grab(image, f"{name}#{frame_id}", f"{name}-{self._count:06d}")
+        part_id = str(frame_id) if self.trigger == "hardware" else f"{name}-{self._count:06d}"
+        return Grab(image, f"{name}#{frame_id}@{camera_ns}", part_id, time=host_ns / 1e9 if host_ns else None)
 
 
-def make_source(cfg: SourceConfig, done: set[str] | None = None, triggered: bool = False) -> Source:
-    """The source of `cfg.type`; `done` = refs already in the store (a folder skips them); `triggered`:
-    the camera takes software triggers (a GenICam camera is then put in TriggerSoftware mode)."""
+def make_source(cam: CameraConfig, done: set[str] | None = None) -> Source:
+    """The source of camera `cam` (`cam.source.type`); `done` = refs already in the store (a folder skips
+    them). A GenICam camera is set up for `cam.trigger` (free-run, software, or hardware on `trigger_line`)."""
+    cfg = cam.source
     if cfg.type == "folder":
         return FolderSource(cfg, done)
     if cfg.type == "genicam":
-        return GenICamSource(cfg, triggered)
+        return GenICamSource(cfg, cam.trigger, cam.trigger_line, cam.trigger_activation)
     return VideoSource(cfg)

@@ -5,7 +5,8 @@
                                                                 OPC UA, Modbus: last-result state)
 
 - free-run: the acquire thread takes every frame the source gives; software trigger: one frame per
-  `Station.trigger(camera, part_id)` (the OPC UA / Modbus handshakes call it), carrying its part id and time.
+  `Station.trigger(camera, part_id)` (the OPC UA / Modbus handshakes call it), carrying its part id and time;
+  hardware trigger: every frame the GenICam camera sends on its line pulses, with the camera's frame id and time.
 - Back-pressure when the queue is full: "block" (acquisition waits) or "drop-oldest" (the oldest waiting
   frame is dropped, counted and recorded as an ERROR result, so a triggered part still gets an answer).
 - A frame that cannot be used (unreadable, wrong size, model failure) gives an ERROR result, never a crash.
@@ -18,8 +19,8 @@
 
 `state()` is the per-camera and per-output state a status view polls (a plain dict, JSON-ready);
 `add_listener` gives a view each frame's outcome as it is recorded (the live view, station/web.py).
-`pause` / `resume` a camera (a paused free-run camera grabs nothing; a paused software-triggered one
-answers each trigger with an ERROR result), `set_sensitivity` changes a camera's decision rule at once,
+`pause` / `resume` a camera (a paused free-run camera grabs nothing; a paused triggered one answers
+each trigger, software or hardware, with an ERROR result), `set_sensitivity` changes a camera's decision rule at once,
 keeps it in the bundle's calibration and audits it in the store.
 """
 
@@ -35,7 +36,7 @@ from typing import Any, Protocol
 
 from aminet_edge.station.archive import NgArchive
 from aminet_edge.station.config import CameraConfig, StationConfig
-from aminet_edge.station.sources import Frame, Source, make_source
+from aminet_edge.station.sources import Frame, Source, SourceRefused, make_source
 from aminet_edge.station.store import Record, ResultStore
 
 log = logging.getLogger("aminet_edge.station")
@@ -119,7 +120,8 @@ class Camera:
     def trigger(self, part_id: str | None, origin: str) -> None:
         """Request one frame (software trigger); time is taken now."""
         if self.cfg.trigger != "software":
-            raise ValueError(f"camera {self.cfg.name!r} is free-run (trigger = \"free-run\"): it takes no trigger")
+            raise ValueError(f"camera {self.cfg.name!r} has trigger = \"{self.cfg.trigger}\": it takes no software "
+                             "trigger")
         self._triggers.put((part_id, time.time(), origin))
 
     def state(self) -> dict[str, Any]:
@@ -141,6 +143,10 @@ class Camera:
                 if not opened:
                     try:
                         self.source.open()
+                    except SourceRefused as exc:
+                        self.source_status = f"refused: {exc}"
+                        log.error("camera %s: %s", self.cfg.name, self.source_status)
+                        return
                     except (OSError, ImportError) as exc:
                         self._source_failed(exc, backoff)
                         stop.wait(backoff)
@@ -173,12 +179,17 @@ class Camera:
         log.warning("camera %s: %s", self.cfg.name, self.source_status)
 
     def _step(self) -> bool:
-        """Acquire one frame (free-run) or serve one trigger; False when there was nothing to do."""
-        if self.cfg.trigger == "free-run":
+        """Acquire one frame (free-run, hardware trigger) or serve one software trigger; False when there was
+        nothing to do."""
+        if self.cfg.trigger != "software":
             grab = self.source.grab(_POLL_S)
             if grab is None:
                 return False
-            self._put(Frame(grab.image, grab.ref, grab.part_id, time.time(), "free-run", grab.bgr))
+            when, origin = grab.time or time.time(), self.cfg.trigger
+            if self.paused:  # hardware trigger (a paused free-run camera grabs nothing): the part gets an answer
+                self._put(Frame(None, grab.ref, grab.part_id, when, origin, error="the camera is paused"))
+            else:
+                self._put(Frame(grab.image, grab.ref, grab.part_id, when, origin, grab.bgr))
             return True
         try:
             part_id, when, origin = self._triggers.get(timeout=_POLL_S)
@@ -268,8 +279,7 @@ class Station:
                     detectors[cam.name] = load_detector(cam)
                     self._owned.append(detectors[cam.name])
             self.cameras = {cam.name: Camera(cam, detectors[cam.name],
-                                             make_source(cam.source, self.store.refs(cam.name),
-                                                         cam.trigger == "software"), self)
+                                             make_source(cam, self.store.refs(cam.name)), self)
                             for cam in config.cameras}
             self.outputs = self._make_outputs()
         except BaseException:

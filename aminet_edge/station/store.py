@@ -5,7 +5,7 @@ Table `results` (one row per frame, in the order the station decided them):
     time            REAL, seconds since the epoch (UTC) of the trigger (software) or acquisition (free-run)
     camera, part_id TEXT; part_id comes from the trigger, else the file stem / video frame number
     ref             TEXT, what the frame was: file path, "video.mp4#17", "trigger" when no frame came
-    origin          TEXT, what started it: free-run, api, opcua, modbus
+    origin          TEXT, what started it: free-run, hardware, api, opcua, modbus
     score           REAL raw image score (NULL for ERROR); normalized REAL score / image threshold
     decision        TEXT OK | NG | ERROR
     latency_ms      REAL, trigger/acquisition to decision
