@@ -1,8 +1,12 @@
 """OpenVINO backends (CPU): the bundle's exported fp32 ONNX graphs compiled by OpenVINO's CPU plugin.
 
-Single ("openvino"): model.onnx, images (B, 3, S, S) -> amap (B, S, S), score (B,), mask (B, L).
+Single ("openvino"): model.onnx, images (B, 3, S, S) -> amap (B, S, S), score (B,), mask (B, L). With the
+nearest-normal guide the graph also takes the guide's bank (graph_io.GUIDE_BANK): read from the weights
+file at load and set once on the inference request as a tensor sharing the array's memory; each call
+then sets the images only.
 Split ("openvino-split"): model_a.onnx -> C++ adaptive_mask -> model_b.onnx -> C++ score_map, as
-onnxruntime-split does (with the nearest-normal guide model_a outputs the mask: no adaptive_mask).
+onnxruntime-split does (with the nearest-normal guide the C++ nearest_distance kernel makes the mask from
+model_a's guide_tokens: split_graphs.py).
 
 precision (of what runs; fp32 and bf16 read the fp32 graphs, int8 its own):
 - "fp32": every node in float32; equals onnxruntime fp32 to rounding (tests/test_openvino_backend.py).
@@ -15,7 +19,8 @@ precision (of what runs; fp32 and bf16 read the fp32 graphs, int8 its own):
   runtime model is identical with and without them), so the score map, the mask's distances and the guide
   run in bf16 too and maps and scores move by ~1 % or more; describe() says so. In the split backend the
   adaptive mask and the score map are the C++ kernels, float32 by construction, but they read model_a's
-  bf16 features (maps ~6e-4 off fp32 on the test bundle); the guide is in model_a, marked.
+  bf16 features (maps ~6e-4 off fp32 on the test bundle); so are the guide's distances, from model_a's
+  pooled features (the pooling marked).
   Needs a CPU with native bf16 (AVX512_BF16 or AMX: OpenVINO lists "BF16" in OPTIMIZATION_CAPABILITIES);
   OpenVINO would silently run fp32 elsewhere, so asking for it there is an error.
 - "int8" (single graph only): model_int8_static.onnx, written by `aminet-edge export RUN --precision int8
@@ -43,7 +48,7 @@ import numpy as np
 
 from aminet_edge.bundle import BundleConfig, BundleError
 from aminet_edge.bundle import graph_file, has_graph, onnx_name
-from aminet_edge.export.graph_io import MODEL_B_IO, SINGLE_IO, model_a_io
+from aminet_edge.export.graph_io import GUIDE_BANK, MODEL_B_IO, SINGLE_OUTPUTS, guided, model_a_io, single_io
 from aminet_edge.export.node_names import in_network
 from aminet_edge.runtime.backends import Backend, BackendOutput, BackendUnavailableError
 
@@ -202,17 +207,23 @@ class OpenVinoBackend(Backend):
         if split:
             from aminet_edge.runtime.backends.split_graphs import SplitGlue
 
-            self.glue = SplitGlue(config)
             self.paths = [graph_file(bundle, config, "model_a"), graph_file(bundle, config, "model_b")]  # verified
-            io = [model_a_io(config.model.mask, config.score.map), MODEL_B_IO]
+            self.glue = SplitGlue(bundle, config)
+            io = [model_a_io(config.model.mask), MODEL_B_IO]
         else:  # verified: size, sha256, weights
             self.paths = [int8_graph(bundle, config) if self.precision == "int8" else graph_file(bundle, config, "model")]
-            io = [SINGLE_IO]
+            io = [single_io(config.model.mask)]
         done = [compile_graph(core, p, self.precision, threads, self.cache) for p in self.paths]
         self.compiled, self.ignored = [c for c, _ in done], [n for _, ignored in done for n in ignored]
         for compiled, path, (inputs, outputs) in zip(self.compiled, self.paths, io):
             _check_io(compiled, path, inputs, outputs)
         self.requests = [c.create_infer_request() for c in self.compiled]
+        if not split and guided(config.model.mask):
+            from aminet_edge.export.guide_bank import read_guide
+
+            # set once: the request keeps the tensor (sharing the array's memory) for every later infer()
+            self.bank = read_guide(bundle, config).bank32
+            self.requests[0].set_tensor(GUIDE_BANK, ov.Tensor(self.bank, shared_memory=True))
 
     def _infer(self, k: int, inputs: dict[str, np.ndarray], outputs: tuple[str, ...]) -> list[np.ndarray]:
         result = self.requests[k].infer(inputs)
@@ -220,7 +231,7 @@ class OpenVinoBackend(Backend):
 
     def run(self, images: np.ndarray) -> BackendOutput:
         if not self.split:
-            amap, score, mask = self._infer(0, {"images": images}, SINGLE_IO[1])
+            amap, score, mask = self._infer(0, {"images": images}, SINGLE_OUTPUTS)
             return BackendOutput(np.asarray(amap, np.float32), np.asarray(score, np.float32), np.asarray(mask, bool))
         a = dict(zip(self.glue.a_outputs, self._infer(0, {"images": images}, self.glue.a_outputs)))
         mask = self.glue.mask(a)
