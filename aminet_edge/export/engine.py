@@ -197,6 +197,20 @@ def serialize_onnx(onnx_path: str | Path, backend: str = "tensorrt_rtx", precisi
     return bytes(serialized)
 
 
+def baked_graph(bundle: Path, config: BundleConfig, graph: str, onnx_path: Path) -> bytes | None:
+    """What an engine of a guided bundle's `graph` ("model", "model_a") is built from: the graph at
+    `onnx_path` with the guide's bank baked in (guide_bank.bake_guide; engines hold it, so nothing feeds it
+    at run time), serialized; None where the file is built as it is (model_b, the adaptive mask)."""
+    if not guided(config.model.mask) or graph == "model_b":
+        return None
+    import onnx
+
+    from aminet_edge.export.guide_bank import bake_guide, read_guide
+
+    return bake_guide(onnx.load(str(onnx_path)), read_guide(bundle, config),  # type: ignore[no-any-return]
+                      uses_guide_map(config.score.map)).SerializeToString()
+
+
 def build_engine(bundle: str | Path, target: str = "auto", precision: str = "fp16",
                  batch: tuple[int, int, int] = (1, 1, 8), workspace: int | None = None,
                  compute_capabilities: list[int] | tuple[int, ...] | None = None, out: str | Path | None = None,
@@ -249,14 +263,7 @@ def build_engine(bundle: str | Path, target: str = "auto", precision: str = "fp1
         export_onnx(bundle, precision, split=graph != "model")
     config = read_config(bundle)
     onnx_path = graph_file(bundle, config, graph, precision)  # checksum verified: never build from a changed graph
-    baked = None
-    if guided(config.model.mask) and graph != "model_b":  # engines hold the guide's bank: no input to feed
-        import onnx
-
-        from aminet_edge.export.guide_bank import bake_guide, read_guide
-
-        baked = bake_guide(onnx.load(str(onnx_path)), read_guide(bundle, config),
-                           uses_guide_map(config.score.map)).SerializeToString()
+    baked = baked_graph(bundle, config, graph, onnx_path)
     path.parent.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     data = serialize_onnx(onnx_path, backend, precision, (batch[0], batch[1], batch[2]), workspace, sms,
