@@ -20,6 +20,8 @@ each record has "path", "sha256" (hex, of the file), "bytes", and graphs and eng
   on disk but not recorded is refused: it may be left from an earlier training), readable (the real
   OSError is reported: permission, symlink loop), of its recorded size and sha256 (hashed once per
   load, streamed), and made from the current weights.
+- at use of a guided bundle's graph (graph_record): its record says "guide_bank": "weights" (the bank
+  lies in the weights file only; graphs exported before that held it and are refused: guide_bank_problem).
 - `verify_bundle`: all of the above for every recorded file (`aminet-edge info RUN --verify`).
 Schema 1 bundles (aminet-edge 0.1 before checksums) record no sha256: their weights load with a
 warning (nothing to check them against), their graphs and engines are refused until re-exported
