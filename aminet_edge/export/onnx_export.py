@@ -40,7 +40,7 @@ from aminet_edge.export import onnx_name
 from aminet_edge.export.graph_checks import check_graph
 from aminet_edge.export.graph_io import GUIDE_BANK, MODEL_B_IO, guided, model_a_io, single_io
 from aminet_edge.export.guide_bank import read_guide
-from aminet_edge.export.graph_rewrites import fold_pads_into_convs
+from aminet_edge.export.graph_rewrites import drop_input_identity_casts, fold_pads_into_convs
 from aminet_edge.files import write_temp
 from aminet_edge.model.aminet import AMINet
 from aminet_edge.model.features import FeatureExtractor
@@ -135,7 +135,7 @@ def _as_tuple(out: torch.Tensor | tuple[torch.Tensor, ...]) -> tuple[torch.Tenso
 def _export(module: nn.Module, args: tuple[torch.Tensor, ...], io_names: tuple[tuple[str, ...], tuple[str, ...]],
             path: Path, opset: int) -> Path:
     """Trace `module` with the legacy exporter, batch axis dynamic (the guide's bank input: static shape);
-    fold pads into convolutions; check the graph. Returns a temporary file beside `path` holding it
+    fold pads into convolutions, drop casts of an input to its own type; check the graph. Returns a temporary file beside `path` holding it
     (aminet_edge.files.write_temp): `path` itself is replaced only once every graph of the export is
     written (bundle.install_artifacts)."""
     inputs, outputs = io_names
@@ -150,6 +150,7 @@ def _export(module: nn.Module, args: tuple[torch.Tensor, ...], io_names: tuple[t
     finally:
         traced.unlink()
     fold_pads_into_convs(model)
+    drop_input_identity_casts(model)
     # the tracer leaves some non-batch output dims symbolic; they are fixed by the config, so state them
     for out, shape in zip(model.graph.output, shapes):
         for dim, size in list(zip(out.type.tensor_type.shape.dim, shape))[1:]:
