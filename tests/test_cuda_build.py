@@ -228,6 +228,7 @@ def _triton_specs() -> list[tuple]:
     import inspect
 
     from aminet_edge.ops.triton import adaptive_mask as am
+    from aminet_edge.ops.triton import nearest_distance as nd
     from aminet_edge.ops.triton import score_map as sm
 
     def sig(kernel, types: dict) -> dict:
@@ -242,6 +243,14 @@ def _triton_specs() -> list[tuple]:
         specs.append((sm._cell_kernel, sig(sm._cell_kernel, dict(
             f_ptr=dt, r_ptr=dt, maps_ptr="*fp32", C=i32, HW=i32, BLOCK_C="constexpr", BLOCK_N="constexpr")),
             dict(BLOCK_C=8, BLOCK_N=128)))
+        blocks = dict(BLOCK_N=nd.BLOCK_N, BLOCK_M=nd.BLOCK_M, BLOCK_C=nd.BLOCK_C)
+        specs.append((nd._search_kernel, sig(nd._search_kernel, dict(
+            q_ptr="*fp32", b_ptr=dt, score_ptr="*fp32", index_ptr="*i32", N=i32, M=i32, C=i32, rows_per_chunk=i32,
+            BLOCK_N="constexpr", BLOCK_M="constexpr", BLOCK_C="constexpr")), blocks))
+        specs.append((nd._finish_kernel, sig(nd._finish_kernel, dict(
+            q_ptr="*fp32", b_ptr=dt, score_ptr="*fp32", index_ptr="*i32", dist_ptr="*fp32", row_ptr="*i64", N=i32,
+            C=i32, chunks=i32, BLOCK_N="constexpr", BLOCK_C="constexpr")),
+            dict(BLOCK_N=nd.BLOCK_N, BLOCK_C=nd.BLOCK_C)))
     specs.append((am._mask_kernel, sig(am._mask_kernel, dict(
         dist_ptr="*fp32", asg_ptr="*i64", mask_ptr="*i1", L=i32, P=i32, lam="fp32", BLOCK="constexpr")),
         dict(BLOCK=256)))

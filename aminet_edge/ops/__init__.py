@@ -1,4 +1,5 @@
-"""AMI-Net's two fused ops behind one dispatcher: `adaptive_mask` and `score_map`.
+"""AMI-Net's fused ops behind one dispatcher: `adaptive_mask`, `score_map` and `nearest_distance` (the
+nearest-normal guide's bank search).
 
 Backends (one registry, printed by `aminet-edge info` via `available_backends`):
 - "reference": aminet_edge/ops/reference.py, the PyTorch truth (training uses it; differentiable).
@@ -28,7 +29,7 @@ from aminet_edge.ops import cpu as _cpu
 from aminet_edge.ops import cuda as _cuda
 
 BACKENDS = ("reference", "cpp", "triton", "cuda")
-OPS = ("adaptive_mask", "score_map")
+OPS = ("adaptive_mask", "score_map", "nearest_distance")
 _AUTO_ORDER = {"cuda": ("triton", "cuda", "reference"), "cpu": ("cpp", "reference"), "numpy": ("cpp",)}
 _last: dict[str, str] = {}
 
@@ -345,3 +346,81 @@ def score_map(
         _cuda.score_map(f.data_ptr(), r.data_ptr(), dtype, B, C, h, w, a_h.data_ptr(), H, a_w.data_ptr(), W, code,
                         amap.data_ptr(), score.data_ptr(), workspace.data_ptr(), stream, **token)
     return amap, score
+
+
+def _dtype_name(x: Any) -> str:
+    return str(x.dtype).replace("torch.", "")
+
+
+def _check_nearest_args(queries: Any, bank: Any) -> tuple[int, ...]:
+    """The output's shape (queries' leading dims); ValueError / TypeError naming the argument, its shape and
+    dtype when queries is not (..., C) floating point or bank not (M >= 1, C) float16 / float32."""
+    qs, bs = tuple(queries.shape), tuple(bank.shape)
+    q_float = queries.is_floating_point() if _is_torch(queries) else queries.dtype.kind == "f"
+    if not q_float:
+        raise TypeError(f"nearest_distance: queries must be floating point (used as float32), got {_dtype_name(queries)}"
+                        f" with shape {qs}")
+    if _dtype_name(bank) not in ("float16", "float32"):
+        raise TypeError(f"nearest_distance: bank must be float16 or float32 (convert it once, not per call), got "
+                        f"{_dtype_name(bank)} with shape {bs}")
+    if len(bs) != 2 or bs[0] < 1 or bs[1] < 1:
+        raise ValueError(f"nearest_distance: bank must be (M >= 1, C >= 1), got shape {bs} ({_dtype_name(bank)})")
+    if len(qs) < 1 or qs[-1] != bs[1]:
+        raise ValueError(f"nearest_distance: queries must be (..., C) with the bank's C = {bs[1]}, got shape {qs} "
+                         f"({_dtype_name(queries)})")
+    return qs[:-1]
+
+
+def nearest_distance(queries: Any, bank: Any, backend: str = "auto") -> Any:
+    """Euclidean distance from each query to its nearest bank row (the nearest-normal guide's search).
+
+    queries: (..., C) floating point (used as float32); bank: (M, C) float16 or float32, read as stored
+    (fp16 is widened inside the kernels, no float32 copy); numpy arrays or torch tensors, both the same
+    kind and on the same device. Semantics: reference.nearest_distance: the row minimising
+    ||b||^2 - 2 q.b (ties to the lowest index), then the exact ||q - b|| of that row. The fast backends
+    never form the (N, M) score matrix and keep no per-bank state: the bank's squared norms are summed as
+    each tile of the bank is loaded (M * C multiply-adds against the 2 * N * M * C of the products), so
+    callers pass the same bank every call and nothing else. A pick can differ from the reference's only
+    between rows whose scores agree to float32 rounding (each backend sums q.b in its own order).
+    Returns (...) float32: numpy for numpy inputs, else a torch tensor on the inputs' device.
+    """
+    kind = _same_kind("nearest_distance", queries, bank)
+    if kind == "numpy":
+        queries, bank = np.asarray(queries), np.asarray(bank)
+    lead = _check_nearest_args(queries, bank)
+    name = _resolve("nearest_distance", backend, kind)
+    _last["nearest_distance"] = name
+    if name == "cpp":
+        out = _cpu.nearest_distance(_np_input(queries).reshape(-1, bank.shape[1]), _np_input(bank)).reshape(lead)
+        if kind == "numpy":
+            return out
+        import torch
+
+        return torch.from_numpy(out)
+    if name == "reference":
+        from aminet_edge.ops import reference
+
+        if kind == "numpy":
+            import torch
+
+            return reference.nearest_distance(torch.from_numpy(queries), torch.from_numpy(bank)).numpy()
+        return reference.nearest_distance(queries.detach(), bank.detach())
+    if name == "triton":
+        from aminet_edge.ops.triton.nearest_distance import nearest_distance as triton_nearest_distance
+
+        return triton_nearest_distance(queries, bank)
+    # cuda
+    import torch
+
+    q = queries.detach().float().reshape(-1, bank.shape[1]).contiguous()
+    b = bank.detach().contiguous()
+    dtype = _cuda.DTYPE_FLOAT16 if b.dtype == torch.float16 else _cuda.DTYPE_FLOAT32
+    N, M, C = q.shape[0], b.shape[0], b.shape[1]
+    out = torch.empty((N,), dtype=torch.float32, device=q.device)
+    if N:
+        workspace = torch.empty((_cuda.nearest_distance_workspace_bytes(N, M),), dtype=torch.uint8, device=q.device)
+        with torch.cuda.device(q.device):
+            stream = torch.cuda.current_stream(q.device).cuda_stream
+            _cuda.nearest_distance(q.data_ptr(), b.data_ptr(), dtype, N, M, C, out.data_ptr(), workspace.data_ptr(),
+                                   stream)
+    return out.reshape(lead)

@@ -1,7 +1,8 @@
 """The C++ CPU backend ("cpp"): a thin numpy wrapper over the pybind11 module `aminet_edge._cpu_kernels`.
 
 Torch-free (the edge runtime calls it with numpy arrays). Sources: csrc/cpu/{adaptive_mask,score_map,
-bindings}.cpp with the math shared with CUDA in csrc/include/aminet/. OpenMP threads: OMP_NUM_THREADS.
+nearest_distance,bindings}.cpp with the math shared with CUDA in csrc/include/aminet/. OpenMP threads:
+OMP_NUM_THREADS.
 
 Dtypes: float32 and float16 arrays go to the kernels as they are (fp16 is widened to float32 on load
 inside C++, no copy); any other dtype (float64, ints) is converted to float32 here first, and a
@@ -62,6 +63,24 @@ def adaptive_mask(tokens: Any, centers: Any, lam: float) -> tuple[np.ndarray, np
     if t.dtype != c.dtype:
         t, c = t.astype(np.float32), c.astype(np.float32)
     return tuple(_module().adaptive_mask(t, c, float(lam)))  # type: ignore[return-value]
+
+
+def nearest_distance(queries: Any, bank: Any, return_index: bool = False) -> Any:
+    """reference.nearest_distance on the CPU, fused: one pass over the bank per block of queries.
+
+    queries: (N, C) (converted to float32 here), bank: (M, C) float32 or float16, read as it is (a bank of
+    another dtype, or a non-contiguous one, is converted here: an O(M * C) copy per call, so keep it
+    float16/float32 and contiguous). Returns (N,) float32, and with return_index also the picked rows (N,)
+    int64. The kernel allocates `nearest_workspace_bytes(N, M, C)`, independent of N * M.
+    """
+    q = np.ascontiguousarray(queries, dtype=np.float32)
+    out = _module().nearest_distance(q, _as_input(bank), bool(return_index))
+    return tuple(out) if return_index else out
+
+
+def nearest_workspace_bytes(n: int, m: int, c: int) -> int:
+    """Bytes `nearest_distance` allocates for N queries against an (M, C) bank on this machine's threads."""
+    return int(_module().nearest_workspace_bytes(int(n), int(m), int(c), num_threads()))
 
 
 @functools.lru_cache(maxsize=64)

@@ -12,6 +12,7 @@
 #include <optional>
 #include <string>
 
+#include "aminet/nearest_distance.h"
 #include "aminet/score_map.h"
 
 namespace py = pybind11;
@@ -26,6 +27,10 @@ void score_map(const void* feat, const void* recon, bool half, int64_t B, int64_
                const float* a_h, int64_t H, const float* a_w, int64_t W, const float* token_map, int64_t gh,
                int64_t gw, const float* a_hg, const float* a_wg, float token_weight, bool use_max, float* amap,
                float* score);
+// csrc/cpu/nearest_distance.cpp
+void nearest_distance(const float* queries, const void* bank, bool half, int64_t N, int64_t M, int64_t C,
+                      float* out, int64_t* index);
+int nearest_blocking(int* mr, int* nr);
 }  // namespace cpu
 }  // namespace aminet
 
@@ -72,6 +77,38 @@ py::tuple adaptive_mask(const py::object& tokens_obj, const py::object& centers_
     aminet::cpu::adaptive_mask(t, c, half, B, L, P, D, lam, m, d, a);
   }
   return py::make_tuple(mask, min_dist, assign);
+}
+
+py::object nearest_distance(const py::object& queries_obj, const py::object& bank_obj, bool return_index) {
+  const py::array queries = as_array(queries_obj, "queries"), bank = as_array(bank_obj, "bank");
+  if (queries.ndim() != 2 || bank.ndim() != 2)
+    throw py::value_error("queries must be (N, C) and bank (M, C)");
+  const int64_t N = queries.shape(0), C = queries.shape(1), M = bank.shape(0);
+  if (bank.shape(1) != C) throw py::value_error("bank must be (M, C) with the queries' C");
+  if (M < 1 || C < 1) throw py::value_error("need a non-empty bank and C >= 1");
+  if (M > INT32_MAX) throw py::value_error("the bank may hold at most 2^31 - 1 rows");
+  if (is_half(queries, "queries")) throw py::type_error("queries must be float32");
+  const bool half = is_half(bank, "bank");
+  py::array_t<float> out({N});
+  py::array_t<int64_t> index({return_index ? N : 0});
+  if (N > 0) {
+    const float* q = static_cast<const float*>(queries.data());
+    const void* b = bank.data();
+    float* o = out.mutable_data();
+    int64_t* i = return_index ? index.mutable_data() : nullptr;
+    py::gil_scoped_release release;
+    aminet::cpu::nearest_distance(q, b, half, N, M, C, o, i);
+  }
+  if (return_index) return py::make_tuple(out, index);
+  return out;
+}
+
+int64_t nearest_workspace_bytes(int64_t N, int64_t M, int64_t C, int threads) {
+  if (N < 1 || M < 1 || C < 1 || threads < 1) throw py::value_error("N, M, C and threads must be >= 1");
+  int mr = 0, nr = 0;
+  const int64_t group = aminet::cpu::nearest_blocking(&mr, &nr);
+  const aminet::NearestPlan plan = aminet::nearest_plan(N, M, C, threads, mr, nr, group);
+  return aminet::nearest_workspace_bytes(plan, N, threads);
 }
 
 using Matrix = py::array_t<float, py::array::c_style>;
@@ -147,6 +184,11 @@ PYBIND11_MODULE(_cpu_kernels, m) {
         "feat, recon (B, C, h, w) float32/float16; a_h (H, h), a_w (W, w) float32 smoothing matrices; "
         "optional token_map (B, gh, gw) float32 with a_hg (H, gh), a_wg (W, gw), added as token_weight * "
         "a_hg @ token_map @ a_wg^T -> amap (B, H, W) float32, score (B,) float32");
+  m.def("nearest_distance", &nearest_distance, py::arg("queries"), py::arg("bank"), py::arg("return_index") = false,
+        "queries (N, C) float32, bank (M, C) float32/float16 -> (N,) float32 distance to the nearest bank row "
+        "(and with return_index its (N,) int64 row)");
+  m.def("nearest_workspace_bytes", &nearest_workspace_bytes, py::arg("n"), py::arg("m"), py::arg("c"),
+        py::arg("threads"), "bytes nearest_distance allocates for N queries against M x C with that many threads");
   m.def("smoothing_matrix", &smoothing_matrix, py::arg("in_size"), py::arg("out_size"), py::arg("sigma"),
         "(out_size, in_size) float32 A with A @ m = blur(upsample(m)), as reference.smoothing_matrix");
   m.def("num_threads", []() { return omp_get_max_threads(); }, "OpenMP threads the kernels use");
