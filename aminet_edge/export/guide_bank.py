@@ -92,7 +92,7 @@ def bake_guide(model: Any, guide: Guide, guide_distance: bool) -> Any:
              numpy_helper.from_array(_squared_norms(guide.bank32), "/guide/bank_sq"),
              numpy_helper.from_array(np.array([-1, C], np.int64), "/guide/flat_shape"),
              numpy_helper.from_array(np.array([-1, L], np.int64), "/guide/token_shape"),
-             numpy_helper.from_array(guide.threshold, "/guide/threshold")]
+             numpy_helper.from_array(np.asarray(guide.threshold, np.float32), "/guide/threshold")]
     graph.initializer.extend(const)
     n = helper.make_node
     graph.node.extend([
