@@ -2,12 +2,14 @@
 the same network with the paper's adaptive mask and with the guide, per CPU backend and batch size,
 measured interleaved in one process, and the bytes of each bundle's weights and recorded graphs.
 
-Usage: python bench/guide_cost.py --adaptive RUN_A --guided RUN_G [--backends onnxruntime openvino ...]
+Usage: python bench/guide_cost.py --adaptive RUN_A --guided RUN_G [--backends auto onnxruntime openvino ...]
                                   [--batches 1 8] [--repeats 5]
        python bench/guide_cost.py --build DIR [--preset cpu] [--bank-size 48128] ...
 
 Both bundles must be exported (`aminet-edge export RUN`); RUN_G is typically RUN_A after `aminet-edge
-set-mask RUN_G DATA --mask nearest-normal` (same weights, so the difference is the mask alone). --build
+set-mask RUN_G DATA --mask nearest-normal` (same weights, so the difference is the mask alone). Backend
+"auto" is what `Detector.load` measures and picks for each bundle (its choice is in the note), fp32
+graphs otherwise. --build
 makes such a pair in DIR/adaptive and DIR/guided instead: `preset`'s network with random AMI-Net weights
 (backbone pretrained when its weights are at hand), the guide's bank `--bank-size` tokens pooled from
 random frames (jittered), its threshold their held-out 0.99 quantile; both exported fp32 and int8 (with
@@ -104,7 +106,7 @@ def main() -> None:
     parser.add_argument("--preset", default="cpu")
     parser.add_argument("--bank-size", type=int, default=48128, help="--build: the guide's bank rows")
     parser.add_argument("--backends", nargs="+",
-                        default=["onnxruntime", "openvino", "onnxruntime-split", "openvino-split"])
+                        default=["auto", "onnxruntime", "openvino", "onnxruntime-split", "openvino-split"])
     parser.add_argument("--batches", type=int, nargs="+", default=[1])
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
@@ -122,9 +124,11 @@ def main() -> None:
     rng = np.random.default_rng(0)
     frames = [rng.integers(0, 256, (size, size, 3), dtype=np.uint8) for _ in range(max(args.batches))]
     load_start = os.getloadavg()[0]
-    detectors = {(b, kind): Detector.load(run, backend=b, precision="fp32", threshold=1.0, pixel_threshold=1.0,
-                                          batch_size=max(args.batches))
+    # "auto": the backend Detector.load measures and picks for each bundle (named in the note)
+    detectors = {(b, kind): Detector.load(run, backend=b, threshold=1.0, pixel_threshold=1.0,
+                                          batch_size=max(args.batches), **({} if b == "auto" else {"precision": "fp32"}))
                  for b in args.backends for kind, run in (("adaptive", args.adaptive), ("guided", args.guided))}
+    picked = {kind: f"{det.backend} {det.precision}" for (b, kind), det in detectors.items() if b == "auto"}
     samples: dict[tuple[str, str, int], list[float]] = {}
     for det in detectors.values():
         det.predict(frames)  # warm-up
@@ -135,6 +139,7 @@ def main() -> None:
                 samples.setdefault((b, kind, n), []).append(seconds / n)
     for det in detectors.values():
         det.close()
+    auto = f"; auto picked {picked['adaptive']} (adaptive), {picked['guided']} (guided)" if picked else ""
     bank = guided.train.get("guide", {}).get("bank_tokens", "?")
     rows = ["| backend | batch | adaptive ms/image | guided ms/image | guided / adaptive |", "|---|---:|---:|---:|---:|"]
     for b in args.backends:
@@ -151,7 +156,7 @@ def main() -> None:
     note = (f"\n`{args.adaptive}` vs `{args.guided}` (bank {bank} tokens x {guided.in_channels} channels), "
             f"{size} px frames, batches {args.batches}, Detector batch_size {max(args.batches)}, median of "
             f"{args.repeats} interleaved repeats, load average {load_start:.1f} at the start, "
-            f"{os.getloadavg()[0]:.1f} at the end; sizes: weights and every graph config.json records\n")
+            f"{os.getloadavg()[0]:.1f} at the end{auto}; sizes: weights and every graph config.json records\n")
     append_result("guide_cost", "\n".join(rows) + "\n" + sizes + note)
 
 

@@ -8,8 +8,11 @@ guide's (checked here against an independent float64 cdist search). Tolerances a
 (assert_agree: token masks identical, maps within rtol 1e-4, and why there). fp16 / int8 graphs: the
 guide runs in float32 in every graph, so int8 graphs (inpainting branch only) give masks identical to
 fp32's; fp16 backbones move the features the guide reads, so there at most 1 token in 16 per image flips
-(as test_export_onnx allows for the adaptive mask). The simulated TensorRT split path and the CUDA
-agreement are in test_detector (parametrised over the mask), the TensorRT-RTX build in test_engine.
+(as test_export_onnx allows for the adaptive mask). The bank lies in the weights file only: the single
+graphs take it as an input, model_a outputs the pooled tokens the split backends' nearest_distance kernel
+measures, TensorRT builds from graphs with it baked back in (checked here against the reference too). The
+simulated TensorRT split path and the CUDA agreement are in test_detector (parametrised over the mask),
+the TensorRT-RTX build in test_engine, the C library's in test_c_api.
 """
 
 from __future__ import annotations
@@ -283,14 +286,19 @@ def exported(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_every_graph_passes_the_tensorrt_check(exported: Path) -> None:
     onnx = pytest.importorskip("onnx")
     from aminet_edge.export.graph_checks import graph_problems
+    from aminet_edge.export.guide_bank import read_guide
 
     names = sorted(p.name for p in exported.glob("*.onnx"))
     static = ["model_int8_static.onnx"] if HAS_NNCF else []
     assert names == ["model.onnx", "model_a.onnx", "model_a_fp16.onnx", "model_b.onnx", "model_b_fp16.onnx",
                      "model_b_int8.onnx", "model_fp16.onnx", "model_int8.onnx", *static]
+    bank = read_guide(exported, read_config(exported)).bank
     for name in names:
+        model = onnx.load(str(exported / name))
         if "int8" not in name:  # the int8 graphs are CPU-only (onnxruntime, OpenVINO), never TensorRT's
-            assert graph_problems(onnx.load(str(exported / name))) == [], name
+            assert graph_problems(model) == [], name
+        # no precision's graph holds the bank: it lies in the weights file only
+        assert not [i.name for i in model.graph.initializer if sorted(i.dims) == sorted(bank.shape)], name
 
 
 def test_fp16_graphs_run_the_guide_in_float32(exported: Path) -> None:

@@ -15,6 +15,7 @@ Torch-free; `bake_guide` needs onnx.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -29,12 +30,16 @@ THRESHOLD_KEY = "guide.threshold"
 
 @dataclass(frozen=True)
 class Guide:
-    """bank: (M, C) float16 as stored; bank32: the same values as float32 (the single graph's input);
-    threshold: float32 value, in the features' units (a token is masked when its distance is above it)."""
+    """bank: (M, C) float16 as stored (what the nearest_distance kernel reads); threshold: float32 value, in
+    the features' units (a token is masked when its distance is above it)."""
 
     bank: np.ndarray
-    bank32: np.ndarray
     threshold: np.float32
+
+    @cached_property
+    def bank32(self) -> np.ndarray:
+        """The bank's values as float32 (M, C), contiguous: the single graph's guide_bank input, made once."""
+        return np.ascontiguousarray(self.bank, np.float32)
 
 
 def read_guide(bundle: str | Path, config: BundleConfig) -> Guide:
@@ -60,10 +65,9 @@ def read_guide(bundle: str | Path, config: BundleConfig) -> Guide:
                           f"{config.in_channels}) (in_channels); the bundle is damaged: copy it again or retrain")
     if threshold.shape != () or not np.isfinite(threshold) or not threshold > 0:
         raise BundleError(f"{path}: {THRESHOLD_KEY} must be one finite number > 0, got {threshold!r}")
-    bank32 = bank.astype(np.float32)
-    if not np.isfinite(bank32).all():
+    if not np.isfinite(bank).all():
         raise BundleError(f"{path}: {BANK_KEY} holds NaN or infinite values; the bundle is damaged")
-    return Guide(np.ascontiguousarray(bank), np.ascontiguousarray(bank32), np.float32(threshold))
+    return Guide(np.ascontiguousarray(bank), np.float32(threshold))
 
 
 def _squared_norms(bank: np.ndarray) -> np.ndarray:

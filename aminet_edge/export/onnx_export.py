@@ -135,9 +135,9 @@ def _as_tuple(out: torch.Tensor | tuple[torch.Tensor, ...]) -> tuple[torch.Tenso
 def _export(module: nn.Module, args: tuple[torch.Tensor, ...], io_names: tuple[tuple[str, ...], tuple[str, ...]],
             path: Path, opset: int) -> Path:
     """Trace `module` with the legacy exporter, batch axis dynamic (the guide's bank input: static shape);
-    fold pads into convolutions, drop casts of an input to its own type; check the graph. Returns a temporary file beside `path` holding it
-    (aminet_edge.files.write_temp): `path` itself is replaced only once every graph of the export is
-    written (bundle.install_artifacts)."""
+    fold pads into convolutions, drop casts of an input to its own type; check the graph. Returns a
+    temporary file beside `path` holding it (aminet_edge.files.write_temp): `path` itself is replaced only
+    once every graph of the export is written (bundle.install_artifacts)."""
     inputs, outputs = io_names
     axes = {n: {0: "batch"} for n in inputs + outputs if n != GUIDE_BANK}
     with torch.no_grad():
@@ -206,9 +206,9 @@ def export_onnx(bundle: str | Path, precision: str = "fp32", opset: int = OPSET,
         _install(bundle, staged, precision, opset, made, {"model_a": paths["model_a"]} if split else {})
         if calib:
             static = bundle / onnx_name("model", "int8_static")
-            constant = {GUIDE_BANK: read_guide(bundle, made).bank32} if guided(made.model.mask) else {}
-            _install(bundle, {"model": (write_temp(static, lambda tmp: quantize_static(fp32_single, tmp, calib, constant)),
-                                        static)}, "int8_static", opset, made)
+            bank = {GUIDE_BANK: read_guide(bundle, made).bank32} if guided(made.model.mask) else {}
+            written = write_temp(static, lambda tmp: quantize_static(fp32_single, tmp, calib, bank))
+            _install(bundle, {"model": (written, static)}, "int8_static", opset, made)
             paths["model_int8_static"] = static
         return paths
     pipeline, config = load_pipeline(bundle, ops_backend="reference")
