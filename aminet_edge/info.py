@@ -24,7 +24,7 @@ def _version(module: str) -> str:
 
 def mask_info(config: BundleConfig) -> str:
     """The test-time mask, one line: the paper's adaptive mask with its lambda, or the nearest-normal guide
-    with its bank size, threshold and the bank's size in each graph that computes the mask (from
+    with its bank size, threshold and the bank's size in the weights file, its one copy in the bundle (from
     config.json's train.guide, written when the guide was built)."""
     model = config.model
     if model.mask == "adaptive":
@@ -39,8 +39,8 @@ def mask_info(config: BundleConfig) -> str:
     line += f", threshold {float(summary['threshold']):.4g}"
     if "quantile" in summary:
         line += f" (held-out quantile {float(summary['quantile']):g})"
-    mib = bank * config.in_channels * 4 / 2**20  # the (M, C) float32 constant of model.onnx / model_a.onnx
-    return line + f"; {mib:.1f} MiB float32 bank in each graph that computes the mask"
+    mib = bank * config.in_channels * 2 / 2**20  # (M, C) float16; no graph holds it (export/graph_io.py)
+    return line + f"; {mib:.1f} MiB float16 bank in the weights file"
 
 
 def score_info(config: BundleConfig) -> str:

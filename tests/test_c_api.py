@@ -36,7 +36,7 @@ openvino = pytest.importorskip("openvino")
 
 from c_api_vectors import frame, write_vectors  # noqa: E402
 from c_build_tools import missing_c_runtime_tools  # noqa: E402
-from test_detector import generated_images, shared_bundle  # noqa: E402
+from test_detector import GUIDE_MAP, generated_images, shared_bundle  # noqa: E402
 
 from aminet_edge.runtime import Detector  # noqa: E402
 
@@ -263,6 +263,57 @@ def test_ctypes_parity_with_python_detector(lib: C.CDLL, c_detector: C.c_void_p,
         np.testing.assert_allclose(g["map"], w.anomaly_map, rtol=RTOL, atol=atol)
         near = np.abs(w.anomaly_map - w.thresholds.pixel) <= atol + RTOL * w.thresholds.pixel
         np.testing.assert_array_equal(g["mask"][~near], w.mask[~near])
+
+
+def test_ctypes_guided_bundle_feeds_the_bank_like_python(lib: C.CDLL, tmp_path_factory: pytest.TempPathFactory,
+                                                        tmp_path: Path) -> None:
+    """A bundle with the nearest-normal guide and its score map: the C library reads the guide's bank from
+    the verified weights file (float16 -> float32) and feeds it as model.onnx's guide_bank input; its token
+    masks equal the Python Detector's (which also feeds it) and the torch reference's, scores and maps as
+    the parity test. Weights swapped after export and a graph recorded before the bank left the graphs
+    are refused with the Python wording."""
+    from aminet_edge.bundle import read_config
+
+    guided = shared_bundle(tmp_path_factory, "nearest_normal", GUIDE_MAP)
+    frames = random_frames(23, "rgb")
+    python = Detector.load(guided, backend="openvino", cache=False)
+    want = python.predict([f.array for f in frames])
+    reference = Detector.load(guided, backend="torch", ops_backend="reference").predict([f.array for f in frames])
+    det = C.c_void_p()
+    status = lib.aminet_detector_create_abi(lib.aminet_abi_version(), str(guided).encode(), b"openvino", None,
+                                            C.byref(det))
+    assert status == 0, lib.aminet_last_error().decode()
+    try:
+        got = c_predict(lib, det, frames)
+    finally:
+        lib.aminet_detector_release(det)
+    for g, w, r in zip(got, want, reference):
+        assert g["status"] == 0 and w.ok, g["message"]
+        np.testing.assert_array_equal(g["tokens"], w.token_mask)
+        np.testing.assert_array_equal(g["tokens"], r.token_mask)
+        assert g["score"] == pytest.approx(w.score, rel=RTOL)
+        np.testing.assert_allclose(g["map"], w.anomaly_map, rtol=RTOL, atol=RTOL * float(np.abs(w.anomaly_map).max()))
+    masks = np.stack([w.token_mask for w in want])
+    assert masks.any() and not masks.all()
+
+    copy = tmp_path / "b"
+    shutil.copytree(guided, copy, ignore=shutil.ignore_patterns("cache"))
+    config = read_config(copy)
+    weights = copy / config.artifacts["weights"]["path"]
+    original = weights.read_bytes()
+    weights.write_bytes(original[:-2] + original[-1:] + original[-2:-1])  # two bytes of the data swapped
+    status = lib.aminet_detector_create_abi(lib.aminet_abi_version(), str(copy).encode(), b"openvino", None,
+                                            C.byref(det))
+    assert status != 0 and "weights file's sha256 differs" in lib.aminet_last_error().decode()
+    weights.write_bytes(original)
+    raw = json.loads((copy / "config.json").read_text())
+    del raw["artifacts"]["onnx"]["model"]["guide_bank"]
+    (copy / "config.json").write_text(json.dumps(raw))
+    status = lib.aminet_detector_create_abi(lib.aminet_abi_version(), str(copy).encode(), b"openvino", None,
+                                            C.byref(det))
+    message = lib.aminet_last_error().decode()
+    assert status != 0 and "older aminet-edge that put the nearest-normal guide's bank inside the graph" in message
+    assert f"aminet-edge export {copy}" in message and det.value is None
 
 
 def test_ctypes_single_frames_equal_batch_of_one(lib: C.CDLL, c_detector: C.c_void_p, python_detector: Detector) -> None:

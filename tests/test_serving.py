@@ -94,10 +94,13 @@ def small_server(bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> Trit
 
 
 # ---- repositories (no server) --------------------------------------------------------------------
-def test_gpu_repository_matches_the_graph(bundle: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("mask", ["adaptive", "nearest_normal"])
+def test_gpu_repository_matches_the_graph(tmp_path_factory: pytest.TempPathFactory, tmp_path: Path, mask: str) -> None:
     """gpu repository: parses as Triton configs, the ensemble connects, the plan's IO is the graph's IO
-    as onnxruntime sees it (the engine is built from that graph); unrun (no GPU, no TensorRT backend)."""
+    as onnxruntime sees it (the engine is built from that graph: a guided bundle's with the bank baked in,
+    images its only input); unrun (no GPU, no TensorRT backend)."""
     ort = pytest.importorskip("onnxruntime")
+    bundle = shared_bundle(tmp_path_factory, mask)
     notes = write_repository(bundle, tmp_path, "gpu", max_batch=4, instances=2)
     configs = check_repository(tmp_path)
     if not configs:
@@ -108,6 +111,7 @@ def test_gpu_repository_matches_the_graph(bundle: Path, tmp_path: Path) -> None:
     assert plan.platform == "tensorrt_plan" and plan.max_batch_size == 4
     assert plan.instance_group[0].count == 2 and plan.dynamic_batching.default_queue_policy.max_queue_size == 64
     session = ort.InferenceSession(str(tmp_path / "aminet_trt" / "build" / "model.onnx"))
+    assert [i.name for i in session.get_inputs()] == ["images"]
     graph = {t.name: t.shape[1:] for t in [*session.get_inputs(), *session.get_outputs()]}
     dtypes = {"tensor(float)": 11, "tensor(bool)": 1}  # Triton's TYPE_FP32, TYPE_BOOL
     for t in [*plan.input, *plan.output]:

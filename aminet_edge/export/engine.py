@@ -29,7 +29,9 @@ from typing import TYPE_CHECKING, Any
 from aminet_edge.bundle import (ENGINE_DIR, GRAPHS, BundleConfig, BundleError, artifact_path, engine_name, engine_record,
                                 engine_records, graph_computes, graph_file, has_graph, install_artifacts, make_record,
                                 read_config, relative_path, verify_record)
+from aminet_edge.config import uses_guide_map
 from aminet_edge.export import trt_compat
+from aminet_edge.export.graph_io import guided
 from aminet_edge.export.trt_compat import BackendNotInstalledError
 from aminet_edge.files import write_temp
 
@@ -148,8 +150,10 @@ def _compute_capabilities(backend: str, target: str, requested: list[int] | tupl
 def serialize_onnx(onnx_path: str | Path, backend: str = "tensorrt_rtx", precision: str = "fp32",
                    batch: tuple[int, int, int] = (1, 1, 8), workspace: int | None = None,
                    compute_capabilities: list[int] | tuple[int, ...] | None = None,
-                   hardware_compatible: bool = False) -> bytes:
+                   hardware_compatible: bool = False, model: bytes | None = None) -> bytes:
     """ONNX file -> serialized engine bytes with `backend` ("tensorrt_rtx" or "tensorrt").
+    model: the graph's serialized bytes to parse in place of the file's (a guided graph with its bank
+    baked in: guide_bank.bake_guide); `onnx_path` then only names it in messages.
 
     Every graph input gets the batch profile (min, opt, max) on axis 0; its other axes must be static.
     compute_capabilities: TensorRT-RTX targets (validated by the caller; default DEFAULT_RTX_SMS).
@@ -162,7 +166,7 @@ def serialize_onnx(onnx_path: str | Path, backend: str = "tensorrt_rtx", precisi
     builder: trt.Builder = trtm.Builder(logger)
     network: trt.INetworkDefinition = builder.create_network(trt_compat.network_flags(trtm, strongly_typed))
     parser: trt.OnnxParser = trtm.OnnxParser(network, logger)
-    if not parser.parse_from_file(str(onnx_path)):
+    if not (parser.parse_from_file(str(onnx_path)) if model is None else parser.parse(model, str(onnx_path))):
         raise OnnxParseError(f"{onnx_path}: {trtm.__name__} {trtm.__version__}'s ONNX parser rejected the graph:\n  "
                              + "\n  ".join(trt_compat.parser_errors(parser)))
     config: trt.IBuilderConfig = builder.create_builder_config()
@@ -191,6 +195,20 @@ def serialize_onnx(onnx_path: str | Path, backend: str = "tensorrt_rtx", precisi
                                  f"raise --workspace-mb or lower the max batch {batch[2]}:\n  {text}")
         raise EngineBuildError(f"{onnx_path}: {trtm.__name__} failed to build the engine:\n  {text}")
     return bytes(serialized)
+
+
+def baked_graph(bundle: Path, config: BundleConfig, graph: str, onnx_path: Path) -> bytes | None:
+    """What an engine of a guided bundle's `graph` ("model", "model_a") is built from: the graph at
+    `onnx_path` with the guide's bank baked in (guide_bank.bake_guide; engines hold it, so nothing feeds it
+    at run time), serialized; None where the file is built as it is (model_b, the adaptive mask)."""
+    if not guided(config.model.mask) or graph == "model_b":
+        return None
+    import onnx
+
+    from aminet_edge.export.guide_bank import bake_guide, read_guide
+
+    return bake_guide(onnx.load(str(onnx_path)), read_guide(bundle, config),  # type: ignore[no-any-return]
+                      uses_guide_map(config.score.map)).SerializeToString()
 
 
 def build_engine(bundle: str | Path, target: str = "auto", precision: str = "fp16",
@@ -245,10 +263,11 @@ def build_engine(bundle: str | Path, target: str = "auto", precision: str = "fp1
         export_onnx(bundle, precision, split=graph != "model")
     config = read_config(bundle)
     onnx_path = graph_file(bundle, config, graph, precision)  # checksum verified: never build from a changed graph
+    baked = baked_graph(bundle, config, graph, onnx_path)
     path.parent.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     data = serialize_onnx(onnx_path, backend, precision, (batch[0], batch[1], batch[2]), workspace, sms,
-                          hardware_compatible)
+                          hardware_compatible, baked)
     seconds = time.perf_counter() - start
     present = trt_compat.gpus()
     made = config  # what the engine was built from (its graph verified against these weights above)

@@ -1,4 +1,5 @@
-"""Exact rewrites of an exported ONNX graph that runtimes miss: zero Pad nodes folded into their Conv.
+"""Exact rewrites of an exported ONNX graph that runtimes miss: zero Pad nodes folded into their Conv, and
+Casts of a graph input to its own type dropped.
 
 EfficientNet-Lite's stride-2 convolutions use TF "SAME" padding, asymmetric, which PyTorch can only
 express as F.pad + Conv; the exported Pad (its pads computed by a chain of constant nodes) survives
@@ -78,6 +79,24 @@ def fold_pads_into_convs(model: onnx.ModelProto) -> int:
         graph.node.remove(pad)
     _drop_unused_nodes(graph)
     return len(folded)
+
+
+def drop_input_identity_casts(model: onnx.ModelProto) -> int:
+    """Remove each Cast of a graph input to the input's own type (the tracer records `.float()` of a float32
+    input, e.g. the guide's bank: a runtime that keeps the Cast would copy the whole bank each call); its
+    readers read the input itself. Returns the count."""
+    graph = model.graph
+    types = {i.name: i.type.tensor_type.elem_type for i in graph.input}
+    outputs = {o.name for o in graph.output}
+    dropped = [n for n in graph.node if n.op_type == "Cast" and n.input[0] in types and n.output[0] not in outputs
+               and next(a.i for a in n.attribute if a.name == "to") == types[n.input[0]]]
+    for cast in dropped:
+        for node in graph.node:
+            for k, name in enumerate(node.input):
+                if name == cast.output[0]:
+                    node.input[k] = cast.input[0]
+        graph.node.remove(cast)
+    return len(dropped)
 
 
 def _drop_unused_nodes(graph: onnx.GraphProto) -> None:

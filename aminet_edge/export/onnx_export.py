@@ -1,17 +1,19 @@
 """Export a bundle's inference graph to ONNX (opset 17, standard ops, dynamic batch).
 
 Single graph `model.onnx` (`model_fp16.onnx`):
-    images (B, 3, S, S) float32, normalised with the bundle's mean/std
+    images (B, 3, S, S) float32, normalised with the bundle's mean/std (and, with the nearest-normal guide,
+    guide_bank (M, C) float32, the guide's bank)
     -> amap (B, S, S) float32, score (B,) float32, mask (B, L) bool.
-Split pair, for the custom-kernel pipeline (C++ / CUDA score_map, and the adaptive mask, run between the halves):
+Split pair, for the custom-kernel pipeline (C++ / CUDA score_map, and the test-time mask, run between the halves):
     model_a.onnx, the paper's adaptive mask: images -> features (B, C, h, w), cluster_tokens (B, L, D)
                   (with position embedding), centers (B, P, D), inpaint_tokens (B, L, D) (inpainting patch
                   embedding, before masking); the runtime's adaptive_mask kernel makes the mask from them;
                   with the nearest-normal guide (ModelConfig.mask = "nearest_normal"): images -> features,
-                  mask (B, L) bool (the guide's, in the graph), inpaint_tokens; no clustering branch
+                  guide_tokens (B, L, C) (the tokens' pooled features), inpaint_tokens; no clustering branch;
+                  the runtime's nearest_distance kernel makes the guide's distances and mask from them
     model_b.onnx: inpaint_tokens (B, L, D), mask (B, L) bool -> recon (B, C, h, w)
-(tensor names: aminet_edge.export.graph_io). The guide's bank is a (M, C) float32 constant of every graph
-that computes the mask (the single graphs and model_a): M * C * 4 bytes each.
+(tensor names: aminet_edge.export.graph_io). No graph holds the guide's bank: the bundle keeps it once, in
+its weights file, and every graph record says so ("guide_bank": "weights", bundle.GUIDE_BANK_RECORD).
 fp16: backbone and transformers run in float16; distances (cluster statistics or the guide's), the mask
 decision and the score map in float32 (explicit Casts in the graph, as TensorRT-RTX networks are strongly
 typed). Graph I/O stays float32.
@@ -33,29 +35,30 @@ import torch
 from torch import nn
 
 from aminet_edge.bundle import (SCHEMA_VERSION, WEIGHTS_FILE, BundleConfig, graph_computes, graph_key,
-                                install_artifacts, make_record, read_config)
+                                graph_layout, install_artifacts, make_record, read_config)
 from aminet_edge.export import onnx_name
 from aminet_edge.export.graph_checks import check_graph
-from aminet_edge.export.graph_io import MODEL_B_IO, SINGLE_IO, model_a_io
-from aminet_edge.export.graph_rewrites import fold_pads_into_convs
+from aminet_edge.export.graph_io import GUIDE_BANK, MODEL_B_IO, guided, model_a_io, single_io
+from aminet_edge.export.guide_bank import read_guide
+from aminet_edge.export.graph_rewrites import drop_input_identity_casts, fold_pads_into_convs
 from aminet_edge.files import write_temp
 from aminet_edge.model.aminet import AMINet
 from aminet_edge.model.features import FeatureExtractor
-from aminet_edge.model.guide import NearestNormalGuide
+from aminet_edge.model.guide import NearestNormalGuide, token_features
 from aminet_edge.model.pipeline import Pipeline, load_pipeline, token_map
 from aminet_edge.ops import reference
 
 OPSET = 17
 
 
-def _mask(aminet: AMINet, guide: NearestNormalGuide | None,
-          feat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+def _mask(aminet: AMINet, guide: NearestNormalGuide | None, feat: torch.Tensor,
+          bank: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
     """The test-time mask (B, L) bool from backbone features (B, C, h, w) of any dtype, decided in float32,
-    and the guide's token distances (B, L) float32: the guide's when there is one (the clustering branch
-    is then not traced), else the adaptive mask and None (reference.adaptive_mask casts to float32
-    itself: distances and boundaries never see fp16)."""
+    and the guide's token distances (B, L) float32: the guide's, against `bank` (M, C) float32, when there
+    is one (the clustering branch is then not traced), else the adaptive mask and None
+    (reference.adaptive_mask casts to float32 itself: distances and boundaries never see fp16)."""
     if guide is not None:
-        return guide(feat.float())
+        return guide(feat.float(), bank)
     tokens, centers = aminet.cluster(feat)
     return reference.adaptive_mask(tokens.float(), centers.float(), aminet.cfg.mask_lambda)[0], None
 
@@ -64,7 +67,8 @@ class MixedPipeline(nn.Module):
     """`Pipeline` with backbone and transformers in `dtype`, the mask (statistics or guide) and score map
     in float32.
 
-    Same I/O as Pipeline: images (B, 3, S, S) float32 -> amap (B, S, S), score (B,) float32, mask (B, L).
+    Same I/O as Pipeline: images (B, 3, S, S) float32 (and the guide's bank (M, C) float32) -> amap (B, S, S),
+    score (B,) float32, mask (B, L).
     """
 
     def __init__(self, pipeline: Pipeline, dtype: torch.dtype = torch.float16) -> None:
@@ -75,10 +79,11 @@ class MixedPipeline(nn.Module):
         self.score = pipeline.score
         self.dtype = dtype
 
-    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def forward(self, images: torch.Tensor,
+                guide_bank: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         net = self.aminet
         feat = self.extractor(images.to(self.dtype))
-        mask, dist = _mask(net, self.guide, feat)
+        mask, dist = _mask(net, self.guide, feat, guide_bank)
         recon = net.inpaint_features(net.embed_inpaint_tokens(feat), mask)
         amap, score = reference.score_map(feat.float(), recon.float(), (images.shape[-2], images.shape[-1]),
                                           self.score.sigma, self.score.image_score,
@@ -88,22 +93,20 @@ class MixedPipeline(nn.Module):
 
 class PartA(nn.Module):
     """images (B, 3, S, S) float32 -> features (B, C, h, w), cluster_tokens (B, L, D), centers (B, P, D),
-    inpaint_tokens (B, L, D), all float32 (computed in `dtype`); with a `guide`: features, mask (B, L) bool
-    (the guide's, in float32), inpaint_tokens, and with `guide_distance` its token distances (B, L) float32
-    (graph_io.model_a_io)."""
+    inpaint_tokens (B, L, D), all float32 (computed in `dtype`); with a `guide`: features, guide_tokens
+    (B, L, C) (each token's pooled feature, in float32: what the guide compares with its bank),
+    inpaint_tokens (graph_io.model_a_io)."""
 
     def __init__(self, extractor: FeatureExtractor, aminet: AMINet, dtype: torch.dtype = torch.float32,
-                 guide: NearestNormalGuide | None = None, guide_distance: bool = False) -> None:
+                 guide: NearestNormalGuide | None = None) -> None:
         super().__init__()
         self.extractor, self.aminet, self.dtype, self.guide = extractor, aminet, dtype, guide
-        self.guide_distance = guide_distance
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
         feat = self.extractor(images.to(self.dtype))
         if self.guide is not None:
-            mask, dist = self.guide(feat.float())
-            out = feat.float(), mask, self.aminet.embed_inpaint_tokens(feat).float()
-            return (*out, dist) if self.guide_distance else out
+            tokens = token_features(feat.float(), self.guide.patch_size)
+            return feat.float(), tokens, self.aminet.embed_inpaint_tokens(feat).float()
         tokens, centers = self.aminet.cluster(feat)
         inpaint = self.aminet.embed_inpaint_tokens(feat)
         return feat.float(), tokens.float(), centers.float(), inpaint.float()
@@ -131,11 +134,12 @@ def _as_tuple(out: torch.Tensor | tuple[torch.Tensor, ...]) -> tuple[torch.Tenso
 
 def _export(module: nn.Module, args: tuple[torch.Tensor, ...], io_names: tuple[tuple[str, ...], tuple[str, ...]],
             path: Path, opset: int) -> Path:
-    """Trace `module` with the legacy exporter, batch axis dynamic; fold pads into convolutions; check the
-    graph. Returns a temporary file beside `path` holding it (aminet_edge.files.write_temp): `path`
-    itself is replaced only once every graph of the export is written (bundle.install_artifacts)."""
+    """Trace `module` with the legacy exporter, batch axis dynamic (the guide's bank input: static shape);
+    fold pads into convolutions, drop casts of an input to its own type; check the graph. Returns a
+    temporary file beside `path` holding it (aminet_edge.files.write_temp): `path` itself is replaced only
+    once every graph of the export is written (bundle.install_artifacts)."""
     inputs, outputs = io_names
-    axes = {n: {0: "batch"} for n in inputs + outputs}
+    axes = {n: {0: "batch"} for n in inputs + outputs if n != GUIDE_BANK}
     with torch.no_grad():
         traced = write_temp(path, lambda tmp: torch.onnx.export(
             module, args, str(tmp), input_names=list(inputs), output_names=list(outputs), dynamic_axes=axes,
@@ -146,6 +150,7 @@ def _export(module: nn.Module, args: tuple[torch.Tensor, ...], io_names: tuple[t
     finally:
         traced.unlink()
     fold_pads_into_convs(model)
+    drop_input_identity_casts(model)
     # the tracer leaves some non-batch output dims symbolic; they are fixed by the config, so state them
     for out, shape in zip(model.graph.output, shapes):
         for dim, size in list(zip(out.type.tensor_type.shape.dim, shape))[1:]:
@@ -201,8 +206,9 @@ def export_onnx(bundle: str | Path, precision: str = "fp32", opset: int = OPSET,
         _install(bundle, staged, precision, opset, made, {"model_a": paths["model_a"]} if split else {})
         if calib:
             static = bundle / onnx_name("model", "int8_static")
-            _install(bundle, {"model": (write_temp(static, lambda tmp: quantize_static(fp32_single, tmp, calib)),
-                                        static)}, "int8_static", opset, made)
+            bank = {GUIDE_BANK: read_guide(bundle, made).bank32} if guided(made.model.mask) else {}
+            written = write_temp(static, lambda tmp: quantize_static(fp32_single, tmp, calib, bank))
+            _install(bundle, {"model": (written, static)}, "int8_static", opset, made)
             paths["model_int8_static"] = static
         return paths
     pipeline, config = load_pipeline(bundle, ops_backend="reference")
@@ -212,12 +218,15 @@ def export_onnx(bundle: str | Path, precision: str = "fp32", opset: int = OPSET,
     single: nn.Module = pipeline if precision == "fp32" else MixedPipeline(pipeline, dtype)
     paths = {part: bundle / onnx_name(part, precision) for part in (("model", "model_a", "model_b") if split
                                                                     else ("model",))}
-    staged = {"model": (_export(single, (images,), SINGLE_IO, paths["model"], opset), paths["model"])}
+    io = single_io(config.model.mask)
+    # the guide's bank is the single graph's input, traced with its stored values (float16 -> float32)
+    args = (images,) if pipeline.guide is None else (images, pipeline.guide.bank.float())
+    staged = {"model": (_export(single, args, io, paths["model"], opset), paths["model"])}
     if split:
         ext = copy.deepcopy(pipeline.extractor).to(dtype)
         net = copy.deepcopy(pipeline.aminet).to(dtype)
-        io_a = model_a_io(config.model.mask, config.score.map)
-        a = PartA(ext, net, dtype, pipeline.guide, guide_distance="guide_distance" in io_a[1]).eval()
+        io_a = model_a_io(config.model.mask)
+        a = PartA(ext, net, dtype, pipeline.guide).eval()
         with torch.no_grad():
             inpaint = a(images)[io_a[1].index("inpaint_tokens")]
         mask = torch.zeros(inpaint.shape[:2], dtype=torch.bool, device=dev)
@@ -249,6 +258,6 @@ def _install(bundle: Path, staged: dict[str, tuple[Path, Path]], precision: str,
         for part, path in {**{p: final for p, (_, final) in staged.items()}, **(in_place or {})}.items():
             onnx_entries[graph_key(part, precision)] = make_record(
                 bundle, path, precision=precision, opset=opset, input_size=config.model.image_size,
-                **graph_computes(config), weights_sha256=weights)
+                **graph_computes(config), **graph_layout(config), weights_sha256=weights)
 
     install_artifacts(bundle, {tmp: final for tmp, final in staged.values()}, record, made)

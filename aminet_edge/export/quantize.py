@@ -97,10 +97,12 @@ def require_nncf() -> Any:
     return nncf
 
 
-def quantize_static(src: Path, dst: Path, inputs: Sequence[np.ndarray]) -> int:
+def quantize_static(src: Path, dst: Path, inputs: Sequence[np.ndarray],
+                    constant: dict[str, np.ndarray] | None = None) -> int:
     """Write `dst`: the fp32 single graph `src` with its inpainting branch quantised to int8 (QDQ), scales
-    calibrated on `inputs` (model inputs "images", each (1, 3, S, S) float32). Returns the number of
-    QuantizeLinear nodes written. ImportError naming the extra without nncf."""
+    calibrated on `inputs` (model inputs "images", each (1, 3, S, S) float32) with the graph's other inputs
+    `constant` fed alike to each (the nearest-normal guide's bank). Returns the number of QuantizeLinear
+    nodes written. ImportError naming the extra without nncf."""
     nncf = require_nncf()
     from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, OverflowFix
 
@@ -111,7 +113,8 @@ def quantize_static(src: Path, dst: Path, inputs: Sequence[np.ndarray]) -> int:
     # sum u8 x s8 pairs in saturating 16-bit; with 8-bit weights that saturated on this project's AVX2 CPU
     # (tests/test_openvino_int8.py's bundle: maps correlated 0.95 with fp32's, 0.9995 with 7-bit weights)
     fix = AdvancedQuantizationParameters(overflow_fix=OverflowFix.ENABLE)
-    quantized = nncf.quantize(model, nncf.Dataset(list(inputs), lambda x: {"images": x}),
+    constant = constant or {}
+    quantized = nncf.quantize(model, nncf.Dataset(list(inputs), lambda x: {"images": x, **constant}),
                               subset_size=len(inputs), ignored_scope=nncf.IgnoredScope(names=keep, validate=False),
                               advanced_parameters=fix)
     onnx.save(quantized, str(dst))

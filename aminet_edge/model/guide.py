@@ -5,7 +5,8 @@ token of a bank of normal training tokens than `threshold`, the held-out normal 
 of the same distance (aminet_edge.training.guide builds both). On magnetic tile the paper's clustering mask
 leaves large low-contrast defects visible, so they are inpainted as themselves; this mask finds them
 (BENCHMARKS.md, "Test-time masks on textures"). Deterministic, label-free; exported as a matrix product,
-ArgMin, Gather and a norm.
+ArgMin, Gather and a norm, the bank a graph input (export/graph_io.py: a bundle holds it once, in its
+weights file).
 """
 
 from __future__ import annotations
@@ -45,11 +46,12 @@ class NearestNormalGuide(nn.Module):
         self.register_buffer("threshold", threshold.clone())
         self.patch_size = patch_size
 
-    def distance(self, feat: torch.Tensor) -> torch.Tensor:
-        """Each token's distance to the nearest bank token: features (B, C, h, w) -> (B, L) float32."""
-        return reference.nearest_distance(token_features(feat, self.patch_size), self.bank)
+    def distance(self, feat: torch.Tensor, bank: torch.Tensor | None = None) -> torch.Tensor:
+        """Each token's distance to the nearest bank token: features (B, C, h, w) -> (B, L) float32.
+        bank: (M, C) in place of the buffer (the exported single graph's input: the buffer's values as float32)."""
+        return reference.nearest_distance(token_features(feat, self.patch_size), self.bank if bank is None else bank)
 
-    def forward(self, feat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, feat: torch.Tensor, bank: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """mask (B, L) bool (True = masked: distance > threshold) and the distances (B, L) float32."""
-        dist = self.distance(feat)
+        dist = self.distance(feat, bank)
         return dist > self.threshold, dist

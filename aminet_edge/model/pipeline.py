@@ -85,14 +85,16 @@ class Pipeline(nn.Module):
 
         return mask_fn, score_fn
 
-    def restore(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    def restore(self, images: torch.Tensor, guide_bank: torch.Tensor | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """features and their restoration (B, C, h, w) float32, the mask (B, L) bool and, with the guide,
-        its token distances (B, L) float32 (None with the adaptive mask)."""
+        its token distances (B, L) float32 (None with the adaptive mask). guide_bank: (M, C) float32 in place
+        of the guide's buffer (export traces it as the single graph's input)."""
         with self._autocast(images):
             feat = self.extractor(images)
         dist = None
         if self.guide is not None:
-            mask, dist = self.guide(_fp32(feat))
+            mask, dist = self.guide(_fp32(feat), guide_bank)
         else:
             with self._autocast(images):
                 tokens, centers = self.aminet.cluster(feat)
@@ -101,8 +103,9 @@ class Pipeline(nn.Module):
             recon = self.aminet.inpaint_features(self.aminet.embed_inpaint_tokens(feat), mask)
         return _fp32(feat), _fp32(recon), mask, dist
 
-    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        feat, recon, mask, dist = self.restore(images)
+    def forward(self, images: torch.Tensor,
+                guide_bank: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        feat, recon, mask, dist = self.restore(images, guide_bank)
         tokens = token_map(self.score, dist, self.aminet.cfg.grid_size)
         amap, score = self._ops()[1](feat, recon, tuple(images.shape[-2:]), self.score.sigma, self.score.image_score,
                                      tokens, self.score.guide_weight)

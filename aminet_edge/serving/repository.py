@@ -186,9 +186,12 @@ class RepositoryFiles:
             self._save()
         return path
 
-    def write(self, path: Path, text: str, executable: bool = False) -> Path:
+    def write(self, path: Path, text: str | bytes, executable: bool = False) -> Path:
         def produce(tmp: Path) -> None:
-            tmp.write_text(text)
+            if isinstance(text, bytes):
+                tmp.write_bytes(text)
+            else:
+                tmp.write_text(text)
             if executable:
                 tmp.chmod(tmp.stat().st_mode | 0o111)
 
@@ -346,7 +349,13 @@ def _gpu(run: Path, files: RepositoryFiles, config: BundleConfig, name: str, max
                      f"TensorRT version it was built with: build it inside the Triton container you deploy)")
     else:
         build = out / trt / "build"
-        files.copy(onnx_path, build / onnx_path.name)
+        from aminet_edge.export.engine import baked_graph
+
+        baked = baked_graph(run, config, "model", onnx_path)  # a guided graph: its bank baked in, images the only input
+        if baked is None:
+            files.copy(onnx_path, build / onnx_path.name)
+        else:
+            files.write(build / onnx_path.name, baked)
         files.write(build / "build_plan.sh",
                "#!/usr/bin/env bash\n# Build the plan inside the Triton container that will serve it (same "
                "TensorRT, same GPU).\nset -euo pipefail\ncd \"$(dirname \"$0\")\"\n"

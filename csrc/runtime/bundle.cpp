@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <cctype>
 #include <cmath>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <memory>
@@ -120,6 +121,8 @@ Record record(const Fields& f, const std::string& name, const json& value, bool 
   if (derived) {
     r.weights_sha256 = f.text(name + ".weights_sha256", Fields::get(obj, "weights_sha256"));
     f.integer(name + ".input_size", Fields::get(obj, "input_size"));
+    const json& bank = Fields::get(obj, "guide_bank");
+    if (bank.is_string()) r.guide_bank = bank.get<std::string>();
   }
   return r;
 }
@@ -201,6 +204,35 @@ fs::path artifact_path(const std::string& bundle, const std::string& rel) {
   return path;
 }
 
+// IEEE 754 half (binary16) -> float, exact (subnormals, infinities and NaN included).
+float half_to_float(uint16_t h) {
+  uint32_t sign = static_cast<uint32_t>(h & 0x8000) << 16, exponent = (h >> 10) & 0x1f, mantissa = h & 0x3ff;
+  if (exponent == 0) {  // zero or subnormal: mantissa * 2^-24
+    float v = std::ldexp(static_cast<float>(mantissa), -24);
+    return sign ? -v : v;
+  }
+  uint32_t bits = exponent == 0x1f ? sign | 0x7f800000u | (mantissa << 13)
+                                   : sign | ((exponent + 112) << 23) | (mantissa << 13);
+  float out;
+  std::memcpy(&out, &bits, sizeof out);
+  return out;
+}
+
+// The bytes of the recorded file `rec` at `path` (a `what`: "graph", "weights file"), of its recorded size and
+// sha256, as bundle.py's verify_record; `fix` ends each message.
+std::string read_verified(const fs::path& path, const Record& rec, const std::string& what, const std::string& fix) {
+  std::error_code ec;
+  std::string bytes = read_file(path, ec);
+  if (ec) throw bundle_error(path.string() + ": " + what + " " + os_problem(ec) + "; " + fix);
+  if (static_cast<int64_t>(bytes.size()) != rec.bytes)
+    throw bundle_error(path.string() + ": " + what + " is " + std::to_string(bytes.size()) + " bytes, " +
+                       std::to_string(rec.bytes) + " were recorded (truncated or replaced); " + fix);
+  if (sha256_hex(bytes) != rec.sha256)
+    throw bundle_error(path.string() + ": " + what + "'s sha256 differs from the one recorded in config.json (file "
+                       "changed or corrupt); " + fix);
+  return bytes;
+}
+
 }  // namespace
 
 std::string sha256_hex(const std::string& bytes) {
@@ -270,7 +302,7 @@ BundleConfig read_config(const std::string& bundle) {
                  std::to_string(MAX_IMAGE_SIZE) + " px");
   config.image_size = static_cast<int>(image_size);
   config.mask = model.contains("mask") ? f.text("model.mask", model["mask"], {"adaptive", "nearest_normal"}) : "adaptive";
-  f.integer("in_channels", data["in_channels"], 1);
+  config.in_channels = static_cast<int>(f.integer("in_channels", data["in_channels"], 1));
 
   const json& score = f.object("score", data["score"]);
   std::string score_map = score.contains("map") ? f.text("score.map", score["map"], {"reconstruction", "reconstruction+guide"})
@@ -371,19 +403,64 @@ std::string read_graph(const std::string& bundle, const BundleConfig& config, co
   }
   const Record& rec = it->second;
   fs::path path = artifact_path(bundle, rec.path);
+  if (config.mask == "nearest_normal" && rec.guide_bank != "weights")
+    throw bundle_error(path.string() + ": this graph was exported by an older aminet-edge that put the nearest-normal "
+                       "guide's bank inside the graph (bundles keep it once, in their weights file, now); " + fix);
   if (rec.weights_sha256 && (!config.weights || *rec.weights_sha256 != config.weights->sha256))
     throw bundle_error(path.string() + ": this graph was made from other weights than the bundle's weights"
                        " (left from an earlier training?); " + fix);
-  std::error_code ec;
-  std::string bytes = read_file(path, ec);
-  if (ec) throw bundle_error(path.string() + ": graph " + os_problem(ec) + "; " + fix);
-  if (static_cast<int64_t>(bytes.size()) != rec.bytes)
-    throw bundle_error(path.string() + ": graph is " + std::to_string(bytes.size()) + " bytes, " +
-                       std::to_string(rec.bytes) + " were recorded (truncated or replaced); " + fix);
-  if (sha256_hex(bytes) != rec.sha256)
-    throw bundle_error(path.string() + ": graph's sha256 differs from the one recorded in config.json (file changed "
-                       "or corrupt); " + fix);
-  return bytes;
+  return read_verified(path, rec, "graph", fix);
+}
+
+GuideBank read_guide_bank(const std::string& bundle, const BundleConfig& config) {
+  if (!config.weights)
+    throw bundle_error(bundle + "/" + CONFIG_FILE + " records no weights (artifacts.weights): the bundle is incomplete; "
+                       "train it again with `aminet-edge train`");
+  fs::path path = artifact_path(bundle, config.weights->path);
+  std::string fix = "the bundle is damaged: copy it again from where it was trained, or retrain";
+  std::string bytes = read_verified(path, *config.weights, "weights file", fix);
+  // safetensors: u64 little-endian header length, a JSON header {name: {dtype, shape, data_offsets}}, the data
+  auto damaged = [&](const std::string& problem) { return bundle_error(path.string() + ": " + problem + "; " + fix); };
+  if (bytes.size() < 8) throw damaged("not a safetensors file (shorter than its header length)");
+  uint64_t header_len = 0;
+  for (int i = 7; i >= 0; --i) header_len = (header_len << 8) | static_cast<unsigned char>(bytes[i]);
+  if (header_len > bytes.size() - 8) throw damaged("not a safetensors file (header length beyond the file)");
+  json header;
+  try {
+    header = json::parse(bytes.substr(8, header_len));
+  } catch (const json::exception& exc) {
+    throw damaged(std::string("safetensors header is not valid JSON (") + exc.what() + ")");
+  }
+  const json& entry = header.is_object() ? Fields::get(header, "guide.bank") : json();
+  if (!entry.is_object())
+    throw bundle_error(path.string() + ": holds no guide.bank, but config.json's model.mask is nearest_normal; rebuild "
+                       "the guide (`aminet-edge set-mask RUN DATA --mask nearest-normal`) or retrain");
+  const json &dtype = Fields::get(entry, "dtype"), &shape = Fields::get(entry, "shape"),
+             &offsets = Fields::get(entry, "data_offsets");
+  bool shape_ok = shape.is_array() && shape.size() == 2 && shape[0].is_number_unsigned() && shape[1].is_number_unsigned();
+  if (dtype != "F16" || !shape_ok || shape[0].get<uint64_t>() == 0 ||
+      shape[1].get<uint64_t>() != static_cast<uint64_t>(config.in_channels))
+    throw damaged("guide.bank is " + dtype.dump() + " " + shape.dump() + ", expected F16 [M, " +
+                  std::to_string(config.in_channels) + "] (in_channels)");
+  GuideBank out;
+  out.rows = static_cast<int64_t>(shape[0].get<uint64_t>());
+  out.cols = config.in_channels;
+  uint64_t count = static_cast<uint64_t>(out.rows) * static_cast<uint64_t>(out.cols);
+  uint64_t data = 8 + header_len;
+  if (!offsets.is_array() || offsets.size() != 2 || !offsets[0].is_number_unsigned() || !offsets[1].is_number_unsigned() ||
+      offsets[1].get<uint64_t>() < offsets[0].get<uint64_t>() ||
+      offsets[1].get<uint64_t>() - offsets[0].get<uint64_t>() != 2 * count ||
+      offsets[1].get<uint64_t>() > bytes.size() - data)
+    throw damaged("guide.bank's data_offsets " + offsets.dump() + " do not hold its " + std::to_string(count) +
+                  " float16 values inside the file");
+  const unsigned char* src = reinterpret_cast<const unsigned char*>(bytes.data()) + data + offsets[0].get<uint64_t>();
+  out.values.resize(count);
+  for (uint64_t i = 0; i < count; ++i) {
+    float v = half_to_float(static_cast<uint16_t>(src[2 * i] | (src[2 * i + 1] << 8)));
+    if (!std::isfinite(v)) throw damaged("guide.bank holds NaN or infinite values");
+    out.values[i] = v;
+  }
+  return out;
 }
 
 }  // namespace aminet

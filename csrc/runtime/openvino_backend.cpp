@@ -2,6 +2,9 @@
 // precision int8) compiled by OpenVINO with the settings of aminet_edge/runtime/backends/openvino_backend.py
 // (PERFORMANCE_HINT LATENCY, INFERENCE_PRECISION_HINT f32 or bf16, INFERENCE_NUM_THREADS), one inference
 // request per concurrent call (OpenVINO's recommendation for sharing a compiled model between threads).
+// With the nearest-normal guide the graph's second input "guide_bank" (M, C) float32 is the guide's bank,
+// read once from the verified weights file (bundle.h read_guide_bank) into one tensor that every request
+// is given when it is created: no call copies it.
 #include <algorithm>
 #include <cmath>
 #include <mutex>
@@ -56,6 +59,11 @@ class OpenVinoBackend : public Backend {
     } catch (const ov::Exception& exc) {
       throw bundle_error(path_ + ": OpenVINO cannot compile this graph (" + exc.what() + ")");
     }
+    if (config.mask == "nearest_normal") {
+      GuideBank bank = read_guide_bank(bundle, config);
+      bank_ = ov::Tensor(ov::element::f32, ov::Shape{static_cast<size_t>(bank.rows), static_cast<size_t>(bank.cols)});
+      std::copy(bank.values.begin(), bank.values.end(), bank_.data<float>());
+    }
     check_io();
   }
 
@@ -97,6 +105,7 @@ class OpenVinoBackend : public Backend {
       return false;
     };
     if (!has(compiled_.inputs(), "images")) missing.push_back("images");
+    if (bank_ && !has(compiled_.inputs(), "guide_bank")) missing.push_back("guide_bank");
     for (const char* name : {"amap", "score", "mask"})
       if (!has(compiled_.outputs(), name)) missing.push_back(name);
     if (!missing.empty()) {
@@ -123,7 +132,9 @@ class OpenVinoBackend : public Backend {
       }
     }
     try {
-      return compiled_.create_infer_request();
+      ov::InferRequest request = compiled_.create_infer_request();
+      if (bank_) request.set_tensor("guide_bank", bank_);  // shared, read-only: set once per request
+      return request;
     } catch (const ov::Exception& exc) {
       throw Error(AMINET_ERR_INFERENCE, std::string("OpenVINO could not create an inference request: ") + exc.what());
     }
@@ -136,6 +147,7 @@ class OpenVinoBackend : public Backend {
 
   ov::Core core_;
   ov::CompiledModel compiled_;
+  ov::Tensor bank_;  // the guide's bank (M, C) float32; empty without the guide
   std::string precision_, device_, path_;
   int size_ = 0, grid_ = 0;
   std::mutex mutex_;

@@ -1,12 +1,14 @@
 """onnxruntime backends: the single exported graph, or the split graphs with the C++ kernels between them.
 
 Single ("onnxruntime"): model.onnx, images (B, 3, S, S) -> amap (B, S, S), score (B,), mask (B, L); the
-two fused ops run as the reference's ONNX nodes.
+two fused ops run as the reference's ONNX nodes. With the nearest-normal guide the graph also takes the
+guide's bank (graph_io.GUIDE_BANK), read from the weights file at load into one OrtValue (on the GPU for
+device "cuda") that every call feeds as it is: no per-call copy.
 Split ("onnxruntime-split", CPU): model_a.onnx (images -> features, cluster_tokens, centers,
 inpaint_tokens), then the C++ adaptive_mask kernel, model_b.onnx (inpaint_tokens, mask -> recon), then
-the C++ score_map kernel; with the nearest-normal guide model_a outputs features, mask, inpaint_tokens
-and no kernel runs before model_b (aminet_edge.export.graph_io, split_graphs.py). Same outputs; faster
-on CPU for wide (WideResNet) features (bench/runtime.py).
+the C++ score_map kernel; with the nearest-normal guide model_a outputs features, guide_tokens,
+inpaint_tokens and the C++ nearest_distance kernel makes the mask (aminet_edge.export.graph_io,
+split_graphs.py). Same outputs; faster on CPU for wide (WideResNet) features (bench/runtime.py).
 precision: "fp32", "int8" (`aminet-edge export --precision int8`: the inpainting MatMuls quantised,
 aminet_edge.export.quantize) or "fp16"; default (None) int8 when the bundle has it, else fp32.
 int8 graphs quantise activations with one scale per tensor computed at run time, so a batch's images
@@ -25,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from aminet_edge.bundle import BundleConfig, BundleError, graph_file, has_graph
-from aminet_edge.export.graph_io import MODEL_B_IO, SINGLE_IO
+from aminet_edge.export.graph_io import GUIDE_BANK, MODEL_B_IO, guided, single_io
 from aminet_edge.runtime.backends import Backend, BackendOutput, BackendUnavailableError
 
 
@@ -98,13 +100,16 @@ def _check_io(session: Any, path: Path, inputs: tuple[str, ...], outputs: tuple[
                               f"(B, 3, {image_size}, {image_size}); re-export the bundle (`aminet-edge export`)")
 
 
-def _run(session: Any, outputs: list[str], feeds: dict[str, np.ndarray], one_by_one: bool) -> list[np.ndarray]:
-    """`session.run(outputs, feeds)`; with one_by_one, one image (leading index) per call, outputs
-    concatenated (int8 graphs, see the module docstring)."""
+def _run(session: Any, outputs: list[str], feeds: dict[str, np.ndarray], one_by_one: bool,
+         constant: dict[str, Any] | None = None) -> list[np.ndarray]:
+    """`session.run(outputs, feeds | constant)`; with one_by_one, one image (leading index of `feeds`) per
+    call, outputs concatenated (int8 graphs, see the module docstring). constant: inputs fed whole to every
+    call (the guide's bank OrtValue)."""
+    constant = constant or {}
     if not one_by_one:
-        return list(session.run(outputs, feeds))
+        return list(session.run(outputs, {**feeds, **constant}))
     n = len(next(iter(feeds.values())))
-    runs = [session.run(outputs, {k: v[i:i + 1] for k, v in feeds.items()}) for i in range(n)]
+    runs = [session.run(outputs, {**{k: v[i:i + 1] for k, v in feeds.items()}, **constant}) for i in range(n)]
     return [np.concatenate(parts) for parts in zip(*runs)]
 
 
@@ -126,13 +131,20 @@ class OnnxRuntimeBackend(Backend):
         self.device = device
         self.path, self.precision = resolve_graph(bundle, config, "model", precision, verify=True)
         self.session = make_session(self.path, device, threads, spinning)
-        _check_io(self.session, self.path, *SINGLE_IO, config.model.image_size)
+        _check_io(self.session, self.path, *single_io(config.model.mask), config.model.image_size)
         self.max_batch = _fixed_batch(self.session, "images")
         self.exact_batch = self.max_batch is not None
+        self.constant: dict[str, Any] = {}
+        if guided(config.model.mask):
+            from aminet_edge.export.guide_bank import read_guide
+
+            # an OrtValue wraps the array (CPU) or holds its one device copy (cuda); it keeps the array alive
+            self.constant[GUIDE_BANK] = _ort().OrtValue.ortvalue_from_numpy(read_guide(bundle, config).bank32,
+                                                                            device, 0)
 
     def run(self, images: np.ndarray) -> BackendOutput:
         amap, score, mask = _run(self.session, ["amap", "score", "mask"], {"images": images},
-                                 self.precision == "int8" and not self.exact_batch)
+                                 self.precision == "int8" and not self.exact_batch, self.constant)
         return BackendOutput(np.asarray(amap, np.float32), np.asarray(score, np.float32), np.asarray(mask, bool))
 
     def close(self) -> None:
@@ -143,8 +155,8 @@ class OnnxRuntimeBackend(Backend):
 
 
 class OnnxRuntimeSplitBackend(Backend):
-    """model_a.onnx -> C++ adaptive_mask (not with the nearest-normal guide: model_a outputs the mask) ->
-    model_b.onnx -> C++ score_map, all on the CPU."""
+    """model_a.onnx -> C++ adaptive_mask (or nearest_distance, with the nearest-normal guide) -> model_b.onnx ->
+    C++ score_map, all on the CPU."""
 
     name = "onnxruntime-split"
 
@@ -152,12 +164,12 @@ class OnnxRuntimeSplitBackend(Backend):
                  spinning: bool | None = SPLIT_SPINNING, precision: str | None = None) -> None:
         from aminet_edge.runtime.backends.split_graphs import SplitGlue
 
-        self.glue = SplitGlue(config)
         self.device = device
         self.path_b, self.precision = resolve_graph(bundle, config, "model_b", precision, verify=True)
         # int8 quantises only the inpainting blocks, which live in model_b: model_a stays fp32
         a_precision = "fp32" if self.precision == "int8" else self.precision
         self.path_a, _ = resolve_graph(bundle, config, "model_a", a_precision, verify=True)
+        self.glue = SplitGlue(bundle, config)  # after the graphs' checks: an older guided graph is refused first
         self.session_a = make_session(self.path_a, device, threads, spinning)
         self.session_b = make_session(self.path_b, device, threads, spinning)
         _check_io(self.session_a, self.path_a, ("images",), self.glue.a_outputs, config.model.image_size)

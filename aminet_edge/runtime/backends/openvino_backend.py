@@ -1,8 +1,14 @@
 """OpenVINO backends (CPU): the bundle's exported fp32 ONNX graphs compiled by OpenVINO's CPU plugin.
 
-Single ("openvino"): model.onnx, images (B, 3, S, S) -> amap (B, S, S), score (B,), mask (B, L).
+Single ("openvino"): model.onnx, images (B, 3, S, S) -> amap (B, S, S), score (B,), mask (B, L). With the
+nearest-normal guide the graph also takes the guide's bank (graph_io.GUIDE_BANK): read from the weights
+file at load and bound to that input as a Constant sharing the array's memory before compiling
+(`bind_constant`), so each call sets the images only and OpenVINO prepares the bank for its MatMul once:
+fed as an input instead, the single graph took 1.2x the time per image at batch 1 (625 vs 523 ms, the
+bench pair of bench/guide_cost.py --build, fp32; equal at batch 8).
 Split ("openvino-split"): model_a.onnx -> C++ adaptive_mask -> model_b.onnx -> C++ score_map, as
-onnxruntime-split does (with the nearest-normal guide model_a outputs the mask: no adaptive_mask).
+onnxruntime-split does (with the nearest-normal guide the C++ nearest_distance kernel makes the mask from
+model_a's guide_tokens: split_graphs.py).
 
 precision (of what runs; fp32 and bf16 read the fp32 graphs, int8 its own):
 - "fp32": every node in float32; equals onnxruntime fp32 to rounding (tests/test_openvino_backend.py).
@@ -15,7 +21,8 @@ precision (of what runs; fp32 and bf16 read the fp32 graphs, int8 its own):
   runtime model is identical with and without them), so the score map, the mask's distances and the guide
   run in bf16 too and maps and scores move by ~1 % or more; describe() says so. In the split backend the
   adaptive mask and the score map are the C++ kernels, float32 by construction, but they read model_a's
-  bf16 features (maps ~6e-4 off fp32 on the test bundle); the guide is in model_a, marked.
+  bf16 features (maps ~6e-4 off fp32 on the test bundle); so are the guide's distances, from model_a's
+  pooled features (the pooling marked).
   Needs a CPU with native bf16 (AVX512_BF16 or AMX: OpenVINO lists "BF16" in OPTIMIZATION_CAPABILITIES);
   OpenVINO would silently run fp32 elsewhere, so asking for it there is an error.
 - "int8" (single graph only): model_int8_static.onnx, written by `aminet-edge export RUN --precision int8
@@ -43,7 +50,7 @@ import numpy as np
 
 from aminet_edge.bundle import BundleConfig, BundleError
 from aminet_edge.bundle import graph_file, has_graph, onnx_name
-from aminet_edge.export.graph_io import MODEL_B_IO, SINGLE_IO, model_a_io
+from aminet_edge.export.graph_io import GUIDE_BANK, MODEL_B_IO, SINGLE_OUTPUTS, guided, model_a_io
 from aminet_edge.export.node_names import in_network
 from aminet_edge.runtime.backends import Backend, BackendOutput, BackendUnavailableError
 
@@ -144,10 +151,24 @@ def cache_dir(bundle: Path, cache: str | Path | bool | None) -> Path | None:
     return path
 
 
-def compile_graph(core: Any, path: Path, precision: str, threads: int | None,
-                  cache: Path | None) -> tuple[Any, list[str]]:
-    """Read the ONNX graph at `path`, mark its precision-sensitive nodes, compile it for the CPU; returns
-    the compiled model and, for bf16, the marked nodes it runs in bf16 anyway (`ignored_marks`)."""
+def bind_constant(model: Any, path: Path, name: str, value: np.ndarray) -> None:
+    """Replace input `name` of `model` (an ov.Model read from `path`) by a Constant sharing `value`'s memory
+    (`value` must outlive the compiled model); BundleError when the graph has no such input."""
+    from openvino import opset13
+
+    param = next((p for p in model.get_parameters() if name in p.output(0).get_names()), None)
+    if param is None:
+        raise BundleError(f"{path}: graph lacks input {name}; re-export the bundle with this aminet-edge")
+    param.output(0).replace(opset13.constant(value, shared_memory=True).output(0))
+    model.remove_parameter(param)
+    model.validate_nodes_and_infer_types()
+
+
+def compile_graph(core: Any, path: Path, precision: str, threads: int | None, cache: Path | None,
+                  constants: dict[str, np.ndarray] | None = None) -> tuple[Any, list[str]]:
+    """Read the ONNX graph at `path`, bind `constants` to their inputs (`bind_constant`), mark its
+    precision-sensitive nodes, compile it for the CPU; returns the compiled model and, for bf16, the marked
+    nodes it runs in bf16 anyway (`ignored_marks`)."""
     if not path.is_file():
         raise BundleError(f"{path} not found: export the bundle first (`aminet-edge export`)")
     # compiled from the in-memory model, never from the path: OpenVINO keys a path's cache entry by the
@@ -157,6 +178,8 @@ def compile_graph(core: Any, path: Path, precision: str, threads: int | None,
         model = core.read_model(str(path))
     except Exception as exc:  # OpenVINO raises its own exception types for corrupt/unsupported graphs
         raise BundleError(f"{path}: OpenVINO cannot read this graph ({type(exc).__name__}: {exc})") from exc
+    for name, value in (constants or {}).items():
+        bind_constant(model, path, name, value)
     marked = keep_fp32(model) if precision == "bf16" else []
     config: dict[str, Any] = {"PERFORMANCE_HINT": "LATENCY",
                               "INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16" else "f32"}
@@ -202,13 +225,18 @@ class OpenVinoBackend(Backend):
         if split:
             from aminet_edge.runtime.backends.split_graphs import SplitGlue
 
-            self.glue = SplitGlue(config)
             self.paths = [graph_file(bundle, config, "model_a"), graph_file(bundle, config, "model_b")]  # verified
-            io = [model_a_io(config.model.mask, config.score.map), MODEL_B_IO]
+            self.glue = SplitGlue(bundle, config)
+            io = [model_a_io(config.model.mask), MODEL_B_IO]
         else:  # verified: size, sha256, weights
             self.paths = [int8_graph(bundle, config) if self.precision == "int8" else graph_file(bundle, config, "model")]
-            io = [SINGLE_IO]
-        done = [compile_graph(core, p, self.precision, threads, self.cache) for p in self.paths]
+            io = [(("images",), SINGLE_OUTPUTS)]  # the guide's bank input is bound below
+        self.bank: dict[str, np.ndarray] = {}  # kept alive: the compiled model shares its memory
+        if not split and guided(config.model.mask):
+            from aminet_edge.export.guide_bank import read_guide
+
+            self.bank[GUIDE_BANK] = read_guide(bundle, config).bank32
+        done = [compile_graph(core, p, self.precision, threads, self.cache, self.bank) for p in self.paths]
         self.compiled, self.ignored = [c for c, _ in done], [n for _, ignored in done for n in ignored]
         for compiled, path, (inputs, outputs) in zip(self.compiled, self.paths, io):
             _check_io(compiled, path, inputs, outputs)
@@ -220,7 +248,7 @@ class OpenVinoBackend(Backend):
 
     def run(self, images: np.ndarray) -> BackendOutput:
         if not self.split:
-            amap, score, mask = self._infer(0, {"images": images}, SINGLE_IO[1])
+            amap, score, mask = self._infer(0, {"images": images}, SINGLE_OUTPUTS)
             return BackendOutput(np.asarray(amap, np.float32), np.asarray(score, np.float32), np.asarray(mask, bool))
         a = dict(zip(self.glue.a_outputs, self._infer(0, {"images": images}, self.glue.a_outputs)))
         mask = self.glue.mask(a)

@@ -11,7 +11,8 @@ Single engine (from model.onnx): images -> amap, score, mask.
 Split engines (from model_a.onnx / model_b.onnx): engine A -> the CUDA adaptive_mask kernel -> engine B
 -> the CUDA score_map kernel (aminet_edge.ops.cuda, libaminet_cuda.so), all enqueued on the same stream
 and reading each other's device buffers in place (no host round trip). With the nearest-normal guide
-(ModelConfig.mask) engine A outputs the mask itself, which engine B reads in place: no adaptive_mask.
+(ModelConfig.mask) engine A outputs the mask itself, which engine B reads in place: no adaptive_mask
+(the engines are built with the guide's bank baked in: export/guide_bank.py, graph_io.baked_model_a_io).
 
 CUDA graphs (`cuda_graph=True`): with TensorRT-RTX the runtime captures the whole graph itself
 (IRuntimeConfig.cuda_graph_strategy); with TensorRT 10 the enqueue is captured once per batch size
@@ -34,7 +35,7 @@ import numpy as np
 
 from aminet_edge.bundle import (BundleConfig, BundleError, artifact_path, engine_record, engine_records, read_config,
                                 verify_record)
-from aminet_edge.export.graph_io import MODEL_B_IO, SINGLE_IO, mask_in_model_a, model_a_io
+from aminet_edge.export.graph_io import MODEL_B_IO, SINGLE_OUTPUTS, baked_model_a_io, guided
 from aminet_edge.runtime.backends import Backend, BackendOutput, BackendUnavailableError, EngineError, has_module
 
 FLAVOURS = ("tensorrt_rtx", "tensorrt")  # python module names
@@ -324,8 +325,8 @@ class TensorRTBackend(Backend):
             raise BackendUnavailableError(f"split engines need the CUDA kernels: {reason}")
         self.kernels = kernels
         a, b = self.runners
-        self.guided = mask_in_model_a(config.model.mask)
-        a_outputs = model_a_io(config.model.mask, config.score.map)[1]
+        self.guided = guided(config.model.mask)
+        a_outputs = baked_model_a_io(config.model.mask, config.score.map)[1]
         for n in a_outputs:
             if n not in a.outputs:
                 raise EngineError(f"{a.info.path}: engine A lacks output {n!r} (the bundle's mask is "
@@ -382,10 +383,10 @@ class TensorRTBackend(Backend):
         S = self.size
         if not self.split:
             r = self.runners[0]
-            missing = [n for n in SINGLE_IO[1] if n not in r.outputs]
+            missing = [n for n in SINGLE_OUTPUTS if n not in r.outputs]
             if missing:
                 raise EngineError(f"{r.info.path}: engine lacks output(s) {', '.join(missing)}")
-            return {n: (r.buffers[n], r.item_shapes[n], r.dtypes[n]) for n in SINGLE_IO[1]}
+            return {n: (r.buffers[n], r.item_shapes[n], r.dtypes[n]) for n in SINGLE_OUTPUTS}
         a, b = self.runners
         return {"amap": (self.amap, (S, S), np.dtype(np.float32)), "score": (self.score, (), np.dtype(np.float32)),
                 "mask": (b.buffers["mask"], (self.dims["L"],), np.dtype(np.bool_))}
