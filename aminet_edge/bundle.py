@@ -52,7 +52,8 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from aminet_edge.config import MASKS, MAX_SIGMA, PIXEL_RANGE, ModelConfig, ScoreConfig, to_dict
+from aminet_edge.config import (AUTO, MASKS, MAX_SIGMA, PAPER_MAP, PAPER_MASK, PIXEL_RANGE, SCORE_MAPS, ModelConfig,
+                                ScoreConfig, to_dict)
 from aminet_edge.files import TEMP_NAME, atomic_write_text, install, remove_owned
 
 SCHEMA_VERSION = 2  # 2: sha256 of every file in "artifacts" (weights included); 1: no checksums
@@ -196,6 +197,14 @@ def _text(where: str, name: str, value: Any, choices: tuple[str, ...] | None = N
     return value
 
 
+def _resolved(where: str, name: str, value: Any, choices: tuple[str, ...]) -> str:
+    """`_text` for model.mask / score.map, with the fix for "auto": training chooses, a bundle records the choice."""
+    if value == AUTO:
+        raise _fail(where, name, f"is {AUTO!r}, which training resolves (aminet_edge.training.mask_choice); a "
+                    f"bundle records one of {', '.join(choices)}")
+    return _text(where, name, value, choices)
+
+
 def _object(where: str, name: str, value: Any) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise _fail(where, name, f"must be a JSON object, got {type(value).__name__} {_short(value)}")
@@ -250,8 +259,8 @@ def _model(data: Any, where: str) -> ModelConfig:
             raise _fail(where, f"model.{name}", f"must be >= 1, got {kwargs[name]}")
     if "mlp_ratio" in kwargs:
         _number(where, "model.mlp_ratio", kwargs["mlp_ratio"], positive=True)
-    if "mask" in kwargs:
-        _text(where, "model.mask", kwargs["mask"], MASKS)
+    # a bundle records the mask training chose (never "auto"); one that records none computes the paper's
+    kwargs["mask"] = _resolved(where, "model.mask", kwargs.get("mask", PAPER_MASK), MASKS)
     if "guide_quantile" in kwargs:
         _number(where, "model.guide_quantile", kwargs["guide_quantile"], positive=True)
     if "jitter_scale" in kwargs:
@@ -267,7 +276,9 @@ def _model(data: Any, where: str) -> ModelConfig:
 
 
 def _score(data: Any, where: str, mask: str) -> ScoreConfig:
-    score = ScoreConfig(**_fields(ScoreConfig, data, where, "score"))
+    kwargs = _fields(ScoreConfig, data, where, "score")
+    kwargs["map"] = _resolved(where, "score.map", kwargs.get("map", PAPER_MAP), SCORE_MAPS)  # as model.mask
+    score = ScoreConfig(**kwargs)
     # sigma 0 would make the reference's Gaussian a no-op while the C++/CUDA kernels divide by it
     if _number(where, "score.sigma", score.sigma, positive=True) > MAX_SIGMA:
         raise _fail(where, "score.sigma", f"must be <= {MAX_SIGMA:g} (pixels), got {score.sigma!r}")
@@ -283,8 +294,8 @@ def _score(data: Any, where: str, mask: str) -> ScoreConfig:
 COMPUTES = {"mask": ("model", "mask"), "mask_lambda": ("model", "mask_lambda"), "score_map": ("score", "map"),
             "guide_weight": ("score", "guide_weight"), "sigma": ("score", "sigma"),
             "image_score": ("score", "image_score")}
-_COMPUTES_BEFORE = {key: getattr({"model": ModelConfig(), "score": ScoreConfig()}[part], name)
-                    for key, (part, name) in COMPUTES.items()}
+_COMPUTES_BEFORE = {key: getattr({"model": ModelConfig(mask=PAPER_MASK), "score": ScoreConfig(map=PAPER_MAP)}[part],
+                                  name) for key, (part, name) in COMPUTES.items()}
 
 
 def graph_computes(config: BundleConfig) -> dict[str, Any]:

@@ -117,6 +117,8 @@ def bundle_info(bundle: str | Path, config: BundleConfig) -> dict[str, str]:
                     f"depth {config.model.inpaint_depth}",
            "mask": mask_info(config),
            "score map": score_info(config),
+           "mask choice": str(config.train.get("mask_choice", "not recorded (a bundle trained before training "
+                                                               "recorded why it chose its mask)")),
            "graphs": ", ".join(dict.fromkeys(graphs)) or "none (run `aminet-edge export`)",
            "engines": str(len(artifacts.get("engines") or [])),
            "calibrated": "yes" if config.calibration is not None else "no"}

@@ -17,7 +17,7 @@ from safetensors.torch import load_file, save_file
 
 from aminet_edge.bundle import BundleError, make_record, read_config, write_config
 from aminet_edge.cli import main
-from aminet_edge.config import TrainConfig
+from aminet_edge.config import ScoreConfig, TrainConfig
 from aminet_edge.data.synthetic import make_synthetic_dataset
 from aminet_edge.model.guide import NearestNormalGuide, token_features
 from aminet_edge.model.pipeline import load_pipeline
@@ -45,7 +45,7 @@ def train_guided(data: Path, out: Path) -> Path:
     from aminet_edge.training.trainer import train
 
     return train(data, out, model=GUIDED, train_cfg=TrainConfig(epochs=1, batch_size=4, lr=1e-3),
-                 pretrained=False, progress=False)
+                 score=ScoreConfig(map="reconstruction"), pretrained=False, progress=False)
 
 
 def brute_nearest(queries: np.ndarray, bank: np.ndarray) -> np.ndarray:

@@ -109,6 +109,7 @@ def set_mask(bundle: str | Path, data: Sequence[str | Path], mask: str, quantile
     from aminet_edge.device import resolve_device
     from aminet_edge.model.pipeline import load_pipeline, save_bundle
     from aminet_edge.training.calibrate import calibrate, calibrate_score
+    from aminet_edge.training.mask_choice import describe
     from aminet_edge.training.trainer import recorded_split
 
     if mask not in MASKS:
@@ -142,6 +143,8 @@ def set_mask(bundle: str | Path, data: Sequence[str | Path], mask: str, quantile
     config.score = calibrate_score(pipeline, held, config.mean, config.std, workers)
     config.calibration = calibrate(pipeline, held or fit, config.mean, config.std, held_out=bool(held),
                                    progress=progress, workers=workers)
-    config.train = {k: v for k, v in tr.items() if k != "guide"} | ({"guide": summary} if summary else {})
+    choice = describe(mask, config.score.map, "set with `aminet-edge set-mask`")
+    config.train = {k: v for k, v in tr.items() if k != "guide"} | {"mask_choice": choice} | (
+        {"guide": summary} if summary else {})
     return save_bundle(bundle, config, pipeline.extractor.cpu(), pipeline.aminet.cpu(),
                        None if guide is None else guide.cpu())
