@@ -261,6 +261,8 @@ def _model(data: Any, where: str) -> ModelConfig:
         _number(where, "model.mlp_ratio", kwargs["mlp_ratio"], positive=True)
     # a bundle records the mask training chose (never "auto"); one that records none computes the paper's
     kwargs["mask"] = _resolved(where, "model.mask", kwargs.get("mask", PAPER_MASK), MASKS)
+    if kwargs.get("guide_dims", 0) < 0:
+        raise _fail(where, "model.guide_dims", f"must be >= 0 (0: every channel), got {kwargs['guide_dims']}")
     if "guide_quantile" in kwargs:
         _number(where, "model.guide_quantile", kwargs["guide_quantile"], positive=True)
     if "jitter_scale" in kwargs:
@@ -422,6 +424,12 @@ def _check_guide(config: BundleConfig, where: str) -> None:
     if "quantile" in guide and guide["quantile"] != config.model.guide_quantile:
         raise _fail(where, "model.guide_quantile", f"is {config.model.guide_quantile} but the stored guide's threshold "
                     f"is the held-out quantile {guide['quantile']} (train.guide); {fix}")
+    dims, channels = guide.get("dims"), guide.get("channels")
+    if isinstance(dims, int) and isinstance(channels, int):
+        want = config.model.guide_dims if 0 < config.model.guide_dims < channels else channels
+        if dims != want:
+            raise _fail(where, "model.guide_dims", f"is {config.model.guide_dims} but the stored guide's tokens have "
+                        f"{dims} of {channels} dimensions (train.guide); {fix}")
     tokens, bank = guide.get("training_tokens"), guide.get("bank_tokens")
     if isinstance(tokens, int) and isinstance(bank, int) and bank != min(config.model.guide_bank_size, tokens):
         raise _fail(where, "model.guide_bank_size", f"is {config.model.guide_bank_size} but the stored guide's bank "

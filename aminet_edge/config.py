@@ -86,6 +86,7 @@ class ModelConfig:
     mask: str = AUTO
     guide_quantile: float = 0.95  # nearest_normal: held-out normal tokens' distance quantile = threshold
     guide_bank_size: int = 65536  # nearest_normal: most bank tokens; beyond, a greedy k-centre coreset
+    guide_dims: int = 0  # nearest_normal: principal axes the tokens are projected to before the search (0: none)
     feature_jitter: bool = False  # the paper's "‡" variant; the code always jitters
     jitter_scale: float = 20.0  # noise = randn * ||token|| / D * scale (code)
 
@@ -114,6 +115,8 @@ class ModelConfig:
             raise ValueError(f"embed_dim={self.embed_dim} must be a multiple of 4 (2-D sin-cos embedding)")
         if self.mask not in (*MASKS, AUTO):
             raise ValueError(f"mask must be one of {', '.join((*MASKS, AUTO))}, got {self.mask!r}")
+        if self.guide_dims < 0:
+            raise ValueError(f"guide_dims must be >= 0 (0: every channel), got {self.guide_dims}")
         if not 0 < self.guide_quantile < 1:
             raise ValueError(f"guide_quantile must be in (0, 1), got {self.guide_quantile}")
         for name in ("inpaint_depth", "aggregation_depth", "num_clusters", "patch_size", "num_heads",

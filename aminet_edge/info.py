@@ -36,10 +36,13 @@ def mask_info(config: BundleConfig) -> str:
     line = f"nearest-normal guide: bank {bank} tokens"
     if "training_tokens" in summary:
         line += f" of {int(summary['training_tokens'])}"
+    dims = int(summary.get("dims", config.in_channels))
+    if dims != config.in_channels:
+        line += f" x {dims} principal axes of {config.in_channels} channels"
     line += f", threshold {float(summary['threshold']):.4g}"
     if "quantile" in summary:
         line += f" (held-out quantile {float(summary['quantile']):g})"
-    mib = bank * config.in_channels * 4 / 2**20  # the (M, C) float32 constant of model.onnx / model_a.onnx
+    mib = bank * dims * 4 / 2**20  # the (M, d) float32 constant of model.onnx / model_a.onnx
     return line + f"; {mib:.1f} MiB float32 bank in each graph that computes the mask"
 
 
