@@ -317,7 +317,7 @@ def test_bundle_refuses_a_guide_that_does_not_match(guided: Path, tmp_path: Path
     bundle = Path(shutil.copytree(guided, tmp_path / "b"))
     tensors = load_file(str(bundle / read_config(bundle).artifacts["weights"]["path"]))
     rewrite_weights(bundle, {k: v for k, v in tensors.items() if k != "guide.bank"})
-    with pytest.raises(BundleError, match="expected bank and threshold"):
+    with pytest.raises(BundleError, match="expected bank, threshold and optionally projection"):
         load_pipeline(bundle)
     rewrite_weights(bundle, tensors | {"guide.bank": tensors["guide.bank"][:, :10].contiguous()})
     with pytest.raises(BundleError, match=r"do not match the config \(expected \(M, 176\)"):
