@@ -202,7 +202,8 @@ def main() -> None:
     parser.add_argument("--holdout-study", type=int, nargs="*", default=[])
     parser.add_argument("--seed", type=int, default=0, help="training's seed (split and coreset)")
     parser.add_argument("--holdout-fraction", type=float, default=0.1)
-    parser.add_argument("--training-cache", help="training's --cache-dir: its feature cache is reused")
+    parser.add_argument("--training-cache", help="a features-*.npy of training's --cache-dir, read (never written) "
+                        "instead of running the backbone on the training images")
     parser.add_argument("--held-cache", help="tensors file keeping the held-out tokens between runs")
     parser.add_argument("--coreset-order", help="tensors file keeping the greedy coreset's order between runs")
     args = parser.parse_args()
@@ -211,9 +212,16 @@ def main() -> None:
     model = PRESETS[args.preset]
     fit, held = split_holdout(load_training_samples([args.data], None, args.seed), args.holdout_fraction, args.seed)
     ext = build_feature_extractor(model.backbone, image_size=model.image_size).eval()
-    feats = build_feature_cache(ext, [s.path for s in fit], model.image_size, ext.mean, ext.std, "float32",
-                                args.training_cache, progress=False)
-    fit_tokens = pooled_tokens((feats[i:i + 32] for i in range(0, len(feats), 32)), model.patch_size)
+    if args.training_cache:
+        feats = np.load(args.training_cache, mmap_mode="r")
+        if feats.shape[:2] != (len(fit), ext.channels):
+            raise SystemExit(f"{args.training_cache}: features {feats.shape} are not those of the {len(fit)} training "
+                             f"images x {ext.channels} channels")
+        batches = (torch.from_numpy(np.array(feats[i:i + 32], np.float32)) for i in range(0, len(feats), 32))
+    else:
+        batches = (build_feature_cache(ext, [s.path for s in fit[i:i + 32]], model.image_size, ext.mean, ext.std,
+                                       progress=False) for i in range(0, len(fit), 32))
+    fit_tokens = pooled_tokens(batches, model.patch_size)
     cache = Path(args.held_cache) if args.held_cache else None
     if cache is not None and cache.exists():
         held_tokens = torch.load(cache, weights_only=True)
