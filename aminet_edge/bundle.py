@@ -261,7 +261,8 @@ def _model(data: Any, where: str) -> ModelConfig:
         _number(where, "model.mlp_ratio", kwargs["mlp_ratio"], positive=True)
     # a bundle records the mask training chose (never "auto"); one that records none computes the paper's
     kwargs["mask"] = _resolved(where, "model.mask", kwargs.get("mask", PAPER_MASK), MASKS)
-    if kwargs.get("guide_dims", 0) < 0:
+    kwargs.setdefault("guide_dims", 0)  # a bundle that records none searched every channel (no projection)
+    if kwargs["guide_dims"] < 0:
         raise _fail(where, "model.guide_dims", f"must be >= 0 (0: every channel), got {kwargs['guide_dims']}")
     if "guide_quantile" in kwargs:
         _number(where, "model.guide_quantile", kwargs["guide_quantile"], positive=True)

@@ -80,19 +80,22 @@ def coreset_order(fit_tokens: torch.Tensor, size: int, seed: int, path: str | No
 
 
 def sweep_guides(fit_tokens: torch.Tensor, held: torch.Tensor, test: torch.Tensor | None, sizes: list[int],
-                 dims: list[int], quantiles: list[float], seed: int, order_file: str | None) -> list[GuideRun]:
+                 dims: list[int], quantiles: list[float], seed: int, order_file: str | None,
+                 only: set[tuple[int, int]] | None = None) -> list[GuideRun]:
     """Every (bank size, dims, quantile) guide as training builds it from training tokens (N, C), held-out
     tokens (N_h, L, C) and optionally test tokens (N_t, L, C): a greedy coreset of the training tokens
     (size 0: all of them), projected to `dims` principal axes (0: none), stored float16; threshold = the
-    held-out tokens' quantile of the distance to it."""
+    held-out tokens' quantile of the distance to it. only: the (size, dims) pairs to build, as given (None:
+    every pair)."""
     n, c = fit_tokens.shape
-    rows = sorted({s if 0 < s < n else n for s in sizes}, reverse=True)
+    pairs = [(s, d) for d in dims for s in sizes if only is None or (s, d) in only]
+    rows = sorted({s if 0 < s < n else n for s, _ in pairs}, reverse=True)
     need = max((r for r in rows if r < n), default=0)
     order = coreset_order(fit_tokens, need, seed, order_file) if need else None
     runs = []
-    for d in dims:
+    for d in dict.fromkeys(d for _, d in pairs):
         proj = pca_projection(fit_tokens, d) if 0 < d < c else None
-        for r in rows:
+        for r in sorted({s if 0 < s < n else n for s, e in pairs if e == d}, reverse=True):
             t = time.perf_counter()
             src = fit_tokens if r == n else fit_tokens[order[:r]]
             bank = (src if proj is None else src @ proj).half()
@@ -196,6 +199,7 @@ def main() -> None:
     parser.add_argument("--preset", default="cpu")
     parser.add_argument("--sizes", type=int, nargs="+", default=[65536, 32768, 23831, 16384])
     parser.add_argument("--dims", type=int, nargs="+", default=[0, 128, 96, 64])
+    parser.add_argument("--pairs", nargs="*", help="only these SIZE:DIMS candidates of the sizes x dims grid")
     parser.add_argument("--quantile", type=float, default=0.95)
     parser.add_argument("--reference", type=int, default=65536, help="bank size of the reference guide")
     parser.add_argument("--budget-mib", type=float, default=8.0)
@@ -232,8 +236,9 @@ def main() -> None:
     held_tokens = held_tokens.reshape(len(held), -1, held_tokens.shape[-1])
     print(f"features: {time.perf_counter() - t0:.0f} s, {len(fit)} training images ({len(fit_tokens):,} tokens), "
           f"{len(held)} held-out", flush=True)
+    only = {tuple(int(v) for v in p.split(":")) for p in args.pairs} if args.pairs else None
     runs = sweep_guides(fit_tokens, held_tokens, None, args.sizes, args.dims, [args.quantile], args.seed,
-                        args.coreset_order)
+                        args.coreset_order, only)  # type: ignore[arg-type]
     lines, chosen = selection(runs, args.reference, args.budget_mib)
     if args.holdout_study:
         lines += [""] + holdout_study(reference_run(runs, args.reference), args.holdout_study)

@@ -110,6 +110,7 @@ def main() -> None:
                         help="most tokens in the guide's bank (greedy coreset beyond; 0: every training token)")
     parser.add_argument("--guide-dims", type=int, nargs="+", default=[0],
                         help="principal axes the guide's tokens are projected to before the search (0: none)")
+    parser.add_argument("--guide-pairs", nargs="*", help="only these SIZE:DIMS guides of the sizes x dims grid")
     parser.add_argument("--guide-reference", type=int, default=65536,
                         help="bank size of the reference guide (every dimension) of the label-free criterion")
     parser.add_argument("--guide-budget-mib", type=float, default=8.0,
@@ -174,8 +175,9 @@ def main() -> None:
     base = config.model.mask_lambda
     own_test, own_held = adaptive(base)
     runs = sweep_guides(fit_tokens, token_features(f_held, k), token_features(f_test, k), args.guide_bank_sizes,
-                        args.guide_dims, args.guide_quantiles, tr["seed"], args.coreset_order) \
-        if args.guide_quantiles else []
+                        args.guide_dims, args.guide_quantiles, tr["seed"], args.coreset_order,
+                        {tuple(int(v) for v in p.split(":")) for p in args.guide_pairs} if args.guide_pairs else None) \
+        if args.guide_quantiles else []  # type: ignore[arg-type]
     guides = {g.name: g for g in runs}
     for g in runs:
         variants[g.name] = (g.test_dist > g.threshold, g.held_dist > g.threshold)

@@ -95,7 +95,10 @@ def make_bundle(path: Path, mask: str = "adaptive", score_map: str = "reconstruc
     from aminet_edge.model.pipeline import build_modules, load_pipeline, save_bundle
 
     torch.manual_seed(0)
-    config = BundleConfig(model=dataclasses.replace(TINY, mask=mask), in_channels=0, score=ScoreConfig(map="reconstruction"),
+    # guide_dims 0: the backends' tests search the bank in the backbone's channels (the projection:
+    # tests/test_guide.py::test_set_mask_projects_the_guide)
+    config = BundleConfig(model=dataclasses.replace(TINY, mask=mask, guide_dims=0), in_channels=0,
+                          score=ScoreConfig(map="reconstruction"),
                           mean=(0.5,) * 3, std=(0.5,) * 3)
     from aminet_edge.model.features import build_feature_extractor
 

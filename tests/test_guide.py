@@ -27,7 +27,8 @@ from aminet_edge.training.guide import PROJECTION_DIM, build_guide, greedy_cores
 sys.path.insert(0, str(Path(__file__).parent))
 from test_train import SMALL, run  # noqa: E402
 
-GUIDED = dataclasses.replace(SMALL, mask="nearest_normal", guide_bank_size=100)
+# the guide searched in the backbone's own channels (the projection: test_set_mask_projects_the_guide)
+GUIDED = dataclasses.replace(SMALL, mask="nearest_normal", guide_bank_size=100, guide_dims=0)
 
 
 @pytest.fixture(scope="module")

@@ -55,12 +55,15 @@ def greedy_coreset(points: torch.Tensor, size: int, seed: int = 0) -> torch.Tens
 
 
 def pca_projection(tokens: torch.Tensor, dims: int) -> torch.Tensor:
-    """(C, dims) float32: the `dims` principal axes of tokens (N, C), largest variance first (their float64
-    covariance's eigenvectors; deterministic, and an axis' sign does not change a distance)."""
-    x = tokens.double()
+    """(C, dims) float32 on the CPU: the `dims` principal axes of tokens (N, C), largest variance first (their
+    float64 covariance's eigenvectors, computed on the CPU so that every device gives the same axes; each
+    axis signed so that its largest component is positive)."""
+    x = tokens.detach().cpu().double()
     x = x - x.mean(0)
     _, vecs = torch.linalg.eigh(x.T @ x / len(x))
-    return vecs[:, -dims:].flip(1).float().contiguous()
+    axes = vecs[:, -dims:].flip(1)
+    sign = torch.sign(axes.gather(0, axes.abs().argmax(0, keepdim=True)))
+    return (axes * sign).float().contiguous()
 
 
 def pooled_tokens(feature_batches: Iterable[torch.Tensor], patch_size: int) -> torch.Tensor:
