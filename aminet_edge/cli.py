@@ -10,8 +10,8 @@ from typing import Any
 
 import click
 
-from aminet_edge.config import (AUTO, CACHE_DTYPES, PAPER_MAP, PAPER_MASK, PRESETS, SCORE_MAPS, ModelConfig, ScoreConfig,
-                                TrainConfig)
+from aminet_edge.config import (AUTO, CACHE_DTYPES, PAPER_MAP, PAPER_MASK, PRESETS, SCORE_MAPS, ModelConfig,
+                                ScoreConfig, TrainConfig)
 from aminet_edge.training.mask_choice import MIN_GUIDE_HELD_OUT
 
 
@@ -106,7 +106,8 @@ def main() -> None:
 @click.option("--guide-quantile", type=click.FloatRange(0, 1, min_open=True, max_open=True),
               help="nearest-normal: held-out normal tokens' distance quantile used as threshold [default: 0.95].")
 @click.option("--guide-bank-size", type=click.IntRange(min=1),
-              help=f"nearest-normal: most tokens in the bank, a coreset beyond [default: {ModelConfig.guide_bank_size}].")
+              help="nearest-normal: most tokens in the bank, a coreset beyond "
+                   f"[default: {ModelConfig.guide_bank_size}].")
 @click.option("--guide-dims", type=click.IntRange(min=0),
               help="nearest-normal: principal axes the tokens are projected to before the search, 0 = every "
                    f"channel [default: {ModelConfig.guide_dims}].")

@@ -43,8 +43,9 @@ def cpu_bundle(root: Path) -> Path:
     """Preset "cpu" bundle: pretrained backbone, random (seeded) AMI-Net."""
     torch.manual_seed(0)
     model = dataclasses.replace(PRESETS["cpu"], mask="adaptive")
-    extractor, aminet = build_modules(BundleConfig(model=model, in_channels=176, score=ScoreConfig(map="reconstruction"),
-                                                   mean=(0, 0, 0), std=(1, 1, 1)), pretrained=True)
+    extractor, aminet = build_modules(BundleConfig(model=model, in_channels=176,
+                                                   score=ScoreConfig(map="reconstruction"), mean=(0, 0, 0),
+                                                   std=(1, 1, 1)), pretrained=True)
     config = BundleConfig(model=model, in_channels=176, score=ScoreConfig(map="reconstruction"),
                           mean=extractor.mean, std=extractor.std)  # type: ignore[arg-type]
     save_bundle(root, config, extractor, aminet)

@@ -242,8 +242,9 @@ def test_real_bottle_images_agree_at_tiny_preset(tmp_path: Path) -> None:
     torch.manual_seed(1)
     model = dataclasses.replace(PRESETS["tiny"], mask="adaptive")
     probe = build_feature_extractor(model.backbone, image_size=model.image_size, pretrained=False)
-    config = BundleConfig(model=model, in_channels=probe.channels, score=ScoreConfig(map="reconstruction"), mean=probe.mean,
-                          std=probe.std, calibration=Calibration(image_threshold=1.0, pixel_threshold=1.0))
+    config = BundleConfig(model=model, in_channels=probe.channels, score=ScoreConfig(map="reconstruction"),
+                          mean=probe.mean, std=probe.std,
+                          calibration=Calibration(image_threshold=1.0, pixel_threshold=1.0))
     extractor, aminet = build_modules(config)
     path = tmp_path / "tiny"
     path.mkdir()

@@ -258,7 +258,8 @@ def test_set_mask_projects_the_guide(guided: Path, data: Path, tmp_path: Path) -
     tensors = load_file(str(bundle / config.artifacts["weights"]["path"]))
     proj = tensors["guide.projection"]
     assert proj.shape == (176, 16) and proj.dtype == torch.float32 and tensors["guide.bank"].shape == (100, 16)
-    assert config.model.guide_dims == 16 and (config.train["guide"]["dims"], config.train["guide"]["channels"]) == (16, 176)
+    assert config.model.guide_dims == 16
+    assert (config.train["guide"]["dims"], config.train["guide"]["channels"]) == (16, 176)
     pipeline, _ = load_pipeline(bundle)
     x = torch.randn(3, 3, 64, 64, generator=torch.Generator().manual_seed(7))
     with torch.no_grad():
@@ -271,9 +272,16 @@ def test_set_mask_projects_the_guide(guided: Path, data: Path, tmp_path: Path) -
     assert "x 16 principal axes of 176 channels" in mask_info(config) and "0.0 MiB float32 bank" in mask_info(config)
     ort = pytest.importorskip("onnxruntime")
     export_onnx(bundle, split=False)
+    export_onnx(bundle)  # the split pair: model_a outputs the projected guide's mask
     (graph_mask,) = ort.InferenceSession(str(bundle / "model.onnx"), providers=["CPUExecutionProvider"]).run(
         ["mask"], {"images": x.numpy()})
     assert np.array_equal(graph_mask, mask.numpy())
+    from aminet_edge.runtime import Detector
+
+    images = sorted((data / "test").rglob("*.png"))
+    want = [r.token_mask for r in Detector.load(bundle, backend="torch").predict(images)]
+    got = [r.token_mask for r in Detector.load(bundle, backend="onnxruntime-split").predict(images)]
+    assert np.array_equal(np.stack(got), np.stack(want))
     raw = json.loads((bundle / "config.json").read_text())
     raw["model"]["guide_dims"] = 8
     (bundle / "config.json").write_text(json.dumps(raw))

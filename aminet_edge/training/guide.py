@@ -122,9 +122,9 @@ def set_mask(bundle: str | Path, data: Sequence[str | Path], mask: str, quantile
     data: the data set root(s) the bundle was trained on (its training split is re-derived from them and
     each image must match the sha256 recorded at training: trainer.recorded_split). The guide's bank and
     threshold are rebuilt for "nearest_normal" (kept when the bundle has the guide already and quantile /
-    bank_size / dims, which override its guide_quantile / guide_bank_size / guide_dims, do not change them). The bundle is
-    rewritten crash-safely (pipeline.save_bundle); its graphs and engines, which hold the old mask or
-    map, are deleted once the new config.json is in place: export again. Returns the bundle path.
+    bank_size / dims, which override its guide_quantile / guide_bank_size / guide_dims, do not change them). The
+    bundle is rewritten crash-safely (pipeline.save_bundle); its graphs and engines, which hold the old mask
+    or map, are deleted once the new config.json is in place: export again. Returns the bundle path.
     """
     from aminet_edge.device import resolve_device
     from aminet_edge.model.pipeline import load_pipeline, save_bundle

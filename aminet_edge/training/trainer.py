@@ -42,7 +42,8 @@ MIN_IMAGES = MIN_HOLDOUT  # fewest normal images a bundle is trained (and, below
 FULL_HOLDOUT = 10  # from this many images on, MIN_HOLDOUT or more are held out for calibration
 MAX_GPU_CACHE_GB = 1 << 20  # a bound on `gpu_cache_gb` (1 PiB): 1e300 GiB overflowed the byte count
 TRAINING_FILES = (CHECKPOINT_FILE, SETTINGS_FILE)  # what a training writes into its output before the bundle
-TEST_TIME_MASK = ("mask", "guide_quantile", "guide_bank_size", "guide_dims")  # ModelConfig fields used after training only
+# ModelConfig fields used after training only
+TEST_TIME_MASK = ("mask", "guide_quantile", "guide_bank_size", "guide_dims")
 
 
 def load_training_samples(roots: Sequence[str | Path], few_shot: int | None, seed: int) -> list[Sample]:
