@@ -11,8 +11,9 @@ is 6.7 % (0.5-16.7 %) at k = 3, 6.5 % (1.1-12.4 %) at 5, 5.6 % (2.1-9.6 %) at 10
 and 5.0 % (2.8-8.2 %) at 30; the threshold's relative spread is 9 %, 4 % and 2.6 % at 3, 10 and 20. From
 20 images on the median is on target and the range within a factor 2 of it; more images barely narrow it
 (the other images differ among themselves), fewer bias the threshold low and widen the range fast: one
-image's tokens are correlated (its texture), so the sample size is images, not tokens. The weight, a
-ratio of mean maps over the same images, varies less than the threshold. With fewer held-out images
+image's tokens are correlated (its texture), so the sample size is images, not tokens. The map's weight, a
+ratio of mean maps over the same images, deviates from the all-images weight by 24 % on average at 5
+images, 12 % at 20 and 10 % at 30 (bench/results/textures.md). With fewer held-out images
 "auto" falls back to the paper's mask, whose thresholds need only a mean and std of image scores
 (trainer.MIN_HOLDOUT images).
 """
