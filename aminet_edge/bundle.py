@@ -55,7 +55,8 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from aminet_edge.config import MASKS, MAX_SIGMA, PIXEL_RANGE, ModelConfig, ScoreConfig, TileConfig, to_dict
+from aminet_edge.config import (AUTO, MASKS, MAX_SIGMA, PAPER_MAP, PAPER_MASK, PIXEL_RANGE, SCORE_MAPS, ModelConfig,
+                                ScoreConfig, TileConfig, to_dict)
 from aminet_edge.files import TEMP_NAME, atomic_write_text, install, remove_owned
 
 SCHEMA_VERSION = 2  # 2: sha256 of every file in "artifacts" (weights included); 1: no checksums
@@ -201,6 +202,14 @@ def _text(where: str, name: str, value: Any, choices: tuple[str, ...] | None = N
     return value
 
 
+def _resolved(where: str, name: str, value: Any, choices: tuple[str, ...]) -> str:
+    """`_text` for model.mask / score.map, with the fix for "auto": training chooses, a bundle records the choice."""
+    if value == AUTO:
+        raise _fail(where, name, f"is {AUTO!r}, which training resolves (aminet_edge.training.mask_choice); a "
+                    f"bundle records one of {', '.join(choices)}")
+    return _text(where, name, value, choices)
+
+
 def _object(where: str, name: str, value: Any) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise _fail(where, name, f"must be a JSON object, got {type(value).__name__} {_short(value)}")
@@ -255,8 +264,11 @@ def _model(data: Any, where: str) -> ModelConfig:
             raise _fail(where, f"model.{name}", f"must be >= 1, got {kwargs[name]}")
     if "mlp_ratio" in kwargs:
         _number(where, "model.mlp_ratio", kwargs["mlp_ratio"], positive=True)
-    if "mask" in kwargs:
-        _text(where, "model.mask", kwargs["mask"], MASKS)
+    # a bundle records the mask training chose (never "auto"); one that records none computes the paper's
+    kwargs["mask"] = _resolved(where, "model.mask", kwargs.get("mask", PAPER_MASK), MASKS)
+    kwargs.setdefault("guide_dims", 0)  # a bundle that records none searched every channel (no projection)
+    if kwargs["guide_dims"] < 0:
+        raise _fail(where, "model.guide_dims", f"must be >= 0 (0: every channel), got {kwargs['guide_dims']}")
     if "guide_quantile" in kwargs:
         _number(where, "model.guide_quantile", kwargs["guide_quantile"], positive=True)
     if "jitter_scale" in kwargs:
@@ -272,7 +284,9 @@ def _model(data: Any, where: str) -> ModelConfig:
 
 
 def _score(data: Any, where: str, mask: str) -> ScoreConfig:
-    score = ScoreConfig(**_fields(ScoreConfig, data, where, "score"))
+    kwargs = _fields(ScoreConfig, data, where, "score")
+    kwargs["map"] = _resolved(where, "score.map", kwargs.get("map", PAPER_MAP), SCORE_MAPS)  # as model.mask
+    score = ScoreConfig(**kwargs)
     # sigma 0 would make the reference's Gaussian a no-op while the C++/CUDA kernels divide by it
     if _number(where, "score.sigma", score.sigma, positive=True) > MAX_SIGMA:
         raise _fail(where, "score.sigma", f"must be <= {MAX_SIGMA:g} (pixels), got {score.sigma!r}")
@@ -299,8 +313,8 @@ def _tile(data: Any, where: str) -> TileConfig | None:
 COMPUTES = {"mask": ("model", "mask"), "mask_lambda": ("model", "mask_lambda"), "score_map": ("score", "map"),
             "guide_weight": ("score", "guide_weight"), "sigma": ("score", "sigma"),
             "image_score": ("score", "image_score")}
-_COMPUTES_BEFORE = {key: getattr({"model": ModelConfig(), "score": ScoreConfig()}[part], name)
-                    for key, (part, name) in COMPUTES.items()}
+_COMPUTES_BEFORE = {key: getattr({"model": ModelConfig(mask=PAPER_MASK), "score": ScoreConfig(map=PAPER_MAP)}[part],
+                                  name) for key, (part, name) in COMPUTES.items()}
 
 
 # Where a guided bundle's graphs find the nearest-normal guide's bank: in the weights file, its only copy
@@ -441,6 +455,13 @@ def _check_train(train: dict[str, Any], where: str) -> None:
                             f"pairs, got {_short(entries)}")
 
 
+def guide_columns(config: BundleConfig) -> int:
+    """Columns of the nearest-normal guide's bank and of the tokens searched in it: the guide_dims
+    principal axes, or every backbone channel (guide_dims 0, or not fewer than in_channels)."""
+    dims = config.model.guide_dims
+    return dims if 0 < dims < config.in_channels else config.in_channels
+
+
 def _check_guide(config: BundleConfig, where: str) -> None:
     """model.guide_quantile / guide_bank_size against the nearest-normal guide the weights hold (as
     train.guide records it): an edit would describe a guide the bundle does not have."""
@@ -452,6 +473,12 @@ def _check_guide(config: BundleConfig, where: str) -> None:
     if "quantile" in guide and guide["quantile"] != config.model.guide_quantile:
         raise _fail(where, "model.guide_quantile", f"is {config.model.guide_quantile} but the stored guide's threshold "
                     f"is the held-out quantile {guide['quantile']} (train.guide); {fix}")
+    dims, channels = guide.get("dims"), guide.get("channels")
+    if isinstance(dims, int) and isinstance(channels, int):
+        want = config.model.guide_dims if 0 < config.model.guide_dims < channels else channels
+        if dims != want:
+            raise _fail(where, "model.guide_dims", f"is {config.model.guide_dims} but the stored guide's tokens have "
+                        f"{dims} of {channels} dimensions (train.guide); {fix}")
     tokens, bank = guide.get("training_tokens"), guide.get("bank_tokens")
     if isinstance(tokens, int) and isinstance(bank, int) and bank != min(config.model.guide_bank_size, tokens):
         raise _fail(where, "model.guide_bank_size", f"is {config.model.guide_bank_size} but the stored guide's bank "

@@ -10,7 +10,9 @@ from typing import Any
 
 import click
 
-from aminet_edge.config import CACHE_DTYPES, PRESETS, SCORE_MAPS, ScoreConfig, TrainConfig
+from aminet_edge.config import (AUTO, CACHE_DTYPES, PAPER_MAP, PAPER_MASK, PRESETS, SCORE_MAPS, ModelConfig,
+                                ScoreConfig, TrainConfig)
+from aminet_edge.training.mask_choice import MIN_GUIDE_HELD_OUT
 
 
 class CliError(click.ClickException):
@@ -124,16 +126,24 @@ def main() -> None:
 @click.option("--depth", type=click.IntRange(min=1), help="Inpainting transformer blocks.")
 @click.option("--clusters", type=click.IntRange(min=1))
 @click.option("--jitter/--no-jitter", default=None, help="Feature jittering (the paper's ‡ variant).")
-@click.option("--mask", type=click.Choice(["adaptive", "nearest-normal"]), default="adaptive", show_default=True,
+@click.option("--mask", type=click.Choice(["auto", "adaptive", "nearest-normal"]), default="auto", show_default=True,
               help="Test-time mask: the paper's clustering mask, or this project's nearest-normal guide "
-                   "(better on textures; a memory bank of normal tokens in the bundle).")
+                   "(better on textures; a memory bank of normal tokens in the bundle). auto: the guide when "
+                   f"training holds out >= {MIN_GUIDE_HELD_OUT} normal images, else the paper's; the log and "
+                   "`aminet-edge info` say which and why.")
+@click.option("--paper", is_flag=True, help="The paper's configuration: --mask adaptive --score-map reconstruction.")
 @click.option("--guide-quantile", type=click.FloatRange(0, 1, min_open=True, max_open=True),
               help="nearest-normal: held-out normal tokens' distance quantile used as threshold [default: 0.95].")
 @click.option("--guide-bank-size", type=click.IntRange(min=1),
-              help="nearest-normal: most tokens in the bank, a coreset beyond [default: 65536].")
-@click.option("--score-map", type=click.Choice(SCORE_MAPS), default="reconstruction", show_default=True,
-              help="The paper's reconstruction map, or (with --mask nearest-normal) plus the guide's distances, "
-                   "weighted on held-out normal images (this project's variant; better on textures).")
+              help="nearest-normal: most tokens in the bank, a coreset beyond "
+                   f"[default: {ModelConfig.guide_bank_size}].")
+@click.option("--guide-dims", type=click.IntRange(min=0),
+              help="nearest-normal: principal axes the tokens are projected to before the search, 0 = every "
+                   f"channel [default: {ModelConfig.guide_dims}].")
+@click.option("--score-map", type=click.Choice([AUTO, *SCORE_MAPS]), default=AUTO, show_default=True,
+              help="The paper's reconstruction map, or (with the nearest-normal guide) plus the guide's distances, "
+                   "weighted on held-out normal images (this project's variant; better on textures). auto: "
+                   "the guide's map with the guide, else the paper's.")
 @click.option("--epochs", type=click.IntRange(min=1), default=TrainConfig.epochs, show_default=True)
 @click.option("--batch-size", type=click.IntRange(min=1), default=TrainConfig.batch_size, show_default=True)
 @click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=TrainConfig.lr, show_default=True)
@@ -161,18 +171,22 @@ def main() -> None:
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def train_cmd(data: tuple[str, ...], out: str, preset: str, backbone: str | None, weights: str | None,
               image_size: int | None, embed_dim: int | None, heads: int | None, depth: int | None,
-              clusters: int | None, jitter: bool | None, mask: str, guide_quantile: float | None,
-              guide_bank_size: int | None, score_map: str, epochs: int, batch_size: int, lr: float, seed: int,
-              few_shot: int | None, cache_dir: str | None, cache_dtype: str, resume: bool,
+              clusters: int | None, jitter: bool | None, mask: str, paper: bool, guide_quantile: float | None,
+              guide_bank_size: int | None, guide_dims: int | None, score_map: str, epochs: int, batch_size: int,
+              lr: float, seed: int, few_shot: int | None, cache_dir: str | None, cache_dtype: str, resume: bool,
               allow_changed_settings: bool, device: str, precision: str, workers: int, compile_: bool,
               gpu_cache_gb: float | None, tile_size: int | None, tile_overlap: int | None, quiet: bool) -> None:
     """Train on the normal images of DATA (one root, or several for a unified model)."""
     from aminet_edge.training.trainer import train
 
+    if paper:
+        if (mask, score_map) != (AUTO, AUTO):
+            raise click.UsageError("--paper sets --mask adaptive --score-map reconstruction; give it alone")
+        mask, score_map = PAPER_MASK, PAPER_MAP
     overrides: dict[str, Any] = {
         "backbone": backbone, "image_size": image_size, "embed_dim": embed_dim, "num_heads": heads,
         "inpaint_depth": depth, "num_clusters": clusters, "feature_jitter": jitter, "mask": mask.replace("-", "_"),
-        "guide_quantile": guide_quantile, "guide_bank_size": guide_bank_size}
+        "guide_quantile": guide_quantile, "guide_bank_size": guide_bank_size, "guide_dims": guide_dims}
     model = replace(PRESETS[preset], **{k: v for k, v in overrides.items() if v is not None})
     cfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, cache_dtype=cache_dtype)
     path = _run(train, list(data), out, model=model, train_cfg=cfg, score=ScoreConfig(map=score_map),
@@ -235,6 +249,9 @@ def evaluate_cmd(run: str, data: str, json_path: str | None, heatmaps: str | Non
               help="nearest-normal: held-out quantile used as threshold [default: the bundle's].")
 @click.option("--guide-bank-size", type=click.IntRange(min=1),
               help="nearest-normal: most tokens in the bank [default: the bundle's].")
+@click.option("--guide-dims", type=click.IntRange(min=0),
+              help="nearest-normal: principal axes the tokens are projected to, 0 = every channel [default: the "
+                   "bundle's].")
 @click.option("--score-map", type=click.Choice(SCORE_MAPS),
               help="reconstruction, or reconstruction+guide (nearest-normal only) [default: the bundle's, "
                    "reconstruction for adaptive].")
@@ -242,7 +259,8 @@ def evaluate_cmd(run: str, data: str, json_path: str | None, heatmaps: str | Non
 @click.option("--workers", type=click.IntRange(min=0), default=0, show_default=True)
 @click.option("--quiet", is_flag=True)
 def set_mask_cmd(run: str, data: tuple[str, ...], mask: str, guide_quantile: float | None,
-                 guide_bank_size: int | None, score_map: str | None, device: str, workers: int, quiet: bool) -> None:
+                 guide_bank_size: int | None, guide_dims: int | None, score_map: str | None, device: str, workers: int,
+                 quiet: bool) -> None:
     """Switch RUN's test-time mask (and score map) and re-calibrate it on DATA (the data it was trained on),
     no retraining.
 
@@ -251,7 +269,7 @@ def set_mask_cmd(run: str, data: tuple[str, ...], mask: str, guide_quantile: flo
     from aminet_edge.training.guide import set_mask
 
     _run(set_mask, run, list(data), mask.replace("-", "_"), guide_quantile, guide_bank_size, device=device,
-         progress=not quiet, workers=workers, score_map=score_map)
+         progress=not quiet, workers=workers, score_map=score_map, dims=guide_dims)
     from aminet_edge.bundle import read_config
 
     click.echo(f"{run}: mask set to {mask}, score map {read_config(run).score.map}, thresholds re-calibrated; "

@@ -25,13 +25,17 @@ Deliberate departures from the code (models/model_MAE.py, train_mvtec.py):
   1 - cos ~1e-4 to their centre) and flipped 0.6 % of magnetic tile's mask decisions against float64;
   this form flips none (BENCHMARKS.md, "OpenVINO on CPU: precision and accuracy"). A zero vector gives 1/2 instead of 1.
 - feature jitter is off by default (feature_jitter); the code always jitters in training.
-- optional, not the default: mask="nearest_normal" replaces the clustering mask at test time by a
-  nearest-normal guide (ModelConfig.mask; BENCHMARKS.md, "Test-time masks on textures"); the clustering
-  branch is still trained.
-- optional, not the default: score map "reconstruction+guide" adds the guide's token distances, upsampled
-  and smoothed as the reconstruction map, weighted by guide_weight (calibrated on held-out normal images:
-  their mean reconstruction map / mean guide-distance map, so neither term dominates); needs
-  mask="nearest_normal" (ScoreConfig.map; BENCHMARKS.md, "Accuracy on MVTec bottle and magnetic tile").
+- mask="nearest_normal" replaces the clustering mask at test time by a nearest-normal guide
+  (ModelConfig.mask; BENCHMARKS.md, "Test-time masks on textures"); the clustering branch is still trained.
+  Its bank holds up to guide_bank_size tokens projected to their guide_dims principal axes.
+- score map "reconstruction+guide" adds the guide's token distances, upsampled and smoothed as the
+  reconstruction map, weighted by guide_weight (calibrated on held-out normal images: their mean
+  reconstruction map / mean guide-distance map, so neither term dominates); needs mask="nearest_normal"
+  (ScoreConfig.map; BENCHMARKS.md, "Accuracy on MVTec bottle and magnetic tile").
+- both default to "auto": training picks the guide and its map when it holds out at least
+  MIN_GUIDE_HELD_OUT normal images (aminet_edge.training.mask_choice says why that many), else the
+  paper's adaptive mask and reconstruction map, and records the choice and its reason (a bundle never
+  records "auto"). The paper's configuration: mask="adaptive", map="reconstruction" (CLI: --paper).
 - optional, not the default: native-resolution tiling (TileConfig, config.json "tile"): images are scored
   in overlapping tiles of their own pixels, the tiles' maps blended into one map (aminet_edge.tiling); the
   paper and the code resize every image to image_size.
@@ -52,8 +56,10 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 ImageScore = Literal["std", "max"]
-MASKS = ("adaptive", "nearest_normal")  # ModelConfig.mask: the paper's, or this project's variant
-SCORE_MAPS = ("reconstruction", "reconstruction+guide")  # ScoreConfig.map: the paper's, or this project's variant
+MASKS = ("adaptive", "nearest_normal")  # ModelConfig.mask in a bundle: the paper's, or this project's variant
+SCORE_MAPS = ("reconstruction", "reconstruction+guide")  # ScoreConfig.map in a bundle: the paper's, or this project's
+AUTO = "auto"  # ModelConfig.mask / ScoreConfig.map before training: chosen by training (training.mask_choice)
+PAPER_MASK, PAPER_MAP = "adaptive", "reconstruction"  # the paper's; what a bundle that records none computes
 MAX_SIGMA = 64.0  # ScoreConfig.sigma's upper bound, pixels: a wider Gaussian blurs any map of this model flat
 # ModelConfig.image_size's upper bound, pixels: attention memory grows as (image_size / 16) ** 4 (4096 px
 # needs ~17 GB per head), and a mistyped size must be an error, not a process killed out of memory
@@ -79,10 +85,16 @@ class ModelConfig:
     mask_lambda: float = 0.5  # lambda, test-time cluster boundary (paper and code)
     # test-time mask: "adaptive" (paper and code: cluster boundaries) or "nearest_normal" (this project's
     # variant, aminet_edge/model/guide.py: a token is masked when its pooled backbone feature is further from
-    # every bank token than the held-out normals' guide_quantile of that distance)
-    mask: str = "adaptive"
+    # every bank token than the held-out normals' guide_quantile of that distance); "auto" (default, training
+    # input only): the guide with enough held-out normal images, else adaptive (training.mask_choice)
+    mask: str = AUTO
     guide_quantile: float = 0.95  # nearest_normal: held-out normal tokens' distance quantile = threshold
     guide_bank_size: int = 65536  # nearest_normal: most bank tokens; beyond, a greedy k-centre coreset
+    # nearest_normal: principal axes the tokens are projected to before the search (0: none). 64 keeps a
+    # 65,536-token bank at 8 MiB for EfficientNet-Lite0's 176 channels and, chosen on magnetic tile's held-out
+    # images, masks far more of the held-out tokens the full bank masks than a coreset of the same size
+    # (bench/guide_bank.py: IoU 0.74 against 0.25 for 23,831 x 176)
+    guide_dims: int = 64
     feature_jitter: bool = False  # the paper's "‡" variant; the code always jitters
     jitter_scale: float = 20.0  # noise = randn * ||token|| / D * scale (code)
 
@@ -109,8 +121,10 @@ class ModelConfig:
             raise ValueError(f"embed_dim={self.embed_dim} is not divisible by num_heads={self.num_heads}")
         if self.embed_dim % 4:
             raise ValueError(f"embed_dim={self.embed_dim} must be a multiple of 4 (2-D sin-cos embedding)")
-        if self.mask not in MASKS:
-            raise ValueError(f"mask must be one of {', '.join(MASKS)}, got {self.mask!r}")
+        if self.mask not in (*MASKS, AUTO):
+            raise ValueError(f"mask must be one of {', '.join((*MASKS, AUTO))}, got {self.mask!r}")
+        if self.guide_dims < 0:
+            raise ValueError(f"guide_dims must be >= 0 (0: every channel), got {self.guide_dims}")
         if not 0 < self.guide_quantile < 1:
             raise ValueError(f"guide_quantile must be in (0, 1), got {self.guide_quantile}")
         for name in ("inpaint_depth", "aggregation_depth", "num_clusters", "patch_size", "num_heads",
@@ -177,8 +191,9 @@ class ScoreConfig:
     sigma: float = 4.0  # Gaussian sigma in output pixels
     image_score: ImageScore = "std"  # "std" of the map (code) or its "max"
     # "reconstruction": smooth(up(MSE)) * smooth(up(1 - cos)) (code); "reconstruction+guide" (this project's
-    # variant): plus guide_weight * smooth(up(nearest-normal guide distance)) per token (needs that mask)
-    map: str = "reconstruction"
+    # variant): plus guide_weight * smooth(up(nearest-normal guide distance)) per token (needs that mask);
+    # "auto" (default, training input only): the guide's map with the guide, else the paper's
+    map: str = AUTO
     guide_weight: float = 0.0  # "reconstruction+guide": calibrated at training / set-mask; 0 otherwise
 
     def validate(self, mask: str, calibrated: bool = True) -> None:
@@ -188,15 +203,15 @@ class ScoreConfig:
             raise ValueError(f"sigma must be a number in (0, {MAX_SIGMA:g}] (pixels), got {self.sigma!r}")
         if self.image_score not in ("std", "max"):
             raise ValueError(f"image_score must be 'std' or 'max', got {self.image_score!r}")
-        if self.map not in SCORE_MAPS:
-            raise ValueError(f"map must be one of {', '.join(SCORE_MAPS)}, got {self.map!r}")
+        if self.map not in (*SCORE_MAPS, AUTO):
+            raise ValueError(f"map must be one of {', '.join((*SCORE_MAPS, AUTO))}, got {self.map!r}")
         if not (math.isfinite(self.guide_weight) and self.guide_weight >= 0):
             raise ValueError(f"guide_weight must be a finite number >= 0, got {self.guide_weight!r}")
-        if self.map == "reconstruction":
+        if self.map in ("reconstruction", AUTO):
             if self.guide_weight != 0:
-                raise ValueError(f"guide_weight is {self.guide_weight} but map 'reconstruction' has no guide term")
+                raise ValueError(f"guide_weight is {self.guide_weight} but map {self.map!r} has no guide term")
             return
-        if mask != "nearest_normal":
+        if mask not in ("nearest_normal", AUTO):
             raise ValueError(f"map {self.map!r} needs the nearest-normal mask, but the mask is {mask!r}")
         if calibrated and self.guide_weight == 0:
             raise ValueError(f"map {self.map!r} needs a calibrated guide_weight > 0 (`aminet-edge set-mask`)")

@@ -36,10 +36,13 @@ def mask_info(config: BundleConfig) -> str:
     line = f"nearest-normal guide: bank {bank} tokens"
     if "training_tokens" in summary:
         line += f" of {int(summary['training_tokens'])}"
+    dims = int(summary.get("dims", config.in_channels))
+    if dims != config.in_channels:
+        line += f" x {dims} principal axes of {config.in_channels} channels"
     line += f", threshold {float(summary['threshold']):.4g}"
     if "quantile" in summary:
         line += f" (held-out quantile {float(summary['quantile']):g})"
-    mib = bank * config.in_channels * 2 / 2**20  # (M, C) float16; no graph holds it (export/graph_io.py)
+    mib = bank * dims * 2 / 2**20  # (M, d) float16; no graph holds it (export/graph_io.py)
     return line + f"; {mib:.1f} MiB float16 bank in the weights file"
 
 
@@ -119,6 +122,8 @@ def bundle_info(bundle: str | Path, config: BundleConfig) -> dict[str, str]:
            "score map": score_info(config),
            "tiling": (f"{config.tile.size} px tiles, overlap >= {config.tile.overlap} px, resized to "
                       f"{config.model.image_size} px" if config.tile else "off (whole image resized)"),
+           "mask choice": str(config.train.get("mask_choice", "not recorded (a bundle trained before training "
+                                                               "recorded why it chose its mask)")),
            "graphs": ", ".join(dict.fromkeys(graphs)) or "none (run `aminet-edge export`)",
            "engines": str(len(artifacts.get("engines") or [])),
            "calibrated": "yes" if config.calibration is not None else "no"}

@@ -12,6 +12,7 @@ Usage: python bench/export.py [--bundle runs/bottle-cpu] [--data ../shared/data/
 
 from __future__ import annotations
 
+import dataclasses
 import argparse
 import os
 import shutil
@@ -41,10 +42,11 @@ LOWER = ("fp16", "int8")  # graph precisions compared with fp32
 def cpu_bundle(root: Path) -> Path:
     """Preset "cpu" bundle: pretrained backbone, random (seeded) AMI-Net."""
     torch.manual_seed(0)
-    model = PRESETS["cpu"]
-    extractor, aminet = build_modules(BundleConfig(model=model, in_channels=176, score=ScoreConfig(),
-                                                   mean=(0, 0, 0), std=(1, 1, 1)), pretrained=True)
-    config = BundleConfig(model=model, in_channels=176, score=ScoreConfig(),
+    model = dataclasses.replace(PRESETS["cpu"], mask="adaptive")
+    extractor, aminet = build_modules(BundleConfig(model=model, in_channels=176,
+                                                   score=ScoreConfig(map="reconstruction"), mean=(0, 0, 0),
+                                                   std=(1, 1, 1)), pretrained=True)
+    config = BundleConfig(model=model, in_channels=176, score=ScoreConfig(map="reconstruction"),
                           mean=extractor.mean, std=extractor.std)  # type: ignore[arg-type]
     save_bundle(root, config, extractor, aminet)
     return root

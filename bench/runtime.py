@@ -24,6 +24,7 @@ depend on what the weights learned. Its calibration is a placeholder from random
 
 from __future__ import annotations
 
+import dataclasses
 import argparse
 import importlib.util
 import os
@@ -73,7 +74,7 @@ def build_bundle(path: Path, preset: str) -> str:
     from aminet_edge.model.pipeline import save_bundle
 
     torch.manual_seed(0)
-    model = PRESETS[preset]
+    model = dataclasses.replace(PRESETS[preset], mask="adaptive")
     try:
         extractor = build_feature_extractor(model.backbone, image_size=model.image_size, pretrained=True)
         source = f"{model.backbone} pretrained"
@@ -82,7 +83,7 @@ def build_bundle(path: Path, preset: str) -> str:
         extractor = build_feature_extractor(model.backbone, image_size=model.image_size, pretrained=False)
         source = f"{model.backbone} random"
     aminet = AMINet(model, extractor.channels)
-    config = BundleConfig(model=model, in_channels=extractor.channels, score=ScoreConfig(),
+    config = BundleConfig(model=model, in_channels=extractor.channels, score=ScoreConfig(map="reconstruction"),
                           mean=tuple(extractor.mean), std=tuple(extractor.std))
     path.mkdir(parents=True, exist_ok=True)
     save_bundle(path, config, extractor, aminet)

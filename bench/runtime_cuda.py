@@ -18,6 +18,7 @@ any failed or no variant gave a figure.
 
 from __future__ import annotations
 
+import dataclasses
 import argparse
 import json
 import sys
@@ -53,10 +54,10 @@ def make_bundle(path: Path, preset: str) -> Path:
     from aminet_edge.model.pipeline import build_modules, save_bundle
 
     torch.manual_seed(0)
-    model = PRESETS[preset]
+    model = dataclasses.replace(PRESETS[preset], mask="adaptive")
     probe = build_feature_extractor(model.backbone, image_size=model.image_size, pretrained=False)
     mean, std = probe.mean, probe.std
-    config = BundleConfig(model=model, in_channels=probe.channels, score=ScoreConfig(),
+    config = BundleConfig(model=model, in_channels=probe.channels, score=ScoreConfig(map="reconstruction"),
                           mean=(mean[0], mean[1], mean[2]), std=(std[0], std[1], std[2]))
     extractor, aminet = build_modules(config)
     return save_bundle(path, config, extractor, aminet)

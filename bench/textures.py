@@ -3,11 +3,22 @@
 Masks: the adaptive mask at several lambda; lambda calibrated on held-out normal images to a target share
 of masked tokens; per-cluster boundaries fixed from held-out normal tokens (instead of each image's own
 statistics); the nearest-normal guide (ModelConfig.mask = "nearest_normal", built by the product's
-aminet_edge.training.guide) at several held-out quantiles and bank sizes; and, as a ceiling that needs the
-labels, the ground-truth defect tokens (alone, and added to the adaptive mask). Maps: reconstruction (the
-paper's), token-to-cluster distance, their sum. No retraining: features and cluster assignments are
-computed once (and kept in --feature-cache). Test and held-out features are held as float16 here, so a
-guide decision within ~1e-3 (relative) of its threshold may differ from the runtime's float32.
+aminet_edge.training.guide) at several held-out quantiles, bank sizes and token dimensions (a PCA of the
+training tokens to --guide-dims d, applied before the search); and, as a ceiling that needs the labels, the
+ground-truth defect tokens (alone, and added to the adaptive mask). Maps: reconstruction (the paper's),
+token-to-cluster distance, their sum, and with each guide its own map (reconstruction + guide distance,
+weighted on the held-out images as training weighs it). No retraining: features and cluster assignments
+are computed once (and kept in --feature-cache; the greedy coreset order in --coreset-order). Test and
+held-out features are held as float16 here, so a guide decision within ~1e-3 (relative) of its threshold
+may differ from the runtime's float32.
+
+Guide bank selection without test labels (--guide-budget-mib): every guide candidate is compared, on the
+held-out normal images only, with the reference guide (--guide-reference tokens, every dimension): the
+IoU of the two masks on the held-out tokens (do they mask the same rare normal tokens?) and the masked
+share of a threshold fitted on half the held-out images, measured on the other half (cross-fitted, target
+1 - quantile). The candidate within the budget with the highest IoU is chosen; test metrics are printed
+beside it for the report, never used to choose. --holdout-study resamples k held-out images to show how
+stable the threshold (and the masked share it gives on the other held-out images) is for each k.
 
 Usage: python bench/textures.py --bundle /work/runs/bottle_cpu --data ../shared/data/mvtec_bottle
 """
@@ -15,7 +26,6 @@ Usage: python bench/textures.py --bundle /work/runs/bottle_cpu --data ../shared/
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import sys
 import time
@@ -27,6 +37,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import append_result  # noqa: E402
+from guide_bank import holdout_study, reference_run, selection, sweep_guides  # noqa: E402
 
 from aminet_edge.data.datasets import load_dataset  # noqa: E402
 from aminet_edge.data.images import read_mask  # noqa: E402
@@ -37,7 +48,7 @@ from aminet_edge.ops import reference  # noqa: E402
 from aminet_edge.data.batches import load_batches  # noqa: E402
 from aminet_edge.model.guide import token_features  # noqa: E402
 from aminet_edge.training.calibrate import mask_lambda_for_share  # noqa: E402
-from aminet_edge.training.guide import build_guide, pooled_tokens  # noqa: E402
+from aminet_edge.training.guide import pooled_tokens  # noqa: E402
 from aminet_edge.training.trainer import recorded_split  # noqa: E402
 
 
@@ -97,6 +108,16 @@ def main() -> None:
                         help="held-out quantile of the nearest-normal distance above which a token is masked")
     parser.add_argument("--guide-bank-sizes", type=int, nargs="+", default=[65536],
                         help="most tokens in the guide's bank (greedy coreset beyond; 0: every training token)")
+    parser.add_argument("--guide-dims", type=int, nargs="+", default=[0],
+                        help="principal axes the guide's tokens are projected to before the search (0: none)")
+    parser.add_argument("--guide-pairs", nargs="*", help="only these SIZE:DIMS guides of the sizes x dims grid")
+    parser.add_argument("--guide-reference", type=int, default=65536,
+                        help="bank size of the reference guide (every dimension) of the label-free criterion")
+    parser.add_argument("--guide-budget-mib", type=float, default=8.0,
+                        help="largest bank (float16) the label-free selection may choose, MiB")
+    parser.add_argument("--holdout-study", type=int, nargs="*", default=[],
+                        help="numbers k of held-out images to resample the reference guide's threshold from")
+    parser.add_argument("--coreset-order", help="tensors file keeping the greedy coreset's order between runs")
     parser.add_argument("--feature-cache", help="tensors file: features loaded from it when it exists, else saved")
     parser.add_argument("--ground-truth", action="store_true", help="add the label-based ceiling rows")
     parser.add_argument("--json", help="write all figures here")
@@ -153,17 +174,13 @@ def main() -> None:
         variants[f"per-cluster held-out bound, lambda {lam:g}"] = (d_test > bounds[a_test], d_held > bounds[a_held])
     base = config.model.mask_lambda
     own_test, own_held = adaptive(base)
-    held_tokens = token_features(f_held, k).reshape(-1, f_held.shape[1])
-    for size in args.guide_bank_sizes if args.guide_quantiles else []:
-        for q in args.guide_quantiles:
-            model = dataclasses.replace(config.model, guide_quantile=q, guide_bank_size=size or len(fit_tokens))
-            tc = time.perf_counter()
-            guide, _ = build_guide(fit_tokens, held_tokens, model, tr["seed"])
-            test_mask = torch.cat([guide(f_test[i:i + 32])[0] for i in range(0, len(f_test), 32)])
-            held_mask = torch.cat([guide(f_held[i:i + 32])[0] for i in range(0, len(f_held), 32)])
-            name = f"nearest-normal guide q{q:g}, bank {len(guide.bank):,}"
-            variants[name] = (test_mask, held_mask)
-            print(f"{name}: {time.perf_counter() - tc:.0f} s", flush=True)
+    runs = sweep_guides(fit_tokens, token_features(f_held, k), token_features(f_test, k), args.guide_bank_sizes,
+                        args.guide_dims, args.guide_quantiles, tr["seed"], args.coreset_order,
+                        {tuple(int(v) for v in p.split(":")) for p in args.guide_pairs} if args.guide_pairs else None) \
+        if args.guide_quantiles else []  # type: ignore[arg-type]
+    guides = {g.name: g for g in runs}
+    for g in runs:
+        variants[g.name] = (g.test_dist > g.threshold, g.held_dist > g.threshold)
     if args.ground_truth:
         truth = torch.from_numpy(token_defect_fraction(masks, config.model.grid_size) >= DEFECT_TOKEN_FRACTION)
         variants["ground truth (ceiling; needs labels)"] = (truth, None)
@@ -174,13 +191,22 @@ def main() -> None:
     h_rec, h_dist = maps_for(pipeline, f_held, d_held, own_held, sigma)
     norm = (float(h_rec.mean()), float(h_dist.mean()))
     rows, out = [], {}
+    guide_maps: dict[str, tuple[np.ndarray, np.ndarray]] = {}  # guide name -> held-out (rec, guide) maps
     for name, (mask, held_mask) in variants.items():
         held_share = float(held_mask.float().mean()) if held_mask is not None else float("nan")
-        rec, dist = maps_for(pipeline, f_test, d_test, mask, sigma)
         cov = mask_coverage(mask.numpy()[has], masks[has], labels[has], np.array(types, object)[has])
-        maps = {"rec": rec, "dist": dist, "rec+dist": rec / norm[0] + dist / norm[1]}
+        if name in guides:  # the guide's own map, weighted on the held-out images as training weighs it
+            g = guides[name]
+            rec, gmap = maps_for(pipeline, f_test, g.test_dist, mask, sigma)
+            h_rec_g, h_gmap = maps_for(pipeline, f_held, g.held_dist, held_mask, sigma)
+            weight = float(h_rec_g.mean() / h_gmap.mean())
+            maps = {"rec": rec, "rec+guide": rec + weight * gmap}
+            guide_maps[name] = (h_rec_g, h_gmap)
+        else:
+            rec, dist = maps_for(pipeline, f_test, d_test, mask, sigma)
+            maps = {"rec": rec, "dist": dist, "rec+dist": rec / norm[0] + dist / norm[1]}
         for vname, amap in maps.items():
-            if vname != "rec" and name != f"lambda {base:g}":
+            if vname in ("dist", "rec+dist") and name != f"lambda {base:g}":
                 continue  # score variants only with the bundle's own mask
             flat = amap.reshape(len(amap), -1)
             m_std = evaluate(labels, flat.std(1), masks[has], amap[has], types, pixel_rows=has)
@@ -197,8 +223,19 @@ def main() -> None:
     head = ["| mask | map | held-out normal tokens masked | test normal tokens masked | mask recall | "
             "image AUROC (std) | image AUROC (max) | pixel AUROC | AUPRO | per type: mask recall / pixel AUROC |",
             "|---|---|---|---|---|---|---|---|---|---|"]
+    tables = head + rows
+    if runs:
+        cells = {g.name: (lambda m: f"{m['std']['image_auroc']:.4f} | {m['std']['pixel_auroc']:.4f} | "
+                          f"{m['std']['aupro']:.4f} | {m['coverage']['mask_recall']:.3f}")(out[f"{g.name} | rec+guide"])
+                 for g in runs}
+        tables += [""] + selection(runs, args.guide_reference, args.guide_budget_mib, cells)[0]
+        ref = reference_run(runs, args.guide_reference)
+        if args.holdout_study:
+            h_rec, h_gmap = guide_maps[ref.name]
+            tables += [""] + holdout_study(ref, args.holdout_study, h_rec.reshape(len(h_rec), -1).mean(1),
+                                           h_gmap.reshape(len(h_gmap), -1).mean(1))
     append_result("textures", f"bundle `{args.bundle}`, data `{args.data}`, "
-                  f"{time.perf_counter() - t0:.0f} s\n\n" + "\n".join(head + rows))
+                  f"{time.perf_counter() - t0:.0f} s\n\n" + "\n".join(tables))
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=1, default=float) + "\n")
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -10,9 +11,11 @@ import pytest
 from aminet_edge.bundle import SCHEMA_VERSION, BundleConfig, BundleError, Calibration, read_config, write_config
 from aminet_edge.config import PRESETS, ScoreConfig
 
+TINY = dataclasses.replace(PRESETS["tiny"], mask="adaptive")  # a bundle records the mask training chose
+
 
 def make_config() -> BundleConfig:
-    return BundleConfig(model=PRESETS["tiny"], in_channels=176, score=ScoreConfig(sigma=2.0),
+    return BundleConfig(model=TINY, in_channels=176, score=ScoreConfig(sigma=2.0, map="reconstruction"),
                         mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25),
                         calibration=Calibration(image_threshold=1.5, pixel_threshold=0.25,
                                                 normal_image_scores={"mean": 1.0, "n": 5}))
@@ -21,8 +24,8 @@ def make_config() -> BundleConfig:
 def test_round_trip(tmp_path: Path) -> None:
     write_config(tmp_path, make_config())
     back = read_config(tmp_path)
-    assert back.model == PRESETS["tiny"]
-    assert back.score == ScoreConfig(sigma=2.0)
+    assert back.model == TINY
+    assert back.score == ScoreConfig(sigma=2.0, map="reconstruction")
     assert back.calibration == make_config().calibration
     assert back.mean == (0.5, 0.5, 0.5) and back.in_channels == 176
     raw = json.loads((tmp_path / "config.json").read_text())
@@ -165,7 +168,7 @@ def test_not_utf8_and_unwritable_configs(tmp_path: Path) -> None:
     with pytest.raises(BundleError, match="not UTF-8 text"):
         read_config(tmp_path)
     bad = make_config()
-    bad.score = ScoreConfig(sigma=0.0)
+    bad.score = ScoreConfig(sigma=0.0, map="reconstruction")
     with pytest.raises(BundleError, match="being written.*'score.sigma' must be > 0"):
         write_config(tmp_path / "new", bad)
     assert not (tmp_path / "new" / "config.json").exists()  # nothing written that could not load

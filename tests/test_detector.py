@@ -10,6 +10,7 @@ by `shared_bundle` (the other runtime test modules import it). Tolerances, and w
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import shutil
@@ -89,13 +90,15 @@ def make_bundle(path: Path, mask: str = "adaptive", score_map: str = "reconstruc
     "nearest_normal" its test-time mask is a nearest-normal guide (`_guide`); with score_map
     "reconstruction+guide" the guide's distances are added to the map, weighted so that both terms have the
     same mean on the generated images."""
-    import dataclasses
     import warnings
 
     from aminet_edge.model.pipeline import build_modules, load_pipeline, save_bundle
 
     torch.manual_seed(0)
-    config = BundleConfig(model=dataclasses.replace(TINY, mask=mask), in_channels=0, score=ScoreConfig(),
+    # guide_dims 0: the backends' tests search the bank in the backbone's channels (the projection:
+    # tests/test_guide.py::test_set_mask_projects_the_guide)
+    config = BundleConfig(model=dataclasses.replace(TINY, mask=mask, guide_dims=0), in_channels=0,
+                          score=ScoreConfig(map="reconstruction"),
                           mean=(0.5,) * 3, std=(0.5,) * 3)
     from aminet_edge.model.features import build_feature_extractor
 
@@ -237,10 +240,11 @@ def test_real_bottle_images_agree_at_tiny_preset(tmp_path: Path) -> None:
     from aminet_edge.model.pipeline import build_modules, save_bundle
 
     torch.manual_seed(1)
-    model = PRESETS["tiny"]
+    model = dataclasses.replace(PRESETS["tiny"], mask="adaptive")
     probe = build_feature_extractor(model.backbone, image_size=model.image_size, pretrained=False)
-    config = BundleConfig(model=model, in_channels=probe.channels, score=ScoreConfig(), mean=probe.mean,
-                          std=probe.std, calibration=Calibration(image_threshold=1.0, pixel_threshold=1.0))
+    config = BundleConfig(model=model, in_channels=probe.channels, score=ScoreConfig(map="reconstruction"),
+                          mean=probe.mean, std=probe.std,
+                          calibration=Calibration(image_threshold=1.0, pixel_threshold=1.0))
     extractor, aminet = build_modules(config)
     path = tmp_path / "tiny"
     path.mkdir()

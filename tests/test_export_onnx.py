@@ -6,6 +6,7 @@ float32 sums); masks must be identical. fp16 vs fp32 graphs: see test_fp16_graph
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 from pathlib import Path
 
@@ -30,7 +31,8 @@ BOTTLE = Path("/work/shared/data/mvtec_bottle")
 def make_bundle(root: Path, model: ModelConfig = SMALL, pretrained: bool = False) -> Path:
     """A bundle with random AMI-Net weights (seeded) and a random or pretrained backbone."""
     torch.manual_seed(0)
-    config = BundleConfig(model=model, in_channels=176, score=ScoreConfig(), mean=IMAGENET_MEAN, std=IMAGENET_STD)
+    config = BundleConfig(model=dataclasses.replace(model, mask="adaptive"), in_channels=176,
+                          score=ScoreConfig(map="reconstruction"), mean=IMAGENET_MEAN, std=IMAGENET_STD)
     extractor, aminet = build_modules(config, pretrained=pretrained)
     config.mean, config.std = extractor.mean, extractor.std  # type: ignore[assignment]
     save_bundle(root, config, extractor, aminet)
@@ -154,10 +156,10 @@ def test_graphs_use_the_bundles_mask_lambda(tmp_path: Path, lam: float, precisio
     lambda. The clustering embedding is scaled up (x100) and the images hold bright squares at different
     places, so that masks vary between images and differ from the masks at lambda 0.5 (random test
     weights otherwise give one mask for every image, and a hard-coded lambda would pass)."""
-    import dataclasses
 
     torch.manual_seed(0)
-    config = BundleConfig(model=dataclasses.replace(SMALL, mask_lambda=lam), in_channels=176, score=ScoreConfig(),
+    config = BundleConfig(model=dataclasses.replace(SMALL, mask="adaptive", mask_lambda=lam), in_channels=176,
+                          score=ScoreConfig(map="reconstruction"),
                           mean=IMAGENET_MEAN, std=IMAGENET_STD)
     extractor, aminet = build_modules(config)
     with torch.no_grad():

@@ -17,17 +17,18 @@ from safetensors.torch import load_file, save_file
 
 from aminet_edge.bundle import BundleError, make_record, read_config, write_config
 from aminet_edge.cli import main
-from aminet_edge.config import TrainConfig
+from aminet_edge.config import ScoreConfig, TrainConfig
 from aminet_edge.data.synthetic import make_synthetic_dataset
 from aminet_edge.model.guide import NearestNormalGuide, token_features
 from aminet_edge.model.pipeline import load_pipeline
 from aminet_edge.ops import reference
-from aminet_edge.training.guide import PROJECTION_DIM, build_guide, greedy_coreset, set_mask
+from aminet_edge.training.guide import PROJECTION_DIM, build_guide, greedy_coreset, pca_projection, set_mask
 
 sys.path.insert(0, str(Path(__file__).parent))
 from test_train import SMALL, run  # noqa: E402
 
-GUIDED = dataclasses.replace(SMALL, mask="nearest_normal", guide_bank_size=100)
+# the guide searched in the backbone's own channels (the projection: test_set_mask_projects_the_guide)
+GUIDED = dataclasses.replace(SMALL, mask="nearest_normal", guide_bank_size=100, guide_dims=0)
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +46,7 @@ def train_guided(data: Path, out: Path) -> Path:
     from aminet_edge.training.trainer import train
 
     return train(data, out, model=GUIDED, train_cfg=TrainConfig(epochs=1, batch_size=4, lr=1e-3),
-                 pretrained=False, progress=False)
+                 score=ScoreConfig(map="reconstruction"), pretrained=False, progress=False)
 
 
 def brute_nearest(queries: np.ndarray, bank: np.ndarray) -> np.ndarray:
@@ -119,6 +120,40 @@ def test_threshold_is_the_held_out_quantile() -> None:
     assert summary["held_out_masked"] == pytest.approx((dist > float(guide.threshold)).mean(), abs=1e-6)
     with pytest.raises(ValueError, match="held-out"):
         build_guide(fit, held[:0], model)
+
+
+def test_projection_is_the_principal_axes() -> None:
+    """pca_projection = the covariance's leading eigenvectors (numpy, float64), up to each axis' sign."""
+    gen = torch.Generator().manual_seed(5)
+    scales = torch.tensor([9.0, 7.0, 5.0, 3.0, 2.0, 1.0, 0.5, 0.25])
+    mixing = torch.linalg.qr(torch.randn(8, 8, generator=gen))[0]
+    tokens = (torch.randn(600, 8, generator=gen) * scales) @ mixing.T + 3.0
+    got = pca_projection(tokens, 3)
+    x = tokens.double().numpy()
+    vals, vecs = np.linalg.eigh(np.cov(x, rowvar=False))
+    want = vecs[:, ::-1][:, :3]
+    assert got.shape == (8, 3) and got.dtype == torch.float32
+    np.testing.assert_allclose(np.abs(got.double().numpy().T @ want), np.eye(3), atol=1e-5)
+
+
+@pytest.mark.parametrize("dims", [0, 5])
+def test_threshold_is_the_held_out_quantile_in_the_projection(dims: int) -> None:
+    """With guide_dims d the bank is the coreset's tokens times the d principal axes (float16), the
+    threshold the held-out tokens' quantile of their projected distance, and the guide's distance of a
+    feature map = brute force on its projected pooled tokens; d = 0: no projection."""
+    gen = torch.Generator().manual_seed(6)
+    fit, held = torch.randn(400, 8, generator=gen) * torch.arange(1, 9), torch.randn(150, 8, generator=gen)
+    model = dataclasses.replace(GUIDED, guide_quantile=0.9, guide_bank_size=64, guide_dims=dims)
+    guide, summary = build_guide(fit, held, model)
+    proj = pca_projection(fit, dims).numpy() if dims else np.eye(8, dtype=np.float32)
+    bank = (fit[greedy_coreset(fit, 64)].numpy() @ proj).astype(np.float16)
+    assert np.array_equal(guide.bank.numpy(), bank) and (guide.projection is None) == (dims == 0)
+    assert (summary["dims"], summary["channels"]) == (dims or 8, 8)
+    dist = brute_nearest(held.numpy() @ proj, bank)
+    assert float(guide.threshold) == pytest.approx(np.quantile(dist, 0.9), rel=1e-5)
+    feat = torch.randn(2, 8, 8, 8, generator=gen)
+    want = brute_nearest(token_features(feat, 4).numpy() @ proj, bank)
+    np.testing.assert_allclose(guide.distance(feat).numpy(), want, rtol=1e-5)
 
 
 def test_training_builds_the_guide_into_the_bundle(guided: Path, data: Path) -> None:
@@ -206,6 +241,54 @@ def test_set_mask_rebuilds_the_guide_for_new_settings(guided: Path, data: Path, 
     assert config.calibration.image_threshold != before.calibration.image_threshold  # type: ignore[union-attr]
 
 
+def test_set_mask_projects_the_guide(guided: Path, data: Path, tmp_path: Path) -> None:
+    """set-mask --guide-dims 16: the weights hold the projection (176, 16) and a (100, 16) bank; the
+    pipeline's and the exported graph's masks are the brute-force search of the projected tokens; info
+    says so; config.json edited to other dims is refused."""
+    import shutil
+
+    from aminet_edge.export.onnx_export import export_onnx
+    from aminet_edge.info import mask_info
+
+    bundle = Path(shutil.copytree(guided, tmp_path / "b"))
+    result = CliRunner().invoke(main, ["set-mask", str(bundle), str(data), "--mask", "nearest-normal",
+                                       "--guide-dims", "16", "--device", "cpu", "--quiet"])
+    assert result.exit_code == 0, result.output
+    config = read_config(bundle)
+    tensors = load_file(str(bundle / config.artifacts["weights"]["path"]))
+    proj = tensors["guide.projection"]
+    assert proj.shape == (176, 16) and proj.dtype == torch.float32 and tensors["guide.bank"].shape == (100, 16)
+    assert config.model.guide_dims == 16
+    assert (config.train["guide"]["dims"], config.train["guide"]["channels"]) == (16, 176)
+    pipeline, _ = load_pipeline(bundle)
+    x = torch.randn(3, 3, 64, 64, generator=torch.Generator().manual_seed(7))
+    with torch.no_grad():
+        _, _, mask = pipeline(x)
+        tokens = token_features(pipeline.extractor(x), 4)
+    dist = brute_nearest(tokens.double().numpy() @ proj.double().numpy(), tensors["guide.bank"].float().numpy())
+    threshold = float(tensors["guide.threshold"])
+    sure = np.abs(dist - threshold) > 1e-5 * threshold
+    assert sure.mean() > 0.9 and np.array_equal(mask.numpy()[sure], (dist > threshold)[sure])
+    assert "x 16 principal axes of 176 channels" in mask_info(config) and "0.0 MiB float32 bank" in mask_info(config)
+    ort = pytest.importorskip("onnxruntime")
+    export_onnx(bundle, split=False)
+    export_onnx(bundle)  # the split pair: model_a outputs the projected guide's mask
+    (graph_mask,) = ort.InferenceSession(str(bundle / "model.onnx"), providers=["CPUExecutionProvider"]).run(
+        ["mask"], {"images": x.numpy()})
+    assert np.array_equal(graph_mask, mask.numpy())
+    from aminet_edge.runtime import Detector
+
+    images = sorted((data / "test").rglob("*.png"))
+    want = [r.token_mask for r in Detector.load(bundle, backend="torch").predict(images)]
+    got = [r.token_mask for r in Detector.load(bundle, backend="onnxruntime-split").predict(images)]
+    assert np.array_equal(np.stack(got), np.stack(want))
+    raw = json.loads((bundle / "config.json").read_text())
+    raw["model"]["guide_dims"] = 8
+    (bundle / "config.json").write_text(json.dumps(raw))
+    with pytest.raises(BundleError, match="model.guide_dims' is 8 but the stored guide's tokens have 16 of 176"):
+        read_config(bundle)
+
+
 def test_set_mask_identifies_the_split_by_content(data: Path, tmp_path: Path) -> None:
     """Other data of the same image count and names is refused, naming the image whose content differs;
     a bundle trained before the split's checksums were recorded is refused with the reason."""
@@ -243,7 +326,7 @@ def test_bundle_refuses_a_guide_that_does_not_match(guided: Path, tmp_path: Path
     bundle = Path(shutil.copytree(guided, tmp_path / "b"))
     tensors = load_file(str(bundle / read_config(bundle).artifacts["weights"]["path"]))
     rewrite_weights(bundle, {k: v for k, v in tensors.items() if k != "guide.bank"})
-    with pytest.raises(BundleError, match="expected bank and threshold"):
+    with pytest.raises(BundleError, match="expected bank, threshold and optionally projection"):
         load_pipeline(bundle)
     rewrite_weights(bundle, tensors | {"guide.bank": tensors["guide.bank"][:, :10].contiguous()})
     with pytest.raises(BundleError, match=r"do not match the config \(expected \(M, 176\)"):

@@ -99,7 +99,7 @@ def test_info_and_evaluate_name_the_map(mapped: Path, data: Path, tmp_path: Path
 
 def test_guide_map_needs_the_guide(data: Path, tmp_path: Path) -> None:  # noqa: F811
     with pytest.raises(ValueError, match="needs the nearest-normal mask"):
-        train_map(data, tmp_path / "run", model=SMALL)
+        train_map(data, tmp_path / "run", model=dataclasses.replace(SMALL, mask="adaptive"))
     assert not (tmp_path / "run").exists()  # refused before anything is written
 
 
@@ -119,7 +119,8 @@ def test_score_config_refuses_inconsistent_fields(score: ScoreConfig, mask: str,
 @pytest.mark.parametrize("edit, match", [
     ({"guide_weight": 0.0}, "calibrated guide_weight"),
     ({"guide_weight": 0.0, "map": "reconstruction"}, None),
-    ({"map": "guide"}, "map must be one of"),
+    ({"map": "guide"}, "score.map' must be one of"),
+    ({"map": "auto"}, "score.map' is 'auto', which training resolves"),  # a bundle records the choice
     ({"guide_weight": "1"}, "score.guide_weight"),
 ])
 def test_bundle_refuses_an_inconsistent_score(mapped: Path, tmp_path: Path, edit: dict, match: str | None) -> None:  # type: ignore[type-arg]

@@ -9,7 +9,7 @@ Single graph (model[_fp16|_int8|_int8_static].onnx):
 Split pair, model_a (images -> ...) by ModelConfig.mask:
     "adaptive": features (B, C, h, w), cluster_tokens (B, L, D), centers (B, P, D), inpaint_tokens (B, L, D);
         the runtime computes the mask between the halves (C++ / CUDA adaptive_mask kernel);
-    "nearest_normal": features, guide_tokens (B, L, C) float32 (each token's pooled backbone feature, what
+    "nearest_normal": features, guide_tokens (B, L, d) float32 (each token's pooled backbone feature, projected to the guide's d axes, what
         the guide compares with its bank), inpaint_tokens; the clustering branch is not in the graph; the
         runtime computes the guide's distances (the nearest_distance kernel, the bank from the weights file)
         and its mask (distance > threshold) between the halves, and adds the distances to the score map

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from aminet_edge.bundle import BundleConfig, BundleError, weights_file
+from aminet_edge.bundle import BundleConfig, BundleError, guide_columns, weights_file
 from aminet_edge.export.graph_io import GUIDE_BANK, GUIDE_TOKENS, baked_model_a_io
 
 BANK_KEY = "guide.bank"
@@ -60,9 +60,10 @@ def read_guide(bundle: str | Path, config: BundleConfig) -> Guide:
             bank, threshold = f.get_tensor(BANK_KEY), f.get_tensor(THRESHOLD_KEY)
     except SafetensorError as exc:
         raise BundleError(f"{path}: not a readable safetensors file ({exc})") from exc
-    if bank.ndim != 2 or len(bank) == 0 or bank.shape[1] != config.in_channels or bank.dtype != np.float16:
-        raise BundleError(f"{path}: {BANK_KEY} is {bank.dtype} {bank.shape}, expected float16 (M, "
-                          f"{config.in_channels}) (in_channels); the bundle is damaged: copy it again or retrain")
+    cols = guide_columns(config)
+    if bank.ndim != 2 or len(bank) == 0 or bank.shape[1] != cols or bank.dtype != np.float16:
+        raise BundleError(f"{path}: {BANK_KEY} is {bank.dtype} {bank.shape}, expected float16 (M, {cols}) "
+                          "(model.guide_dims, else in_channels); the bundle is damaged: copy it again or retrain")
     if threshold.shape != () or not np.isfinite(threshold) or not threshold > 0:
         raise BundleError(f"{path}: {THRESHOLD_KEY} must be one finite number > 0, got {threshold!r}")
     if not np.isfinite(bank).all():

@@ -9,7 +9,7 @@ Split pair, for the custom-kernel pipeline (C++ / CUDA score_map, and the test-t
                   (with position embedding), centers (B, P, D), inpaint_tokens (B, L, D) (inpainting patch
                   embedding, before masking); the runtime's adaptive_mask kernel makes the mask from them;
                   with the nearest-normal guide (ModelConfig.mask = "nearest_normal"): images -> features,
-                  guide_tokens (B, L, C) (the tokens' pooled features), inpaint_tokens; no clustering branch;
+                  guide_tokens (B, L, d) (the tokens' pooled features on the guide's d axes), inpaint_tokens; no clustering branch;
                   the runtime's nearest_distance kernel makes the guide's distances and mask from them
     model_b.onnx: inpaint_tokens (B, L, D), mask (B, L) bool -> recon (B, C, h, w)
 (tensor names: aminet_edge.export.graph_io). No graph holds the guide's bank: the bundle keeps it once, in
@@ -44,7 +44,7 @@ from aminet_edge.export.graph_rewrites import drop_input_identity_casts, fold_pa
 from aminet_edge.files import write_temp
 from aminet_edge.model.aminet import AMINet
 from aminet_edge.model.features import FeatureExtractor
-from aminet_edge.model.guide import NearestNormalGuide, token_features
+from aminet_edge.model.guide import NearestNormalGuide
 from aminet_edge.model.pipeline import Pipeline, load_pipeline, token_map
 from aminet_edge.ops import reference
 
@@ -105,7 +105,7 @@ class PartA(nn.Module):
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
         feat = self.extractor(images.to(self.dtype))
         if self.guide is not None:
-            tokens = token_features(feat.float(), self.guide.patch_size)
+            tokens = self.guide.tokens(feat.float())  # pooled, projected when the guide has a projection
             return feat.float(), tokens, self.aminet.embed_inpaint_tokens(feat).float()
         tokens, centers = self.aminet.cluster(feat)
         inpaint = self.aminet.embed_inpaint_tokens(feat)

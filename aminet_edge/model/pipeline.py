@@ -280,14 +280,18 @@ def _load_guide(tensors: dict[str, torch.Tensor], config: BundleConfig, path: Pa
             raise BundleError(f"{path}: holds a nearest-normal guide ({', '.join(sorted(part))}) but config.json's "
                               f"model.mask is {config.model.mask!r}")
         return None
-    if set(part) != {"bank", "threshold"}:
+    if set(part) - {"projection"} != {"bank", "threshold"}:
         raise BundleError(f"{path}: model.mask is 'nearest_normal' but the weights hold guide tensors "
-                          f"{sorted(part) or 'none'} (expected bank and threshold); run `aminet-edge set-mask`")
-    bank, threshold = part["bank"], part["threshold"]
-    if bank.ndim != 2 or bank.shape[1] != config.in_channels or threshold.numel() != 1:
-        raise BundleError(f"{path}: guide bank {tuple(bank.shape)} / threshold {tuple(threshold.shape)} do not "
-                          f"match the config (expected (M, {config.in_channels}) and a scalar)")
+                          f"{sorted(part) or 'none'} (expected bank, threshold and optionally projection); run "
+                          "`aminet-edge set-mask`")
+    bank, threshold, proj = part["bank"], part["threshold"], part.get("projection")
+    dims = config.in_channels if proj is None else proj.shape[-1]
+    if (bank.ndim != 2 or bank.shape[1] != dims or threshold.numel() != 1
+            or (proj is not None and (proj.ndim != 2 or proj.shape[0] != config.in_channels))):
+        raise BundleError(f"{path}: guide bank {tuple(bank.shape)} / threshold {tuple(threshold.shape)} / projection "
+                          f"{None if proj is None else tuple(proj.shape)} do not match the config (expected (M, "
+                          f"{config.in_channels}) and a scalar, or (M, d), a scalar and ({config.in_channels}, d))")
     try:
-        return NearestNormalGuide(bank, threshold, config.model.patch_size)
+        return NearestNormalGuide(bank, threshold, config.model.patch_size, proj)
     except ValueError as exc:
         raise BundleError(f"{path}: {exc}") from exc

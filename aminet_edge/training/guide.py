@@ -2,8 +2,9 @@
 bundle's test-time mask (`aminet-edge set-mask`) without retraining: the mask does not change training.
 
 Bank: every training token's pooled backbone feature, or, beyond `guide_bank_size` tokens, a greedy
-k-centre coreset of them (PatchCore's selection, here in a seeded 32-d random projection). Threshold:
-the `guide_quantile` of the held-out normal tokens' distances to the bank (label-free).
+k-centre coreset of them (PatchCore's selection, here in a seeded 32-d random projection), projected to
+their `guide_dims` principal axes (PCA of all training tokens; 0: every channel). Threshold: the
+`guide_quantile` of the held-out normal tokens' distances to the bank (label-free).
 """
 
 from __future__ import annotations
@@ -53,6 +54,18 @@ def greedy_coreset(points: torch.Tensor, size: int, seed: int = 0) -> torch.Tens
     return picked
 
 
+def pca_projection(tokens: torch.Tensor, dims: int) -> torch.Tensor:
+    """(C, dims) float32 on the CPU: the `dims` principal axes of tokens (N, C), largest variance first (their
+    float64 covariance's eigenvectors, computed on the CPU so that every device gives the same axes; each
+    axis signed so that its largest component is positive)."""
+    x = tokens.detach().cpu().double()
+    x = x - x.mean(0)
+    _, vecs = torch.linalg.eigh(x.T @ x / len(x))
+    axes = vecs[:, -dims:].flip(1)
+    sign = torch.sign(axes.gather(0, axes.abs().argmax(0, keepdim=True)))
+    return (axes * sign).float().contiguous()
+
+
 def pooled_tokens(feature_batches: Iterable[torch.Tensor], patch_size: int) -> torch.Tensor:
     """Every token's pooled feature (N * L, C) float32 from batches of backbone features (B, C, h, w)."""
     parts = [token_features(f, patch_size).reshape(-1, f.shape[1]) for f in feature_batches]
@@ -81,20 +94,27 @@ def build_guide(fit_tokens: torch.Tensor, held_tokens: torch.Tensor, model: Mode
         raise ValueError("the nearest-normal mask needs held-out normal images for its threshold "
                          "(at least 10 training images and holdout_fraction > 0)")
     keep = greedy_coreset(fit_tokens, model.guide_bank_size, seed)
-    bank = fit_tokens[keep.to(fit_tokens.device)].half()  # as the guide stores it: the threshold sees the same bank
+    channels = fit_tokens.shape[1]
+    proj = pca_projection(fit_tokens, model.guide_dims) if 0 < model.guide_dims < channels else None
+    bank = fit_tokens[keep.to(fit_tokens.device)]
+    if proj is not None:
+        proj = proj.to(fit_tokens.device)
+        bank, held_tokens = bank @ proj, held_tokens @ proj
+    bank = bank.half()  # as the guide stores it: the threshold sees the same bank
     held = nearest_distance(held_tokens, bank)
     threshold = float(np.quantile(held.double().cpu().numpy(), model.guide_quantile))
-    guide = NearestNormalGuide(bank.cpu(), threshold, model.patch_size)
-    summary = {"bank_tokens": len(bank), "training_tokens": len(fit_tokens), "threshold": threshold,
-               "quantile": model.guide_quantile, "held_out_masked": float((held > guide.threshold).float().mean())}
-    log.info("nearest-normal guide: bank %d of %d training tokens, threshold %.4g (held-out quantile %g)",
-             len(bank), len(fit_tokens), threshold, model.guide_quantile)
+    guide = NearestNormalGuide(bank.cpu(), threshold, model.patch_size, None if proj is None else proj.cpu())
+    summary = {"bank_tokens": len(bank), "training_tokens": len(fit_tokens), "dims": bank.shape[1],
+               "channels": channels, "threshold": threshold, "quantile": model.guide_quantile,
+               "held_out_masked": float((held > guide.threshold).float().mean())}
+    log.info("nearest-normal guide: bank %d of %d training tokens x %d of %d dims, threshold %.4g (held-out "
+             "quantile %g)", len(bank), len(fit_tokens), bank.shape[1], channels, threshold, model.guide_quantile)
     return guide, summary
 
 
 def set_mask(bundle: str | Path, data: Sequence[str | Path], mask: str, quantile: float | None = None,
              bank_size: int | None = None, device: str = "auto", progress: bool = False, workers: int = 0,
-             score_map: str | None = None) -> Path:
+             score_map: str | None = None, dims: int | None = None) -> Path:
     """Switch the bundle's test-time mask to `mask` ("adaptive" or "nearest_normal") and score map to
     `score_map` (ScoreConfig.map; None: the bundle's, or "reconstruction" where the mask no longer allows
     it), and re-calibrate the thresholds (and the guide map's weight) on the held-out normal images, the
@@ -103,13 +123,14 @@ def set_mask(bundle: str | Path, data: Sequence[str | Path], mask: str, quantile
     data: the data set root(s) the bundle was trained on (its training split is re-derived from them and
     each image must match the sha256 recorded at training: trainer.recorded_split). The guide's bank and
     threshold are rebuilt for "nearest_normal" (kept when the bundle has the guide already and quantile /
-    bank_size, which override its guide_quantile / guide_bank_size, do not change them). The bundle is
-    rewritten crash-safely (pipeline.save_bundle); its graphs and engines, which hold the old mask or
-    map, are deleted once the new config.json is in place: export again. Returns the bundle path.
+    bank_size / dims, which override its guide_quantile / guide_bank_size / guide_dims, do not change them). The
+    bundle is rewritten crash-safely (pipeline.save_bundle); its graphs and engines, which hold the old mask
+    or map, are deleted once the new config.json is in place: export again. Returns the bundle path.
     """
     from aminet_edge.device import resolve_device
     from aminet_edge.model.pipeline import load_pipeline, save_bundle
     from aminet_edge.training.calibrate import calibrate, calibrate_score
+    from aminet_edge.training.mask_choice import describe
     from aminet_edge.training.trainer import recorded_split
 
     if mask not in MASKS:
@@ -117,8 +138,8 @@ def set_mask(bundle: str | Path, data: Sequence[str | Path], mask: str, quantile
     pipeline, config = load_pipeline(bundle)
     tr = config.train
     fit, held = recorded_split(bundle, tr, data)
-    overrides: dict[str, Any] = {k: v for k, v in (("guide_quantile", quantile), ("guide_bank_size", bank_size))
-                                 if v is not None}
+    overrides: dict[str, Any] = {k: v for k, v in (("guide_quantile", quantile), ("guide_bank_size", bank_size),
+                                                   ("guide_dims", dims)) if v is not None}
     model = replace(config.model, mask=mask, **overrides)
     model.validate()
     if score_map is None:
@@ -143,6 +164,8 @@ def set_mask(bundle: str | Path, data: Sequence[str | Path], mask: str, quantile
     config.score = calibrate_score(pipeline, held, config.mean, config.std, workers, config.tile)
     config.calibration = calibrate(pipeline, held or fit, config.mean, config.std, held_out=bool(held),
                                    progress=progress, workers=workers, tile=config.tile)
-    config.train = {k: v for k, v in tr.items() if k != "guide"} | ({"guide": summary} if summary else {})
+    choice = describe(mask, config.score.map, "set with `aminet-edge set-mask`")
+    config.train = {k: v for k, v in tr.items() if k != "guide"} | {"mask_choice": choice} | (
+        {"guide": summary} if summary else {})
     return save_bundle(bundle, config, pipeline.extractor.cpu(), pipeline.aminet.cpu(),
                        None if guide is None else guide.cpu())

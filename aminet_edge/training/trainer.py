@@ -31,6 +31,7 @@ from aminet_edge.training.cache import (FeatureBatches, build_feature_cache, cac
 from aminet_edge.model.guide import NearestNormalGuide
 from aminet_edge.training.calibrate import calibrate, calibrate_score
 from aminet_edge.training.guide import FEATURE_CHUNK, build_guide, image_tokens, pooled_tokens
+from aminet_edge.training.mask_choice import choose_mask
 from aminet_edge.training.checkpoint import CHECKPOINT_FILE, load_checkpoint, save_checkpoint
 from aminet_edge.training.precision import resolve_precision
 from aminet_edge.training.step import TrainStep
@@ -42,7 +43,8 @@ MIN_IMAGES = MIN_HOLDOUT  # fewest normal images a bundle is trained (and, below
 FULL_HOLDOUT = 10  # from this many images on, MIN_HOLDOUT or more are held out for calibration
 MAX_GPU_CACHE_GB = 1 << 20  # a bound on `gpu_cache_gb` (1 PiB): 1e300 GiB overflowed the byte count
 TRAINING_FILES = (CHECKPOINT_FILE, SETTINGS_FILE)  # what a training writes into its output before the bundle
-TEST_TIME_MASK = ("mask", "guide_quantile", "guide_bank_size")  # ModelConfig fields used after training only
+# ModelConfig fields used after training only
+TEST_TIME_MASK = ("mask", "guide_quantile", "guide_bank_size", "guide_dims")
 
 
 def load_training_samples(roots: Sequence[str | Path], few_shot: int | None, seed: int) -> list[Sample]:
@@ -252,6 +254,7 @@ def train(
     roots = [data] if isinstance(data, (str, Path)) else list(data)
     samples = load_training_samples(roots, few_shot=few_shot, seed=train_cfg.seed)
     fit, held = split_holdout(samples, train_cfg.holdout_fraction, train_cfg.seed)
+    model, score, mask_reason = choose_mask(model, score, len(held))
     if model.mask == "nearest_normal" and not held:
         raise ValueError(f"mask 'nearest_normal' needs held-out normal images for its threshold; {len(samples)} "
                          f"training images with holdout_fraction {train_cfg.holdout_fraction} hold none out "
@@ -259,6 +262,7 @@ def train(
     check_image_count(len(samples), held)
     device_name = describe_device(dev)
     log.info("training on %s, precision %s", device_name, prec)
+    log.info("mask: %s", mask_reason)
 
     torch.manual_seed(train_cfg.seed)  # weights are initialised on the CPU: the same start on every device
     extractor = build_feature_extractor(model.backbone, weights=backbone_weights,
@@ -327,7 +331,7 @@ def train(
     config.train = {
         **to_dict(train_cfg), "roots": [str(r) for r in roots], "few_shot": few_shot,
         "images": len(fit), "held_out": len(held), "split": split_record(fit, held, roots), "device": device_name, "precision": prec,
-        "compile": compile, "cache_on": "gpu" if place.type == "cuda" else "host",
+        "compile": compile, "mask_choice": mask_reason, "cache_on": "gpu" if place.type == "cuda" else "host",
         "cache_seconds": round(cache_seconds, 2), "train_seconds": round(train_seconds, 2), "history": history,
     } | ({"guide": guide_summary} if guide_summary else {})
     save_bundle(out, config, extractor, aminet, guide, TRAINING_FILES)  # an earlier bundle's files go once replaced

@@ -303,6 +303,9 @@ BundleConfig read_config(const std::string& bundle) {
   config.image_size = static_cast<int>(image_size);
   config.mask = model.contains("mask") ? f.text("model.mask", model["mask"], {"adaptive", "nearest_normal"}) : "adaptive";
   config.in_channels = static_cast<int>(f.integer("in_channels", data["in_channels"], 1));
+  // as bundle.py's guide_columns: a bundle recording no guide_dims searched every channel
+  int64_t guide_dims = model.contains("guide_dims") ? f.integer("model.guide_dims", model["guide_dims"], 0) : 0;
+  config.guide_columns = guide_dims > 0 && guide_dims < config.in_channels ? static_cast<int>(guide_dims) : config.in_channels;
 
   const json& score = f.object("score", data["score"]);
   std::string score_map = score.contains("map") ? f.text("score.map", score["map"], {"reconstruction", "reconstruction+guide"})
@@ -439,12 +442,12 @@ GuideBank read_guide_bank(const std::string& bundle, const BundleConfig& config)
              &offsets = Fields::get(entry, "data_offsets");
   bool shape_ok = shape.is_array() && shape.size() == 2 && shape[0].is_number_unsigned() && shape[1].is_number_unsigned();
   if (dtype != "F16" || !shape_ok || shape[0].get<uint64_t>() == 0 ||
-      shape[1].get<uint64_t>() != static_cast<uint64_t>(config.in_channels))
+      shape[1].get<uint64_t>() != static_cast<uint64_t>(config.guide_columns))
     throw damaged("guide.bank is " + dtype.dump() + " " + shape.dump() + ", expected F16 [M, " +
-                  std::to_string(config.in_channels) + "] (in_channels)");
+                  std::to_string(config.guide_columns) + "] (model.guide_dims, else in_channels)");
   GuideBank out;
   out.rows = static_cast<int64_t>(shape[0].get<uint64_t>());
-  out.cols = config.in_channels;
+  out.cols = config.guide_columns;
   uint64_t count = static_cast<uint64_t>(out.rows) * static_cast<uint64_t>(out.cols);
   uint64_t data = 8 + header_len;
   if (!offsets.is_array() || offsets.size() != 2 || !offsets[0].is_number_unsigned() || !offsets[1].is_number_unsigned() ||

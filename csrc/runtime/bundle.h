@@ -32,6 +32,7 @@ struct BundleConfig {
   int image_size = 0;                        // S: the model's square input side, px
   std::string mask;                          // model.mask: "adaptive" or "nearest_normal"
   int in_channels = 0;                       // C: the backbone's feature channels
+  int guide_columns = 0;                     // the guide's bank columns: model.guide_dims when in (0, C), else C
   std::array<float, 3> mean{}, std{};        // preprocess, RGB, as float32 (the Python runtime's dtype)
   std::optional<Calibration> calibration;
   std::optional<Record> weights;             // artifacts.weights
@@ -46,7 +47,7 @@ BundleConfig read_config(const std::string& bundle);
 std::string read_graph(const std::string& bundle, const BundleConfig& config, const std::string& precision);
 
 // The nearest-normal guide's bank: "guide.bank" (M, C) float16 of the weights file (recorded, inside the
-// bundle, of the recorded size and sha256), as float32 row-major, C = in_channels. Throws Error(AMINET_ERR_BUNDLE).
+// bundle, of the recorded size and sha256), as float32 row-major, C = guide_columns. Throws Error(AMINET_ERR_BUNDLE).
 struct GuideBank {
   std::vector<float> values;  // (rows, cols) float32
   int64_t rows = 0, cols = 0;
