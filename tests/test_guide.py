@@ -269,12 +269,12 @@ def test_set_mask_projects_the_guide(guided: Path, data: Path, tmp_path: Path) -
     threshold = float(tensors["guide.threshold"])
     sure = np.abs(dist - threshold) > 1e-5 * threshold
     assert sure.mean() > 0.9 and np.array_equal(mask.numpy()[sure], (dist > threshold)[sure])
-    assert "x 16 principal axes of 176 channels" in mask_info(config) and "0.0 MiB float32 bank" in mask_info(config)
+    assert "x 16 principal axes of 176 channels" in mask_info(config) and "0.0 MiB float16 bank in the weights file" in mask_info(config)
     ort = pytest.importorskip("onnxruntime")
     export_onnx(bundle, split=False)
-    export_onnx(bundle)  # the split pair: model_a outputs the projected guide's mask
+    export_onnx(bundle)  # the split pair: model_a outputs the projected tokens, searched by the C++ kernel
     (graph_mask,) = ort.InferenceSession(str(bundle / "model.onnx"), providers=["CPUExecutionProvider"]).run(
-        ["mask"], {"images": x.numpy()})
+        ["mask"], {"images": x.numpy(), "guide_bank": tensors["guide.bank"].float().numpy()})
     assert np.array_equal(graph_mask, mask.numpy())
     from aminet_edge.runtime import Detector
 
