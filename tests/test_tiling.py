@@ -53,11 +53,14 @@ def test_bad_tile_settings_are_refused_with_the_field(size: object, overlap: int
                                                       tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=problem):
         TileConfig(size, overlap).validate()  # type: ignore[arg-type]
-    from aminet_edge.bundle import BundleConfig
-    from aminet_edge.config import PRESETS, ScoreConfig
+    from dataclasses import replace
 
-    data = BundleConfig(model=PRESETS["tiny"], in_channels=112, score=ScoreConfig(), mean=(0.5,) * 3,
-                        std=(0.5,) * 3, tile=TileConfig(64, 16)).to_json()
+    from aminet_edge.bundle import BundleConfig
+    from aminet_edge.config import PAPER_MAP, PAPER_MASK, PRESETS, ScoreConfig
+
+    data = BundleConfig(model=replace(PRESETS["tiny"], mask=PAPER_MASK), in_channels=112,
+                        score=ScoreConfig(map=PAPER_MAP), mean=(0.5,) * 3, std=(0.5,) * 3,
+                        tile=TileConfig(64, 16)).to_json()
     assert validate_config(data).tile == TileConfig(64, 16)
     data["tile"] = {"size": size, "overlap": overlap}
     with pytest.raises(BundleError, match="'tile"):
