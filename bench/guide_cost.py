@@ -83,7 +83,8 @@ def build_pair(root: Path, preset: str, bank_size: int) -> tuple[Path, Path]:
             path = root / kind
             config = BundleConfig(model=dataclasses.replace(model, mask=mask, guide_quantile=0.99),
                                   in_channels=extractor.channels, score=ScoreConfig(map="reconstruction"),
-                                  mean=tuple(extractor.mean), std=tuple(extractor.std), train={"guide": summary} if mask != "adaptive" else {})
+                                  mean=tuple(extractor.mean), std=tuple(extractor.std),
+                                  train={"guide": summary} if mask != "adaptive" else {})
             path.mkdir(parents=True, exist_ok=True)
             save_bundle(path, config, extractor, aminet, guide if mask != "adaptive" else None)
             export_onnx(path, "int8", calibration_data=[calib] if importlib.util.find_spec("nncf") else ())
