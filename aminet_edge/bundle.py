@@ -455,13 +455,6 @@ def _check_train(train: dict[str, Any], where: str) -> None:
                             f"pairs, got {_short(entries)}")
 
 
-def guide_columns(config: BundleConfig) -> int:
-    """Columns of the nearest-normal guide's bank and of the tokens searched in it: the guide_dims
-    principal axes, or every backbone channel (guide_dims 0, or not fewer than in_channels)."""
-    dims = config.model.guide_dims
-    return dims if 0 < dims < config.in_channels else config.in_channels
-
-
 def _check_guide(config: BundleConfig, where: str) -> None:
     """model.guide_quantile / guide_bank_size against the nearest-normal guide the weights hold (as
     train.guide records it): an edit would describe a guide the bundle does not have."""
@@ -475,7 +468,7 @@ def _check_guide(config: BundleConfig, where: str) -> None:
                     f"is the held-out quantile {guide['quantile']} (train.guide); {fix}")
     dims, channels = guide.get("dims"), guide.get("channels")
     if isinstance(dims, int) and isinstance(channels, int):
-        want = config.model.guide_dims if 0 < config.model.guide_dims < channels else channels
+        want = config.model.guide_columns(channels)
         if dims != want:
             raise _fail(where, "model.guide_dims", f"is {config.model.guide_dims} but the stored guide's tokens have "
                         f"{dims} of {channels} dimensions (train.guide); {fix}")

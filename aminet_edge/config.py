@@ -108,6 +108,11 @@ class ModelConfig:
         """Side of the token grid (feature_size / patch_size); L = grid_size ** 2."""
         return self.feature_size // self.patch_size
 
+    def guide_columns(self, channels: int) -> int:
+        """Columns of the guide's bank and of the tokens searched in it, for `channels` backbone channels:
+        the guide_dims principal axes, or every channel (guide_dims 0, or not fewer than channels)."""
+        return self.guide_dims if 0 < self.guide_dims < channels else channels
+
     def validate(self) -> None:
         """Raise ValueError naming the first inconsistent field."""
         if self.image_size < 1 or self.image_size % (4 * self.patch_size):

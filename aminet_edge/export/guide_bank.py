@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from aminet_edge.bundle import BundleConfig, BundleError, guide_columns, weights_file
+from aminet_edge.bundle import BundleConfig, BundleError, weights_file
 from aminet_edge.export.graph_io import GUIDE_BANK, GUIDE_TOKENS, baked_model_a_io
 
 BANK_KEY = "guide.bank"
@@ -60,7 +60,7 @@ def read_guide(bundle: str | Path, config: BundleConfig) -> Guide:
             bank, threshold = f.get_tensor(BANK_KEY), f.get_tensor(THRESHOLD_KEY)
     except SafetensorError as exc:
         raise BundleError(f"{path}: not a readable safetensors file ({exc})") from exc
-    cols = guide_columns(config)
+    cols = config.model.guide_columns(config.in_channels)
     if bank.ndim != 2 or len(bank) == 0 or bank.shape[1] != cols or bank.dtype != np.float16:
         raise BundleError(f"{path}: {BANK_KEY} is {bank.dtype} {bank.shape}, expected float16 (M, {cols}) "
                           "(model.guide_dims, else in_channels); the bundle is damaged: copy it again or retrain")

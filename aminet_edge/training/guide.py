@@ -95,7 +95,7 @@ def build_guide(fit_tokens: torch.Tensor, held_tokens: torch.Tensor, model: Mode
                          "(at least 10 training images and holdout_fraction > 0)")
     keep = greedy_coreset(fit_tokens, model.guide_bank_size, seed)
     channels = fit_tokens.shape[1]
-    proj = pca_projection(fit_tokens, model.guide_dims) if 0 < model.guide_dims < channels else None
+    proj = pca_projection(fit_tokens, model.guide_dims) if model.guide_columns(channels) < channels else None
     bank = fit_tokens[keep.to(fit_tokens.device)]
     if proj is not None:
         proj = proj.to(fit_tokens.device)
