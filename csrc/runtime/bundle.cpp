@@ -303,7 +303,7 @@ BundleConfig read_config(const std::string& bundle) {
   config.image_size = static_cast<int>(image_size);
   config.mask = model.contains("mask") ? f.text("model.mask", model["mask"], {"adaptive", "nearest_normal"}) : "adaptive";
   config.in_channels = static_cast<int>(f.integer("in_channels", data["in_channels"], 1));
-  // as bundle.py's guide_columns: a bundle recording no guide_dims searched every channel
+  // as config.py's ModelConfig.guide_columns: a bundle recording no guide_dims searched every channel
   int64_t guide_dims = model.contains("guide_dims") ? f.integer("model.guide_dims", model["guide_dims"], 0) : 0;
   config.guide_columns = guide_dims > 0 && guide_dims < config.in_channels ? static_cast<int>(guide_dims) : config.in_channels;
 
